@@ -1,0 +1,22 @@
+# Two entry points, both used by the README Quickstart and by CI (.ci/run).
+#   make repro  - set up the virtualenv and run the default DVC pipeline end to end
+#   make test   - set up the virtualenv and run the whole test suite (slow end-to-end tests included)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv repro test
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	# CPU build from the local wheel cache on a laptop; a GPU node may pre-install its own torch.
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.4"
+	$(BIN)/pip install -q -e ".[dev]"
+
+venv: $(BIN)/activate
+
+repro: venv
+	DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
+
+test: venv
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,142 @@
+"""Content-addressed image store: data/normalized/images/images-XX.parquet.
+
+Each distinct image is stored once, keyed by the sha256 of its stored bytes, in the bucket file named
+after the first two hex digits of the hash (at most 256 files, whatever the dataset size: DVC and the
+file system stay fast). Rows inside a bucket are sorted by sha256, so the files are byte-deterministic.
+
+Writers (one per normalize worker) stage their rows in `_staging/<writer>/`; `merge()` then builds
+each bucket from every writer's staged rows, dropping duplicates, one bucket at a time (memory is
+bounded by the largest bucket, 1/256 of the images).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.schema import IMAGE_SCHEMA
+
+STAGING = "_staging"
+
+
+def bucket_of(sha256: str) -> str:
+    return sha256[:2]
+
+
+def bucket_path(root: Path, bucket: str) -> Path:
+    return Path(root) / f"images-{bucket}.parquet"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    sha256: str
+    bytes: bytes
+    width: int
+    height: int
+    format: str
+
+
+class ImageStoreWriter:
+    """Buffers images per bucket and spills them to staged parquet files of one writer."""
+
+    def __init__(self, root: str | Path, writer: str, flush_bytes: int = 64 << 20):
+        self.dir = Path(root) / STAGING / writer
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.flush_bytes = flush_bytes
+        self._rows: dict[str, list[dict]] = defaultdict(list)
+        self._seen: set[str] = set()
+        self._buffered = 0
+        self._parts = 0
+
+    def add(self, image: StoredImage) -> None:
+        if image.sha256 in self._seen:
+            return
+        self._seen.add(image.sha256)
+        self._rows[bucket_of(image.sha256)].append(
+            dict(sha256=image.sha256, bytes=image.bytes, width=image.width, height=image.height,
+                 format=image.format)
+        )
+        self._buffered += len(image.bytes)
+        if self._buffered >= self.flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        for bucket, rows in self._rows.items():
+            table = pa.Table.from_pylist(rows, schema=IMAGE_SCHEMA)
+            pq.write_table(table, self.dir / f"{bucket}-{self._parts:05d}.parquet")
+        self._parts += 1
+        self._rows.clear()
+        self._buffered = 0
+
+    def close(self) -> None:
+        if self._rows:
+            self.flush()
+
+
+def merge(root: str | Path) -> int:
+    """Merge every writer's staged rows into the bucket files; return the number of distinct images.
+
+    Existing bucket files (from an interrupted run) are rebuilt from staged rows only when staged rows
+    exist for them, so re-running the merge is idempotent.
+    """
+    root = Path(root)
+    staging = root / STAGING
+    staged: dict[str, list[Path]] = defaultdict(list)
+    if staging.exists():
+        for part in sorted(staging.glob("*/*.parquet")):
+            staged[part.name.split("-")[0]].append(part)
+    for bucket, parts in sorted(staged.items()):
+        tables = [pq.read_table(p, schema=IMAGE_SCHEMA) for p in parts]
+        table = pa.concat_tables(tables)
+        table = table.sort_by("sha256")
+        # keep the first row of each sha256 (identical bytes by construction)
+        shas = table.column("sha256").to_pylist()
+        keep = [i for i, s in enumerate(shas) if i == 0 or s != shas[i - 1]]
+        table = table.take(pa.array(keep, pa.int64()))
+        tmp = bucket_path(root, bucket).with_suffix(".tmp")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=256)
+        tmp.replace(bucket_path(root, bucket))
+    shutil.rmtree(staging, ignore_errors=True)
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in root.glob("images-*.parquet"))
+
+
+class ImageStore:
+    """Read access by sha256."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image store {self.root} does not exist (run the normalize stage)")
+
+    def get_many(self, shas: Iterable[str]) -> dict[str, StoredImage]:
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for s in shas:
+            wanted[bucket_of(s)].add(s)
+        found: dict[str, StoredImage] = {}
+        for bucket, keys in wanted.items():
+            path = bucket_path(self.root, bucket)
+            if not path.exists():
+                continue
+            table = pq.read_table(path, filters=pc.field("sha256").isin(sorted(keys)))
+            for row in table.to_pylist():
+                found[row["sha256"]] = StoredImage(**row)
+        missing = set().union(*wanted.values()) - set(found) if wanted else set()
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) not in {self.root}: {sorted(missing)[:3]}")
+        return found
+
+    def get(self, sha256: str) -> StoredImage:
+        return self.get_many([sha256])[sha256]
+
+    def __iter__(self):
+        for path in sorted(self.root.glob("images-*.parquet")):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+                for row in batch.to_pylist():
+                    yield StoredImage(**row)

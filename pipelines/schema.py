@@ -1,0 +1,111 @@
+"""The unified record schema: the contract between normalize, shard, the trainer and evaluation.
+
+One row = one (instruction, query, target, negatives) example:
+
+    id            "<dataset>/<split>/<row index>"  (row index in the source parquet, 0-based; stable)
+    dataset       Hub config name, e.g. "CIRR" or "Syn-CIRR"
+    split         "original" | "diverse_instruction" (train) | "test" (eval)
+    meta_task     "classification" | "vqa" | "retrieval" | "grounding"
+    distribution  "IND" | "OOD"
+    instruction   the query-side task instruction, image token removed (== query.instruction)
+    query         SIDE
+    target        SIDE
+    negatives     list<SIDE>  train: hard negatives (possibly empty);
+                              eval: the other candidates in their original order, so
+                              [target] + negatives is the source candidate list (gold at index 0)
+
+    SIDE = struct {
+        raw              the source string exactly as in the raw parquet (with "<|image_1|>")
+        instruction      the instruction part of raw ("" when the side has none), no image token
+        text             the content part of raw (question, caption, label, ...), no image token
+        has_image_token  raw contains "<|image_1|>"
+        template         raw with the instruction replaced by "{instruction}", the text by
+                         "{text}" (literal braces doubled): `pipelines.prompts.compose`
+                         rebuilds raw byte for byte from (template, instruction, text)
+        image            struct {sha256, path, width, height} or null
+                         sha256 of the stored bytes in data/normalized/images/ (see
+                         pipelines/imagestore.py); path = the source path as written in the raw row
+    }
+
+Stored as data/normalized/{train,eval}/<dataset>/part-NNNNN.parquet. Rejected rows go to
+data/rejects/<split>/<dataset>.parquet with REJECT_SCHEMA.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+IMAGE_TOKEN = "<|image_1|>"  # MMEB's (Phi-3.5-V) placeholder, swapped per backbone at render time
+
+IMAGE_REF = pa.struct(
+    [
+        ("sha256", pa.string()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+
+SIDE = pa.struct(
+    [
+        ("raw", pa.string()),
+        ("instruction", pa.string()),
+        ("text", pa.string()),
+        ("has_image_token", pa.bool_()),
+        ("template", pa.string()),
+        ("image", IMAGE_REF),
+    ]
+)
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("meta_task", pa.string()),
+        ("distribution", pa.string()),
+        ("instruction", pa.string()),
+        ("query", SIDE),
+        ("target", SIDE),
+        ("negatives", pa.list_(SIDE)),
+    ]
+)
+
+# One row per rejected source row: what it was and why it was refused.
+REJECT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("reason", pa.string()),  # a short machine-readable reason, e.g. "image_missing"
+        ("detail", pa.string()),  # human-readable detail (exception text, offending path, ...)
+        ("row", pa.string()),  # the source row as JSON (strings only; bytes never stored here)
+    ]
+)
+
+# data/normalized/images/images-XX.parquet, XX = sha256[:2]; each distinct image stored once.
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("sha256", pa.string()),
+        ("bytes", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),  # PIL format name of the stored bytes: "JPEG", "PNG", ...
+    ]
+)
+
+# Raw MMEB column names (MMEB_SPEC.md §1.2, §2.1)
+TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
+EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+
+
+def record_id(dataset: str, split: str, row_index: int) -> str:
+    return f"{dataset}/{split}/{row_index}"
+
+
+def sample_key(record_id_: str) -> str:
+    """WebDataset key for a record id: no dots, no slashes (webdataset splits keys at the first dot)."""
+    key = record_id_.replace("/", "__")
+    if "." in key:
+        key = key.replace(".", "_")
+    return key
