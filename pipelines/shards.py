@@ -1,0 +1,578 @@
+"""Normalized train records -> deterministic WebDataset shards plus an index.
+
+Layout written by `write_shards` (the `shard` stage):
+
+    <out>/<dataset>/<dataset>-NNNNNN.tar     one dataset per tar, records in normalized row order
+    <out>/index.json                         per shard: path, dataset, samples, bytes, sha256;
+                                             per dataset totals; the params used
+
+One sample per record, key = `schema.sample_key(record id)`:
+
+    <key>.json          every record field (id, dataset, split, meta_task, distribution, instruction,
+                        query, target, negatives); each side's `image` struct as in RECORD_SCHEMA plus
+                        `member` (the member extension holding the bytes, e.g. "query.jpg") and
+                        `member_sha256` (sha256 of those bytes)
+    <key>.query.<ext>   raw image bytes of each side that has an image; ext from the stored format
+    <key>.target.<ext>
+    <key>.neg<i>.<ext>
+
+Image bytes are the image store's bytes unchanged, except when the longer side exceeds
+`max_image_side`: then the image is downscaled (aspect kept, longer side = max_image_side, Lanczos)
+and re-encoded (JPEG -> JPEG q95, WebP -> WebP q95, PNG -> PNG, any other format -> PNG; EXIF and
+ICC profile kept). For such an image the JSON keeps `sha256` (the image-store key, so records still
+join to the store), while `width`/`height` describe the member bytes and `member_sha256` differs from
+`sha256`. For every other image `member_sha256 == sha256`.
+
+Determinism: tars are plain POSIX tars (PAX format, no compression) written with `tarfile`, every
+member with mtime 0, uid/gid 0, empty uname/gname, mode 0o444; members in sample order, inside a
+sample the JSON first and then the images sorted by name; JSON with sorted keys and fixed separators.
+Identical inputs and params give byte-identical tars and index, whatever `workers` is.
+
+Bounded memory: the images the records reference are first copied, one store bucket at a time, into
+a temporary SQLite file (a keyed local copy: the store is bucketed by hash, records are not, so a
+direct per-batch lookup would re-read whole buckets for every batch); records are then read in
+parquet batches and each batch's images fetched from that copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import sqlite3
+import tarfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from pipelines.imagestore import StoredImage
+from pipelines.schema import RECORD_SCHEMA, sample_key
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vlm2vec-wds/1"
+INDEX_FILE = "index.json"
+BATCH_ROWS = 256  # records read (and their images fetched) per batch
+
+# PIL format name of the stored bytes -> tar member extension
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
+              "TIFF": "tiff"}
+# format a downscaled image is re-encoded to, and the encoder options
+REENCODE = {"JPEG": ("JPEG", {"quality": 95}), "MPO": ("JPEG", {"quality": 95}),
+            "WEBP": ("WEBP", {"quality": 95}), "PNG": ("PNG", {})}
+REENCODE_DEFAULT = ("PNG", {})
+
+TAR_BLOCK = tarfile.BLOCKSIZE  # 512
+TAR_RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads the archive to a multiple of this
+TAR_FORMAT = tarfile.PAX_FORMAT
+
+
+# --- params -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardParams:
+    """The `shard` params section. `workers` only changes speed, never the bytes written."""
+
+    max_samples: int
+    max_bytes: int
+    max_image_side: int
+    workers: int = 1
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> "ShardParams":
+        known = {"max_samples", "max_bytes", "max_image_side", "workers"}
+        unknown = set(section) - known
+        if unknown:
+            raise ValueError(f"shard params: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        missing = {"max_samples", "max_bytes", "max_image_side"} - set(section)
+        if missing:
+            raise ValueError(f"shard params: missing key(s) {sorted(missing)}")
+        p = cls(**{k: int(v) for k, v in section.items()})
+        if p.max_samples < 1 or p.max_image_side < 1 or p.workers < 1:
+            raise ValueError(f"shard params must be positive: {p}")
+        if p.max_bytes < TAR_RECORD:
+            raise ValueError(f"shard.max_bytes={p.max_bytes} is below one tar record ({TAR_RECORD} bytes)")
+        return p
+
+    def output_params(self) -> dict[str, int]:
+        """The params that determine the output bytes (recorded in the index)."""
+        return {"max_samples": self.max_samples, "max_bytes": self.max_bytes,
+                "max_image_side": self.max_image_side}
+
+
+# --- records ----------------------------------------------------------------------------------
+def record_parts(dataset_dir: Path) -> list[Path]:
+    return sorted(Path(dataset_dir).glob("part-*.parquet"))
+
+
+def check_schema(path: Path, schema: pa.Schema) -> None:
+    """Raise ValueError unless `schema` has RECORD_SCHEMA's field names and types (in order)."""
+    got = [(f.name, f.type) for f in schema]
+    want = [(f.name, f.type) for f in RECORD_SCHEMA]
+    if got != want:
+        raise ValueError(f"{path}: schema differs from pipelines.schema.RECORD_SCHEMA:\n"
+                         f"  got  {schema}\n  want {RECORD_SCHEMA}")
+
+
+def iter_record_batches(dataset_dir: Path, batch_rows: int = BATCH_ROWS) -> Iterator[list[dict]]:
+    """Yield the records of one dataset as lists of dicts, parts in name order, rows in file order."""
+    for part in record_parts(dataset_dir):
+        pf = pq.ParquetFile(part)
+        check_schema(part, pf.schema_arrow)
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            yield batch.to_pylist()
+
+
+def count_records(dataset_dir: Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in record_parts(dataset_dir))
+
+
+def record_sides(record: dict) -> list[tuple[str, dict]]:
+    """(member stem, side) for query, target and each negative, in that order."""
+    sides = [("query", record["query"]), ("target", record["target"])]
+    sides += [(f"neg{i}", side) for i, side in enumerate(record["negatives"] or [])]
+    return sides
+
+
+def record_image_shas(record: dict) -> list[str]:
+    return [side["image"]["sha256"] for _, side in record_sides(record) if side and side.get("image")]
+
+
+# --- local copy of the images the records need --------------------------------------------------
+class ImageCache:
+    """SQLite copy of the image-store rows that a set of records references, keyed by sha256.
+
+    `build` reads each store bucket at most once (only buckets holding a needed image) and fails with
+    KeyError naming the missing hashes when a referenced image is not in the store.
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = True):
+        self.path = Path(path)
+        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        self.db = sqlite3.connect(uri, uri=True)
+
+    @classmethod
+    def build(cls, path: str | Path, store_root: str | Path, shas: Iterable[str]) -> "ImageCache":
+        path, store_root = Path(path), Path(store_root)
+        if not store_root.is_dir():
+            raise FileNotFoundError(f"image store {store_root} does not exist (run the normalize stage)")
+        path.unlink(missing_ok=True)
+        cache = cls(path, readonly=False)
+        db = cache.db
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("CREATE TABLE needed (sha TEXT PRIMARY KEY)")
+        db.execute("CREATE TABLE images (sha TEXT PRIMARY KEY, bytes BLOB NOT NULL, width INTEGER,"
+                   " height INTEGER, format TEXT)")
+        chunk: list[tuple[str]] = []
+        for sha in shas:
+            chunk.append((sha,))
+            if len(chunk) >= 10_000:
+                db.executemany("INSERT OR IGNORE INTO needed VALUES (?)", chunk)
+                chunk.clear()
+        db.executemany("INSERT OR IGNORE INTO needed VALUES (?)", chunk)
+        db.commit()
+        buckets = sorted(store_root.glob("images-*.parquet"))
+        for bucket_file in tqdm(buckets, desc="copy needed images", unit="bucket", leave=False):
+            bucket = bucket_file.stem.split("-", 1)[1]
+            wanted = [r[0] for r in db.execute(
+                "SELECT sha FROM needed WHERE sha >= ? AND sha < ?", (bucket, bucket + "\x7f"))]
+            if not wanted:
+                continue
+            wanted_arr = pa.array(wanted, pa.string())
+            for batch in pq.ParquetFile(bucket_file).iter_batches(batch_size=64):
+                batch = batch.filter(pc.is_in(batch.column("sha256"), value_set=wanted_arr))
+                if batch.num_rows:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?)",
+                        zip(*(batch.column(c).to_pylist()
+                              for c in ("sha256", "bytes", "width", "height", "format"))))
+            db.commit()
+        missing = [r[0] for r in db.execute(
+            "SELECT sha FROM needed WHERE sha NOT IN (SELECT sha FROM images) ORDER BY sha LIMIT 4")]
+        if missing:
+            n = db.execute("SELECT COUNT(*) FROM needed WHERE sha NOT IN (SELECT sha FROM images)"
+                           ).fetchone()[0]
+            raise KeyError(f"{n} image(s) referenced by the records are not in {store_root}: {missing}")
+        db.close()
+        return cls(path, readonly=True)
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def get_many(self, shas: Iterable[str]) -> dict[str, StoredImage]:
+        wanted = sorted(set(shas))
+        found: dict[str, StoredImage] = {}
+        for i in range(0, len(wanted), 500):
+            keys = wanted[i:i + 500]
+            rows = self.db.execute(
+                f"SELECT sha, bytes, width, height, format FROM images WHERE sha IN "
+                f"({','.join('?' * len(keys))})", keys)
+            for sha, data, width, height, fmt in rows:
+                found[sha] = StoredImage(sha, bytes(data), width, height, fmt)
+        missing = set(wanted) - set(found)
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) not in {self.path}: {sorted(missing)[:3]}")
+        return found
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# --- images -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemberImage:
+    bytes: bytes
+    width: int
+    height: int
+    ext: str
+    resized: bool
+
+
+def extension(fmt: str) -> str:
+    ext = EXTENSIONS.get(fmt, (fmt or "").lower())
+    if not re.fullmatch(r"[a-z0-9]+", ext):
+        raise ValueError(f"stored image format {fmt!r} gives no usable member extension")
+    return ext
+
+
+def downscaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """Size with the longer side == max_side and the aspect ratio kept (each side at least 1)."""
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fit_image(image: StoredImage, max_side: int) -> MemberImage:
+    """The stored bytes unchanged when the longer side <= max_side, else downscaled and re-encoded."""
+    if max(image.width, image.height) <= max_side:
+        return MemberImage(image.bytes, image.width, image.height, extension(image.format), False)
+    size = downscaled_size(image.width, image.height, max_side)
+    with Image.open(io.BytesIO(image.bytes)) as img:
+        info = dict(img.info)
+        if img.format in ("JPEG", "MPO"):
+            img.draft(img.mode, size)  # libjpeg DCT scaling when the target allows it (fast)
+        img.load()
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in info else "RGB")
+        elif img.mode not in ("1", "L", "LA", "RGB", "RGBA", "CMYK", "I", "I;16", "F"):
+            img = img.convert("RGB")
+        img = img.resize(size, Image.Resampling.LANCZOS)
+        fmt, options = REENCODE.get(image.format, REENCODE_DEFAULT)
+        if fmt == "JPEG" and img.mode not in ("L", "RGB", "CMYK"):
+            img = img.convert("RGB")
+        if fmt == "WEBP" and img.mode not in ("RGB", "RGBA"):
+            img = img.convert("RGBA" if "A" in img.mode else "RGB")
+        options = dict(options)
+        for key in ("exif", "icc_profile"):
+            if info.get(key) and fmt in ("JPEG", "WEBP", "PNG"):
+                options[key] = info[key]
+        out = io.BytesIO()
+        img.save(out, format=fmt, **options)
+    return MemberImage(out.getvalue(), size[0], size[1], extension(fmt), True)
+
+
+# --- samples ----------------------------------------------------------------------------------
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass
+class Sample:
+    key: str
+    members: list[tuple[str, bytes]]  # (member name, bytes), in tar order
+    resized: int = 0
+
+
+def build_sample(record: dict, images: dict[str, StoredImage], max_side: int) -> Sample:
+    """One record as tar members: `<key>.json` first, then the images sorted by member name."""
+    key = sample_key(record["id"])
+    doc = dict(record)
+    image_members: list[tuple[str, bytes]] = []
+    resized = 0
+    new_sides: dict[str, dict] = {}
+    for stem, side in record_sides(record):
+        if side is None or side.get("image") is None:
+            new_sides[stem] = side
+            continue
+        ref = side["image"]
+        fitted = fit_image(images[ref["sha256"]], max_side)
+        member = f"{stem}.{fitted.ext}"
+        image_members.append((f"{key}.{member}", fitted.bytes))
+        resized += fitted.resized
+        new_sides[stem] = {**side, "image": {
+            **ref, "width": fitted.width, "height": fitted.height, "member": member,
+            "member_sha256": hashlib.sha256(fitted.bytes).hexdigest() if fitted.resized else ref["sha256"],
+        }}
+    doc["query"], doc["target"] = new_sides["query"], new_sides["target"]
+    doc["negatives"] = [new_sides[f"neg{i}"] for i in range(len(record["negatives"] or []))]
+    return Sample(key, [(f"{key}.json", json_bytes(doc))] + sorted(image_members), resized)
+
+
+# --- deterministic tars -----------------------------------------------------------------------
+def tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def member_size(name: str, size: int) -> int:
+    """Bytes a member takes in the tar: its header block(s) (PAX extended ones included) + padded data."""
+    header = tar_info(name, size).tobuf(TAR_FORMAT, "utf-8", "surrogateescape")
+    return len(header) + -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def tar_file_size(members_bytes: int) -> int:
+    """Size of a tar whose members take `members_bytes`: + two zero end blocks, padded to a record."""
+    return -(-(members_bytes + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
+
+
+class _HashingWriter:
+    """File wrapper that hashes and counts what tarfile writes."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.sha.update(data)
+        self.n += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.n
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the shards root
+    dataset: str
+    samples: int
+    bytes: int
+    sha256: str
+    oversize: bool  # one sample larger than max_bytes on its own
+
+
+@dataclass
+class DatasetShards:
+    dataset: str
+    meta_task: str | None = None
+    distribution: str | None = None
+    split: str | None = None
+    samples: int = 0
+    images: int = 0
+    resized_images: int = 0
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Writes one dataset's samples to `<root>/<dataset>/<dataset>-NNNNNN.tar`, rolling over to a new
+    tar before one would exceed max_samples or max_bytes. Each tar is written under `.tmp` and
+    renamed when complete, so a finished name always holds a complete tar."""
+
+    def __init__(self, root: Path, dataset: str, max_samples: int, max_bytes: int):
+        self.root, self.dataset = Path(root), dataset
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        (self.root / dataset).mkdir(parents=True, exist_ok=True)
+        self.shards: list[ShardInfo] = []
+        self._tar = self._file = self._hasher = None
+        self._count = self._offset = 0
+        self._oversize = False
+
+    def _open(self) -> None:
+        name = f"{self.dataset}/{self.dataset}-{len(self.shards):06d}.tar"
+        self._name = name
+        self._file = open(self.root / (name + ".tmp"), "wb")
+        self._hasher = _HashingWriter(self._file)
+        self._tar = tarfile.open(fileobj=self._hasher, mode="w", format=TAR_FORMAT, encoding="utf-8")
+        self._count = self._offset = 0
+        self._oversize = False
+
+    def _finish(self) -> None:
+        self._tar.close()
+        self._file.close()
+        size = self._hasher.n
+        if size != tar_file_size(self._offset):  # the size accounting that bounds max_bytes
+            raise AssertionError(f"{self._name}: wrote {size} bytes, expected {tar_file_size(self._offset)}")
+        os.replace(self.root / (self._name + ".tmp"), self.root / self._name)
+        self.shards.append(ShardInfo(self._name, self.dataset, self._count, size,
+                                     self._hasher.sha.hexdigest(), self._oversize))
+        self._tar = None
+
+    def add(self, sample: Sample) -> None:
+        sizes = [member_size(name, len(data)) for name, data in sample.members]
+        need = sum(sizes)
+        if self._tar is not None and (self._count >= self.max_samples
+                                      or tar_file_size(self._offset + need) > self.max_bytes):
+            self._finish()
+        if self._tar is None:
+            self._open()
+            if tar_file_size(need) > self.max_bytes:
+                self._oversize = True
+                log.warning("%s: sample %s alone takes %d bytes > shard.max_bytes=%d; it gets its own "
+                            "shard %s", self.dataset, sample.key, tar_file_size(need), self.max_bytes,
+                            self._name)
+        for name, data in sample.members:
+            self._tar.addfile(tar_info(name, len(data)), io.BytesIO(data))
+        self._offset += need
+        self._count += 1
+
+    def close(self) -> list[ShardInfo]:
+        if self._tar is not None:
+            self._finish()
+        return self.shards
+
+
+# --- one dataset ------------------------------------------------------------------------------
+def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: ShardParams,
+                  progress: bool = True) -> DatasetShards:
+    """Write the shards of one dataset (records of `dataset_dir`, images from the cache)."""
+    dataset_dir = Path(dataset_dir)
+    dataset = dataset_dir.name
+    result = DatasetShards(dataset)
+    cache = ImageCache(cache_path)
+    writer = ShardWriter(out_root, dataset, params.max_samples, params.max_bytes)
+    seen: set[str] = set()
+    bar = tqdm(total=count_records(dataset_dir), desc=f"shard {dataset}", unit="sample",
+               disable=not progress, leave=False)
+    try:
+        for records in iter_record_batches(dataset_dir):
+            images = cache.get_many(s for r in records for s in record_image_shas(r))
+            for record in records:
+                if record["dataset"] != dataset:
+                    raise ValueError(f"{dataset_dir}: record {record['id']} says dataset "
+                                     f"{record['dataset']!r}, not {dataset!r}")
+                if record["id"] in seen:
+                    raise ValueError(f"{dataset_dir}: duplicate record id {record['id']!r}")
+                seen.add(record["id"])
+                if result.meta_task is None:
+                    result.meta_task = record["meta_task"]
+                    result.distribution = record["distribution"]
+                    result.split = record["split"]
+                sample = build_sample(record, images, params.max_image_side)
+                writer.add(sample)
+                result.samples += 1
+                result.images += len(sample.members) - 1
+                result.resized_images += sample.resized
+            bar.update(len(records))
+        result.shards = writer.close()
+    finally:
+        bar.close()
+        cache.close()
+    if result.samples == 0:
+        log.warning("%s: no records, no shards", dataset_dir)
+    log.info("%s: %d samples, %d images (%d downscaled) in %d shard(s)", dataset, result.samples,
+             result.images, result.resized_images, len(result.shards))
+    return result
+
+
+# --- all datasets -----------------------------------------------------------------------------
+def dataset_dirs(normalized_train: Path) -> list[Path]:
+    return sorted(p for p in Path(normalized_train).iterdir() if p.is_dir())
+
+
+def _all_shas(dirs: list[Path]) -> Iterator[str]:
+    for d in dirs:
+        for part in record_parts(d):
+            pf = pq.ParquetFile(part)
+            check_schema(part, pf.schema_arrow)
+            for batch in pf.iter_batches(batch_size=4096, columns=["query", "target", "negatives"]):
+                for record in batch.to_pylist():
+                    yield from record_image_shas(record)
+
+
+def build_index(params: ShardParams, results: list[DatasetShards]) -> dict:
+    datasets = {}
+    for r in results:
+        datasets[r.dataset] = {
+            "meta_task": r.meta_task, "distribution": r.distribution, "split": r.split,
+            "samples": r.samples, "images": r.images, "resized_images": r.resized_images,
+            "shards": len(r.shards), "bytes": sum(s.bytes for s in r.shards),
+            "oversize_shards": sum(s.oversize for s in r.shards),
+        }
+    shards = [asdict(s) for r in results for s in r.shards]
+    return {
+        "format": FORMAT,
+        "params": params.output_params(),
+        "datasets": datasets,
+        "shards": shards,
+        "total": {"datasets": len(datasets), "samples": sum(d["samples"] for d in datasets.values()),
+                  "shards": len(shards), "bytes": sum(s["bytes"] for s in shards)},
+    }
+
+
+def write_shards(normalized_train: str | Path, images_root: str | Path, out_root: str | Path,
+                 params: ShardParams) -> dict:
+    """Shard every dataset under `normalized_train` into `out_root` and write `out_root/index.json`.
+
+    `out_root` must be absent or empty. Returns the index. Raises on a schema mismatch, a record
+    whose image is not in the store, a duplicate record id, or a record of another dataset.
+    """
+    normalized_train, out_root = Path(normalized_train), Path(out_root)
+    if not normalized_train.is_dir():
+        raise FileNotFoundError(f"{normalized_train} does not exist (run the normalize stage)")
+    if out_root.exists() and any(out_root.iterdir()):
+        raise FileExistsError(f"{out_root} is not empty; clear it first")
+    dirs = dataset_dirs(normalized_train)
+    if not dirs:
+        raise FileNotFoundError(f"no dataset folders under {normalized_train}")
+    out_root.mkdir(parents=True, exist_ok=True)
+    work = out_root / ".work"
+    work.mkdir()
+    cache_path = work / "images.sqlite"
+    try:
+        cache = ImageCache.build(cache_path, images_root, _all_shas(dirs))
+        log.info("copied %d referenced images from %s", len(cache), images_root)
+        cache.close()
+        results: dict[str, DatasetShards] = {}
+        if params.workers == 1 or len(dirs) == 1:
+            for d in dirs:
+                results[d.name] = shard_dataset(d, cache_path, out_root, params)
+        else:
+            total = sum(count_records(d) for d in dirs)
+            with ProcessPoolExecutor(min(params.workers, len(dirs)), mp_context=get_context("spawn")) as ex, \
+                    tqdm(total=total, desc="shard", unit="sample") as bar:
+                futures = [ex.submit(shard_dataset, d, cache_path, out_root, params, False) for d in dirs]
+                for fut in as_completed(futures):
+                    r = fut.result()
+                    results[r.dataset] = r
+                    bar.update(r.samples)
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
+    index = build_index(params, [results[d.name] for d in dirs])
+    tmp = out_root / (INDEX_FILE + ".tmp")
+    tmp.write_bytes(json.dumps(index, sort_keys=True, indent=1).encode("utf-8") + b"\n")
+    os.replace(tmp, out_root / INDEX_FILE)
+    t = index["total"]
+    log.info("wrote %d samples of %d datasets in %d shards (%.1f MB) to %s", t["samples"],
+             t["datasets"], t["shards"], t["bytes"] / 1e6, out_root)
+    return index
+
+
+def read_index(out_root: str | Path) -> dict:
+    with open(Path(out_root) / INDEX_FILE, encoding="utf-8") as f:
+        index = json.load(f)
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{out_root}/{INDEX_FILE}: format {index.get('format')!r}, expected {FORMAT!r}")
+    return index
+
+
+def shard_urls(out_root: str | Path, datasets: Iterable[str] | None = None) -> list[str]:
+    """Absolute tar paths from the index, in index order, optionally only some datasets."""
+    index = read_index(out_root)
+    keep = None if datasets is None else set(datasets)
+    return [str(Path(out_root) / s["path"]) for s in index["shards"] if keep is None or s["dataset"] in keep]
