@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+
+from trainer.embedding_cache import INDEX_FILE, EmbeddingCache, settings_digest
+
+
+def _vectors(n, dim=8, seed=0):
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _keys(n, prefix="k"):
+    return [f"{prefix}{i:04d}" for i in range(n)]
+
+
+def test_roundtrip_and_reopen(tmp_path):
+    keys, vecs = _keys(10), _vectors(10)
+    cache = EmbeddingCache(tmp_path, "model-a", {"image_max_pixels": 4096})
+    cache.put(keys[:6], vecs[:6])
+    cache.put(keys[6:], vecs[6:])
+    reopened = EmbeddingCache(tmp_path, "model-a", {"image_max_pixels": 4096})
+    found = reopened.lookup(keys + ["unknown"])
+    assert sorted(found) == keys
+    for i, k in enumerate(keys):
+        np.testing.assert_array_equal(found[k], vecs[i])
+    assert reopened.stats["hits"] == 10 and reopened.stats["misses"] == 1
+    assert len(reopened) == 10 and len(reopened.parts()) == 2
+    # files are safetensors + JSON, never pickle
+    assert all(p.suffix == ".safetensors" for p in reopened.parts())
+    assert json.loads((reopened.dir / INDEX_FILE).read_text())["fingerprint"] == "model-a"
+
+
+def test_changed_fingerprint_or_settings_miss(tmp_path):
+    keys, vecs = _keys(4), _vectors(4)
+    EmbeddingCache(tmp_path, "model-a", {"image_max_pixels": 4096}).put(keys, vecs)
+    assert EmbeddingCache(tmp_path, "model-b", {"image_max_pixels": 4096}).lookup(keys) == {}
+    assert EmbeddingCache(tmp_path, "model-a", {"image_max_pixels": 1024}).lookup(keys) == {}
+    assert len(EmbeddingCache(tmp_path, "model-a", {"image_max_pixels": 4096}).lookup(keys)) == 4
+    assert settings_digest({"a": 1, "b": 2}) == settings_digest({"b": 2, "a": 1})
+
+
+def test_unsafe_fingerprint_is_hashed_into_the_path(tmp_path):
+    cache = EmbeddingCache(tmp_path, "../../etc/passwd")
+    cache.put(["x"], _vectors(1))
+    assert cache.dir.resolve().is_relative_to(tmp_path.resolve())
+    assert EmbeddingCache(tmp_path, "../../etc/passwd").lookup(["x"]).keys() == {"x"}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "swap_keys"])
+def test_damaged_part_is_detected_and_dropped(tmp_path, damage):
+    keys, vecs = _keys(12), _vectors(12)
+    cache = EmbeddingCache(tmp_path, "m")
+    cache.put(keys[:6], vecs[:6])
+    cache.put(keys[6:], vecs[6:])
+    victim = next(p for p in cache.parts() if "k0000" in p.read_bytes().decode("latin-1"))
+    data = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(data[: len(data) - 7])
+    elif damage == "flip":
+        flipped = bytearray(data)
+        flipped[-3] ^= 0x40  # inside the tensor bytes: the header still parses
+        victim.write_bytes(bytes(flipped))
+    elif damage == "delete":
+        victim.unlink()
+    else:  # a valid safetensors file whose keys disagree with the index (index pointing elsewhere)
+        index_path = cache.dir / INDEX_FILE
+        index = json.loads(index_path.read_text())
+        other = next(n for n in index["parts"] if n != victim.name)
+        index["parts"][victim.name], index["parts"][other] = index["parts"][other], index["parts"][victim.name]
+        index["parts"][victim.name]["bytes"], index["parts"][other]["bytes"] = (
+            index["parts"][other]["bytes"], index["parts"][victim.name]["bytes"])
+        index["parts"][victim.name]["sha256"], index["parts"][other]["sha256"] = (
+            index["parts"][other]["sha256"], index["parts"][victim.name]["sha256"])
+        index_path.write_text(json.dumps(index))
+
+    fresh = EmbeddingCache(tmp_path, "m")
+    found = fresh.lookup(keys)
+    assert fresh.stats["parts_rejected"] >= 1
+    if damage == "swap_keys":
+        assert found == {}  # both parts now disagree with their index entries
+    else:
+        assert sorted(found) == keys[6:]  # the intact part is still trusted
+        for i, k in enumerate(keys[6:], start=6):
+            np.testing.assert_array_equal(found[k], vecs[i])
+    assert not victim.exists()
+    # the damage is remembered: a new cache object does not see the dropped keys either,
+    # and recomputed vectors can be stored again
+    again = EmbeddingCache(tmp_path, "m")
+    assert "k0000" not in again.lookup(keys)
+    again.put(keys[:6], vecs[:6])
+    assert len(EmbeddingCache(tmp_path, "m").lookup(keys)) == (6 if damage == "swap_keys" else 12)
+
+
+def test_corrupt_index_discards_cache(tmp_path):
+    keys, vecs = _keys(3), _vectors(3)
+    cache = EmbeddingCache(tmp_path, "m")
+    cache.put(keys, vecs)
+    (cache.dir / INDEX_FILE).write_text('{"format": "vlm2vec-embedding-cache/1", "parts": ')
+    fresh = EmbeddingCache(tmp_path, "m")
+    assert fresh.lookup(keys) == {}
+    assert list(fresh.dir.glob("part-*")) == []
+
+
+def test_put_rejects_bad_input(tmp_path):
+    cache = EmbeddingCache(tmp_path, "m")
+    with pytest.raises(ValueError, match="keys but vectors"):
+        cache.put(["a", "b"], _vectors(3))
+    with pytest.raises(ValueError, match="duplicate"):
+        cache.put(["a", "a"], _vectors(2))
+    bad = _vectors(2)
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        cache.put(["a", "b"], bad)
+    with pytest.raises(ValueError, match="fingerprint"):
+        EmbeddingCache(tmp_path, "")
