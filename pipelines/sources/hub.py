@@ -1,0 +1,204 @@
+"""MMEB from the Hugging Face Hub: the repo layout, subset selection, and a pinned, filtered download.
+
+The Hub layout (MMEB_SPEC §1.1, §1.3, §2.1), for a train split `<split>` (original | diverse_instruction):
+
+    MMEB-train/<Subset>/<split>-NNNNN-of-NNNNN.parquet     one folder per config (subset)
+    MMEB-train/images_zip/<Subset>.zip                     the subset's images, one zip
+    MMEB-eval/<Dataset>/test-NNNNN-of-NNNNN.parquet        one folder per config (dataset)
+    MMEB-eval/images.zip                                   every eval image, one zip
+    README.md                                              the dataset card (both repos)
+
+The layout functions here work on a plain list of repo file paths, so `pipelines.sources.local` checks a
+local folder against the very same rules. `fetch_repo` downloads only the selected subsets with
+`huggingface_hub.snapshot_download(allow_patterns=...)` into a cache outside the DVC output, pinned to
+the commit the requested revision resolved to, and checks every LFS file against its sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TRAIN = "train"
+EVAL = "eval"
+EVAL_SPLIT = "test"
+CARD = "README.md"
+EVAL_IMAGES = "images.zip"
+# configs a repo has that are not part of the benchmark: taken only when asked for by name
+EXTRA_EVAL_CONFIGS = ("CIFAR-100",)
+
+
+class LayoutError(ValueError):
+    """A repo or folder does not hold what the Hub layout and the selection require."""
+
+
+# --- layout --------------------------------------------------------------------------------------
+def parquet_pattern(subset: str, split: str) -> str:
+    """The glob (huggingface_hub `allow_patterns` syntax) of one subset's parquet shards."""
+    return f"{subset}/{split}-*.parquet"
+
+
+def train_zip(subset: str) -> str:
+    return f"images_zip/{subset}.zip"
+
+
+def _shard_re(split: str) -> re.Pattern:
+    return re.compile(rf"^(?P<subset>[^/]+)/{re.escape(split)}-[^/]*\.parquet$")
+
+
+def available_subsets(paths, kind: str, split: str) -> list[str]:
+    """Configs present in a repo file listing: the top-level folders holding `<split>-*.parquet`
+    (train) or `test-*.parquet` (eval). Sorted."""
+    shard = _shard_re(split if kind == TRAIN else EVAL_SPLIT)
+    return sorted({m["subset"] for p in paths if (m := shard.match(p))})
+
+
+def resolve_selection(selection, available: list[str], kind: str) -> list[str]:
+    """`all` -> every available config (for eval without the non-benchmark extras such as
+    CIFAR-100), else the listed names in their given order, each checked to exist. Raises LayoutError
+    naming the unknown configs and the available ones."""
+    if selection in (None, "all", ["all"]):
+        chosen = [s for s in sorted(available) if not (kind == EVAL and s in EXTRA_EVAL_CONFIGS)]
+        if not chosen:
+            raise LayoutError(f"MMEB-{kind}: no configs found")
+        return chosen
+    names = [selection] if isinstance(selection, str) else list(selection)
+    if not names:
+        raise LayoutError(f"MMEB-{kind}: the subset list is empty")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise LayoutError(f"MMEB-{kind}: subsets listed twice: {duplicates}")
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise LayoutError(f"MMEB-{kind}: unknown subsets {missing}; available: {sorted(available)}")
+    return names
+
+
+def allow_patterns(kind: str, split: str, subsets: list[str]) -> list[str]:
+    """What to fetch for the selection: parquet shards and image zips of the selected subsets only,
+    plus the dataset card."""
+    if kind == TRAIN:
+        patterns = [p for s in subsets for p in (parquet_pattern(s, split), train_zip(s))]
+    else:
+        patterns = [parquet_pattern(s, EVAL_SPLIT) for s in subsets] + [EVAL_IMAGES]
+    return patterns + [CARD]
+
+
+def select_files(paths, kind: str, split: str, subsets: list[str]) -> list[str]:
+    """The repo files the selection needs, sorted. Raises LayoutError naming every missing piece (a
+    subset without parquet shards or without its image zip, a missing eval images.zip). The card is
+    optional."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    paths = sorted(set(paths))
+    shard = _shard_re(split if kind == TRAIN else EVAL_SPLIT)
+    have = set(paths)
+    missing = []
+    for s in subsets:
+        if not any((m := shard.match(p)) and m["subset"] == s for p in paths):
+            missing.append(parquet_pattern(s, split if kind == TRAIN else EVAL_SPLIT))
+        if kind == TRAIN and train_zip(s) not in have:
+            missing.append(train_zip(s))
+    if kind == EVAL and EVAL_IMAGES not in have:
+        missing.append(EVAL_IMAGES)
+    if missing:
+        raise LayoutError(f"MMEB-{kind}: missing {missing}")
+    return sorted(filter_repo_objects(paths, allow_patterns=allow_patterns(kind, split, subsets)))
+
+
+# --- download ------------------------------------------------------------------------------------
+@dataclass
+class FetchedRepo:
+    """A repo's selected files, downloaded. `files` maps the repo path to the cached file."""
+
+    kind: str
+    repo_id: str
+    requested_revision: str
+    commit: str
+    subsets: list[str]
+    files: dict[str, Path] = field(default_factory=dict)
+    expected_sha256: dict[str, str] = field(default_factory=dict)  # LFS files: the oid the Hub lists
+
+    def check_sha256(self, hashes: dict[str, str]) -> None:
+        """Raise LayoutError when a file's sha256 (repo path -> hex) differs from the Hub's LFS oid."""
+        bad = [p for p, h in sorted(hashes.items()) if p in self.expected_sha256 and self.expected_sha256[p] != h]
+        if bad:
+            raise LayoutError(
+                f"{self.repo_id}@{self.commit}: sha256 differs from the Hub's for {bad}; "
+                f"delete them from the cache ({[str(self.files[p]) for p in bad]}) and rerun"
+            )
+
+
+def fetch_repo(
+    repo_id: str,
+    *,
+    kind: str,
+    revision: str,
+    split: str,
+    selection,
+    cache_dir: Path,
+    max_workers: int = 8,
+) -> FetchedRepo:
+    """Download the selected subsets of an MMEB repo at `revision` into `cache_dir` (the
+    huggingface_hub cache layout) and return where each file is.
+
+    Guarantees: the revision is resolved to one commit first and every listing and download uses that
+    commit, so the files belong to one snapshot; only files matching the selection's patterns are
+    requested; each LFS file has the size the Hub lists (its sha256 is in `expected_sha256`, for
+    `check_sha256` once the caller has hashed it). Files already in the cache are
+    not fetched again, so a rerun after an interrupted run downloads only what is missing (and a
+    transfer cut mid-file is resumed by the client with an HTTP Range request). Without network
+    (HF_HUB_OFFLINE=1, Hub unreachable) it works from the cache when the revision and snapshot are
+    there.
+    """
+    from huggingface_hub import HfApi, get_cached_repo_tree, snapshot_download
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError, OfflineModeIsEnabled
+    import httpx2
+
+    api = HfApi()
+    cache_dir = Path(cache_dir)
+    commit = api.resolve_revision(repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir).resolved
+    log.info("%s: revision %r is commit %s", repo_id, revision, commit)
+
+    try:
+        tree = list(api.list_repo_tree(repo_id, repo_type="dataset", revision=commit, recursive=True))
+    except (OfflineModeIsEnabled, httpx2.TransportError) as error:
+        log.warning("%s: Hub not reachable (%s); using the cached file listing", repo_id, error)
+        try:
+            tree = get_cached_repo_tree(repo_id, repo_type="dataset", revision=commit, cache_dir=cache_dir)
+        except CachedRepoTreeNotFoundError as missing:
+            raise LayoutError(f"{repo_id}@{commit}: Hub not reachable and nothing cached: {missing}") from error
+    entries = {f.path: f for f in tree if hasattr(f, "blob_id")}  # RepoFile, not RepoFolder
+
+    subsets = resolve_selection(selection, available_subsets(entries, kind, split), kind)
+    wanted = select_files(entries, kind, split, subsets)
+    patterns = allow_patterns(kind, split, subsets)
+    total = sum(entries[p].size or 0 for p in wanted)
+    log.info("%s@%s: %d subsets, %d files, %.1f MB", repo_id, commit[:10], len(subsets), len(wanted), total / 1e6)
+
+    snapshot = Path(
+        snapshot_download(
+            repo_id,
+            repo_type="dataset",
+            revision=commit,
+            cache_dir=cache_dir,
+            allow_patterns=patterns,
+            max_workers=max_workers,
+        )
+    )
+    fetched = FetchedRepo(kind, repo_id, revision, commit, subsets)
+    for path in wanted:
+        local = snapshot / path
+        if not local.is_file():
+            raise LayoutError(f"{repo_id}@{commit}: {path} was not downloaded")
+        lfs = getattr(entries[path], "lfs", None)
+        if lfs is not None and local.stat().st_size != lfs.size:
+            raise LayoutError(f"{repo_id}@{commit}: {path} has {local.stat().st_size} bytes, the Hub lists {lfs.size}")
+        fetched.files[path] = local.resolve()
+        if lfs is not None:
+            fetched.expected_sha256[path] = lfs.sha256
+    return fetched
