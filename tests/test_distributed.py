@@ -1,0 +1,98 @@
+"""trainer.distributed in one process, and a 2-rank gloo DDP run compared with one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import distributed
+from trainer.distributed import DistInfo, all_gather_object, barrier, cleanup, init_from_env, is_main
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for k in LAUNCHER_VARS:
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch
+
+
+def test_single_process_defaults(clean_env):
+    info = init_from_env()
+    assert isinstance(info, DistInfo)
+    assert (info.rank, info.world_size, info.local_rank, info.is_main) == (0, 1, 0, True)
+    assert info.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert not torch.distributed.is_initialized()
+    assert is_main() and distributed.rank() == 0 and distributed.world_size() == 1
+    assert all_gather_object({"n": 3}) == [{"n": 3}]
+    barrier()
+    cleanup()  # no-ops without a process group
+
+
+@pytest.mark.parametrize(
+    "env, match",
+    [
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "outside"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE"),
+        ({"WORLD_SIZE": "two"}, "not an integer"),
+        ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR"),
+        ({"WORLD_SIZE": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK"),
+    ],
+)
+def test_bad_launcher_environment_raises(clean_env, env, match):
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    with pytest.raises(ValueError, match=match):
+        init_from_env()
+    assert not torch.distributed.is_initialized()
+
+
+def _relative_max_diff(got: dict, want: dict) -> float:
+    scale = max(g.abs().max().item() for g in want.values())
+    return max((got[n] - g).abs().max().item() for n, g in want.items()) / scale
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_equal_one_process_on_global_batch(tmp_path):
+    """2 gloo ranks x half batch == 1 process x global batch: loss and LoRA gradients, 4 cases."""
+    from safetensors.torch import load_file
+
+    from tests.ddp_worker import CASES, single_process_step
+
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "ddp_worker.py"), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    torch.set_num_threads(1)
+    for case in CASES:
+        ref_loss, ref_grads = single_process_step(case)
+        assert all(g.abs().max() > 0 for g in ref_grads.values()), "a LoRA weight got no gradient"
+        for rank in (0, 1):
+            saved = load_file(str(tmp_path / f"{case}.rank{rank}.safetensors"))
+            got = {n: saved[f"grad.{n}"] for n in ref_grads}
+            assert set(k[5:] for k in saved if k.startswith("grad.")) == set(ref_grads)
+            assert saved["loss"].item() == pytest.approx(ref_loss, rel=1e-6), case
+            # info_nce scaled the loss by the world size for DDP's gradient averaging
+            assert saved["loss_scaled"].item() == pytest.approx(2 * ref_loss, rel=1e-6), case
+            # max |grad difference| relative to the largest gradient entry (entries reach ~60)
+            assert _relative_max_diff(got, ref_grads) < 1e-6, case
+        # negative control: without cross-device negatives the gradients are far off
+        _, local_grads = single_process_step(case, cross_device=False)
+        assert _relative_max_diff(got, local_grads) > 1e-2, case
+
+    for rank in (0, 1):
+        meta = json.loads((tmp_path / f"meta.rank{rank}.json").read_text())
+        assert meta["ranks"] == [0, 1]
+        assert meta["is_main"] == [True, False]
+        assert "equal shapes" in meta["unequal_shapes"]
+        assert meta["gathered"] == [[0.0] * 3] * 2 + [[1.0] * 3] * 2  # rank order
+        assert meta["local_grad"] == [[1.0] * 3] * 2  # only the local slot carries gradient
