@@ -1,0 +1,224 @@
+"""Embedding API and CLI: load a trained (or base) model and embed sides, texts or images.
+
+    from trainer.embed import EmbeddingModel
+    model = EmbeddingModel.load("models/embedder")
+    q = model.encode_texts(["a red circle"], instruction="Find me an everyday image that matches the given caption:")
+    t = model.encode_images([PIL.Image.open("x.jpg")], instruction="Represent the given image.")
+    (q @ t.T)                       # cosine similarities (rows are L2-normalised)
+
+    python -m trainer.embed --model models/embedder --text "a red circle" --image x.jpg --out emb.npy
+
+Model folders:
+* a `save_backbone` folder (models/base), or
+* an embedder folder (models/embedder) holding `merged/` (a `save_backbone` folder of the LoRA-merged
+  model), `adapter/` (the peft adapter) and `lineage.json`. Only `merged/` is loaded.
+
+Collation settings (max_text_tokens, image_max_pixels, instructions) come from, in order: the
+arguments of `load`, lineage.json (`collation`, else `train` / `params.train`), the defaults
+(256, None, True). They are part of the fingerprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pipelines.schema import IMAGE_TOKEN
+from trainer.backbones import BACKBONE_JSON, load_backbone
+from trainer.inputs import Collator
+from trainer.model import Embedder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COLLATION = dict(max_text_tokens=256, image_max_pixels=None, instructions=True)
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def make_side(text: str = "", instruction: str = "", *, has_image: bool = False) -> dict:
+    """A SIDE dict (pipelines/schema.py) in MMEB's layout: `<|image_1|>\\n{instruction} {text}\\n`."""
+    instruction, text = instruction.strip(), text.strip()
+    body = " ".join(p for p in (instruction, text) if p)
+    prefix = f"{IMAGE_TOKEN}\n" if has_image else ""
+    raw = prefix + (body + "\n" if body else "")
+    sep = " " if instruction and text else ""
+    template = prefix + ("{instruction}" if instruction else "") + sep + ("{text}" if text else "") + ("\n" if body else "")
+    return dict(raw=raw, instruction=instruction, text=text, has_image_token=has_image, template=template, image=None)
+
+
+def model_dir_of(path: Path) -> Path:
+    """The save_backbone folder inside a model folder (itself, or its `merged/`)."""
+    path = Path(path)
+    if (path / BACKBONE_JSON).exists():
+        return path
+    if (path / "merged" / BACKBONE_JSON).exists():
+        return path / "merged"
+    raise FileNotFoundError(f"{path} is not a model folder: no {BACKBONE_JSON} in it or in {path}/merged")
+
+
+def _lineage_collation(path: Path) -> dict:
+    lineage_file = Path(path) / "lineage.json"
+    if not lineage_file.exists():
+        return {}
+    lineage = json.loads(lineage_file.read_text(encoding="utf-8"))
+    for section in (lineage.get("collation"), lineage.get("train"), (lineage.get("params") or {}).get("train")):
+        if isinstance(section, dict) and any(k in section for k in DEFAULT_COLLATION):
+            return {k: section[k] for k in DEFAULT_COLLATION if k in section}
+    return {}
+
+
+def fingerprint_of(model_dir: Path, collation: dict) -> str:
+    """sha256 over every file of the save_backbone folder (relative path + content) and the collation
+    settings: it changes when weights, tokenizer, processor, backbone.json or collation change."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(file.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    h.update(json.dumps(collation, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+class EmbeddingModel:
+    """A loaded embedding model: `encode*` return float32 [N, D] L2-normalised numpy arrays."""
+
+    def __init__(self, backbone, *, collation: dict, fingerprint: str, path: Path, device="cpu", dtype=None):
+        self.backbone = backbone
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.embedder = Embedder(backbone).to(self.device)
+        if dtype is not None:
+            self.embedder.to(dtype)
+        self.embedder.eval()
+        self.collator = Collator(backbone, **collation)
+        self.collation = collation
+        self.fingerprint = fingerprint
+        self.path = path
+
+    @classmethod
+    def load(cls, path, *, device="cpu", dtype=None, max_text_tokens: int | None = None,
+             image_max_pixels: int | None = None, instructions: bool | None = None) -> "EmbeddingModel":
+        path = Path(path)
+        model_dir = model_dir_of(path)
+        collation = dict(DEFAULT_COLLATION)
+        collation.update(_lineage_collation(path))
+        for key, value in (("max_text_tokens", max_text_tokens), ("image_max_pixels", image_max_pixels),
+                           ("instructions", instructions)):
+            if value is not None:
+                collation[key] = value
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+            dtype = _DTYPES[dtype]
+        backbone = load_backbone(str(model_dir), torch_dtype=dtype)
+        fp = fingerprint_of(model_dir, collation)
+        log.info("loaded embedding model %s (%s, fingerprint %s)", path, backbone.family, fp[:12])
+        return cls(backbone, collation=collation, fingerprint=fp, path=path, device=device, dtype=dtype)
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    def _to_device(self, batch: dict) -> dict:
+        out = {}
+        for k, v in batch.items():
+            v = v.to(self.device)
+            if self.dtype is not None and v.is_floating_point():
+                v = v.to(self.dtype)
+            out[k] = v
+        return out
+
+    @torch.inference_mode()
+    def encode(self, sides: Sequence[dict], images: Sequence[Image.Image | None], *, batch_size: int = 32,
+               progress: bool | None = None) -> np.ndarray:
+        """float32 [N, D] embeddings of `sides` (row i uses images[i], or no image when None)."""
+        if len(sides) != len(images):
+            raise ValueError(f"{len(sides)} sides but {len(images)} images")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.embedder.eval()
+        starts = range(0, len(sides), batch_size)
+        show = progress if progress is not None else len(starts) > 4
+        chunks = []
+        for start in tqdm(starts, desc="embed", unit="batch", disable=not show):
+            batch = self.collator(sides[start:start + batch_size], images[start:start + batch_size])
+            emb = self.embedder(self._to_device(batch))
+            chunks.append(emb.float().cpu().numpy())
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def encode_texts(self, texts: Sequence[str], *, instruction: str = "", batch_size: int = 32) -> np.ndarray:
+        """Embeddings of plain texts, each rendered as `{instruction} {text}\\n`."""
+        sides = [make_side(t, instruction) for t in texts]
+        return self.encode(sides, [None] * len(sides), batch_size=batch_size)
+
+    def encode_images(self, images: Sequence[Image.Image], *, instruction: str = "", text: str = "",
+                      batch_size: int = 32) -> np.ndarray:
+        """Embeddings of images, each rendered as `<image>\\n{instruction} {text}\\n`."""
+        sides = [make_side(text, instruction, has_image=True) for _ in images]
+        return self.encode(sides, list(images), batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.embed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="models/base or models/embedder")
+    parser.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
+    parser.add_argument("--image", action="append", default=[], help="an image file to embed (repeatable)")
+    parser.add_argument("--instruction", default="", help="instruction for the texts")
+    parser.add_argument("--image-instruction", default="", help="instruction for the images")
+    parser.add_argument("--out", help="write the embeddings (texts first, then images) to this .npy file")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, choices=sorted(_DTYPES))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.text and not args.image:
+        parser.error("give at least one --text or --image")
+    images = []
+    for file in args.image:
+        try:
+            with Image.open(file) as im:
+                images.append(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            parser.error(f"cannot read image {file}: {e}")
+    model = EmbeddingModel.load(args.model, device=args.device, dtype=args.dtype)
+    parts, labels = [], []
+    if args.text:
+        parts.append(model.encode_texts(args.text, instruction=args.instruction))
+        labels += [f"text:{t[:30]}" for t in args.text]
+    if images:
+        parts.append(model.encode_images(images, instruction=args.image_instruction))
+        labels += [f"image:{Path(f).name}" for f in args.image]
+    emb = np.concatenate(parts)
+    print(f"model {args.model} ({model.backbone.family}), fingerprint {model.fingerprint[:16]}")
+    print(f"embeddings: shape {emb.shape}, dtype {emb.dtype}")
+    sims = emb @ emb.T
+    width = max(len(s) for s in labels)
+    print("cosine similarities:")
+    for label, row in zip(labels, sims):
+        print(f"  {label:<{width}}  " + " ".join(f"{v:+.3f}" for v in row))
+    if args.out:
+        out = Path(args.out)
+        if out.suffix != ".npy":
+            parser.error("--out must end with .npy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, emb, allow_pickle=False)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
