@@ -1,0 +1,286 @@
+"""Streaming loader: coverage, determinism across worker counts, exact resume, mixture, quarantine."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pipelines import shards as shard_format
+from trainer import data as D
+
+# --- test shards in the real shard format (pipelines/shards.py writer) -----------------------
+
+
+def _png(colour: tuple[int, int, int], size: int = 8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+_IMAGES: dict[str, bytes] = {}  # sha256 -> bytes of every image made by make_side (for the writer)
+
+
+def make_side(text: str, image: bytes | None = None, member: str | None = None, instruction: str = "") -> dict:
+    """A record side in the shard JSON format; its image bytes are registered for write_test_shards."""
+    ref = None
+    if image is not None:
+        sha = hashlib.sha256(image).hexdigest()
+        _IMAGES[sha] = image
+        with Image.open(io.BytesIO(image)) as im:
+            w, h = im.size
+        ref = {"sha256": sha, "path": f"{member}", "width": w, "height": h, "member": member,
+               "member_sha256": sha}
+    raw = ("<|image_1|> " if image is not None else "") + (f"{instruction}: " if instruction else "") + text
+    template = ("<|image_1|> " if image is not None else "") + ("{instruction}: " if instruction else "") + "{text}"
+    return {"raw": raw, "instruction": instruction, "text": text, "has_image_token": image is not None,
+            "template": template, "image": ref}
+
+
+def default_record(dataset: str, i: int) -> tuple[dict, dict[str, bytes]]:
+    """A record whose query is an image coloured by (dataset, i) and whose target is text."""
+    colour = ((i * 37) % 256, (i * 91) % 256, (len(dataset) * 53) % 256)
+    return ({"query": make_side(f"q{i}", _png(colour), "query.png", "Find the caption"),
+             "target": make_side(f"{dataset} caption {i}", None, None), "negatives": []}, {})
+
+
+def write_test_shards(root: Path, sizes: dict[str, int], per_shard: int = 10, make_record=default_record,
+                      corrupt: set[str] = frozenset()) -> list[D.Shard]:
+    """Write `sizes[dataset]` samples per dataset as shards of at most `per_shard` samples plus
+    index.json, with pipelines.shards' writer; records with ids in `corrupt` get garbage image bytes."""
+    root = Path(root)
+    results = []
+    for dataset, n in sizes.items():
+        writer = shard_format.ShardWriter(root, dataset, per_shard, 10**9)
+        result = shard_format.DatasetShards(dataset, "retrieval", "IND", "original")
+        for i in range(n):
+            rid = f"{dataset}/original/{i}"
+            sides, _ = make_record(dataset, i)
+            doc = {"id": rid, "dataset": dataset, "split": "original", "meta_task": "retrieval",
+                   "distribution": "IND", "instruction": sides["query"]["instruction"], **sides}
+            key = shard_format.sample_key(rid)
+            members = []
+            named = [("query", sides["query"]), ("target", sides["target"])]
+            named += [(f"neg{j}", s) for j, s in enumerate(sides["negatives"])]
+            for stem, side in named:
+                if side["image"] is not None:
+                    payload = _IMAGES[side["image"]["sha256"]]
+                    if rid in corrupt:
+                        payload = b"not an image"
+                    members.append((f"{key}.{side['image']['member']}", payload))
+            writer.add(shard_format.Sample(key, [(f"{key}.json", shard_format.json_bytes(doc))] + sorted(members)))
+            result.samples += 1
+        result.shards = writer.close()
+        results.append(result)
+    index = shard_format.build_index(shard_format.ShardParams(per_shard, 10**9, 4096), results)
+    (root / shard_format.INDEX_FILE).write_text(json.dumps(index, sort_keys=True, indent=1))
+    return D.read_shards(root)
+
+
+class RecordingCollator:
+    """Picklable stand-in for trainer.inputs.Collator: tensors that identify what it was given."""
+
+    def __call__(self, sides, images):
+        return {
+            "text_hash": torch.tensor([int(hashlib.md5(s["text"].encode()).hexdigest()[:8], 16) for s in sides]),
+            "has_image": torch.tensor([im is not None for im in images]),
+            "pixel_sum": torch.tensor([sum(im.getpixel((0, 0))) if im is not None else -1 for im in images]),
+        }
+
+
+def stream(shards, *, batch=4, world=1, rank=0, slots=2, position=None, mixture="proportional", **kw):
+    cfg = D.StreamConfig(seed=kw.pop("seed", 0), global_batch=batch, world_size=world, rank=rank,
+                         slots_per_rank=slots, **kw)
+    return D.ContrastiveStream(shards, cfg, RecordingCollator(), mixture=mixture, position=position)
+
+
+def take(ds, steps, workers=0):
+    it = iter(D.make_loader(ds, workers))
+    return [next(it) for _ in range(steps)]
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_read_shards_and_errors(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 25, "B": 5}, per_shard=10)
+    assert [(Path(s.path).name, s.samples) for s in shards] == [
+        ("A-000000.tar", 10), ("A-000001.tar", 10), ("A-000002.tar", 5), ("B-000000.tar", 5)]
+    with pytest.raises(FileNotFoundError, match="shard stage"):
+        D.read_shards(tmp_path / "nowhere")
+    Path(shards[-1].path).unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        D.read_shards(tmp_path)
+
+
+def test_mixture_probs():
+    shards = [D.Shard("a0", "A", 30), D.Shard("a1", "A", 30), D.Shard("b", "B", 20), D.Shard("c", "C", 0)]
+    assert D.mixture_probs(shards, "proportional") == {"A": 0.75, "B": 0.25}
+    assert D.mixture_probs(shards, {"A": 1, "B": 3}) == {"A": 0.25, "B": 0.75}
+    assert D.mixture_probs(shards, {"B": 2}) == {"B": 1.0}
+    with pytest.raises(ValueError, match="not in the shards"):
+        D.mixture_probs(shards, {"Z": 1})
+    with pytest.raises(ValueError, match="without samples"):
+        D.mixture_probs(shards, {"C": 1})
+    with pytest.raises(ValueError, match=">= 0"):
+        D.mixture_probs(shards, {"A": -1, "B": 2})
+    with pytest.raises(ValueError, match="weight 0"):
+        D.mixture_probs(shards, {"A": 0})
+    with pytest.raises(ValueError, match="proportional"):
+        D.mixture_probs(shards, "uniform")
+
+
+def test_batch_plan_mixture_and_homogeneous_runs():
+    counts = Counter()
+    for step in range(400):
+        plan = D.batch_plan(7, step, ["A", "B"], [0.75, 0.25], 16, homogeneous_batch=4)
+        assert plan == D.batch_plan(7, step, ["A", "B"], [0.75, 0.25], 16, homogeneous_batch=4)
+        assert len(plan) == 16
+        for r in range(4):
+            assert len(set(plan[4 * r:4 * r + 4])) == 1  # one dataset per sub-batch
+        counts.update(plan)
+    assert 0.70 < counts["A"] / sum(counts.values()) < 0.80
+    assert D.batch_plan(7, 1, ["A", "B"], [0.5, 0.5], 64) != D.batch_plan(8, 1, ["A", "B"], [0.5, 0.5], 64)
+
+
+@pytest.mark.parametrize("n_shards,per_shard", [(3, 7), (9, 4)])  # fewer and more shards than slots
+def test_slots_partition_each_epoch(tmp_path, n_shards, per_shard):
+    shards = write_test_shards(tmp_path, {"A": n_shards * per_shard}, per_shard=per_shard)
+    num_slots = 4
+    for epoch in (0, 1):
+        seen = []
+        for slot in range(num_slots):
+            s = D.DatasetStream("A", shards, seed=3, slot=slot, num_slots=num_slots, window=5, epoch=epoch)
+            length = sum(p.samples for p in s.parts(epoch))
+            assert length > 0  # no slot is left without data
+            ids = [json.loads(next(s)["json"])["id"] for _ in range(length)]
+            assert s.epoch == epoch
+            seen += ids
+        assert sorted(seen) == sorted(f"A/original/{i}" for i in range(n_shards * per_shard))
+
+
+def test_tiny_dataset_slot_resamples(tmp_path, caplog):
+    shards = write_test_shards(tmp_path, {"A": 2}, per_shard=1)
+    s = D.DatasetStream("A", shards, seed=0, slot=3, num_slots=4, window=1)
+    ids = {json.loads(next(s)["json"])["id"] for _ in range(4)}
+    assert ids == {"A/original/0", "A/original/1"}
+    assert "reads the whole dataset" in caplog.text
+
+
+def test_world_ranks_see_disjoint_samples_in_first_epoch(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 40}, per_shard=10)
+    ids = []
+    for rank in range(2):
+        for b in take(stream(shards, batch=4, world=2, rank=rank, slots=2, shuffle_buffer=4), 10):
+            assert b["pairs"] == 2 and b["query"][0]["has_image"].all()
+            ids += b["ids"]
+    assert sorted(ids) == sorted(f"A/original/{i}" for i in range(40))
+
+
+def test_same_batches_with_0_1_2_workers(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 30, "B": 12}, per_shard=5)
+    runs = [take(stream(shards, batch=6, slots=2, shuffle_buffer=8), 9, workers=w) for w in (0, 1, 2)]
+    for other in runs[1:]:
+        assert [b["ids"] for b in other] == [b["ids"] for b in runs[0]]
+        assert all(torch.equal(x["query"][0]["pixel_sum"], y["query"][0]["pixel_sum"]) for x, y in zip(other, runs[0]))
+    assert [b["step"] for b in runs[0]] == list(range(9))
+    # shuffled: not the tar order, and the epochs roll over (30+12 samples, 54 drawn)
+    flat = [i for b in runs[0] for i in b["ids"]]
+    assert flat[:6] != sorted(flat[:6], key=lambda x: int(x.split("/")[-1]))
+    assert len(flat) == 54 and len(set(flat)) < 54
+
+
+def test_workers_must_divide_slots(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 10})
+    with pytest.raises(Exception, match="do not divide"):
+        take(stream(shards, slots=3), 1, workers=2)
+
+
+def test_resume_from_any_step_is_exact_and_decodes_only_the_batch(tmp_path, monkeypatch):
+    shards = write_test_shards(tmp_path, {"A": 23, "B": 17}, per_shard=6)
+    kw = dict(batch=4, slots=2, shuffle_buffer=10, homogeneous_batch=2)
+    full = take(stream(shards, **kw), 30)
+    for cut in (1, 7, 16):  # 16 steps * 2 pairs per slot crosses an epoch of dataset B in each slot
+        pos = D.StreamPosition(slots_per_rank=2)
+        for b in full[:cut]:
+            pos.update(b)
+        pos = D.StreamPosition.from_dict(json.loads(json.dumps(pos.to_dict())))  # through JSON
+        calls = []
+        real = D.decode_image
+        monkeypatch.setattr(D, "decode_image", lambda data: calls.append(1) or real(data))
+        it = iter(D.make_loader(stream(shards, position=pos, **kw), 0))
+        first = next(it)
+        assert len(calls) == first["images"]  # skipping decodes nothing
+        resumed = [first] + [next(it) for _ in range(len(full) - cut - 1)]
+        monkeypatch.setattr(D, "decode_image", real)
+        assert [b["ids"] for b in resumed] == [b["ids"] for b in full[cut:]]
+        assert [b["position"] for b in resumed] == [b["position"] for b in full[cut:]]
+
+
+def test_position_update_rejects_gaps():
+    pos = D.StreamPosition()
+    pos.update({"step": 0, "slot": 0, "position": {"A": [0, 2]}})
+    with pytest.raises(ValueError, match="out of order"):
+        pos.update({"step": 2, "slot": 0, "position": {"A": [0, 4]}})
+
+
+def test_corrupt_image_is_quarantined_and_resume_stays_exact(tmp_path, caplog):
+    shards = write_test_shards(tmp_path, {"A": 12}, per_shard=12, corrupt={"A/original/3"})
+    full = take(stream(shards, batch=2, slots=1, shuffle_buffer=0), 5)  # 10 of the 11 good samples
+    ids = [i for b in full for i in b["ids"]]
+    assert "A/original/3" not in ids
+    assert sum(b["quarantined"] for b in full) == 1
+    assert "quarantined sample A__original__3" in caplog.text
+    assert ids == [f"A/original/{i}" for i in range(11) if i != 3]  # shuffle_buffer 0: tar order
+    pos = D.StreamPosition(slots_per_rank=1)
+    for b in full[:1]:
+        pos.update(b)
+    resumed = take(stream(shards, batch=2, slots=1, shuffle_buffer=0, position=pos), 4)
+    assert [b["ids"] for b in resumed] == [b["ids"] for b in full[1:]]
+
+
+def test_all_corrupt_raises(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 3}, per_shard=3, corrupt={f"A/original/{i}" for i in range(3)})
+    with pytest.raises(ValueError, match="corrupt"):
+        take(stream(shards, batch=1, slots=1), 1)
+
+
+def test_index_count_mismatch_is_an_error(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 10}, per_shard=5)
+    bad = [D.Shard(s.path, s.dataset, s.samples + 1) for s in shards]
+    with pytest.raises(ValueError, match="index.json says"):
+        take(stream(bad, batch=11, slots=1, shuffle_buffer=0), 1)
+
+
+def _record_with_negatives(dataset, i):
+    negs = [make_side(f"neg {i}.{j}", _png((j, j, j)), f"neg{j}.png") for j in range(i % 3)]
+    return {"query": make_side(f"q{i}", None, None), "target": make_side(f"t{i}", _png((i, 0, 0)), "target.png"),
+            "negatives": negs}, {}
+
+
+def test_hard_negatives_and_gradcache_chunks(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 6}, per_shard=6, make_record=_record_with_negatives)
+    (b,) = take(stream(shards, batch=6, slots=1, shuffle_buffer=0, hard_negatives=2, gc_chunk_size=4), 1)
+    assert [len(c["text_hash"]) for c in b["query"]] == [4, 2] == [len(c["text_hash"]) for c in b["target"]]
+    negs = torch.cat([c["text_hash"] for c in b["negatives"]])
+    assert [len(c["text_hash"]) for c in b["negatives"]] == [8, 4]
+    h = lambda t: int(hashlib.md5(t.encode()).hexdigest()[:8], 16)  # noqa: E731
+    # record i has i % 3 negatives: 0 -> other pairs' targets, 1 -> repeated, 2 -> both
+    assert negs.tolist() == [h("t1"), h("t2"), h("neg 1.0"), h("neg 1.0"), h("neg 2.0"), h("neg 2.1"),
+                             h("t4"), h("t5"), h("neg 4.0"), h("neg 4.0"), h("neg 5.0"), h("neg 5.1")]
+    assert b["padded_negatives"] == 4 + 2
+    assert b["images"] == 6 + 2 + 2 + 2 + 2 + 4  # targets + image negatives (padding targets included)
+
+
+def test_config_validation(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 4})
+    with pytest.raises(ValueError, match="multiple of the world size"):
+        stream(shards, batch=3, world=2)
+    with pytest.raises(ValueError, match="homogeneous_batch"):
+        stream(shards, batch=4, homogeneous_batch=3)
