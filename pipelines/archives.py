@@ -1,0 +1,213 @@
+"""Safe reading of zip archives: members are read straight from the zip, never trusted blindly.
+
+MMEB ships its images as zips (MMEB_SPEC.md §1.3, §2.1). `SafeZip` reads members into memory without
+extracting anything to disk and refuses, member by member, anything a hostile or broken archive could
+use against us:
+
+    unsafe_path   absolute names ("/x", "C:\\x", "\\\\host\\x") or names with a ".." component (zip-slip)
+    symlink       members whose Unix mode marks them as symbolic links
+    encrypted     password-protected members (we cannot verify them)
+    duplicate     a name that occurs twice in the central directory (which one is meant is ambiguous)
+    too_large     declared uncompressed size above `max_member_bytes`
+    ratio         declared compression ratio above `max_ratio` (only checked for members larger than
+                  `ratio_min_bytes`, so tiny highly-compressible files are not flagged)
+    missing       no member of that name
+    corrupt       CRC or size mismatch, or an undecompressable stream, found while reading
+
+A refusal is raised as `MemberError(reason, detail)` for that member only; the archive stays usable.
+`safe_extract_zip` applies the same checks when extracting a whole archive and returns a report of
+what was extracted and what was refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MEMBER_BYTES = 512 << 20  # 512 MiB: far above any real MMEB image
+DEFAULT_MAX_RATIO = 200.0  # JPEG/PNG barely compress (~1:1); deflate tops out near 1032:1
+DEFAULT_RATIO_MIN_BYTES = 1 << 20  # the ratio check applies to members declaring more than 1 MiB
+
+_CHUNK = 1 << 20
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class MemberError(Exception):
+    """A member was refused or could not be read; `reason` is one of the reasons in the module doc."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Return why a member name is unsafe to join under a folder, or None when it is safe.
+
+    A safe name is relative, has no ".." component and no drive letter; backslashes count as
+    separators (zips written on Windows use them)."""
+    if not name or "\x00" in name:
+        return "empty name or NUL byte in name"
+    normalized = name.replace("\\", "/")
+    if normalized.startswith("/") or _DRIVE.match(normalized):
+        return f"absolute path {name!r}"
+    if ".." in PurePosixPath(normalized).parts:
+        return f"path escapes its folder: {name!r}"
+    return None
+
+
+def normalize_member_name(name: str) -> str:
+    """The lookup key of a member or row path: forward slashes, no leading "./"."""
+    name = name.replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+@dataclass
+class SafeZip:
+    """Read-only access to the members of one zip file, with per-member refusals.
+
+    `refused` maps member name -> (reason, detail) for every member refused while indexing;
+    `read(name)` returns a member's verified bytes or raises `MemberError`.
+    """
+
+    path: Path
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    max_ratio: float = DEFAULT_MAX_RATIO
+    ratio_min_bytes: int = DEFAULT_RATIO_MIN_BYTES
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        self._zip = zipfile.ZipFile(self.path)  # raises BadZipFile / OSError for unreadable archives
+        self._members: dict[str, zipfile.ZipInfo] = {}
+        counts: dict[str, int] = {}
+        for info in self._zip.infolist():
+            key = normalize_member_name(info.filename)
+            counts[key] = counts.get(key, 0) + 1
+        for info in self._zip.infolist():
+            if info.is_dir():
+                continue
+            key = normalize_member_name(info.filename)
+            why = self._refusal(info, duplicated=counts[key] > 1)
+            if why:
+                self.refused[key] = why
+                self._members.pop(key, None)
+            elif key not in self.refused:
+                self._members[key] = info
+        if self.refused:
+            log.warning("%s: refused %d member(s), e.g. %s", self.path, len(self.refused),
+                        next(iter(self.refused.items())))
+
+    def _refusal(self, info: zipfile.ZipInfo, duplicated: bool) -> tuple[str, str] | None:
+        name = info.filename
+        unsafe = unsafe_name_reason(name)
+        if unsafe:
+            return "unsafe_path", unsafe
+        if is_symlink(info):
+            return "symlink", f"{name!r} is a symbolic link"
+        if info.flag_bits & 0x1:
+            return "encrypted", f"{name!r} is encrypted"
+        if duplicated:
+            return "duplicate", f"{name!r} occurs more than once in the archive"
+        if info.file_size > self.max_member_bytes:
+            return "too_large", f"{name!r} declares {info.file_size} bytes (limit {self.max_member_bytes})"
+        if info.file_size > self.ratio_min_bytes:
+            ratio = info.file_size / max(info.compress_size, 1)
+            if ratio > self.max_ratio:
+                return "ratio", f"{name!r} compression ratio {ratio:.0f} (limit {self.max_ratio:.0f})"
+        return None
+
+    def names(self) -> list[str]:
+        """The readable (not refused) member names, sorted."""
+        return sorted(self._members)
+
+    def __contains__(self, name: str) -> bool:
+        return normalize_member_name(name) in self._members
+
+    def info(self, name: str) -> zipfile.ZipInfo:
+        key = normalize_member_name(name)
+        if key in self.refused:
+            raise MemberError(*self.refused[key])
+        if key not in self._members:
+            raise MemberError("missing", f"{name!r} is not in {self.path.name}")
+        return self._members[key]
+
+    def read(self, name: str) -> bytes:
+        """The member's bytes, verified against its declared size and CRC-32."""
+        info = self.info(name)
+        try:
+            with self._zip.open(info) as f:
+                data = f.read(info.file_size + 1)  # ZipExtFile checks the CRC when it reaches the end
+                if len(data) == info.file_size:
+                    f.read(1)  # force the end-of-stream CRC check when the read stopped exactly at it
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as e:
+            raise MemberError("corrupt", f"{info.filename!r}: {type(e).__name__}: {e}") from e
+        if len(data) != info.file_size:
+            raise MemberError("corrupt", f"{info.filename!r}: read {len(data)} bytes, "
+                                         f"declared {info.file_size}")
+        if zlib.crc32(data) & 0xFFFFFFFF != info.CRC:
+            raise MemberError("corrupt", f"{info.filename!r}: CRC-32 mismatch")
+        return data
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> "SafeZip":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class ExtractReport:
+    extracted: list[str] = field(default_factory=list)
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def safe_extract_zip(path: str | Path, dest: str | Path, **limits) -> ExtractReport:
+    """Extract every safe member of `path` under `dest` and report the refused ones.
+
+    Guarantees: nothing is written outside `dest` (checked on the resolved path too), no symlink is
+    created, every written file passed the size and CRC checks (it is written to a temporary name and
+    renamed only when complete). Refused or corrupt members are listed in the report, never raised.
+    `limits` are SafeZip's (max_member_bytes, max_ratio, ratio_min_bytes).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    report = ExtractReport()
+    with SafeZip(Path(path), **limits) as archive:
+        report.refused.update(archive.refused)
+        for name in archive.names():
+            target = (root / name).resolve()
+            if root != target and root not in target.parents:
+                report.refused[name] = ("unsafe_path", f"{name!r} resolves outside {dest}")
+                continue
+            try:
+                data = archive.read(name)
+            except MemberError as e:
+                report.refused[name] = (e.reason, e.detail)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".partial")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            report.extracted.append(name)
+    for name, (reason, detail) in sorted(report.refused.items()):
+        log.warning("%s: refused %s (%s: %s)", path, name, reason, detail)
+    return report

@@ -1,0 +1,190 @@
+"""Image validation and conversion for the normalize stage.
+
+`prepare_image(data, max_pixels)` turns the bytes of one source image into the bytes we store
+(`imagestore.StoredImage`), or raises `ImageRejected(reason, detail)`:
+
+    image_empty             zero bytes
+    image_undecodable       PIL cannot identify or decode it (or its mode cannot be converted)
+    image_truncated         the data ends before the image does
+    image_too_large         more than `max_pixels` pixels, read from the header BEFORE decoding
+                            (decompression-bomb guard)
+
+Images that decode fine in modes "1", "L" or "RGB" without transparency are stored with their
+original bytes untouched. Everything else (CMYK, palette, alpha or transparency, 16-bit and float
+modes, ...) is converted to RGB — alpha composited on white — and re-encoded (JPEG quality 95 when the
+source was a JPEG, PNG otherwise); such images are reported as `converted`. The sha256 is always that
+of the stored bytes, so identical stored images share one entry in the image store.
+
+`ImageSource` resolves the image paths of raw MMEB rows to archive members (MMEB_SPEC.md §1.3, §2.1)
+and reads them through `archives.SafeZip`, so nothing is ever extracted to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from pipelines.archives import MemberError, SafeZip, normalize_member_name
+from pipelines.imagestore import StoredImage
+
+log = logging.getLogger(__name__)
+
+KEEP_MODES = ("1", "L", "RGB")
+WHITE = (255, 255, 255)
+
+
+class ImageRejected(Exception):
+    """One image cannot be used; `reason` is a short machine-readable reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    stored: StoredImage
+    converted: bool
+
+
+def configure_pil(max_pixels: int) -> None:
+    """Make PIL itself refuse images above the limit and never load truncated data silently.
+
+    PIL warns above MAX_IMAGE_PIXELS and raises above twice that; `prepare_image` checks the header
+    against `max_pixels` before decoding anyway, this is the second line of defence."""
+    Image.MAX_IMAGE_PIXELS = int(max_pixels)
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _needs_conversion(img: Image.Image) -> bool:
+    return img.mode not in KEEP_MODES or "transparency" in img.info
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, WHITE)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit / float greyscale: scale the full range to 8 bits instead of clipping at 255
+        lo, hi = img.getextrema()
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return img.convert("F").point(lambda v: (v - lo) * scale).convert("L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _encode(img: Image.Image, source_format: str | None) -> tuple[bytes, str]:
+    buf = io.BytesIO()
+    if source_format in ("JPEG", "MPO"):
+        img.save(buf, format="JPEG", quality=95)
+        return buf.getvalue(), "JPEG"
+    img.save(buf, format="PNG")
+    return buf.getvalue(), "PNG"
+
+
+def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
+    """Validate one image and return what to store; raises ImageRejected (never anything else)."""
+    if not data:
+        raise ImageRejected("image_empty", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size  # from the header: nothing decoded yet
+            if width * height > max_pixels:
+                raise ImageRejected("image_too_large",
+                                    f"{width}x{height} = {width * height} pixels > max_pixels {max_pixels}")
+            img.load()
+            converted = _needs_conversion(img)
+            if converted:
+                rgb = _to_rgb(img)
+                stored_bytes, fmt = _encode(rgb, img.format)
+                width, height = rgb.size
+            else:
+                stored_bytes, fmt = data, img.format or "UNKNOWN"
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("image_too_large", str(e)) from e
+    except UnidentifiedImageError as e:
+        raise ImageRejected("image_undecodable", str(e)) from e
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad data
+        reason = "image_truncated" if "truncat" in str(e).lower() else "image_undecodable"
+        raise ImageRejected(reason, f"{type(e).__name__}: {e}") from e
+    stored = StoredImage(sha256=_sha256(stored_bytes), bytes=stored_bytes, width=int(width),
+                         height=int(height), format=fmt)
+    return PreparedImage(stored=stored, converted=converted)
+
+
+class ImageSource:
+    """Reads the images referenced by raw MMEB rows from their zip archives.
+
+    train: row paths look like "images/<Subset>/Train/<file>" and live in
+           MMEB-train/images_zip/<Subset>.zip under the same name; the subset is taken from the path,
+           falling back to the dataset's own zip.
+    eval:  row paths look like "<Dataset>/<file>" and live in MMEB-eval/images.zip.
+    `read(path)` returns the member's bytes or raises ImageRejected (image_missing,
+    image_unsafe_member, image_corrupt, archive_unreadable).
+    """
+
+    def __init__(self, raw_root: str | Path, kind: str, dataset: str, **zip_limits):
+        self.raw_root = Path(raw_root)
+        self.kind = kind
+        self.dataset = dataset
+        self.zip_limits = zip_limits
+        self._zips: dict[Path, SafeZip | Exception] = {}
+
+    def archive_for(self, path: str) -> Path:
+        if self.kind == "eval":
+            return self.raw_root / "MMEB-eval" / "images.zip"
+        parts = normalize_member_name(path).split("/")
+        zips = self.raw_root / "MMEB-train" / "images_zip"
+        if len(parts) > 2 and parts[0] == "images" and (zips / f"{parts[1]}.zip").exists():
+            return zips / f"{parts[1]}.zip"
+        return zips / f"{self.dataset}.zip"
+
+    def _open(self, archive: Path) -> SafeZip:
+        if archive not in self._zips:
+            try:
+                self._zips[archive] = SafeZip(archive, **self.zip_limits)
+            except FileNotFoundError as e:
+                self._zips[archive] = e
+            except (zipfile.BadZipFile, OSError, ValueError) as e:
+                log.error("cannot open image archive %s: %s", archive, e)
+                self._zips[archive] = e
+        found = self._zips[archive]
+        if isinstance(found, FileNotFoundError):
+            raise ImageRejected("image_missing", f"archive {archive.name} not found")
+        if isinstance(found, Exception):
+            raise ImageRejected("archive_unreadable", f"{archive.name}: {type(found).__name__}: {found}")
+        return found
+
+    def read(self, path: str) -> bytes:
+        archive = self._open(self.archive_for(path))
+        try:
+            return archive.read(path)
+        except MemberError as e:
+            if e.reason == "missing":
+                raise ImageRejected("image_missing", e.detail) from e
+            if e.reason == "corrupt":
+                raise ImageRejected("image_corrupt", e.detail) from e
+            raise ImageRejected("image_unsafe_member", f"{e.reason}: {e.detail}") from e
+
+    def close(self) -> None:
+        for z in self._zips.values():
+            if isinstance(z, SafeZip):
+                z.close()
+        self._zips.clear()
