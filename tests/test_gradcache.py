@@ -171,3 +171,73 @@ def test_lora_text_model_negative_control(monkeypatch):
     monkeypatch.setattr(gradcache.RngState, "restore", lambda self: None)
     (_, no_replay, _), _ = _run_both(build_lora_text_encoder, embed_last_token, chunked, batch, 3, 0)
     assert _max_diff(no_replay, reference) > 1e-2
+
+
+# ------------------------------------------------ the project's Embedder on tiny Qwen2-VL + LoRA dropout
+def _qwen2_vl_embedder():
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.backbones import build_tiny
+    from trainer.inputs import Collator
+    from trainer.model import Embedder
+
+    backbone = build_tiny("qwen2_vl", seed=0)
+    backbone.model = get_peft_model(
+        backbone.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=backbone.lora_targets)
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in backbone.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    embedder = Embedder(backbone).train()
+    return embedder, Collator(backbone, max_text_tokens=32, image_max_pixels=32 * 32)
+
+
+def _qwen2_vl_rows(b):
+    from PIL import Image
+
+    from pipelines.schema import IMAGE_TOKEN
+
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+    queries, targets = [], []
+    for i in range(b):
+        image = Image.new("RGB", (32, 32), (37 * i % 256, 91 * i % 256, 53 * i % 256))
+        if i % 3 == 2:  # a text-only query now and then: mixed chunks
+            image = None
+        raw = (f"{IMAGE_TOKEN}\nRepresent the given image with the following question: what colour?"
+               if image is not None else f"Find the {colours[i]} square.")
+        queries.append(({"raw": raw, "text": raw}, image))
+        text = f"A {colours[i]} square" + " on a plain background" * (i % 3)
+        targets.append(({"raw": text, "text": text}, None))
+    return queries, targets
+
+
+@pytest.mark.slow
+def test_real_embedder_qwen2_vl_lora_dropout_matches_plain_step():
+    """The project's Embedder + Collator on tiny Qwen2-VL, LoRA dropout 0.1, chunks 3 for batch 7."""
+    queries, targets = _qwen2_vl_rows(7)
+    loss_fn = partial(info_nce, temperature=0.02)
+    results = {}
+    for mode in ("gradcache", "plain", "no_replay"):
+        embedder, collate = _qwen2_vl_embedder()
+
+        def chunks(rows, size=3):
+            return [collate([s for s, _ in rows[i : i + size]], [im for _, im in rows[i : i + size]])
+                    for i in range(0, len(rows), size)]
+
+        q, t = chunks(queries), chunks(targets)
+        torch.manual_seed(5)
+        if mode == "plain":
+            loss = plain_step(embedder, q, t, loss_fn)
+        else:
+            with pytest.MonkeyPatch.context() as mp:
+                if mode == "no_replay":
+                    mp.setattr(gradcache.RngState, "restore", lambda self: None)
+                loss = gradcache_step(embedder, q, t, loss_fn)
+        results[mode] = (loss, _grads(embedder))
+    (gc_loss, gc_grads), (loss, grads) = results["gradcache"], results["plain"]
+    assert len(grads) > 0 and all(g.abs().max() > 0 for g in grads.values())
+    assert gc_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert _max_diff(gc_grads, grads) < TOL
+    assert _max_diff(results["no_replay"][1], grads) > 1e-3
