@@ -17,7 +17,7 @@ One sample per record, key = `schema.sample_key(record id)`:
     <key>.neg<i>.<ext>
 
 Image bytes are the image store's bytes unchanged, except when the longer side exceeds
-`max_image_side`: then the image is downscaled (aspect kept, longer side = max_image_side, Lanczos)
+`max_image_side`: then the image is downscaled (aspect kept, longer side = max_image_side, bicubic as PIL's default resize)
 and re-encoded (JPEG -> JPEG q95, WebP -> WebP q95, PNG -> PNG, any other format -> PNG; EXIF and
 ICC profile kept). For such an image the JSON keeps `sha256` (the image-store key, so records still
 join to the store), while `width`/`height` describe the member bytes and `member_sha256` differs from
@@ -266,7 +266,7 @@ def fit_image(image: StoredImage, max_side: int) -> MemberImage:
             img = img.convert("RGBA" if "transparency" in info else "RGB")
         elif img.mode not in ("1", "L", "LA", "RGB", "RGBA", "CMYK", "I", "I;16", "F"):
             img = img.convert("RGB")
-        img = img.resize(size, Image.Resampling.LANCZOS)
+        img = img.resize(size, Image.Resampling.BICUBIC)
         fmt, options = REENCODE.get(image.format, REENCODE_DEFAULT)
         if fmt == "JPEG" and img.mode not in ("L", "RGB", "CMYK"):
             img = img.convert("RGB")
