@@ -225,6 +225,13 @@ def main() -> None:
         gathered.sum().backward()
         meta["gathered"] = gathered.detach().tolist()
         meta["local_grad"] = x.grad.tolist()
+        try:  # a rank with one chunk more would deadlock the DDP forwards; must raise on both ranks
+            rows = torch.randn(4, 12)
+            chunks = [{"x": rows[:2]}, {"x": rows[2:]}][: 1 + info.rank]
+            gradcache_step(TinyMLPEncoder(), chunks, chunks, partial(info_nce))
+            meta["unequal_chunks"] = "no error"
+        except ValueError as exc:
+            meta["unequal_chunks"] = str(exc)
         (args.out / f"meta.rank{info.rank}.json").write_text(json.dumps(meta))
         barrier()
     finally:

@@ -94,5 +94,6 @@ def test_ddp_two_ranks_equal_one_process_on_global_batch(tmp_path):
         assert meta["ranks"] == [0, 1]
         assert meta["is_main"] == [True, False]
         assert "equal shapes" in meta["unequal_shapes"]
+        assert "different (query, target, negative) chunk counts" in meta["unequal_chunks"]
         assert meta["gathered"] == [[0.0] * 3] * 2 + [[1.0] * 3] * 2  # rank order
         assert meta["local_grad"] == [[1.0] * 3] * 2  # only the local slot carries gradient

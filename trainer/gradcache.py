@@ -24,6 +24,13 @@ split (each forward draws masks for its own rows), so the reference is the same 
 result also equals one forward of the whole batch (up to float rounding and padding effects).
 After the call the global RNG is in the state the no-grad pass left it in, i.e. the state such a
 plain step would leave it in.
+
+Usage in a training loop (``model`` possibly DDP-wrapped; chunks collated per sub-batch of sides):
+
+    loss = gradcache_step(model, q_chunks, t_chunks, partial(info_nce, temperature=tau), n_chunks,
+                          no_sync=model.no_sync if distributed.is_distributed() else None)
+    optimizer.step(); optimizer.zero_grad()
+    log(loss.item() / loss_scale())        # the single-process global-batch loss
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from trainer import distributed
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,10 @@ def gradcache_step(
         no_sync: DDP's ``model.no_sync`` (a context-manager factory) to skip gradient all-reduce on
             every chunk but the last; None in one process.
 
+    Under DDP every rank must pass the same number of query, target and negative chunks (each
+    forward and the final sync are collectives); the counts are compared first and a mismatch
+    raises ``ValueError`` on every rank instead of deadlocking.
+
     Returns the loss value (detached), exactly what ``loss_fn`` returned.
     """
     if not query_inputs or not target_inputs:
@@ -101,6 +114,11 @@ def gradcache_step(
     groups = [("query", query_inputs), ("target", target_inputs)]
     if negative_inputs:
         groups.append(("negative", negative_inputs))
+    if distributed.is_distributed():
+        counts = tuple(len(chunks) for _, chunks in groups) + (0,) * (3 - len(groups))
+        all_counts = distributed.all_gather_object(counts)
+        if any(tuple(c) != counts for c in all_counts):
+            raise ValueError(f"ranks pass different (query, target, negative) chunk counts: {all_counts}")
 
     # 1) no-grad pass, RNG state recorded per chunk
     cached = {name: _embed_no_grad(embed_fn, chunks, name) for name, chunks in groups}
