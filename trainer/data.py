@@ -49,6 +49,7 @@ not exact (the loop warns); a different worker count is fine as long as it divid
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -425,10 +426,10 @@ class ContrastiveStream(IterableDataset):
                           c.global_batch, c.homogeneous_batch)
         return plan[c.rank * c.local_batch:(c.rank + 1) * c.local_batch]
 
-    def _stream(self, slot: int, dataset: str, streams: dict) -> DatasetStream:
+    def _stream(self, slot: int, dataset: str, streams: dict, start: StreamPosition) -> DatasetStream:
         key = (slot, dataset)
         if key not in streams:
-            epoch, offset = self.position.slots.get(slot, {}).get(dataset, (0, 0))
+            epoch, offset = start.slots.get(slot, {}).get(dataset, (0, 0))
             streams[key] = DatasetStream(
                 dataset, self.by_dataset[dataset], seed=self.config.seed, slot=slot,
                 num_slots=self.config.world_size * self.config.slots_per_rank,
@@ -441,18 +442,20 @@ class ContrastiveStream(IterableDataset):
         if self.config.slots_per_rank % workers:
             raise ValueError(f"{workers} DataLoader workers do not divide slots_per_rank="
                              f"{self.config.slots_per_rank}")
+        start = copy.deepcopy(self.position)  # the loop keeps updating self.position in-process
         streams: dict[tuple[int, str], DatasetStream] = {}
-        step = self.position.step + worker
+        step = start.step + worker
         while True:
-            yield self.make_batch(step, streams)
+            yield self.make_batch(step, streams, start)
             step += workers
 
-    def make_batch(self, step: int, streams: dict) -> dict:
-        """Build step ``step``'s batch from the slot streams in ``streams`` (created as needed)."""
+    def make_batch(self, step: int, streams: dict, start: StreamPosition) -> dict:
+        """Build step ``step``'s batch from the slot streams in ``streams`` (created as needed from
+        their positions in ``start``)."""
         slot = self.slot_of(step)
         records, images, quarantined = [], [], 0
         for dataset in self.local_plan(step):
-            stream = self._stream(slot, dataset, streams)
+            stream = self._stream(slot, dataset, streams, start)
             failures = 0
             while True:
                 raw = next(stream)
@@ -469,7 +472,7 @@ class ContrastiveStream(IterableDataset):
             records.append(record)
             images.append(imgs)
         batch = self.collate(records, images)
-        position = {d: list(v) for d, v in self.position.slots.get(slot, {}).items()}
+        position = {d: list(v) for d, v in start.slots.get(slot, {}).items()}
         position.update({d: [s.epoch, s.offset] for (k, d), s in streams.items() if k == slot})
         batch.update(step=step, slot=slot, quarantined=quarantined, position=dict(sorted(position.items())))
         return batch
