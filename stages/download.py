@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +61,19 @@ class Selected:
 
 # --- sources -------------------------------------------------------------------------------------
 def from_synthetic(data: dict, synthetic: dict, scratch: Path) -> list[Selected]:
-    """Generate the synthetic MMEB into `scratch` and select the requested split and subsets."""
+    """Generate the synthetic MMEB into `scratch` and select the requested split and subsets.
+
+    Only the selected datasets are generated (each dataset's bytes do not depend on the selection), so
+    with a selection the eval images.zip and the README cards list less than the full synthetic repos
+    would; with `all` the result equals a Hub download of the generator's repos byte for byte."""
     from pipelines.sources import synthetic as synth
 
     split = data["train_split"]
-    train = hub.resolve_selection(data.get("train_subsets", "all"), mmeb.SYNTHETIC_TRAIN, hub.TRAIN)
-    evals = hub.resolve_selection(data.get("eval_subsets", "all"), mmeb.SYNTHETIC_EVAL, hub.EVAL)
+    try:
+        train = hub.resolve_selection(data.get("train_subsets", "all"), mmeb.SYNTHETIC_TRAIN, hub.TRAIN)
+        evals = hub.resolve_selection(data.get("eval_subsets", "all"), mmeb.SYNTHETIC_EVAL, hub.EVAL)
+    except hub.LayoutError as e:
+        raise hub.LayoutError(f"synthetic MMEB: {e}") from None
     log.info("generating synthetic MMEB: %d train / %d eval datasets", len(train), len(evals))
     synth.generate(
         out_dir=str(scratch),
@@ -82,8 +90,7 @@ def from_synthetic(data: dict, synthetic: dict, scratch: Path) -> list[Selected]
         repos = local.collect(scratch, split=split, train_subsets=train, eval_subsets=evals)
     except hub.LayoutError as e:
         raise hub.LayoutError(f"the synthetic generator's output is not in the Hub layout: {e}") from None
-    info = {"generator": "pipelines.sources.synthetic", **{k: synthetic[k] for k in sorted(synthetic)}}
-    return [Selected(kind, r.subsets, r.files, {"synthetic": info}, move=True) for kind, r in repos.items()]
+    return [Selected(kind, r.subsets, r.files, move=True) for kind, r in repos.items()]
 
 
 def from_local(data: dict) -> list[Selected]:
@@ -96,13 +103,32 @@ def from_local(data: dict) -> list[Selected]:
     return [Selected(kind, r.subsets, r.files) for kind, r in repos.items()]
 
 
+def hub_revisions(data: dict) -> dict[str, str]:
+    """The revision to fetch per repo kind. `data.revision` is a branch or tag for both repos, or a
+    mapping {train: <rev>, eval: <rev>} (a commit sha exists in one repo only; a missing kind = main)."""
+    rev = data.get("revision") or "main"
+    if isinstance(rev, dict):
+        unknown = sorted(set(rev) - {hub.TRAIN, hub.EVAL})
+        if unknown:
+            raise ValueError(f"data.revision: unknown keys {unknown}; use {{train: <rev>, eval: <rev>}}")
+        return {kind: str(rev.get(kind) or "main") for kind in (hub.TRAIN, hub.EVAL)}
+    rev = str(rev)
+    if re.fullmatch(r"[0-9a-f]{40}", rev) and data.get("train_repo") != data.get("eval_repo"):
+        raise ValueError(
+            f"data.revision {rev} is a commit sha, which pins one repo only; "
+            "give one per repo: revision: {train: <sha>, eval: <sha>}"
+        )
+    return {hub.TRAIN: rev, hub.EVAL: rev}
+
+
 def from_hub(data: dict, cache_dir: Path) -> list[Selected]:
-    revision = str(data.get("revision") or "main")
+    revisions = hub_revisions(data)
     out = []
     for kind, repo_key, subsets_key in ((hub.TRAIN, "train_repo", "train_subsets"), (hub.EVAL, "eval_repo", "eval_subsets")):
         repo_id = data.get(repo_key)
         if not repo_id:
             raise ValueError(f"data.{repo_key} is empty")
+        revision = revisions[kind]
         fetched = hub.fetch_repo(
             repo_id,
             kind=kind,
@@ -144,8 +170,9 @@ def sha256_files(root: Path, paths: list[str]) -> dict[str, tuple[int, str]]:
     return out
 
 
-def write_manifest(build: Path, source: str, split: str, repos: list[Selected]) -> dict:
-    """Hash every file placed under `build`, check expected hashes, write manifest.json; return it."""
+def write_manifest(build: Path, source: str, split: str, repos: list[Selected], extra: dict | None = None) -> dict:
+    """Hash every file placed under `build`, check expected hashes, write manifest.json; return it.
+    `extra` adds top-level fields (e.g. the synthetic generator's params)."""
     paths = sorted(f"{REPO_DIRS[r.kind]}/{p}" for r in repos for p in r.files)
     hashes = sha256_files(build, paths)
     for r in repos:
@@ -158,6 +185,7 @@ def write_manifest(build: Path, source: str, split: str, repos: list[Selected]) 
         "repos": {REPO_DIRS[r.kind]: {**r.info, "split": split if r.kind == hub.TRAIN else hub.EVAL_SPLIT,
                                       "subsets": list(r.subsets)} for r in repos},
         "files": [{"path": p, "size": hashes[p][0], "sha256": hashes[p][1]} for p in paths],
+        **(extra or {}),
     }
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     (build / MANIFEST).write_text(text, encoding="utf-8")
@@ -222,7 +250,10 @@ def run(data: dict, synthetic: dict, *, out: Path = RAW, hub_cache: Path = HUB_C
         for r in repos:
             for path, src in sorted(r.files.items()):
                 place(src, build / REPO_DIRS[r.kind] / path, r.move)
-        manifest = write_manifest(build, source, split, repos)
+        extra = None
+        if source == "synthetic":
+            extra = {"synthetic": {"generator": "pipelines.sources.synthetic", **dict(sorted(synthetic.items()))}}
+        manifest = write_manifest(build, source, split, repos, extra)
         _swap_into_place(build, out)
     finally:
         shutil.rmtree(build, ignore_errors=True)

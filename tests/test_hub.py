@@ -72,7 +72,7 @@ def test_resolve_selection():
     assert hub.resolve_selection("all", avail, hub.TRAIN) == avail
     assert hub.resolve_selection(["CIFAR-100"], avail, hub.EVAL) == ["CIFAR-100"]  # asked for by name
     assert hub.resolve_selection("CIRR", avail, hub.EVAL) == ["CIRR"]
-    with pytest.raises(hub.LayoutError, match=r"unknown subsets \['OKVQA'\].*available"):
+    with pytest.raises(hub.LayoutError, match=r"unknown eval subsets \['OKVQA'\].*available"):
         hub.resolve_selection(["CIRR", "OKVQA"], avail, hub.EVAL)
     with pytest.raises(hub.LayoutError, match="twice"):
         hub.resolve_selection(["CIRR", "CIRR"], avail, hub.EVAL)
@@ -200,7 +200,7 @@ def test_fetch_repo_unknown_subset_is_a_clear_error(hub_standin, layout, tmp_pat
     r = subprocess.run([sys.executable, "-c", code], env=client_env(tmp_path, hub_standin.endpoint), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
-    assert "LayoutError" in r.stderr and "unknown subsets ['Omega']" in r.stderr and "Beta" in r.stderr
+    assert "LayoutError" in r.stderr and "unknown train subsets ['Omega']" in r.stderr and "Beta" in r.stderr
     assert not any(r.method == "GET" and r.file for r in hub_standin.requests)  # failed before downloading
 
 

@@ -11,7 +11,8 @@ The Hub layout (MMEB_SPEC §1.1, §1.3, §2.1), for a train split `<split>` (ori
 The layout functions here work on a plain list of repo file paths, so `pipelines.sources.local` checks a
 local folder against the very same rules. `fetch_repo` downloads only the selected subsets with
 `huggingface_hub.snapshot_download(allow_patterns=...)` into a cache outside the DVC output, pinned to
-the commit the requested revision resolved to, and checks every LFS file against its sha256.
+the commit the requested revision resolved to, and hands back each LFS file's sha256 from the Hub's
+listing so the caller can check the bytes it got.
 """
 
 from __future__ import annotations
@@ -64,17 +65,17 @@ def resolve_selection(selection, available: list[str], kind: str) -> list[str]:
     if selection in (None, "all", ["all"]):
         chosen = [s for s in sorted(available) if not (kind == EVAL and s in EXTRA_EVAL_CONFIGS)]
         if not chosen:
-            raise LayoutError(f"MMEB-{kind}: no configs found")
+            raise LayoutError(f"no {kind} configs found")
         return chosen
     names = [selection] if isinstance(selection, str) else list(selection)
     if not names:
-        raise LayoutError(f"MMEB-{kind}: the subset list is empty")
+        raise LayoutError(f"the {kind} subset list is empty")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise LayoutError(f"MMEB-{kind}: subsets listed twice: {duplicates}")
+        raise LayoutError(f"{kind} subsets listed twice: {duplicates}")
     missing = [n for n in names if n not in available]
     if missing:
-        raise LayoutError(f"MMEB-{kind}: unknown subsets {missing}; available: {sorted(available)}")
+        raise LayoutError(f"unknown {kind} subsets {missing}; available: {sorted(available)}")
     return names
 
 
@@ -106,7 +107,7 @@ def select_files(paths, kind: str, split: str, subsets: list[str]) -> list[str]:
     if kind == EVAL and EVAL_IMAGES not in have:
         missing.append(EVAL_IMAGES)
     if missing:
-        raise LayoutError(f"MMEB-{kind}: missing {missing}")
+        raise LayoutError(f"missing {missing}")
     return sorted(filter_repo_objects(paths, allow_patterns=allow_patterns(kind, split, subsets)))
 
 
@@ -174,8 +175,11 @@ def fetch_repo(
             raise LayoutError(f"{repo_id}@{commit}: Hub not reachable and nothing cached: {missing}") from error
     entries = {f.path: f for f in tree if hasattr(f, "blob_id")}  # RepoFile, not RepoFolder
 
-    subsets = resolve_selection(selection, available_subsets(entries, kind, split), kind)
-    wanted = select_files(entries, kind, split, subsets)
+    try:
+        subsets = resolve_selection(selection, available_subsets(entries, kind, split), kind)
+        wanted = select_files(entries, kind, split, subsets)
+    except LayoutError as e:
+        raise LayoutError(f"{repo_id}@{commit}: {e}") from None
     patterns = allow_patterns(kind, split, subsets)
     total = sum(entries[p].size or 0 for p in wanted)
     log.info("%s@%s: %d subsets, %d files, %.1f MB", repo_id, commit[:10], len(subsets), len(wanted), total / 1e6)
