@@ -290,9 +290,8 @@ def test_classification_images_show_the_gold_label_colour(out):
             for row in _eval(root, name).to_pylist():
                 img = _decode(zf.read(row["qry_img_path"])).convert("RGB")
                 bg = img.getpixel((0, 0))
-                counts = collections.Counter(
-                    _nearest_colour(img.getpixel((x, y)), bg) for x in range(0, img.width, 2) for y in range(0, img.height, 2)
-                )
+                grid = [(x, y) for x in range(0, img.width, 2) for y in range(0, img.height, 2)]
+                counts = collections.Counter(_nearest_colour(img.getpixel(xy), bg) for xy in grid)
                 counts.pop("bg")
                 assert counts.most_common(1)[0][0] == row["tgt_text"][0].split()[0]
 
@@ -346,7 +345,8 @@ def test_eval_candidate_lists(out):
 
 def test_classification_label_sets(out):
     root, _ = out
-    first = {n: _eval(root, n).to_pylist()[0]["tgt_text"] for n in ("Syn-ShapeCLS", "Syn-ShapeCLS-Unseen", "Syn-NewsCLS")}
+    names = ("Syn-ShapeCLS", "Syn-ShapeCLS-Unseen", "Syn-NewsCLS")
+    first = {n: _eval(root, n).to_pylist()[0]["tgt_text"] for n in names}
     assert set(first["Syn-ShapeCLS"]) == {f"{c} {s}" for c, s in syn.SEEN}
     assert set(first["Syn-ShapeCLS-Unseen"]) == {f"{c} {s}" for c, s in syn.HELD_OUT}
     assert len(first["Syn-NewsCLS"]) == 16
@@ -455,4 +455,5 @@ def test_bad_arguments_and_foreign_folders(tmp_path):
     # our own earlier output is replaced, leaving no stale files behind
     syn.generate(tmp_path / "own", train_rows=4, eval_rows=4, eval_candidates=2)
     syn.generate(tmp_path / "own", train_rows=4, eval_rows=4, eval_candidates=2, train_subsets=["Syn-CIRR"])
-    assert sorted(p.name for p in (tmp_path / "own" / "MMEB-train").iterdir()) == ["README.md", "Syn-CIRR", "images_zip"]
+    left = sorted(p.name for p in (tmp_path / "own" / "MMEB-train").iterdir())
+    assert left == ["README.md", "Syn-CIRR", "images_zip"]

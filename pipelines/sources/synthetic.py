@@ -671,7 +671,8 @@ def _modify(rng: random.Random, scene: Scene) -> tuple[str, list[tuple[str, str,
             del new[i]
             text = f"remove the {c} {s}"
         elif kind == "add" and len(attrs) < 3:
-            extra = _sample_attrs(rng, 1, [cs for cs in SEEN if cs[0] not in used_c and cs[1] not in used_s], free_pos)[0]
+            fresh = [cs for cs in SEEN if cs[0] not in used_c and cs[1] not in used_s]
+            extra = _sample_attrs(rng, 1, fresh, free_pos)[0]
             new.append(extra)
             text = f"add a {extra[3]} {extra[1]} {extra[0]} {_where(extra[2])}"
         else:
@@ -758,15 +759,14 @@ class _Builder:
 
 
 _CLS_LABELS = tuple(f"{c} {s}" for c, s in SEEN)
+_SHAPE_ANSWERS = (*COLOURS, *SHAPES, *COUNT_WORDS, *POSITIONS)
 BUILDERS: dict[str, _Builder] = {
     "Syn-ShapeCLS": _Builder(_shape_cls, "image_", labels=_CLS_LABELS),
     "Syn-NewsCLS": _Builder(_news_cls, "Syn-NewsCLS_image_", labels=tuple(NEWS_DOMAINS.values())),
     "Syn-ShapeCLS-Unseen": _Builder(_shape_cls_unseen, "image_", labels=tuple(f"{c} {s}" for c, s in UNSEEN)),
-    "Syn-ShapeVQA": _Builder(_shape_vqa, "Syn-ShapeVQA_image_", vocabulary=(*COLOURS, *SHAPES, *COUNT_WORDS, *POSITIONS)),
+    "Syn-ShapeVQA": _Builder(_shape_vqa, "Syn-ShapeVQA_image_", vocabulary=_SHAPE_ANSWERS),
     "Syn-TextVQA": _Builder(_text_vqa, "Syn-TextVQA_image_", vocabulary=WORDS),
-    "Syn-ShapeVQA-NewInst": _Builder(
-        _shape_vqa_newinst, "Syn-ShapeVQA-NewInst_image_", vocabulary=(*COLOURS, *SHAPES, *COUNT_WORDS, *POSITIONS)
-    ),
+    "Syn-ShapeVQA-NewInst": _Builder(_shape_vqa_newinst, "Syn-ShapeVQA-NewInst_image_", vocabulary=_SHAPE_ANSWERS),
     "Syn-Dialog_t2i": _Builder(_dialog_t2i, "Syn-Dialog_t2i_image_"),
     "Syn-Caption_t2i": _Builder(_caption_t2i, "Syn-Caption_t2i_image_"),
     "Syn-Caption_i2t": _Builder(_caption_i2t, "Syn-Caption_i2t_image_"),
