@@ -92,47 +92,43 @@ class Backbone:
 # processors without a video processor (torchvision is absent; ProcessorMixin reads its attributes
 # from the __init__ signature, so leaving `video_processor` out of it is what makes them buildable)
 
-def _processor_classes():
-    from transformers import (CLIPProcessor, Idefics3Processor, LlavaNextProcessor, LlavaProcessor,
-                              PaliGemmaProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor, SiglipProcessor,
-                              SmolVLMProcessor)
-
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        """Qwen2-VL processor for images only (no torchvision -> no video processor)."""
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            Qwen2VLProcessor.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-        """Qwen2.5-VL processor for images only (no torchvision -> no video processor)."""
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            Qwen2_5_VLProcessor.__init__(self, image_processor, tokenizer, None, chat_template=chat_template,
-                                         **kwargs)
-
-    class ImageOnlySmolVLMProcessor(SmolVLMProcessor):
-        """SmolVLM processor for images only (no torchvision -> no video processor)."""
-
-        def __init__(self, image_processor, tokenizer, image_seq_len: int = 169, chat_template=None, **kwargs):
-            SmolVLMProcessor.__init__(self, image_processor, tokenizer, None, image_seq_len=image_seq_len,
-                                      chat_template=chat_template, **kwargs)
-
-    return {
-        "qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
-        "llava": LlavaProcessor, "llava_next": LlavaNextProcessor, "idefics3": Idefics3Processor,
-        "smolvlm": ImageOnlySmolVLMProcessor, "paligemma": PaliGemmaProcessor,
-        "clip": CLIPProcessor, "siglip": SiglipProcessor,
-    }
+from transformers import (CLIPProcessor, Idefics3Processor, LlavaNextProcessor, LlavaProcessor,  # noqa: E402
+                          PaliGemmaProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor, SiglipProcessor,
+                          SmolVLMProcessor)
 
 
-_PROCESSORS: dict[str, type] | None = None
+class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """Qwen2-VL processor for images only (no torchvision -> no video processor)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        Qwen2VLProcessor.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor for images only (no torchvision -> no video processor)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        Qwen2_5_VLProcessor.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlySmolVLMProcessor(SmolVLMProcessor):
+    """SmolVLM processor for images only (no torchvision -> no video processor)."""
+
+    def __init__(self, image_processor, tokenizer, image_seq_len: int = 169, chat_template=None, **kwargs):
+        SmolVLMProcessor.__init__(self, image_processor, tokenizer, None, image_seq_len=image_seq_len,
+                                  chat_template=chat_template, **kwargs)
+
+
+PROCESSOR_CLASSES: dict[str, type] = {
+    "qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
+    "llava": LlavaProcessor, "llava_next": LlavaNextProcessor, "idefics3": Idefics3Processor,
+    "smolvlm": ImageOnlySmolVLMProcessor, "paligemma": PaliGemmaProcessor,
+    "clip": CLIPProcessor, "siglip": SiglipProcessor,
+}
 
 
 def processor_class(family: str) -> type:
-    global _PROCESSORS
-    if _PROCESSORS is None:
-        _PROCESSORS = _processor_classes()
-    return _PROCESSORS[family]
+    return PROCESSOR_CLASSES[family]
 
 
 def image_processor_class(family: str) -> type:
@@ -197,7 +193,7 @@ def train_family_tokenizer(family: str, texts=None, *, vocab_size: int = 2048):
 
 def _wrap_tokenizer(family: str, raw):
     """Wrap a raw `tokenizers.Tokenizer` in the transformers tokenizer class the family's processor wants."""
-    from transformers import GemmaTokenizerFast, PreTrainedTokenizerFast, Qwen2TokenizerFast
+    from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
     missing = [t for t in family_special_tokens(family) if raw.token_to_id(t) is None]
     if missing:
         raise ValueError(f"tokenizer lacks the {family} special tokens {missing[:5]} "
@@ -211,8 +207,10 @@ def _wrap_tokenizer(family: str, raw):
         tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<end_of_utterance>",
                                       pad_token="<pad>", unk_token="<|endoftext|>")
     elif family == "paligemma":
-        tok = GemmaTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>",
-                                 bos_token="<bos>", unk_token="<unk>")
+        # not GemmaTokenizerFast: reloading a GemmaTokenizer rebuilds a sentencepiece-style pipeline
+        # around tokenizer.json and breaks this byte-level BPE (newlines become <unk>)
+        tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>",
+                                      bos_token="<bos>", unk_token="<unk>")
     elif family == "clip":
         tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|startoftext|>",
                                       eos_token="<|endoftext|>", pad_token="<|endoftext|>",

@@ -1,0 +1,143 @@
+"""Prompt rendering (VLM2Vec strings) and collation (truncation never cuts image tokens)."""
+
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+
+from trainer.backbones import build_tiny
+from trainer.inputs import Collator, render_text, resize_to_max_pixels
+
+torch.set_num_threads(1)
+
+# MMEB_SPEC §3: real MMEB strings
+IMAGENET_QRY = "<|image_1|>\nRepresent the given image for classification\n"
+OKVQA_QRY = "<|image_1|>\nRepresent the given image with the following question: What sport can you use this for?\n"
+COCO_T2I_QRY = "Find me an everyday image that matches the given caption: A man with a red helmet on a small moped on a dirt road.\n"
+WEBQA_QRY = ("<|image_1|>\nFind a Wikipedia image that answers this question: Does a Minnetonka Rhododendron "
+             "flower have petals in a cup shape?\n")
+
+
+def side(raw, instruction="", text=""):
+    return dict(raw=raw, instruction=instruction, text=text, has_image_token="<|image_1|>" in raw,
+                template="", image=None)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return build_tiny("qwen2_vl", image_size=32)
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return build_tiny("llava", image_size=32)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return build_tiny("clip", image_size=32)
+
+
+def test_render_vlm2vec_strings(qwen, llava):
+    assert render_text(side(IMAGENET_QRY), qwen, has_image=True) == \
+        "<|image_pad|>\nRepresent the given image for classification\n"
+    assert render_text(side(OKVQA_QRY), llava, has_image=True) == OKVQA_QRY.replace("<|image_1|>", "<image>")
+    assert render_text(side(COCO_T2I_QRY), qwen, has_image=False) == COCO_T2I_QRY
+    tgt = "<|image_1|>\nRepresent the given image.\n"
+    assert render_text(side(tgt), qwen, has_image=True) == "<|image_pad|>\nRepresent the given image.\n"
+
+
+def test_webqa_quirk_removes_token_without_image(qwen, llava):
+    out = render_text(side(WEBQA_QRY), qwen, has_image=False)
+    assert out == WEBQA_QRY.replace("<|image_1|>\n", "")
+    assert "<|image_pad|>" not in out and "<image>" not in render_text(side(WEBQA_QRY), llava, has_image=False)
+
+
+def test_render_without_instructions(qwen):
+    s = side(OKVQA_QRY, "Represent the given image with the following question: ", "What sport can you use this for?")
+    assert render_text(s, qwen, instructions=False, has_image=True) == \
+        "<|image_pad|>\nWhat sport can you use this for?\n"
+    s = side(IMAGENET_QRY, "Represent the given image for classification", "")
+    assert render_text(s, qwen, instructions=False, has_image=True) == "<|image_pad|>\n"
+
+
+def test_render_dual_encoder_has_no_image_token(clip):
+    s = side(OKVQA_QRY, "Represent the given image with the following question: ", "What sport can you use this for?")
+    assert render_text(s, clip, has_image=True) == \
+        "Represent the given image with the following question: What sport can you use this for?"
+    assert render_text(s, clip, instructions=False, has_image=True) == "What sport can you use this for?"
+
+
+def test_render_errors_and_missing_token(qwen):
+    with pytest.raises(ValueError, match="2 image placeholders"):
+        render_text(side("<|image_1|> and <|image_1|>\n"), qwen, has_image=True)
+    with pytest.raises(ValueError, match="empty text"):
+        render_text(side(""), qwen, has_image=False)
+    assert render_text(side("caption\n"), qwen, has_image=True) == "<|image_pad|>\ncaption\n"
+
+
+def _image_tokens(backbone, batch):
+    image_id = backbone.processor.tokenizer.convert_tokens_to_ids(backbone.image_token)
+    return (batch["input_ids"] == image_id).sum(dim=1)
+
+
+def test_truncation_keeps_image_tokens(qwen):
+    long_text = "<|image_1|>\nRepresent the given image with the following question: " + \
+        " ".join(f"word{i}" for i in range(400)) + "\n"
+    image = Image.new("RGB", (32, 32), "green")
+    full = Collator(qwen, max_text_tokens=4096)([side(long_text)], [image])
+    short = Collator(qwen, max_text_tokens=16)([side(long_text)], [image])
+    n_img = _image_tokens(qwen, full)
+    assert n_img.item() == (32 // 16) ** 2  # patch 8, merge 2 -> 4 image tokens
+    assert torch.equal(_image_tokens(qwen, short), n_img)  # image tokens intact
+    text_tokens = short["input_ids"].shape[1] - n_img.item()
+    assert text_tokens <= 16 < full["input_ids"].shape[1] - n_img.item()
+    # the kept text is the beginning of the prompt
+    tok = qwen.processor.tokenizer
+    assert tok.decode(short["input_ids"][0]).startswith(tok.decode(full["input_ids"][0, :8]))
+
+
+def test_truncation_keeps_a_late_image_token(llava):
+    text = " ".join(f"w{i}" for i in range(200)) + " <|image_1|>\nend\n"
+    collate = Collator(llava, max_text_tokens=10)
+    rendered = collate.truncate(render_text(side(text), llava, has_image=True))
+    assert rendered.count("<image>") == 1
+    batch = collate([side(text)], [Image.new("RGB", (32, 32), "red")])  # processor does not fail
+    assert _image_tokens(llava, batch).item() == (32 // 8) ** 2 + 1 - 1  # CLS dropped by "default" strategy
+    assert batch["input_ids"].shape[1] <= 10 + (32 // 8) ** 2
+
+
+def test_resize_to_max_pixels_keeps_aspect():
+    im = Image.new("RGB", (400, 100), "blue")
+    out = resize_to_max_pixels(im, 4096)
+    assert out.width * out.height <= 4096
+    assert abs(out.width / out.height - 4.0) < 0.15
+    small = Image.new("L", (10, 10))
+    assert resize_to_max_pixels(small, 4096).size == (10, 10) and resize_to_max_pixels(small, 4096).mode == "RGB"
+
+
+def test_collator_mixed_batch_and_pickle(qwen):
+    sides = [side(IMAGENET_QRY), side(COCO_T2I_QRY), side(OKVQA_QRY)]
+    images = [Image.new("RGB", (200, 120), "red"), None, Image.new("RGB", (48, 48), "blue")]
+    collate = Collator(qwen, max_text_tokens=64, image_max_pixels=1024)
+    batch = collate(sides, images)
+    assert batch["has_image"].tolist() == [True, False, True]
+    assert batch["image_grid_thw"].shape[0] == 2
+    n_img = _image_tokens(qwen, batch)
+    assert n_img[1] == 0 and n_img[0] > 0 and n_img[2] > 0
+    # image_max_pixels bounds the patches: <= 1024 px -> <= 4 merged tokens per image
+    assert int(n_img.max()) <= 1024 // 16 ** 2
+    clone = pickle.loads(pickle.dumps(collate))  # DataLoader workers get a copy
+    again = clone(sides, images)
+    assert batch.keys() == again.keys() and all(torch.equal(batch[k], again[k]) for k in batch)
+
+
+def test_collator_errors(qwen):
+    collate = Collator(qwen)
+    with pytest.raises(ValueError, match="sides but"):
+        collate([side(COCO_T2I_QRY)], [])
+    with pytest.raises(ValueError, match="empty batch"):
+        collate([], [])
+    with pytest.raises(ValueError, match="max_text_tokens"):
+        Collator(qwen, max_text_tokens=0)
