@@ -118,7 +118,7 @@ def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected("image_too_large", str(e)) from e
+        raise ImageRejected("image_too_large", f"{e} (max_pixels {max_pixels})") from e
     except UnidentifiedImageError as e:
         raise ImageRejected("image_undecodable", str(e)) from e
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad data
