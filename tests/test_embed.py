@@ -1,0 +1,125 @@
+"""EmbeddingModel and the `python -m trainer.embed` CLI on tiny saved models."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainer.backbones import build_tiny, save_backbone
+from trainer.embed import EmbeddingModel, main, make_side, model_dir_of
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "base"
+    save_backbone(build_tiny("qwen2_vl", seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "red.png"
+    Image.new("RGB", (48, 40), (220, 20, 20)).save(path)
+    return path
+
+
+def test_make_side_is_mmeb_layout():
+    s = make_side("What colour?", "Represent the given image with the following question:", has_image=True)
+    assert s["raw"] == "<|image_1|>\nRepresent the given image with the following question: What colour?\n"
+    assert s["template"].format(instruction=s["instruction"], text=s["text"]) == s["raw"]
+    assert make_side("", "Represent the given image", has_image=True)["raw"] == \
+        "<|image_1|>\nRepresent the given image\n"
+    assert make_side("a red circle")["raw"] == "a red circle\n"
+
+
+def test_encode_shapes_norms_and_batch_invariance(base_dir, image_file):
+    model = EmbeddingModel.load(base_dir)
+    image = Image.open(image_file).convert("RGB")
+    sides = [make_side("a red circle"), make_side("", "Represent the given image", has_image=True),
+             make_side("blue", "Find the image")]
+    images = [None, image, None]
+    a = model.encode(sides, images, batch_size=3)
+    b = model.encode(sides, images, batch_size=1)
+    assert a.dtype == np.float32 and a.shape == (3, model.dim)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=2e-5)
+    assert not model.embedder.training
+    np.testing.assert_allclose(model.encode_texts(["a red circle"]), a[:1], atol=1e-6)
+    np.testing.assert_allclose(model.encode_images([image], instruction="Represent the given image"), a[1:2], atol=1e-6)
+    assert model.encode([], []).shape == (0, model.dim)
+
+
+def test_fingerprint_stable_and_changes_with_weights_and_collation(base_dir, tmp_path):
+    fp = EmbeddingModel.load(base_dir).fingerprint
+    assert EmbeddingModel.load(base_dir).fingerprint == fp  # stable
+    copy = tmp_path / "copy"
+    shutil.copytree(base_dir, copy)
+    assert EmbeddingModel.load(copy).fingerprint == fp  # location-independent
+    assert EmbeddingModel.load(base_dir, image_max_pixels=1024).fingerprint != fp
+    assert EmbeddingModel.load(base_dir, instructions=False).fingerprint != fp
+    # change one weight and save again
+    model = EmbeddingModel.load(copy)
+    with torch.no_grad():
+        next(model.backbone.model.parameters()).add_(1e-3)
+    save_backbone(model.backbone, tmp_path / "changed")
+    assert EmbeddingModel.load(tmp_path / "changed").fingerprint != fp
+    # and saving the same model twice gives the same bytes, hence the same fingerprint
+    save_backbone(model.backbone, tmp_path / "changed2")
+    assert EmbeddingModel.load(tmp_path / "changed2").fingerprint == EmbeddingModel.load(tmp_path / "changed").fingerprint
+
+
+def test_embedder_folder_uses_merged_and_lineage_collation(base_dir, tmp_path):
+    emb_dir = tmp_path / "embedder"
+    shutil.copytree(base_dir, emb_dir / "merged")
+    (emb_dir / "adapter").mkdir()
+    (emb_dir / "lineage.json").write_text(json.dumps(
+        {"collation": {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": False}}))
+    assert model_dir_of(emb_dir) == emb_dir / "merged"
+    model = EmbeddingModel.load(emb_dir)
+    assert model.collation == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": False}
+    assert model.collator.instructions is False
+    assert EmbeddingModel.load(emb_dir, instructions=True).collator.instructions is True  # argument wins
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        EmbeddingModel.load(tmp_path)
+
+
+def test_cli_writes_npy_and_prints_similarities(base_dir, image_file, tmp_path, capsys):
+    out = tmp_path / "emb.npy"
+    rc = main(["--model", str(base_dir), "--text", "a red circle", "--text", "a blue square",
+               "--image", str(image_file), "--image-instruction", "Represent the given image", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "shape (3, 64)" in printed and "cosine similarities" in printed
+    emb = np.load(out, allow_pickle=False)
+    assert emb.shape == (3, 64) and emb.dtype == np.float32
+    model = EmbeddingModel.load(base_dir)
+    np.testing.assert_allclose(emb[:2], model.encode_texts(["a red circle", "a blue square"]), atol=1e-6)
+
+
+def test_cli_errors(base_dir, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--model", str(base_dir)])  # nothing to embed
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SystemExit):
+        main(["--model", str(base_dir), "--image", str(bad)])
+    with pytest.raises(SystemExit):
+        main(["--model", str(base_dir), "--text", "x", "--out", str(tmp_path / "x.pkl")])
+
+
+@pytest.mark.slow
+def test_cli_as_a_module(base_dir, tmp_path):
+    out = tmp_path / "e.npy"
+    proc = subprocess.run([sys.executable, "-m", "trainer.embed", "--model", str(base_dir), "--text", "red",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(out, allow_pickle=False).shape == (1, 64)
