@@ -1,0 +1,280 @@
+"""The training loop and the `train` stage: outputs, LoRA/full/GradCache wiring, exact resume after a
+real SIGKILL, and a learning check (a tiny backbone learns to match shapes to captions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from tests.test_data import make_side, write_test_shards
+from trainer import checkpoint as C
+from trainer.loop import TrainPaths, train, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 210, 20),
+           "purple": (140, 40, 170), "orange": (240, 130, 20), "black": (10, 10, 10), "cyan": (20, 200, 210)}
+SHAPES = ("circle", "square", "triangle")
+CAPTIONS = [(c, s) for c in COLOURS for s in SHAPES]
+INSTRUCTION = "Represent the given image"
+
+BASE_PARAMS = dict(
+    seed=0, steps=6, batch_size=8, gc_chunk_size=0, learning_rate=0.002, warmup_steps=2, weight_decay=0.0,
+    temperature=0.05, hard_negatives=0, lora_rank=4, lora_alpha=8, lora_dropout=0.0, lora_targets="default",
+    dora=False, max_text_tokens=32, image_max_pixels=1024, instructions=True, mixture="proportional",
+    homogeneous_batch=0, shuffle_buffer=16, num_workers=0, save_every=3, precision="fp32",
+)
+
+
+def render(colour: str, shape: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A shape of a colour on a light background, with jittered position and size."""
+    bg = tuple(int(v) for v in rng.integers(200, 256, 3))
+    img = Image.new("RGB", (size, size), bg)
+    r = int(rng.integers(7, 11))
+    cx, cy = (int(v) for v in rng.integers(r + 1, size - r - 1, 2))
+    draw, fill = ImageDraw.Draw(img), COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return img
+
+
+def _png(img: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def shape_record(dataset: str, i: int):
+    rng = np.random.default_rng([1, i])
+    colour, shape = CAPTIONS[i % len(CAPTIONS)]
+    return ({"query": make_side("", _png(render(colour, shape, rng)), "query.png", INSTRUCTION),
+             "target": make_side(f"a {colour} {shape}"), "negatives": [make_side(f"a {colour} {s}")
+                                                                         for s in SHAPES if s != shape]}, {})
+
+
+@pytest.fixture(scope="module")
+def workspace_template(tmp_path_factory):
+    """models/base (tiny Qwen2-VL) + data/shards/train (480 shape/caption pairs in 2 datasets)."""
+    from trainer.backbones import build_tiny, save_backbone
+
+    root = tmp_path_factory.mktemp("ws")
+    save_backbone(build_tiny("qwen2_vl", seed=0, image_size=32, hidden_size=64, layers=2), root / "models/base")
+    write_test_shards(root / "data/shards/train", {"Syn-ShapesA": 240, "Syn-ShapesB": 240}, per_shard=60,
+                      make_record=shape_record)
+    return root
+
+
+@pytest.fixture
+def workspace(workspace_template, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace_template, ws)
+    return ws
+
+
+def paths_in(ws: Path, **kw) -> TrainPaths:
+    return TrainPaths(base=ws / "models/base", shards=ws / "data/shards/train", out=ws / "models/embedder",
+                      checkpoints=ws / "models/checkpoints", metrics=ws / "metrics/train", **kw)
+
+
+def merged_weights(ws: Path) -> dict[str, torch.Tensor]:
+    return load_file(ws / "models/embedder/merged/model.safetensors")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- fast wiring tests ------------------------------------------------------------------------
+
+
+def test_validate_params():
+    assert validate_params(BASE_PARAMS)["max_grad_norm"] == 1.0
+    with pytest.raises(ValueError, match="unknown \\['lora_rnak'\\]"):
+        validate_params({**BASE_PARAMS, "lora_rnak": 8})
+    with pytest.raises(ValueError, match="missing \\['steps'\\]"):
+        validate_params({k: v for k, v in BASE_PARAMS.items() if k != "steps"})
+    with pytest.raises(ValueError, match="precision is fp32 or bf16"):
+        validate_params({**BASE_PARAMS, "precision": "fp16"})
+
+
+def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
+    summary = train(BASE_PARAMS, paths_in(workspace))
+    out = workspace / "models/embedder"
+    assert summary["mode"] == "lora" and summary["resumed_from"] == 0
+    adapter_cfg = json.loads((out / "adapter/adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 4 and adapter_cfg["lora_alpha"] == 8
+    assert (out / "adapter/adapter_model.safetensors").is_file()
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["train"]["lora_rank"] == 4 and lineage["final_loss"] == pytest.approx(summary["final_loss"])
+    assert lineage["collation"] == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": True}
+    assert set(lineage["dvc_lock"]) == {"shards", "base_model"}
+    # merged = base + trained LoRA: the language model's projections moved, the vision tower did not
+    base = load_file(workspace / "models/base/model.safetensors")
+    merged = merged_weights(workspace)
+    assert set(base) == set(merged)
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all("visual" not in k and "_proj" in k for k in changed)
+    # the merged folder is a loadable backbone
+    from trainer.backbones import load_backbone
+    assert load_backbone(str(out / "merged")).family == "qwen2_vl"
+    # dvclive history: one row per step for every metric
+    for name in ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s"):
+        rows = (workspace / f"metrics/train/plots/metrics/{name}.tsv").read_text().splitlines()
+        assert [r.split("\t")[0] for r in rows] == ["step"] + [str(s) for s in range(6)], name
+    assert json.loads((workspace / "metrics/train/metrics.json").read_text())["step"] == 5
+    assert [p.name for p in C.list_checkpoints(workspace / "models/checkpoints")] == ["step-000003", "step-000006"]
+    assert not (workspace / "dvc.yaml").exists()
+
+
+def test_rerun_after_completion_resumes_at_the_end_and_is_byte_identical(workspace):
+    train(BASE_PARAMS, paths_in(workspace))
+    first = (workspace / "models/embedder/merged/model.safetensors").read_bytes()
+    first_lineage = (workspace / "models/embedder/lineage.json").read_bytes()
+    summary = train(BASE_PARAMS, paths_in(workspace))
+    assert summary["resumed_from"] == 6
+    assert (workspace / "models/embedder/merged/model.safetensors").read_bytes() == first
+    assert (workspace / "models/embedder/lineage.json").read_bytes() == first_lineage
+
+
+def test_lora_rank_and_full_finetuning_give_different_models(workspace, tmp_path):
+    params = {**BASE_PARAMS, "steps": 2, "save_every": 100}
+    results = {}
+    for rank in (4, 8, 0):
+        ws = tmp_path / f"r{rank}"
+        shutil.copytree(workspace, ws)
+        train({**params, "lora_rank": rank}, paths_in(ws))
+        results[rank] = merged_weights(ws)
+        assert (ws / "models/embedder/adapter").exists() == (rank > 0)
+    assert any(not torch.equal(results[4][k], results[8][k]) for k in results[4])
+    full_changed = {k for k in results[0] if not torch.equal(results[0][k], results[4][k])}
+    assert any("visual" in k for k in full_changed)  # full fine-tuning also trains the vision tower
+
+
+def test_stale_checkpoint_of_other_params_is_not_resumed(workspace, caplog):
+    train({**BASE_PARAMS, "steps": 3}, paths_in(workspace))
+    summary = train({**BASE_PARAMS, "steps": 3, "learning_rate": 0.001}, paths_in(workspace))
+    assert summary["resumed_from"] == 0
+    assert "different params" in caplog.text
+    fingerprints = {json.loads((p / "state.json").read_text())["fingerprint"]
+                    for p in C.list_checkpoints(workspace / "models/checkpoints")}
+    assert len(fingerprints) == 1
+
+
+def test_gradcache_and_hard_negatives_match_the_plain_step(workspace, tmp_path):
+    """Without dropout GradCache gives the plain step's gradient, so the weights agree to rounding."""
+    params = {**BASE_PARAMS, "steps": 3, "save_every": 100, "hard_negatives": 1}
+    weights = {}
+    for chunk in (0, 3):
+        ws = tmp_path / f"gc{chunk}"
+        shutil.copytree(workspace, ws)
+        train({**params, "gc_chunk_size": chunk}, paths_in(ws))
+        weights[chunk] = merged_weights(ws)
+    diff = max(float((weights[0][k] - weights[3][k]).abs().max()) for k in weights[0])
+    assert diff < 1e-4
+
+
+# --- exact resume after SIGKILL -----------------------------------------------------------------
+
+
+def _stage_cmd(ws: Path, params: dict) -> tuple[list[str], dict]:
+    (ws / "params.yaml").write_text(yaml.safe_dump({"train": params}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "VLM2VEC_TRAIN_IDS_LOG": str(ws / "ids.jsonl"), "DVCLIVE_LOGLEVEL": "ERROR"}
+    return [sys.executable, "-m", "stages.train", "--params", "params.yaml"], env
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_ends_with_the_same_weights(workspace, tmp_path):
+    params = {**BASE_PARAMS, "steps": 24, "save_every": 5, "lora_dropout": 0.1, "num_workers": 2}
+    # reference: one uninterrupted run of the stage
+    ref = tmp_path / "ref"
+    shutil.copytree(workspace, ref)
+    cmd, env = _stage_cmd(ref, params)
+    subprocess.run(cmd, cwd=ref, env=env, check=True, capture_output=True)
+
+    cmd, env = _stage_cmd(workspace, params)
+    proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not C.list_checkpoints(workspace / "models/checkpoints"):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (workspace / "models/embedder").exists()
+    killed_at = C.step_of(C.list_checkpoints(workspace / "models/checkpoints")[-1])
+    assert killed_at < 24
+
+    subprocess.run(cmd, cwd=workspace, env=env, check=True, capture_output=True)
+    resumed_w, ref_w = merged_weights(workspace), merged_weights(ref)
+    assert max(float((resumed_w[k] - ref_w[k]).abs().max()) for k in ref_w) < 1e-6
+    # same pairs in the same steps: nothing skipped, nothing repeated
+    ids = lambda ws: [json.loads(x) for x in (ws / "ids.jsonl").read_text().splitlines()]  # noqa: E731
+    assert ids(workspace) == ids(ref) and [r["step"] for r in ids(ref)] == list(range(24))
+    loss_rows = (workspace / "metrics/train/plots/metrics/loss.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in loss_rows[1:]] == [str(s) for s in range(24)]
+
+
+# --- learning check ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_backbone_learns_to_retrieve_held_out_captions(workspace):
+    from trainer.backbones import load_backbone
+    from trainer.inputs import Collator
+    from trainer.model import Embedder
+
+    params = {**BASE_PARAMS, "steps": 150, "batch_size": 16, "lora_rank": 0, "learning_rate": 0.001,
+              "warmup_steps": 10, "save_every": 1000}
+    start = time.monotonic()
+    train(params, paths_in(workspace))
+    elapsed = time.monotonic() - start
+
+    rng = np.random.default_rng(12345)  # held-out renderings
+    images = [render(c, s, rng) for c, s in CAPTIONS]
+    queries = [make_side("", _png(im), "query.png", INSTRUCTION) for im in images]
+    targets = [make_side(f"a {c} {s}") for c, s in CAPTIONS]
+
+    def accuracy(model_dir):
+        backbone = load_backbone(str(model_dir))
+        collator = Collator(backbone, max_text_tokens=32, image_max_pixels=1024)
+        embedder = Embedder(backbone).eval()
+        with torch.no_grad():
+            q = embedder(collator(queries, images))
+            t = embedder(collator(targets, [None] * len(targets)))
+        return float(((q @ t.T).argmax(1) == torch.arange(len(CAPTIONS))).float().mean())
+
+    chance = 1 / len(CAPTIONS)
+    trained, base = accuracy(workspace / "models/embedder/merged"), accuracy(workspace / "models/base")
+    print(f"held-out in-batch accuracy: trained {trained:.3f}, base {base:.3f}, chance {chance:.3f}, "
+          f"training {elapsed:.1f} s")
+    assert trained >= 5 * chance
+    assert trained > base

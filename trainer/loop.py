@@ -1,0 +1,406 @@
+"""The contrastive training loop (VLM2Vec recipe): LoRA or full fine-tuning, InfoNCE over in-batch
+(cross-device) negatives, optional GradCache, exact resume from checkpoints.
+
+    summary = train(params["train"], TrainPaths(base=..., shards=..., out=..., checkpoints=..., metrics=...))
+
+One step = one global batch of ``batch_size`` pairs (split evenly over the ranks): embed queries and
+targets (and ``hard_negatives`` explicit negatives per query), loss = `info_nce` at ``temperature``,
+backward (in GradCache chunks of ``gc_chunk_size`` when > 0), clip the gradient norm to
+``max_grad_norm`` (HF Trainer's default 1.0, which VLM2Vec ran with), AdamW step, linear warmup /
+decay schedule. Under ``torchrun`` the model is wrapped in DDP; `info_nce` scales the loss so that
+DDP's gradient average equals the single-process gradient of the global batch.
+
+Full fine-tuning under DDP keeps a full copy of weights, gradients and AdamW state on every rank;
+for backbones where that does not fit, the path is FSDP (``torch.distributed.fsdp.fully_shard`` on
+the decoder layers, with checkpoints via ``torch.distributed.checkpoint``) - not implemented here:
+the loop logs a notice when full fine-tuning runs on several ranks.
+
+Exact resume: every ``save_every`` steps (and after the last step) a checkpoint stores the trainable
+weights, optimizer, scheduler, the RNG of every rank and the data-stream position
+(`trainer.checkpoint`); a re-run with the same params, base model and shards continues from the
+newest one and ends with the same weights as an uninterrupted run. The global RNG is only drawn from
+by the model (dropout): the DataLoader has its own generator, and the RNG is restored after the
+loader has started.
+
+Outputs (rank 0): ``out/adapter/`` (peft adapter, safetensors; LoRA only), ``out/merged/`` (a
+`save_backbone` folder: LoRA merged into the base, or the fully fine-tuned model) and
+``out/lineage.json``; dvclive metrics under ``metrics`` (loss, learning_rate, grad_norm, pairs_per_s,
+images_per_s per step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import subprocess
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from trainer import checkpoint as ckpt
+from trainer import distributed
+from trainer.backbones import Backbone, load_backbone, save_backbone
+from trainer.data import ContrastiveStream, StreamConfig, StreamPosition, make_loader, read_shards
+from trainer.gradcache import gradcache_step
+from trainer.inputs import Collator
+from trainer.losses import info_nce, loss_scale
+from trainer.model import Embedder
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("seed", "steps", "batch_size", "gc_chunk_size", "learning_rate", "warmup_steps", "weight_decay",
+            "temperature", "hard_negatives", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "dora",
+            "max_text_tokens", "image_max_pixels", "instructions", "mixture", "homogeneous_batch",
+            "shuffle_buffer", "num_workers", "save_every", "precision")
+OPTIONAL = {"max_grad_norm": 1.0}
+METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s")
+
+
+def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train`` params section checked and completed with OPTIONAL defaults.
+
+    Raises ValueError naming missing or unknown keys and out-of-range values."""
+    missing = [k for k in REQUIRED if k not in train]
+    unknown = sorted(set(train) - set(REQUIRED) - set(OPTIONAL))
+    if missing or unknown:
+        raise ValueError(f"train params: missing {missing}, unknown {unknown}")
+    p = {**OPTIONAL, **train}
+    checks = [
+        (int(p["steps"]) >= 1, "steps >= 1"), (int(p["batch_size"]) >= 1, "batch_size >= 1"),
+        (int(p["gc_chunk_size"]) >= 0, "gc_chunk_size >= 0"), (float(p["learning_rate"]) > 0, "learning_rate > 0"),
+        (int(p["warmup_steps"]) >= 0, "warmup_steps >= 0"), (float(p["temperature"]) > 0, "temperature > 0"),
+        (int(p["lora_rank"]) >= 0, "lora_rank >= 0"), (0 <= float(p["lora_dropout"]) < 1, "0 <= lora_dropout < 1"),
+        (int(p["save_every"]) >= 1, "save_every >= 1"), (int(p["num_workers"]) >= 0, "num_workers >= 0"),
+        (p["precision"] in ("fp32", "bf16"), "precision is fp32 or bf16"),
+        (float(p["max_grad_norm"]) > 0, "max_grad_norm > 0"),
+    ]
+    bad = [what for ok, what in checks if not ok]
+    if bad:
+        raise ValueError(f"train params out of range: need {', '.join(bad)}")
+    return p
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    base: Path = Path("models/base")
+    shards: Path = Path("data/shards/train")
+    out: Path = Path("models/embedder")
+    checkpoints: Path = Path("models/checkpoints")
+    metrics: Path = Path("metrics/train")
+    ids_log: Path | None = None  # debug: JSON lines {"step", "rank", "ids"} of the pairs of every step
+
+
+# --- model ------------------------------------------------------------------------------------
+def apply_lora(backbone: Backbone, p: Mapping[str, Any]) -> Backbone:
+    """The backbone with peft LoRA (or DoRA) injected per the params; unchanged for lora_rank 0
+    (every parameter trainable)."""
+    if int(p["lora_rank"]) == 0:
+        for param in backbone.model.parameters():
+            param.requires_grad_(True)
+        return backbone
+    from peft import LoraConfig, get_peft_model
+
+    targets = backbone.lora_targets if p["lora_targets"] == "default" else p["lora_targets"]
+    config = LoraConfig(r=int(p["lora_rank"]), lora_alpha=float(p["lora_alpha"]),
+                        lora_dropout=float(p["lora_dropout"]), target_modules=targets,
+                        use_dora=bool(p["dora"]), bias="none")
+    model = get_peft_model(backbone.model, config)
+    return replace(backbone, model=model)
+
+
+class PairEncoder(torch.nn.Module):
+    """``forward(*inputs) -> tuple of [b, D] embeddings``: one module call embeds queries, targets
+    and negatives, so DDP sees one forward per backward."""
+
+    def __init__(self, embedder: Embedder):
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, *inputs: dict) -> tuple[torch.Tensor, ...]:
+        return tuple(self.embedder(x) for x in inputs)
+
+
+def _to_device(chunk: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in chunk.items()}
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [q for q in model.parameters() if q.requires_grad]
+
+
+# --- lineage ----------------------------------------------------------------------------------
+def git_commit(cwd: Path = Path(".")) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def dvc_lock_hashes(lock_file: Path = Path("dvc.lock"), paths: Mapping[str, str] | None = None) -> dict:
+    """md5 recorded in dvc.lock for the shard and base-model outputs (None when not locked yet)."""
+    paths = paths or {"shards": ("shard", "data/shards/train"), "base_model": ("backbone", "models/base")}
+    out: dict[str, str | None] = {name: None for name in paths}
+    if not lock_file.is_file():
+        return out
+    lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
+    stages = lock.get("stages") or {}
+    for name, (stage, path) in paths.items():
+        for entry in (stages.get(stage) or {}).get("outs") or []:
+            if entry.get("path") == path:
+                out[name] = entry.get("md5") or entry.get("hash")
+    return out
+
+
+# --- dvclive ----------------------------------------------------------------------------------
+def _trim_metrics(metrics_dir: Path, start_step: int) -> None:
+    """Drop metric rows logged at steps >= start_step (by a run killed after its last checkpoint)."""
+    for tsv in (metrics_dir / "plots" / "metrics").glob("*.tsv"):
+        lines = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        header = lines[0].rstrip("\r\n").split("\t")
+        col = header.index("step")
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) < start_step]
+        tsv.write_text("".join(kept), encoding="utf-8")
+
+
+def open_live(metrics_dir: Path, start_step: int):
+    """A dvclive Live under ``metrics_dir`` that never writes dvc.yaml nor creates experiments;
+    fresh runs start a clean history, resumed runs continue it at ``start_step``."""
+    from dvclive import Live
+
+    if start_step == 0:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    else:
+        _trim_metrics(metrics_dir, start_step)
+    live = Live(str(metrics_dir), resume=start_step > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+    live.step = start_step
+    return live
+
+
+# --- the loop ---------------------------------------------------------------------------------
+def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> dict[str, Any]:
+    """Run (or resume) training per ``train_params``; return a summary dict (rank 0 writes outputs)."""
+    p = validate_params(train_params)
+    dist_info = distributed.init_from_env()
+    rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
+    seed = int(p["seed"])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    backbone = load_backbone(str(paths.base))
+    backbone = apply_lora(backbone, p)
+    embedder = Embedder(backbone).to(device)
+    embedder.train()
+    params = trainable_parameters(embedder)
+    n_trainable = sum(q.numel() for q in params)
+    mode = "lora" if int(p["lora_rank"]) > 0 else "full"
+    log.info("%s fine-tuning: %d trainable parameters of %d", mode, n_trainable,
+             sum(q.numel() for q in embedder.parameters()))
+    if mode == "full" and world > 1:
+        log.warning("full fine-tuning under DDP replicates weights, gradients and AdamW state on every rank; "
+                    "for backbones that do not fit, use FSDP (not implemented in this loop)")
+
+    encoder: torch.nn.Module = PairEncoder(embedder)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        find_unused = mode == "full" or backbone.kind == "dual"  # e.g. vision tower idle on text-only batches
+        encoder = DDP(encoder, device_ids=[device.index] if device.type == "cuda" else None,
+                      find_unused_parameters=find_unused)
+
+    optimizer = torch.optim.AdamW(params, lr=float(p["learning_rate"]), weight_decay=float(p["weight_decay"]))
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(p["warmup_steps"]), int(p["steps"]))
+
+    # resume or start fresh
+    shard_index = paths.shards / "index.json"
+    fp = ckpt.fingerprint(p, paths.base, shard_index)
+    found = ckpt.latest_checkpoint(paths.checkpoints, fp)
+    if found is None and ckpt.list_checkpoints(paths.checkpoints):
+        distributed.barrier()
+        if rank == 0:
+            log.warning("removing stale checkpoints under %s", paths.checkpoints)
+            ckpt.remove_checkpoints(paths.checkpoints)
+    num_workers = int(p["num_workers"])
+    start_step, rng_state, position, last_loss = 0, None, None, None
+    if found is not None:
+        state = ckpt.load_checkpoint(found, model=embedder, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        start_step, rng_state = int(state["step"]), state["rng"]
+        position = StreamPosition.from_dict(state["stream"])
+        last_loss = state["extra"].get("loss")
+        if position.world_size != world:
+            log.warning("checkpoint was written by %d ranks, this run has %d: the data order after resume "
+                        "differs from an uninterrupted run", position.world_size, world)
+            position = StreamPosition(step=start_step, slots_per_rank=position.slots_per_rank, world_size=world)
+        if rng_state is None:
+            log.warning("checkpoint has no RNG state for rank %d; reseeding", rank)
+    slots_per_rank = position.slots_per_rank if position else max(1, num_workers)
+    if num_workers > 0 and slots_per_rank % num_workers:
+        log.warning("num_workers=%d does not divide the checkpoint's %d data slots; using %d workers",
+                    num_workers, slots_per_rank, slots_per_rank)
+        num_workers = slots_per_rank
+
+    shards = read_shards(paths.shards)
+    collator = Collator(backbone, max_text_tokens=int(p["max_text_tokens"]),
+                        image_max_pixels=p["image_max_pixels"], instructions=bool(p["instructions"]))
+    stream_config = StreamConfig.from_params(p, world_size=world, rank=rank, slots_per_rank=slots_per_rank)
+    stream = ContrastiveStream(shards, stream_config, collator, mixture=p["mixture"], position=position)
+    position = stream.position
+    batches = iter(make_loader(stream, num_workers, seed=seed))
+
+    if rng_state is not None:
+        ckpt.restore_rng(rng_state)
+    else:
+        torch.manual_seed(seed + rank)  # dropout masks differ across ranks
+
+    steps, save_every = int(p["steps"]), int(p["save_every"])
+    temperature, chunk = float(p["temperature"]), int(p["gc_chunk_size"])
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if p["precision"] == "bf16"
+                else nullcontext())
+    loss_fn = partial(info_nce, temperature=temperature)
+    scale = loss_scale()
+    no_sync = encoder.no_sync if world > 1 else None
+
+    live = open_live(paths.metrics, start_step) if rank == 0 else None
+    ids_log = _open_ids_log(paths.ids_log, start_step, rank, world)
+    bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", disable=rank != 0)
+    tick = time.perf_counter()
+    try:
+        for step in range(start_step, steps):
+            batch = next(batches)
+            if batch["step"] != step:
+                raise RuntimeError(f"data stream at step {batch['step']}, training at {step}")
+            query = [_to_device(c, device) for c in batch["query"]]
+            target = [_to_device(c, device) for c in batch["target"]]
+            negatives = [_to_device(c, device) for c in batch["negatives"]] if batch["negatives"] else None
+
+            def embed(x):
+                with autocast:
+                    return encoder(x)[0]
+
+            if chunk > 0:
+                loss = gradcache_step(embed, query, target, loss_fn, negatives, no_sync=no_sync)
+            else:
+                with autocast:
+                    embs = encoder(query[0], target[0], *(negatives or []))
+                negs = None
+                if negatives:
+                    negs = embs[2].view(embs[0].shape[0], -1, embs[2].shape[-1])
+                loss = loss_fn(embs[0], embs[1], negs)
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(p["max_grad_norm"]))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            position.update(batch)
+
+            loss_value = float(loss.detach()) / scale
+            counts = torch.tensor([batch["pairs"], batch["images"]], dtype=torch.float64, device=device)
+            if world > 1:
+                torch.distributed.all_reduce(counts)
+            now = time.perf_counter()
+            elapsed, tick = max(now - tick, 1e-9), now
+            if ids_log is not None:
+                ids_log.write(json.dumps({"step": step, "rank": rank, "ids": batch["ids"]}) + "\n")
+                ids_log.flush()
+            if live is not None:
+                live.log_metric("loss", loss_value)
+                live.log_metric("learning_rate", scheduler.get_last_lr()[0])
+                live.log_metric("grad_norm", float(grad_norm))
+                live.log_metric("pairs_per_s", float(counts[0]) / elapsed)
+                live.log_metric("images_per_s", float(counts[1]) / elapsed)
+                live.next_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {step}")
+            last_loss = loss_value
+            done = step + 1
+            if done % save_every == 0 or done == steps:
+                _save(paths.checkpoints, done, embedder, optimizer, scheduler, fp, position, last_loss, rank)
+    finally:
+        bar.close()
+        if ids_log is not None:
+            ids_log.close()
+        if live is not None:
+            live.end()
+
+    summary = {"steps": steps, "final_loss": last_loss, "mode": mode, "trainable_parameters": n_trainable,
+               "resumed_from": start_step, "world_size": world}
+    if rank == 0:
+        export(backbone, embedder, p, paths, summary)
+    distributed.barrier()
+    distributed.cleanup()
+    return summary
+
+
+def _open_ids_log(path: Path | None, start_step: int, rank: int, world: int):
+    if path is None:
+        return None
+    path = Path(path) if world == 1 else Path(f"{path}.rank{rank}")
+    kept = []
+    if start_step > 0 and path.exists():  # keep what the interrupted run logged before its checkpoint
+        kept = [ln for ln in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if json.loads(ln)["step"] < start_step]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "w", encoding="utf-8")
+    f.writelines(kept)
+    return f
+
+
+def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position: StreamPosition,
+          loss: float, rank: int) -> None:
+    """Gather the per-rank stream positions and RNG states; rank 0 writes the checkpoint."""
+    gathered = distributed.all_gather_object({"position": position.to_dict(), "rng": ckpt.capture_rng()})
+    if rank == 0:
+        merged = StreamPosition.from_dict(gathered[0]["position"])
+        for g in gathered[1:]:
+            merged.merge(StreamPosition.from_dict(g["position"]))
+        ckpt.save_checkpoint(root, step, model=model, optimizer=optimizer, scheduler=scheduler, fingerprint=fp,
+                             stream=merged.to_dict(), rng_per_rank=[g["rng"] for g in gathered],
+                             extra={"loss": loss})
+    distributed.barrier()
+
+
+def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: TrainPaths,
+           summary: Mapping[str, Any]) -> None:
+    """Write ``paths.out`` (adapter/, merged/, lineage.json) via a temporary sibling folder."""
+    out = Path(paths.out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = embedder.model
+    embedder.eval()
+    if summary["mode"] == "lora":
+        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+        model = model.merge_and_unload()
+    merged = replace(backbone, model=model.cpu().eval())
+    save_backbone(merged, tmp / "merged")
+    lineage = {
+        "base_model": str(paths.base), "base_model_info": backbone.info,
+        "git_commit": git_commit(), "dvc_lock": dvc_lock_hashes(),
+        "train": dict(p),
+        "collation": {"max_text_tokens": int(p["max_text_tokens"]), "image_max_pixels": p["image_max_pixels"],
+                      "instructions": bool(p["instructions"])},
+        **{k: summary[k] for k in ("steps", "final_loss", "mode", "trainable_parameters", "world_size")},
+    }
+    (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str) + "\n",
+                                      encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log.info("wrote %s (%s, final loss %.4f)", out, summary["mode"], summary["final_loss"])
