@@ -1,0 +1,152 @@
+"""Stage `evaluate`: MMEB Precision@1 of models/<name> on the normalized eval records.
+
+    python -m stages.evaluate                                      # one process
+    torchrun --nproc_per_node 2 -m stages.evaluate                 # items split across ranks
+
+Reads params `eval`:
+    models            names under models/ to score, e.g. [base, embedder] (base = the zero-shot row)
+    batch_size        items per encoder batch
+    datasets          `all` or a list of dataset names under data/normalized/eval
+    image_max_pixels  images are downscaled (aspect kept) to at most this many pixels
+    cache             (optional, default true) reuse embeddings from the on-disk cache
+    cache_dir         (optional, default .cache/embeddings) git-ignored, not a DVC output
+    precision         (optional, default fp32) fp32 | bf16 model weights for encoding
+Writes metrics/eval.json, reports/eval.md, reports/leaderboard.json and
+reports/plots/per_dataset/<model>.json (rank 0 only; byte-deterministic for the same embeddings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pipelines.mmeb import resolve_subsets
+from stages.common import load_params, setup_logging
+from trainer import distributed, report
+from trainer.embedding_cache import EmbeddingCache
+from trainer.evaluation import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
+    load_eval_set, score
+
+log = setup_logging("stages.evaluate")
+
+EVAL_ROOT = Path("data/normalized/eval")
+IMAGES_ROOT = Path("data/normalized/images")
+MODELS_ROOT = Path("models")
+METRICS_FILE = Path("metrics/eval.json")
+REPORT_FILE = Path("reports/eval.md")
+LEADERBOARD_FILE = Path("reports/leaderboard.json")
+PLOTS_DIR = Path("reports/plots/per_dataset")
+CACHE_PROTOCOL = "mmeb-item/1"  # bump when the way an item becomes encoder input changes
+
+ModelLoader = Callable[[str, Path, Mapping[str, Any]], Encoder]
+
+
+def load_embedding_model(name: str, path: Path, params: Mapping[str, Any]) -> Encoder:
+    """The real model (`trainer.embed.EmbeddingModel`) on this rank's device."""
+    from trainer.embed import EmbeddingModel
+
+    device = distributed.init_from_env().device
+    precision = params.get("precision", "fp32")
+    return EmbeddingModel.load(path, device=device, dtype=None if precision == "fp32" else precision,
+                               image_max_pixels=params.get("image_max_pixels") or None)
+
+
+def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelLoader = load_embedding_model,
+        ) -> dict[str, list[DatasetResult]] | None:
+    """Score every model of `params["models"]` on the selected datasets and write the outputs under
+    `root`. Returns {model: [DatasetResult]} on rank 0, None on other ranks."""
+    root = Path(root)
+    models = list(params.get("models") or [])
+    if not models:
+        raise ValueError("params eval.models is empty: nothing to evaluate")
+    batch_size = int(params.get("batch_size", 64))
+    max_pixels = params.get("image_max_pixels") or None
+    eval_root = root / EVAL_ROOT
+    datasets = resolve_subsets(params.get("datasets", "all"), list_datasets(eval_root))
+    if not datasets:
+        raise FileNotFoundError(f"no eval datasets under {eval_root}")
+    missing = [m for m in models if not (root / MODELS_ROOT / m).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"model folder(s) {[str(MODELS_ROOT / m) for m in missing]} missing under {root}: "
+                                "run the backbone/train stages first")
+    is_main = distributed.is_main()
+    eval_sets: list[EvalSet] = [load_eval_set(eval_root, d) for d in datasets]
+    log.info("%d eval dataset(s): %s", len(eval_sets), ", ".join(f"{e.dataset} ({e.n_queries})" for e in eval_sets))
+    needs_images = any(it.get("image") for es in eval_sets for it in es.items)
+    images = ImageLoader(root / IMAGES_ROOT, max_pixels) if needs_images else None
+
+    evals: dict[str, list[DatasetResult]] = {}
+    metadata: dict[str, dict] = {}
+    for name in models:
+        model = load_model(name, root / MODELS_ROOT / name, params)
+        cache = None
+        if is_main and params.get("cache", True):
+            cache = EmbeddingCache(root / params.get("cache_dir", ".cache/embeddings"), model.fingerprint,
+                                   {"image_max_pixels": max_pixels, "protocol": CACHE_PROTOCOL})
+        metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
+        results = []
+        started = time.perf_counter()
+        for es in eval_sets:
+            emb, stats = encode_items(model, es.items, es.keys, batch_size=batch_size, load_images=images,
+                                      cache=cache, desc=f"{name} {es.dataset}")
+            if not is_main:
+                continue
+            result = score(es, emb)
+            results.append(result)
+            log.info("%s %s: P@1 %.2f (%d queries; naive %d encodings, %d distinct, %d encoded, %d cached)",
+                     name, es.dataset, result.precision_at_1, es.n_queries, es.naive_encodings,
+                     es.dedup_encodings, stats.encoded, stats.cache_hits)
+        if is_main:
+            evals[name] = results
+            log.info("%s: overall P@1 %.2f over %d datasets in %.1f s", name,
+                     sum(r.precision_at_1 for r in results) / len(results), len(results),
+                     time.perf_counter() - started)
+        del model
+    if is_main:
+        write_outputs(evals, metadata, root)
+    distributed.barrier()
+    return evals if is_main else None
+
+
+def write_outputs(evals: Mapping[str, list[DatasetResult]], metadata: Mapping[str, dict], root: Path) -> None:
+    """metrics/eval.json, reports/eval.md, reports/leaderboard.json, reports/plots/per_dataset/*.json."""
+    root = Path(root)
+    _write_json(root / METRICS_FILE, report.metrics_document(evals))
+    _write_json(root / LEADERBOARD_FILE, report.leaderboard(evals, metadata))
+    plots = root / PLOTS_DIR
+    plots.mkdir(parents=True, exist_ok=True)
+    for stale in plots.glob("*.json"):
+        stale.unlink()
+    for model, rows in report.plot_rows(evals).items():
+        _write_json(plots / f"{model}.json", rows)
+    (root / REPORT_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (root / REPORT_FILE).write_text(report.markdown(evals, metadata), encoding="utf-8")
+    log.info("wrote %s, %s, %s, %s/", METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE, PLOTS_DIR)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default=None, help="params file (default params.yaml)")
+    parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the embedding cache")
+    args = parser.parse_args(argv)
+    params = load_params("eval", path=args.params)
+    if args.no_cache:
+        params["cache"] = False
+    distributed.init_from_env()
+    try:
+        run(params)
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

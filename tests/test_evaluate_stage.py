@@ -1,0 +1,281 @@
+"""The evaluate stage end to end: fake models, the DDP run, dvc plots, and the real tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipelines.mmeb import MMEB_EVAL
+from stages import evaluate as stage
+from tests.test_evaluation import (BatchSensitiveEncoder, HashEncoder, OverlapEncoder, build_tiny_eval,
+                                   reference_scores, side, write_records)
+from trainer import report
+from trainer.evaluation import ImageLoader, aggregate, load_eval_set
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = Path(sys.executable).with_name("dvc")
+PLOTS_ENTRY = {  # the dvc.yaml `plots:` entry proposed for the integrator
+    "eval_per_dataset": {
+        "template": "bar_horizontal",
+        "x": "precision_at_1",
+        "y": {"reports/plots/per_dataset/base.json": "dataset",
+              "reports/plots/per_dataset/embedder.json": "dataset"},
+    }
+}
+
+
+def make_root(tmp: Path) -> Path:
+    """A project-like folder: data/normalized/{eval,images} (3 tiny datasets + a small real-named CIRR)
+    and empty models/base, models/embedder folders."""
+    root = tmp / "proj"
+    data = root / "data" / "normalized"
+    paths = build_tiny_eval(tmp / "build")
+    shutil.copytree(paths["eval"], data / "eval")
+    shutil.copytree(paths["images"], data / "images")
+    # a dataset with a real MMEB name, to get the published columns
+    labels = ["red", "blue", "green", "black", "white"]
+    rows = [(side(f"a {labels[i % 5]} car", None, "Find: "), [side(labels[(i + k) % 5]) for k in range(3)])
+            for i in range(7)]
+    write_records(data / "eval", "CIRR", "retrieval", "IND", rows)
+    for m in ("base", "embedder"):
+        (root / "models" / m).mkdir(parents=True)
+    return root
+
+
+class Loader:
+    """Fake model loader: base knows nothing, embedder matches words and colours."""
+
+    def __init__(self, kinds=None):
+        self.kinds = kinds or {"base": HashEncoder, "embedder": OverlapEncoder}
+        self.encoders = {}
+
+    def __call__(self, name, path, params):
+        self.encoders[name] = self.kinds[name](name=name)
+        return self.encoders[name]
+
+
+PARAMS = {"models": ["base", "embedder"], "batch_size": 4, "datasets": "all", "image_max_pixels": 40}
+
+
+def read_outputs(root: Path) -> dict[str, bytes]:
+    plots = sorted((root / stage.PLOTS_DIR).glob("*.json"))
+    files = [stage.METRICS_FILE, stage.REPORT_FILE, stage.LEADERBOARD_FILE] + [p.relative_to(root) for p in plots]
+    return {str(f): (root / f).read_bytes() for f in files}
+
+
+def test_stage_end_to_end_with_fake_models(tmp_path):
+    root = make_root(tmp_path)
+    loader = Loader()
+    evals = stage.run(PARAMS, root=root, load_model=loader)
+    metrics = json.loads((root / stage.METRICS_FILE).read_text())
+    images = ImageLoader(root / stage.IMAGES_ROOT, 40)
+
+    def vector_of(enc):
+        def f(s):
+            img = images([s["image"]["sha256"]])[s["image"]["sha256"]] if s["image"] else None
+            return enc.vector(s, img)
+        return f
+
+    datasets = ["CIRR", "Tiny-CLS", "Tiny-RET", "Tiny-VQA"]
+    for model in ("base", "embedder"):
+        enc = loader.encoders[model]
+        per = {d: reference_scores(root / stage.EVAL_ROOT, d, vector_of(enc)) for d in datasets}
+        assert metrics[model]["dataset"] == {d: round(per[d]["precision_at_1"], 4) for d in datasets}
+        # aggregates by hand: CLS, RET, CIRR are IND; VQA is OOD
+        p = {d: per[d]["precision_at_1"] for d in datasets}
+        assert metrics[model]["overall"] == pytest.approx(sum(p.values()) / 4, abs=1e-4)
+        assert metrics[model]["IND"] == pytest.approx((p["CIRR"] + p["Tiny-CLS"] + p["Tiny-RET"]) / 3, abs=1e-4)
+        assert metrics[model]["OOD"] == pytest.approx(p["Tiny-VQA"], abs=1e-4)
+        assert metrics[model]["meta"]["retrieval"] == pytest.approx((p["CIRR"] + p["Tiny-RET"]) / 2, abs=1e-4)
+        assert metrics[model]["mrr"] == pytest.approx(np.mean([per[d]["mrr"] for d in datasets]), abs=1e-4)
+        # every distinct item encoded exactly once, far fewer than the naive count
+        enc_counts = metrics[model]["encodings"]
+        es = {d: load_eval_set(root / stage.EVAL_ROOT, d) for d in datasets}
+        assert enc_counts["naive"] == sum(e.n_queries + e.cand_item.size for e in es.values())
+        assert enc.encoded == enc_counts["deduplicated"] == sum(len(e.items) for e in es.values())
+        assert enc_counts["deduplicated"] < enc_counts["naive"] / 2
+    assert metrics["embedder"]["overall"] > metrics["base"]["overall"]  # the planted signal is found
+    assert metrics["embedder"]["delta_vs_base"]["overall"] == pytest.approx(
+        metrics["embedder"]["overall"] - metrics["base"]["overall"], abs=2e-4)
+    assert "delta_vs_base" not in metrics["base"]
+    assert [r.dataset for r in evals["embedder"]] == datasets
+
+    # leaderboard: per-dataset scores + meta-task/IND/OOD/Overall, V2 fields as fractions
+    board = json.loads((root / stage.LEADERBOARD_FILE).read_text())["models"]["embedder"]
+    assert board["scores"]["Overall"] == metrics["embedder"]["overall"]
+    assert set(board["scores"]) == set(datasets) | {"Classification", "VQA", "Retrieval", "IND", "OOD", "Overall"}
+    assert board["metrics"]["image"]["CIRR"]["hit@1"] == pytest.approx(metrics["embedder"]["dataset"]["CIRR"] / 100)
+    # plot files, one per model
+    rows = json.loads((root / stage.PLOTS_DIR / "base.json").read_text())
+    assert [(r["dataset"], r["model"]) for r in rows] == [(d, "base") for d in datasets]
+    # the report: per-dataset table with the published columns for the real-named dataset only
+    md = (root / stage.REPORT_FILE).read_text()
+    cirr = next(line for line in md.splitlines() if line.startswith("| CIRR | retrieval | IND"))
+    assert f"{metrics['embedder']['dataset']['CIRR']:.2f}" in cirr
+    pub_line = next(line for line in md.splitlines() if line.startswith("| CIRR |") and "49.90" in line)
+    assert "12.60" in pub_line  # CLIP's published CIRR
+    assert "Tiny-CLS" not in [l.split("|")[1].strip() for l in md.split("## Published numbers")[1].splitlines()
+                              if l.startswith("|")]
+
+    # re-run: the warm cache encodes nothing and every output is byte-identical
+    before = read_outputs(root)
+    loader2 = Loader()
+    stage.run(PARAMS, root=root, load_model=loader2)
+    assert all(e.encoded == 0 for e in loader2.encoders.values())
+    assert read_outputs(root) == before
+
+
+def test_dvc_plots_render_the_per_model_files(tmp_path):
+    evals = {
+        m: [report_result(d, p) for d, p in [("Syn-CIRR", 10.0 + k), ("Syn-ShapeCLS", 30.0 + k)]]
+        for k, m in enumerate(["base", "embedder"])
+    }
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([str(DVC), "init", "-q"], cwd=repo, check=True, env=env)
+    for model, rows in report.plot_rows(evals).items():
+        path = repo / stage.PLOTS_DIR / f"{model}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": [PLOTS_ENTRY]}))
+    out = subprocess.run([str(DVC), "plots", "show", "--json"], cwd=repo, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    plot = json.loads(out)["data"]["eval_per_dataset"][0]
+    values = plot["content"]["data"]["values"]
+    assert {(v["dataset"], v["model"], v["precision_at_1"]) for v in values} == {
+        ("Syn-CIRR", "base", 10.0), ("Syn-ShapeCLS", "base", 30.0),
+        ("Syn-CIRR", "embedder", 11.0), ("Syn-ShapeCLS", "embedder", 31.0)}
+    enc = plot["content"]["encoding"]
+    assert enc["x"]["field"] == "precision_at_1" and enc["y"]["field"] == "dataset"
+    assert enc["column"]["field"] == "filename"  # one panel per model file
+
+
+def report_result(dataset, p):
+    from trainer.evaluation import DatasetResult
+
+    return DatasetResult(dataset, "retrieval", "IND", 10, 4, 4, 40, 10, 20, 50, 30, int(p / 10), p, p, p, p)
+
+
+def test_published_table_matches_the_papers_aggregates():
+    """The transcribed per-dataset table reproduces the papers' printed means (a transcription check)."""
+    by_model = {m: [report_result(d, row[j]) for d, row in report.PUBLISHED_P1.items()]
+                for j, m in enumerate(report.PUBLISHED_MODELS)}
+    for m in by_model:
+        for r in by_model[m]:
+            r.meta_task, r.distribution = MMEB_EVAL[r.dataset].meta_task, MMEB_EVAL[r.dataset].distribution
+    assert len(report.PUBLISHED_P1) == 36 and set(report.PUBLISHED_P1) == set(MMEB_EVAL)
+    for m in report.PUBLISHED_MODELS:
+        tol = 0.5 if m == "UniIR" else 0.051  # UniIR's printed overall disagrees (see PUBLISHED_NOTES)
+        assert aggregate(by_model[m])["overall"] == pytest.approx(report.PUBLISHED_OVERALL[m], abs=tol), m
+    # paper-v1 Table 2 (MMEB_SPEC §5.1): CLS, VQA, RET, VG, IND, OOD
+    table2 = {"CLIP": (42.8, 9.1, 53.0, 51.8, 37.1, 38.7), "OpenCLIP": (47.8, 10.9, 52.3, 53.3, 39.3, 40.2),
+              "VLM2Vec (LLaVA-1.6)": (61.2, 49.9, 67.4, 86.1, 67.5, 57.1)}
+    for m, want in table2.items():
+        agg = aggregate(by_model[m])
+        got = tuple(agg["meta"][t] for t in ("classification", "vqa", "retrieval", "grounding")) + (agg["IND"], agg["OOD"])
+        assert got == pytest.approx(want, abs=0.051), m
+
+
+def test_stage_errors_are_clear(tmp_path):
+    root = make_root(tmp_path)
+    shutil.rmtree(root / "models" / "embedder")
+    with pytest.raises(FileNotFoundError, match="models/embedder"):
+        stage.run(PARAMS, root=root, load_model=Loader())
+    with pytest.raises(ValueError, match="unknown subsets"):
+        stage.run(dict(PARAMS, models=["base"], datasets=["Nope"]), root=root, load_model=Loader())
+    with pytest.raises(ValueError, match="empty"):
+        stage.run(dict(PARAMS, models=[]), root=root, load_model=Loader())
+
+
+@pytest.mark.slow
+def test_ddp_matches_single_process(tmp_path):
+    """Two gloo ranks (torchrun) produce byte-identical outputs to one process, batch effects included."""
+    single = make_root(tmp_path / "single")
+    multi = make_root(tmp_path / "multi")
+    kinds = {"base": BatchSensitiveEncoder, "embedder": BatchSensitiveEncoder}
+    params = {"models": ["base", "embedder"], "batch_size": 3, "datasets": "all", "image_max_pixels": 40,
+              "cache": False}
+    stage.run(params, root=single, load_model=Loader(kinds))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "eval_ddp_worker.py"), "--root", str(multi), "--batch-size", "3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_outputs(multi) == read_outputs(single)
+    counts = [json.loads((multi / f"encoded-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(c["base"] > 0 for c in counts)  # both ranks did real work
+    total = sum(len(load_eval_set(multi / stage.EVAL_ROOT, d).items) for d in ["CIRR", "Tiny-CLS", "Tiny-RET", "Tiny-VQA"])
+    assert total <= counts[0]["base"] + counts[1]["base"] <= total + 4  # at most one padding item per dataset
+    assert (multi / ".cache" / "embeddings").is_dir()  # rank 0 filled the cache
+
+
+class Counting:
+    """Wraps an encoder and counts the items it encodes."""
+
+    def __init__(self, inner):
+        self.inner, self.fingerprint, self.encoded = inner, inner.fingerprint, 0
+
+    def encode(self, sides, images, batch_size=8):
+        self.encoded += len(sides)
+        return self.inner.encode(sides, images, batch_size=batch_size)
+
+
+@pytest.mark.slow
+def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
+    """`python -m stages.evaluate` (main) on real tiny Qwen2-VL folders written by save_backbone."""
+    import torch
+
+    from trainer.backbones import build_tiny, save_backbone, train_family_tokenizer
+    from trainer.embed import EmbeddingModel
+    from trainer.embedding_cache import EmbeddingCache
+
+    torch.set_num_threads(1)
+    root = make_root(tmp_path)
+    tokenizer = train_family_tokenizer("qwen2_vl")
+    for m, seed in (("base", 0), ("embedder", 1)):
+        shutil.rmtree(root / "models" / m)
+        save_backbone(build_tiny("qwen2_vl", seed=seed, tokenizer=tokenizer), root / "models" / m)
+    params = dict(PARAMS, batch_size=8, datasets=["Tiny-CLS", "Tiny-RET"])
+    (root / "params.yaml").write_text(yaml.safe_dump({"eval": params}))
+    monkeypatch.chdir(root)
+    assert stage.main(["--params", "params.yaml"]) == 0
+    metrics = json.loads((root / stage.METRICS_FILE).read_text())
+    assert set(metrics) == {"base", "embedder"}
+    assert metrics["base"]["encodings"]["deduplicated"] < metrics["base"]["encodings"]["naive"]
+    assert 0.0 <= metrics["embedder"]["overall"] <= 100.0
+    assert metrics["base"]["dataset"] != metrics["embedder"]["dataset"] or \
+        metrics["base"]["mrr"] != metrics["embedder"]["mrr"]  # two different models were scored
+    before = read_outputs(root)
+    # unchanged models: everything comes from the cache, outputs are byte-identical
+    wrapped = {}
+
+    def loader(name, path, p):
+        wrapped[name] = Counting(stage.load_embedding_model(name, path, p))
+        return wrapped[name]
+
+    stage.run(params, root=Path("."), load_model=loader)
+    assert [w.encoded for w in wrapped.values()] == [0, 0]
+    assert read_outputs(root) == before
+    # the cached vectors are the model's own: compare some against direct one-item encoding
+    model = EmbeddingModel.load(root / "models" / "embedder", image_max_pixels=40)
+    es = load_eval_set(root / stage.EVAL_ROOT, "Tiny-RET")
+    cache = EmbeddingCache(root / ".cache" / "embeddings", model.fingerprint,
+                           {"image_max_pixels": 40, "protocol": stage.CACHE_PROTOCOL})
+    cached = cache.lookup(es.keys)
+    assert len(cached) == len(es.keys)
+    images = ImageLoader(root / stage.IMAGES_ROOT, 40)
+    for i in (0, len(es.items) - 1):  # a text query and an image candidate
+        it = es.items[i]
+        img = images([it["image"]["sha256"]])[it["image"]["sha256"]] if it["image"] else None
+        direct = model.encode([it], [img], batch_size=1)[0]
+        np.testing.assert_allclose(cached[es.keys[i]], direct, atol=1e-4)
