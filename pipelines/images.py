@@ -26,6 +26,7 @@ import io
 import logging
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def configure_pil(max_pixels: int) -> None:
     against `max_pixels` before decoding anyway, this is the second line of defence."""
     Image.MAX_IMAGE_PIXELS = int(max_pixels)
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@contextmanager
+def pil_limits(max_pixels: int):
+    """`configure_pil` for the duration of a block; PIL's previous settings are restored after."""
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    configure_pil(max_pixels)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def _sha256(data: bytes) -> str:

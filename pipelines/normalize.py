@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines import imagestore, mmeb
-from pipelines.images import ImageRejected, ImageSource, configure_pil, prepare_image
+from pipelines.images import ImageRejected, ImageSource, pil_limits, prepare_image
 from pipelines.prompts import compose, split_side
 from pipelines.schema import (EVAL_COLUMNS, IMAGE_TOKEN, RECORD_SCHEMA, REJECT_SCHEMA, TRAIN_COLUMNS,
                               record_id)
@@ -339,7 +339,7 @@ class DatasetNormalizer:
         self.images = images
         self.store = store
         self.stats = DatasetStats()
-        self._cache: OrderedDict[str, dict | ImageRejected] = OrderedDict()
+        self._cache: OrderedDict[str, dict | tuple[str, str]] = OrderedDict()  # path -> ref | (reason, detail)
         self._last_index = -1
 
     # -- images --
@@ -349,7 +349,7 @@ class DatasetNormalizer:
             try:
                 prepared = prepare_image(self.images.read(path), self.task.max_pixels)
             except ImageRejected as e:
-                hit = e
+                hit = (e.reason, e.detail)  # not the exception: its traceback would pin the bytes
             else:
                 self.store.add(prepared.stored)
                 self.stats.images += 1
@@ -361,8 +361,9 @@ class DatasetNormalizer:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(path)
-        if isinstance(hit, ImageRejected):
-            raise RowRejected(hit.reason, f"{side} image {path!r}: {hit.detail}")
+        if isinstance(hit, tuple):
+            reason, detail = hit
+            raise RowRejected(reason, f"{side} image {path!r}: {detail}")
         return hit
 
     # -- sides --
@@ -432,7 +433,11 @@ class DatasetNormalizer:
 
 def normalize_dataset(task: DatasetTask, progress: Callable[[int], None] | None = None) -> dict:
     """Normalize one dataset; return {"key", "stats", "parts", "rejects"}. Spawn-safe (top level)."""
-    configure_pil(task.max_pixels)
+    with pil_limits(task.max_pixels):
+        return _normalize_dataset(task, progress)
+
+
+def _normalize_dataset(task: DatasetTask, progress: Callable[[int], None] | None) -> dict:
     images = ImageSource(task.raw_root, task.kind, task.dataset)
     store = imagestore.ImageStoreWriter(Path(task.out_root) / "images", f"{task.kind}-{task.dataset}")
     norm = DatasetNormalizer(task, images, store)

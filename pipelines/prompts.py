@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pipelines.schema import IMAGE_TOKEN
 
@@ -179,6 +180,7 @@ def _narrow(raw: str, start: int, end: int) -> tuple[int, int]:
     return best
 
 
+@lru_cache(maxsize=16384)  # eval candidate lists repeat the same strings row after row
 def split_side(raw: str, role: str) -> Split:
     """Split one side. `role` is "query" or "target" (targets, negatives and eval candidates)."""
     if role not in ("query", "target"):

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from pipelines.images import ImageRejected, ImageSource, configure_pil, prepare_image
+from pipelines.images import ImageRejected, ImageSource, pil_limits, prepare_image
 from tests.fixtures_mmeb import (cmyk_jpeg, corrupt_member_crc, image_bytes, palette_png,
                                  png_header_bomb, rgba_png, truncated_jpeg, write_zip)
 
@@ -98,12 +98,15 @@ def test_decompression_bomb_is_refused_from_the_header():
     assert prepare_image(image_bytes(size=(20, 10)), max_pixels=200).stored.width == 20
 
 
-def test_pil_limit_is_set_as_a_second_guard():
-    configure_pil(1234)
-    try:
+def test_pil_limit_is_set_as_a_second_guard_and_restored():
+    before = Image.MAX_IMAGE_PIXELS
+    with pil_limits(1234):
         assert Image.MAX_IMAGE_PIXELS == 1234
-    finally:
-        configure_pil(MAX)
+        # PIL's own check fires inside Image.open, before any decoding
+        with pytest.raises(ImageRejected) as e:
+            prepare_image(image_bytes(size=(60, 60)), max_pixels=10**9)
+        assert e.value.reason == "image_too_large"
+    assert Image.MAX_IMAGE_PIXELS == before
 
 
 def test_prefixes_of_valid_images_never_raise_anything_else():

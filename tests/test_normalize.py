@@ -260,6 +260,11 @@ def test_dirty_metrics_balance_and_count_reasons(dirty):
     assert metrics["total"]["rejected"] == len(BAD_TRAIN) + len(BAD_EVAL) + 2 + 1
 
 
+def test_pil_settings_are_not_leaked_to_the_caller(dirty):
+    from PIL import Image
+    assert Image.MAX_IMAGE_PIXELS != 1_000_000  # the dirty run used max_pixels=1_000_000 in-process
+
+
 def test_duplicate_ids_are_rejected(tmp_path):
     raw = write_raw(tmp_path / "raw", {"OK-VQA": TRAIN_ROWS["OK-VQA"]}, {})
     task = discover(raw, tmp_path / "n", tmp_path / "r", PARAMS)[0]
