@@ -484,15 +484,45 @@ def _normalize_dataset(task: DatasetTask, progress: Callable[[int], None] | None
 # the whole stage
 
 
-def _worker_init() -> None:
+_PROGRESS = None  # the worker's progress queue (set by _worker_init)
+_PARENT_PID = None
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM this worker when the process that spawned it dies."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: ParentGone below still stops the work
+
+
+def _worker_init(progress_queue, parent_pid: int) -> None:
+    global _PROGRESS, _PARENT_PID
+    _PROGRESS, _PARENT_PID = progress_queue, parent_pid
+    _die_with_parent()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 
 
-def _run_task(task: DatasetTask, progress_queue) -> dict:
-    """Pool entry point: run one dataset, report progress through the queue, never raise."""
+class ParentGone(RuntimeError):
+    pass
+
+
+def _report(n: int) -> None:
+    if os.getppid() != _PARENT_PID:  # belt and braces where PR_SET_PDEATHSIG is unavailable
+        raise ParentGone(f"parent {_PARENT_PID} is gone")
+    _PROGRESS.put(n)
+
+
+def _run_task(task: DatasetTask) -> dict:
+    """Pool entry point: run one dataset, report progress through the queue, never raise.
+
+    A worker whose parent died (the run was killed) stops instead of writing on into outputs that a
+    restarted run is rebuilding."""
     try:
-        return normalize_dataset(task, progress=progress_queue.put)
+        return normalize_dataset(task, progress=_report)
     except Exception as e:  # an unreadable parquet file etc.: reported per dataset, the stage fails
         log.exception("%s failed", task.key)
         return dict(key=task.key, error=f"{type(e).__name__}: {e}")
@@ -517,10 +547,10 @@ def run_tasks(tasks: list[DatasetTask], workers: int) -> list[dict]:
                 results.append(_run_inline(t, bar))
             return results
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager, ProcessPoolExecutor(
-                max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init) as pool:
-            progress = manager.Queue()
-            futures = {pool.submit(_run_task, t, progress) for t in order}
+        progress = ctx.Queue()
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
+                                 initializer=_worker_init, initargs=(progress, os.getpid())) as pool:
+            futures = {pool.submit(_run_task, t) for t in order}
             while futures:
                 done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
                 results.extend(f.result() for f in done)
@@ -529,6 +559,7 @@ def run_tasks(tasks: list[DatasetTask], workers: int) -> list[dict]:
                         bar.update(progress.get_nowait())
                     except queue_mod.Empty:
                         break
+        progress.close()
     return results
 
 

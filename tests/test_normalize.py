@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -375,3 +376,17 @@ def test_synthetic_source_normalizes_cleanly(tmp_path):
     t = metrics["total"]
     assert t["rows_in"] > 0 and t["rejected"] == 0 and t["composition_mismatches"] == 0
     assert "errors" not in metrics
+
+
+def test_workers_stop_when_their_parent_is_gone(monkeypatch):
+    import queue
+
+    from pipelines import normalize as nz
+    q = queue.Queue()
+    monkeypatch.setattr(nz, "_PROGRESS", q)
+    monkeypatch.setattr(nz, "_PARENT_PID", os.getppid())
+    nz._report(3)
+    assert q.get_nowait() == 3
+    monkeypatch.setattr(nz, "_PARENT_PID", -1)  # as if the spawning process had died
+    with pytest.raises(nz.ParentGone):
+        nz._report(3)
