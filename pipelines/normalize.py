@@ -118,6 +118,16 @@ def train_split_of(raw_root: Path) -> str:
     return present.pop() if present else mmeb.TRAIN_SPLITS[0]
 
 
+def _num_rows(path: str) -> int:
+    """Rows in a parquet file from its footer; 0 for an unreadable file (its task then fails and the
+    stage reports it, rather than crashing before any dataset ran)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as e:
+        log.error("cannot read %s: %s", path, e)
+        return 0
+
+
 def discover(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
              params: dict) -> list[DatasetTask]:
     """One task per dataset found in the raw layout, sorted by (kind, dataset).
@@ -141,7 +151,7 @@ def discover(raw_root: str | Path, out_root: str | Path, rejects_root: str | Pat
             except KeyError:
                 unknown.append(f"{kind}/{d.name}")
                 continue
-            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            rows = sum(_num_rows(f) for f in files)
             tasks.append(DatasetTask(kind, d.name, split, files, rows, str(raw_root), str(out_root),
                                      str(rejects_root), int(params["max_pixels"]),
                                      int(params["rows_per_part"]), int(params["batch_rows"])))
@@ -614,7 +624,8 @@ def run(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
         raise FileNotFoundError(f"no MMEB parquet files under {raw_root} (run the download stage)")
     for stale in (out_root, rejects_root):  # outputs of an earlier or interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    (out_root / "images").mkdir(parents=True)
+    for folder in (out_root / "images", *(out_root / k for k in KINDS), *(rejects_root / k for k in KINDS)):
+        folder.mkdir(parents=True)  # DVC outs must exist even when a kind has no data or no rejects
     log.info("normalizing %d datasets, %d rows, %d workers", len(tasks), sum(t.rows for t in tasks),
              params["workers"])
     results = run_tasks(tasks, int(params["workers"]))

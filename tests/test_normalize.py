@@ -128,7 +128,8 @@ def test_clean_metrics_balance(clean):
     assert t["rows_in"] == t["accepted"] == n_rows and t["rejected"] == 0
     assert t["composition_mismatches"] == 0
     assert set(metrics["datasets"]) == {f"train/{d}" for d in TRAIN_ROWS} | {f"eval/{d}" for d in EVAL_ROWS}
-    assert not (out / "rejects").exists() or not list((out / "rejects").rglob("*.parquet"))
+    assert (out / "rejects").is_dir() and not list((out / "rejects").rglob("*"))[2:]  # train/, eval/
+    assert not list((out / "rejects").rglob("*.parquet"))
     assert failure_message(metrics, 0.0) is None
 
 
@@ -327,7 +328,7 @@ def test_workers_and_restarts_give_identical_bytes(tmp_path):
     (stale / "train" / "OK-VQA" / "part-00009.parquet.tmp").write_bytes(b"junk")
     (stale / "train" / "Gone").mkdir()
     (stale / "train" / "Gone" / "part-00000.parquet").write_bytes(b"junk")
-    (one / "rejects" / "eval").mkdir(parents=True)
+    (one / "rejects" / "eval").mkdir(parents=True, exist_ok=True)
     (one / "rejects" / "eval" / "Old.parquet").write_bytes(b"junk")
     _, m3 = normalize(tmp_path, raw, "one", workers=1, rows_per_part=5, batch_rows=4)
     assert file_digests(one) == d1 and m3 == m1
@@ -361,9 +362,12 @@ def test_unreadable_parquet_fails_the_stage_with_its_name(tmp_path):
     target = raw / "MMEB-eval" / "WebQA" / "test-00000-of-00001.parquet"
     data = target.read_bytes()
     target.write_bytes(data[:4] + b"\0" * 64 + data[68:])  # corrupt the first pages, footer intact
+    footerless = raw / "MMEB-eval" / "OK-VQA" / "test-00000-of-00001.parquet"
+    footerless.write_bytes(footerless.read_bytes()[:-20])  # a truncated download
     out, metrics = normalize(tmp_path, raw)
-    assert "eval/WebQA" in metrics["errors"]
-    assert "eval/WebQA failed" in failure_message(metrics, 1.0)
+    assert {"eval/WebQA", "eval/OK-VQA"} <= set(metrics["errors"])
+    message = failure_message(metrics, 1.0)
+    assert "eval/WebQA failed" in message and "eval/OK-VQA failed" in message
     assert metrics["datasets"]["train/OK-VQA"]["accepted"] == 1
 
 
