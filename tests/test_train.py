@@ -233,7 +233,8 @@ def test_sigkill_then_rerun_ends_with_the_same_weights(workspace, tmp_path):
     killed_at = C.step_of(C.list_checkpoints(workspace / "models/checkpoints")[-1])
     assert killed_at < 24
 
-    subprocess.run(cmd, cwd=workspace, env=env, check=True, capture_output=True)
+    rerun = subprocess.run(cmd, cwd=workspace, env=env, check=True, capture_output=True, text=True)
+    assert f"resumed from checkpoint models/checkpoints/step-{killed_at:06d} (step {killed_at})" in rerun.stderr
     resumed_w, ref_w = merged_weights(workspace), merged_weights(ref)
     assert max(float((resumed_w[k] - ref_w[k]).abs().max()) for k in ref_w) < 1e-6
     # same pairs in the same steps: nothing skipped, nothing repeated
