@@ -4,9 +4,9 @@ Each distinct image is stored once, keyed by the sha256 of its stored bytes, in 
 after the first two hex digits of the hash (at most 256 files, whatever the dataset size: DVC and the
 file system stay fast). Rows inside a bucket are sorted by sha256, so the files are byte-deterministic.
 
-Writers (one per normalize worker) stage their rows in `_staging/<writer>/`; `merge()` then builds
-each bucket from every writer's staged rows, dropping duplicates, one bucket at a time (memory is
-bounded by the largest bucket, 1/256 of the images).
+Writers (one per normalize worker) spill their rows, sorted by hash, to `_staging/<writer>/`;
+`merge()` then builds the buckets from every writer's staged rows, dropping duplicates, one hash range
+at a time (memory bounded by `memory_bytes`, not by the store size).
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ class StoredImage:
 
 
 class ImageStoreWriter:
-    """Buffers images per bucket and spills them to staged parquet files of one writer."""
+    """Buffers one writer's images and spills them, sorted by sha256, to staged parquet files."""
 
     def __init__(self, root: str | Path, writer: str, flush_bytes: int = 64 << 20):
         self.dir = Path(root) / STAGING / writer
         self.dir.mkdir(parents=True, exist_ok=True)
         self.flush_bytes = flush_bytes
-        self._rows: dict[str, list[dict]] = defaultdict(list)
+        self._rows: list[dict] = []
         self._seen: set[str] = set()
         self._buffered = 0
         self._parts = 0
@@ -59,7 +59,7 @@ class ImageStoreWriter:
         if image.sha256 in self._seen:
             return
         self._seen.add(image.sha256)
-        self._rows[bucket_of(image.sha256)].append(
+        self._rows.append(
             dict(sha256=image.sha256, bytes=image.bytes, width=image.width, height=image.height,
                  format=image.format)
         )
@@ -68,41 +68,57 @@ class ImageStoreWriter:
             self.flush()
 
     def flush(self) -> None:
-        for bucket, rows in self._rows.items():
-            table = pa.Table.from_pylist(rows, schema=IMAGE_SCHEMA)
-            pq.write_table(table, self.dir / f"{bucket}-{self._parts:05d}.parquet")
+        if not self._rows:
+            return
+        table = pa.Table.from_pylist(self._rows, schema=IMAGE_SCHEMA).sort_by("sha256")
+        # small row groups: merge() reads hash ranges and skips row groups by their min/max statistics
+        pq.write_table(table, self.dir / f"part-{self._parts:05d}.parquet", row_group_size=512)
         self._parts += 1
-        self._rows.clear()
+        self._rows = []
         self._buffered = 0
 
     def close(self) -> None:
-        if self._rows:
-            self.flush()
+        self.flush()
 
 
-def merge(root: str | Path) -> int:
+def _bucket_ranges(groups: int) -> list[list[str]]:
+    buckets = [f"{i:02x}" for i in range(256)]
+    size = -(-256 // groups)
+    return [buckets[i : i + size] for i in range(0, 256, size)]
+
+
+def merge(root: str | Path, memory_bytes: int = 512 << 20) -> int:
     """Merge every writer's staged rows into the bucket files; return the number of distinct images.
 
-    Existing bucket files (from an interrupted run) are rebuilt from staged rows only when staged rows
-    exist for them, so re-running the merge is idempotent.
+    Staged files are read in contiguous hash ranges sized so that one range of all staged bytes fits
+    in `memory_bytes` (one pass over each file for small stores); each range is sorted, deduplicated
+    and written as its bucket files. Buckets with no staged rows are left as they are, so re-running
+    the merge is idempotent.
     """
     root = Path(root)
     staging = root / STAGING
-    staged: dict[str, list[Path]] = defaultdict(list)
-    if staging.exists():
-        for part in sorted(staging.glob("*/*.parquet")):
-            staged[part.name.split("-")[0]].append(part)
-    for bucket, parts in sorted(staged.items()):
-        tables = [pq.read_table(p, schema=IMAGE_SCHEMA) for p in parts]
-        table = pa.concat_tables(tables)
-        table = table.sort_by("sha256")
-        # keep the first row of each sha256 (identical bytes by construction)
+    parts = sorted(staging.glob("*/*.parquet")) if staging.exists() else []
+    total = sum(p.stat().st_size for p in parts)
+    for buckets in _bucket_ranges(max(1, -(-total // memory_bytes))) if parts else []:
+        lo, hi = buckets[0], buckets[-1] + "g"  # every sha256 with prefix <= buckets[-1] sorts below
+        flt = (pc.field("sha256") >= lo) & (pc.field("sha256") < hi)
+        tables = [pq.read_table(p, schema=IMAGE_SCHEMA, filters=flt) for p in parts]
+        table = pa.concat_tables(tables).sort_by("sha256")
         shas = table.column("sha256").to_pylist()
+        # keep the first row of each sha256 (identical bytes by construction)
         keep = [i for i, s in enumerate(shas) if i == 0 or s != shas[i - 1]]
         table = table.take(pa.array(keep, pa.int64()))
-        tmp = bucket_path(root, bucket).with_suffix(".tmp")
-        pq.write_table(table, tmp, compression="zstd", row_group_size=256)
-        tmp.replace(bucket_path(root, bucket))
+        shas = [shas[i] for i in keep]
+        start = 0
+        while start < len(shas):
+            bucket = bucket_of(shas[start])
+            end = start
+            while end < len(shas) and shas[end].startswith(bucket):
+                end += 1
+            tmp = bucket_path(root, bucket).with_suffix(".tmp")
+            pq.write_table(table.slice(start, end - start), tmp, compression="zstd", row_group_size=256)
+            tmp.replace(bucket_path(root, bucket))
+            start = end
     shutil.rmtree(staging, ignore_errors=True)
     return sum(pq.ParquetFile(p).metadata.num_rows for p in root.glob("images-*.parquet"))
 

@@ -28,7 +28,7 @@ One row = one (instruction, query, target, negatives) example:
     }
 
 Stored as data/normalized/{train,eval}/<dataset>/part-NNNNN.parquet. Rejected rows go to
-data/rejects/<split>/<dataset>.parquet with REJECT_SCHEMA.
+data/rejects/{train,eval}/<dataset>.parquet with REJECT_SCHEMA.
 """
 
 from __future__ import annotations

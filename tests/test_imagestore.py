@@ -1,0 +1,68 @@
+import hashlib
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import imagestore
+from pipelines.imagestore import ImageStore, ImageStoreWriter, StoredImage, merge
+
+
+def _img(i: int) -> StoredImage:
+    data = f"image-{i}".encode() * 3
+    return StoredImage(hashlib.sha256(data).hexdigest(), data, i + 1, i + 2, "PNG")
+
+
+def _files(root):
+    return {p.name: p.read_bytes() for p in sorted(root.glob("images-*.parquet"))}
+
+
+@pytest.mark.parametrize("memory_bytes", [512 << 20, 2000])  # one pass, and many hash ranges
+def test_merge_dedups_across_writers_and_is_independent_of_staging(tmp_path, memory_bytes):
+    images = [_img(i) for i in range(300)]
+    a = tmp_path / "a"
+    w1, w2 = ImageStoreWriter(a, "w1", flush_bytes=500), ImageStoreWriter(a, "w2", flush_bytes=10**9)
+    for im in images[:200]:
+        w1.add(im)
+    for im in images[100:]:  # overlaps w1 on 100..199
+        w2.add(im)
+    w1.close(), w2.close()
+    assert merge(a, memory_bytes=memory_bytes) == 300
+    assert not (a / imagestore.STAGING).exists()
+
+    b = tmp_path / "b"  # same images, one writer, reversed order, one flush
+    w = ImageStoreWriter(b, "only")
+    for im in reversed(images):
+        w.add(im)
+    w.close()
+    merge(b)
+    assert _files(a) == _files(b)  # byte-identical buckets whatever the staging
+
+    store = ImageStore(a)
+    got = store.get_many([im.sha256 for im in images[::7]])
+    assert all(got[im.sha256] == im for im in images[::7])
+    assert sorted(s.sha256 for s in store) == sorted(im.sha256 for im in images)
+    for path in a.glob("images-*.parquet"):
+        shas = pq.read_table(path).column("sha256").to_pylist()
+        assert shas == sorted(shas) and all(s.startswith(path.stem[-2:]) for s in shas)
+
+
+def test_missing_image_is_a_clear_error(tmp_path):
+    w = ImageStoreWriter(tmp_path, "w")
+    w.add(_img(1))
+    w.close()
+    merge(tmp_path)
+    with pytest.raises(KeyError, match="not in"):
+        ImageStore(tmp_path).get(_img(2).sha256)
+    with pytest.raises(FileNotFoundError):
+        ImageStore(tmp_path / "nope")
+
+
+def test_merge_is_idempotent(tmp_path):
+    w = ImageStoreWriter(tmp_path, "w")
+    for i in range(20):
+        w.add(_img(i))
+    w.close()
+    merge(tmp_path)
+    before = _files(tmp_path)
+    assert merge(tmp_path) == 20
+    assert _files(tmp_path) == before
