@@ -196,6 +196,18 @@ def test_gradcache_and_hard_negatives_match_the_plain_step(workspace, tmp_path):
     assert diff < 1e-4
 
 
+def test_bf16_autocast_with_gradcache_and_homogeneous_batches_trains(workspace):
+    params = {**BASE_PARAMS, "steps": 2, "save_every": 100, "precision": "bf16", "gc_chunk_size": 4,
+              "homogeneous_batch": 4, "mixture": {"Syn-ShapesA": 1, "Syn-ShapesB": 1}}
+    summary = train(params, paths_in(workspace, ids_log=workspace / "ids.jsonl"))
+    assert np.isfinite(summary["final_loss"])
+    for row in map(json.loads, (workspace / "ids.jsonl").read_text().splitlines()):
+        runs = [{i.split("/")[0] for i in row["ids"][k:k + 4]} for k in (0, 4)]
+        assert all(len(r) == 1 for r in runs)  # each sub-batch of 4 from one dataset
+    base, merged = load_file(workspace / "models/base/model.safetensors"), merged_weights(workspace)
+    assert all(merged[k].dtype == base[k].dtype for k in base)  # autocast only: weights stay fp32
+
+
 # --- exact resume after SIGKILL -----------------------------------------------------------------
 
 
@@ -279,3 +291,28 @@ def test_tiny_backbone_learns_to_retrieve_held_out_captions(workspace):
           f"training {elapsed:.1f} s")
     assert trained >= 5 * chance
     assert trained > base
+
+
+# --- DDP ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_split_the_global_batch(workspace):
+    params = {**BASE_PARAMS, "steps": 4, "save_every": 2}
+    cmd, env = _stage_cmd(workspace, params)
+    env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "stages.train", "--params", "params.yaml"]
+    proc = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    logs = [[json.loads(x) for x in (workspace / f"ids.jsonl.rank{r}").read_text().splitlines()] for r in (0, 1)]
+    for step in range(4):
+        a, b = logs[0][step], logs[1][step]
+        assert a["step"] == b["step"] == step and len(a["ids"]) == len(b["ids"]) == 4
+    all_ids = [i for log in logs for row in log for i in row["ids"]]
+    assert len(set(all_ids)) == len(all_ids)  # 32 of 480 pairs: the ranks read disjoint shard parts
+    state = json.loads((C.list_checkpoints(workspace / "models/checkpoints")[-1] / "state.json").read_text())
+    assert state["stream"]["world_size"] == 2 and sorted(state["stream"]["slots"]) == ["0", "1"]
+    assert len(state["rng"]) == 2
+    lineage = json.loads((workspace / "models/embedder/lineage.json").read_text())
+    assert lineage["world_size"] == 2 and lineage["steps"] == 4
