@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -213,7 +214,7 @@ def test_resume_from_any_step_is_exact_and_decodes_only_the_batch(tmp_path, monk
         pos = D.StreamPosition.from_dict(json.loads(json.dumps(pos.to_dict())))  # through JSON
         calls = []
         real = D.decode_image
-        monkeypatch.setattr(D, "decode_image", lambda data: calls.append(1) or real(data))
+        monkeypatch.setattr(D, "decode_image", lambda *a: calls.append(1) or real(*a))
         it = iter(D.make_loader(stream(shards, position=pos, **kw), 0))
         first = next(it)
         assert len(calls) == first["images"]  # skipping decodes nothing
@@ -276,6 +277,24 @@ def test_hard_negatives_and_gradcache_chunks(tmp_path):
                              h("t4"), h("t5"), h("neg 4.0"), h("neg 4.0"), h("neg 5.0"), h("neg 5.1")]
     assert b["padded_negatives"] == 4 + 2
     assert b["images"] == 6 + 2 + 2 + 2 + 2 + 4  # targets + image negatives (padding targets included)
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_close_to_full_decode():
+    from trainer.inputs import resize_to_max_pixels
+
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1600, 1200), Image.BICUBIC)
+    buf = io.BytesIO()
+    base.save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    full, drafted = D.decode_image(data), D.decode_image(data, max_pixels=4096)
+    assert full.size == (1600, 1200)
+    assert drafted.size == (200, 150)  # 1/8 DCT scale: the smallest that keeps >= 4096 pixels
+    a, b = (np.asarray(resize_to_max_pixels(im, 4096), dtype=np.float32) for im in (full, drafted))
+    assert a.shape == b.shape and np.abs(a - b).mean() < 4  # same picture, different downscaling filter
+    png = io.BytesIO()
+    base.save(png, format="PNG")
+    assert D.decode_image(png.getvalue(), max_pixels=4096).size == (1600, 1200)  # only JPEG has draft
 
 
 def test_config_validation(tmp_path):

@@ -29,7 +29,8 @@ How a global step is built
    ``(seed, d, e, slot, window index)``. ``window = max(min(shuffle_buffer, 16),
    ceil(shuffle_buffer * p_d))``, so a worker holds about ``shuffle_buffer`` raw samples across all
    datasets instead of ``shuffle_buffer`` per dataset. Epochs roll over forever.
-4. **Decode and collate in the worker**: images are decoded with PIL, the local batch is collated
+4. **Decode and collate in the worker**: images are decoded with PIL (JPEGs much larger than
+   ``image_max_pixels`` at a reduced DCT scale, see `decode_image`), the local batch is collated
    with the model's `Collator` (in ``gc_chunk_size`` chunks when GradCache is on: "late
    processing"), and up to ``hard_negatives`` explicit negatives per query come from the record.
 
@@ -299,19 +300,29 @@ class BadSample(ValueError):
     """A sample whose record or image cannot be decoded (quarantined by the stream)."""
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes to an RGB PIL image (fully loaded). Raises BadSample."""
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode image bytes to an RGB PIL image (fully loaded). Raises BadSample.
+
+    With ``max_pixels``, a JPEG larger than that is decoded at a reduced DCT scale (PIL ``draft``:
+    1/2, 1/4 or 1/8, never below the size that keeps ``max_pixels``), so the Collator's final resize
+    starts from a smaller image; this is several times faster for photos much larger than the model
+    input, and the pixels differ from decode-then-resize only by the downscaling filter."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if max_pixels and img.format == "JPEG" and w * h > max_pixels:
+                scale = math.sqrt(max_pixels / (w * h))
+                img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
             img.load()
             return img.convert("RGB")
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
         raise BadSample(f"undecodable image: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_sample(raw: Mapping[str, Any]) -> tuple[dict, dict[str, Image.Image | None]]:
+def decode_sample(raw: Mapping[str, Any], max_pixels: int | None = None) -> tuple[dict, dict[str, Image.Image | None]]:
     """(record, images by side name) of a raw webdataset sample. Side names: "query", "target",
-    "neg0", "neg1", ...; a side without an image maps to None. Raises BadSample."""
+    "neg0", "neg1", ...; a side without an image maps to None. Raises BadSample.
+    ``max_pixels``: see `decode_image`."""
     try:
         record = json.loads(raw["json"])
     except Exception as exc:
@@ -329,7 +340,7 @@ def decode_sample(raw: Mapping[str, Any]) -> tuple[dict, dict[str, Image.Image |
         member = str(ref.get("member", "")).lower()
         if member not in raw:
             raise BadSample(f"record {record.get('id')}: image member {member!r} of {name} not in the sample")
-        images[name] = decode_image(raw[member])
+        images[name] = decode_image(raw[member], max_pixels)
     return record, images
 
 
@@ -345,6 +356,7 @@ class StreamConfig:
     shuffle_buffer: int = 1000
     hard_negatives: int = 0
     gc_chunk_size: int = 0
+    image_max_pixels: int | None = None  # decode hint only (see decode_image); the Collator resizes
 
     @classmethod
     def from_params(cls, train: Mapping[str, Any], *, world_size: int, rank: int,
@@ -354,7 +366,8 @@ class StreamConfig:
                    homogeneous_batch=int(train.get("homogeneous_batch", 0) or 0),
                    shuffle_buffer=int(train.get("shuffle_buffer", 0) or 0),
                    hard_negatives=int(train.get("hard_negatives", 0) or 0),
-                   gc_chunk_size=int(train.get("gc_chunk_size", 0) or 0))
+                   gc_chunk_size=int(train.get("gc_chunk_size", 0) or 0),
+                   image_max_pixels=int(train["image_max_pixels"]) if train.get("image_max_pixels") else None)
 
     def validate(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -460,7 +473,7 @@ class ContrastiveStream(IterableDataset):
             while True:
                 raw = next(stream)
                 try:
-                    record, imgs = decode_sample(raw)
+                    record, imgs = decode_sample(raw, self.config.image_max_pixels)
                     break
                 except BadSample as exc:
                     quarantined += 1
