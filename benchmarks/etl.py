@@ -10,8 +10,9 @@
    comment segment), so the image store de-duplicates nothing.
 2. Runs the real stages, `python -m stages.normalize` then `python -m stages.shard`, as subprocesses
    in that folder with a params file (VLM2VEC_PARAMS): normalize.workers = shard.workers = W.
-3. Runs the ceiling in a subprocess with W processes as well: read every row, open every image from
-   its zip and decode it once with Pillow (`Image.open(...).load()`), write nothing.
+3. Runs the ceiling in a subprocess with W spawned processes as well (the stages spawn theirs): read
+   every row, open every image from its zip and decode it once with Pillow (`Image.open(...).load()`),
+   write nothing.
 4. Prints rows/s and MB/s (MB = JPEG bytes in the zips) of both, and ratio = ceiling time / pipeline
    time (goal >= 0.7); medians over --repeats.
 5. Peak memory of normalize + shard at N and at 10*N rows, each run in a fresh wrapper process:
@@ -35,6 +36,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +115,7 @@ def generate(raw: Path, rows: int) -> dict:
             def add(name: str) -> str:
                 nonlocal image_bytes, images
                 path = f"images/{subset}/Train/{name}.jpg"
-                data = with_comment(pool[(images * 7 + s) % POOL], path)
+                data = with_comment(pool[(images + s) % POOL], path)
                 zf.writestr(path, data)
                 image_bytes += len(data)
                 images += 1
@@ -150,7 +152,8 @@ def _decode_subset(raw: str, subset: str) -> int:
 
 def ceiling(raw: Path, workers: int) -> int:
     subsets = sorted(p.name for p in (raw / "MMEB-train").iterdir() if p.name != "images_zip")
-    with ProcessPoolExecutor(workers) as ex:
+    # spawn, like the stages: same process count and the same start-up cost per worker
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
         return sum(ex.map(_decode_subset, [str(raw)] * len(subsets), subsets))
 
 
@@ -176,7 +179,8 @@ class TreePeak:
     """Samples the summed RSS of this process's children (recursively) until stopped."""
 
     def __init__(self, interval: float = 0.05):
-        self.peak, self.interval, self._stop = 0, interval, threading.Event()
+        self.peak = self.single = 0  # peak of the sum over the tree, peak of one process
+        self.interval, self._stop = interval, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -185,9 +189,11 @@ class TreePeak:
             total = 0
             for p in me.children(recursive=True):
                 try:
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
                 except psutil.Error:
-                    pass
+                    continue
+                total += rss
+                self.single = max(self.single, rss)
             self.peak = max(self.peak, total)
             time.sleep(self.interval)
 
@@ -212,15 +218,17 @@ def pipeline_once(run: Path, params: Path) -> dict:
     for d in ("data/normalized", "data/rejects", "data/shards", "metrics"):
         shutil.rmtree(run / d, ignore_errors=True)
     out = {}
-    with TreePeak() as peak:
-        for stage in ("normalize", "shard"):
-            t0, c0 = time.perf_counter(), children_cpu()
+    for stage in ("normalize", "shard"):
+        t0, c0 = time.perf_counter(), children_cpu()
+        with TreePeak() as peak:
             subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=run, env=child_env(params),
                            check=True)
-            out[stage] = time.perf_counter() - t0
-            out[f"{stage}_cpu"] = children_cpu() - c0
+        out[stage] = time.perf_counter() - t0
+        out[f"{stage}_cpu"] = children_cpu() - c0
+        out[f"{stage}_tree_peak_rss"] = peak.peak
+        out[f"{stage}_process_peak_rss"] = peak.single
     out["max_process_rss"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    out["tree_peak_rss"] = peak.peak
+    out["tree_peak_rss"] = max(out["normalize_tree_peak_rss"], out["shard_tree_peak_rss"])
     return out
 
 
@@ -247,7 +255,7 @@ def prepare(rows: int, workers: int, max_image_side: int | None) -> tuple[Path, 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=300, help="train rows at 1x (default 300)")
+    ap.add_argument("--rows", type=int, default=400, help="train rows at 1x (default 400)")
     ap.add_argument("--workers", type=int, default=2, help="processes for normalize, shard and the ceiling")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the 1x timing (median reported)")
     ap.add_argument("--max-image-side", type=int, default=None,
@@ -291,11 +299,15 @@ def main(argv=None) -> None:
         run_f, params_f, sizes_f = prepare(args.rows * factor, args.workers, args.max_image_side)
         mem[factor] = in_fresh_process("--_pipeline", str(run_f), str(params_f))
         m = mem[factor]
+        mib = {k: v / 2**20 for k, v in m.items() if k.endswith("rss")}
         print(f"[memory {factor}x] {sizes_f['rows']} rows: normalize {m['normalize']:.1f} s, shard "
-              f"{m['shard']:.1f} s, largest process {m['max_process_rss'] / 2**20:.0f} MiB, "
-              f"process tree peak {m['tree_peak_rss'] / 2**20:.0f} MiB", flush=True)
-    print(f"memory ratio 10x/1x: largest process {mem[10]['max_process_rss'] / mem[1]['max_process_rss']:.2f}, "
-          f"process tree {mem[10]['tree_peak_rss'] / mem[1]['tree_peak_rss']:.2f} (goal <= 1.2)")
+              f"{m['shard']:.1f} s; largest process {mib['max_process_rss']:.0f} MiB (getrusage); "
+              f"process tree peak normalize {mib['normalize_tree_peak_rss']:.0f} MiB, shard "
+              f"{mib['shard_tree_peak_rss']:.0f} MiB; largest sampled process normalize "
+              f"{mib['normalize_process_peak_rss']:.0f} MiB, shard {mib['shard_process_peak_rss']:.0f} MiB",
+              flush=True)
+    ratio = {k: mem[10][k] / mem[1][k] for k in mem[1] if k.endswith("rss")}
+    print("memory ratio 10x/1x (goal <= 1.2): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(ratio.items())))
 
 
 if __name__ == "__main__":

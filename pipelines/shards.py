@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "vlm2vec-wds/1"
 INDEX_FILE = "index.json"
-BATCH_ROWS = 256  # records read (and their images fetched) per batch
+BATCH_ROWS = 64  # records read (and their images fetched) per batch: bounds memory
 
 # PIL format name of the stored bytes -> tar member extension
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
@@ -493,6 +493,10 @@ def _all_shas(dirs: list[Path]) -> Iterator[str]:
                     yield from record_image_shas(record)
 
 
+def _worker_logging(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def build_index(params: ShardParams, results: list[DatasetShards]) -> dict:
     datasets = {}
     for r in results:
@@ -542,7 +546,8 @@ def write_shards(normalized_train: str | Path, images_root: str | Path, out_root
                 results[d.name] = shard_dataset(d, cache_path, out_root, params)
         else:
             total = sum(count_records(d) for d in dirs)
-            with ProcessPoolExecutor(min(params.workers, len(dirs)), mp_context=get_context("spawn")) as ex, \
+            with ProcessPoolExecutor(min(params.workers, len(dirs)), mp_context=get_context("spawn"),
+                                     initializer=_worker_logging, initargs=(log.getEffectiveLevel(),)) as ex, \
                     tqdm(total=total, desc="shard", unit="sample") as bar:
                 futures = [ex.submit(shard_dataset, d, cache_path, out_root, params, False) for d in dirs]
                 for fut in as_completed(futures):
