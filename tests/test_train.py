@@ -169,6 +169,11 @@ def test_lora_rank_and_full_finetuning_give_different_models(workspace, tmp_path
         results[rank] = merged_weights(ws)
         assert (ws / "models/embedder/adapter").exists() == (rank > 0)
     assert any(not torch.equal(results[4][k], results[8][k]) for k in results[4])
+    ws = tmp_path / "dora"
+    shutil.copytree(workspace, ws)
+    train({**params, "dora": True}, paths_in(ws))
+    assert json.loads((ws / "models/embedder/adapter/adapter_config.json").read_text())["use_dora"] is True
+    assert any(not torch.equal(merged_weights(ws)[k], results[4][k]) for k in results[4])
     full_changed = {k for k in results[0] if not torch.equal(results[0][k], results[4][k])}
     assert any("visual" in k for k in full_changed)  # full fine-tuning also trains the vision tower
 

@@ -541,14 +541,14 @@ class ContrastiveStream(IterableDataset):
         return sides, imgs, padded
 
 
-def make_loader(dataset: ContrastiveStream, num_workers: int, seed: int = 0) -> DataLoader:
+def make_loader(dataset: ContrastiveStream, num_workers: int, seed: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over the stream (batching happens in the stream: ``batch_size=None``).
 
     Uses its own torch Generator so creating the loader never draws from the global RNG (which is
-    part of the checkpointed training state).
+    part of the checkpointed training state). ``pin_memory`` for CUDA training.
     """
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(prefetch_factor=2, persistent_workers=False)
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers,
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(seed), **kwargs)

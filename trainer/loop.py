@@ -260,7 +260,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     stream_config = StreamConfig.from_params(p, world_size=world, rank=rank, slots_per_rank=slots_per_rank)
     stream = ContrastiveStream(shards, stream_config, collator, mixture=p["mixture"], position=position)
     position = stream.position
-    batches = iter(make_loader(stream, num_workers, seed=seed))
+    batches = iter(make_loader(stream, num_workers, seed=seed, pin_memory=device.type == "cuda"))
 
     if rng_state is not None:
         ckpt.restore_rng(rng_state)
