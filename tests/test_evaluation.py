@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.imagestore import ImageStore, ImageStoreWriter, StoredImage, merge
+from pipelines.imagestore import ImageStoreWriter, StoredImage, merge
 from pipelines.schema import IMAGE_TOKEN, RECORD_SCHEMA
 from trainer import evaluation as ev
 from trainer.embedding_cache import EmbeddingCache
