@@ -158,7 +158,7 @@ class ImageCache:
 
     def __init__(self, path: str | Path, readonly: bool = True):
         self.path = Path(path)
-        uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+        uri = self.path.resolve().as_uri() + ("?mode=ro" if readonly else "")
         self.db = sqlite3.connect(uri, uri=True)
 
     @classmethod
