@@ -168,3 +168,168 @@ def test_save_refuses_peft_wrapped_model(tmp_path):
     with pytest.raises(TypeError, match="merge it first"):
         save_backbone(backbone, tmp_path / "x")
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer, generative warm-up and the `backbone` stage, on a small normalized dataset
+
+COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 160, 60), "yellow": (235, 205, 30)}
+
+
+def _side(raw, instruction="", text="", image=None):
+    return dict(raw=raw, instruction=instruction, text=text, has_image_token="<|image_1|>" in raw,
+                template="", image=image)
+
+
+def write_normalized(root, rows_per_dataset=16):
+    """data/normalized/{train,images} with a classification (image -> colour) and a t2i dataset
+    (caption -> image), a grounding-like image->image dataset and a text-only record."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.imagestore import ImageStoreWriter, StoredImage, merge
+    from pipelines.schema import RECORD_SCHEMA
+
+    writer = ImageStoreWriter(root / "images", "w0")
+
+    def image(colour, i):
+        buf = io.BytesIO()
+        Image.new("RGB", (48 + i % 3 * 8, 48), COLOURS[colour]).save(buf, format="PNG")
+        data = buf.getvalue()
+        import hashlib
+        sha = hashlib.sha256(data).hexdigest()
+        writer.add(StoredImage(sha, data, 48 + i % 3 * 8, 48, "PNG"))
+        return dict(sha256=sha, path=f"{colour}{i}.png", width=48 + i % 3 * 8, height=48)
+
+    datasets = {}
+    names = list(COLOURS)
+    cls, t2i, i2i = [], [], []
+    for i in range(rows_per_dataset):
+        colour = names[i % len(names)]
+        cls.append(dict(query=_side("<|image_1|>\nRepresent the given image for classification\n",
+                                    "Represent the given image for classification", "", image(colour, i)),
+                        target=_side(f"{colour}\n", "", colour)))
+        t2i.append(dict(query=_side(f"Find me an everyday image that matches the given caption: a {colour} square.\n",
+                                    "Find me an everyday image that matches the given caption: ", f"a {colour} square."),
+                        target=_side("<|image_1|>\nRepresent the given image.\n", "Represent the given image.", "",
+                                     image(colour, i + 100))))
+        i2i.append(dict(query=_side("<|image_1|>\nRepresent the given image\n", "Represent the given image", "",
+                                    image(colour, i + 200)),
+                        target=_side("<|image_1|>\nRepresent the given image\n", "Represent the given image", "",
+                                     image(colour, i + 300))))
+    t2i.append(dict(query=_side("text only\n", "", "text only"), target=_side("answer\n", "", "answer")))
+    datasets = {"Syn-ShapeCLS": cls, "Syn-Caption_t2i": t2i, "Syn-NIGHTS": i2i}
+    for name, rows in datasets.items():
+        records = [dict(id=f"{name}/original/{i}", dataset=name, split="original", meta_task="retrieval",
+                        distribution="IND", instruction=r["query"]["instruction"], query=r["query"],
+                        target=r["target"], negatives=[]) for i, r in enumerate(rows)]
+        (root / "train" / name).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(records, schema=RECORD_SCHEMA), root / "train" / name / "part-00000.parquet")
+    writer.close()
+    merge(root / "images")
+    return root
+
+
+@pytest.fixture(scope="module")
+def normalized(tmp_path_factory):
+    return write_normalized(tmp_path_factory.mktemp("data") / "normalized")
+
+
+def test_tokenizer_from_normalized_corpus(normalized):
+    from trainer.tokenizer import corpus_from_normalized
+
+    texts = list(corpus_from_normalized(normalized / "train"))
+    assert "red" in texts and not any("<|image_1|>" in t for t in texts)
+    assert "Represent the given image for classification" in texts
+    raw = train_family_tokenizer("qwen2_vl", texts, vocab_size=400)
+    assert [raw.token_to_id(t) for t in ("<|endoftext|>", "<|image_pad|>")] == [0, 6]
+    assert raw.decode(raw.encode("a purple triangle, ünïcode!").ids) == "a purple triangle, ünïcode!"  # byte-level
+    with pytest.raises(FileNotFoundError, match="normalize stage"):
+        list(corpus_from_normalized(normalized / "nowhere"))
+
+
+def test_pretrain_examples_and_labels(normalized):
+    from trainer.pretrain import batch_with_labels, load_examples
+
+    examples, images = load_examples(normalized / "train", normalized / "images")
+    # 16 cls (image -> colour) + 16 t2i (image -> caption); i2i and the text-only record give none
+    assert len(examples) == 32 and set(images) == {e.image_sha for e in examples}
+    answers = {e.answer for e in examples}
+    assert {"red", "a blue square."} <= answers
+    backbone = build_tiny("qwen2_vl", tokenizer=train_family_tokenizer(
+        "qwen2_vl", [e.answer for e in examples] * 5 + ["Represent the given image"] * 5))
+    collate = Collator(backbone, max_text_tokens=64)
+    batch, unlabelled = batch_with_labels(collate, examples[:4], images)
+    tok = backbone.processor.tokenizer
+    assert unlabelled == 0
+    for row, ex in enumerate(examples[:4]):
+        labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        assert tok.decode(labelled) == ex.answer + tok.eos_token  # labels = answer + eos, nothing else
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert not (batch["labels"] == image_id).any()
+    # an answer cut by truncation is not trained on, and is counted
+    _, unlabelled = batch_with_labels(Collator(backbone, max_text_tokens=3), examples[16:18], images)
+    assert unlabelled == 2
+
+
+def test_pretrain_lowers_the_loss_deterministically(normalized):
+    from trainer.pretrain import load_examples, pretrain
+
+    examples, images = load_examples(normalized / "train", normalized / "images")
+    raw = train_family_tokenizer("qwen2_vl", [e.answer for e in examples] * 5)
+    runs = []
+    for _ in range(2):
+        backbone = build_tiny("qwen2_vl", tokenizer=raw, seed=1)
+        summary = pretrain(backbone, examples, images, steps=25, batch_size=8, lr=3e-3, seed=1)
+        runs.append((summary, backbone.model.state_dict()))
+    (s1, w1), (s2, w2) = runs
+    assert s1 == s2 and all(torch.equal(w1[k], w2[k]) for k in w1)  # deterministic for a seed
+    assert s1["loss_last"] < 0.7 * s1["loss_first"]
+    assert not backbone.model.training
+    with pytest.raises(ValueError, match="needs a VLM"):
+        pretrain(build_tiny("clip"), examples, images, steps=1, batch_size=2, lr=1e-3, seed=0)
+
+
+def _folder_hashes(folder):
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_backbone_stage_tiny_is_byte_deterministic(normalized, tmp_path):
+    from stages.backbone import run
+
+    params = dict(name="tiny-qwen2-vl", revision="main", trust_remote_code=False, seed=0, pretrain_steps=4,
+                  pretrain_batch_size=4, pretrain_lr=0.002, tiny_hidden_size=64, tiny_image_size=32)
+    kw = dict(train_dir=normalized / "train", images_dir=normalized / "images")
+    run(params, out=tmp_path / "a" / "base", **kw)
+    run(params, out=tmp_path / "b" / "base", **kw)
+    assert _folder_hashes(tmp_path / "a" / "base") == _folder_hashes(tmp_path / "b" / "base")
+    meta = json.loads((tmp_path / "a" / "base" / "backbone.json").read_text())
+    assert meta["family"] == "qwen2_vl" and meta["info"]["pretrain"]["steps"] == 4
+    assert meta["info"]["name"] == "tiny-qwen2-vl"
+    loaded = load_backbone(str(tmp_path / "a" / "base"))
+    assert loaded.model.config.text_config.hidden_size == 64
+    run(dict(params, seed=1), out=tmp_path / "c" / "base", **kw)
+    assert _folder_hashes(tmp_path / "c" / "base")["model.safetensors"] != \
+        _folder_hashes(tmp_path / "a" / "base")["model.safetensors"]
+    assert not (tmp_path / "a" / "base.tmp").exists()
+
+
+def test_backbone_stage_other_sources(normalized, tmp_path):
+    from stages.backbone import run, tiny_family
+
+    assert tiny_family("tiny-qwen2-5-vl") == "qwen2_5_vl" and tiny_family("Qwen/Qwen2-VL-2B-Instruct") is None
+    with pytest.raises(ValueError, match="unknown tiny backbone"):
+        tiny_family("tiny-phi3-v")
+    kw = dict(train_dir=normalized / "train", images_dir=normalized / "images")
+    # a dual encoder is built but not pretrained
+    run(dict(name="tiny-siglip", seed=0, pretrain_steps=5, tiny_hidden_size=64, tiny_image_size=32),
+        out=tmp_path / "siglip", **kw)
+    assert json.loads((tmp_path / "siglip" / "backbone.json").read_text())["info"]["pretrain"] is None
+    # a model folder in the Hub layout, by path (the Hub id path is tested above through the cache)
+    _hub_layout(build_tiny("smolvlm"), tmp_path / "hub-smolvlm")
+    run(dict(name=str(tmp_path / "hub-smolvlm"), revision="main", seed=0), out=tmp_path / "base", **kw)
+    meta = json.loads((tmp_path / "base" / "backbone.json").read_text())
+    assert (meta["family"], meta["image_token"], meta["info"]["model_type"]) == ("smolvlm", "<image>", "smolvlm")
