@@ -80,6 +80,17 @@ def test_family_end_to_end(family, tmp_path):
     assert lora_grads and all(g is not None for g in lora_grads)
 
 
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_dual_encoder_long_text_is_truncated_to_its_position_table(family):
+    backbone = build_tiny(family)
+    long_side = dict(SIDES[1], raw="a red circle " * 200, text="a red circle " * 200)
+    batch = Collator(backbone, max_text_tokens=256)([long_side, SIDES[3]], [None, IMAGES[0]])
+    limit = backbone.model.config.text_config.max_position_embeddings
+    assert batch["input_ids"].shape[1] <= limit
+    with torch.no_grad():
+        assert torch.isfinite(Embedder(backbone)(batch)).all()
+
+
 def test_build_tiny_is_deterministic_and_seeded():
     a, b, c = build_tiny("qwen2_vl", seed=3), build_tiny("qwen2_vl", seed=3), build_tiny("qwen2_vl", seed=4)
     sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
@@ -125,6 +136,11 @@ def _hub_layout(backbone, folder):
 def test_load_hub_layout_folder_detects_family(tmp_path):
     backbone = build_tiny("llava")
     _hub_layout(backbone, tmp_path / "llava-hub")
+    # older llava-hf repos: patch_size / feature strategy only in config.json, not for the processor
+    proc_cfg = tmp_path / "llava-hub" / "processor_config.json"
+    cfg = json.loads(proc_cfg.read_text())
+    del cfg["patch_size"], cfg["vision_feature_select_strategy"]
+    proc_cfg.write_text(json.dumps(cfg))
     loaded = load_backbone(str(tmp_path / "llava-hub"))
     assert (loaded.family, loaded.image_token, loaded.lora_targets) == ("llava", "<image>", LORA_TARGETS["llava"])
     assert loaded.info["model_type"] == "llava"

@@ -219,6 +219,8 @@ def _wrap_tokenizer(family: str, raw):
         tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="<pad>",
                                       unk_token="<unk>")
     tok.padding_side = "right"
+    if family in ("clip", "siglip"):  # their text towers have fixed position tables (77 / 64)
+        tok.model_max_length = 77 if family == "clip" else 64
     return tok
 
 
@@ -395,6 +397,11 @@ def _load_processor(family: str, model_dir: Path, trust_remote_code: bool):
         accepted = set(inspect.signature(proc_cls.__init__).parameters)
         kwargs = {k: v for k, v in saved.items()
                   if k in accepted and k not in ("image_processor", "tokenizer", "video_processor", "self")}
+    if family in ("llava", "llava_next") and kwargs.get("patch_size") is None:
+        # older llava-hf repos keep these only in config.json; the processor needs them to expand <image>
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        kwargs["patch_size"] = (config.get("vision_config") or {}).get("patch_size")
+        kwargs.setdefault("vision_feature_select_strategy", config.get("vision_feature_select_strategy"))
     template = model_dir / "chat_template.jinja"
     if template.exists() and "chat_template" not in kwargs:
         kwargs["chat_template"] = template.read_text(encoding="utf-8")
