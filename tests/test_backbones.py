@@ -139,7 +139,7 @@ def test_load_hub_layout_folder_detects_family(tmp_path):
     # older llava-hf repos: patch_size / feature strategy only in config.json, not for the processor
     proc_cfg = tmp_path / "llava-hub" / "processor_config.json"
     cfg = json.loads(proc_cfg.read_text())
-    del cfg["patch_size"], cfg["vision_feature_select_strategy"]
+    del cfg["patch_size"], cfg["vision_feature_select_strategy"], cfg["num_additional_image_tokens"]
     proc_cfg.write_text(json.dumps(cfg))
     loaded = load_backbone(str(tmp_path / "llava-hub"))
     assert (loaded.family, loaded.image_token, loaded.lora_targets) == ("llava", "<image>", LORA_TARGETS["llava"])

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import (CLIPProcessor, Idefics3Processor, LlavaNextProcessor, LlavaProcessor, PaliGemmaProcessor,
+                          Qwen2_5_VLProcessor, Qwen2VLProcessor, SiglipProcessor, SmolVLMProcessor)
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +93,6 @@ class Backbone:
 # --------------------------------------------------------------------------------------------------
 # processors without a video processor (torchvision is absent; ProcessorMixin reads its attributes
 # from the __init__ signature, so leaving `video_processor` out of it is what makes them buildable)
-
-from transformers import (CLIPProcessor, Idefics3Processor, LlavaNextProcessor, LlavaProcessor,  # noqa: E402
-                          PaliGemmaProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor, SiglipProcessor,
-                          SmolVLMProcessor)
-
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
     """Qwen2-VL processor for images only (no torchvision -> no video processor)."""
@@ -402,6 +399,8 @@ def _load_processor(family: str, model_dir: Path, trust_remote_code: bool):
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         kwargs["patch_size"] = (config.get("vision_config") or {}).get("patch_size")
         kwargs.setdefault("vision_feature_select_strategy", config.get("vision_feature_select_strategy"))
+        clip_tower = (config.get("vision_config") or {}).get("model_type") == "clip_vision_model"
+        kwargs.setdefault("num_additional_image_tokens", 1 if clip_tower else 0)  # CLIP's CLS token
     template = model_dir / "chat_template.jinja"
     if template.exists() and "chat_template" not in kwargs:
         kwargs["chat_template"] = template.read_text(encoding="utf-8")
