@@ -15,8 +15,9 @@ $(BIN)/activate:
 
 venv: $(BIN)/activate
 
+# stage commands run `python`: put the virtualenv first on PATH
 repro: venv
-	DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 dvc repro
 
 test: venv
-	$(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q

@@ -72,7 +72,7 @@ class ImageStoreWriter:
             return
         table = pa.Table.from_pylist(self._rows, schema=IMAGE_SCHEMA).sort_by("sha256")
         # small row groups: merge() reads hash ranges and skips row groups by their min/max statistics
-        pq.write_table(table, self.dir / f"part-{self._parts:05d}.parquet", row_group_size=512)
+        pq.write_table(table, self.dir / f"part-{self._parts:05d}.parquet", row_group_size=64)
         self._parts += 1
         self._rows = []
         self._buffered = 0
@@ -87,7 +87,7 @@ def _bucket_ranges(groups: int) -> list[list[str]]:
     return [buckets[i : i + size] for i in range(0, 256, size)]
 
 
-def merge(root: str | Path, memory_bytes: int = 512 << 20) -> int:
+def merge(root: str | Path, memory_bytes: int = 64 << 20) -> int:
     """Merge every writer's staged rows into the bucket files; return the number of distinct images.
 
     Staged files are read in contiguous hash ranges sized so that one range of all staged bytes fits
@@ -116,9 +116,11 @@ def merge(root: str | Path, memory_bytes: int = 512 << 20) -> int:
             while end < len(shas) and shas[end].startswith(bucket):
                 end += 1
             tmp = bucket_path(root, bucket).with_suffix(".tmp")
-            pq.write_table(table.slice(start, end - start), tmp, compression="zstd", row_group_size=256)
+            pq.write_table(table.slice(start, end - start), tmp, compression="zstd", row_group_size=64)
             tmp.replace(bucket_path(root, bucket))
             start = end
+        del tables, table
+        pa.default_memory_pool().release_unused()  # hand freed buffers back before the next range
     shutil.rmtree(staging, ignore_errors=True)
     return sum(pq.ParquetFile(p).metadata.num_rows for p in root.glob("images-*.parquet"))
 
