@@ -546,8 +546,12 @@ def _run_inline(task: DatasetTask, bar: tqdm) -> dict:
         return dict(key=task.key, error=f"{type(e).__name__}: {e}")
 
 
-def run_tasks(tasks: list[DatasetTask], workers: int) -> list[dict]:
-    """Run the tasks (in `workers` spawned processes when > 1) with a rows/s progress bar."""
+def run_tasks(tasks: list[DatasetTask], workers: int, images_root: Path | None = None
+              ) -> tuple[list[dict], int | None]:
+    """Run the tasks (in `workers` spawned processes when > 1) with a rows/s progress bar; then, when
+    `images_root` is given, merge the image store there with the same processes (its hash ranges in
+    parallel). Returns the task results and the number of distinct images stored (None without
+    `images_root`)."""
     total = sum(t.rows for t in tasks)
     results = []
     order = sorted(tasks, key=lambda t: (-t.rows, t.key))  # big first: better packing
@@ -555,7 +559,7 @@ def run_tasks(tasks: list[DatasetTask], workers: int) -> list[dict]:
         if workers <= 1 or len(tasks) <= 1:
             for t in order:
                 results.append(_run_inline(t, bar))
-            return results
+            return results, imagestore.merge(images_root) if images_root else None
         ctx = multiprocessing.get_context("spawn")
         progress = ctx.Queue()
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
@@ -569,8 +573,10 @@ def run_tasks(tasks: list[DatasetTask], workers: int) -> list[dict]:
                         bar.update(progress.get_nowait())
                     except queue_mod.Empty:
                         break
+            stored = (imagestore.merge(images_root, min_ranges=2 * workers, map_fn=pool.map)
+                      if images_root else None)
         progress.close()
-    return results
+    return results, stored
 
 
 def build_metrics(tasks: list[DatasetTask], results: list[dict], images_stored: int) -> dict:
@@ -628,8 +634,7 @@ def run(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
         folder.mkdir(parents=True)  # DVC outs must exist even when a kind has no data or no rejects
     log.info("normalizing %d datasets, %d rows, %d workers", len(tasks), sum(t.rows for t in tasks),
              params["workers"])
-    results = run_tasks(tasks, int(params["workers"]))
-    images_stored = imagestore.merge(out_root / "images")
+    results, images_stored = run_tasks(tasks, int(params["workers"]), images_root=out_root / "images")
     metrics = build_metrics(tasks, results, images_stored)
     _write_json(Path(metrics_path), metrics)
     return metrics
