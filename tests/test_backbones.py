@@ -290,6 +290,25 @@ def test_pretrain_examples_and_labels(normalized):
     assert unlabelled == 2
 
 
+def test_per_example_loss_is_the_mean_of_row_losses(normalized):
+    from trainer.pretrain import batch_with_labels, load_examples, per_example_loss
+
+    examples, images = load_examples(normalized / "train", normalized / "images")
+    backbone = build_tiny("qwen2_vl")
+    collate = Collator(backbone, max_text_tokens=64)
+    chosen = [examples[0], examples[20]]  # a one-word label and a caption: different answer lengths
+    batch, _ = batch_with_labels(collate, chosen, images)
+    assert len(set((batch["labels"] != -100).sum(dim=1).tolist())) == 2
+    with torch.no_grad():
+        mixed = per_example_loss(backbone.model, {k: v for k, v in batch.items() if k != "has_image"})
+        rows = []
+        for ex in chosen:  # HF's token-mean loss of a single row is that row's loss
+            one, _ = batch_with_labels(collate, [ex], images)
+            one.pop("has_image")
+            rows.append(backbone.model(**one).loss)
+    torch.testing.assert_close(mixed, torch.stack(rows).mean(), atol=1e-5, rtol=1e-5)
+
+
 def test_pretrain_lowers_the_loss_deterministically(normalized):
     from trainer.pretrain import load_examples, pretrain
 

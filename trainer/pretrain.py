@@ -8,7 +8,8 @@ Each train record gives at most one (image + prompt -> answer) example:
   instruction) -> the query text (caption, dialogue, modification, object label);
 * records without any image or without answer text give none.
 The model sees `prompt + answer + eos` and is trained with next-token cross-entropy on the answer
-and eos tokens only (prompt and image positions are labelled -100). Full fine-tuning, AdamW, linear
+and eos tokens only (prompt and image positions are labelled -100), averaged per example; answers
+are cut to their first 12 words. Full fine-tuning, AdamW, linear
 warm-up then cosine decay, gradient clipping at 1.0; the example order is a seeded permutation per
 epoch, so the run is deterministic for a seed.
 """
@@ -45,7 +46,7 @@ def _text(side: dict | None) -> str:
     return (side or {}).get("text", "").strip() if side else ""
 
 
-def example_from_record(record: dict, *, max_answer_chars: int = 200) -> Example | None:
+def example_from_record(record: dict, *, max_answer_words: int = 12) -> Example | None:
     """The generative example of one train record (see the module docstring), or None."""
     query, target = record["query"], record["target"]
     if query.get("image") and not target.get("image") and _text(target):
@@ -54,7 +55,10 @@ def example_from_record(record: dict, *, max_answer_chars: int = 200) -> Example
         prompt, answer = target, _text(query)
     else:
         return None
-    return Example(side=prompt, image_sha=prompt["image"]["sha256"], answer=answer[:max_answer_chars])
+    # long answers (dialogues, captions) are cut to their first words: their tails are mostly
+    # predictable from the text alone and would drown the image-dependent tokens
+    answer = " ".join(answer.split()[:max_answer_words])
+    return Example(side=prompt, image_sha=prompt["image"]["sha256"], answer=answer)
 
 
 def load_examples(train_dir: str | Path, images_dir: str | Path, *,
@@ -115,6 +119,23 @@ def batch_with_labels(collator: Collator, examples: Sequence[Example],
     return batch, unlabelled
 
 
+def per_example_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy averaged over each row's labelled tokens, then over the rows.
+
+    (The usual token average lets long answers dominate; a one-word label would barely count.)
+    """
+    labels = batch.pop("labels")
+    logits = model(**batch, use_cache=False).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                                   reduction="none")
+    counts = (targets != -100).sum(dim=1)
+    rows = counts > 0
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    return (token_loss.sum(dim=1)[rows] / counts[rows]).mean()
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -153,7 +174,7 @@ def pretrain(backbone, examples: Sequence[Example], images: dict[str, Image.Imag
         batch, missing = batch_with_labels(collator, [examples[i] for i in chosen], images)
         unlabelled += missing
         batch.pop("has_image")
-        loss = model(**batch, use_cache=False).loss
+        loss = per_example_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
