@@ -4,10 +4,12 @@ Each distinct image is stored once, keyed by the sha256 of its stored bytes, in 
 after the first two hex digits of the hash (at most 256 files, whatever the dataset size: DVC and the
 file system stay fast). Rows inside a bucket are sorted by sha256, so the files are byte-deterministic.
 
-Writers (one per normalize worker) spill their rows, sorted by hash, to `_staging/<writer>/`;
-`merge()` then builds the buckets from every writer's staged rows, dropping duplicates, one hash range
-at a time (memory bounded by `memory_bytes`, not by the store size); the ranges are independent, so
-`merge(map_fn=pool.map)` runs them in parallel processes with the same bytes as a serial merge.
+Writers (one per normalize worker) spill their rows, sorted by hash, to `_staging/<writer>/`, one
+parquet row group per bucket (at most 64 rows); `merge()` then builds the buckets from every writer's
+staged rows, dropping duplicates, one range of buckets at a time, reading exactly the row groups of
+that range (memory bounded by `memory_bytes` and the largest bucket, not by the store size); the
+ranges are independent, so `merge(map_fn=pool.map)` runs them in parallel processes with the same
+bytes as a serial merge.
 
 The image bytes column is stored uncompressed (JPEG/PNG/WebP are compressed already: a general codec
 costs CPU on every write and read for a few percent at best); the small columns use zstd.
@@ -55,7 +57,7 @@ class StoredImage:
 class ImageStoreWriter:
     """Buffers one writer's images and spills them, sorted by sha256, to staged parquet files."""
 
-    def __init__(self, root: str | Path, writer: str, flush_bytes: int = 64 << 20):
+    def __init__(self, root: str | Path, writer: str, flush_bytes: int = 16 << 20):
         self.dir = Path(root) / STAGING / writer
         self.dir.mkdir(parents=True, exist_ok=True)
         self.flush_bytes = flush_bytes
@@ -81,8 +83,16 @@ class ImageStoreWriter:
             return
         self._rows.sort(key=lambda row: row["sha256"])  # sorted before arrow: one copy of the bytes
         table = pa.Table.from_pylist(self._rows, schema=IMAGE_SCHEMA)
-        # small row groups: merge() reads hash ranges and skips row groups by their min/max statistics
-        pq.write_table(table, self.dir / f"part-{self._parts:05d}.parquet", **WRITE_OPTIONS)
+        shas = [row["sha256"] for row in self._rows]
+        options = {k: v for k, v in WRITE_OPTIONS.items() if k != "row_group_size"}
+        with pq.ParquetWriter(self.dir / f"part-{self._parts:05d}.parquet", IMAGE_SCHEMA, **options) as w:
+            start = 0
+            while start < len(shas):  # row groups never span two buckets: merge() reads by bucket
+                end = start + 1
+                while end < len(shas) and shas[end][:2] == shas[start][:2]:
+                    end += 1
+                w.write_table(table.slice(start, end - start), row_group_size=WRITE_OPTIONS["row_group_size"])
+                start = end
         self._parts += 1
         self._rows = []
         self._buffered = 0
@@ -91,58 +101,80 @@ class ImageStoreWriter:
         self.flush()
 
 
-def _bucket_ranges(groups: int) -> list[list[str]]:
-    buckets = [f"{i:02x}" for i in range(256)]
-    size = -(-256 // groups)
-    return [buckets[i : i + size] for i in range(0, 256, size)]
+def _staged_groups(parts: list[Path]) -> dict[str, list[tuple[str, list[int], int]]]:
+    """bucket -> [(staged file, its row groups holding that bucket's hashes, their bytes)], from the
+    files' footers (sha256 min/max statistics), each read once."""
+    found: dict[str, list[tuple[str, list[int], int]]] = defaultdict(list)
+    for path in parts:
+        meta = pq.ParquetFile(path).metadata
+        column = meta.schema.to_arrow_schema().get_field_index("sha256")
+        per_bucket: dict[str, tuple[list[int], int]] = {}
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            stats = rg.column(column).statistics
+            if stats is None or not stats.has_min_max:
+                raise ValueError(f"{path}: row group {g} has no sha256 statistics")
+            for b in range(int(stats.min[:2], 16), int(stats.max[:2], 16) + 1):
+                groups, size = per_bucket.get(f"{b:02x}", ([], 0))
+                per_bucket[f"{b:02x}"] = (groups + [g], size + rg.total_byte_size)
+        for bucket, (groups, size) in per_bucket.items():
+            found[bucket].append((str(path), groups, size))
+    return found
 
 
-def merge(root: str | Path, memory_bytes: int = 64 << 20, min_ranges: int = 1,
+def _bucket_ranges(groups: dict[str, list[tuple[str, list[int], int]]], memory_bytes: int,
+                   min_ranges: int) -> list[list[str]]:
+    """Consecutive staged buckets grouped into ranges of at most max(memory_bytes, one bucket) staged
+    bytes, and into at least `min_ranges` ranges when there are that many buckets."""
+    buckets = sorted(groups)
+    sizes = [sum(size for _, _, size in groups[b]) for b in buckets]
+    limit = max(1, min(memory_bytes, -(-sum(sizes) // max(1, min_ranges))))
+    ranges: list[list[str]] = []
+    held = 0
+    for bucket, size in zip(buckets, sizes):
+        if not ranges or held + size > limit:
+            ranges.append([])
+            held = 0
+        ranges[-1].append(bucket)
+        held += size
+    return ranges
+
+
+def merge(root: str | Path, memory_bytes: int = 32 << 20, min_ranges: int = 1,
           map_fn: Callable = map) -> int:
     """Merge every writer's staged rows into the bucket files; return the number of distinct images.
 
-    Staged files are read in contiguous hash ranges (at least `min_ranges`, more when needed so that
-    one range of all staged bytes fits in `memory_bytes`; one pass over each file for small stores);
-    each range is sorted, deduplicated and written as its bucket files by `merge_range`, through
-    `map_fn` (e.g. a process pool's map: ranges touch disjoint buckets, the bytes do not depend on it).
-    Buckets with no staged rows are left as they are, so re-running the merge is idempotent.
+    Staged buckets are grouped into consecutive ranges of at most `memory_bytes` staged bytes (a
+    larger bucket is a range of its own), at least `min_ranges` of them; each range is sorted,
+    deduplicated and written as its bucket files by `merge_range`, through `map_fn` (e.g. a process
+    pool's map: ranges touch disjoint buckets and the bytes do not depend on it). Buckets with no
+    staged rows are left as they are, so re-running the merge is idempotent.
     """
     root = Path(root)
     staging = root / STAGING
     parts = sorted(staging.glob("*/*.parquet")) if staging.exists() else []
     if parts:
-        total = sum(p.stat().st_size for p in parts)
-        ranges = _bucket_ranges(max(min_ranges, -(-total // memory_bytes)))
-        names = [str(p) for p in parts]
-        list(map_fn(merge_range, [str(root)] * len(ranges), [names] * len(ranges), ranges))
+        groups = _staged_groups(parts)
+        tasks = [{b: groups[b] for b in r} for r in _bucket_ranges(groups, memory_bytes, min_ranges)]
+        list(map_fn(merge_range, [str(root)] * len(tasks), tasks))
     shutil.rmtree(staging, ignore_errors=True)
     return sum(pq.ParquetFile(p).metadata.num_rows for p in root.glob("images-*.parquet"))
 
 
-def _read_range(path: str, lo: str, hi: str) -> pa.Table | None:
-    """The row groups of one staged file whose sha256 statistics overlap [lo, hi) (rows outside the
-    range may come along; the caller selects by hash)."""
-    pf = pq.ParquetFile(path)
-    column = pf.schema_arrow.get_field_index("sha256")
-    groups = []
-    for g in range(pf.metadata.num_row_groups):
-        stats = pf.metadata.row_group(g).column(column).statistics
-        if stats is None or not stats.has_min_max or (stats.min < hi and stats.max >= lo):
-            groups.append(g)
-    return pf.read_row_groups(groups).cast(IMAGE_SCHEMA) if groups else None
-
-
-def merge_range(root: str, parts: list[str], buckets: list[str]) -> int:
-    """Write the bucket files of one contiguous range of `buckets` from the staged `parts`: rows
-    sorted by sha256, the first of each sha256 kept (identical bytes by construction). Returns the
-    rows written. Top-level and plain-argument, so a spawned process can run it."""
-    lo, hi = buckets[0], buckets[-1] + "g"  # every sha256 with prefix <= buckets[-1] sorts below
-    tables = [t for t in (_read_range(p, lo, hi) for p in parts) if t is not None]
-    if not tables:
-        return 0
-    table = pa.concat_tables(tables).combine_chunks()  # take() on many chunks would re-concatenate
+def merge_range(root: str, staged: dict[str, list[tuple[str, list[int], int]]]) -> int:
+    """Write the bucket files of `staged` (bucket -> staged row groups, as `_staged_groups` gives):
+    rows sorted by sha256, the first of each sha256 kept (identical bytes by construction). Returns
+    the rows written. Top-level and plain-argument, so a spawned process can run it."""
+    files: dict[str, set[int]] = defaultdict(set)
+    for entries in staged.values():
+        for path, groups, _ in entries:
+            files[path].update(groups)
+    tables = [pq.ParquetFile(path).read_row_groups(sorted(groups)) for path, groups in sorted(files.items())]
+    # one contiguous copy: take() on a table of many chunks would re-concatenate them for every call
+    table = pa.concat_tables(tables).cast(IMAGE_SCHEMA).combine_chunks()
     del tables
     sha = table.column("sha256")
+    lo, hi = min(staged), max(staged) + "g"  # every sha256 with prefix <= the last bucket sorts below
     inside = pc.indices_nonzero(pc.and_(pc.greater_equal(sha, lo), pc.less(sha, hi)))
     order = inside.take(pc.sort_indices(sha.take(inside)))  # row positions in sha256 order
     shas = sha.take(order).to_pylist()
@@ -155,14 +187,14 @@ def merge_range(root: str, parts: list[str], buckets: list[str]) -> int:
             if end == start or shas[end] != shas[end - 1]:
                 keep.append(end)
             end += 1
-        # one bucket's bytes copied at a time (small allocations the pool reuses)
-        rows = table.take(order.take(pa.array(keep, pa.int64())))
+        rows = table.take(order.take(pa.array(keep, pa.int64())))  # one bucket's bytes at a time
         tmp = bucket_path(Path(root), bucket).with_suffix(".tmp")
         pq.write_table(rows, tmp, **WRITE_OPTIONS)
         tmp.replace(bucket_path(Path(root), bucket))
         written += len(keep)
         start = end
-    del table, rows
+        del rows
+    del table
     pa.default_memory_pool().release_unused()  # hand freed buffers back before the next range
     return written
 
