@@ -512,6 +512,7 @@ def _worker_init(progress_queue, parent_pid: int) -> None:
     global _PROGRESS, _PARENT_PID
     _PROGRESS, _PARENT_PID = progress_queue, parent_pid
     _die_with_parent()
+    imagestore.without_pandas()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 

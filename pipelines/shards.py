@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from pipelines.imagestore import StoredImage
+from pipelines.imagestore import StoredImage, without_pandas
 from pipelines.schema import RECORD_SCHEMA, sample_key
 
 log = logging.getLogger(__name__)
@@ -494,6 +494,7 @@ def _all_shas(dirs: list[Path]) -> Iterator[str]:
 
 
 def _worker_logging(level: int) -> None:
+    without_pandas()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

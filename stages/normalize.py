@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.imagestore import without_pandas
 from pipelines.normalize import failure_message, run
 from stages.common import load_params, setup_logging
 
@@ -42,4 +43,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    without_pandas()  # a stage process: pyarrow would import pandas (0.4 s) for nothing
     sys.exit(main())

@@ -93,3 +93,20 @@ def test_parallel_range_merge_gives_the_serial_bytes(tmp_path):
     meta = pq.ParquetFile(next((tmp_path / "serial").glob("images-*.parquet"))).metadata.row_group(0)
     codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
     assert codecs["bytes"] == "UNCOMPRESSED" and codecs["sha256"] == "ZSTD"
+
+
+def test_without_pandas_keeps_pyarrow_working_and_pandas_out(tmp_path):
+    """In a fresh process: after without_pandas(), building tables and parquet I/O work and never
+    import pandas (which pyarrow would otherwise import on the first table built from Python)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pyarrow as pa, pyarrow.parquet as pq\n"
+            "from pipelines.imagestore import without_pandas\n"
+            "without_pandas()\n"
+            f"pq.write_table(pa.Table.from_pylist([{{'a': 1}}]), {str(tmp_path / 't.parquet')!r})\n"
+            f"assert pq.read_table({str(tmp_path / 't.parquet')!r}).to_pylist() == [{{'a': 1}}]\n"
+            "print(sys.modules.get('pandas', 'absent'))\n"
+            "try:\n    import pandas\nexcept ImportError:\n    print('refused')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["absent", "refused"]
