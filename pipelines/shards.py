@@ -45,6 +45,7 @@ import re
 import sqlite3
 import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -537,24 +538,31 @@ def write_shards(normalized_train: str | Path, images_root: str | Path, out_root
     work = out_root / ".work"
     work.mkdir()
     cache_path = work / "images.sqlite"
+    parallel = params.workers > 1 and len(dirs) > 1
     try:
-        cache = ImageCache.build(cache_path, images_root, _all_shas(dirs))
-        log.info("copied %d referenced images from %s", len(cache), images_root)
-        cache.close()
-        results: dict[str, DatasetShards] = {}
-        if params.workers == 1 or len(dirs) == 1:
-            for d in dirs:
-                results[d.name] = shard_dataset(d, cache_path, out_root, params)
-        else:
-            total = sum(count_records(d) for d in dirs)
-            with ProcessPoolExecutor(min(params.workers, len(dirs)), mp_context=get_context("spawn"),
-                                     initializer=_worker_logging, initargs=(log.getEffectiveLevel(),)) as ex, \
-                    tqdm(total=total, desc="shard", unit="sample") as bar:
-                futures = [ex.submit(shard_dataset, d, cache_path, out_root, params, False) for d in dirs]
-                for fut in as_completed(futures):
-                    r = fut.result()
-                    results[r.dataset] = r
-                    bar.update(r.samples)
+        with ExitStack() as stack:
+            if parallel:  # start the workers now: they import while this process copies the images
+                ex = stack.enter_context(ProcessPoolExecutor(
+                    min(params.workers, len(dirs)), mp_context=get_context("spawn"),
+                    initializer=_worker_logging, initargs=(log.getEffectiveLevel(),)))
+                for _ in range(min(params.workers, len(dirs))):
+                    ex.submit(os.getpid)
+            cache = ImageCache.build(cache_path, images_root, _all_shas(dirs))
+            log.info("copied %d referenced images from %s", len(cache), images_root)
+            cache.close()
+            results: dict[str, DatasetShards] = {}
+            if not parallel:
+                for d in dirs:
+                    results[d.name] = shard_dataset(d, cache_path, out_root, params)
+            else:
+                counts = {d: count_records(d) for d in dirs}
+                with tqdm(total=sum(counts.values()), desc="shard", unit="sample") as bar:
+                    futures = [ex.submit(shard_dataset, d, cache_path, out_root, params, False)
+                               for d in sorted(dirs, key=lambda d: (-counts[d], d.name))]  # big first
+                    for fut in as_completed(futures):
+                        r = fut.result()
+                        results[r.dataset] = r
+                        bar.update(r.samples)
     finally:
         for p in work.iterdir():
             p.unlink()
