@@ -14,7 +14,10 @@
    every row, open every image from its zip and decode it once with Pillow (`Image.open(...).load()`),
    write nothing.
 4. Prints rows/s and MB/s (MB = JPEG bytes in the zips) of both, and ratio = ceiling time / pipeline
-   time (goal >= 0.7); medians over --repeats.
+   time (goal >= 0.7); medians over --repeats. When shard.max_image_side downscales some images, a
+   second reference is run as well: the ceiling plus, from its one decode, the bicubic downscale and
+   JPEG re-encode of those images (the least work any pipeline with that setting must do), which
+   bounds the ratio a downscaling pipeline can reach.
 5. Peak memory of normalize + shard at N and at 10*N rows, each run in a fresh wrapper process:
    the largest single process (getrusage RUSAGE_CHILDREN ru_maxrss) and the peak sum over the whole
    process tree (psutil, sampled every 50 ms); goal ratio 10x/1x <= 1.2.
@@ -137,7 +140,10 @@ def generate(raw: Path, rows: int) -> dict:
 
 
 # --- ceiling: read every row, decode every image once ------------------------------------------------
-def _decode_subset(raw: str, subset: str) -> int:
+def _decode_subset(raw: str, subset: str, max_side: int = 0) -> int:
+    """Decode every image of one subset once; with max_side, also downscale (bicubic) and re-encode
+    (JPEG q95) those whose longer side exceeds it, from that one decode: the least work a pipeline
+    with shard.max_image_side can do."""
     table = pq.read_table(Path(raw) / "MMEB-train" / subset / "original-00000-of-00001.parquet")
     n = 0
     with zipfile.ZipFile(Path(raw) / "MMEB-train" / "images_zip" / f"{subset}.zip") as zf:
@@ -146,15 +152,19 @@ def _decode_subset(raw: str, subset: str) -> int:
                 if row[col]:
                     with Image.open(io.BytesIO(zf.read(row[col]))) as im:
                         im.load()
+                        if max_side and max(im.size) > max_side:
+                            scale = max_side / max(im.size)
+                            size = max(1, round(im.width * scale)), max(1, round(im.height * scale))
+                            im.resize(size, Image.Resampling.BICUBIC).save(io.BytesIO(), "JPEG", quality=95)
                     n += 1
     return n
 
 
-def ceiling(raw: Path, workers: int) -> int:
+def ceiling(raw: Path, workers: int, max_side: int = 0) -> int:
     subsets = sorted(p.name for p in (raw / "MMEB-train").iterdir() if p.name != "images_zip")
     # spawn, like the stages: same process count and the same start-up cost per worker
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
-        return sum(ex.map(_decode_subset, [str(raw)] * len(subsets), subsets))
+        return sum(ex.map(_decode_subset, [str(raw)] * len(subsets), subsets, [max_side] * len(subsets)))
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -265,12 +275,17 @@ def main(argv=None) -> None:
 
     run, params, sizes = prepare(args.rows, args.workers, args.max_image_side)
     side = yaml.safe_load(params.read_text())["shard"]["max_image_side"]
-    pipe, ceil = [], []
+    downscales = max(max(w, h) for w, h in SIZES) > side
+    pipe, ceil, ceil_ds = [], [], []
     for r in range(args.repeats):
         pipe.append(in_fresh_process("--_pipeline", str(run), str(params)))
         ceil.append(in_fresh_process("--_ceiling", str(run / "data" / "raw"), str(args.workers)))
+        if downscales:
+            ceil_ds.append(in_fresh_process("--_ceiling", str(run / "data" / "raw"), str(args.workers),
+                                            str(side)))
         print(f"[repeat {r + 1}] normalize {pipe[-1]['normalize']:.2f} s  shard {pipe[-1]['shard']:.2f} s  "
-              f"ceiling {ceil[-1]['wall']:.2f} s", flush=True)
+              f"ceiling {ceil[-1]['wall']:.2f} s"
+              + (f"  ceiling + downscale {ceil_ds[-1]['wall']:.2f} s" if downscales else ""), flush=True)
     index = json.loads((run / "data" / "shards" / "train" / "index.json").read_text())
     med = statistics.median
     rows_ = [
@@ -280,6 +295,8 @@ def main(argv=None) -> None:
          med(p["normalize_cpu"] + p["shard_cpu"] for p in pipe)),
         ("ceiling (read+decode)", med(c["wall"] for c in ceil), med(c["cpu"] for c in ceil)),
     ]
+    if downscales:
+        rows_.append(("ceiling + downscale", med(c["wall"] for c in ceil_ds), med(c["cpu"] for c in ceil_ds)))
     mb = sizes["image_bytes"] / 1e6
     print(f"\nETL throughput: {sizes['rows']} rows, {sizes['images']} JPEGs ({mb:.1f} MB), "
           f"{args.workers} processes, shard.max_image_side {side} "
@@ -291,6 +308,11 @@ def main(argv=None) -> None:
     (_, t_pipe, c_pipe), (_, t_ceil, c_ceil) = rows_[2], rows_[3]
     print(f"ratio ceiling/pipeline: wall {t_ceil / t_pipe:.2f}, CPU {c_ceil / c_pipe:.2f} (goal >= 0.7)",
           flush=True)
+    if downscales:
+        (_, t_ds, c_ds) = rows_[4]
+        print(f"ratio (ceiling + the same downscale work)/pipeline: wall {t_ds / t_pipe:.2f}, CPU "
+              f"{c_ds / c_pipe:.2f}; the most a pipeline that downscales can reach against the decode-only "
+              f"ceiling: wall {t_ceil / t_ds:.2f}, CPU {c_ceil / c_ds:.2f}", flush=True)
 
     if args.no_memory:
         return
@@ -315,7 +337,7 @@ if __name__ == "__main__":
         print(json.dumps(pipeline_once(Path(sys.argv[2]), Path(sys.argv[3]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--_ceiling":
         t0 = time.perf_counter()
-        n = ceiling(Path(sys.argv[2]), int(sys.argv[3]))
+        n = ceiling(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
         print(json.dumps({"seconds": time.perf_counter() - t0, "images": n}))
     else:
         main()
