@@ -1,0 +1,875 @@
+"""GPU benchmark of the trainer step and the evaluation encoder against the plain transformers + peft path.
+
+    python benchmarks/gpu.py --cases A,B,C,D,E          # the full-size run, on a CUDA device
+    python benchmarks/gpu.py --tiny                     # tiny config on CPU in float32 (tests)
+
+Model: Qwen2-VL-2B-shaped, random weights, built from a `Qwen2VLConfig` directly on the device (bf16,
+sdpa; text hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960, vocab 151936; vision depth
+32, width 1280, 16 heads, patch 14, merge 2). LoRA r=8 on the language model's projections
+(`trainer.backbones.LORA_TARGETS["qwen2_vl"]`); lora_B is drawn at random (seeded) instead of peft's
+zeros so that adapters contribute and nothing is timed on zeros. Inputs are built as tensors on the
+device: a query is one 336x336 image (grid (1, 24, 24) -> 144 `<|image_pad|>` tokens) followed by 30
+text tokens; a target is 24 text tokens; no padding. Only the step is timed (inputs already on the
+card, optimizer excluded): warm-up steps, then the median of `--steps` timed steps, each bracketed by
+`torch.cuda.synchronize`; peak = `torch.cuda.max_memory_allocated` after a reset per case (weights
+and the case's inputs included).
+
+Cases (`--cases`):
+  A  plain step, peft defaults (fp32 adapters, LoRA dropout 0.1): `model(**inputs,
+     output_hidden_states=True)` -> hidden_states[-1] at the last token -> L2 norm -> info_nce -> backward.
+  B  the same plain step with OUR LoRA settings (bf16 adapters, dropout 0): the fair baseline.
+  C  our step: `trainer.model.Embedder` (inner model, last-token pooling, no LM-head logits) +
+     info_nce + backward, bf16 adapters, dropout 0. Variants, each its own row:
+       C+bva     batched vision attention: the vision tower's per-image attention loop replaced by
+                 one sdpa call over all images when they have equal patch counts (a patch local to
+                 this script, checked against the loop before it is timed; not in the trainer yet);
+       C+ckpt    gradient checkpointing on (non-reentrant), `--ckpt`;
+       C+compile `torch.compile` of the language model, `--compile`;
+       C+fa2     flash_attention_2, only when `flash_attn` is importable.
+  D  GradCache (`trainer.gradcache.gradcache_step` over the Embedder): a global batch of
+     `--gc-batch` (1024) pairs in chunks of `--gc-chunk` (32 or 64).
+  E  no-grad encoding of `--encode-batch` (128) queries with the base model (no adapters): plain
+     (`model(**inputs, output_hidden_states=True)` under no_grad) vs ours (Embedder under
+     inference_mode; and with batched vision attention), plus the vision tower alone and the
+     language model alone (its inputs captured from one inner forward).
+
+Before timing, the script checks on one small batch that C computes what B computes: the losses, the
+embeddings and the LoRA gradients agree within the dtype's tolerance (same weights, adapters and
+inputs), that GradCache gives the same loss, and that batched vision attention gives the same vision
+output. A failed check is recorded in the JSON and printed; the run still times everything.
+
+Results: a table (pairs/s or queries/s, step s, peak GiB, ratio vs A and vs B at the same batch;
+D against A and B at the chunk's batch) printed last, and JSON written to $OUT/gpu_bench.json when
+OUT is set (the device tool brings back files under $OUT), else benchmarks/_work/gpu_bench.json. The
+JSON is rewritten after every case, so a run cut short keeps what it measured. `--budget-min`
+(default 8) skips the remaining cases once the run has used that much wall time.
+
+Imports only torch, transformers, peft and project modules that need neither webdataset nor dvc
+(trainer.backbones, trainer.model, trainer.losses, trainer.gradcache, trainer.pooling), so it runs with
+the device machine's stock Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib.util
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from trainer.backbones import LORA_TARGETS  # noqa: E402
+from trainer.gradcache import gradcache_step  # noqa: E402
+from trainer.losses import info_nce  # noqa: E402
+from trainer.model import Embedder, unwrap  # noqa: E402
+from trainer.pooling import last_token_pool  # noqa: E402
+
+log = logging.getLogger("gpu_bench")
+
+GIB = 1024 ** 3
+ALL_CASES = ("A", "B", "C", "D", "E")
+
+
+# --------------------------------------------------------------------------------------------------
+# sizes
+
+@dataclass(frozen=True)
+class Sizes:
+    """Model and input shapes of one run."""
+
+    text: dict
+    vision: dict
+    special: dict            # image/video/vision_start/vision_end token ids
+    image_side: int          # square images of image_side x image_side pixels
+    query_text: int          # text tokens after the image tokens of a query
+    target_text: int         # text tokens of a target
+    batches: tuple           # per-step batches of the A/B/C cases
+    check_batch: int         # batch of the correctness check
+    gc_batch: int            # D: global batch
+    gc_chunk: int            # D: chunk size
+    encode_batch: int        # E: queries per encoding call
+    warmup: int
+    steps: int
+    gc_steps: int
+
+    @property
+    def grid(self) -> int:
+        """Patches per image side."""
+        return self.image_side // self.vision["patch_size"]
+
+    @property
+    def patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def image_tokens(self) -> int:
+        return self.patches // self.vision["spatial_merge_size"] ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        v = self.vision
+        return v.get("in_channels", 3) * v["temporal_patch_size"] * v["patch_size"] ** 2
+
+
+FULL = Sizes(
+    text=dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+              intermediate_size=8960, vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6,
+              tie_word_embeddings=True,
+              rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
+    vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536, in_channels=3,
+                patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+    special=dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                 vision_end_token_id=151653, text_high=151643),
+    image_side=336, query_text=30, target_text=24, batches=(32, 128), check_batch=4,
+    gc_batch=1024, gc_chunk=32, encode_batch=128, warmup=2, steps=8, gc_steps=2,
+)
+
+TINY = Sizes(
+    text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+              intermediate_size=128, vocab_size=512, max_position_embeddings=1024, rms_norm_eps=1e-6,
+              tie_word_embeddings=True, bos_token_id=504, eos_token_id=505,
+              rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}),
+    vision=dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, hidden_size=64, in_channels=3,
+                patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+    special=dict(image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503,
+                 text_high=500),
+    image_side=56, query_text=6, target_text=5, batches=(4,), check_batch=4,
+    gc_batch=16, gc_chunk=4, encode_batch=8, warmup=1, steps=2, gc_steps=1,
+)
+
+
+@dataclass(frozen=True)
+class Lora:
+    """LoRA settings of one case."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    fp32_adapters: bool = False   # peft's default autocast_adapter_dtype=True upcasts bf16 adapters
+
+    def label(self) -> str:
+        return f"r={self.rank} dropout={self.dropout} adapters={'fp32' if self.fp32_adapters else 'model dtype'}"
+
+
+# --------------------------------------------------------------------------------------------------
+# model, adapters, inputs
+
+def build_model(sizes: Sizes, device: torch.device, dtype: torch.dtype, attn: str = "sdpa", seed: int = 0):
+    """A random Qwen2-VL (ForConditionalGeneration) of `sizes`, created directly on `device` in `dtype`."""
+    from transformers import AutoModelForImageTextToText, Qwen2VLConfig
+    sp = {k: v for k, v in sizes.special.items() if k != "text_high"}
+    text = dict(model_type="qwen2_vl_text", **sizes.text)
+    cfg = Qwen2VLConfig(text_config=text, vision_config=dict(sizes.vision), tie_word_embeddings=True, **sp)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    wrong = {str(p.dtype) for p in model.parameters() if p.dtype != dtype}
+    if wrong or next(model.parameters()).device.type != device.type:
+        raise RuntimeError(f"from_config gave parameters in {wrong or 'the right dtype'} on "
+                           f"{next(model.parameters()).device}; wanted {dtype} on {device}")
+    model.eval()  # (not model.to(dtype): that would also cast the float32 rotary inv_freq buffers)
+    return model
+
+
+def add_lora(model, lora: Lora, seed: int = 1):
+    """`model` wrapped by peft with `lora` on the language model's projections; lora_B drawn at random."""
+    from peft import LoraConfig, get_peft_model
+    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=LORA_TARGETS["qwen2_vl"])
+    peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=lora.fp32_adapters)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.dtype))
+    n_lora = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    if n_lora == 0:
+        raise RuntimeError("LoRA found no target module: LORA_TARGETS['qwen2_vl'] matched nothing")
+    return peft_model
+
+
+def needs_mm_token_type_ids(model) -> bool:
+    """True when the inner model's forward takes `mm_token_type_ids` (transformers >= 5.2x requires it
+    whenever images are passed)."""
+    return "mm_token_type_ids" in inspect.signature(unwrap(model).model.forward).parameters
+
+
+def make_queries(n: int, sizes: Sizes, device, dtype, gen: torch.Generator, mm_types: bool) -> dict:
+    """n queries: one image (image tokens first, as MMEB's `<|image_1|>\\n...` renders) + text tokens."""
+    sp = sizes.special
+    length = sizes.image_tokens + sizes.query_text
+    ids = torch.randint(0, sp["text_high"], (n, length), generator=gen, device=device)
+    ids[:, :sizes.image_tokens] = sp["image_token_id"]
+    out = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=torch.randn(n * sizes.patches, sizes.patch_dim, generator=gen, device=device).to(dtype),
+        image_grid_thw=torch.tensor([[1, sizes.grid, sizes.grid]] * n, device=device),
+    )
+    if mm_types:
+        out["mm_token_type_ids"] = (ids == sp["image_token_id"]).to(torch.int32)
+    return out
+
+
+def make_targets(n: int, sizes: Sizes, device, gen: torch.Generator, mm_types: bool) -> dict:
+    """n text-only targets."""
+    ids = torch.randint(0, sizes.special["text_high"], (n, sizes.target_text), generator=gen, device=device)
+    out = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+    if mm_types:
+        out["mm_token_type_ids"] = torch.zeros_like(ids, dtype=torch.int32)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the two ways to embed
+
+def plain_embed(model, inputs: dict) -> torch.Tensor:
+    """The plain transformers path: full forward with LM-head logits, last layer's hidden state
+    (`hidden_states[-1]`, i.e. after the final norm) at the last attended token, L2-normalised."""
+    out = model(**inputs, output_hidden_states=True)
+    return F.normalize(last_token_pool(out.hidden_states[-1], inputs["attention_mask"]), dim=-1)
+
+
+def our_embedder(model) -> Embedder:
+    return Embedder(SimpleNamespace(model=model, family="qwen2_vl", kind="vlm"))
+
+
+def contrastive_step(embed, queries: dict, targets: dict, temperature: float) -> torch.Tensor:
+    """Embed queries and targets (two forwards), InfoNCE, backward; the detached loss."""
+    loss = info_nce(embed(queries), embed(targets), temperature=temperature)
+    loss.backward()
+    return loss.detach()
+
+
+# --------------------------------------------------------------------------------------------------
+# batched vision attention (benchmark-local patch)
+
+def _vision_attention_class(model):
+    return type(unwrap(model).model.visual.blocks[0].attn)
+
+
+def _batched_vision_forward(original, rotary):
+    """A VisionAttention.forward that runs ONE sdpa call over all images when they have equal patch
+    counts (the stock sdpa path loops over images); anything else goes to `original`."""
+
+    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        if (position_embeddings is None or lengths.numel() == 0 or "flash" in str(self.config._attn_implementation)
+                or kwargs.get("output_attentions") or not bool((lengths == lengths[0]).all())):
+            return original(self, hidden_states, cu_seqlens, position_embeddings=position_embeddings,
+                            max_seqlen=max_seqlen, **kwargs)
+        seq = hidden_states.shape[0]
+        n, per = lengths.numel(), seq // lengths.numel()
+        q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = position_embeddings
+        q, k = rotary(q, k, cos, sin)
+        q, k, v = (x.reshape(n, per, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=getattr(self, "scaling", None))
+        return self.proj(out.transpose(1, 2).reshape(seq, -1))
+
+    return forward
+
+
+@contextlib.contextmanager
+def batched_vision_attention(model):
+    """Within the block, the model's VisionAttention class uses `_batched_vision_forward`."""
+    cls = _vision_attention_class(model)
+    module = sys.modules[cls.__module__]
+    rotary = getattr(module, "apply_rotary_pos_emb_vision")
+    if list(inspect.signature(rotary).parameters)[:4] != ["q", "k", "cos", "sin"]:
+        raise RuntimeError(f"unexpected apply_rotary_pos_emb_vision signature {inspect.signature(rotary)}")
+    original = cls.forward
+    cls.forward = _batched_vision_forward(original, rotary)
+    try:
+        yield
+    finally:
+        cls.forward = original
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(model):
+    base = unwrap(model)
+    # transformers >= 5.2x renamed gradient_checkpointing_* to activation_checkpointing_*
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        disable = base.activation_checkpointing_disable
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        disable = base.gradient_checkpointing_disable
+    try:
+        yield
+    finally:
+        disable()
+
+
+@contextlib.contextmanager
+def compiled_language_model(model, backend: str):
+    inner = unwrap(model).model
+    original = inner.language_model
+    inner.language_model = torch.compile(original, backend=backend, dynamic=False)
+    try:
+        yield
+    finally:
+        inner.language_model = original
+
+
+@contextlib.contextmanager
+def attention_implementation(model, impl: str):
+    base = unwrap(model)
+    before = base.config._attn_implementation
+    base.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(before)
+
+
+# --------------------------------------------------------------------------------------------------
+# timing
+
+class Bench:
+    """Times cases on one device and collects their rows (and writes the JSON after each)."""
+
+    def __init__(self, device: torch.device, out_path: Path, meta: dict, budget_s: float):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.out_path = out_path
+        self.meta = meta
+        self.rows: list[dict] = []
+        self.checks: list[dict] = []
+        self.start = time.perf_counter()
+        self.budget_s = budget_s
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def over_budget(self) -> bool:
+        return time.perf_counter() - self.start > self.budget_s
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def measure(self, case: str, label: str, batch: int, unit: str, step, *, warmup: int, steps: int,
+                before_step=None, extra: dict | None = None) -> dict:
+        """Run `step()` warmup + steps times; the row holds the median step time and the peak memory.
+
+        `unit` names the throughput ("pairs/s" or "queries/s"): batch / median step seconds. An
+        out-of-memory error is recorded as status "oom" (and the memory freed), any other error as
+        "error: ..."; neither stops the run.
+        """
+        row = dict(case=case, label=label, batch=batch, unit=unit, status="skipped (time budget)",
+                   **(extra or {}))
+        if self.over_budget():
+            log.warning("%s b=%d: skipped, %.0f s budget used", case, batch, self.budget_s)
+            return self._add(row)
+        log.info("%s b=%d: %s (%d warm-up + %d timed steps)", case, batch, label, warmup, steps)
+        self.free()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        times, value, error = [], None, None
+        try:
+            for i in range(warmup + steps):
+                if before_step is not None:
+                    before_step()
+                self.sync()
+                t0 = time.perf_counter()
+                value = step()
+                self.sync()
+                dt = time.perf_counter() - t0
+                if i >= warmup:
+                    times.append(dt)
+                log.info("  %s b=%d step %d/%d: %.3f s%s", case, batch, i + 1, warmup + steps, dt,
+                         " (warm-up)" if i < warmup else "")
+        except torch.OutOfMemoryError as exc:
+            error = "oom"
+            log.warning("  %s b=%d: out of memory (%s)", case, batch, str(exc).splitlines()[0][:160])
+        except Exception as exc:  # noqa: BLE001 - a broken case is reported, the others still run
+            error = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            log.exception("  %s b=%d failed", case, batch)
+        if before_step is not None:
+            before_step()
+        if self.cuda:
+            row["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / GIB, 2)
+        if error is None:
+            med = statistics.median(times)
+            row.update(status="ok", step_s=round(med, 4), steps_s=[round(t, 4) for t in times],
+                       throughput=round(batch / med, 2))
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                row["loss"] = float(value)
+            log.info("  %s b=%d: %.2f %s, median step %.3f s, peak %s GiB", case, batch, row["throughput"],
+                     unit, med, row.get("peak_gib", "-"))
+        else:
+            row["status"] = error
+        self.free()
+        return self._add(row)
+
+    def _add(self, row: dict) -> dict:
+        self.rows.append(row)
+        self.write()
+        return row
+
+    def write(self) -> None:
+        payload = dict(meta=self.meta, checks=self.checks, rows=self.rows, ratios=ratios(self.rows),
+                       elapsed_s=round(time.perf_counter() - self.start, 1))
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.out_path)
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Throughput of each ok training row over the A and B rows at the same batch (D: at its chunk
+    size, the per-step batch the plain step would use), and of each encoding row over plain encoding."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    base = {(r["case"], r["batch"]): r["throughput"] for r in ok if r["case"] in ("A", "B")}
+    enc = {(r["case"], r["batch"]): r["throughput"] for r in ok if r["case"] in ("E:plain", "E:vision")}
+    out = []
+    for r in ok:
+        if r["case"].endswith(":warmup"):
+            continue
+        if r["case"].startswith("E"):
+            ref = "E:plain" if r["case"].startswith("E:ours") else "E:vision" if r["case"] == "E:vision+bva" else None
+            if ref and (ref, r["batch"]) in enc:
+                out.append(dict(case=r["case"], batch=r["batch"], vs=ref,
+                                ratio=round(r["throughput"] / enc[(ref, r["batch"])], 3)))
+            continue
+        ref_batch = r.get("chunk", r["batch"])
+        for ref in ("A", "B"):
+            if (ref, ref_batch) in base and (r["case"], r["batch"]) != (ref, ref_batch):
+                out.append(dict(case=r["case"], batch=r["batch"], vs=f"{ref}@{ref_batch}",
+                                ratio=round(r["throughput"] / base[(ref, ref_batch)], 3)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# correctness
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64 (inf when either holds NaN/inf)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return math.inf
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def compare(name: str, ours: torch.Tensor, reference: torch.Tensor, tol: float) -> dict:
+    """A check row: relative error of `ours` against `reference` and whether it is within `tol`."""
+    if ours.shape != reference.shape:
+        return dict(check=name, passed=False, error=f"shape {tuple(ours.shape)} vs {tuple(reference.shape)}")
+    err = rel_err(ours, reference)
+    return dict(check=name, rel_err=err, tol=tol, passed=bool(err <= tol))
+
+
+def lora_grads(model) -> torch.Tensor:
+    return torch.cat([p.grad.detach().float().flatten() for _, p in sorted(model.named_parameters())
+                      if p.requires_grad and p.grad is not None])
+
+
+def correctness_checks(model, queries: dict, targets: dict, temperature: float, tol: float) -> list[dict]:
+    """C against B on one batch (same weights, adapters, inputs): embeddings, loss, LoRA gradients;
+    C with gradient checkpointing against C; GradCache (chunks of half the batch) against the same
+    chunks embedded with grad; batched vision attention against the per-image loop. Needs a model
+    whose LoRA dropout is 0."""
+    emb = our_embedder(model)
+    out = []
+    model.zero_grad(set_to_none=True)
+    q_ref, t_ref = plain_embed(model, queries), plain_embed(model, targets)
+    loss_ref = info_nce(q_ref, t_ref, temperature=temperature)
+    loss_ref.backward()
+    g_ref = lora_grads(model)
+    model.zero_grad(set_to_none=True)
+    q, t = emb(queries), emb(targets)
+    loss = info_nce(q, t, temperature=temperature)
+    loss.backward()
+    g = lora_grads(model)
+    model.zero_grad(set_to_none=True)
+    out += [compare("C vs B: query embeddings", q, q_ref, tol), compare("C vs B: target embeddings", t, t_ref, tol),
+            compare("C vs B: loss", loss, loss_ref, tol), compare("C vs B: LoRA gradients", g, g_ref, 5 * tol)]
+
+    with gradient_checkpointing(model):
+        loss_ck = info_nce(emb(queries), emb(targets), temperature=temperature)
+        loss_ck.backward()
+    g_ck = lora_grads(model)
+    model.zero_grad(set_to_none=True)
+    out += [compare("C+ckpt vs C: loss", loss_ck.detach(), loss.detach(), tol),
+            compare("C+ckpt vs C: LoRA gradients", g_ck, g, 5 * tol)]
+
+    # GradCache against the same chunks embedded with grad and one backward (the reference the
+    # gradcache module defines: same kernels and shapes, so no rounding from a different split)
+    half = max(1, queries["input_ids"].shape[0] // 2)
+    q_chunks, t_chunks = split_queries(queries, half), split_rows(targets, half)
+    loss_chunked = info_nce(torch.cat([emb(c) for c in q_chunks]), torch.cat([emb(c) for c in t_chunks]),
+                            temperature=temperature)
+    loss_chunked.backward()
+    g_chunked = lora_grads(model)
+    model.zero_grad(set_to_none=True)
+    loss_gc = gradcache_step(emb, q_chunks, t_chunks, partial(info_nce, temperature=temperature))
+    g_gc = lora_grads(model)
+    model.zero_grad(set_to_none=True)
+    out += [compare("D vs chunked C: loss", loss_gc, loss_chunked.detach(), tol),
+            compare("D vs chunked C: LoRA gradients", g_gc, g_chunked, 5 * tol)]
+
+    visual = unwrap(model).model.visual
+    with torch.no_grad():
+        v_ref = visual(queries["pixel_values"], grid_thw=queries["image_grid_thw"]).pooler_output
+        try:
+            with batched_vision_attention(model):
+                v = visual(queries["pixel_values"], grid_thw=queries["image_grid_thw"]).pooler_output
+            out.append(compare("batched vision attention vs loop: vision output", v, v_ref, tol))
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check
+            out.append(dict(check="batched vision attention vs loop: vision output", passed=False,
+                            error=f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def split_rows(inputs: dict, size: int) -> list[dict]:
+    """Row chunks of a text-only batch (every tensor is [B, ...])."""
+    n = inputs["input_ids"].shape[0]
+    return [{k: v[i:i + size] for k, v in inputs.items()} for i in range(0, n, size)]
+
+
+def split_queries(inputs: dict, size: int) -> list[dict]:
+    """Row chunks of an image batch: pixel_values are the patches of all images, cut per image."""
+    n = inputs["input_ids"].shape[0]
+    per_image = int(inputs["image_grid_thw"][0].prod())
+    chunks = []
+    for i in range(0, n, size):
+        rows = {k: v[i:i + size] for k, v in inputs.items() if k != "pixel_values"}
+        m = rows["input_ids"].shape[0]
+        rows["pixel_values"] = inputs["pixel_values"][i * per_image:(i + m) * per_image]
+        chunks.append(rows)
+    return chunks
+
+
+# --------------------------------------------------------------------------------------------------
+# cases
+
+def train_cases(bench: Bench, model, label_lora: str, case: str, embed, sizes: Sizes, device, dtype,
+                mm: bool, temperature: float, batches, context=contextlib.nullcontext, extra=None) -> None:
+    for batch in batches:
+        gen = torch.Generator(device=device).manual_seed(1000 + batch)
+        try:
+            queries = make_queries(batch, sizes, device, dtype, gen, mm)
+            targets = make_targets(batch, sizes, device, gen, mm)
+        except torch.OutOfMemoryError:
+            bench._add(dict(case=case, label=label_lora, batch=batch, unit="pairs/s", status="oom (inputs)"))
+            bench.free()
+            continue
+        try:
+            with context():
+                bench.measure(case, label_lora, batch, "pairs/s",
+                              lambda: contrastive_step(embed, queries, targets, temperature),
+                              warmup=sizes.warmup, steps=sizes.steps,
+                              before_step=lambda: model.zero_grad(set_to_none=True), extra=extra)
+        except Exception as exc:  # noqa: BLE001 - a context that cannot be entered (e.g. compile setup)
+            log.exception("%s b=%d: could not set up", case, batch)
+            bench._add(dict(case=case, label=label_lora, batch=batch, unit="pairs/s",
+                            status=f"error: {type(exc).__name__}: {exc}"[:300]))
+        del queries, targets
+        bench.free()
+
+
+def gradcache_case(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool, temperature: float) -> None:
+    emb = our_embedder(model)
+    chunk, total = sizes.gc_chunk, sizes.gc_batch
+    if total % chunk:
+        raise ValueError(f"--gc-batch {total} is not a multiple of --gc-chunk {chunk}")
+    gen = torch.Generator(device=device).manual_seed(7)
+    q_chunks = [make_queries(chunk, sizes, device, dtype, gen, mm) for _ in range(total // chunk)]
+    t_chunks = [make_targets(chunk, sizes, device, gen, mm) for _ in range(total // chunk)]
+    loss_fn = partial(info_nce, temperature=temperature)
+    label = f"GradCache {total} in chunks of {chunk}, Embedder, model-dtype adapters, dropout 0"
+    reset = lambda: model.zero_grad(set_to_none=True)  # noqa: E731
+    # warm-up on two chunks per side (same kernels and shapes as the full step, a fraction of the time)
+    bench.measure("D:warmup", label, 2 * chunk, "pairs/s",
+                  lambda: gradcache_step(emb, q_chunks[:2], t_chunks[:2], loss_fn),
+                  warmup=1, steps=1, before_step=reset, extra=dict(chunk=chunk))
+    bench.measure("D", label, total, "pairs/s", lambda: gradcache_step(emb, q_chunks, t_chunks, loss_fn),
+                  warmup=0, steps=sizes.gc_steps, before_step=reset, extra=dict(chunk=chunk))
+    del q_chunks, t_chunks
+    bench.free()
+
+
+def encode_cases(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool) -> None:
+    """E: no-grad encoding of queries with the base model (eval mode, no adapters)."""
+    model.eval()
+    batch = sizes.encode_batch
+    gen = torch.Generator(device=device).manual_seed(11)
+    queries = make_queries(batch, sizes, device, dtype, gen, mm)
+    emb = our_embedder(model)
+    inner = model.model
+    kw = dict(warmup=sizes.warmup, steps=sizes.steps)
+
+    def plain():
+        with torch.no_grad():
+            return plain_embed(model, queries)
+
+    def ours():
+        with torch.inference_mode():
+            return emb(queries)
+
+    def ours_bva():
+        with torch.inference_mode(), batched_vision_attention(model):
+            return emb(queries)
+
+    def vision():
+        with torch.inference_mode():
+            return inner.visual(queries["pixel_values"], grid_thw=queries["image_grid_thw"]).pooler_output
+
+    def vision_bva():
+        with torch.inference_mode(), batched_vision_attention(model):
+            return inner.visual(queries["pixel_values"], grid_thw=queries["image_grid_thw"]).pooler_output
+
+    bench.measure("E:plain", "no_grad model(**inputs, output_hidden_states=True)", batch, "queries/s", plain, **kw)
+    bench.measure("E:ours", "inference_mode Embedder", batch, "queries/s", ours, **kw)
+    bench.measure("E:ours+bva", "inference_mode Embedder, batched vision attention", batch, "queries/s",
+                  ours_bva, **kw)
+    bench.measure("E:vision", "vision tower alone (per-image attention loop)", batch, "images/s", vision, **kw)
+    bench.measure("E:vision+bva", "vision tower alone, batched vision attention", batch, "images/s",
+                  vision_bva, **kw)
+
+    captured: dict = {}
+
+    def grab(_module, args, kwargs):
+        captured.update(kwargs)
+        raise _Captured
+
+    handle = inner.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            emb(queries)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+
+    def lm():
+        with torch.inference_mode():
+            return inner.language_model(**captured).last_hidden_state
+
+    if captured:
+        bench.measure("E:lm", "language model alone (inputs_embeds captured)", batch, "queries/s", lm, **kw)
+    captured.clear()
+    del queries
+    bench.free()
+
+
+class _Captured(Exception):
+    """Stops the inner forward once the language model's inputs are captured."""
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+
+def table(rows: list[dict], rats: list[dict]) -> str:
+    by = {(r["case"], r["batch"], r["vs"][0]): r["ratio"] for r in rats}
+    enc = {(r["case"], r["batch"]): r["ratio"] for r in rats if r["vs"].startswith("E:")}
+    lines = [f"{'case':<14} {'batch':>5} {'throughput':>18} {'step s':>8} {'peak GiB':>9} {'vs A':>6} {'vs B':>6}"
+             f"  label / status"]
+    for r in rows:
+        if r["case"] == "D:warmup":
+            continue
+        if r["status"] != "ok":
+            lines.append(f"{r['case']:<14} {r['batch']:>5} {'-':>18} {'-':>8} {r.get('peak_gib', '-'):>9} "
+                         f"{'-':>6} {'-':>6}  {r['status']}")
+            continue
+        va = by.get((r["case"], r["batch"], "A"), "")
+        vb = by.get((r["case"], r["batch"], "B"), enc.get((r["case"], r["batch"]), ""))
+        thr = f"{r['throughput']:.2f} {r['unit']}"
+        lines.append(f"{r['case']:<14} {r['batch']:>5} {thr:>18} {r['step_s']:>8.3f} {r.get('peak_gib', '-'):>9} "
+                     f"{va!s:>6} {vb!s:>6}  {r['label']}")
+    lines.append("(E rows: the 'vs B' column is the ratio to E:plain, or to E:vision for E:vision+bva; "
+                 "D is compared with A and B at its chunk size)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny config on CPU in float32, few steps (tests)")
+    p.add_argument("--cases", default=",".join(ALL_CASES), help="comma list of A,B,C,D,E")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per case (median reported)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per case")
+    p.add_argument("--batches", default=None, help="per-step batches of A/B/C, comma list (default 32,128)")
+    p.add_argument("--gc-chunk", type=int, default=None, help="GradCache chunk size (default 32)")
+    p.add_argument("--gc-batch", type=int, default=None, help="GradCache global batch (default 1024)")
+    p.add_argument("--gc-steps", type=int, default=None, help="timed GradCache steps (default 2)")
+    p.add_argument("--encode-batch", type=int, default=None, help="E: queries per call (default 128)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.02)
+    p.add_argument("--ckpt", action="store_true", help="also time C with gradient checkpointing")
+    p.add_argument("--compile", action="store_true", help="also time C with torch.compile'd language model")
+    p.add_argument("--no-bva", action="store_true", help="skip the batched-vision-attention variant of C")
+    p.add_argument("--budget-min", type=float, default=8.0, help="skip cases once this much wall time is used")
+    p.add_argument("--device", default=None, help="default: cuda when available (never for --tiny)")
+    p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_bench.json or benchmarks/_work/)")
+    args = p.parse_args(argv)
+    args.cases = [c.strip().upper() for c in args.cases.split(",") if c.strip()]
+    bad = [c for c in args.cases if c not in ALL_CASES]
+    if bad:
+        p.error(f"unknown case(s) {bad}; known: {','.join(ALL_CASES)}")
+    return args
+
+
+def resolve_sizes(args) -> Sizes:
+    sizes = TINY if args.tiny else FULL
+    upd = {}
+    for name in ("steps", "warmup", "gc_chunk", "gc_batch", "gc_steps", "encode_batch"):
+        if getattr(args, name) is not None:
+            upd[name] = getattr(args, name)
+    if args.batches:
+        upd["batches"] = tuple(int(b) for b in args.batches.split(","))
+    sizes = replace(sizes, **upd)
+    if sizes.gc_batch % sizes.gc_chunk:
+        raise SystemExit(f"--gc-batch {sizes.gc_batch} is not a multiple of --gc-chunk {sizes.gc_chunk}")
+    return sizes
+
+
+def out_path(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"]) / "gpu_bench.json"
+    return REPO / "benchmarks" / "_work" / "gpu_bench.json"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    sizes = resolve_sizes(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    if device.type == "cpu":
+        torch.set_num_threads(1 if args.tiny else max(1, os.cpu_count() or 1))
+
+    import peft
+    import transformers
+    meta = dict(
+        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), tiny=args.tiny, device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        dtype=str(dtype), torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
+        python=platform.python_version(), sizes=asdict(sizes), image_tokens=sizes.image_tokens,
+        query_tokens=sizes.image_tokens + sizes.query_text, target_tokens=sizes.target_text,
+        lora_rank=args.lora_rank, temperature=args.temperature,
+        flash_attn_importable=importlib.util.find_spec("flash_attn") is not None,
+    )
+    bench = Bench(device, out_path(args), meta, budget_s=args.budget_min * 60)
+    log.info("device %s (%s), dtype %s, torch %s, transformers %s, peft %s", device, meta["device_name"], dtype,
+             torch.__version__, transformers.__version__, peft.__version__)
+
+    t0 = time.perf_counter()
+    base = build_model(sizes, device, dtype)
+    mm = needs_mm_token_type_ids(base)
+    meta.update(parameters=sum(p.numel() for p in base.parameters()), mm_token_type_ids=mm,
+                build_s=round(time.perf_counter() - t0, 1), attn_implementation=base.config._attn_implementation)
+    log.info("built %.2fB-parameter model in %.1f s (mm_token_type_ids %s)", meta["parameters"] / 1e9,
+             meta["build_s"], "required" if mm else "not taken")
+
+    defaults = Lora(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.1, fp32_adapters=True)
+    ours = Lora(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.0, fp32_adapters=False)
+    common = dict(sizes=sizes, device=device, dtype=dtype, mm=mm, temperature=args.temperature)
+
+    if "A" in args.cases:
+        model = add_lora(base, defaults)
+        model.train()
+        train_cases(bench, model, f"plain step, peft defaults ({defaults.label()})", "A",
+                    partial(plain_embed, model), batches=sizes.batches, **common)
+        base = model.unload()
+        del model
+        bench.free()
+
+    needs_ours = any(c in args.cases for c in "BCD")
+    if needs_ours:
+        model = add_lora(base, ours)
+        model.train()
+        gen = torch.Generator(device=device).manual_seed(3)
+        cq = make_queries(sizes.check_batch, sizes, device, dtype, gen, mm)
+        ct = make_targets(sizes.check_batch, sizes, device, gen, mm)
+        log.info("correctness checks on a batch of %d (tolerance %.0e relative)", sizes.check_batch, tol)
+        try:
+            bench.checks = correctness_checks(model, cq, ct, args.temperature, tol)
+        except Exception as exc:  # noqa: BLE001 - reported; timing still runs
+            log.exception("correctness checks failed to run")
+            bench.checks = [dict(check="correctness checks", passed=False, error=f"{type(exc).__name__}: {exc}")]
+        for c in bench.checks:
+            log.info("  %-55s %s %s", c["check"], "PASS" if c["passed"] else "FAIL",
+                     f"rel_err={c['rel_err']:.2e}" if "rel_err" in c else c.get("error", ""))
+        del cq, ct
+        model.zero_grad(set_to_none=True)
+        bench.write()
+        bva_ok = any(c["check"].startswith("batched vision") and c["passed"] for c in bench.checks)
+
+        if "B" in args.cases:
+            train_cases(bench, model, f"plain step ({ours.label()})", "B", partial(plain_embed, model),
+                        batches=sizes.batches, **common)
+        if "C" in args.cases:
+            emb = our_embedder(model)
+            label = f"Embedder step ({ours.label()})"
+            train_cases(bench, model, label, "C", emb, batches=sizes.batches, **common)
+            if not args.no_bva and bva_ok:
+                train_cases(bench, model, label + ", batched vision attention", "C+bva", emb,
+                            batches=sizes.batches, context=lambda: batched_vision_attention(model), **common)
+            if args.ckpt:
+                train_cases(bench, model, label + ", gradient checkpointing", "C+ckpt", emb,
+                            batches=sizes.batches, context=lambda: gradient_checkpointing(model), **common)
+            if args.compile:
+                backend = "eager" if device.type == "cpu" else "inductor"
+                train_cases(bench, model, label + f", torch.compile({backend}) language model", "C+compile", emb,
+                            batches=sizes.batches[:1], context=lambda: compiled_language_model(model, backend),
+                            **common)
+            if meta["flash_attn_importable"] and device.type == "cuda":
+                train_cases(bench, model, label + ", flash_attention_2", "C+fa2", emb, batches=sizes.batches,
+                            context=lambda: attention_implementation(model, "flash_attention_2"), **common)
+        if "D" in args.cases:
+            try:
+                gradcache_case(bench, model, **common)
+            except torch.OutOfMemoryError:
+                bench._add(dict(case="D", label="GradCache", batch=sizes.gc_batch, unit="pairs/s",
+                                status="oom (inputs)", chunk=sizes.gc_chunk))
+                bench.free()
+        base = model.unload()
+        del model
+        bench.free()
+
+    if "E" in args.cases:
+        encode_cases(bench, base, **{k: v for k, v in common.items() if k != "temperature"})
+
+    bench.write()
+    rats = ratios(bench.rows)
+    failed = [c for c in bench.checks if not c["passed"]]
+    print()
+    print(f"GPU benchmark: {meta['device_name']}, {dtype}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, peft {peft.__version__}; {meta['parameters'] / 1e9:.2f}B parameters; "
+          f"queries {meta['query_tokens']} tokens ({sizes.image_tokens} image), targets {sizes.target_text}")
+    print(table(bench.rows, rats))
+    print(f"checks: {len(bench.checks) - len(failed)}/{len(bench.checks)} passed"
+          + ("" if not failed else "; FAILED: " + "; ".join(c["check"] for c in failed)))
+    print(f"JSON: {bench.out_path}  ({time.perf_counter() - bench.start:.0f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
