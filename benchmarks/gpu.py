@@ -640,13 +640,25 @@ def encode_cases(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool) -> 
         with torch.inference_mode(), batched_vision_attention(model):
             return inner.visual(queries["pixel_values"], grid_thw=queries["image_grid_thw"]).pooler_output
 
+    # the batched vision attention must give the loop's output on this very batch before it is timed
+    try:
+        check = compare(f"E: batched vision attention vs loop on the {batch} encoded images", vision_bva(), vision(),
+                        2e-2 if dtype != torch.float32 else 1e-4)
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        check = dict(check="E: batched vision attention vs loop", passed=False, error=f"{type(exc).__name__}: {exc}")
+    bench.checks.append(check)
+    log.info("  %-55s %s", check["check"], "PASS" if check["passed"] else f"FAIL {check}")
+    bench.free()
+
     bench.measure("E:plain", "no_grad model(**inputs, output_hidden_states=True)", batch, "queries/s", plain, **kw)
     bench.measure("E:ours", "inference_mode Embedder", batch, "queries/s", ours, **kw)
-    bench.measure("E:ours+bva", "inference_mode Embedder, batched vision attention", batch, "queries/s",
-                  ours_bva, **kw)
+    if check["passed"]:
+        bench.measure("E:ours+bva", "inference_mode Embedder, batched vision attention", batch, "queries/s",
+                      ours_bva, **kw)
     bench.measure("E:vision", "vision tower alone (per-image attention loop)", batch, "images/s", vision, **kw)
-    bench.measure("E:vision+bva", "vision tower alone, batched vision attention", batch, "images/s",
-                  vision_bva, **kw)
+    if check["passed"]:
+        bench.measure("E:vision+bva", "vision tower alone, batched vision attention", batch, "images/s",
+                      vision_bva, **kw)
 
     captured: dict = {}
 

@@ -121,7 +121,7 @@ def test_tiny_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
     checks = {c["check"]: c for c in data["checks"]}
-    assert len(checks) >= 9 and all(c["passed"] for c in checks.values()), checks
+    assert len(checks) >= 10 and all(c["passed"] for c in checks.values()), checks
     assert {"C vs B: loss", "C vs B: LoRA gradients", "D vs chunked C: LoRA gradients"} <= set(checks)
     rows = {r["case"]: r for r in data["rows"]}
     for case in ("A", "B", "C", "C+bva", "C+ckpt", "D", "E:plain", "E:ours", "E:ours+bva", "E:vision", "E:lm"):
