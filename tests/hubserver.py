@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -41,6 +42,23 @@ import pytest
 
 LFS_SUFFIXES = (".parquet", ".zip", ".tar", ".tar.gz", ".safetensors", ".bin")
 _CHUNK = 64 * 1024
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def client_env(home: Path, endpoint: str, offline: bool = False) -> dict:
+    """Environment for a subprocess that talks to the stand-in through the real huggingface_hub
+    client (which reads these variables at import time, hence a fresh interpreter)."""
+    env = dict(os.environ)
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HUB_OFFLINE="1" if offline else "0",
+        HF_HOME=str(home / "hf_home"),
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
 
 
 def fake_commit(repo_id: str, salt: str = "") -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,9 +20,8 @@ import yaml
 from pipelines import mmeb
 from pipelines.sources.hub import LayoutError
 from stages.download import MANIFEST, run
-from tests.hubserver import hub_standin, write_hub_layout  # noqa: F401  (fixture)
+from tests.hubserver import client_env, hub_standin, write_hub_layout  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_REPO, EVAL_REPO = "TIGER-Lab/MMEB-train", "TIGER-Lab/MMEB-eval"
 SYN = {"seed": 0, "train_rows": 6, "eval_rows": 4, "eval_candidates": 4, "image_size": 32}
 
@@ -221,15 +219,8 @@ def run_stage(work: Path, endpoint: str, *, offline: bool = False, check: bool =
     work.mkdir(parents=True, exist_ok=True)
     params = {"data": data_params(source="hub", **data), "synthetic": SYN}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    env = dict(os.environ)
-    env.update(
-        HF_ENDPOINT=endpoint,
-        HF_HUB_OFFLINE="1" if offline else "0",
-        HF_HOME=str(work / "hf_home"),
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        VLM2VEC_PARAMS=str(work / "params.yaml"),
-        PYTHONPATH=str(ROOT),
-    )
+    env = client_env(work, endpoint, offline)
+    env["VLM2VEC_PARAMS"] = str(work / "params.yaml")
     env.pop("VLM2VEC_HUB_CACHE", None)
     r = subprocess.run([sys.executable, "-m", "stages.download"], cwd=work, env=env,
                        capture_output=True, text=True, timeout=180)

@@ -8,7 +8,6 @@ HF_HUB_OFFLINE=1 for the suite, so every client call runs in a subprocess with i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.sources import hub
-from tests.hubserver import fake_commit, hub_standin, write_hub_layout  # noqa: F401  (fixture)
+from tests.hubserver import client_env, fake_commit, hub_standin, write_hub_layout  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_REPO, EVAL_REPO = "TIGER-Lab/MMEB-train", "TIGER-Lab/MMEB-eval"
 
 
@@ -89,18 +87,6 @@ def test_check_sha256_flags_a_mismatch(tmp_path):
 
 
 # --- through the real client ---------------------------------------------------------------------
-def client_env(tmp_path: Path, endpoint: str, offline: bool = False) -> dict:
-    env = dict(os.environ)
-    env.update(
-        HF_ENDPOINT=endpoint,
-        HF_HUB_OFFLINE="1" if offline else "0",
-        HF_HOME=str(tmp_path / "hf_home"),
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
 def run_client(code: str, env: dict, cwd: Path) -> dict:
     """Run `code` in a fresh interpreter; it must print one JSON object as its last line."""
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
