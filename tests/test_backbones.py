@@ -13,8 +13,6 @@ from trainer.backbones import (FAMILIES, LORA_TARGETS, build_tiny, detect_family
 from trainer.inputs import Collator
 from trainer.model import Embedder
 
-torch.set_num_threads(1)
-
 SIDES = [
     dict(raw="<|image_1|>\nRepresent the given image for classification\n", instruction="", text="",
          has_image_token=True, template="", image=None),

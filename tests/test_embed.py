@@ -14,8 +14,6 @@ from PIL import Image
 from trainer.backbones import build_tiny, save_backbone
 from trainer.embed import EmbeddingModel, main, make_side, model_dir_of
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):

@@ -233,13 +233,10 @@ class Counting:
 @pytest.mark.slow
 def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
     """`python -m stages.evaluate` (main) on real tiny Qwen2-VL folders written by save_backbone."""
-    import torch
-
     from trainer.backbones import build_tiny, save_backbone, train_family_tokenizer
     from trainer.embed import EmbeddingModel
     from trainer.embedding_cache import EmbeddingCache
 
-    torch.set_num_threads(1)
     root = make_root(tmp_path)
     tokenizer = train_family_tokenizer("qwen2_vl")
     for m, seed in (("base", 0), ("embedder", 1)):

@@ -9,8 +9,6 @@ from PIL import Image
 from trainer.backbones import build_tiny
 from trainer.inputs import Collator, render_text, resize_to_max_pixels
 
-torch.set_num_threads(1)
-
 # MMEB_SPEC §3: real MMEB strings
 IMAGENET_QRY = "<|image_1|>\nRepresent the given image for classification\n"
 OKVQA_QRY = "<|image_1|>\nRepresent the given image with the following question: What sport can you use this for?\n"

@@ -5,8 +5,6 @@ import torch
 
 from trainer.pooling import last_token_index, last_token_pool
 
-torch.set_num_threads(1)
-
 
 def _padded(rows: list[torch.Tensor], side: str):
     length = max(r.shape[0] for r in rows)

@@ -99,14 +99,6 @@ def merged_weights(ws: Path) -> dict[str, torch.Tensor]:
     return load_file(ws / "models/embedder/merged/model.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- fast wiring tests ------------------------------------------------------------------------
 
 
