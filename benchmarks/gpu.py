@@ -24,7 +24,9 @@ Cases (`--cases`):
                  one sdpa call over all images when they have equal patch counts (a patch local to
                  this script, checked against the loop before it is timed; not in the trainer yet);
        C+ckpt    gradient checkpointing on (non-reentrant), `--ckpt`;
-       C+compile `torch.compile` of the language model, `--compile`;
+       C+fast    batched vision attention + `torch.compile` of each repeated block (decoder layers,
+                 vision blocks: trainer.acceleration, what `train.compile` does), `--compile`, at
+                 the first batch only and after E (compilation is the least certain part);
        C+fa2     flash_attention_2, only when `flash_attn` is importable.
   D  GradCache (`trainer.gradcache.gradcache_step` over the Embedder): a global batch of
      `--gc-batch` (1024) pairs in chunks of `--gc-chunk` (32 or 64).
@@ -75,6 +77,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from trainer.acceleration import batch_vision_attention, compile_blocks, unbatch_vision_attention  # noqa: E402
 from trainer.backbones import LORA_TARGETS  # noqa: E402
 from trainer.gradcache import gradcache_step  # noqa: E402
 from trainer.losses import info_nce  # noqa: E402
@@ -259,48 +262,17 @@ def contrastive_step(embed, queries: dict, targets: dict, temperature: float) ->
 
 
 # --------------------------------------------------------------------------------------------------
-# batched vision attention (benchmark-local patch)
-
-def _vision_attention_class(model):
-    return type(unwrap(model).model.visual.blocks[0].attn)
-
-
-def _batched_vision_forward(original, rotary):
-    """A VisionAttention.forward that runs ONE sdpa call over all images when they have equal patch
-    counts (the stock sdpa path loops over images); anything else goes to `original`."""
-
-    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        if (position_embeddings is None or lengths.numel() == 0 or "flash" in str(self.config._attn_implementation)
-                or kwargs.get("output_attentions") or not bool((lengths == lengths[0]).all())):
-            return original(self, hidden_states, cu_seqlens, position_embeddings=position_embeddings,
-                            max_seqlen=max_seqlen, **kwargs)
-        seq = hidden_states.shape[0]
-        n, per = lengths.numel(), seq // lengths.numel()
-        q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        cos, sin = position_embeddings
-        q, k = rotary(q, k, cos, sin)
-        q, k, v = (x.reshape(n, per, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, scale=getattr(self, "scaling", None))
-        return self.proj(out.transpose(1, 2).reshape(seq, -1))
-
-    return forward
-
+# batched vision attention and regional compilation (trainer.acceleration), as context managers
 
 @contextlib.contextmanager
 def batched_vision_attention(model):
-    """Within the block, the model's VisionAttention class uses `_batched_vision_forward`."""
-    cls = _vision_attention_class(model)
-    module = sys.modules[cls.__module__]
-    rotary = getattr(module, "apply_rotary_pos_emb_vision")
-    if list(inspect.signature(rotary).parameters)[:4] != ["q", "k", "cos", "sin"]:
-        raise RuntimeError(f"unexpected apply_rotary_pos_emb_vision signature {inspect.signature(rotary)}")
-    original = cls.forward
-    cls.forward = _batched_vision_forward(original, rotary)
+    """Within the block, the vision tower runs trainer.acceleration's batched attention."""
+    if batch_vision_attention(model) == 0:
+        raise RuntimeError("batched vision attention: no Qwen2-VL vision tower patched")
     try:
         yield
     finally:
-        cls.forward = original
+        unbatch_vision_attention(model)
 
 
 @contextlib.contextmanager
@@ -317,17 +289,27 @@ def gradient_checkpointing(model):
         yield
     finally:
         disable()
+        # transformers' enable also hooks every input-embedding module, the vision tower's patch
+        # embedding included (its output then requires grad: the frozen tower is stored and
+        # back-propagated), and its disable removes those hooks only for models loaded with
+        # transformers' own peft integration: remove them here, or every later case pays for them
+        if hasattr(base, "disable_input_require_grads"):
+            base.disable_input_require_grads()
 
 
 @contextlib.contextmanager
-def compiled_language_model(model, backend: str):
-    inner = unwrap(model).model
-    original = inner.language_model
-    inner.language_model = torch.compile(original, backend=backend, dynamic=False)
-    try:
-        yield
-    finally:
-        inner.language_model = original
+def fast_path(model, backend: str):
+    """Within the block: batched vision attention + regional compilation of the repeated blocks
+    (trainer.acceleration), as `train.batched_vision_attention` and `train.compile` set them up."""
+    blocks = []
+    with batched_vision_attention(model):
+        compile_blocks(model, backend=backend)
+        blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+        try:
+            yield
+        finally:
+            for m in blocks:
+                m._compiled_call_impl = None
 
 
 @contextlib.contextmanager
@@ -589,7 +571,8 @@ def train_cases(bench: Bench, model, label_lora: str, case: str, embed, sizes: S
         bench.free()
 
 
-def gradcache_case(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool, temperature: float) -> None:
+def gradcache_case(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool, temperature: float,
+                   case: str = "D") -> None:
     emb = our_embedder(model)
     chunk, total = sizes.gc_chunk, sizes.gc_batch
     if total % chunk:
@@ -601,10 +584,10 @@ def gradcache_case(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool, t
     label = f"GradCache {total} in chunks of {chunk}, Embedder, model-dtype adapters, dropout 0"
     reset = lambda: model.zero_grad(set_to_none=True)  # noqa: E731
     # warm-up on two chunks per side (same kernels and shapes as the full step, a fraction of the time)
-    bench.measure("D:warmup", label, 2 * chunk, "pairs/s",
+    bench.measure(f"{case}:warmup", label, 2 * chunk, "pairs/s",
                   lambda: gradcache_step(emb, q_chunks[:2], t_chunks[:2], loss_fn),
                   warmup=1, steps=1, before_step=reset, extra=dict(chunk=chunk))
-    bench.measure("D", label, total, "pairs/s", lambda: gradcache_step(emb, q_chunks, t_chunks, loss_fn),
+    bench.measure(case, label, total, "pairs/s", lambda: gradcache_step(emb, q_chunks, t_chunks, loss_fn),
                   warmup=0, steps=sizes.gc_steps, before_step=reset, extra=dict(chunk=chunk))
     del q_chunks, t_chunks
     bench.free()
@@ -832,6 +815,10 @@ def main(argv=None) -> int:
         del cq, ct
         model.zero_grad(set_to_none=True)
         bench.write()
+        leaked = sum(getattr(h, "__name__", "") == "make_inputs_require_grads"
+                     for m in model.modules() for h in m._forward_hooks.values())
+        bench.checks.append(dict(check="no input-require-grads hook left after the checks",
+                                 passed=leaked == 0, hooks=leaked))
         bva_ok = any(c["check"].startswith("batched vision") and c["passed"] for c in bench.checks)
 
         if "B" in args.cases:
@@ -847,11 +834,6 @@ def main(argv=None) -> int:
             if args.ckpt:
                 train_cases(bench, model, label + ", gradient checkpointing", "C+ckpt", emb,
                             batches=sizes.batches, context=lambda: gradient_checkpointing(model), **common)
-            if args.compile:
-                backend = "eager" if device.type == "cpu" else "inductor"
-                train_cases(bench, model, label + f", torch.compile({backend}) language model", "C+compile", emb,
-                            batches=sizes.batches[:1], context=lambda: compiled_language_model(model, backend),
-                            **common)
             if meta["flash_attn_importable"] and device.type == "cuda":
                 train_cases(bench, model, label + ", flash_attention_2", "C+fa2", emb, batches=sizes.batches,
                             context=lambda: attention_implementation(model, "flash_attention_2"), **common)
@@ -868,6 +850,50 @@ def main(argv=None) -> int:
 
     if "E" in args.cases:
         encode_cases(bench, base, **{k: v for k, v in common.items() if k != "temperature"})
+
+    if args.compile:
+        # last, because compilation is the slowest and least certain part of the run
+        backend = "aot_eager" if device.type == "cpu" else "inductor"
+        model = add_lora(base, ours)
+        model.train()
+        emb = our_embedder(model)
+        label = f"Embedder step ({ours.label()}), batched vision attention + compiled blocks ({backend})"
+        # the compiled step must compute the eager step's loss and gradients on the timed batch shape
+        b = sizes.batches[0]
+        gen = torch.Generator(device=device).manual_seed(1000 + b)
+        q, t = make_queries(b, sizes, device, dtype, gen, mm), make_targets(b, sizes, device, gen, mm)
+        model.zero_grad(set_to_none=True)
+        loss_ref = contrastive_step(emb, q, t, args.temperature)
+        g_ref = lora_grads(model)
+        model.zero_grad(set_to_none=True)
+        with fast_path(model, backend):
+            try:
+                t0 = time.perf_counter()
+                loss_fast = contrastive_step(emb, q, t, args.temperature)
+                g_fast = lora_grads(model)
+                log.info("first compiled step (compilation included): %.1f s", time.perf_counter() - t0)
+                bench.checks += [compare(f"C+fast vs C: loss (batch {b})", loss_fast, loss_ref, tol),
+                                 compare(f"C+fast vs C: LoRA gradients (batch {b})", g_fast, g_ref, 5 * tol)]
+            except Exception as exc:  # noqa: BLE001 - reported as a failed check; timing still tried
+                log.exception("compiled step failed")
+                bench.checks.append(dict(check="C+fast vs C", passed=False, error=f"{type(exc).__name__}: {exc}"))
+            for c in bench.checks[-2:]:
+                log.info("  %-55s %s %s", c["check"], "PASS" if c["passed"] else "FAIL",
+                         f"rel_err={c['rel_err']:.2e}" if "rel_err" in c else c.get("error", ""))
+            model.zero_grad(set_to_none=True)
+            del q, t, g_ref
+            bench.free()
+            if "C" in args.cases:
+                train_cases(bench, model, label, "C+fast", emb, batches=sizes.batches[:1], **common)
+            if "D" in args.cases:
+                try:
+                    gradcache_case(bench, model, case="D+fast", **common)
+                except torch.OutOfMemoryError:
+                    bench._add(dict(case="D+fast", label="GradCache", batch=sizes.gc_batch, unit="pairs/s",
+                                    status="oom (inputs)", chunk=sizes.gc_chunk))
+        base = model.unload()
+        del model
+        bench.free()
 
     bench.write()
     rats = ratios(bench.rows)

@@ -1,5 +1,6 @@
 """benchmarks/gpu.py: its --tiny run end to end on CPU (slow), and the pieces that decide what its
-figures mean (ratios, correctness comparison, input shapes, batched vision attention)."""
+figures mean (ratios, correctness comparison, input shapes). Batched vision attention and compiled
+blocks themselves are tested in test_acceleration.py."""
 
 from __future__ import annotations
 
@@ -79,52 +80,21 @@ def test_compare_flags_divergence_nan_and_shape(gpu):
     assert not gpu.compare("shape", ref[:3], ref, 1.0)["passed"]
 
 
-def test_batched_vision_attention_equals_loop_and_falls_back_for_unequal_images(gpu):
-    torch.manual_seed(0)
-    model = gpu.build_model(gpu.TINY, torch.device("cpu"), torch.float32)
-    visual = model.model.visual
-    gen = torch.Generator().manual_seed(1)
-    equal = gpu.make_queries(3, gpu.TINY, "cpu", torch.float32, gen, mm_types=False)
-    # two images of different sizes: 4x4 and 2x4 patches
-    pv = torch.randn(16 + 8, gpu.TINY.patch_dim, generator=gen)
-    grid = torch.tensor([[1, 4, 4], [1, 2, 4]])
-    calls = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(q, *args, **kwargs):
-        calls.append(q.shape[0])
-        return sdpa(q, *args, **kwargs)
-
-    with torch.no_grad():
-        ref_eq = visual(equal["pixel_values"], grid_thw=equal["image_grid_thw"]).pooler_output
-        ref_un = visual(pv, grid_thw=grid).pooler_output
-        torch.nn.functional.scaled_dot_product_attention = spy
-        try:
-            with gpu.batched_vision_attention(model):
-                out_eq = visual(equal["pixel_values"], grid_thw=equal["image_grid_thw"]).pooler_output
-                batched_calls = list(calls)
-                out_un = visual(pv, grid_thw=grid).pooler_output
-        finally:
-            torch.nn.functional.scaled_dot_product_attention = sdpa
-    assert batched_calls == [3] * gpu.TINY.vision["depth"]  # one call over the 3 images per layer
-    assert gpu.rel_err(out_eq, ref_eq) < 1e-5
-    assert gpu.rel_err(out_un, ref_un) < 1e-5
-    cls = gpu._vision_attention_class(model)
-    assert cls.forward.__name__ == "forward" and "batched" not in cls.forward.__qualname__  # restored
-
-
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt", "--compile"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
     checks = {c["check"]: c for c in data["checks"]}
     assert len(checks) >= 10 and all(c["passed"] for c in checks.values()), checks
-    assert {"C vs B: loss", "C vs B: LoRA gradients", "D vs chunked C: LoRA gradients"} <= set(checks)
+    assert {"C vs B: loss", "C vs B: LoRA gradients", "D vs chunked C: LoRA gradients",
+            "C+fast vs C: loss (batch 4)", "C+fast vs C: LoRA gradients (batch 4)",
+            "no input-require-grads hook left after the checks"} <= set(checks)
     rows = {r["case"]: r for r in data["rows"]}
-    for case in ("A", "B", "C", "C+bva", "C+ckpt", "D", "E:plain", "E:ours", "E:ours+bva", "E:vision", "E:lm"):
+    for case in ("A", "B", "C", "C+bva", "C+ckpt", "D", "E:plain", "E:ours", "E:ours+bva", "E:vision", "E:lm",
+                 "C+fast", "D+fast"):
         assert rows[case]["status"] == "ok", rows[case]
         assert rows[case]["throughput"] > 0 and len(rows[case]["steps_s"]) >= 1
     assert rows["D"]["batch"] == 16 and rows["D"]["chunk"] == 4

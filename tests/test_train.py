@@ -205,6 +205,35 @@ def test_bf16_autocast_with_gradcache_and_homogeneous_batches_trains(workspace):
     assert all(merged[k].dtype == base[k].dtype for k in base)  # autocast only: weights stay fp32
 
 
+def test_batched_vision_attention_and_compiled_blocks_train_the_same_weights(workspace, tmp_path, monkeypatch):
+    """train.batched_vision_attention and train.compile change speed only: full fine-tuning (gradients
+    through the vision tower too) ends with the weights of the stock eager run, and resumes from its
+    checkpoints (the switches are not in the fingerprint)."""
+    import trainer.loop as loop
+    from trainer import acceleration
+
+    compiled = []
+
+    def compile_on_cpu(model):  # inductor would spend minutes compiling C++ here; aot_eager traces the same graphs
+        compiled.append(acceleration.compile_blocks(model, backend="aot_eager"))
+        return compiled[-1]
+
+    monkeypatch.setattr(loop, "compile_blocks", compile_on_cpu)
+    params = {**BASE_PARAMS, "steps": 2, "save_every": 100, "lora_rank": 0}
+    weights = {}
+    for fast in (False, True):
+        ws = tmp_path / f"fast{fast}"
+        shutil.copytree(workspace, ws)
+        train({**params, "batched_vision_attention": fast, "compile": fast}, paths_in(ws))
+        weights[fast] = merged_weights(ws)
+    assert compiled == [4]  # 2 decoder layers + 2 vision blocks, in the fast run only
+    assert all(torch.allclose(weights[True][k], weights[False][k], rtol=1e-4, atol=1e-6) for k in weights[False])
+    summary = train({**params, "batched_vision_attention": True}, paths_in(tmp_path / "fastFalse"))
+    assert summary["resumed_from"] == 2
+    with pytest.raises(ValueError, match="compile is true or false"):
+        validate_params({**BASE_PARAMS, "compile": "yes"})
+
+
 # --- exact resume after SIGKILL -----------------------------------------------------------------
 
 

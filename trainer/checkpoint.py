@@ -15,7 +15,7 @@ leaves either the previous checkpoints or the new one, never a half-written one 
 folder is removed by the next save). Only the newest ``keep`` checkpoints are kept.
 
 The fingerprint (`fingerprint`) hashes the training params that change the math (everything in the
-``train`` section but ``save_every`` and ``num_workers``), the content of the base model folder and
+``train`` section but the speed and bookkeeping switches in ``NOT_IN_FINGERPRINT``), the content of the base model folder and
 the shard index; `latest_checkpoint` only returns a checkpoint whose fingerprint matches, and a
 mismatch is logged as a warning (the caller starts fresh and removes the stale checkpoints).
 """
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 NAME_RE = re.compile(r"step-(\d{6,})")
-NOT_IN_FINGERPRINT = ("save_every", "num_workers")  # change speed or bookkeeping, never the result
+# change speed or bookkeeping, never the result (beyond float rounding)
+NOT_IN_FINGERPRINT = ("save_every", "num_workers", "batched_vision_attention", "compile")
 FORMAT = "vlm2vec-checkpoint/1"
 
 

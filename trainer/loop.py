@@ -52,6 +52,7 @@ from tqdm import tqdm
 from trainer import checkpoint as ckpt
 from trainer import distributed
 from trainer.backbones import Backbone, load_backbone, save_backbone
+from trainer.acceleration import batch_vision_attention, compile_blocks
 from trainer.data import ContrastiveStream, StreamConfig, StreamPosition, make_loader, read_shards
 from trainer.gradcache import gradcache_step
 from trainer.inputs import Collator
@@ -64,7 +65,7 @@ REQUIRED = ("seed", "steps", "batch_size", "gc_chunk_size", "learning_rate", "wa
             "temperature", "hard_negatives", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "dora",
             "max_text_tokens", "image_max_pixels", "instructions", "mixture", "homogeneous_batch",
             "shuffle_buffer", "num_workers", "save_every", "precision")
-OPTIONAL = {"max_grad_norm": 1.0}
+OPTIONAL = {"max_grad_norm": 1.0, "batched_vision_attention": True, "compile": False}
 METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s")
 
 
@@ -85,6 +86,8 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
         (int(p["save_every"]) >= 1, "save_every >= 1"), (int(p["num_workers"]) >= 0, "num_workers >= 0"),
         (p["precision"] in ("fp32", "bf16"), "precision is fp32 or bf16"),
         (float(p["max_grad_norm"]) > 0, "max_grad_norm > 0"),
+        (isinstance(p["batched_vision_attention"], bool), "batched_vision_attention is true or false"),
+        (isinstance(p["compile"], bool), "compile is true or false"),
     ]
     bad = [what for ok, what in checks if not ok]
     if bad:
@@ -204,6 +207,10 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     backbone = apply_lora(backbone, p)
     embedder = Embedder(backbone).to(device)
     embedder.train()
+    if p["batched_vision_attention"] and batch_vision_attention(embedder.model):
+        log.info("batched vision attention: one attention call per layer for same-size images")
+    if p["compile"]:
+        compile_blocks(embedder.model)
     params = trainable_parameters(embedder)
     n_trainable = sum(q.numel() for q in params)
     mode = "lora" if int(p["lora_rank"]) > 0 else "full"

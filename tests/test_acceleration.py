@@ -1,0 +1,162 @@
+"""trainer.acceleration: batched vision attention and regional compilation change speed, never results."""
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_backbones import SIDES
+from trainer.acceleration import (batch_vision_attention, compile_blocks, repeated_blocks,
+                                  unbatch_vision_attention)
+from trainer.backbones import build_tiny
+from trainer.inputs import Collator
+from trainer.losses import info_nce
+from trainer.model import Embedder
+
+PATCH_DIM = 3 * 2 * 8 * 8  # channels x temporal patch x patch 8 x 8 (build_tiny's vision towers)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return build_tiny("qwen2_vl", seed=0)
+
+
+class _SdpaSpy:
+    """Counts the batch dimension of every scaled_dot_product_attention call."""
+
+    def __init__(self):
+        self.calls = []
+        self._sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def __enter__(self):
+        def spy(q, *args, **kwargs):
+            self.calls.append(q.shape[0])
+            return self._sdpa(q, *args, **kwargs)
+
+        torch.nn.functional.scaled_dot_product_attention = spy
+        return self
+
+    def __exit__(self, *exc):
+        torch.nn.functional.scaled_dot_product_attention = self._sdpa
+
+
+def _vision(visual, pixels, grid):
+    return visual(pixels, grid_thw=grid).pooler_output
+
+
+def _pixels(grid, seed=0):
+    n = int(torch.tensor(grid).prod(dim=1).sum())
+    return torch.randn(n, PATCH_DIM, generator=torch.Generator().manual_seed(seed)), torch.tensor(grid)
+
+
+@pytest.mark.parametrize("grid, batched_calls", [
+    ([[1, 4, 4]] * 3, [3]),                       # three same-size images: one call of 3 per layer
+    ([[2, 4, 4], [1, 4, 4]], [3]),                # a 2-frame clip + an image: 3 slices of 16 patches
+    ([[1, 4, 4], [1, 2, 4]], [1, 1]),             # different sizes: the stock per-image loop
+])
+def test_batched_vision_attention_matches_the_loop(qwen, grid, batched_calls):
+    visual = qwen.model.model.visual
+    depth = len(visual.blocks)
+    pixels, grid_thw = _pixels(grid)
+    with torch.no_grad():
+        with _SdpaSpy() as loop:
+            ref = _vision(visual, pixels, grid_thw)
+        assert batch_vision_attention(qwen.model) == depth
+        try:
+            with _SdpaSpy() as batched:
+                out = _vision(visual, pixels, grid_thw)
+        finally:
+            unbatch_vision_attention(qwen.model)
+    assert batched.calls == batched_calls * depth
+    assert len(loop.calls) == sum(t for t, _, _ in grid) * depth
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_vision_attention_gives_the_loops_gradients(qwen):
+    """Full fine-tuning back-propagates through the vision tower: same parameter gradients."""
+    visual = qwen.model.model.visual
+    pixels, grid = _pixels([[1, 4, 4]] * 2, seed=1)
+    grads = []
+    for batched in (False, True):
+        visual.zero_grad(set_to_none=True)
+        if batched:
+            batch_vision_attention(qwen.model)
+        try:
+            _vision(visual, pixels, grid).square().sum().backward()
+        finally:
+            unbatch_vision_attention(qwen.model)
+        grads.append({n: p.grad.clone() for n, p in visual.named_parameters() if p.grad is not None})
+    visual.zero_grad(set_to_none=True)
+    assert grads[0].keys() == grads[1].keys() and any("attn.qkv" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_install_is_idempotent_reversible_and_limited_to_qwen2_vl(qwen):
+    visual = qwen.model.model.visual
+    depth = len(visual.blocks)
+    assert batch_vision_attention(qwen.model) == depth
+    assert batch_vision_attention(qwen.model) == depth  # no second set of hooks
+    assert len(visual._forward_pre_hooks) == 1
+    unbatch_vision_attention(qwen.model)
+    assert "forward" not in visual.blocks[0].attn.__dict__ and not visual._forward_pre_hooks
+    # Qwen2.5-VL's window attention and towers of other families are left as they are
+    for family in ("qwen2_5_vl", "llava"):
+        assert batch_vision_attention(build_tiny(family).model) == 0
+
+
+def test_peft_wrapped_model_is_patched_through_the_wrapper(qwen):
+    from peft import LoraConfig, get_peft_model
+
+    model = build_tiny("qwen2_vl", seed=0).model
+    wrapped = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert batch_vision_attention(wrapped) == len(model.model.visual.blocks)
+
+
+def test_repeated_blocks_are_the_outermost_layer_lists(qwen):
+    blocks = repeated_blocks(qwen.model)
+    text = qwen.model.model.language_model.layers
+    vision = qwen.model.model.visual.blocks
+    assert len(blocks) == len(text) + len(vision)
+    assert {id(b) for b in blocks} == {id(b) for b in [*text, *vision]}
+
+
+def _noise_image(seed):
+    """A 32x32 image of random pixels (a flat colour makes every patch alike, and attention blind to
+    position: a wrong rotary embedding would go unnoticed)."""
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy())
+
+
+def _collated(backbone):
+    images = [_noise_image(0), None, _noise_image(1), None]
+    return Collator(backbone, max_text_tokens=64, image_max_pixels=4096)(SIDES, images)
+
+
+def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients():
+    """The whole fast path (batched vision attention + every repeated block compiled) on a full
+    fine-tuning step: the loss and every parameter's gradient of the eager step, in float32."""
+    torch._dynamo.reset()
+    results = []
+    for fast in (False, True):
+        backbone = build_tiny("qwen2_vl", seed=0)
+        for p in backbone.model.parameters():
+            p.requires_grad_(True)
+        if fast:
+            assert batch_vision_attention(backbone.model) > 0
+            assert compile_blocks(backbone.model, backend="aot_eager") == len(repeated_blocks(backbone.model))
+        embedder = Embedder(backbone).train()
+        batch = _collated(backbone)
+        q, t = embedder(batch), embedder({k: v for k, v in batch.items()})
+        loss = info_nce(q, t.roll(1, dims=0), temperature=0.05)
+        loss.backward()
+        with torch.no_grad():  # the vision tower's own output (its share of the embedding is small here)
+            vision = _vision(backbone.model.model.visual, batch["pixel_values"], batch["image_grid_thw"])
+        results.append((loss.detach(), vision, {n: p.grad for n, p in backbone.model.named_parameters()
+                                                if p.grad is not None}))
+    torch._dynamo.reset()
+    (loss_ref, vision_ref, g_ref), (loss_fast, vision_fast, g_fast) = results
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vision_fast, vision_ref, rtol=1e-5, atol=1e-6)
+    assert g_fast.keys() == g_ref.keys() and any("visual" in n for n in g_ref)
+    for name in g_ref:
+        torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -1,0 +1,145 @@
+"""Speed-ups of the training and encoding step that change no result: batched vision attention and
+regional compilation.
+
+Batched vision attention (Qwen2-VL): transformers' sdpa path of the Qwen2-VL vision tower runs one
+attention call per image per layer (`torch.split` by `cu_seqlens`, then a Python loop), with a
+host sync for `lengths.tolist()` in every layer. When every image of the call has the same patch
+count, as it does for a batch resized to one resolution, the same attention is ONE batched sdpa call
+over [images, heads, patches, head_dim]. `batch_vision_attention(model)` installs that on the
+model's vision attention modules: a pre-hook on the vision tower reads `grid_thw` once per call
+(one sync instead of one per layer) and tells the attention modules the uniform patch count, or
+nothing when images differ, in which case the stock forward runs. Only the Qwen2-VL tower is
+patched: Qwen2.5-VL's window attention uses other sequence boundaries per layer.
+
+Regional compilation: `compile_blocks(model)` applies `torch.compile` to each repeated block (the
+language model's decoder layers, the vision tower's blocks) rather than to the whole model, so the
+compiled code of one layer is reused by all its siblings (torch >= 2.5 inlines module parameters as
+graph inputs), compile time stays a few graphs, and graph breaks elsewhere cost nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+_UNIFORM = "_vlm2vec_uniform_images"   # attribute on each patched attention module: (images, patches) or None
+
+
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper, then its inner `.model` when it has one."""
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    return getattr(base, "model", base)
+
+
+def _qwen2_vl_tower(model: torch.nn.Module):
+    visual = getattr(_inner(model), "visual", None)
+    if visual is None or type(visual).__name__ != "Qwen2VisionTransformerPretrainedModel":
+        return None
+    return visual
+
+
+def _batched_forward(original, rotary):
+    def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+        uniform = getattr(self, _UNIFORM, None)
+        seq = hidden_states.shape[0]
+        if (uniform is None or position_embeddings is None or uniform[0] * uniform[1] != seq
+                or kwargs.get("output_attentions") or "flash" in str(self.config._attn_implementation)):
+            return original(hidden_states, cu_seqlens, position_embeddings=position_embeddings,
+                            max_seqlen=max_seqlen, **kwargs)
+        images, patches = uniform
+        q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = position_embeddings
+        q, k = rotary(q, k, cos, sin)
+        q, k, v = (x.reshape(images, patches, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling,
+                                             dropout_p=self.attention_dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(seq, -1))
+
+    return forward
+
+
+def _uniform_images(grid_thw: torch.Tensor) -> tuple[int, int] | None:
+    """(attention sequences, patches each) when every sequence has the same patch count, else None.
+    Qwen2-VL attends within each temporal slice of each image: t sequences of h*w patches."""
+    rows = grid_thw.tolist()
+    sizes = {h * w for t, h, w in rows if t > 0}
+    if len(sizes) != 1:
+        return None
+    return sum(t for t, _, _ in rows), sizes.pop()
+
+
+def batch_vision_attention(model: torch.nn.Module) -> int:
+    """Install batched vision attention on `model` (a Qwen2-VL, or a peft wrapper of one); the number
+    of attention modules patched (0 for any other family, which is left unchanged). Idempotent."""
+    visual = _qwen2_vl_tower(model)
+    if visual is None:
+        return 0
+    attns = [blk.attn for blk in visual.blocks]
+    module = sys.modules[type(attns[0]).__module__]
+    rotary = getattr(module, "apply_rotary_pos_emb_vision", None)
+    if rotary is None or list(inspect.signature(rotary).parameters)[:4] != ["q", "k", "cos", "sin"]:
+        log.warning("batched vision attention: unexpected transformers vision code; left as is")
+        return 0
+    if getattr(visual, "_vlm2vec_batched", False):
+        return len(attns)
+
+    def before(_module, args, kwargs):
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        uniform = _uniform_images(grid) if isinstance(grid, torch.Tensor) else None
+        for attn in attns:
+            setattr(attn, _UNIFORM, uniform)
+
+    def after(_module, _args, _output):
+        for attn in attns:
+            setattr(attn, _UNIFORM, None)
+
+    for attn in attns:
+        setattr(attn, _UNIFORM, None)
+        attn.forward = types.MethodType(_batched_forward(attn.forward, rotary), attn)
+    visual.register_forward_pre_hook(before, with_kwargs=True)
+    visual.register_forward_hook(after)
+    visual._vlm2vec_batched = True
+    return len(attns)
+
+
+def unbatch_vision_attention(model: torch.nn.Module) -> None:
+    """Undo `batch_vision_attention` (the stock per-image loop again); for comparisons."""
+    visual = _qwen2_vl_tower(model)
+    if visual is None or not getattr(visual, "_vlm2vec_batched", False):
+        return
+    for blk in visual.blocks:
+        blk.attn.__dict__.pop("forward", None)
+        blk.attn.__dict__.pop(_UNIFORM, None)
+    visual._forward_pre_hooks.clear()
+    visual._forward_hooks.clear()
+    visual._vlm2vec_batched = False
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The members of every ModuleList of at least two modules of one class (decoder layers, vision
+    blocks), outermost lists only."""
+    blocks, taken = [], []
+    for name, mod in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in taken):
+            continue
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) >= 2 and len({type(m) for m in mod}) == 1:
+            blocks.extend(mod)
+            taken.append(name)
+    return blocks
+
+
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor", **options) -> int:
+    """`torch.compile` each repeated block of `model` in place; the number of blocks compiled."""
+    blocks = repeated_blocks(model)
+    for block in blocks:
+        block.compile(backend=backend, **options)
+    log.info("compiled %d repeated blocks (%s)", len(blocks), backend)
+    return len(blocks)
