@@ -322,15 +322,18 @@ def test_tiny_backbone_learns_to_retrieve_held_out_captions(workspace):
 # --- DDP ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_split_the_global_batch(workspace):
-    params = {**BASE_PARAMS, "steps": 4, "save_every": 2}
-    cmd, env = _stage_cmd(workspace, params)
+def _torchrun(ws: Path, params: dict) -> None:
+    _, env = _stage_cmd(ws, params)
     env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "stages.train", "--params", "params.yaml"]
-    proc = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_split_the_global_batch(workspace):
+    _torchrun(workspace, {**BASE_PARAMS, "steps": 4, "save_every": 2})
     logs = [[json.loads(x) for x in (workspace / f"ids.jsonl.rank{r}").read_text().splitlines()] for r in (0, 1)]
     for step in range(4):
         a, b = logs[0][step], logs[1][step]
@@ -342,3 +345,66 @@ def test_torchrun_two_ranks_split_the_global_batch(workspace):
     assert len(state["rng"]) == 2
     lineage = json.loads((workspace / "models/embedder/lineage.json").read_text())
     assert lineage["world_size"] == 2 and lineage["steps"] == 4
+
+
+def mixed_record(dataset: str, i: int):
+    """Shape images with captions in one dataset, text-only queries (image targets) in the other, so
+    that with homogeneous sub-batches one rank can embed images where the other embeds none."""
+    if dataset.endswith("Text"):
+        rng = np.random.default_rng([2, i])
+        colour, shape = CAPTIONS[i % len(CAPTIONS)]
+        return ({"query": make_side(f"a {colour} {shape}", instruction="Find the image"),
+                 "target": make_side("", _png(render(colour, shape, rng)), "target.png"),
+                 "negatives": []}, {})
+    return shape_record(dataset, i)
+
+
+@pytest.mark.slow
+def test_fsdp_trains_the_ddp_weights_and_resumes_across_fsdp_and_ddp(workspace_template, tmp_path):
+    """Full fine-tuning on 2 ranks: FSDP ends with DDP's weights (same batches per rank, gradients
+    averaged alike), also when one rank's chunk has images and the other's has none (homogeneous
+    sub-batches from an image-query and a text-query dataset, GradCache chunks); an FSDP checkpoint
+    resumes under FSDP and under DDP to the same weights."""
+    template = tmp_path / "template"
+    shutil.copytree(workspace_template / "models", template / "models")
+    write_test_shards(template / "data/shards/train", {"Syn-ShapesA": 120, "Syn-ShapesText": 120}, per_shard=60,
+                      make_record=mixed_record)
+    params = {**BASE_PARAMS, "steps": 4, "save_every": 2, "lora_rank": 0, "homogeneous_batch": 4,
+              "gc_chunk_size": 2, "mixture": {"Syn-ShapesA": 1, "Syn-ShapesText": 1}}
+    runs = {}
+    for name, fsdp in (("ddp", False), ("fsdp", True)):
+        ws = tmp_path / name
+        shutil.copytree(template, ws)
+        _torchrun(ws, {**params, "fsdp": fsdp})
+        runs[name] = merged_weights(ws)
+    # the ranks did see different modalities in one step: rank 0 images and rank 1 text-only, or back
+    logs = [[json.loads(x) for x in (tmp_path / "fsdp" / f"ids.jsonl.rank{r}").read_text().splitlines()]
+            for r in (0, 1)]
+    kinds = [[{i.split("/")[0] for i in row["ids"]} for row in log] for log in logs]
+    assert any(a != b for a, b in zip(*kinds))
+    base = load_file(template / "models/base/model.safetensors")
+
+    def assert_same(a, b):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+    assert any(not torch.equal(runs["fsdp"][k], base[k]) for k in base if "visual" in k)  # vision trained
+    assert_same(runs["fsdp"], runs["ddp"])
+    state = json.loads((C.list_checkpoints(tmp_path / "fsdp/models/checkpoints")[-1] / "state.json").read_text())
+    assert state["step"] == 4
+    for resume_fsdp in (True, False):  # drop the last checkpoint and the output; resume from step 2
+        ws = tmp_path / f"resume-{resume_fsdp}"
+        shutil.copytree(tmp_path / "fsdp", ws)
+        shutil.rmtree(ws / "models/embedder")
+        shutil.rmtree(C.list_checkpoints(ws / "models/checkpoints")[-1])
+        _torchrun(ws, {**params, "fsdp": resume_fsdp})
+        assert json.loads((ws / "models/embedder/lineage.json").read_text())["steps"] == 4
+        assert_same(merged_weights(ws), runs["fsdp"])
+    for name, fsdp in (("lora-ddp", False), ("lora-fsdp", True)):  # LoRA under FSDP: frozen and trainable
+        ws = tmp_path / name                                       # parameters share the units
+        shutil.copytree(template, ws)
+        _torchrun(ws, {**params, "lora_rank": 4, "fsdp": fsdp})
+        runs[name] = merged_weights(ws)
+        assert (ws / "models/embedder/adapter/adapter_model.safetensors").exists()
+    assert_same(runs["lora-fsdp"], runs["lora-ddp"])
+    assert any(not torch.equal(runs["lora-fsdp"][k], base[k]) for k in base)

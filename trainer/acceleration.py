@@ -123,17 +123,21 @@ def unbatch_vision_attention(model: torch.nn.Module) -> None:
     visual._vlm2vec_batched = False
 
 
-def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The members of every ModuleList of at least two modules of one class (decoder layers, vision
+def repeated_block_lists(model: torch.nn.Module) -> list[tuple[str, torch.nn.ModuleList]]:
+    """(name, list) of every ModuleList of at least two modules of one class (decoder layers, vision
     blocks), outermost lists only."""
-    blocks, taken = [], []
+    lists: list[tuple[str, torch.nn.ModuleList]] = []
     for name, mod in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in taken):
+        if any(name.startswith(prefix + ".") for prefix, _ in lists):
             continue
         if isinstance(mod, torch.nn.ModuleList) and len(mod) >= 2 and len({type(m) for m in mod}) == 1:
-            blocks.extend(mod)
-            taken.append(name)
-    return blocks
+            lists.append((name, mod))
+    return lists
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The members of every `repeated_block_lists` list."""
+    return [block for _, blocks in repeated_block_lists(model) for block in blocks]
 
 
 def compile_blocks(model: torch.nn.Module, backend: str = "inductor", **options) -> int:

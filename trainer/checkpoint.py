@@ -29,6 +29,7 @@ import os
 import random
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 NAME_RE = re.compile(r"step-(\d{6,})")
 # change speed or bookkeeping, never the result (beyond float rounding)
-NOT_IN_FINGERPRINT = ("save_every", "num_workers", "batched_vision_attention", "compile")
+NOT_IN_FINGERPRINT = ("save_every", "num_workers", "batched_vision_attention", "compile", "fsdp")
 FORMAT = "vlm2vec-checkpoint/1"
 
 
@@ -175,11 +176,15 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, fingerprint: str, stream: Mapping[str, Any],
                     rng_per_rank: list[Mapping[str, Any]], extra: Mapping[str, Any] | None = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, model_state: Mapping[str, torch.Tensor] | None = None,
+                    optimizer_state: Mapping[str, Any] | None = None) -> Path:
     """Atomically write the checkpoint of ``step`` (see the module docstring); return its folder.
 
     ``rng_per_rank``: `capture_rng()` of every rank, in rank order. Older checkpoints beyond the newest
-    ``keep`` and stale temporary folders are removed afterwards.
+    ``keep`` and stale temporary folders are removed afterwards. ``model_state`` / ``optimizer_state``:
+    the trainable tensors and the ``optimizer.state_dict()``-shaped state when the caller gathered them
+    (FSDP: `trainer.fsdp.full_trainable_state` / `full_optimizer_state`); by default they are read from
+    ``model`` and ``optimizer``.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -189,8 +194,9 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     tmp.mkdir()
 
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    opt_tensors, opt_rest = split_optimizer_state(optimizer.state_dict())
+    save_file(dict(model_state) if model_state is not None else trainable_state(model), tmp / "trainable.safetensors")
+    opt_tensors, opt_rest = split_optimizer_state(optimizer_state if optimizer_state is not None
+                                                  else optimizer.state_dict())
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     rng_tensors: dict[str, torch.Tensor] = {}
     rng_json = []
@@ -251,9 +257,11 @@ def remove_checkpoints(root: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, rank: int = 0) -> dict[str, Any]:
+                    scheduler: Any, rank: int = 0, load_model=None, load_optimizer=None) -> dict[str, Any]:
     """Restore weights, optimizer and scheduler from ``path``; return the state dict with ``rng`` set
     to this rank's RNG state (or None when the checkpoint has no entry for ``rank``).
+    ``load_model(tensors)`` / ``load_optimizer(state_dict)`` replace the default loading into ``model``
+    and ``optimizer`` (FSDP: `trainer.fsdp.load_trainable_state` / `load_optimizer_state`).
 
     The RNG is returned, not restored, so the caller restores it at the right moment (after building
     anything that draws random numbers, e.g. the DataLoader iterator)."""
@@ -261,8 +269,9 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {state.get('format')!r}")
-    load_trainable(model, load_file(path / "trainable.safetensors"))
-    optimizer.load_state_dict(join_optimizer_state(load_file(path / "optimizer.safetensors"), state["optimizer"]))
+    (load_model or partial(load_trainable, model))(load_file(path / "trainable.safetensors"))
+    (load_optimizer or optimizer.load_state_dict)(
+        join_optimizer_state(load_file(path / "optimizer.safetensors"), state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     rng = None
     if rank < len(state["rng"]):

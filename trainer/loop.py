@@ -7,13 +7,14 @@ One step = one global batch of ``batch_size`` pairs (split evenly over the ranks
 targets (and ``hard_negatives`` explicit negatives per query), loss = `info_nce` at ``temperature``,
 backward (in GradCache chunks of ``gc_chunk_size`` when > 0), clip the gradient norm to
 ``max_grad_norm`` (HF Trainer's default 1.0, which VLM2Vec ran with), AdamW step, linear warmup /
-decay schedule. Under ``torchrun`` the model is wrapped in DDP; `info_nce` scales the loss so that
-DDP's gradient average equals the single-process gradient of the global batch.
+decay schedule. Under ``torchrun`` the model is wrapped in DDP, or with ``fsdp: true`` sharded with
+FSDP2 (`trainer.fsdp`: weights, gradients and AdamW state split over the ranks, for full
+fine-tuning of backbones whose replicas do not fit); `info_nce` scales the loss so that the
+gradient average over ranks equals the single-process gradient of the global batch under both.
 
-Full fine-tuning under DDP keeps a full copy of weights, gradients and AdamW state on every rank;
-for backbones where that does not fit, the path is FSDP (``torch.distributed.fsdp.fully_shard`` on
-the decoder layers, with checkpoints via ``torch.distributed.checkpoint``) - not implemented here:
-the loop logs a notice when full fine-tuning runs on several ranks.
+Speed switches that leave the result unchanged (`trainer.acceleration`): ``batched_vision_attention``
+(Qwen2-VL's vision tower attends over all same-size images in one call per layer) and ``compile``
+(``torch.compile`` of each decoder layer and vision block).
 
 Exact resume: every ``save_every`` steps (and after the last step) a checkpoint stores the trainable
 weights, optimizer, scheduler, the RNG of every rank and the data-stream position
@@ -50,7 +51,7 @@ import yaml
 from tqdm import tqdm
 
 from trainer import checkpoint as ckpt
-from trainer import distributed
+from trainer import distributed, fsdp
 from trainer.backbones import Backbone, load_backbone, save_backbone
 from trainer.acceleration import batch_vision_attention, compile_blocks
 from trainer.data import ContrastiveStream, StreamConfig, StreamPosition, make_loader, read_shards
@@ -65,7 +66,7 @@ REQUIRED = ("seed", "steps", "batch_size", "gc_chunk_size", "learning_rate", "wa
             "temperature", "hard_negatives", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "dora",
             "max_text_tokens", "image_max_pixels", "instructions", "mixture", "homogeneous_batch",
             "shuffle_buffer", "num_workers", "save_every", "precision")
-OPTIONAL = {"max_grad_norm": 1.0, "batched_vision_attention": True, "compile": False}
+OPTIONAL = {"max_grad_norm": 1.0, "batched_vision_attention": True, "compile": False, "fsdp": False}
 METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s")
 
 
@@ -88,6 +89,7 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
         (float(p["max_grad_norm"]) > 0, "max_grad_norm > 0"),
         (isinstance(p["batched_vision_attention"], bool), "batched_vision_attention is true or false"),
         (isinstance(p["compile"], bool), "compile is true or false"),
+        (isinstance(p["fsdp"], bool), "fsdp is true or false"),
     ]
     bad = [what for ok, what in checks if not ok]
     if bad:
@@ -209,19 +211,24 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     embedder.train()
     if p["batched_vision_attention"] and batch_vision_attention(embedder.model):
         log.info("batched vision attention: one attention call per layer for same-size images")
+    mode = "lora" if int(p["lora_rank"]) > 0 else "full"
+    use_fsdp = bool(p["fsdp"]) and world > 1
+    if use_fsdp:
+        fsdp.shard_model(embedder)
+    elif p["fsdp"]:
+        log.info("train.fsdp: one process, nothing to shard")
+    elif mode == "full" and world > 1:
+        log.warning("full fine-tuning under DDP replicates weights, gradients and AdamW state on every rank; "
+                    "for backbones that do not fit, set train.fsdp: true")
     if p["compile"]:
         compile_blocks(embedder.model)
     params = trainable_parameters(embedder)
     n_trainable = sum(q.numel() for q in params)
-    mode = "lora" if int(p["lora_rank"]) > 0 else "full"
     log.info("%s fine-tuning: %d trainable parameters of %d", mode, n_trainable,
              sum(q.numel() for q in embedder.parameters()))
-    if mode == "full" and world > 1:
-        log.warning("full fine-tuning under DDP replicates weights, gradients and AdamW state on every rank; "
-                    "for backbones that do not fit, use FSDP (not implemented in this loop)")
 
     encoder: torch.nn.Module = PairEncoder(embedder)
-    if world > 1:
+    if world > 1 and not use_fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         find_unused = mode == "full" or backbone.kind == "dual"  # e.g. vision tower idle on text-only batches
@@ -245,7 +252,12 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     num_workers = int(p["num_workers"])
     start_step, rng_state, position, last_loss = 0, None, None, None
     if found is not None:
-        state = ckpt.load_checkpoint(found, model=embedder, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        loaders = {}
+        if use_fsdp:
+            loaders = dict(load_model=partial(fsdp.load_trainable_state, embedder),
+                           load_optimizer=partial(fsdp.load_optimizer_state, embedder, optimizer))
+        state = ckpt.load_checkpoint(found, model=embedder, optimizer=optimizer, scheduler=scheduler, rank=rank,
+                                     **loaders)
         start_step, rng_state = int(state["step"]), state["rng"]
         position = StreamPosition.from_dict(state["stream"])
         last_loss = state["extra"].get("loss")
@@ -280,7 +292,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
                 else nullcontext())
     loss_fn = partial(info_nce, temperature=temperature)
     scale = loss_scale()
-    no_sync = encoder.no_sync if world > 1 else None
+    no_sync = (partial(fsdp.no_gradient_sync, embedder) if use_fsdp else encoder.no_sync if world > 1 else None)
 
     live = open_live(paths.metrics, start_step) if rank == 0 else None
     ids_log = _open_ids_log(paths.ids_log, start_step, rank, world)
@@ -327,7 +339,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             if live is not None:
                 live.log_metric("loss", loss_value)
                 live.log_metric("learning_rate", scheduler.get_last_lr()[0])
-                live.log_metric("grad_norm", float(grad_norm))
+                live.log_metric("grad_norm", fsdp.grad_norm_value(grad_norm))
                 live.log_metric("pairs_per_s", float(counts[0]) / elapsed)
                 live.log_metric("images_per_s", float(counts[1]) / elapsed)
                 live.next_step()
@@ -338,7 +350,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             last_loss = loss_value
             done = step + 1
             if done % save_every == 0 or done == steps:
-                _save(paths.checkpoints, done, embedder, optimizer, scheduler, fp, position, last_loss, rank)
+                _save(paths.checkpoints, done, embedder, optimizer, scheduler, fp, position, last_loss, rank,
+                      sharded=use_fsdp)
     finally:
         bar.close()
         if ids_log is not None:
@@ -348,6 +361,12 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
 
     summary = {"steps": steps, "final_loss": last_loss, "mode": mode, "trainable_parameters": n_trainable,
                "resumed_from": start_step, "world_size": world}
+    if use_fsdp:  # gather the unsharded weights (every rank), then export an unsharded copy on rank 0
+        full = fsdp.full_model_state(embedder)
+        if rank == 0:
+            backbone = apply_lora(load_backbone(str(paths.base)), p)
+            embedder = Embedder(backbone)
+            embedder.load_state_dict(full)
     if rank == 0:
         export(backbone, embedder, p, paths, summary)
     distributed.barrier()
@@ -370,8 +389,13 @@ def _open_ids_log(path: Path | None, start_step: int, rank: int, world: int):
 
 
 def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position: StreamPosition,
-          loss: float, rank: int) -> None:
-    """Gather the per-rank stream positions and RNG states; rank 0 writes the checkpoint."""
+          loss: float, rank: int, sharded: bool = False) -> None:
+    """Gather the per-rank stream positions and RNG states (and under FSDP the unsharded weights and
+    optimizer state); rank 0 writes the checkpoint."""
+    states = {}
+    if sharded:
+        states = dict(model_state=fsdp.full_trainable_state(model),
+                      optimizer_state=fsdp.full_optimizer_state(model, optimizer))
     gathered = distributed.all_gather_object({"position": position.to_dict(), "rng": ckpt.capture_rng()})
     if rank == 0:
         merged = StreamPosition.from_dict(gathered[0]["position"])
@@ -379,7 +403,7 @@ def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position:
             merged.merge(StreamPosition.from_dict(g["position"]))
         ckpt.save_checkpoint(root, step, model=model, optimizer=optimizer, scheduler=scheduler, fingerprint=fp,
                              stream=merged.to_dict(), rng_per_rank=[g["rng"] for g in gathered],
-                             extra={"loss": loss})
+                             extra={"loss": loss}, **states)
     distributed.barrier()
 
 
