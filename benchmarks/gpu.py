@@ -29,7 +29,9 @@ Cases (`--cases`):
                  the first batch only and after E (compilation is the least certain part);
        C+fa2     flash_attention_2, only when `flash_attn` is importable.
   D  GradCache (`trainer.gradcache.gradcache_step` over the Embedder): a global batch of
-     `--gc-batch` (1024) pairs in chunks of `--gc-chunk` (32 or 64).
+     `--gc-batch` (1024) pairs in chunks of `--gc-chunk` (32 or 64). With `--compile` also D+fast
+     (batched vision attention + compiled blocks) and D+fast+feat (the same with the no-grad pass's
+     image features reused: `trainer.acceleration.frozen_image_features`, what the trainer does).
   E  no-grad encoding of `--encode-batch` (128) queries with the base model (no adapters): plain
      (`model(**inputs, output_hidden_states=True)` under no_grad) vs ours (Embedder under
      inference_mode; and with batched vision attention), plus the vision tower alone and the
@@ -77,7 +79,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer.acceleration import batch_vision_attention, compile_blocks, unbatch_vision_attention  # noqa: E402
+from trainer.acceleration import (batch_vision_attention, compile_blocks, frozen_image_features,  # noqa: E402
+                                  unbatch_vision_attention)
 from trainer.backbones import LORA_TARGETS  # noqa: E402
 from trainer.gradcache import gradcache_step  # noqa: E402
 from trainer.losses import info_nce  # noqa: E402
@@ -510,6 +513,13 @@ def correctness_checks(model, queries: dict, targets: dict, temperature: float, 
     model.zero_grad(set_to_none=True)
     out += [compare("D vs chunked C: loss", loss_gc, loss_chunked.detach(), tol),
             compare("D vs chunked C: LoRA gradients", g_gc, g_chunked, 5 * tol)]
+    # the same GradCache step with the no-grad pass's image features reused (frozen vision tower)
+    loss_feat = gradcache_step(emb, q_chunks, t_chunks, partial(info_nce, temperature=temperature),
+                               features=frozen_image_features(model))
+    g_feat = lora_grads(model)
+    model.zero_grad(set_to_none=True)
+    out += [compare("D+feat vs D: loss", loss_feat, loss_gc, 0.0),
+            compare("D+feat vs D: LoRA gradients", g_feat, g_gc, 0.0)]
 
     visual = unwrap(model).model.visual
     with torch.no_grad():
@@ -572,7 +582,7 @@ def train_cases(bench: Bench, model, label_lora: str, case: str, embed, sizes: S
 
 
 def gradcache_case(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool, temperature: float,
-                   case: str = "D") -> None:
+                   case: str = "D", features=None) -> None:
     emb = our_embedder(model)
     chunk, total = sizes.gc_chunk, sizes.gc_batch
     if total % chunk:
@@ -581,13 +591,15 @@ def gradcache_case(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool, t
     q_chunks = [make_queries(chunk, sizes, device, dtype, gen, mm) for _ in range(total // chunk)]
     t_chunks = [make_targets(chunk, sizes, device, gen, mm) for _ in range(total // chunk)]
     loss_fn = partial(info_nce, temperature=temperature)
-    label = f"GradCache {total} in chunks of {chunk}, Embedder, model-dtype adapters, dropout 0"
+    label = f"GradCache {total} in chunks of {chunk}, Embedder, model-dtype adapters, dropout 0" + (
+        ", image features reused" if features is not None else "")
     reset = lambda: model.zero_grad(set_to_none=True)  # noqa: E731
     # warm-up on two chunks per side (same kernels and shapes as the full step, a fraction of the time)
     bench.measure(f"{case}:warmup", label, 2 * chunk, "pairs/s",
-                  lambda: gradcache_step(emb, q_chunks[:2], t_chunks[:2], loss_fn),
+                  lambda: gradcache_step(emb, q_chunks[:2], t_chunks[:2], loss_fn, features=features),
                   warmup=1, steps=1, before_step=reset, extra=dict(chunk=chunk))
-    bench.measure(case, label, total, "pairs/s", lambda: gradcache_step(emb, q_chunks, t_chunks, loss_fn),
+    bench.measure(case, label, total, "pairs/s",
+                  lambda: gradcache_step(emb, q_chunks, t_chunks, loss_fn, features=features),
                   warmup=0, steps=sizes.gc_steps, before_step=reset, extra=dict(chunk=chunk))
     del q_chunks, t_chunks
     bench.free()
@@ -888,6 +900,7 @@ def main(argv=None) -> int:
             if "D" in args.cases:
                 try:
                     gradcache_case(bench, model, case="D+fast", **common)
+                    gradcache_case(bench, model, case="D+fast+feat", features=frozen_image_features(model), **common)
                 except torch.OutOfMemoryError:
                     bench._add(dict(case="D+fast", label="GradCache", batch=sizes.gc_batch, unit="pairs/s",
                                     status="oom (inputs)", chunk=sizes.gc_chunk))

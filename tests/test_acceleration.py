@@ -160,3 +160,77 @@ def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients():
     assert g_fast.keys() == g_ref.keys() and any("visual" in n for n in g_ref)
     for name in g_ref:
         torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _lora_embedder(family="qwen2_vl", dropout=0.1):
+    from peft import LoraConfig, get_peft_model
+
+    backbone = build_tiny(family, seed=0)
+    model = get_peft_model(backbone.model, LoraConfig(r=4, lora_dropout=dropout, target_modules=backbone.lora_targets))
+    return backbone, model, Embedder(backbone).train()
+
+
+def _image_chunks(backbone, n_chunks=2, size=2):
+    collate = Collator(backbone, max_text_tokens=64, image_max_pixels=4096)
+    side = SIDES[0]
+    queries = [collate([side] * size, [_noise_image(10 * c + i) for i in range(size)]) for c in range(n_chunks)]
+    targets = [collate([SIDES[1], SIDES[3]][:size], [None] * size) for _ in range(n_chunks)]
+    return queries, targets
+
+
+def test_gradcache_reuses_frozen_image_features_with_the_same_gradients():
+    """LoRA on the language model (dropout on): GradCache with the image features of its no-grad
+    pass replayed gives bit-identical LoRA gradients and runs the vision tower once per chunk."""
+    from functools import partial
+
+    from trainer.acceleration import frozen_image_features
+    from trainer.gradcache import gradcache_step
+
+    results = []
+    for reuse in (False, True):
+        backbone, model, embedder = _lora_embedder()
+        queries, targets = _image_chunks(backbone)
+        calls = []
+        model.get_base_model().model.visual.register_forward_hook(lambda *a: calls.append(1))
+        features = frozen_image_features(model) if reuse else None
+        assert (features is not None) == reuse
+        torch.manual_seed(5)
+        loss = gradcache_step(embedder, queries, targets, partial(info_nce, temperature=0.05), features=features)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss, grads, len(calls)))
+    (loss_a, grads_a, calls_a), (loss_b, grads_b, calls_b) = results
+    assert (calls_a, calls_b) == (4, 2)  # 2 image chunks: twice each without reuse, once with
+    assert torch.equal(loss_a, loss_b) and grads_a.keys() == grads_b.keys()
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+    assert any(float(g.abs().sum()) > 0 for g in grads_a.values())
+
+
+def test_image_features_are_not_reused_when_the_vision_path_trains_or_draws_random_numbers():
+    from trainer.acceleration import frozen_image_features
+
+    full = build_tiny("qwen2_vl", seed=0)
+    for p in full.model.parameters():
+        p.requires_grad_(True)
+    assert frozen_image_features(full.model) is None  # full fine-tuning trains the vision tower
+    _, llava, _ = _lora_embedder("llava")
+    assert frozen_image_features(llava) is not None  # vision tower + projector frozen
+    _, noisy, _ = _lora_embedder("llava")
+    noisy.get_base_model().model.vision_tower.encoder.layers[0].dropout = torch.nn.Dropout(0.1)
+    assert frozen_image_features(noisy) is None
+
+
+def test_image_feature_replay_refuses_other_chunks():
+    from trainer.acceleration import frozen_image_features
+
+    backbone, model, embedder = _lora_embedder(dropout=0.0)
+    queries, _ = _image_chunks(backbone, n_chunks=1)
+    other, _ = _image_chunks(backbone, n_chunks=1, size=1)
+    features = frozen_image_features(model)
+    with torch.no_grad(), features.record():
+        embedder(queries[0])
+    with pytest.raises(RuntimeError, match="same order"), features.replay():
+        embedder(other[0])
+    with torch.no_grad(), features.record():
+        embedder(queries[0])
+    with pytest.raises(RuntimeError, match="used 0 of 1"), features.replay():
+        pass

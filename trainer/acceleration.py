@@ -1,5 +1,5 @@
-"""Speed-ups of the training and encoding step that change no result: batched vision attention and
-regional compilation.
+"""Speed-ups of the training and encoding step that change no result: batched vision attention,
+regional compilation, and image features computed once per GradCache step.
 
 Batched vision attention (Qwen2-VL): transformers' sdpa path of the Qwen2-VL vision tower runs one
 attention call per image per layer (`torch.split` by `cu_seqlens`, then a Python loop), with a
@@ -15,10 +15,13 @@ Regional compilation: `compile_blocks(model)` applies `torch.compile` to each re
 language model's decoder layers, the vision tower's blocks) rather than to the whole model, so the
 compiled code of one layer is reused by all its siblings (torch >= 2.5 inlines module parameters as
 graph inputs), compile time stays a few graphs, and graph breaks elsewhere cost nothing.
+
+Image features once per GradCache step: `frozen_image_features(model)` (see `ImageFeatureCache`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import sys
@@ -147,3 +150,86 @@ def compile_blocks(model: torch.nn.Module, backend: str = "inductor", **options)
         block.compile(backend=backend, **options)
     log.info("compiled %d repeated blocks (%s)", len(blocks), backend)
     return len(blocks)
+
+
+# --- GradCache: image features computed once ------------------------------------------------------
+
+_VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "connector",
+                 "visual_projection")
+
+
+class ImageFeatureCache:
+    """Image features of GradCache's no-grad pass, replayed in its pass with grad.
+
+    GradCache embeds every chunk twice: without grad (to get the embeddings the loss is computed on)
+    and again with grad. When nothing in the vision tower and projector is trained (LoRA on the
+    language model, as VLM2Vec trains) and nothing there draws random numbers, the second vision
+    forward computes exactly what the first did and nothing back-propagates into it: ``record()``
+    keeps the output of every ``get_image_features`` call of the first pass, ``replay()`` returns
+    them, in the same order, instead of running the tower again. The vision tower then runs once
+    per chunk instead of twice. Each replayed call is checked against the recorded one's
+    ``pixel_values`` shape, and a replay that does not consume every record raises.
+    """
+
+    def __init__(self, inner: torch.nn.Module):
+        self.mode: str | None = None
+        self.records: list[tuple[tuple[int, ...], object]] = []
+        self.position = 0
+        original = inner.get_image_features
+
+        def get_image_features(pixel_values, *args, **kwargs):
+            if self.mode == "replay":
+                if self.position >= len(self.records):
+                    raise RuntimeError("image feature replay: more image calls than the no-grad pass made")
+                shape, out = self.records[self.position]
+                self.position += 1
+                if shape != tuple(pixel_values.shape):
+                    raise RuntimeError(f"image feature replay: pixel_values {tuple(pixel_values.shape)}, "
+                                       f"recorded {shape}: chunks must be embedded in the same order")
+                return out
+            out = original(pixel_values, *args, **kwargs)
+            if self.mode == "record":
+                self.records.append((tuple(pixel_values.shape), out))
+            return out
+
+        inner.get_image_features = get_image_features
+
+    @contextlib.contextmanager
+    def record(self):
+        self.mode, self.records = "record", []
+        try:
+            yield
+        finally:
+            self.mode = None
+
+    @contextlib.contextmanager
+    def replay(self):
+        self.mode, self.position = "replay", 0
+        try:
+            yield
+            if self.position != len(self.records):
+                raise RuntimeError(f"image feature replay used {self.position} of {len(self.records)} records")
+        finally:
+            self.mode, self.records = None, []
+
+
+def frozen_image_features(model: torch.nn.Module) -> ImageFeatureCache | None:
+    """An `ImageFeatureCache` installed on ``model`` when its image path is frozen and draws no random
+    numbers (no trainable parameter, no dropout with p > 0 in the vision tower and projector); None
+    when it is trained, or when the model's layout is not known (then GradCache runs it twice)."""
+    inner = _inner(model)
+    if not callable(getattr(inner, "get_image_features", None)):
+        return None
+    cached = getattr(inner, "_vlm2vec_feature_cache", None)
+    if cached is not None:
+        return cached
+    parts = [m for name in _VISION_PARTS if isinstance(m := getattr(inner, name, None), torch.nn.Module)]
+    if not parts:
+        return None
+    if any(p.requires_grad for part in parts for p in part.parameters()):
+        return None
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for part in parts for m in part.modules()):
+        return None
+    cache = ImageFeatureCache(inner)
+    inner._vlm2vec_feature_cache = cache
+    return cache

@@ -16,7 +16,9 @@ the loss on all of them:
    ``e_c.backward(g_c)``; the parameter gradients accumulate to exactly dL/dtheta.
 
 Under DDP the per-chunk backward runs inside ``no_sync`` except for the very last chunk, whose
-backward all-reduces the gradients accumulated over all chunks.
+backward all-reduces the gradients accumulated over all chunks. When the vision tower is frozen
+(LoRA on the language model), ``features`` (`trainer.acceleration.frozen_image_features`) lets step 3
+reuse the image features of step 1 instead of running the tower again; the result is bit-identical.
 
 What "equal to a plain step" means: with dropout active, the masks depend on how the batch is
 split (each forward draws masks for its own rows), so the reference is the same chunks forwarded
@@ -89,6 +91,7 @@ def gradcache_step(
     negative_inputs: list[Inputs] | None = None,
     *,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    features=None,
 ) -> torch.Tensor:
     """One GradCache forward/backward; parameter ``.grad`` receives dL/dtheta (accumulated, not zeroed).
 
@@ -102,6 +105,9 @@ def gradcache_step(
             are the negatives of query i), ``B*K`` rows in all; or None.
         no_sync: DDP's ``model.no_sync`` (a context-manager factory) to skip gradient all-reduce on
             every chunk but the last; None in one process.
+        features: an `trainer.acceleration.ImageFeatureCache` (``record()`` / ``replay()`` context
+            managers): the image features of the no-grad pass are reused by the pass with grad
+            instead of running a frozen vision tower again; None runs it twice.
 
     Under DDP every rank must pass the same number of query, target and negative chunks (each
     forward and the final sync are collectives); the counts are compared first and a mismatch
@@ -121,7 +127,8 @@ def gradcache_step(
             raise ValueError(f"ranks pass different (query, target, negative) chunk counts: {all_counts}")
 
     # 1) no-grad pass, RNG state recorded per chunk
-    cached = {name: _embed_no_grad(embed_fn, chunks, name) for name, chunks in groups}
+    with features.record() if features is not None else contextlib.nullcontext():
+        cached = {name: _embed_no_grad(embed_fn, chunks, name) for name, chunks in groups}
     rng_after_first_pass = RngState.capture()
 
     # 2) loss on the embeddings, gradient w.r.t. the embeddings
@@ -150,19 +157,20 @@ def gradcache_step(
             chunks, cached[name][1], grads[name].split([e.shape[0] for e in cached[name][0]]), strict=True
         )
     ]
-    for i, (chunk, state, grad_part) in enumerate(work):
-        last = i == len(work) - 1
-        ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
-        with ctx:
-            state.restore()
-            with torch.enable_grad():
-                emb = embed_fn(chunk)
-            if emb.shape != grad_part.shape:
-                raise RuntimeError(
-                    f"chunk {i} re-embedded to {tuple(emb.shape)} but gave {tuple(grad_part.shape)} in the "
-                    "no-grad pass: embed_fn must be deterministic given the RNG state"
-                )
-            emb.backward(grad_part)
+    with features.replay() if features is not None else contextlib.nullcontext():
+        for i, (chunk, state, grad_part) in enumerate(work):
+            last = i == len(work) - 1
+            ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+            with ctx:
+                state.restore()
+                with torch.enable_grad():
+                    emb = embed_fn(chunk)
+                if emb.shape != grad_part.shape:
+                    raise RuntimeError(
+                        f"chunk {i} re-embedded to {tuple(emb.shape)} but gave {tuple(grad_part.shape)} in the "
+                        "no-grad pass: embed_fn must be deterministic given the RNG state"
+                    )
+                emb.backward(grad_part)
     rng_after_first_pass.restore()
     return loss.detach()
 

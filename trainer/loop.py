@@ -14,7 +14,8 @@ gradient average over ranks equals the single-process gradient of the global bat
 
 Speed switches that leave the result unchanged (`trainer.acceleration`): ``batched_vision_attention``
 (Qwen2-VL's vision tower attends over all same-size images in one call per layer) and ``compile``
-(``torch.compile`` of each decoder layer and vision block).
+(``torch.compile`` of each decoder layer and vision block); and, always when GradCache runs with a
+frozen vision tower, its no-grad pass's image features are reused by the pass with grad.
 
 Exact resume: every ``save_every`` steps (and after the last step) a checkpoint stores the trainable
 weights, optimizer, scheduler, the RNG of every rank and the data-stream position
@@ -53,7 +54,7 @@ from tqdm import tqdm
 from trainer import checkpoint as ckpt
 from trainer import distributed, fsdp
 from trainer.backbones import Backbone, load_backbone, save_backbone
-from trainer.acceleration import batch_vision_attention, compile_blocks
+from trainer.acceleration import batch_vision_attention, compile_blocks, frozen_image_features
 from trainer.data import ContrastiveStream, StreamConfig, StreamPosition, make_loader, read_shards
 from trainer.gradcache import gradcache_step
 from trainer.inputs import Collator
@@ -222,6 +223,9 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
                     "for backbones that do not fit, set train.fsdp: true")
     if p["compile"]:
         compile_blocks(embedder.model)
+    image_features = frozen_image_features(embedder.model) if int(p["gc_chunk_size"]) > 0 else None
+    if image_features is not None:
+        log.info("GradCache: frozen image features of the no-grad pass are reused (vision tower runs once)")
     params = trainable_parameters(embedder)
     n_trainable = sum(q.numel() for q in params)
     log.info("%s fine-tuning: %d trainable parameters of %d", mode, n_trainable,
@@ -312,7 +316,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
                     return encoder(x)[0]
 
             if chunk > 0:
-                loss = gradcache_step(embed, query, target, loss_fn, negatives, no_sync=no_sync)
+                loss = gradcache_step(embed, query, target, loss_fn, negatives, no_sync=no_sync,
+                                      features=image_features)
             else:
                 with autocast:
                     embs = encoder(query[0], target[0], *(negatives or []))
