@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
+
 from trainer.acceleration import repeated_block_lists
 
 log = logging.getLogger(__name__)
@@ -50,16 +51,21 @@ def language_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def shard_model(embedder: torch.nn.Module) -> int:
     """`fully_shard` every language-model block of ``embedder.model`` and then ``embedder`` itself
-    (in place); the number of blocks sharded. Needs an initialised process group."""
-    from torch.distributed.fsdp import fully_shard
+    (in place); the number of blocks sharded. Needs an initialised process group.
 
+    Weights stay in their dtype (float32) and ``train.precision: bf16`` computes under autocast, as
+    without FSDP. FSDP2's own mixed precision (gathering bf16 weights, half the all-gather bytes)
+    is not used: torch 2.13 refuses its reduce-scatter when the zero gradients of unused parameters
+    (float32) meet bf16 gradients ("expects uniform gradient dtype")."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if not hasattr(FSDPModule, "set_reduce_scatter_unused_params"):
+        raise RuntimeError(f"train.fsdp needs FSDPModule.set_reduce_scatter_unused_params, which torch "
+                           f"{torch.__version__} lacks; use a newer torch or DDP (train.fsdp: false)")
     blocks = language_blocks(embedder.model)
     for block in blocks:
         fully_shard(block)
     fully_shard(embedder)
-    if not hasattr(embedder, "set_reduce_scatter_unused_params"):
-        raise RuntimeError(f"train.fsdp needs FSDPModule.set_reduce_scatter_unused_params, which torch "
-                           f"{torch.__version__} lacks; use a newer torch or DDP (train.fsdp: false)")
     embedder.set_reduce_scatter_unused_params(True)
     log.info("FSDP: %d language-model blocks + root sharded over %d ranks", len(blocks), dist.get_world_size())
     return len(blocks)
