@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -74,6 +75,22 @@ def pil_limits(max_pixels: int):
         yield
     finally:
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def max_pixels_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The size an image of `width` x `height` is scaled down to (aspect kept) so that
+    width * height <= max_pixels; unchanged when it already fits. The one rule for the training
+    resolution: the shard stage pre-scales with it and the collator (`trainer.inputs`) applies it."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))
+    while w * h > max_pixels:  # int() rounding can still overshoot by a pixel row
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return w, h
 
 
 def _sha256(data: bytes) -> str:

@@ -16,8 +16,11 @@ One sample per record, key = `schema.sample_key(record id)`:
     <key>.target.<ext>
     <key>.neg<i>.<ext>
 
-Image bytes are the image store's bytes unchanged, except when the longer side exceeds
-`max_image_side`: then the image is downscaled (aspect kept, longer side = max_image_side, bicubic as PIL's default resize)
+Image bytes are the image store's bytes unchanged, except when the image has more than
+`max_image_pixels` pixels (set it to the training resolution, `train.image_max_pixels`: the image is
+then scaled with the collator's own rule, `images.max_pixels_size`, so training decodes a smaller file
+and resizes nothing, every epoch) or its longer side exceeds `max_image_side`: then the image is
+downscaled (aspect kept, bicubic as PIL's default resize; the pixel cap first, then the side cap)
 and re-encoded (JPEG -> JPEG q95, WebP -> WebP q95, PNG -> PNG, any other format -> PNG; EXIF and
 ICC profile kept). For such an image the JSON keeps `sha256` (the image-store key, so records still
 join to the store), while `width`/`height` describe the member bytes and `member_sha256` differs from
@@ -57,6 +60,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from pipelines.images import max_pixels_size
 from pipelines.imagestore import StoredImage, without_pandas
 from pipelines.schema import RECORD_SCHEMA, sample_key
 
@@ -88,18 +92,20 @@ class ShardParams:
     max_bytes: int
     max_image_side: int
     workers: int = 1
+    max_image_pixels: int | None = None
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> "ShardParams":
-        known = {"max_samples", "max_bytes", "max_image_side", "workers"}
+        known = {"max_samples", "max_bytes", "max_image_side", "workers", "max_image_pixels"}
         unknown = set(section) - known
         if unknown:
             raise ValueError(f"shard params: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
         missing = {"max_samples", "max_bytes", "max_image_side"} - set(section)
         if missing:
             raise ValueError(f"shard params: missing key(s) {sorted(missing)}")
-        p = cls(**{k: int(v) for k, v in section.items()})
-        if p.max_samples < 1 or p.max_image_side < 1 or p.workers < 1:
+        p = cls(**{k: None if v is None else int(v) for k, v in section.items()})
+        if p.max_samples < 1 or p.max_image_side < 1 or p.workers < 1 or (p.max_image_pixels is not None
+                                                                         and p.max_image_pixels < 1):
             raise ValueError(f"shard params must be positive: {p}")
         if p.max_bytes < TAR_RECORD:
             raise ValueError(f"shard.max_bytes={p.max_bytes} is below one tar record ({TAR_RECORD} bytes)")
@@ -108,7 +114,7 @@ class ShardParams:
     def output_params(self) -> dict[str, int]:
         """The params that determine the output bytes (recorded in the index)."""
         return {"max_samples": self.max_samples, "max_bytes": self.max_bytes,
-                "max_image_side": self.max_image_side}
+                "max_image_side": self.max_image_side, "max_image_pixels": self.max_image_pixels}
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -253,11 +259,18 @@ def downscaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def fit_image(image: StoredImage, max_side: int) -> MemberImage:
-    """The stored bytes unchanged when the longer side <= max_side, else downscaled and re-encoded."""
-    if max(image.width, image.height) <= max_side:
+def fitted_size(width: int, height: int, max_side: int, max_pixels: int | None) -> tuple[int, int]:
+    """The member size: the training resolution's rule first (`images.max_pixels_size`, so that the
+    collator finds nothing left to resize), then the longer side capped at max_side."""
+    size = (width, height) if max_pixels is None else max_pixels_size(width, height, max_pixels)
+    return downscaled_size(*size, max_side) if max(size) > max_side else size
+
+
+def fit_image(image: StoredImage, max_side: int, max_pixels: int | None = None) -> MemberImage:
+    """The stored bytes unchanged when they fit max_side and max_pixels, else downscaled and re-encoded."""
+    size = fitted_size(image.width, image.height, max_side, max_pixels)
+    if size == (image.width, image.height):
         return MemberImage(image.bytes, image.width, image.height, extension(image.format), False)
-    size = downscaled_size(image.width, image.height, max_side)
     with Image.open(io.BytesIO(image.bytes)) as img:
         info = dict(img.info)
         if img.format in ("JPEG", "MPO"):
@@ -294,7 +307,8 @@ class Sample:
     resized: int = 0
 
 
-def build_sample(record: dict, images: dict[str, StoredImage], max_side: int) -> Sample:
+def build_sample(record: dict, images: dict[str, StoredImage], max_side: int,
+                 max_pixels: int | None = None) -> Sample:
     """One record as tar members: `<key>.json` first, then the images sorted by member name."""
     key = sample_key(record["id"])
     doc = dict(record)
@@ -306,7 +320,7 @@ def build_sample(record: dict, images: dict[str, StoredImage], max_side: int) ->
             new_sides[stem] = side
             continue
         ref = side["image"]
-        fitted = fit_image(images[ref["sha256"]], max_side)
+        fitted = fit_image(images[ref["sha256"]], max_side, max_pixels)
         member = f"{stem}.{fitted.ext}"
         image_members.append((f"{key}.{member}", fitted.bytes))
         resized += fitted.resized
@@ -462,7 +476,7 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
                     result.meta_task = record["meta_task"]
                     result.distribution = record["distribution"]
                     result.split = record["split"]
-                sample = build_sample(record, images, params.max_image_side)
+                sample = build_sample(record, images, params.max_image_side, params.max_image_pixels)
                 writer.add(sample)
                 result.samples += 1
                 result.images += len(sample.members) - 1

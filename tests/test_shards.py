@@ -289,6 +289,51 @@ def test_fit_image_downscales_keeping_aspect_and_format():
         shards.extension("X.Y")
 
 
+def test_pixel_cap_prescales_to_the_collators_size_so_training_resizes_nothing():
+    from trainer.inputs import resize_to_max_pixels
+
+    img = make_image(100, 41, "JPEG", 4)  # 4100 px
+    fitted = shards.fit_image(img, 1344, max_pixels=1000)
+    assert fitted.resized and fitted.width * fitted.height <= 1000
+    with Image.open(io.BytesIO(img.bytes)) as original:
+        expected = resize_to_max_pixels(original, 1000).size  # what training would make of the original
+    assert (fitted.width, fitted.height) == expected
+    with Image.open(io.BytesIO(fitted.bytes)) as member:
+        assert member.size == expected
+        assert resize_to_max_pixels(member, 1000).size == member.size  # nothing left to resize
+    assert not shards.fit_image(img, 1344, max_pixels=4100).resized  # fits exactly: bytes kept
+    # an elongated image: the pixel cap first, then the side cap
+    assert shards.fitted_size(3000, 10, 1344, 20000) == (1344, 4)
+    assert shards.fitted_size(3000, 10, 1344, None) == (1344, 4)
+    assert shards.fitted_size(300, 100, 1344, None) == (300, 100)
+
+
+def test_pixel_cap_is_recorded_and_training_refuses_smaller_shards(normalized, tmp_path):
+    from trainer.data import check_shard_resolution
+
+    train, store, _, _ = normalized
+    params = ShardParams(max_samples=10, max_bytes=10**9, max_image_side=1344, max_image_pixels=1000)
+    index = write_shards(train, store, tmp_path / "s", params)
+    assert index["params"]["max_image_pixels"] == 1000
+    checked = 0
+    for sample in wds.WebDataset(shard_urls(tmp_path / "s"), shardshuffle=False):
+        for key, value in sample.items():
+            if key.endswith(("jpg", "png", "webp")):
+                with Image.open(io.BytesIO(value)) as im:
+                    assert im.width * im.height <= 1000
+                checked += 1
+    assert checked > 0
+    check_shard_resolution(tmp_path / "s", 1000)
+    check_shard_resolution(tmp_path / "s", 500)  # training below the shards' resolution is fine
+    for too_large in (1001, None):
+        with pytest.raises(ValueError, match="shard.max_image_pixels: " + str(too_large)):
+            check_shard_resolution(tmp_path / "s", too_large)
+    assert ShardParams.from_params({"max_samples": 1, "max_bytes": 10**6, "max_image_side": 8,
+                                    "max_image_pixels": None}).max_image_pixels is None
+    with pytest.raises(ValueError, match="positive"):
+        ShardParams.from_params({"max_samples": 1, "max_bytes": 10**6, "max_image_side": 8, "max_image_pixels": 0})
+
+
 def test_missing_image_is_a_clear_error(normalized, tmp_path):
     train, _, _, _ = normalized
     empty_store = tmp_path / "store"

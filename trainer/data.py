@@ -105,6 +105,23 @@ def read_shards(shard_dir: str | Path) -> list[Shard]:
     return out
 
 
+def check_shard_resolution(shard_dir: str | Path, image_max_pixels: int | None) -> None:
+    """Refuse shards whose images were pre-scaled below the training resolution.
+
+    The shard stage scales images to at most ``shard.max_image_pixels`` (recorded in index.json);
+    training at a larger ``image_max_pixels`` (or without a cap) would silently see the smaller
+    images. Raises ValueError saying which param to change."""
+    made = shard_format.read_index(Path(shard_dir)).get("params", {}).get("max_image_pixels")
+    if made is None:
+        return
+    if image_max_pixels is None or int(image_max_pixels) > int(made):
+        raise ValueError(
+            f"the shards under {shard_dir} hold images of at most {made} pixels (shard.max_image_pixels) but "
+            f"train.image_max_pixels is {image_max_pixels}: re-run the shard stage with "
+            f"shard.max_image_pixels: {image_max_pixels} (e.g. dvc exp run -S train.image_max_pixels=X "
+            f"-S shard.max_image_pixels=X)")
+
+
 def mixture_probs(shards: list[Shard], mixture: str | Mapping[str, float]) -> dict[str, float]:
     """Sampling probability per dataset (sorted by name, zero-probability datasets left out).
 

@@ -21,13 +21,13 @@ must call the Collator per chunk of sides ("late processing"), not slice its out
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from PIL import Image
 
+from pipelines.images import max_pixels_size
 from pipelines.schema import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
@@ -108,14 +108,7 @@ def resize_to_max_pixels(image: Image.Image, max_pixels: int | None) -> Image.Im
     image = image.convert("RGB")
     if max_pixels is None or image.width * image.height <= max_pixels:
         return image
-    scale = math.sqrt(max_pixels / (image.width * image.height))
-    w, h = max(1, int(image.width * scale)), max(1, int(image.height * scale))
-    while w * h > max_pixels:  # int() rounding can still overshoot by a pixel row
-        if w >= h:
-            w -= 1
-        else:
-            h -= 1
-    return image.resize((w, h), Image.BICUBIC)
+    return image.resize(max_pixels_size(image.width, image.height, max_pixels), Image.BICUBIC)
 
 
 # keys that hold one entry per row of the text sequence (padded when merging sub-batches)

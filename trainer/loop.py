@@ -55,7 +55,8 @@ from trainer import checkpoint as ckpt
 from trainer import distributed, fsdp
 from trainer.backbones import Backbone, load_backbone, save_backbone
 from trainer.acceleration import batch_vision_attention, compile_blocks, frozen_image_features
-from trainer.data import ContrastiveStream, StreamConfig, StreamPosition, make_loader, read_shards
+from trainer.data import (ContrastiveStream, StreamConfig, StreamPosition, check_shard_resolution, make_loader,
+                          read_shards)
 from trainer.gradcache import gradcache_step
 from trainer.inputs import Collator
 from trainer.losses import info_nce, loss_scale
@@ -199,6 +200,7 @@ def open_live(metrics_dir: Path, start_step: int):
 def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> dict[str, Any]:
     """Run (or resume) training per ``train_params``; return a summary dict (rank 0 writes outputs)."""
     p = validate_params(train_params)
+    check_shard_resolution(paths.shards, p["image_max_pixels"])  # before any work: a params mistake
     dist_info = distributed.init_from_env()
     rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
     seed = int(p["seed"])
