@@ -8,7 +8,8 @@
    (subprocesses, params.yaml defaults: shard.max_image_side 1344; shard.max_image_pixels off, and
    = each `image_max_pixels` setting), and the zips extracted to a folder for the VLM2Vec-style path.
 2. Both loaders deliver the same thing: query and target batches of `--batch` pairs collated by the
-   same `trainer.inputs.Collator` (tiny Qwen2-VL processor) in `--workers` DataLoader workers.
+   same `trainer.inputs.Collator` (tiny Qwen2-VL processor, its max_pixels set to the setting as a
+   real run sets it) in `--workers` DataLoader workers.
    * streaming: `trainer.data.ContrastiveStream` over the shards (tar streams, shuffle windows,
      decode + collate in the workers; JPEGs far above image_max_pixels decoded at reduced DCT
      scale), twice: over shards pre-scaled to the setting (shard.max_image_pixels =
@@ -26,6 +27,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import os
 import platform
 import shutil
@@ -148,6 +151,15 @@ def stream_batches(run: Path, collator: Collator, batch: int, workers: int, max_
     yield from make_loader(ContrastiveStream(shards, config, collator), workers)
 
 
+def at_resolution(backbone, max_pixels: int):
+    """The backbone with its image processor set to Qwen2-VL's min_pixels (56*56) and to max_pixels,
+    as a real run configures it: the tiny processor's own cap (1024 pixels) would otherwise shrink
+    every image again and hide the patchify cost of a real resolution."""
+    processor = copy.deepcopy(backbone.processor)
+    processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": max_pixels}
+    return dataclasses.replace(backbone, processor=processor)
+
+
 def timed(batches, pairs: int) -> float:
     """pairs/s over `pairs` pairs, after one warm-up batch (worker start-up excluded)."""
     it = iter(batches)
@@ -174,7 +186,7 @@ def main(argv=None) -> None:
     backbone = build_tiny("qwen2_vl", seed=0, image_size=64, hidden_size=64, layers=2)
     results = []
     for max_pixels in MAX_PIXELS:
-        collator = Collator(backbone, max_text_tokens=256, image_max_pixels=max_pixels)
+        collator = Collator(at_resolution(backbone, max_pixels), max_text_tokens=256, image_max_pixels=max_pixels)
         rates: dict[str, list[float]] = {"prescaled": [], "unscaled": [], "vlm2vec": []}
         for r in range(args.repeats):  # the three loaders alternate, so drifting load hits them alike
             rates["prescaled"].append(timed(stream_batches(run, collator, args.batch, args.workers, max_pixels,
