@@ -4,6 +4,7 @@ real SIGKILL, and a learning check (a tiny backbone learns to match shapes to ca
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -232,6 +233,30 @@ def test_batched_vision_attention_and_compiled_blocks_train_the_same_weights(wor
     assert summary["resumed_from"] == 2
     with pytest.raises(ValueError, match="compile is true or false"):
         validate_params({**BASE_PARAMS, "compile": "yes"})
+
+
+@pytest.mark.slow
+def test_compiled_gradcache_lora_steps_stay_compiled_and_equal_eager(workspace, tmp_path, monkeypatch, caplog):
+    """LoRA + GradCache + hard negatives: the compiled blocks see many variants (vision and decoder
+    blocks share transformers' layer __call__; grad and no-grad passes; new shapes). None may fall
+    back to eager for hitting torch's recompile limit, and the weights equal the eager run's."""
+    import torch._dynamo
+    import trainer.loop as loop
+    from trainer import acceleration
+
+    monkeypatch.setattr(loop, "compile_blocks", lambda m: acceleration.compile_blocks(m, backend="aot_eager"))
+    params = {**BASE_PARAMS, "steps": 5, "save_every": 100, "gc_chunk_size": 3, "hard_negatives": 1}
+    weights = {}
+    torch._dynamo.reset()
+    with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
+        for fast in (False, True):
+            ws = tmp_path / f"compile{fast}"
+            shutil.copytree(workspace, ws)
+            train({**params, "compile": fast}, paths_in(ws))
+            weights[fast] = merged_weights(ws)
+    torch._dynamo.reset()
+    assert "recompile_limit" not in caplog.text and "cache_size_limit" not in caplog.text
+    assert all(torch.allclose(weights[True][k], weights[False][k], rtol=1e-4, atol=1e-6) for k in weights[False])
 
 
 # --- exact resume after SIGKILL -----------------------------------------------------------------

@@ -143,8 +143,22 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [block for _, blocks in repeated_block_lists(model) for block in blocks]
 
 
+# Variants one compiled block function sees in training: transformers' decoder layers and vision
+# blocks share one `__call__` (GradientCheckpointingLayer), called with rank-3 and rank-2 hidden
+# states, with and without grad (GradCache's two passes), with inputs that do or do not require grad,
+# before and after shapes turn dynamic. torch's default limit of 8 compiled variants per function
+# is reached within the first steps, after which new variants silently run eager.
+RECOMPILE_LIMIT = 64
+
+
 def compile_blocks(model: torch.nn.Module, backend: str = "inductor", **options) -> int:
-    """`torch.compile` each repeated block of `model` in place; the number of blocks compiled."""
+    """`torch.compile` each repeated block of `model` in place; the number of blocks compiled.
+    Raises torch's per-function recompile limit to `RECOMPILE_LIMIT` (see there)."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the second is the older name
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
     blocks = repeated_blocks(model)
     for block in blocks:
         block.compile(backend=backend, **options)
