@@ -8,8 +8,10 @@ joins the process group, with NCCL when CUDA is available and Gloo otherwise.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -136,8 +138,17 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Destroy the process group if one is active; safe to call more than once."""
+    """Destroy the process group if one is active; safe to call more than once.
+
+    Call it after every object that holds the group (a DDP wrapper's reducer) is gone. Before the
+    group is destroyed the GIL is released for a moment: gloo's worker threads free finished work
+    objects, and freeing a tensor that Python created needs the GIL, while the group's destructor
+    joins those threads holding it. A 2-rank CPU run deadlocked exactly there once (torch 2.13:
+    main thread in ~ProcessGroupGloo joining, worker in ~AsyncBarrierWork waiting for the GIL).
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        time.sleep(0.2)
         dist.destroy_process_group()
 
 

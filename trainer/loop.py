@@ -377,6 +377,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     if rank == 0:
         export(backbone, embedder, p, paths, summary)
     distributed.barrier()
+    del encoder, no_sync, embedder, optimizer, batches  # DDP's reducer holds the process group: free it first
     distributed.cleanup()
     return summary
 
