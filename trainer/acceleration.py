@@ -30,15 +30,17 @@ import types
 import torch
 import torch.nn.functional as F
 
+from trainer.model import unwrap
+
 log = logging.getLogger(__name__)
 
 _UNIFORM = "_vlm2vec_uniform_images"   # attribute on each patched attention module: (images, patches) or None
 
 
 def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a peft wrapper, then its inner `.model` when it has one."""
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
+    """The transformers model under a peft wrapper (`trainer.model.unwrap`), then its inner `.model`
+    when it has one (e.g. Qwen2VLModel under Qwen2VLForConditionalGeneration)."""
+    base = unwrap(model)
     return getattr(base, "model", base)
 
 

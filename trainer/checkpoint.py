@@ -31,7 +31,7 @@ import re
 import shutil
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -100,12 +100,18 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def check_trainable_names(names: Iterable[str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise ValueError unless the saved tensors are exactly the model's trainable parameters."""
+    names = set(names)
+    if names != set(tensors):
+        missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
+        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {extra[:5]}")
+
+
 def load_trainable(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
     """Copy saved trainable parameters into ``model``; the name sets must match exactly."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(params) != set(tensors):
-        missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    check_trainable_names(params, tensors)
     with torch.no_grad():
         for n, p in params.items():
             if p.shape != tensors[n].shape:

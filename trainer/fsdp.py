@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.acceleration import repeated_block_lists
+from trainer.checkpoint import check_trainable_names
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,9 @@ def full_trainable_state(embedder: torch.nn.Module) -> dict[str, torch.Tensor]:
     rank 0 gets them, other ranks an empty dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    names = {n for n, p in embedder.named_parameters() if p.requires_grad}
-    full = get_model_state_dict(embedder, options=StateDictOptions(**_FULL))
+    names = set(_trainable_names(embedder))
+    # frozen weights (a LoRA run's whole backbone) are never gathered, only dropped from the result
+    full = get_model_state_dict(embedder, options=StateDictOptions(**_FULL, ignore_frozen_params=True))
     return {n: t.contiguous() for n, t in full.items() if n in names}
 
 
@@ -130,10 +132,7 @@ def load_trainable_state(embedder: torch.nn.Module, tensors: Mapping[str, torch.
     """Load full (unsharded) trainable tensors into the sharded ``embedder``; every rank passes them."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    names = set(_trainable_names(embedder))
-    if names != set(tensors):
-        missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    check_trainable_names(_trainable_names(embedder), tensors)
     set_model_state_dict(embedder, dict(tensors), options=StateDictOptions(full_state_dict=True, strict=False))
 
 
