@@ -34,9 +34,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipelines.schema import IMAGE_TOKEN
+from trainer.acceleration import batch_vision_attention
 from trainer.backbones import BACKBONE_JSON, load_backbone
 from trainer.inputs import Collator
-from trainer.acceleration import batch_vision_attention
 from trainer.model import Embedder
 
 log = logging.getLogger(__name__)
