@@ -93,6 +93,31 @@ def max_pixels_size(width: int, height: int, max_pixels: int) -> tuple[int, int]
     return w, h
 
 
+def snapped_size(width: int, height: int, multiple: int, max_pixels: int | None = None,
+                 max_side: int | None = None) -> tuple[int, int]:
+    """Each side rounded to a multiple of `multiple` (at least one multiple), or rounded down when
+    rounding would exceed `max_pixels` or `max_side`. With `multiple` = the processor's patch size
+    times its merge size (28 for Qwen2-VL / Qwen2.5-VL) such a size is a fixed point of Qwen2-VL's
+    `smart_resize`, so the processor resizes nothing: the shard stage's `image_size_multiple`."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    if (max_pixels is not None and max_pixels < multiple * multiple) or (max_side is not None and max_side < multiple):
+        raise ValueError(f"no size on a grid of {multiple} px fits max_pixels={max_pixels}, max_side={max_side}")
+
+    def snap(value: int, rounding) -> int:
+        return max(multiple, int(rounding(value / multiple)) * multiple)
+
+    w, h = snap(width, round), snap(height, round)
+    if (max_pixels is not None and w * h > max_pixels) or (max_side is not None and max(w, h) > max_side):
+        w, h = snap(width, math.floor), snap(height, math.floor)
+    if max_pixels is not None and w * h > max_pixels:  # a short side raised to one multiple: shorten the long one
+        if w >= h:
+            w = max_pixels // h // multiple * multiple
+        else:
+            h = max_pixels // w // multiple * multiple
+    return w, h
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -21,8 +21,13 @@ Image bytes are the image store's bytes unchanged, except when the image has mor
 then scaled with the collator's own rule, `images.max_pixels_size`, so training decodes a smaller file
 and resizes nothing, every epoch) or its longer side exceeds `max_image_side`: then the image is
 downscaled (aspect kept, bicubic as PIL's default resize; the pixel cap first, then the side cap)
-and re-encoded (JPEG -> JPEG q95, WebP -> WebP q95, PNG -> PNG, any other format -> PNG; EXIF and
-ICC profile kept). For such an image the JSON keeps `sha256` (the image-store key, so records still
+and re-encoded. With `image_size_multiple` set (the processor's patch size times its merge size: 28
+for Qwen2-VL / Qwen2.5-VL), every image whose sides are not already multiples of it is also resized,
+each side to the nearest multiple (`images.snapped_size`; rounded down where rounding up would break
+the pixel or side cap), and re-encoded: Qwen2-VL's processor then resizes nothing either, which at
+about 1 MP is the largest single cost of a training loader's worker. Re-encoding: JPEG -> JPEG
+q95, WebP -> WebP q95, PNG -> PNG, any other format -> PNG; EXIF and ICC profile kept. For such an
+image the JSON keeps `sha256` (the image-store key, so records still
 join to the store), while `width`/`height` describe the member bytes and `member_sha256` differs from
 `sha256`. For every other image `member_sha256 == sha256`.
 
@@ -60,7 +65,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from pipelines.images import max_pixels_size
+from pipelines.images import max_pixels_size, snapped_size
 from pipelines.imagestore import StoredImage, without_pandas
 from pipelines.schema import RECORD_SCHEMA, sample_key
 
@@ -93,10 +98,11 @@ class ShardParams:
     max_image_side: int
     workers: int = 1
     max_image_pixels: int | None = None
+    image_size_multiple: int | None = None
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> "ShardParams":
-        known = {"max_samples", "max_bytes", "max_image_side", "workers", "max_image_pixels"}
+        known = {"max_samples", "max_bytes", "max_image_side", "workers", "max_image_pixels", "image_size_multiple"}
         unknown = set(section) - known
         if unknown:
             raise ValueError(f"shard params: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -104,9 +110,12 @@ class ShardParams:
         if missing:
             raise ValueError(f"shard params: missing key(s) {sorted(missing)}")
         p = cls(**{k: None if v is None else int(v) for k, v in section.items()})
-        if p.max_samples < 1 or p.max_image_side < 1 or p.workers < 1 or (p.max_image_pixels is not None
-                                                                         and p.max_image_pixels < 1):
+        optional = (p.max_image_pixels, p.image_size_multiple)
+        if p.max_samples < 1 or p.max_image_side < 1 or p.workers < 1 or any(v is not None and v < 1 for v in optional):
             raise ValueError(f"shard params must be positive: {p}")
+        if p.image_size_multiple is not None:
+            snapped_size(p.image_size_multiple, p.image_size_multiple, p.image_size_multiple, p.max_image_pixels,
+                         p.max_image_side)  # raises when no size on that grid fits the caps
         if p.max_bytes < TAR_RECORD:
             raise ValueError(f"shard.max_bytes={p.max_bytes} is below one tar record ({TAR_RECORD} bytes)")
         return p
@@ -114,7 +123,8 @@ class ShardParams:
     def output_params(self) -> dict[str, int]:
         """The params that determine the output bytes (recorded in the index)."""
         return {"max_samples": self.max_samples, "max_bytes": self.max_bytes,
-                "max_image_side": self.max_image_side, "max_image_pixels": self.max_image_pixels}
+                "max_image_side": self.max_image_side, "max_image_pixels": self.max_image_pixels,
+                "image_size_multiple": self.image_size_multiple}
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -259,16 +269,20 @@ def downscaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def fitted_size(width: int, height: int, max_side: int, max_pixels: int | None) -> tuple[int, int]:
+def fitted_size(width: int, height: int, max_side: int, max_pixels: int | None,
+                multiple: int | None = None) -> tuple[int, int]:
     """The member size: the training resolution's rule first (`images.max_pixels_size`, so that the
-    collator finds nothing left to resize), then the longer side capped at max_side."""
+    collator finds nothing left to resize), then the longer side capped at max_side, then each side
+    snapped to `multiple` (`images.snapped_size`, so that the processor finds nothing left to resize)."""
     size = (width, height) if max_pixels is None else max_pixels_size(width, height, max_pixels)
-    return downscaled_size(*size, max_side) if max(size) > max_side else size
+    size = downscaled_size(*size, max_side) if max(size) > max_side else size
+    return size if multiple is None else snapped_size(*size, multiple, max_pixels, max_side)
 
 
-def fit_image(image: StoredImage, max_side: int, max_pixels: int | None = None) -> MemberImage:
-    """The stored bytes unchanged when they fit max_side and max_pixels, else downscaled and re-encoded."""
-    size = fitted_size(image.width, image.height, max_side, max_pixels)
+def fit_image(image: StoredImage, max_side: int, max_pixels: int | None = None,
+              multiple: int | None = None) -> MemberImage:
+    """The stored bytes unchanged when they already have `fitted_size`, else resized and re-encoded."""
+    size = fitted_size(image.width, image.height, max_side, max_pixels, multiple)
     if size == (image.width, image.height):
         return MemberImage(image.bytes, image.width, image.height, extension(image.format), False)
     with Image.open(io.BytesIO(image.bytes)) as img:
@@ -308,7 +322,7 @@ class Sample:
 
 
 def build_sample(record: dict, images: dict[str, StoredImage], max_side: int,
-                 max_pixels: int | None = None) -> Sample:
+                 max_pixels: int | None = None, multiple: int | None = None) -> Sample:
     """One record as tar members: `<key>.json` first, then the images sorted by member name."""
     key = sample_key(record["id"])
     doc = dict(record)
@@ -320,7 +334,7 @@ def build_sample(record: dict, images: dict[str, StoredImage], max_side: int,
             new_sides[stem] = side
             continue
         ref = side["image"]
-        fitted = fit_image(images[ref["sha256"]], max_side, max_pixels)
+        fitted = fit_image(images[ref["sha256"]], max_side, max_pixels, multiple)
         member = f"{stem}.{fitted.ext}"
         image_members.append((f"{key}.{member}", fitted.bytes))
         resized += fitted.resized
@@ -476,7 +490,8 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
                     result.meta_task = record["meta_task"]
                     result.distribution = record["distribution"]
                     result.split = record["split"]
-                sample = build_sample(record, images, params.max_image_side, params.max_image_pixels)
+                sample = build_sample(record, images, params.max_image_side, params.max_image_pixels,
+                                      params.image_size_multiple)
                 writer.add(sample)
                 result.samples += 1
                 result.images += len(sample.members) - 1

@@ -334,6 +334,48 @@ def test_pixel_cap_is_recorded_and_training_refuses_smaller_shards(normalized, t
         ShardParams.from_params({"max_samples": 1, "max_bytes": 10**6, "max_image_side": 8, "max_image_pixels": 0})
 
 
+def test_size_grid_stores_the_processors_size_so_it_resizes_nothing(normalized, tmp_path):
+    from trainer.backbones import build_tiny
+    from trainer.data import shard_grid_mismatch
+    from trainer.image_processing import QwenImageProcessor
+
+    img = make_image(100, 41, "JPEG", 5)
+    snapped = shards.fit_image(img, 1344, max_pixels=4096, multiple=16)
+    assert snapped.resized and (snapped.width, snapped.height) == (96, 32)  # 41 -> 48 would break the cap
+    with Image.open(io.BytesIO(snapped.bytes)) as member:
+        assert member.size == (96, 32)
+    on_grid = make_image(96, 48, "PNG", 6)
+    kept = shards.fit_image(on_grid, 1344, max_pixels=4608, multiple=16)
+    assert not kept.resized and kept.bytes == on_grid.bytes  # already a fixed point: bytes kept
+
+    train, store, _, _ = normalized
+    params = ShardParams.from_params({"max_samples": 10, "max_bytes": 10**9, "max_image_side": 1344,
+                                      "max_image_pixels": 4096, "image_size_multiple": 16})
+    index = write_shards(train, store, tmp_path / "s", params)
+    assert index["params"]["image_size_multiple"] == 16
+    qwen = build_tiny("qwen2_vl", image_size=32)  # patch 8 x merge 2 = 16
+    processor = QwenImageProcessor(qwen.image_processor)
+    processor.max_pixels = 4096
+    checked = 0
+    for sample in wds.WebDataset(shard_urls(tmp_path / "s"), shardshuffle=False):
+        for key, value in sample.items():
+            if key.endswith(("jpg", "png", "webp")):
+                with Image.open(io.BytesIO(value)) as im:
+                    assert im.width % 16 == 0 and im.height % 16 == 0 and im.width * im.height <= 4096
+                    assert processor.target_size(im.width, im.height) == im.size
+                checked += 1
+    assert checked > 0
+    assert shard_grid_mismatch(tmp_path / "s", qwen.image_processor) is None
+    qwen.image_processor.patch_size = 14  # a backbone on another grid: a warning naming the param
+    assert "shard.image_size_multiple: 28" in shard_grid_mismatch(tmp_path / "s", qwen.image_processor)
+    clip = build_tiny("clip", image_size=32)
+    assert "shard.image_size_multiple: null" in shard_grid_mismatch(tmp_path / "s", clip.image_processor)
+    for bad in (0, 100):  # not positive; no 100 px grid size fits 4096 pixels
+        with pytest.raises(ValueError):
+            ShardParams.from_params({"max_samples": 1, "max_bytes": 10**6, "max_image_side": 1344,
+                                     "max_image_pixels": 4096, "image_size_multiple": bad})
+
+
 def test_missing_image_is_a_clear_error(normalized, tmp_path):
     train, _, _, _ = normalized
     empty_store = tmp_path / "store"

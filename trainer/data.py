@@ -122,6 +122,30 @@ def check_shard_resolution(shard_dir: str | Path, image_max_pixels: int | None) 
             f"-S shard.max_image_pixels=X)")
 
 
+def shard_grid_mismatch(shard_dir: str | Path, image_processor) -> str | None:
+    """Why the shards' image sizes do not suit `image_processor`, or None when they do.
+
+    The shard stage snaps image sides to multiples of ``shard.image_size_multiple`` (recorded in
+    index.json) so that a Qwen2-VL-style processor, whose sizes are multiples of its patch size times
+    its merge size, resizes nothing. A multiple that is not a multiple of that factor (or a processor
+    without such a grid) is not wrong, only slow: every image is resized again in the loader."""
+    multiple = shard_format.read_index(Path(shard_dir)).get("params", {}).get("image_size_multiple")
+    if multiple is None:
+        return None
+    patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
+    if not isinstance(patch, int) or not isinstance(merge, int):
+        return (f"the shards under {shard_dir} were snapped to multiples of {multiple} px "
+                f"(shard.image_size_multiple) for a patch-grid processor, but this backbone's "
+                f"{type(image_processor).__name__} has no patch_size x merge_size grid; set "
+                f"shard.image_size_multiple: null to keep the images' own sizes")
+    if int(multiple) % (patch * merge):
+        return (f"the shards under {shard_dir} were snapped to multiples of {multiple} px "
+                f"(shard.image_size_multiple) but this backbone's processor uses {patch * merge} "
+                f"(patch {patch} x merge {merge}): every image is resized again while loading; set "
+                f"shard.image_size_multiple: {patch * merge}")
+    return None
+
+
 def mixture_probs(shards: list[Shard], mixture: str | Mapping[str, float]) -> dict[str, float]:
     """Sampling probability per dataset (sorted by name, zero-probability datasets left out).
 

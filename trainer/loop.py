@@ -56,7 +56,7 @@ from trainer import distributed, fsdp
 from trainer.backbones import Backbone, load_backbone, save_backbone
 from trainer.acceleration import batch_vision_attention, compile_blocks, frozen_image_features
 from trainer.data import (ContrastiveStream, StreamConfig, StreamPosition, check_shard_resolution, make_loader,
-                          read_shards)
+                          read_shards, shard_grid_mismatch)
 from trainer.gradcache import gradcache_step
 from trainer.inputs import Collator
 from trainer.losses import info_nce, loss_scale
@@ -209,6 +209,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     torch.manual_seed(seed)
 
     backbone = load_backbone(str(paths.base))
+    if (mismatch := shard_grid_mismatch(paths.shards, backbone.image_processor)) and rank == 0:
+        log.warning("%s", mismatch)
     backbone = apply_lora(backbone, p)
     embedder = Embedder(backbone).to(device)
     embedder.train()
