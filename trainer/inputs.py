@@ -29,6 +29,7 @@ from PIL import Image
 
 from pipelines.images import max_pixels_size
 from pipelines.schema import IMAGE_TOKEN
+from trainer import image_processing
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ _SEQUENCE_KEYS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "
 class Collator:
     """Sides + images -> model-ready tensors (picklable: holds the processor, never the model).
 
+    `torch_images` (default on) swaps a Qwen2-VL / Qwen2.5-VL image processor for
+    `trainer.image_processing.QwenImageProcessor`: the same tensors, several times faster.
+
     Output for VLMs: the processor's keys (input_ids, attention_mask, pixel_values, image_grid_thw,
     mm_token_type_ids, ... per family) plus `has_image` (bool [B]). Dual encoders: input_ids,
     attention_mask, pixel_values (only the rows with an image, in row order), `has_image` and
@@ -125,11 +129,12 @@ class Collator:
     """
 
     def __init__(self, backbone, *, max_text_tokens: int = 256, image_max_pixels: int | None = None,
-                 instructions: bool = True):
+                 instructions: bool = True, torch_images: bool = True):
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
         self.format = _format_of(backbone)
-        self.processor = backbone.processor
+        # Qwen2-VL / Qwen2.5-VL: transformers' image tensors computed in torch (trainer.image_processing)
+        self.processor = image_processing.install(backbone.processor) if torch_images else backbone.processor
         self.max_text_tokens = int(max_text_tokens)
         self.image_max_pixels = image_max_pixels
         self.instructions = bool(instructions)
@@ -191,11 +196,19 @@ class Collator:
         has_image = [im is not None for im in images]
         texts = [render_text(s, self.format, instructions=self.instructions, has_image=h)
                  for s, h in zip(sides, has_image)]
-        pics = [resize_to_max_pixels(im, self.image_max_pixels) if im is not None else None for im in images]
+        pics = [self._fit(im) if im is not None else None for im in images]
         if self.format.kind == "dual":
             return self._dual(texts, pics, has_image)
         texts = [self.truncate(t) for t in texts]
         return self._vlm(texts, pics, has_image)
+
+    def _fit(self, image: Image.Image) -> Image.Image:
+        """`resize_to_max_pixels`, without its copy for an RGB image that already fits (pre-scaled
+        shards): the processors only read it."""
+        limit = self.image_max_pixels
+        if image.mode == "RGB" and (limit is None or image.width * image.height <= limit):
+            return image
+        return resize_to_max_pixels(image, limit)
 
     def _dual(self, texts, pics, has_image) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
