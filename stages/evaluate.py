@@ -39,7 +39,7 @@ METRICS_FILE = Path("metrics/eval.json")
 REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard.json")
 PLOTS_DIR = Path("reports/plots/per_dataset")
-CACHE_PROTOCOL = "mmeb-item/1"  # bump when the way an item becomes encoder input changes
+CACHE_PROTOCOL = "mmeb-item/2"  # bump when the way an item becomes encoder input changes
 
 ModelLoader = Callable[[str, Path, Mapping[str, Any]], Encoder]
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from pipelines import mmeb
 from pipelines.imagestore import ImageStore
 from pipelines.schema import RECORD_SCHEMA
+from trainer.inputs import resize_to_max_pixels
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,8 @@ def aggregate(results: Sequence[DatasetResult], metric: str = "precision_at_1") 
 # --- images --------------------------------------------------------------------------------------
 class ImageLoader:
     """Decoded RGB images by sha256 from the image store, downscaled (aspect kept) to at most
-    `max_pixels` pixels, like VLM2Vec's pre-resize before the processor."""
+    `max_pixels` pixels with the training collator's rule, like VLM2Vec's pre-resize before the
+    processor."""
 
     def __init__(self, store: ImageStore | str | Path, max_pixels: int | None = None):
         self.store = store if isinstance(store, ImageStore) else ImageStore(store)
@@ -325,17 +326,8 @@ class ImageLoader:
                 img.load()
             except Exception as e:  # PIL raises many types for undecodable bytes
                 raise ValueError(f"image {sha} in {self.store.root} cannot be decoded: {e}") from e
-            out[sha] = resize_to_max_pixels(img.convert("RGB"), self.max_pixels)
+            out[sha] = resize_to_max_pixels(img, self.max_pixels)
         return out
-
-
-def resize_to_max_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
-    w, h = img.size
-    if not max_pixels or w * h <= max_pixels:
-        return img
-    scale = math.sqrt(max_pixels / (w * h))
-    size = (max(1, int(w * scale)), max(1, int(h * scale)))
-    return img.resize(size, Image.Resampling.BICUBIC)
 
 
 # --- batch planning and (distributed) encoding -----------------------------------------------------
