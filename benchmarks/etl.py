@@ -169,13 +169,15 @@ def ceiling(raw: Path, workers: int, max_side: int = 0) -> int:
 
 # --- runs ---------------------------------------------------------------------------------------
 def write_params(run: Path, workers: int, max_image_side: int | None, max_image_pixels: int | None = None,
-                 name: str = "params.yaml") -> Path:
-    """params.yaml's sections with the benchmark's workers and image caps. The pixel cap is off unless
-    given (params.yaml's 4096 is the tiny model's resolution, not one for MMEB-sized photos)."""
+                 name: str = "params.yaml", image_size_multiple: int | None = None) -> Path:
+    """params.yaml's sections with the benchmark's workers and image caps. The pixel cap and the size
+    grid are off unless given (params.yaml's 4096 and 16 are the tiny model's, not ones for MMEB-sized
+    photos)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["normalize"]["workers"] = workers
     params["shard"]["workers"] = workers
     params["shard"]["max_image_pixels"] = max_image_pixels
+    params["shard"]["image_size_multiple"] = image_size_multiple
     if max_image_side:
         params["shard"]["max_image_side"] = max_image_side
     path = run / name

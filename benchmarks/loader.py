@@ -1,27 +1,33 @@
 """Loader benchmark: model-ready pairs/s of the streaming shard loader vs a VLM2Vec-style loader.
 
-    python benchmarks/loader.py [--rows N] [--pairs P] [--repeats R] [--workers W] [--append]
+    python benchmarks/loader.py [--rows N] [--pairs P] [--repeats R] [--workers W] [--max-pixels MP ...]
 
 1. Data (cached under benchmarks/_work/loader/): MMEB-train in the Hub layout from benchmarks/etl.py's
    generator (5 real subset names, MMEB-style strings, JPEGs from 640x480 to 1600x1200 in
-   images_zip/), then the real `normalize` stage and the `shard` stage once per setting
-   (subprocesses, params.yaml defaults: shard.max_image_side 1344; shard.max_image_pixels off, and
-   = each `image_max_pixels` setting), and the zips extracted to a folder for the VLM2Vec-style path.
-2. Both loaders deliver the same thing: query and target batches of `--batch` pairs collated by the
-   same `trainer.inputs.Collator` (tiny Qwen2-VL processor, its max_pixels set to the setting as a
-   real run sets it) in `--workers` DataLoader workers.
-   * streaming: `trainer.data.ContrastiveStream` over the shards (tar streams, shuffle windows,
-     decode + collate in the workers; JPEGs far above image_max_pixels decoded at reduced DCT
-     scale), twice: over shards pre-scaled to the setting (shard.max_image_pixels =
-     image_max_pixels, what the pipeline does) and over unscaled shards (max_image_pixels null);
+   images_zip/), then the real `normalize` stage and the `shard` stage once per shard setting
+   (subprocesses, params.yaml defaults otherwise: shard.max_image_side 1344): unscaled
+   (shard.max_image_pixels and shard.image_size_multiple null), pre-scaled (max_image_pixels = each
+   `image_max_pixels` setting), and pre-scaled on Qwen2-VL's grid (image_size_multiple 28 as well),
+   and the zips extracted to a folder for the VLM2Vec-style path.
+2. Every loader delivers the same thing: query and target batches of `--batch` pairs collated by
+   `trainer.inputs.Collator` (the tiny Qwen2-VL's tokenizer; its image processor set up as
+   Qwen2-VL-2B's at the setting: patch 14, merge 2, min_pixels 56*56, max_pixels the setting) in
+   `--workers` DataLoader workers, the image tensors computed either by transformers' image
+   processor or by `trainer.image_processing` (the same tensors to ~5e-7).
+   * pipeline: `trainer.data.ContrastiveStream` over the shards pre-scaled on the grid, torch image
+     processing: what `train` runs with shard.max_image_pixels = train.image_max_pixels and
+     shard.image_size_multiple = 28;
+   * the same over the same shards with transformers' image processor, over shards pre-scaled
+     without the grid, and over unscaled shards (JPEGs far above image_max_pixels decoded at reduced
+     DCT scale): where the gain comes from;
    * VLM2Vec-style (their V1 `TrainTextImageDataset` + collator): HF `datasets` over the source
      parquet files, a map-style dataset whose `__getitem__` does `Image.open` of the full-size image
-     file, DataLoader(shuffle=True, collate_fn = the same Collator).
+     file, DataLoader(shuffle=True, collate_fn = the Collator with transformers' image processor).
 3. For each `image_max_pixels` setting (4096 = this pipeline's tiny default; 1003520 = 1280*28*28,
    VLM2Vec's Qwen2-VL max_pixels) it times `--pairs` pairs after one warm-up batch, alternating the
-   three loaders `--repeats` times (median), and prints pairs/s side by side. The shard stage's time
-   per setting is printed too: pre-scaling is paid once, not every epoch. `--append` adds the table
-   and the command to benchmarks/RESULTS.md ("Loader" section).
+   loaders `--repeats` times (median, and the per-repeat pipeline / VLM2Vec ratios), and prints a
+   markdown table. The shard stage's time per setting is printed too: pre-scaling is paid once, not
+   every epoch.
 """
 
 from __future__ import annotations
@@ -29,8 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -59,26 +63,32 @@ MAX_PIXELS = (4096, 1280 * 28 * 28)
 
 
 # --- data -------------------------------------------------------------------------------------
-def shard_dir(run: Path, max_pixels: int | None) -> Path:
-    return run / "data" / "shards" / f"max-pixels-{max_pixels}"
+GRID = 28  # Qwen2-VL-2B's processor: 14 px patches merged 2x2, so its image sides are multiples of 28
 
 
-def prepare(rows: int) -> Path:
+def shard_dir(run: Path, max_pixels: int | None, multiple: int | None = None) -> Path:
+    suffix = f"-grid-{multiple}" if multiple else ""
+    return run / "data" / "shards" / f"max-pixels-{max_pixels}{suffix}"
+
+
+def prepare(rows: int, settings=MAX_PIXELS) -> Path:
     run = WORK / f"rows-{rows}"
     raw = run / "data" / "raw"
     sizes = etl.generate(raw, rows)
     if not (run / "data/normalized/train").exists():
         params = etl.write_params(run, 2, None)
         subprocess.run([sys.executable, "-m", "stages.normalize"], cwd=run, env=etl.child_env(params), check=True)
-    for max_pixels in (None, *MAX_PIXELS):  # shards without a pixel cap, and pre-scaled to each setting
-        out = shard_dir(run, max_pixels)
+    # shards without a pixel cap, and pre-scaled to each setting with the sides on Qwen2-VL's grid
+    for max_pixels, multiple in ((None, None), *((mp, g) for mp in settings for g in (None, GRID))):
+        out = shard_dir(run, max_pixels, multiple)
         if not (out / "index.json").exists():
-            params = etl.write_params(run, 2, None, max_pixels, name=f"params-{max_pixels}.yaml")
+            params = etl.write_params(run, 2, None, max_pixels, name=f"params-{max_pixels}-{multiple}.yaml",
+                                      image_size_multiple=multiple)
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "stages.shard", "--out", str(out)], cwd=run,
                            env=etl.child_env(params), check=True)
-            print(f"[data] shard stage, shard.max_image_pixels {max_pixels}: {time.perf_counter() - t0:.1f} s "
-                  f"(once per setting)", flush=True)
+            print(f"[data] shard stage, shard.max_image_pixels {max_pixels}, shard.image_size_multiple "
+                  f"{multiple}: {time.perf_counter() - t0:.1f} s (once per setting)", flush=True)
     extracted = run / "extracted"
     if not extracted.exists():
         tmp = run / "extracted.tmp"
@@ -144,8 +154,8 @@ def vlm2vec_batches(run: Path, collator: Collator, batch: int, workers: int):
 
 
 def stream_batches(run: Path, collator: Collator, batch: int, workers: int, max_pixels: int,
-                   shard_cap: int | None):
-    shards = read_shards(shard_dir(run, shard_cap))
+                   shard_cap: int | None, multiple: int | None = None):
+    shards = read_shards(shard_dir(run, shard_cap, multiple))
     config = StreamConfig(seed=0, global_batch=batch, slots_per_rank=max(1, workers), shuffle_buffer=1000,
                           image_max_pixels=max_pixels)
     yield from make_loader(ContrastiveStream(shards, config, collator), workers)
@@ -157,6 +167,7 @@ def at_resolution(backbone, max_pixels: int):
     every image again and hide the patchify cost of a real resolution."""
     processor = copy.deepcopy(backbone.processor)
     processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": max_pixels}
+    processor.image_processor.patch_size = 14  # Qwen2-VL-2B's processor: 14 px patches, 2x2 merge
     return dataclasses.replace(backbone, processor=processor)
 
 
@@ -172,6 +183,15 @@ def timed(batches, pairs: int) -> float:
     return rate
 
 
+LOADERS = {  # name: (description, shards: (pixel cap is the setting?, grid), torch image processing)
+    "pipeline": ("streaming, shards pre-scaled on the grid, torch images", (True, GRID), True),
+    "grid_hf": ("streaming, shards pre-scaled on the grid, transformers' images", (True, GRID), False),
+    "prescaled": ("streaming, shards pre-scaled, torch images", (True, None), True),
+    "unscaled": ("streaming, shards unscaled, torch images", (False, None), True),
+    "vlm2vec": ("VLM2Vec-style files, transformers' images", None, False),
+}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=400, help="train rows (default 400)")
@@ -179,41 +199,40 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--append", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    ap.add_argument("--max-pixels", type=int, nargs="+", default=list(MAX_PIXELS),
+                    help=f"image_max_pixels settings (default {' '.join(map(str, MAX_PIXELS))})")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    run = prepare(args.rows)
+    run = prepare(args.rows, args.max_pixels)
     backbone = build_tiny("qwen2_vl", seed=0, image_size=64, hidden_size=64, layers=2)
     results = []
-    for max_pixels in MAX_PIXELS:
-        collator = Collator(at_resolution(backbone, max_pixels), max_text_tokens=256, image_max_pixels=max_pixels)
-        rates: dict[str, list[float]] = {"prescaled": [], "unscaled": [], "vlm2vec": []}
-        for r in range(args.repeats):  # the three loaders alternate, so drifting load hits them alike
-            rates["prescaled"].append(timed(stream_batches(run, collator, args.batch, args.workers, max_pixels,
-                                                           max_pixels), args.pairs))
-            rates["unscaled"].append(timed(stream_batches(run, collator, args.batch, args.workers, max_pixels,
-                                                          None), args.pairs))
-            rates["vlm2vec"].append(timed(vlm2vec_batches(run, collator, args.batch, args.workers), args.pairs))
-            print(f"[image_max_pixels={max_pixels}] repeat {r}: streaming, shards pre-scaled "
-                  f"{rates['prescaled'][-1]:.1f} pairs/s; streaming, shards unscaled {rates['unscaled'][-1]:.1f}; "
-                  f"VLM2Vec-style {rates['vlm2vec'][-1]:.1f}", flush=True)
-        results.append((max_pixels, *(statistics.median(v) for v in rates.values())))
+    for max_pixels in args.max_pixels:
+        processor = at_resolution(backbone, max_pixels)
+        collators = {fast: Collator(processor, max_text_tokens=256, image_max_pixels=max_pixels, torch_images=fast)
+                     for fast in (True, False)}
+        rates: dict[str, list[float]] = {name: [] for name in LOADERS}
+        for r in range(args.repeats):  # the loaders alternate, so drifting load hits them alike
+            for name, (_, shards, fast) in LOADERS.items():
+                if shards is None:
+                    batches = vlm2vec_batches(run, collators[fast], args.batch, args.workers)
+                else:
+                    cap, grid = shards
+                    batches = stream_batches(run, collators[fast], args.batch, args.workers, max_pixels,
+                                             max_pixels if cap else None, grid)
+                rates[name].append(timed(batches, args.pairs))
+            print(f"[image_max_pixels={max_pixels}] repeat {r}: "
+                  + "; ".join(f"{name} {v[-1]:.1f}" for name, v in rates.items()) + " pairs/s", flush=True)
+        results.append((max_pixels, {name: statistics.median(v) for name, v in rates.items()},
+                        [a / b for a, b in zip(rates["pipeline"], rates["vlm2vec"])]))
 
-    lines = ["| image_max_pixels | streaming, shards pre-scaled (pairs/s) | streaming, shards unscaled (pairs/s) "
-             "| VLM2Vec-style files (pairs/s) | pre-scaled / VLM2Vec | unscaled / VLM2Vec |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {mp} | {p:.1f} | {u:.1f} | {t:.1f} | {p / t:.2f}x | {u / t:.2f}x |" for mp, p, u, t in results]
-    table = "\n".join(lines)
-    print(table)
-    if args.append:
-        cmd = "python benchmarks/loader.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        section = (
-            f"\n## Loader\n\nModel-ready pairs/s (query + target collated by the tiny Qwen2-VL Collator, batch "
-            f"{args.batch}, {args.workers} DataLoader workers, median of {args.repeats}, {args.pairs} pairs timed "
-            f"after one warm-up batch) on {args.rows} MMEB-style rows with JPEGs of 640x480 to 1600x1200; "
-            f"{platform.machine()}, {os.cpu_count()} CPUs (shared).\n\n{table}\n\nCommand: `{cmd.strip()}`\n")
-        with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(section)
+    header = " | ".join(description for description, _, _ in LOADERS.values())
+    lines = [f"| image_max_pixels | {header} | pipeline / VLM2Vec (per-repeat ratios) |",
+             "|---" * (len(LOADERS) + 2) + "|"]
+    for mp, median, ratios in results:
+        cells = " | ".join(f"{median[name]:.1f}" for name in LOADERS)
+        per_repeat = ", ".join(f"{x:.2f}" for x in ratios)
+        lines.append(f"| {mp} | {cells} | **{median['pipeline'] / median['vlm2vec']:.2f}x** ({per_repeat}) |")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
