@@ -31,7 +31,9 @@ Cases (`--cases`):
   D  GradCache (`trainer.gradcache.gradcache_step` over the Embedder): a global batch of
      `--gc-batch` (1024) pairs in chunks of `--gc-chunk` (32 or 64). With `--compile` also D+fast
      (batched vision attention + compiled blocks) and D+fast+feat (the same with the no-grad pass's
-     image features reused: `trainer.acceleration.frozen_image_features`, what the trainer does).
+     image features reused: `trainer.acceleration.frozen_image_features`, what the trainer does),
+     at each chunk size of `--gc-feat-chunks` (e.g. 32,64: larger chunks use the GPU better, at
+     more memory; a chunk size without a plain-step row is compared with the smallest batch's).
   E  no-grad encoding of `--encode-batch` (128) queries with the base model (no adapters): plain
      (`model(**inputs, output_hidden_states=True)` under no_grad) vs ours (Embedder under
      inference_mode; and with batched vision attention), plus the vision tower alone and the
@@ -439,6 +441,9 @@ def ratios(rows: list[dict]) -> list[dict]:
                                 ratio=round(r["throughput"] / enc[(ref, r["batch"])], 3)))
             continue
         ref_batch = r.get("chunk", r["batch"])
+        if "chunk" in r and not any((ref, ref_batch) in base for ref in ("A", "B")):
+            # a chunk size the plain step was not timed at: the goal's reference, the smallest batch
+            ref_batch = min((b for (_, b) in base), default=ref_batch)
         for ref in ("A", "B"):
             if (ref, ref_batch) in base and (r["case"], r["batch"]) != (ref, ref_batch):
                 out.append(dict(case=r["case"], batch=r["batch"], vs=f"{ref}@{ref_batch}",
@@ -722,6 +727,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", default=None, help="per-step batches of A/B/C, comma list (default 32,128)")
     p.add_argument("--gc-chunk", type=int, default=None, help="GradCache chunk size (default 32)")
     p.add_argument("--gc-batch", type=int, default=None, help="GradCache global batch (default 1024)")
+    p.add_argument("--gc-feat-chunks", default=None,
+                   help="with --compile: chunk sizes of D+fast+feat, comma list (default: --gc-chunk)")
     p.add_argument("--gc-steps", type=int, default=None, help="timed GradCache steps (default 2)")
     p.add_argument("--encode-batch", type=int, default=None, help="E: queries per call (default 128)")
     p.add_argument("--lora-rank", type=int, default=8)
@@ -751,7 +758,17 @@ def resolve_sizes(args) -> Sizes:
     sizes = replace(sizes, **upd)
     if sizes.gc_batch % sizes.gc_chunk:
         raise SystemExit(f"--gc-batch {sizes.gc_batch} is not a multiple of --gc-chunk {sizes.gc_chunk}")
+    for chunk in feat_chunks(args, sizes):
+        if sizes.gc_batch % chunk:
+            raise SystemExit(f"--gc-batch {sizes.gc_batch} is not a multiple of --gc-feat-chunks' {chunk}")
     return sizes
+
+
+def feat_chunks(args, sizes: Sizes) -> list[int]:
+    """Chunk sizes of the D+fast+feat case (the first one named D+fast+feat, others D+fast+feat/<chunk>)."""
+    if not args.gc_feat_chunks:
+        return [sizes.gc_chunk]
+    return [int(c) for c in args.gc_feat_chunks.split(",") if c.strip()]
 
 
 def out_path(args) -> Path:
@@ -900,7 +917,11 @@ def main(argv=None) -> int:
             if "D" in args.cases:
                 try:
                     gradcache_case(bench, model, case="D+fast", **common)
-                    gradcache_case(bench, model, case="D+fast+feat", features=frozen_image_features(model), **common)
+                    for chunk in feat_chunks(args, sizes):
+                        case = "D+fast+feat" if chunk == sizes.gc_chunk else f"D+fast+feat/{chunk}"
+                        gradcache_case(bench, model, case=case, features=frozen_image_features(model),
+                                       **{**common, "sizes": replace(sizes, gc_chunk=chunk)})
+                        bench.free()
                 except torch.OutOfMemoryError:
                     bench._add(dict(case="D+fast", label="GradCache", batch=sizes.gc_batch, unit="pairs/s",
                                     status="oom (inputs)", chunk=sizes.gc_chunk))

@@ -55,6 +55,7 @@ def test_ratios_pair_rows_with_the_right_baselines(gpu):
         dict(case="C", batch=32, unit="pairs/s", status="ok", throughput=200.0),
         dict(case="C", batch=128, unit="pairs/s", status="ok", throughput=300.0),
         dict(case="D", batch=1024, chunk=32, unit="pairs/s", status="ok", throughput=120.0),
+        dict(case="D+fast+feat/64", batch=1024, chunk=64, unit="pairs/s", status="ok", throughput=160.0),
         dict(case="E:plain", batch=128, unit="queries/s", status="ok", throughput=140.0),
         dict(case="E:ours", batch=128, unit="queries/s", status="ok", throughput=210.0),
         dict(case="E:vision", batch=128, unit="images/s", status="ok", throughput=300.0),
@@ -64,6 +65,7 @@ def test_ratios_pair_rows_with_the_right_baselines(gpu):
     got = {(r["case"], r["batch"], r["vs"]): r["ratio"] for r in gpu.ratios(rows)}
     assert got[("C", 32, "A@32")] == 4.0 and got[("C", 32, "B@32")] == 2.5
     assert got[("D", 1024, "A@32")] == 2.4 and got[("D", 1024, "B@32")] == 1.5  # against the chunk's batch
+    assert got[("D+fast+feat/64", 1024, "B@32")] == 2.0  # no plain row at 64: the smallest batch's
     assert got[("E:ours", 128, "E:plain")] == 1.5
     assert got[("E:vision+bva", 128, "E:vision")] == 2.0
     assert not any(k[0] == "C" and k[1] == 128 for k in got)  # A@128 was OOM, B@128 absent: no ratio
@@ -83,7 +85,8 @@ def test_compare_flags_divergence_nan_and_shape(gpu):
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt", "--compile"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt", "--compile",
+                                                 "--gc-feat-chunks", "4,8"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
@@ -94,10 +97,11 @@ def test_tiny_run_end_to_end(tmp_path):
             "no input-require-grads hook left after the checks", "D+feat vs D: LoRA gradients"} <= set(checks)
     rows = {r["case"]: r for r in data["rows"]}
     for case in ("A", "B", "C", "C+bva", "C+ckpt", "D", "E:plain", "E:ours", "E:ours+bva", "E:vision", "E:lm",
-                 "C+fast", "D+fast", "D+fast+feat"):
+                 "C+fast", "D+fast", "D+fast+feat", "D+fast+feat/8"):
         assert rows[case]["status"] == "ok", rows[case]
         assert rows[case]["throughput"] > 0 and len(rows[case]["steps_s"]) >= 1
     assert rows["D"]["batch"] == 16 and rows["D"]["chunk"] == 4
+    assert rows["D+fast+feat/8"]["batch"] == 16 and rows["D+fast+feat/8"]["chunk"] == 8
     # the plain and our steps compute the same loss on the same batch when the dropout is 0
     assert rows["B"]["loss"] == pytest.approx(rows["C"]["loss"], rel=1e-4)
     vs = {(r["case"], r["vs"]) for r in data["ratios"]}
