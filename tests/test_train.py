@@ -433,6 +433,12 @@ def test_fsdp_trains_the_ddp_weights_and_resumes_across_fsdp_and_ddp(workspace_t
         assert (ws / "models/embedder/adapter/adapter_model.safetensors").exists()
     assert_same(runs["lora-fsdp"], runs["lora-ddp"])
     assert any(not torch.equal(runs["lora-fsdp"][k], base[k]) for k in base)
+    ws = tmp_path / "lora-fsdp-resume"  # a LoRA FSDP checkpoint (trainable tensors only) resumes exactly
+    shutil.copytree(tmp_path / "lora-fsdp", ws)
+    shutil.rmtree(ws / "models/embedder")
+    shutil.rmtree(C.list_checkpoints(ws / "models/checkpoints")[-1])
+    _torchrun(ws, {**params, "lora_rank": 4, "fsdp": True})
+    assert_same(merged_weights(ws), runs["lora-fsdp"])
     # bf16 under FSDP: autocast compute, float32 weights, gradients and optimizer state
     ws = tmp_path / "fsdp-bf16"
     shutil.copytree(template, ws)
