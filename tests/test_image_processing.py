@@ -151,6 +151,13 @@ def test_unreproduced_settings_and_inputs_go_to_transformers(backbone):
         for key, value in change.items():
             setattr(other.image_processor, key, value)
         assert IP.install(other) is other, change  # not reproduced: transformers' processor stays
+    assert IP._is_bicubic(3) and IP._is_bicubic(Image.Resampling.BICUBIC)
+    assert not IP._is_bicubic(Image.Resampling.BILINEAR) and not IP._is_bicubic(None)
+
+    class InterpolationMode:  # torchvision's enum, whose values are strings
+        value = "bicubic"
+
+    assert IP._is_bicubic(InterpolationMode())
     fast = IP.install(processor)
     assert fast is not processor and isinstance(fast.image_processor, IP.QwenImageProcessor)
     assert IP.install(fast) is fast

@@ -67,6 +67,16 @@ def _size_bounds(reference) -> tuple[int, int]:
     return int(low), int(high)
 
 
+def _is_bicubic(resample) -> bool:
+    """PIL's BICUBIC as a PIL enum or int, or torchvision's InterpolationMode.BICUBIC."""
+    if str(getattr(resample, "value", "")).lower() == "bicubic":
+        return True
+    try:
+        return int(resample) == int(Image.Resampling.BICUBIC)
+    except (TypeError, ValueError):
+        return False
+
+
 def supports(reference) -> bool:
     """Whether `reference` (a transformers image processor) is one whose computation we reproduce."""
     if type(reference).__name__ not in SUPPORTED:
@@ -74,7 +84,7 @@ def supports(reference) -> bool:
     flags = ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb")
     if not all(getattr(reference, f, False) for f in flags):
         return False
-    if int(getattr(reference, "resample", -1)) != int(Image.Resampling.BICUBIC):
+    if not _is_bicubic(getattr(reference, "resample", None)):
         return False
     if not math.isclose(float(reference.rescale_factor), 1 / 255, rel_tol=1e-9):
         return False
