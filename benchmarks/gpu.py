@@ -44,6 +44,9 @@ embeddings and the LoRA gradients agree within the dtype's tolerance (same weigh
 inputs), that GradCache gives the same loss, and that batched vision attention gives the same vision
 output. A failed check is recorded in the JSON and printed; the run still times everything.
 
+`--profile` (with `--compile`) writes `profile_C+fast.txt` next to the JSON: torch.profiler's operators of
+three C+fast steps by device time, headed by the share of the wall time the device was busy.
+
 Results: a table (pairs/s or queries/s, step s, peak GiB, ratio vs A and vs B at the same batch;
 D against A and B at the chunk's batch) printed last, and JSON written to $OUT/gpu_bench.json when
 OUT is set (the device tool brings back files under $OUT), else benchmarks/_work/gpu_bench.json. The
@@ -586,6 +589,52 @@ def train_cases(bench: Bench, model, label_lora: str, case: str, embed, sizes: S
         bench.free()
 
 
+def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dtype, mm: bool, temperature: float,
+                 context=contextlib.nullcontext, steps: int = 3) -> Path | None:
+    """torch.profiler over `steps` training steps at the first batch (after one untimed step): the
+    operators by device time (CPU time on CPU) to `profile_<name>.txt` next to the JSON, headed by
+    how busy the device was (its kernels' time over the steps' wall time). Where the remaining time
+    of a step goes, for the next optimisation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = sizes.batches[0]
+    gen = torch.Generator(device=device).manual_seed(1000 + batch)
+    queries, targets = make_queries(batch, sizes, device, dtype, gen, mm), make_targets(batch, sizes, device, gen, mm)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    try:
+        with context():
+            model.zero_grad(set_to_none=True)
+            contrastive_step(embed, queries, targets, temperature)
+            bench.sync()
+            with profile(activities=activities) as prof:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    model.zero_grad(set_to_none=True)
+                    contrastive_step(embed, queries, targets, temperature)
+                bench.sync()
+                wall = time.perf_counter() - t0
+    except Exception:  # noqa: BLE001 - a profile is an extra; the timings stand without it
+        log.exception("profile %s failed", name)
+        return None
+    events = prof.key_averages()
+
+    def device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
+
+    busy = sum(device_us(e) for e in events) / 1e6
+    head = (f"profile {name}: batch {batch}, {steps} steps, {wall / steps * 1000:.1f} ms per step; "
+            + (f"device kernels {busy / steps * 1000:.1f} ms per step, busy {busy / wall:.0%} of the wall time"
+               if cuda else "CPU only"))
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    path = bench.out_path.with_name(f"profile_{name}.txt")
+    path.write_text(head + "\n\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n")
+    log.info("%s -> %s", head, path)
+    del queries, targets
+    bench.free()
+    return path
+
+
 def gradcache_case(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool, temperature: float,
                    case: str = "D", features=None) -> None:
     emb = our_embedder(model)
@@ -736,6 +785,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt", action="store_true", help="also time C with gradient checkpointing")
     p.add_argument("--compile", action="store_true", help="also time C with torch.compile'd language model")
     p.add_argument("--no-bva", action="store_true", help="skip the batched-vision-attention variant of C")
+    p.add_argument("--profile", action="store_true",
+                   help="with --compile: torch.profiler table of the C+fast step (profile_C+fast.txt by the JSON)")
     p.add_argument("--budget-min", type=float, default=8.0, help="skip cases once this much wall time is used")
     p.add_argument("--device", default=None, help="default: cuda when available (never for --tiny)")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_bench.json or benchmarks/_work/)")
@@ -914,6 +965,8 @@ def main(argv=None) -> int:
             bench.free()
             if "C" in args.cases:
                 train_cases(bench, model, label, "C+fast", emb, batches=sizes.batches[:1], **common)
+                if args.profile:
+                    profile_step(bench, model, "C+fast", emb, **common)
             if "D" in args.cases:
                 try:
                     gradcache_case(bench, model, case="D+fast", **common)

@@ -86,7 +86,7 @@ def test_compare_flags_divergence_nan_and_shape(gpu):
 def test_tiny_run_end_to_end(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt", "--compile",
-                                                 "--gc-feat-chunks", "4,8"], cwd=tmp_path, env=env,
+                                                 "--gc-feat-chunks", "4,8", "--profile"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
@@ -108,3 +108,5 @@ def test_tiny_run_end_to_end(tmp_path):
     assert {("C", "A@4"), ("C", "B@4"), ("D", "B@4"), ("E:ours", "E:plain")} <= vs
     assert data["meta"]["tiny"] and data["meta"]["mm_token_type_ids"] in (True, False)
     assert "case" in proc.stdout and "checks: " in proc.stdout
+    profile = (tmp_path / "profile_C+fast.txt").read_text()
+    assert profile.startswith("profile C+fast: batch 4, 3 steps") and "Self CPU" in profile
