@@ -27,9 +27,9 @@ each side to the nearest multiple (`images.snapped_size`; rounded down where rou
 the pixel or side cap), and re-encoded: Qwen2-VL's processor then resizes nothing either, which at
 about 1 MP is the largest single cost of a training loader's worker. Re-encoding: JPEG -> JPEG
 q95, WebP -> WebP q95, PNG -> PNG, any other format -> PNG; EXIF and ICC profile kept. For such an
-image the JSON keeps `sha256` (the image-store key, so records still
-join to the store), while `width`/`height` describe the member bytes and `member_sha256` differs from
-`sha256`. For every other image `member_sha256 == sha256`.
+image the JSON keeps `sha256` (the image-store key, so records still join to the store), while
+`width`/`height` describe the member bytes and `member_sha256` differs from `sha256`. For every other
+image `member_sha256 == sha256`.
 
 Determinism: tars are plain POSIX tars (PAX format, no compression) written with `tarfile`, every
 member with mtime 0, uid/gid 0, empty uname/gname, mode 0o444; members in sample order, inside a
