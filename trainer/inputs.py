@@ -29,7 +29,7 @@ from PIL import Image
 
 from pipelines.images import max_pixels_size
 from pipelines.schema import IMAGE_TOKEN
-from trainer import image_processing
+from trainer import image_processing, positions
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ class Collator:
 
     `torch_images` (default on) swaps a Qwen2-VL / Qwen2.5-VL image processor for
     `trainer.image_processing.QwenImageProcessor`: the same tensors, several times faster.
+    `mrope_positions` (default on) adds Qwen2-VL / Qwen2.5-VL batches with images their M-RoPE
+    `position_ids` [3, B, L] (`trainer.positions`), which the model would otherwise compute itself
+    with a device sync per row and step.
 
     Output for VLMs: the processor's keys (input_ids, attention_mask, pixel_values, image_grid_thw,
     mm_token_type_ids, ... per family) plus `has_image` (bool [B]). Dual encoders: input_ids,
@@ -129,7 +132,7 @@ class Collator:
     """
 
     def __init__(self, backbone, *, max_text_tokens: int = 256, image_max_pixels: int | None = None,
-                 instructions: bool = True, torch_images: bool = True):
+                 instructions: bool = True, torch_images: bool = True, mrope_positions: bool = True):
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
         self.format = _format_of(backbone)
@@ -138,6 +141,13 @@ class Collator:
         self.max_text_tokens = int(max_text_tokens)
         self.image_max_pixels = image_max_pixels
         self.instructions = bool(instructions)
+        # Qwen2-VL / Qwen2.5-VL: M-RoPE positions computed here, not in the model (trainer.positions)
+        self._mrope = None
+        if mrope_positions and self.format.family in positions.FAMILIES:
+            token_id = getattr(self.processor, "image_token_id", None)
+            merge = getattr(getattr(self.processor, "image_processor", None), "merge_size", None)
+            if isinstance(token_id, int) and isinstance(merge, int):
+                self._mrope = (token_id, merge)
 
     @property
     def tokenizer(self):
@@ -252,6 +262,9 @@ class Collator:
             parts.append((rows_txt, self._process([texts[i] for i in rows_txt], None)))
         out = parts[0][1] if len(parts) == 1 else self._merge(parts, len(texts))
         out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        if self._mrope is not None and "image_grid_thw" in out:
+            out["position_ids"] = positions.mrope_position_ids(out["input_ids"], out["attention_mask"],
+                                                               out["image_grid_thw"], *self._mrope)
         out["has_image"] = torch.tensor(has_image, dtype=torch.bool)
         return out
 
