@@ -27,11 +27,15 @@ Cases (`--cases`):
        C+fast    batched vision attention + `torch.compile` of each repeated block (decoder layers,
                  vision blocks: trainer.acceleration, what `train.compile` does), `--compile`, at
                  the first batch only and after E (compilation is the least certain part);
-       C+fa2     flash_attention_2, only when `flash_attn` is importable.
+       C+fa2     flash_attention_2, only when `flash_attn` is importable;
+       C+fast+pos  C+fast with the queries' M-RoPE positions precomputed on the CPU as the
+                 trainer's Collator does (`trainer.positions`), so the model skips its per-row
+                 `get_rope_index` and its ~8 device syncs per row; checked against C+fast's loss.
   D  GradCache (`trainer.gradcache.gradcache_step` over the Embedder): a global batch of
      `--gc-batch` (1024) pairs in chunks of `--gc-chunk` (32 or 64). With `--compile` also D+fast
      (batched vision attention + compiled blocks) and D+fast+feat (the same with the no-grad pass's
-     image features reused: `trainer.acceleration.frozen_image_features`, what the trainer does),
+     image features reused, `trainer.acceleration.frozen_image_features`, and, with transformers 5,
+     the queries' M-RoPE positions precomputed as the Collator does: what the trainer does),
      at each chunk size of `--gc-feat-chunks` (e.g. 32,64: larger chunks use the GPU better, at
      more memory; a chunk size without a plain-step row is compared with the smallest batch's).
   E  no-grad encoding of `--encode-batch` (128) queries with the base model (no adapters): plain
@@ -91,6 +95,7 @@ from trainer.gradcache import gradcache_step  # noqa: E402
 from trainer.losses import info_nce  # noqa: E402
 from trainer.model import Embedder, unwrap  # noqa: E402
 from trainer.pooling import last_token_pool  # noqa: E402
+from trainer.positions import mrope_position_ids  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
 
@@ -589,6 +594,37 @@ def train_cases(bench: Bench, model, label_lora: str, case: str, embed, sizes: S
         bench.free()
 
 
+def with_positions(queries: dict, sizes: Sizes) -> dict:
+    """`queries` plus the M-RoPE `position_ids` the Collator computes on the CPU (trainer.positions)."""
+    pos = mrope_position_ids(queries["input_ids"].cpu(), queries["attention_mask"].cpu(),
+                             queries["image_grid_thw"].cpu(), sizes.special["image_token_id"],
+                             sizes.vision["spatial_merge_size"])
+    return {**queries, "position_ids": pos.to(queries["input_ids"].device)}
+
+
+def positions_case(bench: Bench, model, label: str, case: str, embed, sizes: Sizes, device, dtype, mm: bool,
+                   temperature: float) -> None:
+    """`case`: the step at the first batch with the queries' positions precomputed, as the trainer's
+    Collator delivers them (the model then skips its per-row get_rope_index and its device syncs);
+    checked first against the same step without them on the same batch."""
+    batch = sizes.batches[0]
+    gen = torch.Generator(device=device).manual_seed(1000 + batch)
+    queries, targets = make_queries(batch, sizes, device, dtype, gen, mm), make_targets(batch, sizes, device, gen, mm)
+    positioned = with_positions(queries, sizes)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    model.zero_grad(set_to_none=True)
+    loss_ref = contrastive_step(embed, queries, targets, temperature)
+    model.zero_grad(set_to_none=True)
+    loss_pos = contrastive_step(embed, positioned, targets, temperature)
+    bench.checks.append(compare(f"{case} vs without positions: loss (batch {batch})", loss_pos, loss_ref, tol))
+    log.info("  %-55s %s", bench.checks[-1]["check"], "PASS" if bench.checks[-1]["passed"] else "FAIL")
+    bench.measure(case, label + ", M-RoPE positions precomputed", batch, "pairs/s",
+                  lambda: contrastive_step(embed, positioned, targets, temperature),
+                  warmup=sizes.warmup, steps=sizes.steps, before_step=lambda: model.zero_grad(set_to_none=True))
+    del queries, targets, positioned
+    bench.free()
+
+
 def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dtype, mm: bool, temperature: float,
                  context=contextlib.nullcontext, steps: int = 3) -> Path | None:
     """torch.profiler over `steps` training steps at the first batch (after one untimed step): the
@@ -636,17 +672,19 @@ def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dt
 
 
 def gradcache_case(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool, temperature: float,
-                   case: str = "D", features=None) -> None:
+                   case: str = "D", features=None, positions: bool = False) -> None:
     emb = our_embedder(model)
     chunk, total = sizes.gc_chunk, sizes.gc_batch
     if total % chunk:
         raise ValueError(f"--gc-batch {total} is not a multiple of --gc-chunk {chunk}")
     gen = torch.Generator(device=device).manual_seed(7)
     q_chunks = [make_queries(chunk, sizes, device, dtype, gen, mm) for _ in range(total // chunk)]
+    if positions:
+        q_chunks = [with_positions(q, sizes) for q in q_chunks]
     t_chunks = [make_targets(chunk, sizes, device, gen, mm) for _ in range(total // chunk)]
     loss_fn = partial(info_nce, temperature=temperature)
     label = f"GradCache {total} in chunks of {chunk}, Embedder, model-dtype adapters, dropout 0" + (
-        ", image features reused" if features is not None else "")
+        ", image features reused" if features is not None else "") + (", positions precomputed" if positions else "")
     reset = lambda: model.zero_grad(set_to_none=True)  # noqa: E731
     # warm-up on two chunks per side (same kernels and shapes as the full step, a fraction of the time)
     bench.measure(f"{case}:warmup", label, 2 * chunk, "pairs/s",
@@ -965,6 +1003,8 @@ def main(argv=None) -> int:
             bench.free()
             if "C" in args.cases:
                 train_cases(bench, model, label, "C+fast", emb, batches=sizes.batches[:1], **common)
+                if mm:  # transformers 5 (mm_token_type_ids): the model's own positions are the reference
+                    positions_case(bench, model, label, "C+fast+pos", emb, **common)
                 if args.profile:
                     profile_step(bench, model, "C+fast", emb, **common)
             if "D" in args.cases:
@@ -973,7 +1013,7 @@ def main(argv=None) -> int:
                     for chunk in feat_chunks(args, sizes):
                         case = "D+fast+feat" if chunk == sizes.gc_chunk else f"D+fast+feat/{chunk}"
                         gradcache_case(bench, model, case=case, features=frozen_image_features(model),
-                                       **{**common, "sizes": replace(sizes, gc_chunk=chunk)})
+                                       positions=mm, **{**common, "sizes": replace(sizes, gc_chunk=chunk)})
                         bench.free()
                 except torch.OutOfMemoryError:
                     bench._add(dict(case="D+fast", label="GradCache", batch=sizes.gc_batch, unit="pairs/s",

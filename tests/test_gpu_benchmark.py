@@ -94,10 +94,11 @@ def test_tiny_run_end_to_end(tmp_path):
     assert len(checks) >= 10 and all(c["passed"] for c in checks.values()), checks
     assert {"C vs B: loss", "C vs B: LoRA gradients", "D vs chunked C: LoRA gradients",
             "C+fast vs C: loss (batch 4)", "C+fast vs C: LoRA gradients (batch 4)",
-            "no input-require-grads hook left after the checks", "D+feat vs D: LoRA gradients"} <= set(checks)
+            "no input-require-grads hook left after the checks", "D+feat vs D: LoRA gradients",
+            "C+fast+pos vs without positions: loss (batch 4)"} <= set(checks)
     rows = {r["case"]: r for r in data["rows"]}
     for case in ("A", "B", "C", "C+bva", "C+ckpt", "D", "E:plain", "E:ours", "E:ours+bva", "E:vision", "E:lm",
-                 "C+fast", "D+fast", "D+fast+feat", "D+fast+feat/8"):
+                 "C+fast", "C+fast+pos", "D+fast", "D+fast+feat", "D+fast+feat/8"):
         assert rows[case]["status"] == "ok", rows[case]
         assert rows[case]["throughput"] > 0 and len(rows[case]["steps_s"]) >= 1
     assert rows["D"]["batch"] == 16 and rows["D"]["chunk"] == 4
