@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.backbones import build_tiny
 from trainer.inputs import Collator
@@ -82,3 +83,41 @@ def test_mismatched_grids_are_refused():
         mrope_position_ids(ids, mask, torch.tensor([[1, 4, 4], [1, 4, 4]]), image_token_id=9, merge_size=2)
     with pytest.raises(ValueError, match="left over"):
         mrope_position_ids(ids, mask, torch.zeros(0, 3, dtype=torch.long), image_token_id=9, merge_size=2)
+
+
+class _DeviceReads(TorchDispatchMode):
+    """Counts the operators that read a device tensor back to the host (a sync on a GPU): `.item()`
+    and friends, nonzero, boolean-mask indexing."""
+
+    READS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        bool_index = name in ("aten.index.Tensor", "aten.index_put_.default") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+        self.count += name in self.READS or bool_index
+        return func(*args, **(kwargs or {}))
+
+
+def test_host_reads_no_longer_grow_with_the_batch(backbone):
+    """With the Collator's positions a forward's host reads hardly grow with the batch (transformers'
+    own get_rope_index reads several times per row); a regression guard should transformers stop
+    honouring position_ids."""
+    embedder = Embedder(backbone).eval()
+    counts = {}
+    for rows in (4, 16):
+        sides, images = (SIDES * 4)[:rows], (IMAGES * 4)[:rows]
+        for flag in (True, False):
+            batch = Collator(backbone, max_text_tokens=64, image_max_pixels=4096, mrope_positions=flag)(sides, images)
+            with torch.no_grad(), _DeviceReads() as reads:
+                embedder(batch)
+            counts[rows, flag] = reads.count
+    grown = {flag: counts[16, flag] - counts[4, flag] for flag in (True, False)}
+    assert grown[False] >= 4 * 12, counts  # 12 more rows: transformers' get_rope_index reads per row
+    assert grown[True] <= grown[False] // 4, counts  # what is left is the vision tower's
+    if backbone.family == "qwen2_vl":  # (Qwen2.5-VL's window index reads once per image)
+        assert grown[True] == 0 and counts[16, True] <= 10, counts
