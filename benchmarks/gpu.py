@@ -653,18 +653,21 @@ def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dt
     except Exception:  # noqa: BLE001 - a profile is an extra; the timings stand without it
         log.exception("profile %s failed", name)
         return None
-    events = prof.key_averages()
-
     def device_us(e) -> float:
         return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
 
-    busy = sum(device_us(e) for e in events) / 1e6
-    head = (f"profile {name}: batch {batch}, {steps} steps, {wall / steps * 1000:.1f} ms per step; "
-            + (f"device kernels {busy / steps * 1000:.1f} ms per step, busy {busy / wall:.0%} of the wall time"
-               if cuda else "CPU only"))
-    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    path = bench.out_path.with_name(f"profile_{name}.txt")
-    path.write_text(head + "\n\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n")
+    try:
+        events = prof.key_averages()
+        busy = sum(device_us(e) for e in events) / 1e6
+        head = (f"profile {name}: batch {batch}, {steps} steps, {wall / steps * 1000:.1f} ms per step; "
+                + (f"device kernels {busy / steps * 1000:.1f} ms per step, busy {busy / wall:.0%} of the wall time"
+                   if cuda else "CPU only"))
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        path = bench.out_path.with_name(f"profile_{name}.txt")
+        path.write_text(head + "\n\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n")
+    except Exception:  # noqa: BLE001 - a profiler API difference must not cost the run's timings
+        log.exception("profile %s: could not write the table", name)
+        return None
     log.info("%s -> %s", head, path)
     del queries, targets
     bench.free()
