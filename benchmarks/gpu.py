@@ -1007,7 +1007,13 @@ def main(argv=None) -> int:
             if "C" in args.cases:
                 train_cases(bench, model, label, "C+fast", emb, batches=sizes.batches[:1], **common)
                 if mm:  # transformers 5 (mm_token_type_ids): the model's own positions are the reference
-                    positions_case(bench, model, label, "C+fast+pos", emb, **common)
+                    try:
+                        positions_case(bench, model, label, "C+fast+pos", emb, **common)
+                    except Exception as exc:  # noqa: BLE001 - recorded; the remaining cases still run
+                        log.exception("C+fast+pos failed")
+                        bench._add(dict(case="C+fast+pos", label=label, batch=sizes.batches[0], unit="pairs/s",
+                                        status=f"error: {type(exc).__name__}: {exc}"[:300]))
+                        bench.free()
                 if args.profile:
                     profile_step(bench, model, "C+fast", emb, **common)
             if "D" in args.cases:
