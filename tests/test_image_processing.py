@@ -71,21 +71,27 @@ def test_other_modes_convert_like_transformers(backbone, mode):
     torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
 
 
-def test_smart_resize_is_transformers(backbone):
-    try:  # transformers 5: the PIL backend's module imports without torchvision
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-    except ImportError:  # transformers 4.x
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+try:  # transformers 5: the PIL backend's module imports without torchvision
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+except ImportError:  # transformers 4.x
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+
+def test_target_size_is_transformers_smart_resize(backbone):
+    """(width, height) in, transformers' (height, width) rule applied with the processor's bounds."""
     rng = random.Random(0)
+    reference = copy.deepcopy(backbone.processor.image_processor)
     for _ in range(2000):
         h, w = rng.randint(1, 4000), rng.randint(1, 4000)
         if max(h, w) / min(h, w) > 200:
             continue
-        factor, low, high = rng.choice([16, 28, 32]), rng.choice([56 * 56, 256]), rng.choice([4096, 1003520])
-        assert IP.smart_resize(h, w, factor, low, high) == smart_resize(h, w, factor, low, high)
+        patch, low, high = rng.choice([8, 14, 16]), rng.choice([56 * 56, 256]), rng.choice([4096, 1003520])
+        reference.size = {"shortest_edge": low, "longest_edge": high}
+        reference.patch_size = patch
+        fast = IP.QwenImageProcessor(reference)
+        assert fast.target_size(w, h) == smart_resize(h, w, 2 * patch, low, high)[::-1]
     with pytest.raises(ValueError, match="aspect ratio"):
-        IP.smart_resize(10, 3000, 28, 56 * 56, 4096)
+        fast.target_size(3000, 10)
 
 
 def test_snapped_shard_sizes_are_fixed_points():
@@ -99,7 +105,7 @@ def test_snapped_shard_sizes_are_fixed_points():
         sw, sh = fitted_size(w, h, 1344, max_pixels, multiple)
         assert sw % multiple == 0 and sh % multiple == 0
         assert max(sw, sh) <= 1344 and (max_pixels is None or sw * sh <= max_pixels)
-        assert IP.smart_resize(sh, sw, multiple, 56 * 56 if sw * sh >= 56 * 56 else 1, max_pixels or 10**8) == (sh, sw)
+        assert smart_resize(sh, sw, multiple, 56 * 56 if sw * sh >= 56 * 56 else 1, max_pixels or 10**8) == (sh, sw)
         # and snapping moves a side by less than one multiple from the unsnapped size (unless a side
         # shorter than one multiple had to be raised to it)
         uw, uh = fitted_size(w, h, 1344, max_pixels)

@@ -8,8 +8,8 @@ image: rescale, normalize, a transposed copy of the whole image, then the tempor
 1 MP image on this project's CPU machine, against 5 ms here; benchmarks/RESULTS.md, "Loader").
 
 `QwenImageProcessor` gives the same tensors with less work:
-* the resize is transformers' own call, PIL bicubic on the uint8 image to `smart_resize`'s size, so
-  it is bit-identical (and skipped when the image already has that size, as pre-scaled shards do,
+* the resize is transformers' own call, PIL bicubic on the uint8 image to the size that the wrapped
+  processor's own module computes (its `smart_resize`), so it is bit-identical (and skipped when the image already has that size, as pre-scaled shards do,
   see `pipelines.images.snapped_size`);
 * the patch permutation runs on the uint8 pixels (a quarter of the bytes of float32);
 * rescale and normalize are one multiply-add on a contiguous float frame, and one broadcast copy
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -38,24 +39,6 @@ from PIL import Image
 # the image-processor classes (slow, PIL and torchvision backends, transformers 4.x and 5.x) whose
 # computation this module reproduces
 SUPPORTED = {"Qwen2VLImageProcessor", "Qwen2VLImageProcessorPil", "Qwen2VLImageProcessorFast"}
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen2-VL's target size (transformers' `smart_resize`): both sides multiples of `factor`, the
-    pixel count within [min_pixels, max_pixels], the aspect ratio kept as closely as possible."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def _size_bounds(reference) -> tuple[int, int]:
@@ -78,9 +61,16 @@ def _is_bicubic(resample) -> bool:
         return False
 
 
+def _smart_resize_of(reference):
+    """transformers' `smart_resize` from the module that defines `reference`'s class (the size rule
+    that processor applies, in whatever transformers version is installed), or None."""
+    resize = getattr(sys.modules.get(type(reference).__module__), "smart_resize", None)
+    return resize if callable(resize) else None
+
+
 def supports(reference) -> bool:
     """Whether `reference` (a transformers image processor) is one whose computation we reproduce."""
-    if type(reference).__name__ not in SUPPORTED:
+    if type(reference).__name__ not in SUPPORTED or _smart_resize_of(reference) is None:
         return False
     flags = ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb")
     if not all(getattr(reference, f, False) for f in flags):
@@ -108,6 +98,7 @@ class QwenImageProcessor:
         if not supports(reference):
             raise ValueError(f"{type(reference).__name__} with these settings is not reproduced; use it directly")
         self.reference = reference
+        self.smart_resize = _smart_resize_of(reference)
         self.min_pixels, self.max_pixels = _size_bounds(reference)
         self.patch = int(reference.patch_size)
         self.merge = int(reference.merge_size)
@@ -125,7 +116,8 @@ class QwenImageProcessor:
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) this processor resizes an image of `width` x `height` to."""
-        h, w = smart_resize(height, width, self.patch * self.merge, self.min_pixels, self.max_pixels)
+        h, w = self.smart_resize(height, width, factor=self.patch * self.merge, min_pixels=self.min_pixels,
+                                 max_pixels=self.max_pixels)
         return w, h
 
     def _rgb(self, image: Image.Image) -> Image.Image:
