@@ -105,13 +105,18 @@ def read_shards(shard_dir: str | Path) -> list[Shard]:
     return out
 
 
+def _index_params(shard_dir: str | Path) -> dict[str, Any]:
+    """The shard-stage params recorded in the shards' index.json."""
+    return shard_format.read_index(Path(shard_dir)).get("params", {})
+
+
 def check_shard_resolution(shard_dir: str | Path, image_max_pixels: int | None) -> None:
     """Refuse shards whose images were pre-scaled below the training resolution.
 
     The shard stage scales images to at most ``shard.max_image_pixels`` (recorded in index.json);
     training at a larger ``image_max_pixels`` (or without a cap) would silently see the smaller
     images. Raises ValueError saying which param to change."""
-    made = shard_format.read_index(Path(shard_dir)).get("params", {}).get("max_image_pixels")
+    made = _index_params(shard_dir).get("max_image_pixels")
     if made is None:
         return
     if image_max_pixels is None or int(image_max_pixels) > int(made):
@@ -129,7 +134,7 @@ def shard_grid_mismatch(shard_dir: str | Path, image_processor) -> str | None:
     index.json) so that a Qwen2-VL-style processor, whose sizes are multiples of its patch size times
     its merge size, resizes nothing. A multiple that is not a multiple of that factor (or a processor
     without such a grid) is not wrong, only slow: every image is resized again in the loader."""
-    multiple = shard_format.read_index(Path(shard_dir)).get("params", {}).get("image_size_multiple")
+    multiple = _index_params(shard_dir).get("image_size_multiple")
     if multiple is None:
         return None
     patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
