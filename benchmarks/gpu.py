@@ -253,6 +253,13 @@ def make_targets(n: int, sizes: Sizes, device, gen: torch.Generator, mm_types: b
     return out
 
 
+def pair_batch(n: int, sizes: Sizes, device, dtype, mm_types: bool) -> tuple[dict, dict]:
+    """(queries, targets) of the timed training cases at batch `n`: the same batch for every case
+    timed at `n` (seeded by `n`), so their losses and gradients are comparable."""
+    gen = torch.Generator(device=device).manual_seed(1000 + n)
+    return make_queries(n, sizes, device, dtype, gen, mm_types), make_targets(n, sizes, device, gen, mm_types)
+
+
 # --------------------------------------------------------------------------------------------------
 # the two ways to embed
 
@@ -572,10 +579,8 @@ def split_queries(inputs: dict, size: int) -> list[dict]:
 def train_cases(bench: Bench, model, label_lora: str, case: str, embed, sizes: Sizes, device, dtype,
                 mm: bool, temperature: float, batches, context=contextlib.nullcontext, extra=None) -> None:
     for batch in batches:
-        gen = torch.Generator(device=device).manual_seed(1000 + batch)
         try:
-            queries = make_queries(batch, sizes, device, dtype, gen, mm)
-            targets = make_targets(batch, sizes, device, gen, mm)
+            queries, targets = pair_batch(batch, sizes, device, dtype, mm)
         except torch.OutOfMemoryError:
             bench._add(dict(case=case, label=label_lora, batch=batch, unit="pairs/s", status="oom (inputs)"))
             bench.free()
@@ -608,8 +613,7 @@ def positions_case(bench: Bench, model, label: str, case: str, embed, sizes: Siz
     Collator delivers them (the model then skips its per-row get_rope_index and its device syncs);
     checked first against the same step without them on the same batch."""
     batch = sizes.batches[0]
-    gen = torch.Generator(device=device).manual_seed(1000 + batch)
-    queries, targets = make_queries(batch, sizes, device, dtype, gen, mm), make_targets(batch, sizes, device, gen, mm)
+    queries, targets = pair_batch(batch, sizes, device, dtype, mm)
     positioned = with_positions(queries, sizes)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     model.zero_grad(set_to_none=True)
@@ -634,8 +638,7 @@ def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dt
     from torch.profiler import ProfilerActivity, profile
 
     batch = sizes.batches[0]
-    gen = torch.Generator(device=device).manual_seed(1000 + batch)
-    queries, targets = make_queries(batch, sizes, device, dtype, gen, mm), make_targets(batch, sizes, device, gen, mm)
+    queries, targets = pair_batch(batch, sizes, device, dtype, mm)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     try:
@@ -981,8 +984,7 @@ def main(argv=None) -> int:
         label = f"Embedder step ({ours.label()}), batched vision attention + compiled blocks ({backend})"
         # the compiled step must compute the eager step's loss and gradients on the timed batch shape
         b = sizes.batches[0]
-        gen = torch.Generator(device=device).manual_seed(1000 + b)
-        q, t = make_queries(b, sizes, device, dtype, gen, mm), make_targets(b, sizes, device, gen, mm)
+        q, t = pair_batch(b, sizes, device, dtype, mm)
         model.zero_grad(set_to_none=True)
         loss_ref = contrastive_step(emb, q, t, args.temperature)
         g_ref = lora_grads(model)
