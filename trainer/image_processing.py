@@ -9,16 +9,19 @@ image: rescale, normalize, a transposed copy of the whole image, then the tempor
 
 `QwenImageProcessor` gives the same tensors with less work:
 * the resize is transformers' own call, PIL bicubic on the uint8 image to the size that the wrapped
-  processor's own module computes (its `smart_resize`), so it is bit-identical (and skipped when the image already has that size, as pre-scaled shards do,
-  see `pipelines.images.snapped_size`);
+  processor's own module computes (its `smart_resize`), so it is bit-identical; it is skipped when
+  the image already has that size, as pre-scaled shards do (`pipelines.images.snapped_size`);
 * the patch permutation runs on the uint8 pixels (a quarter of the bytes of float32);
 * rescale and normalize are one multiply-add on a contiguous float frame, and one broadcast copy
   writes it into every temporal slot of the batch's output tensor; nothing is concatenated, and in a
   DataLoader worker that tensor is allocated in shared memory (as torch's default_collate does), so
   the batch's pixels are not copied again on their way to the main process.
 The values equal transformers' to float rounding (max abs difference ~5e-7, see the tests), and
-they do not depend on whether torchvision is installed (transformers' torchvision backend resizes
-differently), so a laptop and a GPU node feed a model the same tensors.
+they do not depend on whether torchvision is installed, so a laptop and a GPU node feed a model the
+same tensors. transformers' torchvision backend resizes with torchvision's bicubic, which differs
+from PIL's; it too skips the resize of an image already at the target size (torchvision's `resize`
+returns such an image unchanged), so on the training shards' grid-sized images the two backends
+also agree to float rounding; they differ where an image has to be resized, as evaluation's are.
 
 `install(processor)` returns a shallow copy of a transformers Qwen2-VL processor whose image
 processor is wrapped; anything the wrapper does not reproduce exactly (other resampling, switched
