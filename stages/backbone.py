@@ -101,7 +101,8 @@ def run(params: Mapping[str, Any], *, train_dir: Path = TRAIN_DIR, images_dir: P
         backbone = build_pretrained_tiny(params, train_dir=Path(train_dir), images_dir=Path(images_dir))
     else:
         revision = params.get("revision") or None
-        backbone = load_backbone(name, revision=revision, trust_remote_code=bool(params.get("trust_remote_code", False)))
+        backbone = load_backbone(name, revision=revision, trust_remote_code=bool(params.get("trust_remote_code", False)),
+                                 torch_dtype="auto")  # models/base keeps the checkpoint's dtype (bf16: half the bytes)
         log.info("fetched %s at %s (%s, %s parameters)", name, backbone.info.get("revision"), backbone.family,
                  backbone.info.get("parameters"))
     out = Path(out)

@@ -145,6 +145,21 @@ def test_load_hub_layout_folder_detects_family(tmp_path):
     torch.testing.assert_close(_embed(loaded)[1], _embed(backbone)[1], atol=1e-6, rtol=1e-5)
 
 
+def test_load_dtype_does_not_follow_the_checkpoint(tmp_path):
+    """Hub Qwen2-VL checkpoints are stored in bf16: loading without a dtype must still give float32
+    weights (fp32 training and evaluation), "auto" the stored dtype (the backbone stage's copy)."""
+    backbone = build_tiny("qwen2_vl")
+    backbone.model.to(torch.bfloat16)
+    _hub_layout(backbone, tmp_path / "bf16-hub")
+    loaded = load_backbone(str(tmp_path / "bf16-hub"), revision="main")
+    assert {q.dtype for q in loaded.model.parameters()} == {torch.float32}
+    assert (loaded.info["revision"], loaded.info["source"]) == (None, "local")  # no revision for a folder
+    kept = load_backbone(str(tmp_path / "bf16-hub"), torch_dtype="auto")
+    assert {q.dtype for q in kept.model.parameters()} == {torch.bfloat16}
+    as_bf16 = load_backbone(str(tmp_path / "bf16-hub"), torch_dtype=torch.bfloat16)
+    assert {q.dtype for q in as_bf16.model.parameters()} == {torch.bfloat16}
+
+
 def test_load_hub_id_from_offline_cache_records_commit(tmp_path, monkeypatch):
     """A Hub id resolves through huggingface_hub's cache (HF_HUB_OFFLINE=1 in the test suite)."""
     import huggingface_hub.constants as hc
@@ -158,7 +173,7 @@ def test_load_hub_id_from_offline_cache_records_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     loaded = load_backbone("tiny-org/tiny-qwen2-vl", revision="main")
     assert loaded.family == "qwen2_vl" and loaded.info["revision"] == commit
-    assert loaded.info["name"] == "tiny-org/tiny-qwen2-vl"
+    assert loaded.info["name"] == "tiny-org/tiny-qwen2-vl" and loaded.info["source"] == "hub"
     save_backbone(loaded, tmp_path / "base")  # the recorded commit survives the save
     assert json.loads((tmp_path / "base" / "backbone.json").read_text())["info"]["revision"] == commit
 

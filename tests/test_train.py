@@ -111,6 +111,30 @@ def test_validate_params():
         validate_params({k: v for k, v in BASE_PARAMS.items() if k != "steps"})
     with pytest.raises(ValueError, match="precision is fp32 or bf16"):
         validate_params({**BASE_PARAMS, "precision": "fp16"})
+    with pytest.raises(ValueError, match="precision bf16 for lora_dtype bf16"):
+        validate_params({**BASE_PARAMS, "lora_dtype": "bf16"})
+
+
+@pytest.mark.parametrize("precision,lora_rank,lora_dtype,fsdp,world,frozen,trainable", [
+    ("fp32", 4, "fp32", False, 1, torch.float32, torch.float32),
+    ("bf16", 4, "fp32", False, 1, torch.bfloat16, torch.float32),   # VLM2Vec's bf16 base, fp32 adapters
+    ("bf16", 4, "bf16", False, 1, torch.bfloat16, torch.bfloat16),  # the GPU benchmark's setting
+    ("bf16", 4, "fp32", True, 2, torch.float32, torch.float32),     # FSDP2: one dtype per unit
+    ("bf16", 0, "fp32", False, 1, None, torch.float32),             # full fine-tuning: fp32 master weights
+])
+def test_weight_dtypes_follow_precision_and_lora_not_the_checkpoint(tmp_path, precision, lora_rank, lora_dtype,
+                                                                     fsdp, world, frozen, trainable):
+    from trainer.backbones import build_tiny, load_backbone, save_backbone
+    from trainer.loop import apply_lora, base_dtype
+
+    tiny = build_tiny("qwen2_vl", seed=0, image_size=32, hidden_size=64, layers=2)
+    tiny.model.to(torch.bfloat16)  # stored in bf16, as Hub checkpoints are
+    save_backbone(tiny, tmp_path / "base")
+    p = validate_params({**BASE_PARAMS, "precision": precision, "lora_rank": lora_rank, "lora_dtype": lora_dtype,
+                         "fsdp": fsdp})
+    model = apply_lora(load_backbone(str(tmp_path / "base"), torch_dtype=base_dtype(p, world)), p).model
+    assert {q.dtype for q in model.parameters() if q.requires_grad} == {trainable}
+    assert {q.dtype for q in model.parameters() if not q.requires_grad} == ({frozen} if frozen else set())
 
 
 def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
@@ -203,7 +227,11 @@ def test_bf16_autocast_with_gradcache_and_homogeneous_batches_trains(workspace):
         runs = [{i.split("/")[0] for i in row["ids"][k:k + 4]} for k in (0, 4)]
         assert all(len(r) == 1 for r in runs)  # each sub-batch of 4 from one dataset
     base, merged = load_file(workspace / "models/base/model.safetensors"), merged_weights(workspace)
-    assert all(merged[k].dtype == base[k].dtype for k in base)  # autocast only: weights stay fp32
+    # LoRA under bf16 trains on bf16 base weights; the merged copy is in the base's stored dtype (fp32),
+    # its frozen weights exactly the base's, its LoRA-targeted projections changed
+    assert all(merged[k].dtype == base[k].dtype == torch.float32 for k in base)
+    changed = {k for k in base if not torch.equal(merged[k], base[k])}
+    assert changed and all(k.endswith("proj.weight") for k in changed)
 
 
 def test_batched_vision_attention_and_compiled_blocks_train_the_same_weights(workspace, tmp_path, monkeypatch):

@@ -407,12 +407,13 @@ def _load_processor(family: str, model_dir: Path, trust_remote_code: bool):
     return proc_cls(image_processor=ip, tokenizer=tok, **kwargs)
 
 
-def _resolve_hub(repo_id: str, revision: str | None) -> tuple[Path, str]:
+def _resolve_hub(repo_id: str, revision: str | None, trust_remote_code: bool = False) -> tuple[Path, str]:
     """Download (or find in the cache) the files of a Hub model; return (folder, resolved commit)."""
     from huggingface_hub import snapshot_download
     folder = Path(snapshot_download(
         repo_id, revision=revision,
-        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]))
+        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+        + (["*.py"] if trust_remote_code else [])))  # remote code is fetched only when it may run
     commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else (revision or "")
     return folder, commit
 
@@ -423,32 +424,36 @@ def load_backbone(path_or_id: str, *, revision: str | None = None, trust_remote_
 
     A Hub id is fetched with `huggingface_hub.snapshot_download` (weights as safetensors only) at
     `revision`; the resolved commit goes to `info["revision"]`. `trust_remote_code` is off unless asked.
+    Weights load in `torch_dtype`: float32 when None, whatever the checkpoint stores (transformers 5
+    would otherwise keep a bf16 checkpoint in bf16), and the checkpoint's own dtype for "auto".
+    A local folder has no revision: `info["revision"]` is None and `info["source"]` is "local".
     """
     path = Path(path_or_id)
     if path.is_dir():
-        folder, name, commit = path, str(path_or_id), revision
+        if revision:
+            log.info("%s is a local folder: revision %r does not apply", path, revision)
+        folder, name, commit = path, str(path_or_id), None
     elif path.exists():
         raise NotADirectoryError(f"{path} is a file, not a model folder")
     else:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_id)):
             raise FileNotFoundError(f"{path_or_id!r} is neither a model folder nor a Hub id (org/name)")
-        folder, commit = _resolve_hub(str(path_or_id), revision)
+        folder, commit = _resolve_hub(str(path_or_id), revision, trust_remote_code)
         name = str(path_or_id)
     meta_file = folder / BACKBONE_JSON
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else None
     family = meta["family"] if meta else detect_family(folder)
     _check_family(family)
     processor = _load_processor(family, folder, trust_remote_code)
-    kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code)
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
+    kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code,
+                                  dtype=torch.float32 if torch_dtype is None else torch_dtype)
     model = model_class(family).from_pretrained(folder, **kwargs)
     model.eval()
     if meta:
         info = dict(meta.get("info") or {})
         return Backbone(model=model, processor=processor, family=family, image_token=meta["image_token"],
                         kind=meta["kind"], lora_targets=meta["lora_targets"], info=info)
-    info = dict(name=name, revision=commit, **_config_summary(model))
+    info = dict(name=name, revision=commit, source="local" if path.is_dir() else "hub", **_config_summary(model))
     log.info("loaded %s (%s, revision %s)", name, family, commit)
     return Backbone(model=model, processor=processor, family=family, image_token=IMAGE_TOKENS[family],
                     kind=_kind(family), lora_targets=LORA_TARGETS[family], info=info)

@@ -68,7 +68,8 @@ REQUIRED = ("seed", "steps", "batch_size", "gc_chunk_size", "learning_rate", "wa
             "temperature", "hard_negatives", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "dora",
             "max_text_tokens", "image_max_pixels", "instructions", "mixture", "homogeneous_batch",
             "shuffle_buffer", "num_workers", "save_every", "precision")
-OPTIONAL = {"max_grad_norm": 1.0, "batched_vision_attention": True, "compile": False, "fsdp": False}
+OPTIONAL = {"max_grad_norm": 1.0, "batched_vision_attention": True, "compile": False, "fsdp": False,
+            "lora_dtype": "fp32"}
 METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s")
 
 
@@ -88,6 +89,8 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
         (int(p["lora_rank"]) >= 0, "lora_rank >= 0"), (0 <= float(p["lora_dropout"]) < 1, "0 <= lora_dropout < 1"),
         (int(p["save_every"]) >= 1, "save_every >= 1"), (int(p["num_workers"]) >= 0, "num_workers >= 0"),
         (p["precision"] in ("fp32", "bf16"), "precision is fp32 or bf16"),
+        (p["lora_dtype"] in ("fp32", "bf16"), "lora_dtype is fp32 or bf16"),
+        (p["lora_dtype"] == "fp32" or p["precision"] == "bf16", "precision bf16 for lora_dtype bf16"),
         (float(p["max_grad_norm"]) > 0, "max_grad_norm > 0"),
         (isinstance(p["batched_vision_attention"], bool), "batched_vision_attention is true or false"),
         (isinstance(p["compile"], bool), "compile is true or false"),
@@ -110,9 +113,21 @@ class TrainPaths:
 
 
 # --- model ------------------------------------------------------------------------------------
+def base_dtype(p: Mapping[str, Any], world: int) -> torch.dtype:
+    """The dtype the base weights are loaded in, whatever the checkpoint stores.
+
+    float32, except for LoRA under ``precision: bf16`` without FSDP: the frozen base weights are then
+    kept in bf16 (half the memory, no per-step casts under autocast), as VLM2Vec loads its backbones.
+    Trainable weights stay float32 master weights (full fine-tuning; FSDP2 shards one dtype per
+    unit), and so do LoRA adapters unless ``lora_dtype: bf16``."""
+    lora_bf16 = p["precision"] == "bf16" and int(p["lora_rank"]) > 0 and not (p["fsdp"] and world > 1)
+    return torch.bfloat16 if lora_bf16 else torch.float32
+
+
 def apply_lora(backbone: Backbone, p: Mapping[str, Any]) -> Backbone:
     """The backbone with peft LoRA (or DoRA) injected per the params; unchanged for lora_rank 0
-    (every parameter trainable)."""
+    (every parameter trainable). Adapters are float32 (peft's upcast of adapters on bf16 weights)
+    unless ``lora_dtype: bf16``, which keeps them in the base weights' dtype."""
     if int(p["lora_rank"]) == 0:
         for param in backbone.model.parameters():
             param.requires_grad_(True)
@@ -123,7 +138,7 @@ def apply_lora(backbone: Backbone, p: Mapping[str, Any]) -> Backbone:
     config = LoraConfig(r=int(p["lora_rank"]), lora_alpha=float(p["lora_alpha"]),
                         lora_dropout=float(p["lora_dropout"]), target_modules=targets,
                         use_dora=bool(p["dora"]), bias="none")
-    model = get_peft_model(backbone.model, config)
+    model = get_peft_model(backbone.model, config, autocast_adapter_dtype=p.get("lora_dtype", "fp32") == "fp32")
     return replace(backbone, model=model)
 
 
@@ -208,7 +223,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    backbone = load_backbone(str(paths.base))
+    backbone = load_backbone(str(paths.base), torch_dtype=base_dtype(p, world))
     if (mismatch := shard_grid_mismatch(paths.shards, backbone.image_processor)) and rank == 0:
         log.warning("%s", mismatch)
     backbone = apply_lora(backbone, p)
@@ -419,7 +434,11 @@ def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position:
 
 def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: TrainPaths,
            summary: Mapping[str, Any]) -> None:
-    """Write ``paths.out`` (adapter/, merged/, lineage.json) via a temporary sibling folder."""
+    """Write ``paths.out`` (adapter/, merged/, lineage.json) via a temporary sibling folder.
+
+    LoRA: the saved adapter is merged into a fresh copy of the base weights in the dtype the base
+    checkpoint stores, so a run that kept them in bf16 (``base_dtype``) does not round a float32
+    base into a bf16 merged copy."""
     out = Path(paths.out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -427,8 +446,11 @@ def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: 
     model = embedder.model
     embedder.eval()
     if summary["mode"] == "lora":
+        from peft import PeftModel
+
         model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
-        model = model.merge_and_unload()
+        stored = load_backbone(str(paths.base), torch_dtype="auto").model
+        model = PeftModel.from_pretrained(stored, str(tmp / "adapter")).merge_and_unload()
     merged = replace(backbone, model=model.cpu().eval())
     save_backbone(merged, tmp / "merged")
     lineage = {
