@@ -63,6 +63,9 @@ def test_fingerprint_stable_and_changes_with_weights_and_collation(base_dir, tmp
     assert EmbeddingModel.load(copy).fingerprint == fp  # location-independent
     assert EmbeddingModel.load(base_dir, image_max_pixels=1024).fingerprint != fp
     assert EmbeddingModel.load(base_dir, instructions=False).fingerprint != fp
+    # bf16 weights give other embeddings: an fp32 cache must not serve a bf16 run
+    assert EmbeddingModel.load(base_dir, dtype="bf16").fingerprint != fp
+    assert EmbeddingModel.load(base_dir, dtype="fp32").fingerprint == fp
     # change one weight and save again
     model = EmbeddingModel.load(copy)
     with torch.no_grad():

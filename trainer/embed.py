@@ -78,9 +78,10 @@ def _lineage_collation(path: Path) -> dict:
     return {}
 
 
-def fingerprint_of(model_dir: Path, collation: dict) -> str:
-    """sha256 over every file of the save_backbone folder (relative path + content) and the collation
-    settings: it changes when weights, tokenizer, processor, backbone.json or collation change."""
+def fingerprint_of(model_dir: Path, collation: dict, dtype: torch.dtype = torch.float32) -> str:
+    """sha256 over every file of the save_backbone folder (relative path + content), the collation
+    settings and the dtype the weights compute in: it changes when weights, tokenizer, processor,
+    backbone.json, collation or precision change (bf16 and fp32 embeddings differ)."""
     h = hashlib.sha256()
     for file in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
         h.update(file.relative_to(model_dir).as_posix().encode() + b"\0")
@@ -88,7 +89,7 @@ def fingerprint_of(model_dir: Path, collation: dict) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         h.update(b"\0")
-    h.update(json.dumps(collation, sort_keys=True).encode())
+    h.update(json.dumps({**collation, "dtype": str(dtype).removeprefix("torch.")}, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -125,7 +126,7 @@ class EmbeddingModel:
                 raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
             dtype = _DTYPES[dtype]
         backbone = load_backbone(str(model_dir), torch_dtype=dtype)
-        fp = fingerprint_of(model_dir, collation)
+        fp = fingerprint_of(model_dir, collation, dtype or torch.float32)
         log.info("loaded embedding model %s (%s, fingerprint %s)", path, backbone.family, fp[:12])
         return cls(backbone, collation=collation, fingerprint=fp, path=path, device=device, dtype=dtype)
 
