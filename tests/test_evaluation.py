@@ -320,6 +320,13 @@ def test_load_rejects_bad_records(tmp_path):
                    tmp_path / "Null" / "part-00000.parquet")
     with pytest.raises(ValueError, match="Null/test/1"):
         ev.load_eval_set(tmp_path, "Null")
+    for what in ("query", "target"):  # a null side names its row (a target's index is past the queries')
+        (tmp_path / f"Null{what}").mkdir()
+        rows = [dict(rec, id=f"Null{what}/test/{i}") for i in range(3)]
+        rows[1][what] = None
+        pq.write_table(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA), tmp_path / f"Null{what}" / "part-00000.parquet")
+        with pytest.raises(ValueError, match=f"null query/target side.*Null{what}/test/1"):
+            ev.load_eval_set(tmp_path, f"Null{what}")
     with pytest.raises(FileNotFoundError):
         ev.load_eval_set(tmp_path, "Absent")
 

@@ -137,10 +137,10 @@ def load_eval_set(root: str | Path, dataset: str) -> EvalSet:
         raise ValueError(f"eval dataset {dataset!r} has no rows")
     ids = table.column("id").to_pylist()
 
-    def _check(mask: pa.Array, what: str) -> None:
+    def _check(mask: pa.Array, what: str) -> None:  # mask over rows, or over queries then targets
         bad = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
         if bad.size:
-            raise ValueError(f"{dataset}: {bad.size} row(s) with {what}, e.g. {ids[bad[0]]}")
+            raise ValueError(f"{dataset}: {bad.size} row(s) with {what}, e.g. {ids[bad[0] % n]}")
 
     meta = _single_value(table, "meta_task", dataset)
     distribution = _single_value(table, "distribution", dataset)
