@@ -158,11 +158,15 @@ def lookup(name: str, split: str) -> DatasetInfo:
 
 
 def resolve_subsets(selection, available: list[str]) -> list[str]:
-    """`all` (or None) -> every available subset, else the listed names, checked."""
+    """`all` (or None) -> every available subset, else the listed names, checked: each must be
+    available and listed once (a repeated dataset would count twice in every average)."""
     if selection in (None, "all", ["all"]):
         return sorted(available)
     names = [selection] if isinstance(selection, str) else list(selection)
     missing = [n for n in names if n not in available]
     if missing:
         raise ValueError(f"unknown subsets {missing}; available: {sorted(available)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"subsets listed more than once: {repeated}")
     return names

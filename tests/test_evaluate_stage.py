@@ -193,6 +193,9 @@ def test_stage_errors_are_clear(tmp_path):
         stage.run(PARAMS, root=root, load_model=Loader())
     with pytest.raises(ValueError, match="unknown subsets"):
         stage.run(dict(PARAMS, models=["base"], datasets=["Nope"]), root=root, load_model=Loader())
+    some = sorted(p.name for p in (root / stage.EVAL_ROOT).iterdir())[0]
+    with pytest.raises(ValueError, match=f"more than once: \\['{some}'\\]"):
+        stage.run(dict(PARAMS, models=["base"], datasets=[some, some]), root=root, load_model=Loader())
     with pytest.raises(ValueError, match="empty"):
         stage.run(dict(PARAMS, models=[]), root=root, load_model=Loader())
 
