@@ -103,6 +103,20 @@ def test_corrupt_index_discards_cache(tmp_path):
     assert list(fresh.dir.glob("part-*")) == []
 
 
+@pytest.mark.parametrize("field", ["bytes", "sha256"])
+def test_index_entry_without_size_or_hash_discards_cache(tmp_path, field):
+    keys, vecs = _keys(3), _vectors(3)
+    cache = EmbeddingCache(tmp_path, "m")
+    cache.put(keys, vecs)
+    index = json.loads((cache.dir / INDEX_FILE).read_text())
+    for entry in index["parts"].values():
+        del entry[field]
+    (cache.dir / INDEX_FILE).write_text(json.dumps(index))
+    fresh = EmbeddingCache(tmp_path, "m")
+    assert fresh.lookup(keys) == {} and fresh.stats["parts_rejected"] == 1
+    assert list(fresh.dir.glob("part-*")) == []
+
+
 def test_put_rejects_bad_input(tmp_path):
     cache = EmbeddingCache(tmp_path, "m")
     with pytest.raises(ValueError, match="keys but vectors"):

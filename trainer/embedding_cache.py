@@ -85,7 +85,8 @@ class EmbeddingCache:
                     raise ValueError(f"format/fingerprint mismatch: {index.get('format')!r}")
                 parts = index["parts"]
                 for name, entry in parts.items():
-                    if not (isinstance(entry.get("keys"), list) and int(entry["rows"]) == len(entry["keys"])):
+                    if not (isinstance(entry.get("keys"), list) and int(entry["rows"]) == len(entry["keys"])
+                            and int(entry["bytes"]) >= 0 and isinstance(entry["sha256"], str)):
                         raise ValueError(f"malformed entry for {name}")
                 self._parts = parts
             except (ValueError, KeyError, TypeError, AttributeError) as e:
