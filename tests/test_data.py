@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from pipelines import shards as shard_format
+from pipelines.images import max_pixels_size
 from trainer import data as D
 
 # --- test shards in the real shard format (pipelines/shards.py writer) -----------------------
@@ -150,20 +151,25 @@ def test_batch_plan_mixture_and_homogeneous_runs():
     assert D.batch_plan(7, 1, ["A", "B"], [0.5, 0.5], 64) != D.batch_plan(8, 1, ["A", "B"], [0.5, 0.5], 64)
 
 
-@pytest.mark.parametrize("n_shards,per_shard", [(3, 7), (9, 4)])  # fewer and more shards than slots
-def test_slots_partition_each_epoch(tmp_path, n_shards, per_shard):
-    shards = write_test_shards(tmp_path, {"A": n_shards * per_shard}, per_shard=per_shard)
-    num_slots = 4
+@pytest.mark.parametrize("total,per_shard,num_slots", [
+    (21, 7, 4), (36, 4, 4),  # fewer and more shards than slots
+    (21, 20, 4), (42, 40, 8), (9, 4, 8),  # a short last shard, fewer shards than slots
+])
+def test_slots_partition_each_epoch(tmp_path, caplog, total, per_shard, num_slots):
+    shards = write_test_shards(tmp_path, {"A": total}, per_shard=per_shard)
     for epoch in (0, 1):
-        seen = []
+        seen, lengths = [], []
         for slot in range(num_slots):
             s = D.DatasetStream("A", shards, seed=3, slot=slot, num_slots=num_slots, window=5, epoch=epoch)
-            length = sum(p.samples for p in s.parts(epoch))
-            assert length > 0  # no slot is left without data
-            ids = [json.loads(next(s)["json"])["id"] for _ in range(length)]
+            lengths.append(sum(p.samples for p in s.parts(epoch)))
+            ids = [json.loads(next(s)["json"])["id"] for _ in range(lengths[-1])]
             assert s.epoch == epoch
             seen += ids
-        assert sorted(seen) == sorted(f"A/original/{i}" for i in range(n_shards * per_shard))
+        assert min(lengths) > 0  # no slot is left without data
+        if len(shards) < num_slots:  # shares differ by at most one sample
+            assert max(lengths) - min(lengths) <= 1, lengths
+        assert sorted(seen) == sorted(f"A/original/{i}" for i in range(total))  # each sample once
+    assert "reads the whole dataset" not in caplog.text
 
 
 def test_tiny_dataset_slot_resamples(tmp_path, caplog):
@@ -246,6 +252,24 @@ def test_corrupt_image_is_quarantined_and_resume_stays_exact(tmp_path, caplog):
     assert [b["ids"] for b in resumed] == [b["ids"] for b in full[1:]]
 
 
+def test_a_bad_negative_costs_its_pair_only_when_hard_negatives_use_it(tmp_path, monkeypatch):
+    def text_pair_with_image_negatives(dataset, i):
+        negs = [make_side(f"neg {i}.{j}", _png((i, j, 7)), f"neg{j}.png") for j in range(3)]
+        return {"query": make_side(f"q{i}"), "target": make_side(f"t{i}"), "negatives": negs}, {}
+
+    shards = write_test_shards(tmp_path, {"A": 4}, per_shard=4, make_record=text_pair_with_image_negatives,
+                               corrupt={"A/original/1"})  # its negatives' image bytes are garbage
+    calls = []
+    real = D.decode_image
+    monkeypatch.setattr(D, "decode_image", lambda *a: calls.append(1) or real(*a))
+    unused = take(stream(shards, batch=4, slots=1, shuffle_buffer=0), 1)[0]
+    assert sorted(unused["ids"]) == [f"A/original/{i}" for i in range(4)] and unused["quarantined"] == 0
+    assert calls == []  # hard_negatives 0: no negative is decoded
+    used = take(stream(shards, batch=4, slots=1, shuffle_buffer=0, hard_negatives=2), 1)[0]
+    assert "A/original/1" not in used["ids"] and used["quarantined"] == 1
+    assert len(calls) == 2 * 4 + 1  # two negatives of each of the batch's 4 records, one of the bad record
+
+
 def test_all_corrupt_raises(tmp_path):
     shards = write_test_shards(tmp_path, {"A": 3}, per_shard=3, corrupt={f"A/original/{i}" for i in range(3)})
     with pytest.raises(ValueError, match="corrupt"):
@@ -289,9 +313,16 @@ def test_large_jpeg_is_decoded_at_reduced_scale_close_to_full_decode():
     data = buf.getvalue()
     full, drafted = D.decode_image(data), D.decode_image(data, max_pixels=4096)
     assert full.size == (1600, 1200)
-    assert drafted.size == (200, 150)  # 1/8 DCT scale: the smallest that keeps >= 4096 pixels
+    # decoded at 1/8 DCT scale (200x150, the smallest that keeps >= 4096 pixels), then given the size
+    # the Collator gives the full image
+    assert drafted.size == resize_to_max_pixels(full, 4096).size == (73, 55)
     a, b = (np.asarray(resize_to_max_pixels(im, 4096), dtype=np.float32) for im in (full, drafted))
     assert a.shape == b.shape and np.abs(a - b).mean() < 4  # same picture, different downscaling filter
+    for size in [(1211, 969), (1023, 767), (641, 479), (3001, 97)]:  # the drafted size rounds up
+        buf = io.BytesIO()
+        base.resize(size).save(buf, format="JPEG", quality=90)
+        for max_pixels in (4096, 40000):
+            assert D.decode_image(buf.getvalue(), max_pixels).size == max_pixels_size(*size, max_pixels)
     png = io.BytesIO()
     base.save(png, format="PNG")
     assert D.decode_image(png.getvalue(), max_pixels=4096).size == (1600, 1200)  # only JPEG has draft

@@ -18,12 +18,12 @@ How a global step is built
    worker count, so each slot is only ever touched by one worker, and 0, 1 or 2 workers give the
    very same batches.
 3. **Per-slot dataset streams**: epoch ``e`` of dataset ``d`` permutes the dataset's shards with
-   RNG ``(seed, d, e)`` (same on all ranks). Shard ``j`` is cut into ``P = ceil(K / n_shards)``
-   parts (sample ``i`` belongs to part ``i % P``; ``P = 1`` when there are at least as many shards
-   as slots ``K = world*slots_per_rank``), and the ``n_shards*P >= K`` parts are dealt round-robin
-   to the K slots. So every slot gets data and, within an epoch, no two slots read the same sample.
-   Should a slot still end up with no sample in an epoch (a dataset with fewer samples than slots),
-   it reads the whole dataset for that epoch instead (resampling; logged once).
+   RNG ``(seed, d, e)`` (same on all ranks). With at least as many shards as slots
+   ``K = world*slots_per_rank``, the shards are dealt round-robin to the K slots; with fewer, slot
+   ``k`` reads every K-th sample (``k``, ``k + K``, ...) of the epoch's sequence of shards, so the
+   slots' shares differ by at most one sample, whatever the shard sizes. Within an epoch no two
+   slots read the same sample, and every slot gets data unless the dataset has fewer samples than
+   slots: such a slot reads the whole dataset for that epoch instead (resampling; logged once).
    A slot reads its parts sequentially with webdataset's tar iterator and shuffles in windows:
    ``window`` consecutive raw (undecoded) samples are emitted in a permutation seeded by
    ``(seed, d, e, slot, window index)``. ``window = max(min(shuffle_buffer, 16),
@@ -67,6 +67,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from pipelines import shards as shard_format
+from pipelines.images import max_pixels_size
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def _dataset_seed(name: str) -> int:
 @dataclass(frozen=True)
 class _Part:
     shard: Shard
-    part: int  # this part holds the shard's samples i with i % parts == part
+    part: int  # this part holds the shard's samples i with i % parts == part (parts = 1: all)
     parts: int
 
     @property
@@ -255,11 +256,15 @@ class DatasetStream:
 
     def parts(self, epoch: int) -> list[_Part]:
         """The parts this slot reads in ``epoch`` (see the module docstring)."""
-        n = len(self.shards)
+        n, k = len(self.shards), self.num_slots
         order = np.random.default_rng([self.seed, _dataset_seed(self.dataset), epoch]).permutation(n)
-        parts_per_shard = max(1, math.ceil(self.num_slots / n))
-        units = [_Part(self.shards[j], p, parts_per_shard) for j in order for p in range(parts_per_shard)]
-        mine = units[self.slot::self.num_slots]
+        if n >= k:  # whole shards, dealt round-robin
+            mine = [_Part(self.shards[j], 0, 1) for j in order[self.slot::k]]
+        else:  # fewer shards than slots: every k-th sample of the epoch's shard sequence
+            mine, start = [], 0
+            for j in order:
+                mine.append(_Part(self.shards[j], (self.slot - start) % k, k))
+                start += self.shards[j].samples
         if sum(u.samples for u in mine) == 0:
             if not self._warned_resample:
                 log.warning("dataset %s: slot %d has no samples of its own in epoch %d (%d samples for %d "
@@ -350,31 +355,39 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode image bytes to an RGB PIL image (fully loaded). Raises BadSample.
 
     With ``max_pixels``, a JPEG larger than that is decoded at a reduced DCT scale (PIL ``draft``:
-    1/2, 1/4 or 1/8, never below the size that keeps ``max_pixels``), so the Collator's final resize
-    starts from a smaller image; this is several times faster for photos much larger than the model
-    input, and the pixels differ from decode-then-resize only by the downscaling filter."""
+    1/2, 1/4 or 1/8, never below the size that keeps ``max_pixels``) and resized here to the size
+    the Collator gives the full image (`pipelines.images.max_pixels_size` of the original size, not
+    of the drafted one, which rounds up); this is several times faster for photos much larger than
+    the model input, and the pixels differ from decode-then-resize only by the downscaling filter."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
-            if max_pixels and img.format == "JPEG" and w * h > max_pixels:
+            drafted = bool(max_pixels and img.format == "JPEG" and w * h > max_pixels)
+            if drafted:
                 scale = math.sqrt(max_pixels / (w * h))
                 img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
             img.load()
-            return img.convert("RGB")
+            out = img.convert("RGB")
+        if drafted and out.size != (size := max_pixels_size(w, h, max_pixels)):
+            out = out.resize(size, Image.BICUBIC)
+        return out
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
         raise BadSample(f"undecodable image: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_sample(raw: Mapping[str, Any], max_pixels: int | None = None) -> tuple[dict, dict[str, Image.Image | None]]:
+def decode_sample(raw: Mapping[str, Any], max_pixels: int | None = None,
+                  negatives: int | None = None) -> tuple[dict, dict[str, Image.Image | None]]:
     """(record, images by side name) of a raw webdataset sample. Side names: "query", "target",
     "neg0", "neg1", ...; a side without an image maps to None. Raises BadSample.
-    ``max_pixels``: see `decode_image`."""
+    ``max_pixels``: see `decode_image`. ``negatives``: decode only the first that many negatives
+    (those `train.hard_negatives` uses; None = all): a bad negative that is never used costs
+    neither its decoding nor its pair."""
     try:
         record = json.loads(raw["json"])
     except Exception as exc:
         raise BadSample(f"unreadable record JSON: {exc}") from exc
     sides = [("query", record.get("query")), ("target", record.get("target"))]
-    sides += [(f"neg{i}", s) for i, s in enumerate(record.get("negatives") or [])]
+    sides += [(f"neg{i}", s) for i, s in enumerate((record.get("negatives") or [])[:negatives])]
     images: dict[str, Image.Image | None] = {}
     for name, side in sides:
         if not isinstance(side, dict):
@@ -519,7 +532,7 @@ class ContrastiveStream(IterableDataset):
             while True:
                 raw = next(stream)
                 try:
-                    record, imgs = decode_sample(raw, self.config.image_max_pixels)
+                    record, imgs = decode_sample(raw, self.config.image_max_pixels, self.config.hard_negatives)
                     break
                 except BadSample as exc:
                     quarantined += 1
