@@ -219,6 +219,21 @@ def test_image_features_are_not_reused_when_the_vision_path_trains_or_draws_rand
     assert frozen_image_features(noisy) is None
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "smolvlm"])
+def test_trains_vision_tells_ddp_when_text_only_batches_leave_trained_parameters_unused(family):
+    """DDP without find_unused_parameters fails on the step after a text-only chunk when LoRA reaches
+    the vision tower (e.g. lora_targets all-linear): the trainer asks `trains_vision`."""
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.acceleration import trains_vision
+
+    _, language_only, _ = _lora_embedder(family)
+    assert not trains_vision(language_only)
+    everywhere = get_peft_model(build_tiny(family, seed=0).model, LoraConfig(r=4, target_modules="all-linear"))
+    assert trains_vision(everywhere)
+    assert trains_vision(torch.nn.Linear(2, 2))  # unknown layout: assume it may
+
+
 def test_image_feature_replay_refuses_other_chunks():
     from trainer.acceleration import frozen_image_features
 

@@ -229,6 +229,20 @@ class ImageFeatureCache:
             self.mode, self.records = None, []
 
 
+def vision_parts(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The vision tower and projector modules of a VLM (``[]`` when the layout is not known)."""
+    inner = _inner(model)
+    return [m for name in _VISION_PARTS if isinstance(m := getattr(inner, name, None), torch.nn.Module)]
+
+
+def trains_vision(model: torch.nn.Module) -> bool:
+    """True when a trainable parameter sits in the vision tower or projector, which a text-only batch
+    leaves without a gradient (DDP must then look for unused parameters); True as well when the
+    layout is not known."""
+    parts = vision_parts(model)
+    return not parts or any(p.requires_grad for part in parts for p in part.parameters())
+
+
 def frozen_image_features(model: torch.nn.Module) -> ImageFeatureCache | None:
     """An `ImageFeatureCache` installed on ``model`` when its image path is frozen and draws no random
     numbers (no trainable parameter, no dropout with p > 0 in the vision tower and projector); None
@@ -239,10 +253,8 @@ def frozen_image_features(model: torch.nn.Module) -> ImageFeatureCache | None:
     cached = getattr(inner, "_vlm2vec_feature_cache", None)
     if cached is not None:
         return cached
-    parts = [m for name in _VISION_PARTS if isinstance(m := getattr(inner, name, None), torch.nn.Module)]
-    if not parts:
-        return None
-    if any(p.requires_grad for part in parts for p in part.parameters()):
+    parts = vision_parts(model)
+    if not parts or trains_vision(model):
         return None
     if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for part in parts for m in part.modules()):
         return None

@@ -54,7 +54,7 @@ from tqdm import tqdm
 from trainer import checkpoint as ckpt
 from trainer import distributed, fsdp
 from trainer.backbones import Backbone, load_backbone, save_backbone
-from trainer.acceleration import batch_vision_attention, compile_blocks, frozen_image_features
+from trainer.acceleration import batch_vision_attention, compile_blocks, frozen_image_features, trains_vision
 from trainer.data import (ContrastiveStream, StreamConfig, StreamPosition, check_shard_resolution, make_loader,
                           read_shards, shard_grid_mismatch)
 from trainer.gradcache import gradcache_step
@@ -254,7 +254,9 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     if world > 1 and not use_fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        find_unused = mode == "full" or backbone.kind == "dual"  # e.g. vision tower idle on text-only batches
+        # a trained vision path (full fine-tuning, dual encoders, LoRA targets in the vision tower) gets
+        # no gradient from a text-only batch, e.g. GradCache's last chunk of targets
+        find_unused = mode == "full" or backbone.kind == "dual" or trains_vision(embedder.model)
         encoder = DDP(encoder, device_ids=[device.index] if device.type == "cuda" else None,
                       find_unused_parameters=find_unused)
 
