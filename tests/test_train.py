@@ -445,9 +445,11 @@ def test_fsdp_trains_the_ddp_weights_and_resumes_across_fsdp_and_ddp(workspace_t
     assert_same(runs["fsdp"], runs["ddp"])
     state = json.loads((C.list_checkpoints(tmp_path / "fsdp/models/checkpoints")[-1] / "state.json").read_text())
     assert state["step"] == 4
-    for resume_fsdp in (True, False):  # drop the last checkpoint and the output; resume from step 2
-        ws = tmp_path / f"resume-{resume_fsdp}"
-        shutil.copytree(tmp_path / "fsdp", ws)
+    # drop the last checkpoint and the output; resume from step 2: FSDP's under FSDP and DDP, and DDP's
+    # under FSDP (DDP's checkpoint has no AdamW state for parameters that never got a gradient)
+    for source, resume_fsdp in (("fsdp", True), ("fsdp", False), ("ddp", True)):
+        ws = tmp_path / f"resume-{source}-{resume_fsdp}"
+        shutil.copytree(tmp_path / source, ws)
         shutil.rmtree(ws / "models/embedder")
         shutil.rmtree(C.list_checkpoints(ws / "models/checkpoints")[-1])
         _torchrun(ws, {**params, "fsdp": resume_fsdp})

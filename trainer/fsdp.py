@@ -138,10 +138,14 @@ def load_trainable_state(embedder: torch.nn.Module, tensors: Mapping[str, torch.
 
 def load_optimizer_state(embedder: torch.nn.Module, optimizer: torch.optim.Optimizer,
                          state: Mapping[str, Any]) -> None:
-    """Load an index-keyed full optimizer state (as `full_optimizer_state` or one process saves it)."""
+    """Load an index-keyed full optimizer state (as `full_optimizer_state` or one process saves it).
+
+    Not strict: a checkpoint of one process or DDP has no AdamW state for a parameter that never got
+    a gradient there (the unused LM head, a vision tower idle on text-only steps); as in the run that
+    wrote it, such a parameter starts its state at its first gradient."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = _trainable_names(embedder)
     by_name = {"state": {names[int(i)]: entry for i, entry in state["state"].items()},
                "param_groups": [dict(g, params=[names[int(i)] for i in g["params"]]) for g in state["param_groups"]]}
-    set_optimizer_state_dict(embedder, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(embedder, optimizer, by_name, options=StateDictOptions(full_state_dict=True, strict=False))
