@@ -60,6 +60,19 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
 
 
+def test_cuda_rng_states_of_more_gpus_than_this_node_has_restore_the_ones_it_has(monkeypatch):
+    """A checkpoint written on an 8-GPU node (one CUDA RNG state per visible GPU) resumed on a 2-GPU
+    node: torch.cuda.set_rng_state_all would index a generator that does not exist."""
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.__setitem__(device, state))
+    state = C.capture_rng()
+    state["torch_cuda"] = [torch.full((4,), d, dtype=torch.uint8) for d in range(8)]
+    C.restore_rng(state)
+    assert sorted(restored) == [0, 1] and all(int(restored[d][0]) == d for d in (0, 1))
+
+
 def test_files_are_safetensors_and_json_only(tmp_path):
     model, opt, sched = _setup()
     _step(model, opt, sched)

@@ -91,7 +91,9 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch_cpu"])
     if state.get("torch_cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
+        # one state per GPU the writer saw: a node with fewer visible GPUs restores the ones it has
+        for device, cuda_state in enumerate(state["torch_cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 # --- trainable weights and optimizer ------------------------------------------------------------
