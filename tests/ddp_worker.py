@@ -35,8 +35,19 @@ from trainer.losses import info_nce, loss_scale  # noqa: E402
 VOCAB, PAD = 64, 0
 GLOBAL_BATCH, WORLD, HARD_NEGATIVES = 8, 2, 2
 DROPOUT_SEED, TEMPERATURE = 1234, 0.05
-# case name -> (GradCache chunk size or 0, hard negatives per query)
-CASES = {"plain": (0, 0), "plain_negs": (0, HARD_NEGATIVES), "gc": (3, 0), "gc_negs": (3, HARD_NEGATIVES)}
+# case name -> (GradCache chunk size or 0, hard negatives per query); "masked" cases pass NEGATIVE_MASK
+CASES = {"plain": (0, 0), "plain_negs": (0, HARD_NEGATIVES), "gc": (3, 0), "gc_negs": (3, HARD_NEGATIVES),
+         "gc_negs_masked": (3, HARD_NEGATIVES)}
+# padded negative slots (False) of the global batch, different on the two ranks' halves
+NEGATIVE_MASK = torch.tensor([[True, True], [True, False], [False, False], [True, True],
+                              [True, True], [True, True], [True, False], [True, True]])
+
+
+def loss_of(case: str, mask_rows: slice = slice(None), **kw):
+    """info_nce as `case` uses it, with its rows of NEGATIVE_MASK for a masked case."""
+    if case.endswith("_masked"):
+        kw["negative_mask"] = NEGATIVE_MASK[mask_rows]
+    return partial(info_nce, temperature=TEMPERATURE, **kw)
 
 
 # ---------------------------------------------------------------- tiny encoders
@@ -167,11 +178,11 @@ def single_process_step(case: str, cross_device: bool = True) -> tuple[float, di
     q, t = torch.cat(parts["q"]), torch.cat(parts["t"])
     negs = torch.cat(parts["n"]).view(GLOBAL_BATCH, k, -1) if k else None
     if cross_device:
-        loss = info_nce(q, t, negs, temperature=TEMPERATURE, gather=False)
+        loss = loss_of(case, gather=False)(q, t, negs)
     else:
         per_rank = GLOBAL_BATCH // WORLD
         losses = [
-            info_nce(q[s], t[s], None if negs is None else negs[s], temperature=TEMPERATURE, gather=False)
+            loss_of(case, s, gather=False)(q[s], t[s], None if negs is None else negs[s])
             for s in (slice(r * per_rank, (r + 1) * per_rank) for r in range(WORLD))
         ]
         loss = torch.stack(losses).mean()
@@ -202,7 +213,8 @@ def main() -> None:
             q_chunks = chunked(rank_slice(queries, info.rank), chunk)
             t_chunks = chunked(rank_slice(targets, info.rank), chunk)
             n_chunks = chunked(rank_slice(negatives, info.rank, k), chunk) if k else None
-            loss_fn = partial(info_nce, temperature=TEMPERATURE)
+            per_rank = GLOBAL_BATCH // WORLD
+            loss_fn = loss_of(case, slice(info.rank * per_rank, (info.rank + 1) * per_rank))
             torch.manual_seed(DROPOUT_SEED + info.rank)
             if chunk:
                 loss = gradcache_step(embed, q_chunks, t_chunks, loss_fn, n_chunks, no_sync=ddp.no_sync)

@@ -300,6 +300,8 @@ def test_hard_negatives_and_gradcache_chunks(tmp_path):
     assert negs.tolist() == [h("t1"), h("t2"), h("neg 1.0"), h("neg 1.0"), h("neg 2.0"), h("neg 2.1"),
                              h("t4"), h("t5"), h("neg 4.0"), h("neg 4.0"), h("neg 5.0"), h("neg 5.1")]
     assert b["padded_negatives"] == 4 + 2
+    # the padding is masked out of the loss: borrowed targets and repeats; real negatives kept
+    assert b["negative_mask"].tolist() == [[False, False], [True, False], [True, True]] * 2
     assert b["images"] == 6 + 2 + 2 + 2 + 2 + 4  # targets + image negatives (padding targets included)
 
 

@@ -60,7 +60,8 @@ def _relative_max_diff(got: dict, want: dict) -> float:
 
 @pytest.mark.slow
 def test_ddp_two_ranks_equal_one_process_on_global_batch(tmp_path):
-    """2 gloo ranks x half batch == 1 process x global batch: loss and LoRA gradients, 4 cases."""
+    """2 gloo ranks x half batch == 1 process x global batch: loss and LoRA gradients, 5 cases (one
+    with padded negatives masked out, the mask gathered with the embeddings)."""
     from safetensors.torch import load_file
 
     from tests.ddp_worker import CASES, single_process_step
@@ -87,6 +88,10 @@ def test_ddp_two_ranks_equal_one_process_on_global_batch(tmp_path):
         # negative control: without cross-device negatives the gradients are far off
         _, local_grads = single_process_step(case, cross_device=False)
         assert _relative_max_diff(got, local_grads) > 1e-2, case
+    # and the mask matters: the masked case's loss is not the unmasked one's
+    masked, unmasked = (load_file(str(tmp_path / f"{c}.rank0.safetensors"))["loss"].item()
+                        for c in ("gc_negs_masked", "gc_negs"))
+    assert abs(masked - unmasked) > 1e-3
 
     for rank in (0, 1):
         meta = json.loads((tmp_path / f"meta.rank{rank}.json").read_text())

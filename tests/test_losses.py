@@ -55,6 +55,29 @@ def test_info_nce_matches_cross_entropy_on_hand_built_logits():
     torch.testing.assert_close(info_nce(q, t, n, temperature=tau), want, rtol=1e-6, atol=1e-6)
 
 
+def test_negative_mask_leaves_padded_slots_out_of_every_querys_candidates():
+    B, K, D, tau = 4, 3, 8, 0.1
+    q, t, n = _unit(B, D, seed=11), _unit(B, D, seed=12), _unit(B, K, D, seed=13)
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, True], [True, True, True]])
+    kept = n.reshape(-1, D)[mask.reshape(-1)]
+    logits = q @ torch.cat([t, kept]).T / tau
+    want = F.cross_entropy(logits, torch.arange(B))
+    torch.testing.assert_close(info_nce(q, t, n, temperature=tau, negative_mask=mask), want, rtol=1e-6, atol=1e-6)
+    # the loader's padding: query 1 has no negatives and borrows query 0's target; unmasked, query 0's
+    # own positive is also one of its negatives, so its loss cannot fall below log 2
+    borrowed = torch.stack([n[0], torch.stack([t[0]] * K), n[2], n[3]])
+    pad = torch.tensor([[True] * K, [False] * K, [True] * K, [True] * K])
+    masked = info_nce(q, t, borrowed, temperature=tau, negative_mask=pad)
+    real_negatives = n[[0, 2, 3]].reshape(-1, D)
+    want = F.cross_entropy(q @ torch.cat([t, real_negatives]).T / tau, torch.arange(B))
+    torch.testing.assert_close(masked, want, rtol=1e-6, atol=1e-6)
+    assert info_nce(q, t, borrowed, temperature=tau) > masked
+    with pytest.raises(ValueError, match="negative_mask must be"):
+        info_nce(q, t, n, negative_mask=mask[:, :2])
+    with pytest.raises(ValueError, match="negative_mask must be"):
+        info_nce(q, t, None, negative_mask=mask)
+
+
 def test_temperature_is_respected():
     q, t = _unit(4, 8, seed=7), _unit(4, 8, seed=8)
     losses = [info_nce(q, t, temperature=tau).item() for tau in (0.02, 0.1, 1.0)]

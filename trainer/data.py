@@ -560,35 +560,37 @@ class ContrastiveStream(IterableDataset):
             "query": [self.collator(s, i) for s, i in zip(_chunks(query_sides, chunk), _chunks(query_images, chunk))],
             "target": [self.collator(s, i) for s, i in
                        zip(_chunks(target_sides, chunk), _chunks(target_images, chunk))],
-            "negatives": None, "padded_negatives": 0,
+            "negatives": None, "negative_mask": None, "padded_negatives": 0,
             "ids": [r["id"] for r in records], "datasets": [r["dataset"] for r in records],
             "pairs": len(records),
         }
         n_images = sum(i is not None for i in query_images + target_images)
         if k > 0:
-            neg_sides, neg_images, padded = self.pick_negatives(records, images)
+            neg_sides, neg_images, mask = self.pick_negatives(records, images)
             n_images += sum(i is not None for i in neg_images)
             nchunk = chunk * k if chunk else 0
             batch["negatives"] = [self.collator(s, i) for s, i in
                                   zip(_chunks(neg_sides, nchunk), _chunks(neg_images, nchunk))]
-            batch["padded_negatives"] = padded
+            batch["negative_mask"] = torch.tensor(mask, dtype=torch.bool).view(len(records), k)
+            batch["padded_negatives"] = len(mask) - sum(mask)
         batch["images"] = n_images
         return batch
 
-    def pick_negatives(self, records: list[dict], images: list[dict]) -> tuple[list, list, int]:
+    def pick_negatives(self, records: list[dict], images: list[dict]) -> tuple[list, list, list[bool]]:
         """``hard_negatives`` (K) negatives per query, query-major: the record's first K negatives;
         a record with fewer has its negatives repeated cyclically, one with none gets the targets of
-        the following pairs of the batch (already in-batch negatives, so the loss stays valid).
-        Returns (sides, images, number of padded slots)."""
+        the following pairs of the batch. Those padded slots keep the batch's shape (equal on every
+        rank for the gather) and are masked out of the loss (``negative_mask``).
+        Returns (sides, images, per slot: True for a real negative, False for padding)."""
         k, n = self.config.hard_negatives, len(records)
-        sides, imgs, padded = [], [], 0
+        sides, imgs, real = [], [], []
         for i, (record, im) in enumerate(zip(records, images)):
             negs = record.get("negatives") or []
             for j in range(k):
                 if negs:
                     sides.append(negs[j % len(negs)])
                     imgs.append(im[f"neg{j % len(negs)}"])
-                    padded += j >= len(negs)
+                    real.append(j < len(negs))
                 else:
                     if n < 2:
                         raise ValueError(f"record {record['id']} has no negatives and the local batch has "
@@ -596,8 +598,8 @@ class ContrastiveStream(IterableDataset):
                     other = (i + 1 + j % (n - 1)) % n
                     sides.append(records[other]["target"])
                     imgs.append(images[other]["target"])
-                    padded += 1
-        return sides, imgs, padded
+                    real.append(False)
+        return sides, imgs, real
 
 
 def make_loader(dataset: ContrastiveStream, num_workers: int, seed: int = 0, pin_memory: bool = False) -> DataLoader:

@@ -331,13 +331,14 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             query = [_to_device(c, device) for c in batch["query"]]
             target = [_to_device(c, device) for c in batch["target"]]
             negatives = [_to_device(c, device) for c in batch["negatives"]] if batch["negatives"] else None
+            step_loss = partial(loss_fn, negative_mask=batch["negative_mask"].to(device)) if negatives else loss_fn
 
             def embed(x):
                 with autocast:
                     return encoder(x)[0]
 
             if chunk > 0:
-                loss = gradcache_step(embed, query, target, loss_fn, negatives, no_sync=no_sync,
+                loss = gradcache_step(embed, query, target, step_loss, negatives, no_sync=no_sync,
                                       features=image_features)
             else:
                 with autocast:
@@ -345,7 +346,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
                 negs = None
                 if negatives:
                     negs = embs[2].view(embs[0].shape[0], -1, embs[2].shape[-1])
-                loss = loss_fn(embs[0], embs[1], negs)
+                loss = step_loss(embs[0], embs[1], negs)
                 loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float(p["max_grad_norm"]))
             optimizer.step()

@@ -9,6 +9,9 @@ The math (VLM2Vec, Jiang et al. 2024, Eq. 1; ``DistributedContrastiveLoss`` in t
 
 so every query sees its own target as the positive and every other target *and every hard negative
 of the global batch* as negatives. With L2-normalised inputs <q, c> is the cosine similarity.
+A ``negative_mask`` drops padding from the candidates (logit -inf): the loader fills K slots for a
+record with fewer negatives by repeating its own or borrowing the batch's targets, and a borrowed
+target in the candidates would count the positive of the pair it belongs to as a negative too.
 
 Loss scaling under DDP (read this if you write a training loop)
 -------------------------------------------------------------
@@ -73,6 +76,7 @@ def info_nce(
     temperature: float = 0.02,
     gather: bool = True,
     scale_by_world_size: bool = True,
+    negative_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE over the global batch (see the module docstring for the formula and the scaling).
 
@@ -83,6 +87,8 @@ def info_nce(
         temperature: tau > 0; logits are cosine / tau (VLM2Vec: 0.02).
         gather: gather queries, targets and negatives from all ranks (cross-device negatives).
         scale_by_world_size: multiply by the world size when gathering under DDP (see above).
+        negative_mask: ``[B, K]`` bool, False for a padded negative slot (left out of every query's
+            candidates); None keeps all.
 
     Returns a scalar: ``loss_scale(...) * L`` where L is the mean cross-entropy over the global
     batch. Half-precision inputs are promoted to float32 for the logits (tau = 0.02 multiplies
@@ -103,11 +109,15 @@ def info_nce(
             f"negatives must be [B={query.shape[0]}, K, D={query.shape[1]}], got {tuple(negatives.shape)}"
         )
 
+    if negative_mask is not None and (negatives is None or tuple(negative_mask.shape) != tuple(negatives.shape[:2])):
+        raise ValueError(f"negative_mask must be [B, K] like the negatives, got {tuple(negative_mask.shape)}")
     if gather:
         query = gather_with_grad(query)
         target = gather_with_grad(target)
         if negatives is not None:
             negatives = gather_with_grad(negatives)
+        if negative_mask is not None:
+            negative_mask = gather_with_grad(negative_mask.to(torch.uint8)).bool()
     candidates = target
     if negatives is not None and negatives.shape[1] > 0:
         candidates = torch.cat([target, negatives.reshape(-1, negatives.shape[-1])], dim=0)
@@ -115,6 +125,10 @@ def info_nce(
     if query.dtype in (torch.float16, torch.bfloat16):
         query, candidates = query.float(), candidates.float()
     logits = query @ candidates.T / temperature
+    if negative_mask is not None:
+        keep = torch.cat([torch.ones(target.shape[0], dtype=torch.bool, device=logits.device),
+                          negative_mask.to(logits.device).reshape(-1)])
+        logits = logits.masked_fill(~keep, float("-inf"))
     labels = torch.arange(query.shape[0], device=query.device)
     loss = F.cross_entropy(logits, labels)
     scale = loss_scale(gather=gather, scale_by_world_size=scale_by_world_size)
