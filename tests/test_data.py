@@ -20,9 +20,9 @@ from trainer import data as D
 # --- test shards in the real shard format (pipelines/shards.py writer) -----------------------
 
 
-def _png(colour: tuple[int, int, int], size: int = 8) -> bytes:
+def _png(colour: tuple[int, int, int], size: int | tuple[int, int] = 8) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buf, format="PNG")
+    Image.new("RGB", (size, size) if isinstance(size, int) else size, colour).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -268,6 +268,24 @@ def test_a_bad_negative_costs_its_pair_only_when_hard_negatives_use_it(tmp_path,
     used = take(stream(shards, batch=4, slots=1, shuffle_buffer=0, hard_negatives=2), 1)[0]
     assert "A/original/1" not in used["ids"] and used["quarantined"] == 1
     assert len(calls) == 2 * 4 + 1  # two negatives of each of the batch's 4 records, one of the bad record
+
+
+def test_a_record_the_collator_cannot_take_is_quarantined_not_fatal(tmp_path, caplog):
+    from trainer.backbones import build_tiny
+    from trainer.inputs import Collator
+
+    def record(dataset, i):
+        size = {2: (300, 1)}.get(i, (24, 16))  # Qwen's processor refuses an aspect ratio over 200
+        text = "two <|image_1|> placeholders" if i == 4 else f"q{i}"
+        return {"query": make_side(text, _png((i, 9, 9), size), "query.png"), "target": make_side(f"t{i}"),
+                "negatives": []}, {}
+
+    shards = write_test_shards(tmp_path, {"A": 8}, per_shard=8, make_record=record)
+    cfg = D.StreamConfig(seed=0, global_batch=6, slots_per_rank=1, shuffle_buffer=0)
+    collator = Collator(build_tiny("qwen2_vl", seed=0), image_max_pixels=4096)
+    (b,) = take(D.ContrastiveStream(shards, cfg, collator), 1)
+    assert b["ids"] == [f"A/original/{i}" for i in (0, 1, 3, 5, 6, 7)] and b["quarantined"] == 2
+    assert "aspect ratio" in caplog.text and "2 image placeholders" in caplog.text
 
 
 def test_all_corrupt_raises(tmp_path):

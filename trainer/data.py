@@ -41,9 +41,9 @@ stream). Every batch carries its slot's position *after* the batch; the training
 latest one per slot (`StreamPosition.update`) and saves it in checkpoints. Restoring skips whole
 shards by their index counts, and inside a shard reads only member names (image bytes of skipped
 samples are never kept, nothing is decoded), then re-reads the current shuffle window. A sample
-whose JSON or image cannot be decoded is quarantined (logged, counted in the batch as
-``quarantined``) and replaced by the slot's next sample; that replacement also advances the saved
-offset, so resume stays exact. Resuming with a different world size changes the slot layout and is
+whose JSON or image cannot be decoded, or that the collator cannot take (`Collator.validate`), is
+quarantined (logged, counted in the batch as ``quarantined``) and replaced by the slot's next
+sample; that replacement also advances the saved offset, so resume stays exact. Resuming with a different world size changes the slot layout and is
 not exact (the loop warns); a different worker count is fine as long as it divides the saved
 ``slots_per_rank``.
 """
@@ -533,6 +533,7 @@ class ContrastiveStream(IterableDataset):
                 raw = next(stream)
                 try:
                     record, imgs = decode_sample(raw, self.config.image_max_pixels, self.config.hard_negatives)
+                    self._validate(record, imgs)
                     break
                 except BadSample as exc:
                     quarantined += 1
@@ -548,6 +549,19 @@ class ContrastiveStream(IterableDataset):
         position.update({d: [s.epoch, s.offset] for (k, d), s in streams.items() if k == slot})
         batch.update(step=step, slot=slot, quarantined=quarantined, position=dict(sorted(position.items())))
         return batch
+
+    def _validate(self, record: dict, images: dict) -> None:
+        """BadSample when the collator (if it can tell, `Collator.validate`) could not collate one
+        of the record's sides that the batch uses."""
+        validate = getattr(self.collator, "validate", None)
+        if validate is None:
+            return
+        names = ["query", "target"] + [n for n in images if n.startswith("neg")]
+        sides = [record["query"], record["target"]] + (record.get("negatives") or [])[: len(names) - 2]
+        try:
+            validate(sides, [images[n] for n in names])
+        except ValueError as exc:
+            raise BadSample(f"record {record.get('id')}: {exc}") from exc
 
     def collate(self, records: list[dict], images: list[dict]) -> dict:
         c, k = self.config, self.config.hard_negatives

@@ -198,6 +198,18 @@ class Collator:
         return "".join(out)
 
     # -- batch -------------------------------------------------------------------------------------
+    def validate(self, sides: Sequence[dict], images: Sequence[Image.Image | None]) -> None:
+        """Raise ValueError when a side could not be collated: its text (`render_text`), and for a
+        Qwen2-VL / Qwen2.5-VL image the processor's size rule (it refuses an aspect ratio over 200).
+        Cheap (no tokenizing, no pixels): the loader checks each record with it before building a
+        batch, so one bad record is quarantined instead of failing the whole batch."""
+        size_rule = getattr(self.processor.image_processor, "target_size", None)
+        for side, image in zip(sides, images):
+            render_text(side, self.format, instructions=self.instructions, has_image=image is not None)
+            if image is not None and size_rule is not None:
+                limit = self.image_max_pixels
+                size_rule(*(max_pixels_size(image.width, image.height, limit) if limit else image.size))
+
     def __call__(self, sides: Sequence[dict], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
         if len(sides) != len(images):
             raise ValueError(f"{len(sides)} sides but {len(images)} images")
