@@ -217,6 +217,9 @@ def test_image_features_are_not_reused_when_the_vision_path_trains_or_draws_rand
     _, noisy, _ = _lora_embedder("llava")
     noisy.get_base_model().model.vision_tower.encoder.layers[0].dropout = torch.nn.Dropout(0.1)
     assert frozen_image_features(noisy) is None
+    _, functional, _ = _lora_embedder("llava")  # CLIP applies attention dropout as a function
+    functional.get_base_model().model.vision_tower.config.attention_dropout = 0.1
+    assert frozen_image_features(functional) is None
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava", "smolvlm"])

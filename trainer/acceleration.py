@@ -243,6 +243,17 @@ def trains_vision(model: torch.nn.Module) -> bool:
     return not parts or any(p.requires_grad for part in parts for p in part.parameters())
 
 
+def _draws_random_numbers(module: torch.nn.Module) -> bool:
+    """A dropout module with p > 0, or a module whose config asks for dropout it may apply as a
+    function (e.g. CLIP's and SigLIP's ``attention_dropout``)."""
+    if isinstance(module, torch.nn.Dropout) and module.p > 0:
+        return True
+    config = getattr(module, "config", None)
+    settings = config.to_dict() if hasattr(config, "to_dict") else {}
+    return any("dropout" in key and isinstance(value, (int, float)) and value > 0
+               for key, value in settings.items())
+
+
 def frozen_image_features(model: torch.nn.Module) -> ImageFeatureCache | None:
     """An `ImageFeatureCache` installed on ``model`` when its image path is frozen and draws no random
     numbers (no trainable parameter, no dropout with p > 0 in the vision tower and projector); None
@@ -256,7 +267,7 @@ def frozen_image_features(model: torch.nn.Module) -> ImageFeatureCache | None:
     parts = vision_parts(model)
     if not parts or trains_vision(model):
         return None
-    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for part in parts for m in part.modules()):
+    if any(_draws_random_numbers(m) for part in parts for m in part.modules()):
         return None
     cache = ImageFeatureCache(inner)
     inner._vlm2vec_feature_cache = cache
