@@ -35,6 +35,20 @@ def test_single_process_defaults(clean_env):
     cleanup()  # no-ops without a process group
 
 
+def test_the_last_barrier_is_freed_after_the_group_is_destroyed(clean_env):
+    """cleanup() destroys the group while the last barrier's work is still referenced here, so gloo's
+    worker threads never drop the last reference to it during the destructor's join."""
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        barrier()
+        work = distributed._last_barrier
+        assert work is not None and work.is_completed()
+    finally:
+        cleanup()
+    assert not torch.distributed.is_initialized() and distributed._last_barrier is None
+    cleanup()  # again: a no-op
+
+
 @pytest.mark.parametrize(
     "env, match",
     [

@@ -131,25 +131,36 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_last_barrier: Any = None  # the work handle of the latest `barrier`, released by `cleanup`
+
+
 def barrier() -> None:
-    """Wait for every rank; a no-op without a process group."""
+    """Wait for every rank; a no-op without a process group. The barrier's work handle is kept
+    until `cleanup` has destroyed the group (see there)."""
+    global _last_barrier
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        work = dist.barrier(async_op=True)
+        work.wait()
+        _last_barrier = work
 
 
 def cleanup() -> None:
     """Destroy the process group if one is active; safe to call more than once.
 
-    Call it after every object that holds the group (a DDP wrapper's reducer) is gone. Before the
-    group is destroyed the GIL is released for a moment: gloo's worker threads free finished work
-    objects, and freeing a tensor that Python created needs the GIL, while the group's destructor
-    joins those threads holding it. A 2-rank CPU run deadlocked exactly there once (torch 2.13:
-    main thread in ~ProcessGroupGloo joining, worker in ~AsyncBarrierWork waiting for the GIL).
+    Call it after every object that holds the group (a DDP wrapper's reducer) is gone. A 2-rank CPU
+    run once deadlocked in the group's destructor (torch 2.13): the main thread, holding the GIL,
+    joined gloo's worker threads, while a worker, dropping the last reference to the finished
+    barrier's work (~AsyncBarrierWork), waited for the GIL. The last `barrier`'s handle is therefore
+    held until the group is gone, so that work is freed here, on this thread; for works finished
+    before that barrier the GIL is released for a moment first (the workers free them right after
+    finishing them).
     """
+    global _last_barrier
     if dist.is_available() and dist.is_initialized():
         gc.collect()
-        time.sleep(0.2)
+        time.sleep(0.05)
         dist.destroy_process_group()
+    _last_barrier = None
 
 
 def all_gather_object(obj: Any) -> list[Any]:
