@@ -21,7 +21,9 @@ what was extracted and what was refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import lzma
 import os
 import re
 import stat
@@ -154,7 +156,8 @@ class SafeZip:
                 data = f.read(info.file_size + 1)  # ZipExtFile checks the CRC when it reaches the end
                 if len(data) == info.file_size:
                     f.read(1)  # force the end-of-stream CRC check when the read stopped exactly at it
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as e:
+        except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError,
+                NotImplementedError) as e:  # bz2's errors are OSError
             raise MemberError("corrupt", f"{info.filename!r}: {type(e).__name__}: {e}") from e
         if len(data) != info.file_size:
             raise MemberError("corrupt", f"{info.filename!r}: read {len(data)} bytes, "
@@ -203,10 +206,16 @@ def safe_extract_zip(path: str | Path, dest: str | Path, **limits) -> ExtractRep
             except MemberError as e:
                 report.refused[name] = (e.reason, e.detail)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".partial")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            except OSError as e:  # e.g. members "a" and "a/b": a file where a folder must go
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                report.refused[name] = ("unwritable", f"{name!r}: {type(e).__name__}: {e}")
+                continue
             report.extracted.append(name)
     for name, (reason, detail) in sorted(report.refused.items()):
         log.warning("%s: refused %s (%s: %s)", path, name, reason, detail)

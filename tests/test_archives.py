@@ -140,3 +140,22 @@ def test_safe_extract_reports_corrupt_members(tmp_path):
     assert report.refused["x.jpg"][0] == "corrupt"
     assert not (tmp_path / "d" / "x.jpg").exists()
     assert not list((tmp_path / "d").glob("*.partial"))
+
+
+def test_corrupt_lzma_member_is_refused_not_raised(tmp_path):
+    path = write_zip(tmp_path / "lz.zip", {"x/a.jpg": bytes(range(256)) * 200, "x/b.jpg": b"fine"},
+                     compression=zipfile.ZIP_LZMA)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"x/a.jpg") + len("x/a.jpg") + 40  # inside the first member's LZMA stream
+    data[start:start + 60] = bytes(b ^ 0x5A for b in data[start:start + 60])
+    path.write_bytes(bytes(data))
+    with SafeZip(path) as z:
+        assert refusal(z, "x/a.jpg") == "corrupt"
+        assert z.read("x/b.jpg") == b"fine"
+
+
+def test_safe_extract_reports_a_file_where_a_folder_must_go(tmp_path):
+    path = write_zip(tmp_path / "clash.zip", {"a": b"1", "a/b": b"2", "c/d": b"3"})
+    report = safe_extract_zip(path, tmp_path / "d")
+    assert report.extracted == ["a", "c/d"] and report.refused["a/b"][0] == "unwritable"
+    assert (tmp_path / "d" / "a").read_bytes() == b"1" and (tmp_path / "d" / "c" / "d").read_bytes() == b"3"
