@@ -187,8 +187,10 @@ class ImageSource:
     """Reads the images referenced by raw MMEB rows from their zip archives.
 
     train: row paths look like "images/<Subset>/Train/<file>" and live in
-           MMEB-train/images_zip/<Subset>.zip under the same name; the subset is taken from the path,
-           falling back to the dataset's own zip.
+           MMEB-train/images_zip/<Subset>.zip; the subset is taken from the path, falling back to the
+           dataset's own zip. The official instructions unzip those archives *into* images/, so
+           their members are named "<Subset>/Train/<file>": `member_for` finds a member under the
+           row path or under it without its leading folders (at least folder/file kept).
     eval:  row paths look like "<Dataset>/<file>" and live in MMEB-eval/images.zip.
     `read(path)` returns the member's bytes or raises ImageRejected (image_missing,
     image_unsafe_member, image_corrupt, archive_unreadable).
@@ -226,10 +228,24 @@ class ImageSource:
             raise ImageRejected("archive_unreadable", f"{archive.name}: {type(found).__name__}: {found}")
         return found
 
+    @staticmethod
+    def member_for(archive: SafeZip, path: str) -> str:
+        """The member of `archive` that holds row path `path`: the path itself, else the first of its
+        suffixes without leading folders ("ImageNet_1K/Train/x.jpg", then "Train/x.jpg" for
+        "images/ImageNet_1K/Train/x.jpg") that the archive has (a refused one included, so its
+        refusal is reported); the path itself when none is there."""
+        name = normalize_member_name(path)
+        parts = name.split("/")
+        for k in range(max(1, len(parts) - 1)):
+            candidate = "/".join(parts[k:])
+            if candidate in archive or candidate in archive.refused:
+                return candidate
+        return name
+
     def read(self, path: str) -> bytes:
         archive = self._open(self.archive_for(path))
         try:
-            return archive.read(path)
+            return archive.read(self.member_for(archive, path))
         except MemberError as e:
             if e.reason == "missing":
                 raise ImageRejected("image_missing", e.detail) from e

@@ -1,7 +1,8 @@
 """Real-format MMEB fixtures: rows quoted verbatim from MMEB_SPEC.md §3, written in the Hub layout.
 
     write_raw(root)  ->  root/MMEB-train/<Subset>/original-00000-of-00001.parquet
-                         root/MMEB-train/images_zip/<Subset>.zip   (members images/<Subset>/Train/...)
+                         root/MMEB-train/images_zip/<Subset>.zip   (members <Subset>/Train/...: the
+                                                                    zips unpack into images/)
                          root/MMEB-eval/<Dataset>/test-00000-of-00001.parquet
                          root/MMEB-eval/images.zip                  (members <Dataset>/...)
                          root/manifest.json
@@ -217,9 +218,11 @@ def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> Path:
 def write_raw(root: Path, train_rows: dict[str, list[dict]] | None = None,
               eval_rows: dict[str, list[dict]] | None = None, train_split: str = "original",
               members: dict[str, bytes] | None = None, omit: set[str] = frozenset(),
-              manifest: dict | None = None) -> Path:
+              manifest: dict | None = None, train_zip_prefix: str = "") -> Path:
     """Write a raw MMEB tree. Every referenced image path gets a tiny JPEG unless `members` gives its
-    bytes or `omit` leaves it out of the zip; extra `members` names are added too."""
+    bytes or `omit` leaves it out of the zip; extra `members` names are added too (both keyed by row
+    path). A train row path images/<Subset>/Train/<file> is stored in its zip as
+    `train_zip_prefix` + <Subset>/Train/<file> (MMEB-train's zips unpack into images/)."""
     root = Path(root)
     train_rows = TRAIN_ROWS if train_rows is None else train_rows
     eval_rows = EVAL_ROWS if eval_rows is None else eval_rows
@@ -243,6 +246,9 @@ def write_raw(root: Path, train_rows: dict[str, list[dict]] | None = None,
             zips.setdefault(root / "MMEB-eval" / "images.zip", {})[name] = None
     for zpath, names in zips.items():
         content = {n: members.get(n, jpeg_for(n)) for n in sorted(names) if n not in omit}
+        if zpath.parent.name == "images_zip":
+            content = {(train_zip_prefix + n[len("images/"):] if n.startswith("images/") else n): data
+                       for n, data in content.items()}
         write_zip(zpath, content)
     m = manifest if manifest is not None else {"train_split": train_split, "source": "fixture"}
     (root / "manifest.json").write_text(json.dumps(m, indent=2), encoding="utf-8")

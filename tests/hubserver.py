@@ -480,9 +480,9 @@ def write_hub_layout(
     root = Path(root)
     train, evals = root / "MMEB-train", root / "MMEB-eval"
     for subset in train_subsets:
-        images = {f"images/{subset}/Train/{i}.jpg": f"{subset}-{i}".encode() * 8 for i in range(rows)}
+        images = {f"{subset}/Train/{i}.jpg": f"{subset}-{i}".encode() * 8 for i in range(rows)}  # unpack into images/
         if subset == big_zip:
-            images[f"images/{subset}/Train/big.bin"] = random.Random(subset).randbytes(big_zip_bytes)
+            images[f"{subset}/Train/big.bin"] = random.Random(subset).randbytes(big_zip_bytes)
         (train / "images_zip").mkdir(parents=True, exist_ok=True)
         (train / "images_zip" / f"{subset}.zip").write_bytes(_zip_bytes(images))
         for split in (*splits, "train"):

@@ -119,6 +119,20 @@ def test_webqa_stray_token_is_kept_and_counted(clean):
     assert metrics["datasets"]["train/VisDial"]["image_without_token"] == 1
 
 
+@pytest.mark.parametrize("prefix", ["images/", "MMEB-train/images/"])
+def test_train_zips_whose_members_carry_the_row_paths_folders_normalize_alike(clean, tmp_path, prefix):
+    """MMEB-train's zips unpack into images/ (members <Subset>/Train/<file>, the fixture's default);
+    members named like the row path, or under a further folder, resolve to the same records."""
+    raw, out, metrics = clean
+    other = write_raw(tmp_path / "raw", train_zip_prefix=prefix)
+    out2, metrics2 = normalize(tmp_path, other)
+    if prefix == "images/":  # the row path itself
+        assert metrics2["total"] == metrics["total"]
+        assert file_digests(out2 / "normalized") == file_digests(out / "normalized")
+    else:  # a member path longer than the row path is not guessed at: image_missing, counted
+        assert metrics2["total"]["rejected_by_reason"]["image_missing"] > 0
+
+
 def test_clean_metrics_balance(clean):
     raw, out, metrics = clean
     on_disk = json.loads((out / "etl.json").read_text())

@@ -6,7 +6,8 @@ the Hugging Face Hub layout and formats of TIGER-Lab/MMEB-train and TIGER-Lab/MM
     out_dir/MMEB-train/<Subset>/original-00000-of-00001.parquet        qry, qry_image_path, pos_text,
     out_dir/MMEB-train/<Subset>/diverse_instruction-00000-of-00001.parquet   pos_image_path, neg_text,
                                                                         neg_image_path (all strings)
-    out_dir/MMEB-train/images_zip/<Subset>.zip                          images/<Subset>/Train/<file>
+    out_dir/MMEB-train/images_zip/<Subset>.zip                          <Subset>/Train/<file> (rows:
+                                                                        images/<Subset>/Train/<file>)
     out_dir/MMEB-eval/README.md
     out_dir/MMEB-eval/<Dataset>/test-00000-of-00001.parquet            qry_text, qry_img_path (string),
                                                                         tgt_text, tgt_img_path (list)
@@ -870,13 +871,13 @@ def _write_parquet(rows: dict[str, list], schema: pa.Schema, path: Path) -> int:
 
 
 def _train_rows(name: str, examples: list[Example], zipbuf: _ZipBuffer, rng: random.Random) -> tuple[dict, dict]:
-    prefix = f"images/{name}/Train/"
+    member = f"{name}/Train/"  # the zips unpack into images/ (MMEB_SPEC §1.3): rows say images/<member>
 
     def path(img: Img | None) -> str:
         if img is None:
             return ""
-        zipbuf.add(prefix + img.name, img)
-        return prefix + img.name
+        zipbuf.add(member + img.name, img)
+        return "images/" + member + img.name
 
     original = {c: [] for c in TRAIN_COLUMNS}
     for ex in examples:
