@@ -350,31 +350,45 @@ class DatasetNormalizer:
         self.store = store
         self.stats = DatasetStats()
         self._cache: OrderedDict[str, dict | tuple[str, str]] = OrderedDict()  # path -> ref | (reason, detail)
+        self._pending: dict[str, tuple] = {}  # this row's new images: path -> (PreparedImage, ref)
         self._last_index = -1
 
     # -- images --
     def image_ref(self, path: str, side: str) -> dict:
+        """The image reference of `path`; raises RowRejected for a bad image. A new image goes to
+        the store only with its row (`_commit_images`): a row rejected later leaves none behind."""
         hit = self._cache.get(path)
-        if hit is None:
+        if hit is None and path in self._pending:
+            hit = self._pending[path][1]
+        elif hit is None:
             try:
                 prepared = prepare_image(self.images.read(path), self.task.max_pixels)
             except ImageRejected as e:
                 hit = (e.reason, e.detail)  # not the exception: its traceback would pin the bytes
+                self._remember(path, hit)
             else:
-                self.store.add(prepared.stored)
-                self.stats.images += 1
-                self.stats.converted += prepared.converted
                 s = prepared.stored
                 hit = dict(sha256=s.sha256, path=path, width=s.width, height=s.height)
-            self._cache[path] = hit
-            if len(self._cache) > IMAGE_CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+                self._pending[path] = (prepared, hit)
         else:
             self._cache.move_to_end(path)
         if isinstance(hit, tuple):
             reason, detail = hit
             raise RowRejected(reason, f"{side} image {path!r}: {detail}")
         return hit
+
+    def _remember(self, path: str, hit: dict | tuple[str, str]) -> None:
+        self._cache[path] = hit
+        if len(self._cache) > IMAGE_CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+
+    def _commit_images(self) -> None:
+        for path, (prepared, hit) in self._pending.items():
+            self.store.add(prepared.stored)
+            self.stats.images += 1
+            self.stats.converted += prepared.converted
+            self._remember(path, hit)
+        self._pending.clear()
 
     # -- sides --
     def side(self, raw: str, path: str, role: str, name: str, quirks: Counter) -> dict:
@@ -405,6 +419,7 @@ class DatasetNormalizer:
             raise RowRejected("duplicate_id", f"row index {index} repeats or goes back "
                                               f"(last was {self._last_index})")
         self._last_index = index
+        self._pending.clear()  # images of a row rejected before
         quirks: Counter = Counter()
         if self.task.kind == "train":
             v = {c: _decode(values[c], c) for c in TRAIN_COLUMNS}
@@ -434,6 +449,7 @@ class DatasetNormalizer:
                    split=self.task.split, meta_task=self.info.meta_task,
                    distribution=self.info.distribution, instruction=query["instruction"], query=query,
                    target=target, negatives=negatives)
+        self._commit_images()
         return rec, quirks
 
     def reject_row(self, index: int, reason: str, detail: str, values: dict) -> dict:
@@ -641,12 +657,20 @@ def run(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
     return metrics
 
 
-def failure_message(metrics: dict, max_reject_fraction: float, worst: int = 5) -> str | None:
-    """Why the stage must fail (dataset errors, or too many rejects naming the worst datasets), or
-    None when it passes."""
+def failure_message(metrics: dict, max_reject_fraction: float, worst: int = 5,
+                    max_dataset_reject_fraction: float = 1.0) -> str | None:
+    """Why the stage must fail (dataset errors, too many rejects in all naming the worst datasets,
+    or a dataset rejecting more than `max_dataset_reject_fraction` of its rows: one bad image of an
+    eval candidate pool rejects every query whose list holds it, which the total hides), or None
+    when it passes."""
     problems = []
     for key, err in sorted(metrics.get("errors", {}).items()):
         problems.append(f"{key} failed: {err}")
+    for key, s in sorted(metrics["datasets"].items()):
+        if s["rows_in"] and s["reject_fraction"] > max_dataset_reject_fraction:
+            reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["rejected_by_reason"].items(), key=lambda x: -x[1])[:3])
+            problems.append(f"{key}: {s['rejected']}/{s['rows_in']} rows rejected ({s['reject_fraction']:.2%}) > "
+                            f"normalize.max_dataset_reject_fraction {max_dataset_reject_fraction:.2%} ({reasons})")
     total = metrics["total"]
     if total["rows_in"] and total["reject_fraction"] > max_reject_fraction:
         ranked = sorted(metrics["datasets"].items(),

@@ -3,10 +3,11 @@
     python -m stages.normalize [--raw data/raw] [--out data/normalized] [--rejects data/rejects]
                                [--metrics metrics/etl.json] [--params params.yaml]
 
-Reads params section `normalize` (workers, max_pixels, max_reject_fraction, rows_per_part,
-batch_rows). Exits non-zero — after writing the metrics and rejects, so they can be inspected — when a
-dataset failed or when rejected/rows_in exceeds normalize.max_reject_fraction; the message names the
-worst datasets. See pipelines/normalize.py for the record/reject contract.
+Reads params section `normalize` (workers, max_pixels, max_reject_fraction,
+max_dataset_reject_fraction, rows_per_part, batch_rows). Exits non-zero — after writing the metrics
+and rejects, so they can be inspected — when a dataset failed, when rejected/rows_in exceeds
+normalize.max_reject_fraction in all or normalize.max_dataset_reject_fraction in any one dataset;
+the message names the worst datasets. See pipelines/normalize.py for the record/reject contract.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%d rows in, %d accepted, %d rejected (%.2f%%), %d images stored, %d converted",
              total["rows_in"], total["accepted"], total["rejected"], 100 * total["reject_fraction"],
              total["images_stored"], total["converted"])
-    problem = failure_message(metrics, float(params["max_reject_fraction"]))
+    problem = failure_message(metrics, float(params["max_reject_fraction"]),
+                              max_dataset_reject_fraction=float(params.get("max_dataset_reject_fraction", 1.0)))
     if problem:
         log.error("normalize failed (see %s and %s):\n%s", args.metrics, args.rejects, problem)
         print(f"normalize: FAILED\n{problem}", file=sys.stderr)

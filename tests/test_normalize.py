@@ -107,6 +107,22 @@ def test_image_refs_point_into_the_store(clean):
     assert not (out / "normalized" / "images" / imagestore.STAGING).exists()
 
 
+def test_images_of_rejected_rows_are_not_stored(tmp_path):
+    q = "<|image_1|>\nFind a caption for the image\n"
+    rows = [train_row(q, f"images/MSCOCO_i2t/Train/q{i}.jpg", "<|image_1|>\nthe picture", f"images/MSCOCO_i2t/Train/t{i}.jpg")
+            for i in range(4)]
+    rows.append(train_row(q, "images/MSCOCO_i2t/Train/q1.jpg", "a caption"))  # q1 again, its row now accepted
+    raw = write_raw(tmp_path / "raw", {"MSCOCO_i2t": rows}, {}, omit={"images/MSCOCO_i2t/Train/t1.jpg",
+                                                                  "images/MSCOCO_i2t/Train/t2.jpg"})
+    out, metrics = normalize(tmp_path, raw, max_reject_fraction=1.0)
+    accepted = records(out, "train", "MSCOCO_i2t")
+    assert [r["id"] for r in accepted] == ["MSCOCO_i2t/original/0", "MSCOCO_i2t/original/3", "MSCOCO_i2t/original/4"]
+    stored = {img.sha256 for img in imagestore.ImageStore(out / "normalized" / "images")}
+    referenced = {s["image"]["sha256"] for r in accepted for s in (r["query"], r["target"]) if s["image"]}
+    assert stored == referenced and len(stored) == 5  # q0 t0 q3 t3 q1; q2 (its row rejected) is not kept
+    assert metrics["total"]["images_stored"] == 5 == metrics["datasets"]["train/MSCOCO_i2t"]["images"]
+
+
 def test_webqa_stray_token_is_kept_and_counted(clean):
     raw, out, metrics = clean
     for kind in ("train", "eval"):
@@ -316,6 +332,25 @@ def test_stage_fails_above_max_reject_fraction_after_writing_outputs(tmp_path, c
     assert len(rejects(tmp_path, "train", "OK-VQA")) == 0  # (reading helper expects out/rejects)
     assert len(pq.read_table(tmp_path / "r" / "train" / "OK-VQA.parquet")) == 3
     assert stage.main(args + ["--params", str(write_params(tmp_path, max_reject_fraction=0.7))]) == 0
+
+
+def test_stage_fails_when_one_eval_dataset_loses_its_queries_to_a_shared_bad_candidate(tmp_path, capsys):
+    """One truncated image in an eval candidate pool rejects every query whose list holds it; the
+    total reject fraction (train rows included) hides it, the per-dataset limit does not."""
+    pool = [f"MSCOCO_t2i/pool_{j}.jpg" for j in range(4)]
+    evals = {"MSCOCO_t2i": [eval_row(f"<|image_1|>\nFind me an image: caption {i}\n", "",
+                                     [f"<|image_1|>\nRepresent the given image.\n"] * 4,
+                                     pool[i % 4:] + pool[:i % 4]) for i in range(6)]}
+    train = {"OK-VQA": TRAIN_ROWS["OK-VQA"] * 1}
+    raw = write_raw(tmp_path / "raw", train, evals, members={pool[2]: truncated_jpeg()})
+    args = ["--raw", str(raw), "--out", str(tmp_path / "n"), "--rejects", str(tmp_path / "r"),
+            "--metrics", str(tmp_path / "etl.json")]
+    lenient_total = write_params(tmp_path, max_reject_fraction=1.0, max_dataset_reject_fraction=0.2)
+    assert stage.main(args + ["--params", str(lenient_total)]) == 1
+    err = capsys.readouterr().err
+    assert "eval/MSCOCO_t2i: 6/6 rows rejected" in err and "max_dataset_reject_fraction" in err
+    assert stage.main(args + ["--params", str(write_params(tmp_path, max_reject_fraction=1.0,
+                                                           max_dataset_reject_fraction=1.0))]) == 0
 
 
 def test_workers_and_restarts_give_identical_bytes(tmp_path):
