@@ -133,10 +133,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # 16-bit / float greyscale: scale the full range to 8 bits instead of clipping at 255
+        # 16-bit greyscale: the 16-bit range onto 8 bits (v / 257) instead of clipping at 255; int or
+        # float images with values in 0..255 as they are, floats in 0..1 times 255, else stretched
         lo, hi = img.getextrema()
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        return img.convert("F").point(lambda v: (v - lo) * scale).convert("L").convert("RGB")
+        if img.mode.startswith("I;16") or (img.mode == "I" and 255 < hi <= 65535 and lo >= 0):
+            offset, scale = 0.0, 1 / 257
+        elif img.mode == "F" and 0 <= lo and hi <= 1:
+            offset, scale = 0.0, 255.0
+        elif 0 <= lo and hi <= 255:
+            offset, scale = 0.0, 1.0
+        else:
+            offset, scale = lo, (255.0 / (hi - lo) if hi > lo else 0.0)
+        rounded = img.convert("F").point(lambda v: (v - offset) * scale + 0.5)  # "L" truncates
+        return rounded.convert("L").convert("RGB")
     return img.convert("RGB")
 
 

@@ -65,17 +65,35 @@ def test_alpha_is_composited_on_white():
     assert p.converted and decoded(p.stored).getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_16_bit_greyscale_is_scaled_not_clipped():
+@pytest.mark.parametrize("levels", [(0, 1000, 30000, 60000), (32896,) * 4, (65535, 257, 514, 0)])
+def test_16_bit_greyscale_is_scaled_not_clipped_or_stretched(levels):
+    """v / 257: the 16-bit range onto 8 bits; a flat mid-grey stays mid-grey (a min-max stretch
+    turned it black)."""
     img = Image.new("I;16", (4, 1))
-    for x, v in enumerate((0, 1000, 30000, 60000)):
+    for x, v in enumerate(levels):
         img.putpixel((x, 0), v)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     p = prepare_image(buf.getvalue(), MAX)
     out = decoded(p.stored)
     assert p.converted and out.mode == "RGB"
-    values = [out.getpixel((x, 0))[0] for x in range(4)]
-    assert values[0] == 0 and values[-1] == 255 and 0 < values[1] < values[2] < 255
+    assert [out.getpixel((x, 0)) for x in range(4)] == [(round(v / 257),) * 3 for v in levels]
+
+
+@pytest.mark.parametrize("mode,values,expected", [
+    ("I", (0, 100, 200, 255), (0, 100, 200, 255)),          # 8-bit values in a 32-bit image
+    ("I", (0, 2570, 25700, 65535), (0, 10, 100, 255)),      # 16-bit values
+    ("F", (0.0, 0.2, 0.6, 1.0), (0, 51, 153, 255)),         # floats in 0..1
+    ("I", (-1000, 0, 1000, 3000), (0, 64, 128, 255)),       # anything else: stretched
+])
+def test_int_and_float_greyscale(mode, values, expected):
+    img = Image.new(mode, (4, 1))
+    for x, v in enumerate(values):
+        img.putpixel((x, 0), v)
+    buf = io.BytesIO()
+    img.save(buf, format="TIFF")
+    out = decoded(prepare_image(buf.getvalue(), MAX).stored)
+    assert tuple(out.getpixel((x, 0))[0] for x in range(4)) == expected
 
 
 def test_conversion_is_deterministic():
