@@ -10,11 +10,11 @@ Output (pipelines/schema.py):
 
 Every source row ends up either as a record or as a reject (rows_in == accepted + rejected, checked
 before the metrics are written). Reject reasons:
-    text_not_utf8, bad_schema, duplicate_id, empty_query, empty_target, empty_negative,
+    text_not_utf8, bad_schema, duplicate_id, empty_query, empty_target,
     empty_candidate, no_candidates, candidate_length_mismatch, image_token_without_image,
     and the image reasons of pipelines/images.py (image_missing, image_unsafe_member, image_corrupt,
     archive_unreadable, image_empty, image_undecodable, image_truncated, image_too_large); the detail
-    names the side ("query", "target", "negative", "candidate 3") and the image path.
+    names the side ("query", "target", "candidate 3") and the image path.
 Quirks that are kept and counted, not rejected:
     stray_image_token    a QUERY with "<|image_1|>" but no image path (WebQA/EDIS, MMEB_SPEC §1.6):
                          raw kept, has_image_token true, image null. On target/negative/candidate
@@ -24,6 +24,9 @@ Quirks that are kept and counted, not rejected:
                          (has_image_token false); renderers must place the image token themselves.
     instruction_fallback query sides whose instruction was found by the ": " / whole-string fallback.
     composition_mismatches  sides where compose(template, instruction, text) != raw (0 expected).
+    negative_dropped     a train row's hard negative that would be a reject for any of the reasons
+                         above (empty, image token without image, bad image): negatives are
+                         optional, so the pair is kept without it.
 
 Determinism: each dataset is processed by one task in source order and writes its own files
 (temporary name + rename); images are merged by sha256; so the bytes do not depend on the number of
@@ -64,7 +67,8 @@ PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=T
 IMAGE_CACHE_ENTRIES = 100_000
 ROW_CHUNK = 64  # rows converted to Python objects at a time
 FLUSH_SIDES = 65_536  # records are flushed to a row group once they hold this many sides
-QUIRKS = ("stray_image_token", "image_without_token", "instruction_fallback", "composition_mismatches")
+QUIRKS = ("stray_image_token", "image_without_token", "instruction_fallback", "composition_mismatches",
+          "negative_dropped")
 
 
 class RowRejected(Exception):
@@ -427,8 +431,12 @@ class DatasetNormalizer:
             target = self.side(v["pos_text"], v["pos_image_path"], "target", "target", quirks)
             negatives = []
             if v["neg_text"] or v["neg_image_path"]:
-                negatives.append(self.side(v["neg_text"], v["neg_image_path"], "target", "negative",
-                                           quirks))
+                try:
+                    negatives.append(self.side(v["neg_text"], v["neg_image_path"], "target", "negative",
+                                               quirks))
+                except RowRejected as e:  # an optional hard negative: the pair is kept without it
+                    quirks["negative_dropped"] += 1
+                    log.debug("%s row %d: negative dropped (%s)", self.task.key, index, e)
         else:
             qry_text, qry_path = _decode(values["qry_text"], "qry_text"), _decode(values["qry_img_path"],
                                                                                    "qry_img_path")

@@ -177,11 +177,14 @@ BAD_TRAIN = [  # (row, expected reason)
     (train_row("", "", "a"), "empty_query"),
     (train_row("<|image_1|>\n", "", "a"), "empty_query"),  # a token and nothing else, no image
     (train_row("<|image_1|>\nq\n", OK_PATH, " \n"), "empty_target"),
-    (train_row("<|image_1|>\nq\n", OK_PATH, "a", neg_text="\n"), "empty_negative"),
     (train_row("<|image_1|>\nq\n", OK_PATH, "<|image_1|>\nRepresent the given image\n"),
      "image_token_without_image"),
-    (train_row("<|image_1|>\nq\n", OK_PATH, "a", neg_image_path="images/OK-VQA/Train/missing.jpg"),
-     "image_missing"),
+]
+# hard negatives that would be rejects: dropped and counted, the pair is kept
+DROPPED_NEGATIVES = [
+    train_row("<|image_1|>\nq\n", OK_PATH, "a", neg_text="\n"),
+    train_row("<|image_1|>\nq\n", OK_PATH, "a", neg_image_path="images/OK-VQA/Train/missing.jpg"),
+    train_row("<|image_1|>\nq\n", OK_PATH, "a", neg_text="<|image_1|>\nRepresent the given image\n"),
 ]
 BAD_MEMBERS = {
     "images/OK-VQA/Train/truncated.jpg": truncated_jpeg(),
@@ -209,7 +212,7 @@ def dirty(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dirty")
     good_ok = TRAIN_ROWS["OK-VQA"]
     extra_ok = [train_row("<|image_1|>\nq\n", "images/OK-VQA/Train/cmyk.jpg", "a")]  # converted
-    train = {**TRAIN_ROWS, "OK-VQA": good_ok + [r for r, _ in BAD_TRAIN] + extra_ok}
+    train = {**TRAIN_ROWS, "OK-VQA": good_ok + [r for r, _ in BAD_TRAIN] + extra_ok + DROPPED_NEGATIVES}
     evals = {**EVAL_ROWS,
              "Country211": EVAL_ROWS["Country211"] + [r for r, _ in BAD_EVAL[:3]],
              "MSCOCO_t2i": EVAL_ROWS["MSCOCO_t2i"] + [BAD_EVAL[3][0]]}
@@ -243,7 +246,8 @@ def test_each_bad_train_row_is_rejected_with_its_reason(dirty):
         assert json.loads(r["row"]) == row  # the source row, verbatim
     assert len(rej) == len(BAD_TRAIN)
     ok = records(out, "train", "OK-VQA")
-    assert [r["id"] for r in ok] == ["OK-VQA/original/0", f"OK-VQA/original/{len(BAD_TRAIN) + 1}"]
+    assert [r["id"] for r in ok] == ["OK-VQA/original/0"] + [f"OK-VQA/original/{len(BAD_TRAIN) + 1 + i}"
+                                                             for i in range(1 + len(DROPPED_NEGATIVES))]
     assert pq.read_schema(out / "rejects" / "train" / "OK-VQA.parquet").equals(REJECT_SCHEMA)
 
 
@@ -251,7 +255,6 @@ def test_reject_details_name_the_side_and_path(dirty):
     raw, out, _ = dirty
     rej = {r["id"]: r for r in rejects(out, "train", "OK-VQA")}
     assert "query image 'images/OK-VQA/Train/missing.jpg'" in rej["OK-VQA/original/1"]["detail"]
-    assert "negative image" in rej[f"OK-VQA/original/{len(BAD_TRAIN)}"]["detail"]
     assert "900000000 pixels" in rej["OK-VQA/original/5"]["detail"]  # refused from the header
 
 
@@ -285,6 +288,9 @@ def test_dirty_metrics_balance_and_count_reasons(dirty):
         assert s["rejected"] == sum(s["rejected_by_reason"].values()), key
     ok = metrics["datasets"]["train/OK-VQA"]
     assert ok["rejected_by_reason"] == dict(Counter(reason for _, reason in BAD_TRAIN))
+    assert ok["negative_dropped"] == len(DROPPED_NEGATIVES) == metrics["total"]["negative_dropped"]
+    kept = records(out, "train", "OK-VQA")[-len(DROPPED_NEGATIVES):]
+    assert all(r["negatives"] == [] and r["target"]["text"] == "a" for r in kept)
     assert ok["converted"] == 1
     (cmyk,) = [r for r in records(out, "train", "OK-VQA") if r["query"]["image"]["path"].endswith("cmyk.jpg")]
     store = imagestore.ImageStore(out / "normalized" / "images")
