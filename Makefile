@@ -7,13 +7,17 @@ BIN := $(VENV)/bin
 
 .PHONY: venv repro test
 
-$(BIN)/activate:
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
-	# CPU build from the local wheel cache on a laptop; a GPU node may pre-install its own torch.
-	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.4"
-	$(BIN)/pip install -q -e ".[dev]"
 
-venv: $(BIN)/activate
+# Installed once per pyproject.toml (a stamp file, not the venv's existence: a GPU node creates
+# .venv itself with its CUDA build of torch, which is kept; otherwise torch==2.13.0 comes first).
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.4"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
 
 # stage commands run `python`: put the virtualenv first on PATH
 repro: venv
