@@ -19,6 +19,7 @@ model behind.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import random
@@ -115,9 +116,13 @@ def run(params: Mapping[str, Any], *, train_dir: Path = TRAIN_DIR, images_dir: P
     return backbone
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: params.yaml)")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"model folder (default: {OUT})")
+    args = parser.parse_args(argv)
     setup_logging("backbone")
-    run(load_params("backbone"))
+    run(load_params("backbone", path=args.params), out=args.out)
 
 
 if __name__ == "__main__":

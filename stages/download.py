@@ -21,6 +21,7 @@ and renamed into place at the end, so a killed run leaves the previous data/raw 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -273,9 +274,12 @@ def _swap_into_place(build: Path, out: Path) -> None:
         os.replace(build, out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
     setup_logging("stages.download")
-    params = load_params("data", "synthetic")
+    params = load_params("data", "synthetic", path=args.params)
     run(params["data"], params["synthetic"])
 
 

@@ -66,3 +66,27 @@ def test_the_import_walk_sees_lazy_and_package_imports(tmp_path):
     code = tmp_path / "m.py"
     code.write_text("from trainer import image_processing\n\ndef f():\n    import pipelines.images\n")
     assert imported_files(code) == {REPO / "trainer/image_processing.py", REPO / "pipelines/images.py"}
+
+
+def stage_commands() -> dict[str, str]:
+    """dvc.yaml's stage name -> the module its command runs (`python -m stages.<name>`)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: s["cmd"].split("-m ", 1)[1].split()[0] for name, s in stages.items()}
+
+
+def test_every_stage_command_answers_help_without_doing_its_work(tmp_path, monkeypatch, capsys):
+    """`python -m stages.<name> --help` prints the stage's usage and exits: it neither generates data
+    nor builds a model (download and backbone once ignored the flag and did their work)."""
+    import importlib
+
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    commands = stage_commands()
+    assert set(commands.values()) >= {"stages.download", "stages.backbone", "stages.train"}
+    for name, module in commands.items():
+        with pytest.raises(SystemExit) as exit_info:
+            importlib.import_module(module).main(["--help"])
+        assert exit_info.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out, name
+    assert list(tmp_path.iterdir()) == []
