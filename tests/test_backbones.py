@@ -279,7 +279,8 @@ def test_tokenizer_from_normalized_corpus(normalized):
         list(corpus_from_normalized(normalized / "nowhere"))
 
 
-def test_pretrain_examples_and_labels(normalized):
+@pytest.mark.parametrize("family", ["qwen2_vl", "paligemma"])  # PaliGemma's prompt ends after the text
+def test_pretrain_examples_and_labels(normalized, family):
     from trainer.pretrain import batch_with_labels, load_examples
 
     examples, images = load_examples(normalized / "train", normalized / "images")
@@ -287,8 +288,8 @@ def test_pretrain_examples_and_labels(normalized):
     assert len(examples) == 32 and set(images) == {e.image_sha for e in examples}
     answers = {e.answer for e in examples}
     assert {"red", "a blue square."} <= answers
-    backbone = build_tiny("qwen2_vl", tokenizer=train_family_tokenizer(
-        "qwen2_vl", [e.answer for e in examples] * 5 + ["Represent the given image"] * 5))
+    backbone = build_tiny(family, tokenizer=train_family_tokenizer(
+        family, [e.answer for e in examples] * 5 + ["Represent the given image"] * 5))
     collate = Collator(backbone, max_text_tokens=64)
     batch, unlabelled = batch_with_labels(collate, examples[:4], images)
     tok = backbone.processor.tokenizer
@@ -296,7 +297,7 @@ def test_pretrain_examples_and_labels(normalized):
     for row, ex in enumerate(examples[:4]):
         labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
         assert tok.decode(labelled) == ex.answer + tok.eos_token  # labels = answer + eos, nothing else
-    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    image_id = tok.convert_tokens_to_ids(backbone.image_token)
     assert not (batch["labels"] == image_id).any()
     # an answer cut by truncation is not trained on, and is counted
     _, unlabelled = batch_with_labels(Collator(backbone, max_text_tokens=3), examples[16:18], images)

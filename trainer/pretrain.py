@@ -90,13 +90,17 @@ def load_examples(train_dir: str | Path, images_dir: str | Path, *,
     return examples, images
 
 
+MAX_PROMPT_SUFFIX = 4  # tokens a family's prompt may add after the text (PaliGemma: "\n")
+
+
 def batch_with_labels(collator: Collator, examples: Sequence[Example],
                       images: dict[str, Image.Image]) -> tuple[dict[str, torch.Tensor], int]:
     """(model inputs with `labels`, rows without a trainable answer) for a batch of examples.
 
     The answer + eos is appended to the prompt text; labels are the input ids on the answer's tokens
-    (found at the end of each row and checked token by token) and -100 elsewhere. A row whose
-    answer was cut by truncation gets no labels and is counted.
+    (found at the end of each row, before at most `MAX_PROMPT_SUFFIX` tokens that a family's prompt
+    adds after the text, e.g. PaliGemma's newline, and checked token by token) and -100 elsewhere.
+    A row whose answer was cut by truncation gets no labels and is counted.
     """
     tok = collator.tokenizer
     eos = tok.eos_token or ""
@@ -110,11 +114,13 @@ def batch_with_labels(collator: Collator, examples: Sequence[Example],
     unlabelled = 0
     for row, answer in enumerate(answers):
         positions = mask[row].nonzero().squeeze(1)
-        tail = positions[-len(answer):] if answer else positions[:0]
-        if len(answer) and len(tail) == len(answer) and ids[row, tail].tolist() == answer:
-            labels[row, tail] = ids[row, tail]
-        else:
+        attended, n = ids[row, positions].tolist(), len(answer)
+        ends = range(len(attended), max(n, len(attended) - MAX_PROMPT_SUFFIX) - 1, -1) if n else ()
+        end = next((e for e in ends if attended[e - n:e] == answer), None)
+        if end is None:
             unlabelled += 1
+        else:
+            labels[row, positions[end - n:end]] = ids[row, positions[end - n:end]]
     batch["labels"] = labels
     return batch, unlabelled
 
