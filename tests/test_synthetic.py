@@ -308,6 +308,16 @@ def test_eval_images_are_fresh_renderings(out):
 
 
 # --- candidates -------------------------------------------------------------------------------------
+def test_eval_lists_have_exactly_eval_candidates_also_below_the_hard_candidates(tmp_path):
+    """Grounding rows bring several same-scene hard candidates; with fewer candidates asked for
+    than that, the list is still exactly eval_candidates long."""
+    syn.generate(tmp_path, seed=3, train_rows=3, eval_rows=5, eval_candidates=2, image_size=32)
+    for name in mmeb.SYNTHETIC_EVAL:
+        if mmeb.SYNTHETIC[name].meta_task != "classification":  # those carry the whole label set
+            assert {len(r["tgt_text"]) for r in _eval(tmp_path, name).to_pylist()} == {2}, name
+
+
+
 def test_eval_candidate_lists(out):
     root, _ = out
     k = SMALL["eval_candidates"]

@@ -908,7 +908,7 @@ def _eval_rows(name: str, examples: list[Example], k: int, zipbuf: _ZipBuffer, r
             rng.shuffle(rest)
             cands = [gold] + [(label, "") for label in rest]
         else:
-            cands = [gold] + [(t, path(img)) for t, img in ex.hard_candidates]
+            cands = [gold] + [(t, path(img)) for t, img in ex.hard_candidates[: k - 1]]  # exactly k
             pool = [g for j, g in enumerate(golds) if j != i]
             rng.shuffle(pool)
             pool += [(v, "") for v in builder.vocabulary]  # top-up, only reached when rows run short
