@@ -18,7 +18,7 @@ from stages import evaluate as stage
 from tests.test_evaluation import (BatchSensitiveEncoder, HashEncoder, OverlapEncoder, build_tiny_eval,
                                    reference_scores, side, write_records)
 from trainer import report
-from trainer.evaluation import ImageLoader, aggregate, load_eval_set
+from trainer.evaluation import CountingEncoder, ImageLoader, aggregate, load_eval_set
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).with_name("dvc")
@@ -222,17 +222,6 @@ def test_ddp_matches_single_process(tmp_path):
     assert (multi / ".cache" / "embeddings").is_dir()  # rank 0 filled the cache
 
 
-class Counting:
-    """Wraps an encoder and counts the items it encodes."""
-
-    def __init__(self, inner):
-        self.inner, self.fingerprint, self.encoded = inner, inner.fingerprint, 0
-
-    def encode(self, sides, images, batch_size=8):
-        self.encoded += len(sides)
-        return self.inner.encode(sides, images, batch_size=batch_size)
-
-
 @pytest.mark.slow
 def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
     """`python -m stages.evaluate` (main) on real tiny Qwen2-VL folders written by save_backbone."""
@@ -260,7 +249,7 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
     wrapped = {}
 
     def loader(name, path, p):
-        wrapped[name] = Counting(stage.load_embedding_model(name, path, p))
+        wrapped[name] = CountingEncoder(stage.load_embedding_model(name, path, p))
         return wrapped[name]
 
     stage.run(params, root=Path("."), load_model=loader)

@@ -53,6 +53,18 @@ class Encoder(Protocol):
         """float32 [len(sides), D] embeddings, one per side (L2-normalised by contract)."""
 
 
+class CountingEncoder:
+    """Wraps an `Encoder` and counts the items it is asked to encode (cache hits never reach it):
+    what the benchmarks and tests report as encodings."""
+
+    def __init__(self, inner: Encoder):
+        self.inner, self.fingerprint, self.encoded = inner, inner.fingerprint, 0
+
+    def encode(self, sides: list[dict], images: list[Image.Image | None], batch_size: int = 32) -> np.ndarray:
+        self.encoded += len(sides)
+        return self.inner.encode(sides, images, batch_size=batch_size)
+
+
 # --- records -> distinct items -------------------------------------------------------------------
 @dataclass
 class EvalSet:
