@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from pipelines.mmeb import resolve_subsets
 from stages.common import load_params, setup_logging
-from trainer import distributed, report
+from trainer import distributed, provenance, report
 from trainer.embedding_cache import EmbeddingCache
 from trainer.evaluation import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
     load_eval_set, score
@@ -40,6 +40,15 @@ REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard.json")
 PLOTS_DIR = Path("reports/plots/per_dataset")
 CACHE_PROTOCOL = "mmeb-item/2"  # bump when the way an item becomes encoder input changes
+ENCODING_CODE = ("trainer.embed", "trainer.evaluation")  # item -> vector, with everything they import
+
+
+def cache_settings(image_max_pixels: int | None) -> dict[str, Any]:
+    """What, besides the model's fingerprint, the cached vectors depend on: the image resolution, the
+    item protocol and the encoding code (`trainer.provenance.source_digest`), so an edit to pooling,
+    collation or image loading re-encodes instead of serving the old vectors."""
+    code = "".join(provenance.source_digest(module) for module in ENCODING_CODE)
+    return {"image_max_pixels": image_max_pixels, "protocol": CACHE_PROTOCOL, "code": code}
 
 ModelLoader = Callable[[str, Path, Mapping[str, Any]], Encoder]
 
@@ -85,7 +94,7 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
         cache = None
         if is_main and params.get("cache", True):
             cache = EmbeddingCache(root / params.get("cache_dir", ".cache/embeddings"), model.fingerprint,
-                                   {"image_max_pixels": max_pixels, "protocol": CACHE_PROTOCOL})
+                                   cache_settings(max_pixels))
         metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
         results = []
         started = time.perf_counter()

@@ -136,3 +136,5 @@ def test_fingerprint(tmp_path):
     assert fp == C.fingerprint(params, base, index)
     index.write_text('{"x": 1}')
     assert fp != C.fingerprint(params, base, index)
+    index.write_text("{}")
+    assert C.fingerprint(params, base, index, code="a") not in (fp, C.fingerprint(params, base, index, code="b"))

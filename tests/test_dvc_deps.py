@@ -1,50 +1,10 @@
 """dvc.yaml: every project module a stage imports is one of its deps, so that changing it reruns the
-stage (a missing dep leaves stale outputs that `dvc repro` calls up to date)."""
-
-import ast
-from pathlib import Path
+stage (a missing dep leaves stale outputs that `dvc repro` calls up to date); the same import walk
+(`trainer.provenance`) gives the code digest that checkpoints and the embedding cache are keyed by."""
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipelines", "stages", "trainer")
-
-
-def module_file(name: str) -> Path | None:
-    """The repo file of a dotted module name in one of our packages, else None."""
-    if name.split(".")[0] not in PACKAGES:
-        return None
-    base = REPO / Path(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.exists():
-            return path
-    return None
-
-
-def imported_files(path: Path) -> set[Path]:
-    """Project files imported anywhere in `path` (top level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]  # `from trainer import x`
-        for name in names:
-            if (f := module_file(name)) is not None and f.name != "__init__.py":
-                found.add(f)
-    return found
-
-
-def closure(start: Path) -> set[Path]:
-    seen, todo = set(), [start]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        todo.extend(imported_files(path) - seen)
-    return seen
+from trainer.provenance import REPO, imported_files, source_digest, source_files
 
 
 def test_every_imported_project_module_is_a_stage_dep():
@@ -54,7 +14,7 @@ def test_every_imported_project_module_is_a_stage_dep():
         module = stage["cmd"].split("-m", 1)[1].split()[0]
         deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
         listed = {(REPO / d).resolve() for d in deps}
-        needed = closure(module_file(module))
+        needed = set(source_files(module))
         lacking = sorted(str(p.relative_to(REPO)) for p in needed
                          if p.resolve() not in listed and not any(parent in listed for parent in p.resolve().parents))
         if lacking:
@@ -66,6 +26,20 @@ def test_the_import_walk_sees_lazy_and_package_imports(tmp_path):
     code = tmp_path / "m.py"
     code.write_text("from trainer import image_processing\n\ndef f():\n    import pipelines.images\n")
     assert imported_files(code) == {REPO / "trainer/image_processing.py", REPO / "pipelines/images.py"}
+
+
+def test_source_digest_follows_the_imported_code_only(tmp_path):
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "__init__.py").write_text("")
+    (tmp_path / "trainer" / "loop.py").write_text("import os\n\ndef f():\n    from trainer import losses\n")
+    (tmp_path / "trainer" / "losses.py").write_text("T = 0.02\n")
+    (tmp_path / "trainer" / "report.py").write_text("X = 1\n")
+    assert [p.name for p in source_files("trainer.loop", tmp_path)] == ["loop.py", "losses.py"]
+    before = source_digest("trainer.loop", tmp_path)
+    (tmp_path / "trainer" / "report.py").write_text("X = 2\n")  # not imported: same code
+    assert source_digest("trainer.loop", tmp_path) == before
+    (tmp_path / "trainer" / "losses.py").write_text("T = 0.2\n")  # imported lazily: other code
+    assert source_digest("trainer.loop", tmp_path) != before
 
 
 def stage_commands() -> dict[str, str]:

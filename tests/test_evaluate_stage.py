@@ -17,7 +17,7 @@ from pipelines.mmeb import MMEB_EVAL
 from stages import evaluate as stage
 from tests.test_evaluation import (BatchSensitiveEncoder, HashEncoder, OverlapEncoder, build_tiny_eval,
                                    reference_scores, side, write_records)
-from trainer import report
+from trainer import provenance, report
 from trainer.evaluation import CountingEncoder, ImageLoader, aggregate, load_eval_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,11 +255,16 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
     stage.run(params, root=Path("."), load_model=loader)
     assert [w.encoded for w in wrapped.values()] == [0, 0]
     assert read_outputs(root) == before
+    # edited encoding code (pooling, collation, image loading): nothing comes from the old cache
+    real = provenance.source_digest
+    monkeypatch.setattr(provenance, "source_digest", lambda m, *a: "edited" + real(m, *a))
+    stage.run(params, root=Path("."), load_model=loader)
+    assert all(w.encoded > 0 for w in wrapped.values())
+    monkeypatch.setattr(provenance, "source_digest", real)
     # the cached vectors are the model's own: compare some against direct one-item encoding
     model = EmbeddingModel.load(root / "models" / "embedder", image_max_pixels=40)
     es = load_eval_set(root / stage.EVAL_ROOT, "Tiny-RET")
-    cache = EmbeddingCache(root / ".cache" / "embeddings", model.fingerprint,
-                           {"image_max_pixels": 40, "protocol": stage.CACHE_PROTOCOL})
+    cache = EmbeddingCache(root / ".cache" / "embeddings", model.fingerprint, stage.cache_settings(40))
     cached = cache.lookup(es.keys)
     assert len(cached) == len(es.keys)
     images = ImageLoader(root / stage.IMAGES_ROOT, 40)

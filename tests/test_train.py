@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from tests.test_data import make_side, write_test_shards
 from trainer import checkpoint as C
+from trainer import provenance
 from trainer.loop import TrainPaths, train, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +149,9 @@ def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     assert lineage["train"]["lora_rank"] == 4 and lineage["final_loss"] == pytest.approx(summary["final_loss"])
     assert lineage["collation"] == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": True}
     assert set(lineage["dvc_lock"]) == {"shards", "base_model"}
+    # the code that trained: its last commit (not HEAD), uncommitted edits, its digest
+    assert {"git_commit", "code_dirty", "code_digest"} <= set(lineage)
+    assert lineage["code_digest"] == provenance.source_digest("trainer.loop")
     # merged = base + trained LoRA: the language model's projections moved, the vision tower did not
     base = load_file(workspace / "models/base/model.safetensors")
     merged = merged_weights(workspace)
@@ -203,6 +207,22 @@ def test_stale_checkpoint_of_other_params_is_not_resumed(workspace, caplog):
     fingerprints = {json.loads((p / "state.json").read_text())["fingerprint"]
                     for p in C.list_checkpoints(workspace / "models/checkpoints")}
     assert len(fingerprints) == 1
+
+
+def test_a_checkpoint_of_other_code_or_other_data_slots_is_not_resumed(workspace, caplog, monkeypatch):
+    """A rerun after a code change (DVC reruns train when a code dep changes) or with another number
+    of data slots (num_workers sets a fresh run's data order) trains afresh: resuming the finished
+    checkpoint would export the old run's weights under the new code or params."""
+    first = train({**BASE_PARAMS, "steps": 3}, paths_in(workspace))
+    assert train({**BASE_PARAMS, "steps": 3}, paths_in(workspace))["resumed_from"] == 3  # same: resumed
+    assert train({**BASE_PARAMS, "steps": 3, "num_workers": 1}, paths_in(workspace))["resumed_from"] == 3
+    assert train({**BASE_PARAMS, "steps": 3, "num_workers": 2}, paths_in(workspace))["resumed_from"] == 0
+    real = provenance.source_digest
+    monkeypatch.setattr(provenance, "source_digest", lambda m, *a: "edited" + real(m, *a))
+    again = train({**BASE_PARAMS, "steps": 3, "num_workers": 2}, paths_in(workspace))
+    assert again["resumed_from"] == 0 and "different params" in caplog.text
+    lineage = json.loads((workspace / "models/embedder/lineage.json").read_text())
+    assert lineage["code_digest"].startswith("edited") and np.isfinite(first["final_loss"])
 
 
 def test_gradcache_and_hard_negatives_match_the_plain_step(workspace, tmp_path):

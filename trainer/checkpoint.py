@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 NAME_RE = re.compile(r"step-(\d{6,})")
-# change speed or bookkeeping, never the result (beyond float rounding)
+# change speed or bookkeeping, never the result (beyond float rounding); num_workers sets the data
+# order of a fresh run through the number of data slots, which the loop fingerprints instead
 NOT_IN_FINGERPRINT = ("save_every", "num_workers", "batched_vision_attention", "compile", "fsdp")
 FORMAT = "vlm2vec-checkpoint/1"
 
@@ -61,10 +62,14 @@ def hash_tree(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(train_params: Mapping[str, Any], base_model: str | Path, shard_index: str | Path) -> str:
-    """Identity of a training run: the params that change the result + base model + shard index."""
+def fingerprint(train_params: Mapping[str, Any], base_model: str | Path, shard_index: str | Path,
+                code: str | None = None) -> str:
+    """Identity of a training run: the params that change the result + base model + shard index +
+    `code`, a digest of the training code (`trainer.provenance.source_digest`): a checkpoint of
+    other code is not resumed."""
     params = {k: v for k, v in sorted(train_params.items()) if k not in NOT_IN_FINGERPRINT}
-    doc = {"params": params, "base_model": hash_tree(base_model), "shard_index": hash_tree(shard_index)}
+    doc = {"params": params, "base_model": hash_tree(base_model), "shard_index": hash_tree(shard_index),
+           "code": code}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 

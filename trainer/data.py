@@ -43,9 +43,10 @@ shards by their index counts, and inside a shard reads only member names (image 
 samples are never kept, nothing is decoded), then re-reads the current shuffle window. A sample
 whose JSON or image cannot be decoded, or that the collator cannot take (`Collator.validate`), is
 quarantined (logged, counted in the batch as ``quarantined``) and replaced by the slot's next
-sample; that replacement also advances the saved offset, so resume stays exact. Resuming with a different world size changes the slot layout and is
-not exact (the loop warns); a different worker count is fine as long as it divides the saved
-``slots_per_rank``.
+sample; that replacement also advances the saved offset, so resume stays exact. Resuming with a
+different world size changes the slot layout and is not exact (the loop warns). The training loop
+sets ``slots_per_rank = max(1, num_workers)`` for a fresh run and fingerprints it, so a checkpoint
+is resumed only with the same number of slots.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -52,7 +51,7 @@ import yaml
 from tqdm import tqdm
 
 from trainer import checkpoint as ckpt
-from trainer import distributed, fsdp
+from trainer import distributed, fsdp, provenance
 from trainer.backbones import Backbone, load_backbone, save_backbone
 from trainer.acceleration import batch_vision_attention, compile_blocks, frozen_image_features, trains_vision
 from trainer.data import (ContrastiveStream, StreamConfig, StreamPosition, check_shard_resolution, make_loader,
@@ -163,12 +162,24 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 # --- lineage ----------------------------------------------------------------------------------
-def git_commit(cwd: Path = Path(".")) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+CODE = "trainer.loop"  # the module whose project sources (transitively) are the training code
+
+
+def run_fingerprint(p: Mapping[str, Any], paths: TrainPaths, shard_index: Path) -> str:
+    """The checkpoint fingerprint of this run (`trainer.checkpoint.fingerprint`): the params that
+    change the result, the number of data slots (``max(1, num_workers)``, which sets the data order
+    of a fresh run), the base model, the shard index and the training code."""
+    params = {**p, "data_slots": max(1, int(p["num_workers"]))}
+    return ckpt.fingerprint(params, paths.base, shard_index, code=provenance.source_digest(CODE))
+
+
+def code_lineage() -> dict[str, Any]:
+    """git_commit: the last commit that changed the training code (not HEAD, so committing other
+    things leaves models/embedder's bytes unchanged); code_dirty: uncommitted edits to it;
+    code_digest: `provenance.source_digest` of it."""
+    files = provenance.source_files(CODE)
+    return {"git_commit": provenance.git_commit(files), "code_dirty": provenance.dirty(files),
+            "code_digest": provenance.source_digest(CODE)}
 
 
 def dvc_lock_hashes(lock_file: Path = Path("dvc.lock"), paths: Mapping[str, str] | None = None) -> dict:
@@ -267,7 +278,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
 
     # resume or start fresh
     shard_index = paths.shards / "index.json"
-    fp = ckpt.fingerprint(p, paths.base, shard_index)
+    fp = run_fingerprint(p, paths, shard_index)
     found = ckpt.latest_checkpoint(paths.checkpoints, fp)
     if found is None and ckpt.list_checkpoints(paths.checkpoints):
         distributed.barrier()
@@ -458,7 +469,7 @@ def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: 
     save_backbone(merged, tmp / "merged")
     lineage = {
         "base_model": str(paths.base), "base_model_info": backbone.info,
-        "git_commit": git_commit(), "dvc_lock": dvc_lock_hashes(),
+        **code_lineage(), "dvc_lock": dvc_lock_hashes(),
         "train": dict(p),
         "collation": {"max_text_tokens": int(p["max_text_tokens"]), "image_max_pixels": p["image_max_pixels"],
                       "instructions": bool(p["instructions"])},

@@ -1,0 +1,96 @@
+"""What produced an output: the project source files a module runs, their digest, and their commit.
+
+A stage's result depends on the code it runs as much as on its params and data. DVC reruns a stage
+when one of its `dvc.yaml` deps changes, but state that outlives a run has to tell for itself:
+  * a training checkpoint (`trainer.checkpoint.fingerprint`) must not be resumed by other code,
+    or a rerun after a code change would resume the finished run and export the old weights;
+  * the evaluation's embedding cache must not serve vectors computed by other encoding code.
+`source_digest(module)` is that identity: sha256 over the module's file and every project module
+it imports, transitively (a static walk of every import statement, top level or inside functions,
+so lazy imports count), by relative path and content.
+
+`git_commit(files)` is the last commit that changed any of those files, not HEAD: committing
+unrelated things (dvc.lock, metrics, docs) leaves it, and so the lineage that records it, unchanged.
+`dirty(files)` says whether the files differ from that commit (uncommitted edits).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipelines", "stages", "trainer")
+
+
+def module_file(name: str, root: Path = REPO) -> Path | None:
+    """The file of dotted module `name` in one of the project's packages under `root`, else None."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = root / Path(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def imported_files(path: Path, root: Path = REPO) -> set[Path]:
+    """Project files imported anywhere in `path` (top level or inside functions); `from pkg import x`
+    counts pkg.x when that is a module. Package `__init__` files are left out (they hold no code)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if (f := module_file(name, root)) is not None and f.name != "__init__.py":
+                found.add(f)
+    return found
+
+
+def source_files(start: str | Path, root: Path = REPO) -> list[Path]:
+    """`start` (a dotted module name or a file) and every project file it imports, transitively;
+    sorted."""
+    first = Path(start) if isinstance(start, Path) else module_file(start, root)
+    if first is None:
+        raise ValueError(f"{start!r} is not a module of {PACKAGES} under {root}")
+    seen, todo = set(), [first]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(imported_files(path, root) - seen)
+    return sorted(seen)
+
+
+def source_digest(start: str | Path, root: Path = REPO) -> str:
+    """sha256 over the relative paths and contents of `source_files(start)`."""
+    h = hashlib.sha256()
+    for path in source_files(start, root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _git(*args: str, root: Path = REPO) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    except OSError:  # no git
+        return None
+
+
+def git_commit(files: list[Path], root: Path = REPO) -> str | None:
+    """The last commit that changed any of `files`; None outside a git checkout or for files git
+    does not know."""
+    done = _git("log", "-1", "--format=%H", "--", *(str(f.relative_to(root)) for f in files), root=root)
+    return (done.stdout.strip() or None) if done is not None and done.returncode == 0 else None
+
+
+def dirty(files: list[Path], root: Path = REPO) -> bool | None:
+    """Whether `files` differ from HEAD (uncommitted edits or untracked files); None without git."""
+    names = [str(f.relative_to(root)) for f in files]
+    done = _git("status", "--porcelain", "--", *names, root=root)
+    return bool(done.stdout.strip()) if done is not None and done.returncode == 0 else None
