@@ -48,7 +48,7 @@ embeddings and the LoRA gradients agree within the dtype's tolerance (same weigh
 inputs), that GradCache gives the same loss, and that batched vision attention gives the same vision
 output. A failed check is recorded in the JSON and printed; the run still times everything.
 
-`--profile` (with `--compile`) writes `profile_C+fast.txt` next to the JSON: torch.profiler's operators of
+`--profile` (with `--compile`) writes `profile_C_fast.txt` next to the JSON: torch.profiler's operators of
 three C+fast steps by device time, headed by the share of the wall time the device was busy.
 
 Results: a table (pairs/s or queries/s, step s, peak GiB, ratio vs A and vs B at the same batch;
@@ -666,7 +666,8 @@ def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dt
                 + (f"device kernels {busy / steps * 1000:.1f} ms per step, busy {busy / wall:.0%} of the wall time"
                    if cuda else "CPU only"))
         sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-        path = bench.out_path.with_name(f"profile_{name}.txt")
+        # "+" is not in the file names the device machine hands back
+        path = bench.out_path.with_name(f"profile_{name.replace('+', '_')}.txt")
         path.write_text(head + "\n\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n")
     except Exception:  # noqa: BLE001 - a profiler API difference must not cost the run's timings
         log.exception("profile %s: could not write the table", name)
@@ -830,7 +831,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time C with torch.compile'd language model")
     p.add_argument("--no-bva", action="store_true", help="skip the batched-vision-attention variant of C")
     p.add_argument("--profile", action="store_true",
-                   help="with --compile: torch.profiler table of the C+fast step (profile_C+fast.txt by the JSON)")
+                   help="with --compile: torch.profiler table of the C+fast step (profile_C_fast.txt by the JSON)")
     p.add_argument("--budget-min", type=float, default=8.0, help="skip cases once this much wall time is used")
     p.add_argument("--device", default=None, help="default: cuda when available (never for --tiny)")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_bench.json or benchmarks/_work/)")

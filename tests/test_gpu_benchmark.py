@@ -110,5 +110,5 @@ def test_tiny_run_end_to_end(tmp_path):
     assert data["meta"]["tiny"] and data["meta"]["mm_token_type_ids"] in (True, False)
     assert "case" in proc.stdout and "checks: " in proc.stdout
     assert ":warmup" not in proc.stdout  # warm-up passes are not results
-    profile = (tmp_path / "profile_C+fast.txt").read_text()
+    profile = (tmp_path / "profile_C_fast.txt").read_text()
     assert profile.startswith("profile C+fast: batch 4, 3 steps") and "Self CPU" in profile
