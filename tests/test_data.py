@@ -166,15 +166,25 @@ def test_slots_partition_each_epoch(tmp_path, caplog, total, per_shard, num_slot
             assert s.epoch == epoch
             seen += ids
         assert min(lengths) > 0  # no slot is left without data
-        if len(shards) < num_slots:  # shares differ by at most one sample
+        if len(shards) < num_slots:  # shares differ by at most one sample; a slot reads few tars
             assert max(lengths) - min(lengths) <= 1, lengths
+            parts = [D.DatasetStream("A", shards, seed=3, slot=k, num_slots=num_slots, window=5).parts(epoch)
+                     for k in range(num_slots)]
+            assert sum(len(p) for p in parts) <= len(shards) + num_slots - 1  # each shard cut at most at slot edges
+            # a slot's stream resumed inside its range continues exactly
+            whole = D.DatasetStream("A", shards, seed=3, slot=1, num_slots=num_slots, window=1, epoch=epoch)
+            ids = [json.loads(next(whole)["json"])["id"] for _ in range(lengths[1])]
+            resumed = D.DatasetStream("A", shards, seed=3, slot=1, num_slots=num_slots, window=1, epoch=epoch,
+                                      offset=lengths[1] // 2)
+            assert [json.loads(next(resumed)["json"])["id"] for _ in range(lengths[1] - lengths[1] // 2)] \
+                == ids[lengths[1] // 2:]
         assert sorted(seen) == sorted(f"A/original/{i}" for i in range(total))  # each sample once
     assert "reads the whole dataset" not in caplog.text
 
 
 def test_tiny_dataset_slot_resamples(tmp_path, caplog):
     shards = write_test_shards(tmp_path, {"A": 2}, per_shard=1)
-    s = D.DatasetStream("A", shards, seed=0, slot=3, num_slots=4, window=1)
+    s = D.DatasetStream("A", shards, seed=0, slot=0, num_slots=4, window=1)  # slots 1 and 3 get one each
     ids = {json.loads(next(s)["json"])["id"] for _ in range(4)}
     assert ids == {"A/original/0", "A/original/1"}
     assert "reads the whole dataset" in caplog.text

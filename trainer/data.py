@@ -20,8 +20,9 @@ How a global step is built
 3. **Per-slot dataset streams**: epoch ``e`` of dataset ``d`` permutes the dataset's shards with
    RNG ``(seed, d, e)`` (same on all ranks). With at least as many shards as slots
    ``K = world*slots_per_rank``, the shards are dealt round-robin to the K slots; with fewer, slot
-   ``k`` reads every K-th sample (``k``, ``k + K``, ...) of the epoch's sequence of shards, so the
-   slots' shares differ by at most one sample, whatever the shard sizes. Within an epoch no two
+   ``k`` reads the k-th of K contiguous ranges of the epoch's sequence of shards, so the slots'
+   shares differ by at most one sample, whatever the shard sizes, and a slot streams through about
+   ``n_shards/K + 1`` tars per epoch, not all of them. Within an epoch no two
    slots read the same sample, and every slot gets data unless the dataset has fewer samples than
    slots: such a slot reads the whole dataset for that epoch instead (resampling; logged once).
    A slot reads its parts sequentially with webdataset's tar iterator and shuffles in windows:
@@ -206,20 +207,29 @@ def _dataset_seed(name: str) -> int:
 # --- one dataset's stream in one slot ---------------------------------------------------------
 @dataclass(frozen=True)
 class _Part:
+    """The samples ``start <= i < stop`` (in tar order) of one shard; ``stop`` None: to its end."""
+
     shard: Shard
-    part: int  # this part holds the shard's samples i with i % parts == part (parts = 1: all)
-    parts: int
+    start: int = 0
+    stop: int | None = None
+
+    @property
+    def end(self) -> int:
+        return self.shard.samples if self.stop is None else self.stop
 
     @property
     def samples(self) -> int:
-        return len(range(self.part, self.shard.samples, self.parts))
+        return self.end - self.start
 
 
 def _read_part(part: _Part, skip: int = 0) -> Iterator[dict]:
     """Raw samples (webdataset dicts: ``__key__``, ``json``, image members as bytes) of one part,
     in tar order, after skipping the part's first ``skip`` samples. Members of samples outside the
-    part or skipped are not kept (tarfile streams past them); nothing is decoded here."""
+    part or skipped are not kept (tarfile streams past them); nothing is decoded here. A part that
+    ends before its shard does stops reading there; one that reads to the end checks the shard's
+    sample count against index.json."""
     state = {"key": None, "index": -1}
+    first, end = part.start + skip, part.end
 
     def wanted(fname: str) -> bool:
         key, _ = base_plus_ext(fname)
@@ -227,12 +237,15 @@ def _read_part(part: _Part, skip: int = 0) -> Iterator[dict]:
             return False
         if key != state["key"]:
             state["key"], state["index"] = key, state["index"] + 1
-        i = state["index"]
-        return i % part.parts == part.part and i // part.parts >= skip
+        return first <= state["index"] < end
 
+    to_the_end = end == part.shard.samples
     with open(part.shard.path, "rb") as stream:
         files = tar_file_expander([{"url": part.shard.path, "stream": stream}], select_files=wanted)
-        yield from group_by_keys(files)
+        for n, sample in enumerate(group_by_keys(files), start=1):
+            yield sample
+            if n == end - first and not to_the_end:
+                return  # the rest of the shard belongs to other slots
     expected = part.shard.samples
     if state["index"] + 1 != expected:
         raise ValueError(f"{part.shard.path}: holds {state['index'] + 1} samples, index.json says {expected}")
@@ -260,19 +273,24 @@ class DatasetStream:
         n, k = len(self.shards), self.num_slots
         order = np.random.default_rng([self.seed, _dataset_seed(self.dataset), epoch]).permutation(n)
         if n >= k:  # whole shards, dealt round-robin
-            mine = [_Part(self.shards[j], 0, 1) for j in order[self.slot::k]]
-        else:  # fewer shards than slots: every k-th sample of the epoch's shard sequence
-            mine, start = [], 0
+            mine = [_Part(self.shards[j]) for j in order[self.slot::k]]
+        else:  # fewer shards than slots: slot k's k-th of the epoch's sequence of shards, contiguous
+            total = sum(shard.samples for shard in self.shards)
+            lo, hi = self.slot * total // k, (self.slot + 1) * total // k
+            mine, offset = [], 0
             for j in order:
-                mine.append(_Part(self.shards[j], (self.slot - start) % k, k))
-                start += self.shards[j].samples
+                shard = self.shards[j]
+                a, b = max(lo, offset), min(hi, offset + shard.samples)
+                if a < b:
+                    mine.append(_Part(shard, a - offset, b - offset))
+                offset += shard.samples
         if sum(u.samples for u in mine) == 0:
             if not self._warned_resample:
                 log.warning("dataset %s: slot %d has no samples of its own in epoch %d (%d samples for %d "
                             "slots); it reads the whole dataset instead", self.dataset, self.slot, epoch,
                             sum(s.samples for s in self.shards), self.num_slots)
                 self._warned_resample = True
-            mine = [_Part(self.shards[j], 0, 1) for j in order]
+            mine = [_Part(self.shards[j]) for j in order]
         return mine
 
     def _samples_from(self, parts: list[_Part], start: int) -> Iterator[dict]:
