@@ -135,8 +135,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # 16-bit greyscale: the 16-bit range onto 8 bits (v / 257) instead of clipping at 255; int or
         # float images with values in 0..255 as they are, floats in 0..1 times 255, else stretched
+        sixteen_bit = img.mode.startswith("I;16")
+        if sixteen_bit:
+            img = img.convert("I")  # Pillow has no extrema or arithmetic for I;16B/L/N
         lo, hi = img.getextrema()
-        if img.mode.startswith("I;16") or (img.mode == "I" and 255 < hi <= 65535 and lo >= 0):
+        if sixteen_bit or (img.mode == "I" and 255 < hi <= 65535 and lo >= 0):
             offset, scale = 0.0, 1 / 257
         elif img.mode == "F" and 0 <= lo and hi <= 1:
             offset, scale = 0.0, 255.0

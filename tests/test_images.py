@@ -66,14 +66,16 @@ def test_alpha_is_composited_on_white():
 
 
 @pytest.mark.parametrize("levels", [(0, 1000, 30000, 60000), (32896,) * 4, (65535, 257, 514, 0)])
-def test_16_bit_greyscale_is_scaled_not_clipped_or_stretched(levels):
+@pytest.mark.parametrize("mode,fmt", [("I;16", "PNG"), ("I;16B", "TIFF"), ("I;16", "TIFF")])
+def test_16_bit_greyscale_is_scaled_not_clipped_or_stretched(levels, mode, fmt):
     """v / 257: the 16-bit range onto 8 bits; a flat mid-grey stays mid-grey (a min-max stretch
-    turned it black)."""
+    turned it black). Big-endian 16-bit TIFFs open as I;16B."""
     img = Image.new("I;16", (4, 1))
     for x, v in enumerate(levels):
         img.putpixel((x, 0), v)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    (img if mode == "I;16" else img.convert("I").convert(mode)).save(buf, format=fmt)
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == mode
     p = prepare_image(buf.getvalue(), MAX)
     out = decoded(p.stored)
     assert p.converted and out.mode == "RGB"
