@@ -426,17 +426,19 @@ class DatasetNormalizer:
         self._pending.clear()  # images of a row rejected before
         quirks: Counter = Counter()
         if self.task.kind == "train":
-            v = {c: _decode(values[c], c) for c in TRAIN_COLUMNS}
+            v = {c: _decode(values[c], c) for c in TRAIN_COLUMNS if not c.startswith("neg_")}
             query = self.side(v["qry"], v["qry_image_path"], "query", "query", quirks)
             target = self.side(v["pos_text"], v["pos_image_path"], "target", "target", quirks)
             negatives = []
-            if v["neg_text"] or v["neg_image_path"]:
-                try:
-                    negatives.append(self.side(v["neg_text"], v["neg_image_path"], "target", "negative",
-                                               quirks))
-                except RowRejected as e:  # an optional hard negative: the pair is kept without it
-                    quirks["negative_dropped"] += 1
-                    log.debug("%s row %d: negative dropped (%s)", self.task.key, index, e)
+            try:  # an optional hard negative: a bad one is dropped, the pair kept
+                neg_text, neg_path = (_decode(values[c], c) for c in ("neg_text", "neg_image_path"))
+                if neg_text or neg_path:
+                    neg_quirks: Counter = Counter()  # counted only for a negative that is kept
+                    negatives.append(self.side(neg_text, neg_path, "target", "negative", neg_quirks))
+                    quirks.update(neg_quirks)
+            except RowRejected as e:
+                quirks["negative_dropped"] += 1
+                log.debug("%s row %d: negative dropped (%s)", self.task.key, index, e)
         else:
             qry_text, qry_path = _decode(values["qry_text"], "qry_text"), _decode(values["qry_img_path"],
                                                                                    "qry_img_path")

@@ -123,6 +123,27 @@ def test_images_of_rejected_rows_are_not_stored(tmp_path):
     assert metrics["total"]["images_stored"] == 5 == metrics["datasets"]["train/MSCOCO_i2t"]["images"]
 
 
+def test_a_non_utf8_or_imageless_hard_negative_is_dropped_and_only_its_drop_is_counted(tmp_path):
+    """Decoding the negative's text is part of the negative: it costs the negative, not the pair;
+    and a dropped negative leaves no quirk counts of its own (image_without_token here)."""
+    raw = write_raw(tmp_path / "raw", {"OK-VQA": TRAIN_ROWS["OK-VQA"]}, {})
+    neg = pa.Array.from_buffers(pa.string(), 3, pa.array([b"fine negative", b"\xff\xfe bad", b"x"],
+                                                         pa.binary()).buffers())
+    cols = {c: pa.array([""] * 3) for c in TRAIN_SCHEMA.names if c != "neg_text"}
+    cols.update(qry=pa.array(["<|image_1|>\nq\n"] * 3), qry_image_path=pa.array(["images/ChartQA/Train/c.jpg"] * 3),
+                pos_text=pa.array(["a", "b", "c"]), neg_image_path=pa.array(["", "", "images/ChartQA/Train/gone.jpg"]))
+    (raw / "MMEB-train" / "ChartQA").mkdir()
+    pq.write_table(pa.table({"neg_text": neg, **cols}).select(TRAIN_SCHEMA.names),
+                   raw / "MMEB-train" / "ChartQA" / "original-00000-of-00001.parquet")
+    from tests.fixtures_mmeb import jpeg_for, write_zip
+    write_zip(raw / "MMEB-train" / "images_zip" / "ChartQA.zip", {"ChartQA/Train/c.jpg": jpeg_for("c")})
+    out, metrics = normalize(tmp_path, raw, max_reject_fraction=1.0)
+    kept = records(out, "train", "ChartQA")
+    assert [len(r["negatives"]) for r in kept] == [1, 0, 0] and not rejects(out, "train", "ChartQA")
+    chart = metrics["datasets"]["train/ChartQA"]
+    assert chart["negative_dropped"] == 2 and chart["image_without_token"] == 0  # "x" + gone.jpg: dropped
+
+
 def test_webqa_stray_token_is_kept_and_counted(clean):
     raw, out, metrics = clean
     for kind in ("train", "eval"):
