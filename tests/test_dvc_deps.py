@@ -38,6 +38,8 @@ def test_source_digest_follows_the_imported_code_only(tmp_path):
     before = source_digest("trainer.loop", tmp_path)
     (tmp_path / "trainer" / "report.py").write_text("X = 2\n")  # not imported: same code
     assert source_digest("trainer.loop", tmp_path) == before
+    (tmp_path / "trainer" / "losses.py").write_text('"""Losses."""\n# the temperature\nT = 0.02  # tau\n')
+    assert source_digest("trainer.loop", tmp_path) == before  # comments, docstrings: the same code
     (tmp_path / "trainer" / "losses.py").write_text("T = 0.2\n")  # imported lazily: other code
     assert source_digest("trainer.loop", tmp_path) != before
 

@@ -7,7 +7,8 @@ when one of its `dvc.yaml` deps changes, but state that outlives a run has to te
   * the evaluation's embedding cache must not serve vectors computed by other encoding code.
 `source_digest(module)` is that identity: sha256 over the module's file and every project module
 it imports, transitively (a static walk of every import statement, top level or inside functions,
-so lazy imports count), by relative path and content.
+so lazy imports count), by relative path and code (the syntax tree, so comments and docstrings
+do not count).
 
 `git_commit(files)` is the last commit that changed any of those files, not HEAD: committing
 unrelated things (dvc.lock, metrics, docs) leaves it, and so the lineage that records it, unchanged.
@@ -67,11 +68,25 @@ def source_files(start: str | Path, root: Path = REPO) -> list[Path]:
     return sorted(seen)
 
 
+def code_of(path: Path) -> str:
+    """The code of a Python file without its comments, docstrings and layout (its syntax tree):
+    editing those does not change what runs."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def source_digest(start: str | Path, root: Path = REPO) -> str:
-    """sha256 over the relative paths and contents of `source_files(start)`."""
+    """sha256 over the relative paths and the code (`code_of`) of `source_files(start)`: a comment
+    or docstring edit keeps the digest (and so a long run's checkpoints), a code edit changes it."""
     h = hashlib.sha256()
     for path in source_files(start, root):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + code_of(path).encode() + b"\0")
     return h.hexdigest()
 
 
