@@ -138,6 +138,19 @@ def test_weight_dtypes_follow_precision_and_lora_not_the_checkpoint(tmp_path, pr
     assert {q.dtype for q in model.parameters() if not q.requires_grad} == ({frozen} if frozen else set())
 
 
+def test_a_checkpoint_is_not_resumed_across_a_change_of_the_base_weights_dtype(workspace):
+    """train.fsdp is left out of the fingerprint (speed only), except where it changes the weights:
+    a LoRA run under bf16 keeps its base in bf16 with DDP and in float32 with FSDP."""
+    from trainer.loop import run_fingerprint
+
+    paths, index = paths_in(workspace), workspace / "data/shards/train/index.json"
+    lora_bf16 = validate_params({**BASE_PARAMS, "precision": "bf16"})
+    assert run_fingerprint(lora_bf16, paths, index, 2) != run_fingerprint({**lora_bf16, "fsdp": True}, paths, index, 2)
+    assert run_fingerprint(lora_bf16, paths, index, 1) == run_fingerprint({**lora_bf16, "fsdp": True}, paths, index, 1)
+    full = validate_params({**BASE_PARAMS, "precision": "bf16", "lora_rank": 0})
+    assert run_fingerprint(full, paths, index, 2) == run_fingerprint({**full, "fsdp": True}, paths, index, 2)
+
+
 def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     summary = train(BASE_PARAMS, paths_in(workspace))
     out = workspace / "models/embedder"

@@ -165,11 +165,12 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 CODE = "trainer.loop"  # the module whose project sources (transitively) are the training code
 
 
-def run_fingerprint(p: Mapping[str, Any], paths: TrainPaths, shard_index: Path) -> str:
+def run_fingerprint(p: Mapping[str, Any], paths: TrainPaths, shard_index: Path, world: int = 1) -> str:
     """The checkpoint fingerprint of this run (`trainer.checkpoint.fingerprint`): the params that
     change the result, the number of data slots (``max(1, num_workers)``, which sets the data order
-    of a fresh run), the base model, the shard index and the training code."""
-    params = {**p, "data_slots": max(1, int(p["num_workers"]))}
+    of a fresh run), the base weights' dtype (`base_dtype`: FSDP keeps float32 where DDP keeps a
+    LoRA run's base in bf16), the base model, the shard index and the training code."""
+    params = {**p, "data_slots": max(1, int(p["num_workers"])), "base_dtype": str(base_dtype(p, world))}
     return ckpt.fingerprint(params, paths.base, shard_index, code=provenance.source_digest(CODE))
 
 
@@ -278,7 +279,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
 
     # resume or start fresh
     shard_index = paths.shards / "index.json"
-    fp = run_fingerprint(p, paths, shard_index)
+    fp = run_fingerprint(p, paths, shard_index, world)
     found = ckpt.latest_checkpoint(paths.checkpoints, fp)
     if found is None and ckpt.list_checkpoints(paths.checkpoints):
         distributed.barrier()
