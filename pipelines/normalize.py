@@ -667,6 +667,12 @@ def run(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
     return metrics
 
 
+def _top_reasons(stats: dict, top: int = 3) -> str:
+    """A dataset's most frequent reject reasons with their counts, e.g. "image_missing 6, empty_query 1"."""
+    ranked = sorted(stats["rejected_by_reason"].items(), key=lambda x: -x[1])[:top]
+    return ", ".join(f"{reason} {n}" for reason, n in ranked)
+
+
 def failure_message(metrics: dict, max_reject_fraction: float, worst: int = 5,
                     max_dataset_reject_fraction: float = 1.0) -> str | None:
     """Why the stage must fail (dataset errors, too many rejects in all naming the worst datasets,
@@ -678,9 +684,9 @@ def failure_message(metrics: dict, max_reject_fraction: float, worst: int = 5,
         problems.append(f"{key} failed: {err}")
     for key, s in sorted(metrics["datasets"].items()):
         if s["rows_in"] and s["reject_fraction"] > max_dataset_reject_fraction:
-            reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["rejected_by_reason"].items(), key=lambda x: -x[1])[:3])
             problems.append(f"{key}: {s['rejected']}/{s['rows_in']} rows rejected ({s['reject_fraction']:.2%}) > "
-                            f"normalize.max_dataset_reject_fraction {max_dataset_reject_fraction:.2%} ({reasons})")
+                            f"normalize.max_dataset_reject_fraction {max_dataset_reject_fraction:.2%} "
+                            f"({_top_reasons(s)})")
     total = metrics["total"]
     if total["rows_in"] and total["reject_fraction"] > max_reject_fraction:
         ranked = sorted(metrics["datasets"].items(),
@@ -689,9 +695,7 @@ def failure_message(metrics: dict, max_reject_fraction: float, worst: int = 5,
         for key, s in ranked[:worst]:
             if not s["rejected"]:
                 break
-            reasons = ", ".join(f"{r} {n}" for r, n in
-                                sorted(s["rejected_by_reason"].items(), key=lambda x: -x[1])[:3])
-            lines.append(f"  {key}: {s['rejected']}/{s['rows_in']} rejected ({reasons})")
+            lines.append(f"  {key}: {s['rejected']}/{s['rows_in']} rejected ({_top_reasons(s)})")
         problems.append(f"{total['rejected']}/{total['rows_in']} rows rejected "
                         f"({total['reject_fraction']:.2%}) > normalize.max_reject_fraction "
                         f"{max_reject_fraction:.2%}; worst datasets:\n" + "\n".join(lines))
