@@ -22,9 +22,9 @@ How a global step is built
    ``K = world*slots_per_rank``, the shards are dealt round-robin to the K slots; with fewer, slot
    ``k`` reads the k-th of K contiguous ranges of the epoch's sequence of shards, so the slots'
    shares differ by at most one sample, whatever the shard sizes, and a slot streams through about
-   ``n_shards/K + 1`` tars per epoch, not all of them. Within an epoch no two
-   slots read the same sample, and every slot gets data unless the dataset has fewer samples than
-   slots: such a slot reads the whole dataset for that epoch instead (resampling; logged once).
+   ``n_shards/K + 1`` tars per epoch, not all of them. Within an epoch no two slots read the same
+   sample, and every slot gets data unless the dataset has fewer samples than slots: such a slot
+   reads the whole dataset for that epoch instead (resampling; logged once).
    A slot reads its parts sequentially with webdataset's tar iterator and shuffles in windows:
    ``window`` consecutive raw (undecoded) samples are emitted in a permutation seeded by
    ``(seed, d, e, slot, window index)``. ``window = max(min(shuffle_buffer, 16),
@@ -394,6 +394,13 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         raise BadSample(f"undecodable image: {type(exc).__name__}: {exc}") from exc
 
 
+def used_sides(record: Mapping[str, Any], negatives: int | None = None) -> list[tuple[str, Any]]:
+    """(name, side) of a record's sides that a batch uses: "query", "target", then "neg0", "neg1", ...
+    for the first ``negatives`` negatives (None = all)."""
+    sides = [("query", record.get("query")), ("target", record.get("target"))]
+    return sides + [(f"neg{i}", s) for i, s in enumerate((record.get("negatives") or [])[:negatives])]
+
+
 def decode_sample(raw: Mapping[str, Any], max_pixels: int | None = None,
                   negatives: int | None = None) -> tuple[dict, dict[str, Image.Image | None]]:
     """(record, images by side name) of a raw webdataset sample. Side names: "query", "target",
@@ -405,10 +412,8 @@ def decode_sample(raw: Mapping[str, Any], max_pixels: int | None = None,
         record = json.loads(raw["json"])
     except Exception as exc:
         raise BadSample(f"unreadable record JSON: {exc}") from exc
-    sides = [("query", record.get("query")), ("target", record.get("target"))]
-    sides += [(f"neg{i}", s) for i, s in enumerate((record.get("negatives") or [])[:negatives])]
     images: dict[str, Image.Image | None] = {}
-    for name, side in sides:
+    for name, side in used_sides(record, negatives):
         if not isinstance(side, dict):
             raise BadSample(f"record {record.get('id')}: side {name} is missing")
         ref = side.get("image")
@@ -575,10 +580,9 @@ class ContrastiveStream(IterableDataset):
         validate = getattr(self.collator, "validate", None)
         if validate is None:
             return
-        names = ["query", "target"] + [n for n in images if n.startswith("neg")]
-        sides = [record["query"], record["target"]] + (record.get("negatives") or [])[: len(names) - 2]
+        named = used_sides(record, self.config.hard_negatives)  # the sides decode_sample decoded
         try:
-            validate(sides, [images[n] for n in names])
+            validate([side for _, side in named], [images[name] for name, _ in named])
         except ValueError as exc:
             raise BadSample(f"record {record.get('id')}: {exc}") from exc
 
