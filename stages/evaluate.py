@@ -89,12 +89,13 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
 
     evals: dict[str, list[DatasetResult]] = {}
     metadata: dict[str, dict] = {}
+    settings = cache_settings(max_pixels)  # the same for every model: digests the encoding code once
     for name in models:
         model = load_model(name, root / MODELS_ROOT / name, params)
         cache = None
         if is_main and params.get("cache", True):
             cache = EmbeddingCache(root / params.get("cache_dir", ".cache/embeddings"), model.fingerprint,
-                                   cache_settings(max_pixels))
+                                   settings)
         metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
         results = []
         started = time.perf_counter()

@@ -264,10 +264,9 @@ def frozen_image_features(model: torch.nn.Module) -> ImageFeatureCache | None:
     cached = getattr(inner, "_vlm2vec_feature_cache", None)
     if cached is not None:
         return cached
-    parts = vision_parts(model)
-    if not parts or trains_vision(model):
+    if trains_vision(model):  # also when the layout is not known
         return None
-    if any(_draws_random_numbers(m) for part in parts for m in part.modules()):
+    if any(_draws_random_numbers(m) for part in vision_parts(model) for m in part.modules()):
         return None
     cache = ImageFeatureCache(inner)
     inner._vlm2vec_feature_cache = cache
