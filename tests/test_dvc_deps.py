@@ -10,8 +10,8 @@ from trainer.provenance import REPO, imported_files, source_digest, source_files
 def test_every_imported_project_module_is_a_stage_dep():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     missing = {}
-    for name, stage in stages.items():
-        module = stage["cmd"].split("-m", 1)[1].split()[0]
+    for name, module in stage_commands().items():
+        stage = stages[name]
         deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
         listed = {(REPO / d).resolve() for d in deps}
         needed = set(source_files(module))
