@@ -22,16 +22,6 @@ from trainer.evaluation import CountingEncoder, ImageLoader, aggregate, load_eva
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = Path(sys.executable).with_name("dvc")
-PLOTS_ENTRY = {  # the dvc.yaml `plots:` entry proposed for the integrator
-    "eval_per_dataset": {
-        "template": "bar_horizontal",
-        "x": "precision_at_1",
-        "y": {"reports/plots/per_dataset/base.json": "dataset",
-              "reports/plots/per_dataset/embedder.json": "dataset"},
-    }
-}
-
-
 def make_root(tmp: Path) -> Path:
     """A project-like folder: data/normalized/{eval,images} (3 tiny datasets + a small real-named CIRR)
     and empty models/base, models/embedder folders."""
@@ -133,31 +123,32 @@ def test_stage_end_to_end_with_fake_models(tmp_path):
     assert read_outputs(root) == before
 
 
-def test_dvc_plots_render_the_per_model_files(tmp_path):
-    evals = {
-        m: [report_result(d, p) for d, p in [("Syn-CIRR", 10.0 + k), ("Syn-ShapeCLS", 30.0 + k)]]
-        for k, m in enumerate(["base", "embedder"])
-    }
+@pytest.mark.parametrize("models", [["base", "embedder"], ["base"]])
+def test_dvc_plots_render_the_per_model_files(tmp_path, models):
+    """The project's own dvc.yaml plot entry over the files the stage writes: one plot per scored
+    model, and no error when `eval.models` scores only some of them."""
+    evals = {m: [report_result(d, p) for d, p in [("Syn-CIRR", 10.0 + k), ("Syn-ShapeCLS", 30.0 + k)]]
+             for k, m in enumerate(models)}
+    entry = next(e for e in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+                 if str(stage.PLOTS_DIR) in e)
     repo = tmp_path / "repo"
     repo.mkdir()
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([str(DVC), "init", "-q"], cwd=repo, check=True, env=env)
-    for model, rows in report.plot_rows(evals).items():
-        path = repo / stage.PLOTS_DIR / f"{model}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows))
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": [PLOTS_ENTRY]}))
-    out = subprocess.run([str(DVC), "plots", "show", "--json"], cwd=repo, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    plot = json.loads(out)["data"]["eval_per_dataset"][0]
-    values = plot["content"]["data"]["values"]
-    assert {(v["dataset"], v["model"], v["precision_at_1"]) for v in values} == {
-        ("Syn-CIRR", "base", 10.0), ("Syn-ShapeCLS", "base", 30.0),
-        ("Syn-CIRR", "embedder", 11.0), ("Syn-ShapeCLS", "embedder", 31.0)}
-    enc = plot["content"]["encoding"]
-    assert enc["x"]["field"] == "precision_at_1" and enc["y"]["field"] == "dataset"
-    assert enc["column"]["field"] == "filename"  # one panel per model file
+    stage.write_outputs(evals, {m: {} for m in models}, repo)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": [entry]}))
+    out = json.loads(subprocess.run([str(DVC), "plots", "show", "--json"], cwd=repo, env=env, check=True,
+                                    capture_output=True, text=True).stdout)
+    assert not out.get("errors"), out["errors"]
+    plots = {Path(name).stem: p[0] for name, p in out["data"].items()}
+    assert sorted(plots) == sorted(models)
+    for k, m in enumerate(models):
+        values = plots[m]["content"]["data"]["values"]
+        assert {(v["dataset"], v["model"], v["precision_at_1"]) for v in values} == {
+            ("Syn-CIRR", m, 10.0 + k), ("Syn-ShapeCLS", m, 30.0 + k)}
+        enc = plots[m]["content"]["encoding"]
+        assert enc["x"]["field"] == "precision_at_1" and enc["y"]["field"] == "dataset"
 
 
 def report_result(dataset, p):

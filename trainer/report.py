@@ -144,7 +144,7 @@ def _delta(agg: dict, base_agg: dict) -> dict:
 # --- plots --------------------------------------------------------------------------------------------
 def plot_rows(evals: Mapping[str, Sequence[DatasetResult]]) -> dict[str, list[dict]]:
     """{model: [{dataset, model, meta_task, distribution, precision_at_1}]}: one JSON file per model,
-    so that `dvc plots` draws one panel per model with a bar per dataset (grouped by revision)."""
+    so that `dvc plots` draws one plot per model with a bar per dataset (grouped by revision)."""
     return {
         model: [{"dataset": r.dataset, "model": model, "meta_task": r.meta_task,
                  "distribution": r.distribution, "precision_at_1": _r(r.precision_at_1)} for r in results]
