@@ -10,6 +10,8 @@ Reads params `eval`:
     image_max_pixels  images are downscaled (aspect kept) to at most this many pixels
     cache             (optional, default true) reuse embeddings from the on-disk cache
     cache_dir         (optional, default .cache/embeddings) git-ignored, not a DVC output
+    cache_max_gb      (optional, default 20; null = no limit) after the run, older models' cached
+                      vectors are deleted, least recently used first, until the cache fits
     precision         (optional, default fp32) fp32 | bf16 model weights for encoding
 Writes metrics/eval.json, reports/eval.md, reports/leaderboard.json and
 reports/plots/per_dataset/<model>.json (rank 0 only; byte-deterministic for the same embeddings).
@@ -26,7 +28,7 @@ from typing import Any, Callable, Mapping
 from pipelines.mmeb import resolve_subsets
 from stages.common import load_params, setup_logging
 from trainer import distributed, provenance, report
-from trainer.embedding_cache import EmbeddingCache
+from trainer.embedding_cache import EmbeddingCache, prune
 from trainer.evaluation import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
     load_eval_set, score
 
@@ -72,6 +74,9 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
     if not models:
         raise ValueError("params eval.models is empty: nothing to evaluate")
     batch_size = int(params.get("batch_size", 64))
+    max_gb = params.get("cache_max_gb", 20)
+    if max_gb is not None and (isinstance(max_gb, bool) or not isinstance(max_gb, (int, float)) or max_gb < 0):
+        raise ValueError(f"params eval.cache_max_gb must be a number >= 0 or null, got {max_gb!r}")
     max_pixels = params.get("image_max_pixels") or None
     eval_root = root / EVAL_ROOT
     datasets = resolve_subsets(params.get("datasets", "all"), list_datasets(eval_root))
@@ -90,12 +95,14 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
     evals: dict[str, list[DatasetResult]] = {}
     metadata: dict[str, dict] = {}
     settings = cache_settings(max_pixels)  # the same for every model: digests the encoding code once
+    cache_root = root / params.get("cache_dir", ".cache/embeddings")
+    used_caches = []
     for name in models:
         model = load_model(name, root / MODELS_ROOT / name, params)
         cache = None
         if is_main and params.get("cache", True):
-            cache = EmbeddingCache(root / params.get("cache_dir", ".cache/embeddings"), model.fingerprint,
-                                   settings)
+            cache = EmbeddingCache(cache_root, model.fingerprint, settings)
+            used_caches.append(cache.dir)
         metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
         results = []
         started = time.perf_counter()
@@ -117,6 +124,8 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
         del model
     if is_main:
         write_outputs(evals, metadata, root)
+        if used_caches and max_gb is not None:
+            prune(cache_root, int(max_gb * 1e9), keep=used_caches)
     distributed.barrier()
     return evals if is_main else None
 

@@ -1,9 +1,10 @@
 import json
+import os
 
 import numpy as np
 import pytest
 
-from trainer.embedding_cache import INDEX_FILE, EmbeddingCache, settings_digest
+from trainer.embedding_cache import INDEX_FILE, EmbeddingCache, namespaces, prune, settings_digest
 
 
 def _vectors(n, dim=8, seed=0):
@@ -129,3 +130,40 @@ def test_put_rejects_bad_input(tmp_path):
         cache.put(["a", "b"], bad)
     with pytest.raises(ValueError, match="fingerprint"):
         EmbeddingCache(tmp_path, "")
+
+
+def _namespace(root, fingerprint, rows, last_used):
+    cache = EmbeddingCache(root, fingerprint, {"image_max_pixels": 4096})
+    cache.put(_keys(rows, fingerprint), _vectors(rows, dim=64))
+    os.utime(cache.dir, (last_used, last_used))
+    return cache
+
+
+def test_prune_removes_least_recently_used_namespaces_down_to_the_budget(tmp_path):
+    old, middle, new = (_namespace(tmp_path, fp, 50, t) for fp, t in (("old", 1.0e9), ("mid", 1.1e9), ("new", 1.2e9)))
+    size = namespaces(tmp_path)[0].bytes
+    assert [n.path for n in namespaces(tmp_path)] == [old.dir, middle.dir, new.dir]
+    removed = prune(tmp_path, max_bytes=2 * size, keep=[])
+    assert [n.path for n in removed] == [old.dir]
+    assert not (tmp_path / "old").exists()  # the model's folder went with its last namespace
+    assert EmbeddingCache(tmp_path, "mid", {"image_max_pixels": 4096}).lookup(_keys(50, "mid"))  # intact
+    # opening a namespace marks it used: now `new` is the least recently used
+    EmbeddingCache(tmp_path, "mid", {"image_max_pixels": 4096}).lookup(["x"])
+    assert [n.path for n in prune(tmp_path, max_bytes=size)] == [new.dir]
+    assert prune(tmp_path, max_bytes=size) == []
+
+
+def test_prune_keeps_the_namespaces_in_use_and_leaves_foreign_folders(tmp_path, caplog):
+    a = _namespace(tmp_path, "a", 50, 1e9)
+    b = _namespace(tmp_path, "b", 50, 1.1e9)
+    foreign = tmp_path / "a" / "notes"  # not a settings digest: never touched
+    foreign.mkdir()
+    (foreign / "index.json").write_text("{}")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "0123456789abcdef").symlink_to(b.dir, target_is_directory=True)  # a link: skipped
+    removed = prune(tmp_path, max_bytes=0, keep=[a.dir])
+    assert [n.path for n in removed] == [b.dir]
+    assert a.dir.is_dir() and foreign.is_dir() and len(EmbeddingCache(tmp_path, "a", {"image_max_pixels": 4096})) == 50
+    assert "over its" in caplog.text  # the kept namespace alone exceeds the budget: said, not an error
+    with pytest.raises(ValueError, match="max_bytes"):
+        prune(tmp_path, max_bytes=-1)

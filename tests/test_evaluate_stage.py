@@ -18,6 +18,7 @@ from stages import evaluate as stage
 from tests.test_evaluation import (BatchSensitiveEncoder, HashEncoder, OverlapEncoder, build_tiny_eval,
                                    reference_scores, side, write_records)
 from trainer import provenance, report
+from trainer.embedding_cache import namespaces
 from trainer.evaluation import CountingEncoder, ImageLoader, aggregate, load_eval_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +265,24 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
         img = images([it["image"]["sha256"]])[it["image"]["sha256"]] if it["image"] else None
         direct = model.encode([it], [img], batch_size=1)[0]
         np.testing.assert_allclose(cached[es.keys[i]], direct, atol=1e-4)
+
+
+def test_cache_budget_drops_other_models_vectors_and_keeps_this_runs(tmp_path):
+    root = make_root(tmp_path)
+    stage.run(PARAMS, root=root, load_model=Loader())
+    cache_root = root / ".cache" / "embeddings"
+    fingerprints = {n.path.parent.name for n in namespaces(cache_root)}
+    assert len(fingerprints) == 2
+    only_embedder = dict(PARAMS, models=["embedder"], cache_max_gb=0)
+    loader = Loader()
+    stage.run(only_embedder, root=root, load_model=loader)
+    kept = namespaces(cache_root)
+    assert len(kept) == 1 and kept[0].path.parent.name == loader.encoders["embedder"].fingerprint
+    again = Loader()
+    stage.run(only_embedder, root=root, load_model=again)
+    assert again.encoders["embedder"].encoded == 0  # this run's vectors survived the budget of 0
+    stage.run(dict(PARAMS, cache_max_gb=None), root=root, load_model=Loader())  # null: no limit
+    assert len(namespaces(cache_root)) == 2
+    for bad in (-1, "20", True):
+        with pytest.raises(ValueError, match="cache_max_gb"):
+            stage.run(dict(PARAMS, cache_max_gb=bad), root=root, load_model=Loader())

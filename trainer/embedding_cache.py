@@ -17,6 +17,9 @@ Layout (git-ignored, not a DVC output; the root is configurable, default `.cache
   reported missing, so the caller recomputes them. A corrupt index is discarded the same way.
 * Files are written to a temporary name and renamed, so an interrupted run leaves either the old or
   the new state. One writer per namespace at a time (rank 0 of the evaluate stage).
+* Every retrained model or encoding-code change starts a new namespace. `prune(root, max_bytes, keep)`
+  deletes whole namespaces, least recently used first (a namespace's folder time is touched whenever
+  it is opened), until the cache fits `max_bytes`; the namespaces in `keep` (this run's) stay.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from safetensors import SafetensorError
@@ -41,6 +46,7 @@ FORMAT = "vlm2vec-embedding-cache/1"
 INDEX_FILE = "index.json"
 TENSOR = "embeddings"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SETTINGS_NAME = re.compile(r"^[0-9a-f]{16}$")  # settings_digest's output
 
 
 def settings_digest(settings: dict[str, Any] | None) -> str:
@@ -78,6 +84,8 @@ class EmbeddingCache:
             return
         self._parts = {}
         path = self.dir / INDEX_FILE
+        if self.dir.is_dir():
+            os.utime(self.dir)  # last used: what `prune` orders by
         if path.exists():
             try:
                 index = json.loads(path.read_text(encoding="utf-8"))
@@ -207,6 +215,66 @@ class EmbeddingCache:
         self._load_index()
         assert self._parts is not None
         return [self.dir / name for name in sorted(self._parts)]
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """One `<fingerprint>/<settings digest>/` folder of a cache root."""
+
+    path: Path
+    bytes: int
+    last_used: float  # the folder's modification time (touched on every open)
+
+
+def namespaces(root: str | Path) -> list[Namespace]:
+    """The namespaces under `root`, least recently used first. Only folders shaped like a namespace
+    (a settings-digest name holding an index or parts) count; links are never followed."""
+    found = []
+    root = Path(root)
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(root.iterdir()):
+        if model_dir.is_symlink() or not model_dir.is_dir():
+            continue
+        for ns in sorted(model_dir.iterdir()):
+            if ns.is_symlink() or not ns.is_dir() or not _SETTINGS_NAME.match(ns.name):
+                continue
+            files = [f for f in ns.iterdir() if f.is_file() and not f.is_symlink()]
+            if not any(f.name == INDEX_FILE or f.name.startswith("part-") for f in files):
+                continue
+            found.append(Namespace(ns, sum(f.stat().st_size for f in files), ns.stat().st_mtime))
+    return sorted(found, key=lambda n: (n.last_used, str(n.path)))
+
+
+def prune(root: str | Path, max_bytes: int, keep: Iterable[str | Path] = ()) -> list[Namespace]:
+    """Delete whole namespaces, least recently used first, until those left under `root` hold at most
+    `max_bytes`; never one in `keep`. Returns what was deleted (logged). The kept namespaces alone
+    may exceed the budget: that is logged, not an error."""
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+    keep = {Path(k).resolve() for k in keep}
+    present = namespaces(root)
+    total = sum(n.bytes for n in present)
+    removed = []
+    for ns in present:
+        if total <= max_bytes:
+            break
+        if ns.path.resolve() in keep:
+            continue
+        shutil.rmtree(ns.path)
+        total -= ns.bytes
+        removed.append(ns)
+        try:
+            ns.path.parent.rmdir()  # the model's folder, once its last namespace is gone
+        except OSError:
+            pass
+    if removed:
+        log.info("embedding cache %s: removed %d least recently used namespace(s), %.1f MB; %.1f MB left",
+                 root, len(removed), sum(n.bytes for n in removed) / 1e6, total / 1e6)
+    if total > max_bytes:
+        log.warning("embedding cache %s holds %.1f MB in the namespaces in use, over its %.1f MB budget",
+                    root, total / 1e6, max_bytes / 1e6)
+    return removed
 
 
 def _metadata(data: bytes) -> dict[str, str]:
