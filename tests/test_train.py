@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tests.test_data import make_side, write_test_shards
 from trainer import checkpoint as C
 from trainer import provenance
-from trainer.loop import TrainPaths, train, validate_params
+from trainer.loop import TrainPaths, run_summary, train, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,10 @@ def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     for name in ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s"):
         rows = (workspace / f"metrics/train/plots/metrics/{name}.tsv").read_text().splitlines()
         assert [r.split("\t")[0] for r in rows] == ["step"] + [str(s) for s in range(6)], name
-    assert json.loads((workspace / "metrics/train/metrics.json").read_text())["step"] == 5
+    summary_file = json.loads((workspace / "metrics/train/metrics.json").read_text())
+    assert summary_file["step"] == 5
+    assert {k: v for k, v in summary_file.items() if k != "step"} == pytest.approx(
+        run_summary(workspace / "metrics/train"))
     assert [p.name for p in C.list_checkpoints(workspace / "models/checkpoints")] == ["step-000003", "step-000006"]
     assert not (workspace / "dvc.yaml").exists()
 
@@ -512,3 +515,17 @@ def test_fsdp_trains_the_ddp_weights_and_resumes_across_fsdp_and_ddp(workspace_t
     update = torch.cat([(bf16[k] - base[k]).flatten() for k in base])
     reference = torch.cat([(runs["fsdp"][k] - base[k]).flatten() for k in base])
     assert float(torch.nn.functional.cosine_similarity(update, reference, dim=0)) > 0.9  # the same steps, rounded
+
+
+def test_run_summary_is_stable_aggregates_of_the_whole_history(tmp_path):
+    """metrics.json for `dvc metrics diff`: loss and grad norm averaged over the last tenth of the
+    steps, throughput the median step (a slow checkpoint step does not move it), the last learning rate."""
+    plots = tmp_path / "plots" / "metrics"
+    plots.mkdir(parents=True)
+    values = {"loss": [5.0] * 18 + [1.0, 3.0], "grad_norm": [9.0] * 18 + [0.5, 1.5],
+              "pairs_per_s": [100.0] * 19 + [1.0], "learning_rate": [0.1 * (20 - i) for i in range(20)]}
+    for name, column in values.items():
+        rows = ["step\t" + name] + [f"{i}\t{v}" for i, v in enumerate(column)]
+        (plots / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    assert run_summary(tmp_path) == pytest.approx(
+        {"loss": 2.0, "grad_norm": 1.0, "pairs_per_s": 100.0, "learning_rate": 0.1})

@@ -32,12 +32,14 @@ images_per_s per step).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
 import os
 import random
 import shutil
+import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -207,6 +209,30 @@ def _trim_metrics(metrics_dir: Path, start_step: int) -> None:
         col = header.index("step")
         kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) < start_step]
         tsv.write_text("".join(kept), encoding="utf-8")
+
+
+def run_summary(metrics_dir: Path) -> dict[str, float]:
+    """`metrics.json`'s values for `dvc metrics diff` / `dvc exp show`, from the whole history in
+    dvclive's tsv files (a resumed run's earlier steps included), instead of the last step's: loss and
+    grad norm are means over the last tenth of the steps (one batch's loss is noise), pairs/s and
+    images/s medians over all steps (a checkpoint save slows the step after it), learning rate the
+    last. Only metrics present are summarised."""
+    series = {}
+    for tsv in sorted((metrics_dir / "plots" / "metrics").glob("*.tsv")):
+        with tsv.open(encoding="utf-8", newline="") as f:
+            series[tsv.stem] = [float(row[tsv.stem]) for row in csv.DictReader(f, delimiter="\t")]
+    out = {}
+    for name, values in series.items():
+        if not values:
+            continue
+        tail = values[-max(1, math.ceil(len(values) / 10)):]
+        if name in ("loss", "grad_norm"):
+            out[name] = sum(tail) / len(tail)
+        elif name.endswith("_per_s"):
+            out[name] = statistics.median(values)
+        else:
+            out[name] = values[-1]
+    return out
 
 
 def open_live(metrics_dir: Path, start_step: int):
@@ -391,6 +417,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             if done % save_every == 0 or done == steps:
                 _save(paths.checkpoints, done, embedder, optimizer, scheduler, fp, position, last_loss, rank,
                       sharded=use_fsdp)
+        if live is not None:
+            live.summary.update(run_summary(paths.metrics))
     finally:
         bar.close()
         if ids_log is not None:
