@@ -49,7 +49,15 @@ inputs), that GradCache gives the same loss, and that batched vision attention g
 output. A failed check is recorded in the JSON and printed; the run still times everything.
 
 `--profile` (with `--compile`) writes `profile_C_fast.txt` next to the JSON: torch.profiler's operators of
-three C+fast steps by device time, headed by the share of the wall time the device was busy.
+three C+fast steps by device time, headed by the share of the wall time the device was busy (the
+leading 30 operators also go into the JSON's meta). Under the profiler the host is slower, so compare
+its device time with the unprofiled step time, not with its own wall time.
+
+`--paired ROUNDS` (with `--compile`) times B, C+fast and C+fast+pos one step each in turn on one
+batch, the order reversed every round, and reports each against B in the same round (rows
+`<case>:paired`): the ratio the goal asks for, measured under the same conditions, where separate
+cases minutes apart can differ by the card's state. Every row also records the card's clocks, power,
+temperature and throttle reasons (`nvidia-smi`) right after it ran.
 
 Results: a table (pairs/s or queries/s, step s, peak GiB, ratio vs A and vs B at the same batch;
 D against A and B at the chunk's batch) printed last, and JSON written to $OUT/gpu_bench.json when
@@ -75,6 +83,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -412,6 +421,7 @@ class Bench:
             before_step()
         if self.cuda:
             row["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / GIB, 2)
+        row["gpu_state"] = gpu_state(self.device)
         if error is None:
             med = statistics.median(times)
             row.update(status="ok", step_s=round(med, 4), steps_s=[round(t, 4) for t in times],
@@ -448,6 +458,10 @@ def ratios(rows: list[dict]) -> list[dict]:
     out = []
     for r in ok:
         if r["case"].endswith(":warmup"):
+            continue
+        if r["case"].endswith(":paired"):  # against B in the same rounds (paired_case)
+            if "paired_ratio" in r:
+                out.append(dict(case=r["case"], batch=r["batch"], vs=f"B:paired@{r['batch']}", ratio=r["paired_ratio"]))
             continue
         if r["case"].startswith("E"):
             ref = "E:plain" if r["case"].startswith("E:ours") else "E:vision" if r["case"] == "E:vision+bva" else None
@@ -629,6 +643,102 @@ def positions_case(bench: Bench, model, label: str, case: str, embed, sizes: Siz
     bench.free()
 
 
+def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device, dtype, mm: bool,
+                temperature: float, rounds: int) -> None:
+    """The goal's ratio measured under the same conditions: B (the plain step, eager, per-image vision
+    attention), C+fast and C+fast+pos (with the Collator's positions: the trainer's step) timed one
+    step each in turn, `rounds` rounds after `sizes.warmup` untimed ones, the order reversed every
+    round so that a drift of the card's or the host's speed falls on all alike. Between steps the
+    compiled blocks are switched off and on (`compiled`: block -> its compiled call, nothing is
+    recompiled) and batched vision attention with them. Rows `<case>:paired` hold each variant's
+    step times; a variant's `paired_ratio` is the median over rounds of B's step time over its own in
+    the same round (with the spread), next to the ratio of the medians."""
+    batch = sizes.batches[0]
+    queries, targets = pair_batch(batch, sizes, device, dtype, mm)
+    positioned = with_positions(queries, sizes) if mm else None
+
+    def eager() -> None:
+        for block in compiled:
+            block._compiled_call_impl = None
+        unbatch_vision_attention(model)
+
+    def fast() -> None:
+        for block, impl in compiled.items():
+            block._compiled_call_impl = impl
+        batch_vision_attention(model)
+
+    plain = partial(plain_embed, model)
+    variants = {"B": (eager, lambda: contrastive_step(plain, queries, targets, temperature)),
+                "C+fast": (fast, lambda: contrastive_step(embed, queries, targets, temperature))}
+    if positioned is not None:
+        variants["C+fast+pos"] = (fast, lambda: contrastive_step(embed, positioned, targets, temperature))
+    label = "paired rounds, one step of each in turn (order reversed every round)"
+    if bench.over_budget():
+        for name in variants:
+            bench._add(dict(case=f"{name}:paired", label=label, batch=batch, unit="pairs/s",
+                            status="skipped (time budget)"))
+        return
+    log.info("paired rounds at batch %d: %s, %d warm-up + %d rounds", batch, ", ".join(variants), sizes.warmup,
+             rounds)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    error = None
+    try:
+        for r in range(sizes.warmup + rounds):
+            for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+                setup, step = variants[name]
+                setup()
+                model.zero_grad(set_to_none=True)
+                bench.sync()
+                t0 = time.perf_counter()
+                step()
+                bench.sync()
+                if r >= sizes.warmup:
+                    times[name].append(time.perf_counter() - t0)
+            if r >= sizes.warmup:
+                log.info("  round %d: %s", r - sizes.warmup + 1,
+                         ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))
+    except Exception as exc:  # noqa: BLE001 - reported in the rows; the run goes on
+        error = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        log.exception("paired rounds failed")
+    finally:
+        fast()  # the state the caller's fast_path expects to undo
+        model.zero_grad(set_to_none=True)
+    state = gpu_state(device)
+    for name, ts in times.items():
+        row = dict(case=f"{name}:paired", label=label, batch=batch, unit="pairs/s", status=error or "ok",
+                   gpu_state=state)
+        if error is None:
+            med = statistics.median(ts)
+            row.update(step_s=round(med, 4), steps_s=[round(t, 4) for t in ts], throughput=round(batch / med, 2))
+            if name != "B":
+                per_round = [b / t for b, t in zip(times["B"], ts)]
+                row.update(paired_ratio=round(statistics.median(per_round), 3),
+                           paired_ratio_range=[round(min(per_round), 3), round(max(per_round), 3)],
+                           ratio_of_medians=round(statistics.median(times["B"]) / med, 3))
+                log.info("  %s: %.2fx B (median of %d rounds, range %.2f-%.2f)", name, row["paired_ratio"],
+                         len(per_round), *row["paired_ratio_range"])
+        bench._add(row)
+    del queries, targets, positioned
+    bench.free()
+
+
+def gpu_state(device) -> dict | None:
+    """The card's clocks, power and temperature as `nvidia-smi` reports them now (None off CUDA or
+    without nvidia-smi): run-to-run differences of a card's speed show up here, not in the code."""
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    fields = ("clocks.sm", "clocks.max.sm", "clocks.mem", "power.draw", "temperature.gpu",
+              "clocks_event_reasons.active", "utilization.gpu")
+    try:
+        index = torch.device(device).index or 0
+        out = subprocess.run(["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(fields)}",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+        values = [v.strip() for v in out.stdout.strip().split(",")]
+        return dict(zip(fields, values)) if out.returncode == 0 and len(values) == len(fields) else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
 def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dtype, mm: bool, temperature: float,
                  context=contextlib.nullcontext, steps: int = 3) -> Path | None:
     """torch.profiler over `steps` training steps at the first batch (after one untimed step): the
@@ -669,6 +779,15 @@ def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dt
         # "+" is not in the file names the device machine hands back
         path = bench.out_path.with_name(f"profile_{name.replace('+', '_')}.txt")
         path.write_text(head + "\n\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n")
+        # the leading operators also go into the JSON, which is what gets kept in benchmarks/results/
+        key = (lambda e: device_us(e)) if cuda else (lambda e: float(e.self_cpu_time_total))
+        top = sorted(events, key=key, reverse=True)[:30]
+        bench.meta[f"profile_{name}"] = dict(
+            head=head, ms_per_step_wall=round(wall / steps * 1000, 2),
+            ms_per_step_device=round(busy / steps * 1000, 2) if cuda else None,
+            top=[dict(op=e.key[:100], calls_per_step=round(e.count / steps, 1),
+                      ms_per_step=round(key(e) / steps / 1000, 3)) for e in top])
+        bench.write()
     except Exception:  # noqa: BLE001 - a profiler API difference must not cost the run's timings
         log.exception("profile %s: could not write the table", name)
         return None
@@ -790,22 +909,23 @@ class _Captured(Exception):
 def table(rows: list[dict], rats: list[dict]) -> str:
     by = {(r["case"], r["batch"], r["vs"][0]): r["ratio"] for r in rats}
     enc = {(r["case"], r["batch"]): r["ratio"] for r in rats if r["vs"].startswith("E:")}
-    lines = [f"{'case':<14} {'batch':>5} {'throughput':>18} {'step s':>8} {'peak GiB':>9} {'vs A':>6} {'vs B':>6}"
+    lines = [f"{'case':<18} {'batch':>5} {'throughput':>18} {'step s':>8} {'peak GiB':>9} {'vs A':>6} {'vs B':>6}"
              f"  label / status"]
     for r in rows:
         if r["case"].endswith(":warmup"):  # GradCache's compile/warm-up passes, not results
             continue
         if r["status"] != "ok":
-            lines.append(f"{r['case']:<14} {r['batch']:>5} {'-':>18} {'-':>8} {r.get('peak_gib', '-'):>9} "
+            lines.append(f"{r['case']:<18} {r['batch']:>5} {'-':>18} {'-':>8} {r.get('peak_gib', '-'):>9} "
                          f"{'-':>6} {'-':>6}  {r['status']}")
             continue
         va = by.get((r["case"], r["batch"], "A"), "")
         vb = by.get((r["case"], r["batch"], "B"), enc.get((r["case"], r["batch"]), ""))
         thr = f"{r['throughput']:.2f} {r['unit']}"
-        lines.append(f"{r['case']:<14} {r['batch']:>5} {thr:>18} {r['step_s']:>8.3f} {r.get('peak_gib', '-'):>9} "
+        lines.append(f"{r['case']:<18} {r['batch']:>5} {thr:>18} {r['step_s']:>8.3f} {r.get('peak_gib', '-'):>9} "
                      f"{va!s:>6} {vb!s:>6}  {r['label']}")
     lines.append("(E rows: the 'vs B' column is the ratio to E:plain, or to E:vision for E:vision+bva; "
-                 "D is compared with A and B at its chunk size)")
+                 "D is compared with A and B at its chunk size; :paired rows with B:paired, the median of "
+                 "the per-round ratios)")
     return "\n".join(lines)
 
 
@@ -828,6 +948,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--temperature", type=float, default=0.02)
     p.add_argument("--ckpt", action="store_true", help="also time C with gradient checkpointing")
+    p.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                   help="with --compile: B, C+fast and C+fast+pos one step each in turn for ROUNDS rounds "
+                        "(the goal's ratio under the same conditions; rows <case>:paired)")
     p.add_argument("--compile", action="store_true", help="also time C with torch.compile'd language model")
     p.add_argument("--no-bva", action="store_true", help="skip the batched-vision-attention variant of C")
     p.add_argument("--profile", action="store_true",
@@ -1017,6 +1140,10 @@ def main(argv=None) -> int:
                         bench._add(dict(case="C+fast+pos", label=label, batch=sizes.batches[0], unit="pairs/s",
                                         status=f"error: {type(exc).__name__}: {exc}"[:300]))
                         bench.free()
+                if args.paired > 0:
+                    compiled = {m: m._compiled_call_impl for m in model.modules()
+                                if getattr(m, "_compiled_call_impl", None) is not None}
+                    paired_case(bench, model, emb, compiled, rounds=args.paired, **common)
                 if args.profile:
                     profile_step(bench, model, "C+fast", emb, **common)
             if "D" in args.cases:

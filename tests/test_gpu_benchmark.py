@@ -85,7 +85,7 @@ def test_compare_flags_divergence_nan_and_shape(gpu):
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt", "--compile",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt", "--compile", "--paired", "3",
                                                  "--gc-feat-chunks", "4,8", "--profile"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -112,3 +112,17 @@ def test_tiny_run_end_to_end(tmp_path):
     assert ":warmup" not in proc.stdout  # warm-up passes are not results
     profile = (tmp_path / "profile_C_fast.txt").read_text()
     assert profile.startswith("profile C+fast: batch 4, 3 steps") and "Self CPU" in profile
+    kept = data["meta"]["profile_C+fast"]  # the leading operators are kept in the JSON too
+    assert kept["head"] == profile.splitlines()[0] and 1 <= len(kept["top"]) <= 30
+    assert all(t["ms_per_step"] >= 0 and t["calls_per_step"] > 0 for t in kept["top"])
+    # paired rounds: B, C+fast and C+fast+pos one step each per round, ratios per round against B
+    paired = {c: rows[f"{c}:paired"] for c in ("B", "C+fast", "C+fast+pos")}
+    assert all(r["status"] == "ok" and len(r["steps_s"]) == 3 for r in paired.values()), paired
+    for case in ("C+fast", "C+fast+pos"):
+        r = paired[case]
+        low, high = r["paired_ratio_range"]
+        assert low <= r["paired_ratio"] <= high
+        per_round = sorted(b / t for b, t in zip(paired["B"]["steps_s"], r["steps_s"]))
+        assert r["paired_ratio"] == pytest.approx(per_round[1], rel=0.02)  # the median of 3 rounds
+        assert (case + ":paired", f"B:paired@4") in vs
+    assert all("gpu_state" in r for r in data["rows"] if not r["case"].endswith(":warmup") and r["status"] == "ok")
