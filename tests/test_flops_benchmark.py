@@ -1,0 +1,44 @@
+"""benchmarks/flops.py: the per-pair FLOPs solved from shallow models are the deep model's count."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def flops():
+    spec = importlib.util.spec_from_file_location("flops_under_test", REPO / "benchmarks" / "flops.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_solved_terms_give_the_direct_count_of_a_deeper_model(flops):
+    g = flops._gpu_bench()
+    sizes = g.TINY
+    counts = flops.per_pair(sizes)
+    layers, blocks = 3, 4  # not among the shallow models the terms were solved from
+    direct = flops.step_flops(sizes, layers, blocks)
+    for case in ("B", "C"):
+        c = counts[case]
+        per_layer = c["language_model"] / sizes.text["num_hidden_layers"]
+        per_block = c["vision"] / sizes.vision["depth"]
+        assert c["rest"] + layers * per_layer + blocks * per_block == pytest.approx(direct[case] / 2, rel=1e-12)
+        assert c["total"] == pytest.approx(c["rest"] + c["language_model"] + c["vision"])
+        assert per_layer > 0 and per_block > 0
+    # B differs from C by the LM head's logits at every position of queries and targets (forward only:
+    # the loss reads one hidden state per row, nothing flows back through the logits)
+    tokens = sizes.image_tokens + sizes.query_text + sizes.target_text
+    head = 2 * tokens * sizes.text["hidden_size"] * sizes.text["vocab_size"]
+    assert counts["B"]["total"] - counts["C"]["total"] == pytest.approx(head, rel=1e-9)
+    assert counts["B"]["language_model"] == counts["C"]["language_model"]
