@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.scripts import script_module
 
 
 @pytest.fixture(scope="module")
 def flops():
-    spec = importlib.util.spec_from_file_location("flops_under_test", REPO / "benchmarks" / "flops.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with script_module("benchmarks/flops.py", "flops_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_solved_terms_give_the_direct_count_of_a_deeper_model(flops):

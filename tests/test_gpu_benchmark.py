@@ -4,7 +4,6 @@ blocks themselves are tested in test_acceleration.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,20 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.scripts import script_module
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu.py"
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    spec = importlib.util.spec_from_file_location("gpu_bench_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    try:
-        spec.loader.exec_module(module)
+    with script_module("benchmarks/gpu.py", "gpu_bench_under_test") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_full_size_inputs_match_the_requirement(gpu):
