@@ -15,7 +15,8 @@ How the instruction is found (MMEB_SPEC.md §1.1, §2.3, §3):
   1. known instructions of MMEB (`KNOWN_INSTRUCTIONS`), matched right after leading image tokens and
      whitespace; a "prefix" instruction (ending in ": ", ". " or " ") is followed by content, a
      "whole" instruction (e.g. "Represent the given image for classification") must be all there is;
-     the longest match wins;
+     the longest match wins; then the diverse_instruction phrasings that no ": " separates from their
+     content (`DIVERSE_PREFIXES`), matched after leading whitespace, image token included;
   2. fallback for sides that carry an instruction (queries; targets holding an image token): the
      instruction runs up to and including the first ": " when content follows it, else the whole
      string (minus surrounding whitespace) is the instruction;
@@ -75,6 +76,35 @@ KNOWN_INSTRUCTIONS: tuple[str, ...] = (
     "Represent the given cropped image of the object",
 )
 _KNOWN_LONGEST_FIRST = tuple(sorted(set(KNOWN_INSTRUCTIONS), key=lambda s: (-len(s), s)))
+
+# MMEB-train's `diverse_instruction` split swaps each query's instruction for one of ten phrasings
+# per subset (MMEB_SPEC.md §3), often with the image token mid-sentence. Phrasings ending in ": " are
+# found by the ": " fallback; these are the ones the content follows directly (MSCOCO grounding,
+# "... labeled as <label>"; VisualNews_t2i, "... news caption.<caption>"), matched as they stand.
+MSCOCO_DIVERSE: tuple[str, ...] = (  # the MSCOCO (grounding) phrasings but the original's
+    "Select the portion of <|image_1|> that isolates the object labeled as ",
+    "From <|image_1|>, isolate the portion containing the labeled object ",
+    "In <|image_1|>, identify the area isolating the object labeled as ",
+    "Locate the portion of <|image_1|> that isolates the object labeled as ",
+    "In <|image_1|>, select the part isolating the object labeled as ",
+    "Highlight the region in <|image_1|> that isolates the object labeled as ",
+    "Focus on the section of <|image_1|> isolating the object labeled as ",
+    "Identify and select the part of <|image_1|> isolating the object labeled as ",
+    "From <|image_1|>, pinpoint the portion isolating the object labeled as ",
+)
+VISUALNEWS_T2I_DIVERSE: tuple[str, ...] = (  # VisualNews_t2i's, likewise
+    "Find an image that corresponds to this news caption.",
+    "Retrieve a picture that matches the given news caption.",
+    "Locate an image associated with this news caption.",
+    "Search for a picture that reflects this news caption.",
+    "Identify an image related to the provided news caption.",
+    "Find a visual representation of this news caption.",
+    "Retrieve a photograph that aligns with this news caption.",
+    "Search for an image illustrating the given news caption.",
+    "Locate a photo that corresponds to this news caption.",
+)
+DIVERSE_PREFIXES = MSCOCO_DIVERSE + VISUALNEWS_T2I_DIVERSE
+_DIVERSE_LONGEST_FIRST = tuple(sorted(set(DIVERSE_PREFIXES), key=lambda s: (-len(s), s)))
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{instruction\}|\{text\}|\{|\}")
 
@@ -147,6 +177,14 @@ def _match_known(raw: str, start: int) -> int | None:
     return None
 
 
+def _match_diverse(raw: str, start: int) -> int | None:
+    """End of the longest `DIVERSE_PREFIXES` phrasing at `start` with content after it, or None."""
+    for phrasing in _DIVERSE_LONGEST_FIRST:
+        if raw.startswith(phrasing, start) and not _is_blank(raw[start + len(phrasing):]):
+            return start + len(phrasing)
+    return None
+
+
 def _strip_span(raw: str, start: int, end: int, keep_trailing: bool) -> tuple[int, int]:
     while start < end and raw[start].isspace():
         start += 1
@@ -195,6 +233,10 @@ def split_side(raw: str, role: str) -> Split:
         ins = (txt[0], txt[0])
     else:
         end = _match_known(raw, lead)
+        if end is None:  # a diverse phrasing may start with text and hold the image token
+            start = len(raw) - len(raw.lstrip())
+            end = _match_diverse(raw, start)
+            lead = start if end is not None else lead
         if end is not None:
             method = "known"
         else:

@@ -232,6 +232,7 @@ def run(data: dict, synthetic: dict, *, out: Path = RAW, hub_cache: Path = HUB_C
     if split not in mmeb.TRAIN_SPLITS:
         raise ValueError(f"data.train_split must be one of {mmeb.TRAIN_SPLITS}, got {split!r}")
     data = {**data, "train_split": split}
+    check_local_dir(data.get("local_dir"))
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -262,6 +263,16 @@ def run(data: dict, synthetic: dict, *, out: Path = RAW, hub_cache: Path = HUB_C
     total = sum(f["size"] for f in manifest["files"])
     log.info("wrote %s: %d files, %.1f MB", out, len(manifest["files"]), total / 1e6)
     return manifest
+
+
+def check_local_dir(local_dir) -> None:
+    """`data.local_dir` is a dvc dep of this stage (dvc.yaml) whatever the source, so dvc needs an
+    existing path it can read as written: not empty, and no `~` (dvc does not expand it)."""
+    if not isinstance(local_dir, str) or not local_dir.strip():
+        raise ValueError(f"data.local_dir must name a folder (default data/local), got {local_dir!r}: "
+                         "it is a dvc dep of the download stage for every data.source")
+    if local_dir.startswith("~"):
+        raise ValueError(f"data.local_dir {local_dir!r}: dvc does not expand '~'; give the full path")
 
 
 def _swap_into_place(build: Path, out: Path) -> None:

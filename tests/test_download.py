@@ -29,7 +29,7 @@ SYN = {"seed": 0, "train_rows": 6, "eval_rows": 4, "eval_candidates": 4, "image_
 def data_params(**kw) -> dict:
     base = {
         "source": "synthetic",
-        "local_dir": "",
+        "local_dir": "data/local",
         "train_repo": TRAIN_REPO,
         "eval_repo": EVAL_REPO,
         "revision": "main",
@@ -201,16 +201,72 @@ def test_local_source_missing_pieces_are_named(tmp_path, local_mmeb):
     shutil.rmtree(local_mmeb / "MMEB-eval")
     with pytest.raises(LayoutError, match=r"missing \['MMEB-eval'\]"):
         run(data_params(source="local", local_dir=str(local_mmeb)), SYN, out=raw)
-    with pytest.raises(LayoutError, match="data.local_dir is empty"):
-        run(data_params(source="local"), SYN, out=raw)
+    with pytest.raises(LayoutError, match=r"data.local_dir data/local: missing"):
+        run(data_params(source="local"), SYN, out=raw)  # the default folder holds only its README
     assert check_manifest(raw)["repos"]["MMEB-train"]["subsets"] == ["Alpha", "Gamma"]  # still the good run
     assert no_work_dirs(tmp_path)
 
 
+def test_local_source_refuses_links_that_dvc_would_not_follow(tmp_path, local_mmeb):
+    """dvc tracks data.local_dir as the download stage's dep but not what links inside it point to:
+    a linked repo or file would go stale without a rerun. The folder itself may be a link."""
+    raw = tmp_path / "raw"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (local_mmeb / "MMEB-eval").rename(elsewhere / "MMEB-eval")
+    (local_mmeb / "MMEB-eval").symlink_to(elsewhere / "MMEB-eval", target_is_directory=True)
+    with pytest.raises(LayoutError, match=r"\['MMEB-eval'\] are symbolic links"):
+        run(data_params(source="local", local_dir=str(local_mmeb)), SYN, out=raw)
+    (local_mmeb / "MMEB-eval").unlink()
+    (elsewhere / "MMEB-eval").rename(local_mmeb / "MMEB-eval")
+    zip_path = local_mmeb / "MMEB-train/images_zip/Beta.zip"
+    zip_path.rename(elsewhere / "Beta.zip")
+    zip_path.symlink_to(elsewhere / "Beta.zip")
+    with pytest.raises(LayoutError, match=r"\['MMEB-train/images_zip/Beta.zip'\] are symbolic links"):
+        run(data_params(source="local", local_dir=str(local_mmeb)), SYN, out=raw)
+    run(data_params(source="local", local_dir=str(local_mmeb), train_subsets=["Alpha"]), SYN, out=raw)  # not selected
+    linked_root = tmp_path / "link-to-mmeb"
+    linked_root.symlink_to(local_mmeb, target_is_directory=True)
+    run(data_params(source="local", local_dir=str(linked_root), train_subsets=["Alpha"]), SYN, out=raw)
+    assert check_manifest(raw)["repos"]["MMEB-train"]["subsets"] == ["Alpha"]
+
+
+@pytest.mark.parametrize("local_dir,message", [("", "must name a folder"), (None, "must name a folder"),
+                                               ("~/mmeb", "does not expand")])
+def test_local_dir_must_be_a_path_dvc_can_read_for_every_source(tmp_path, local_dir, message):
+    with pytest.raises(ValueError, match=message):
+        run(data_params(local_dir=local_dir), SYN, out=tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_extra_configs_normalize_does_not_know_are_refused_before_any_download(tmp_path, local_mmeb):
+    """MMEB-eval's extra CIFAR-100 config is not one of the 36 datasets: normalize could not place
+    it, so download refuses it up front instead of fetching it first."""
+    with pytest.raises(LayoutError, match=r"\['CIFAR-100'\] are configs of MMEB-eval but not among"):
+        run(data_params(source="local", local_dir=str(local_mmeb), eval_subsets=["Alpha", "CIFAR-100"]), SYN,
+            out=tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
 def test_local_source_rejects_a_broken_zip(tmp_path, local_mmeb):
     (local_mmeb / "MMEB-eval/images.zip").write_bytes(b"not a zip")
-    with pytest.raises(LayoutError, match=r"not readable zip archives: \['images\.zip'\]"):
+    with pytest.raises(LayoutError, match=r"not readable zip or parquet files: \['images\.zip'\]"):
         run(data_params(source="local", local_dir=str(local_mmeb)), SYN, out=tmp_path / "raw")
+
+
+def test_local_source_names_git_lfs_pointers_and_broken_parquet(tmp_path, local_mmeb):
+    """A repo cloned without git-lfs holds small text pointers instead of parquet and zips: named
+    as such by download, not left to fail in normalize as 'Parquet magic bytes not found'."""
+    shard = local_mmeb / "MMEB-eval/Alpha/test-00000-of-00001.parquet"
+    good = shard.read_bytes()
+    shard.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1234\n")
+    with pytest.raises(LayoutError, match=r"git-lfs pointer files instead of data: \['Alpha/test-00000"):
+        run(data_params(source="local", local_dir=str(local_mmeb)), SYN, out=tmp_path / "raw")
+    shard.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(LayoutError, match=r"not readable zip or parquet files: \['Alpha/test-00000"):
+        run(data_params(source="local", local_dir=str(local_mmeb)), SYN, out=tmp_path / "raw")
+    shard.write_bytes(good)
+    run(data_params(source="local", local_dir=str(local_mmeb)), SYN, out=tmp_path / "raw")
 
 
 # --- hub, through the real client ----------------------------------------------------------------

@@ -68,7 +68,8 @@ def test_resolve_selection():
     avail = ["A-OKVQA", "CIFAR-100", "CIRR"]
     assert hub.resolve_selection("all", avail, hub.EVAL) == ["A-OKVQA", "CIRR"]  # extra config left out
     assert hub.resolve_selection("all", avail, hub.TRAIN) == avail
-    assert hub.resolve_selection(["CIFAR-100"], avail, hub.EVAL) == ["CIFAR-100"]  # asked for by name
+    with pytest.raises(hub.LayoutError, match="not among MMEB's 36 datasets"):  # not even by name
+        hub.resolve_selection(["CIFAR-100"], avail, hub.EVAL)
     assert hub.resolve_selection("CIRR", avail, hub.EVAL) == ["CIRR"]
     with pytest.raises(hub.LayoutError, match=r"unknown eval subsets \['OKVQA'\].*available"):
         hub.resolve_selection(["CIRR", "OKVQA"], avail, hub.EVAL)

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from pipelines.prompts import KNOWN_INSTRUCTIONS, compose, make_template, split_side
+from pipelines.prompts import DIVERSE_PREFIXES, KNOWN_INSTRUCTIONS, compose, make_template, split_side
 from pipelines.schema import IMAGE_TOKEN
 from tests.fixtures_mmeb import EVAL_ROWS, TRAIN_ROWS, VISDIAL_QRY, WEBQA_QRY, WEBQA_TGT
 
@@ -108,6 +108,18 @@ def test_diverse_phrasings_with_the_token_mid_sentence_are_narrowed_exactly():
     assert s.text == "Danai Gurira and André Holland in a theater."
     # dropping the instruction (the no-instruction ablation) keeps the image token
     assert IMAGE_TOKEN in compose(s.template, "", s.text)
+
+
+@pytest.mark.parametrize("phrasing", DIVERSE_PREFIXES)
+def test_diverse_phrasings_without_a_colon_keep_their_content_as_text(phrasing):
+    """MSCOCO's and VisualNews_t2i's diverse phrasings run straight into the label or caption; the
+    content must stay the text (the no-instruction ablation would otherwise lose it)."""
+    content = '"hot dog"' if IMAGE_TOKEN in phrasing else "Ukrainian President Petro Poroshenko speaks in Kiev."
+    s = check_invariants(phrasing + content + "\n", "query")
+    assert s.text == content and s.method.startswith("known")
+    assert content in compose(s.template, "", s.text)
+    whole = check_invariants(phrasing.strip(), "query")  # nothing after it: an instruction-only query
+    assert whole.text == "" and whole.instruction
 
 
 def test_stray_token_only_and_empty_sides():

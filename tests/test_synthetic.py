@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from pipelines import mmeb
+from pipelines.prompts import split_side
 from pipelines.schema import EVAL_COLUMNS, IMAGE_TOKEN, TRAIN_COLUMNS
 from pipelines.sources import synthetic as syn
 
@@ -191,6 +192,8 @@ def test_diverse_instruction_changes_only_the_query_instruction(out):
             else:  # same content after the instruction, which is one of the 10 phrasings
                 content = q[len(phrasings[0]) :]
                 assert any(d == p + content for p in phrasings), (q, d)
+                # ... and normalize recovers the same query text from either split
+                assert split_side(d, "query").text == split_side(q, "query").text != "", (q, d)
         assert changed > SMALL["train_rows"] // 2, name
 
 

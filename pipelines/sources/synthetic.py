@@ -56,6 +56,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from pipelines.mmeb import EVAL_SPLIT, SYNTHETIC, SYNTHETIC_EVAL, SYNTHETIC_TRAIN, resolve_subsets
+from pipelines.prompts import MSCOCO_DIVERSE
 from pipelines.schema import EVAL_COLUMNS, IMAGE_TOKEN, TRAIN_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -231,15 +232,7 @@ DIVERSE_PHRASINGS: dict[str, list[str]] = {
     ],
     "Syn-Grounding": [  # MSCOCO (visual grounding)
         "<|image_1|> Select the portion of the image that isolates the object labeled as ",
-        "Select the portion of <|image_1|> that isolates the object labeled as ",
-        "From <|image_1|>, isolate the portion containing the labeled object ",
-        "In <|image_1|>, identify the area isolating the object labeled as ",
-        "Locate the portion of <|image_1|> that isolates the object labeled as ",
-        "In <|image_1|>, select the part isolating the object labeled as ",
-        "Highlight the region in <|image_1|> that isolates the object labeled as ",
-        "Focus on the section of <|image_1|> isolating the object labeled as ",
-        "Identify and select the part of <|image_1|> isolating the object labeled as ",
-        "From <|image_1|>, pinpoint the portion isolating the object labeled as ",
+        *MSCOCO_DIVERSE,
     ],
 }
 # subsets whose query is only an instruction: diverse_instruction replaces the whole qry
