@@ -333,6 +333,18 @@ def test_hard_negatives_and_gradcache_chunks(tmp_path):
     assert b["images"] == 6 + 2 + 2 + 2 + 2 + 4  # targets + image negatives (padding targets included)
 
 
+def test_hard_negatives_with_a_single_pair_per_rank(tmp_path):
+    """One pair per rank (global batch = world size, e.g. a 7B model under FSDP) and a record without
+    negatives: the slot is padded with the pair's own target, masked out, instead of failing."""
+    shards = write_test_shards(tmp_path, {"A": 3}, per_shard=3, make_record=_record_with_negatives)
+    batches = take(stream(shards, batch=1, slots=1, shuffle_buffer=0, hard_negatives=2), 3)
+    h = lambda t: int(hashlib.md5(t.encode()).hexdigest()[:8], 16)  # noqa: E731
+    first = batches[0]  # record 0 has no negatives
+    assert torch.cat([c["text_hash"] for c in first["negatives"]]).tolist() == [h("t0"), h("t0")]
+    assert first["negative_mask"].tolist() == [[False, False]]
+    assert batches[1]["negative_mask"].tolist() == [[True, False]]  # one real negative, repeated
+
+
 def test_large_jpeg_is_decoded_at_reduced_scale_close_to_full_decode():
     from trainer.inputs import resize_to_max_pixels
 

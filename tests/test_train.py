@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from safetensors.torch import load_file
 from tests.test_data import make_side, write_test_shards
 from trainer import checkpoint as C
 from trainer import provenance
-from trainer.loop import TrainPaths, run_summary, train, validate_params
+from trainer.loop import TrainPaths, dvc_lock_hashes, run_summary, train, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,6 +118,27 @@ def test_validate_params():
         validate_params({**BASE_PARAMS, "lora_dtype": "bf16"})
 
 
+@pytest.mark.parametrize("override,message", [
+    ({"image_max_pixels": 0}, "image_max_pixels an integer > 0 or null"),  # crashed inside PIL mid-batch
+    ({"image_max_pixels": -5}, "image_max_pixels"),  # quarantined every sample, then blamed the shards
+    ({"instructions": "false"}, "instructions is true or false"),  # bool("false") is True: no ablation
+    ({"dora": "no"}, "dora is true or false"),
+    ({"steps": 2.7}, "steps an integer"), ({"batch_size": True}, "batch_size an integer"),
+    ({"learning_rate": "fast"}, "learning_rate > 0"), ({"max_text_tokens": 0}, "max_text_tokens"),
+    ({"batch_size": 1}, "batch_size >= 2 or hard_negatives > 0"),  # loss log(1) = 0: trains nothing
+])
+def test_params_that_would_fail_later_or_silently_are_refused(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate_params({**BASE_PARAMS, **override})
+
+
+def test_params_as_dvc_exp_writes_them_are_accepted():
+    # `-S train.learning_rate=1e-3` puts 1e-3 into params.yaml, which PyYAML reads as a string
+    p = validate_params({**BASE_PARAMS, "learning_rate": "1e-3", "image_max_pixels": None,
+                         "batch_size": 1, "hard_negatives": 1})
+    assert float(p["learning_rate"]) == 0.001
+
+
 @pytest.mark.parametrize("precision,lora_rank,lora_dtype,fsdp,world,frozen,trainable", [
     ("fp32", 4, "fp32", False, 1, torch.float32, torch.float32),
     ("bf16", 4, "fp32", False, 1, torch.bfloat16, torch.float32),   # VLM2Vec's bf16 base, fp32 adapters
@@ -162,6 +185,8 @@ def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     assert lineage["train"]["lora_rank"] == 4 and lineage["final_loss"] == pytest.approx(summary["final_loss"])
     assert lineage["collation"] == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": True}
     assert set(lineage["dvc_lock"]) == {"shards", "base_model"}
+    assert lineage["shards"] == str(workspace / "data/shards/train")
+    assert lineage["shard_index_sha256"] == C.hash_tree(workspace / "data/shards/train/index.json")
     # the code that trained: its last commit (not HEAD), uncommitted edits, its digest
     assert {"git_commit", "code_dirty", "code_digest"} <= set(lineage)
     assert lineage["code_digest"] == provenance.source_digest("trainer.loop")
@@ -178,12 +203,53 @@ def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     for name in ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s"):
         rows = (workspace / f"metrics/train/plots/metrics/{name}.tsv").read_text().splitlines()
         assert [r.split("\t")[0] for r in rows] == ["step"] + [str(s) for s in range(6)], name
+    # the learning rate logged at a step is the one its update used: linear warm-up from 0 over 2
+    # steps, then linear decay to 0 at step 6
+    rates = [float(r.split("\t")[-1]) for r in
+             (workspace / "metrics/train/plots/metrics/learning_rate.tsv").read_text().splitlines()[1:]]
+    assert rates == pytest.approx([0.0, 0.001, 0.002, 0.0015, 0.001, 0.0005])
     summary_file = json.loads((workspace / "metrics/train/metrics.json").read_text())
     assert summary_file["step"] == 5
     assert {k: v for k, v in summary_file.items() if k != "step"} == pytest.approx(
         run_summary(workspace / "metrics/train"))
     assert [p.name for p in C.list_checkpoints(workspace / "models/checkpoints")] == ["step-000003", "step-000006"]
     assert not (workspace / "dvc.yaml").exists()
+
+
+def test_lineage_takes_dvc_lock_hashes_only_for_the_paths_the_run_read(tmp_path):
+    """`stages.train --shards/--base` may point elsewhere: dvc.lock's hashes describe only its own
+    output paths, so they are recorded only when the run read those."""
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "shard": {"outs": [{"path": "data/shards/train", "md5": "aaa.dir"}]},
+        "backbone": {"outs": [{"path": "models/base", "md5": "bbb.dir"}]}}}))
+    lock = tmp_path / "dvc.lock"
+    locked = TrainPaths(base=tmp_path / "models/base", shards=tmp_path / "data/shards/train")
+    assert dvc_lock_hashes(locked, lock) == {"shards": "aaa.dir", "base_model": "bbb.dir"}
+    other = replace(locked, shards=tmp_path / "subset/shards")
+    assert dvc_lock_hashes(other, lock) == {"shards": None, "base_model": "bbb.dir"}
+    assert dvc_lock_hashes(locked, tmp_path / "missing.lock") == {"shards": None, "base_model": None}
+
+
+def test_a_failed_export_leaves_no_model_copy_behind(workspace, monkeypatch):
+    """An export that dies (disk full) removes its temporary copy; one killed before that (another
+    pid) is removed by the next export."""
+    from trainer import loop
+
+    stale = workspace / "models" / ".embedder.tmp-99999999"
+    (stale / "merged").mkdir(parents=True)
+    real = loop.save_backbone
+
+    def disk_full(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "save_backbone", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train({**BASE_PARAMS, "steps": 2}, paths_in(workspace))
+    assert sorted(p.name for p in (workspace / "models").iterdir()) == ["base", "checkpoints"]
+    monkeypatch.setattr(loop, "save_backbone", real)
+    assert train({**BASE_PARAMS, "steps": 2}, paths_in(workspace))["resumed_from"] == 2
+    assert sorted(p.name for p in (workspace / "models").iterdir()) == ["base", "checkpoints", "embedder"]
 
 
 def test_rerun_after_completion_resumes_at_the_end_and_is_byte_identical(workspace):

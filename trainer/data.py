@@ -616,8 +616,9 @@ class ContrastiveStream(IterableDataset):
     def pick_negatives(self, records: list[dict], images: list[dict]) -> tuple[list, list, list[bool]]:
         """``hard_negatives`` (K) negatives per query, query-major: the record's first K negatives;
         a record with fewer has its negatives repeated cyclically, one with none gets the targets of
-        the following pairs of the batch. Those padded slots keep the batch's shape (equal on every
-        rank for the gather) and are masked out of the loss (``negative_mask``).
+        the following pairs of the batch (its own target when the rank holds a single pair). Those
+        padded slots keep the batch's shape (equal on every rank for the gather) and are masked out of
+        the loss (``negative_mask``), so what fills them does not matter.
         Returns (sides, images, per slot: True for a real negative, False for padding)."""
         k, n = self.config.hard_negatives, len(records)
         sides, imgs, real = [], [], []
@@ -629,10 +630,7 @@ class ContrastiveStream(IterableDataset):
                     imgs.append(im[f"neg{j % len(negs)}"])
                     real.append(j < len(negs))
                 else:
-                    if n < 2:
-                        raise ValueError(f"record {record['id']} has no negatives and the local batch has "
-                                         "a single pair: cannot fill train.hard_negatives")
-                    other = (i + 1 + j % (n - 1)) % n
+                    other = (i + 1 + j % (n - 1)) % n if n > 1 else i
                     sides.append(records[other]["target"])
                     imgs.append(images[other]["target"])
                     real.append(False)

@@ -83,20 +83,46 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
     if missing or unknown:
         raise ValueError(f"train params: missing {missing}, unknown {unknown}")
     p = {**OPTIONAL, **train}
+
+    def integer(key, low):  # YAML ints only: 2.7 would be truncated, true would count as 1
+        v = p[key]
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def number(key, low, strict=False):  # `dvc exp run -S k=1e-3` writes 1e-3, which PyYAML reads as a string
+        try:
+            v = float(p[key]) if not isinstance(p[key], bool) else math.nan
+        except (TypeError, ValueError):
+            return False
+        return v > low if strict else v >= low
+
+    def flag(key):
+        return isinstance(p[key], bool)
+
+    pixels = p["image_max_pixels"]
     checks = [
-        (int(p["steps"]) >= 1, "steps >= 1"), (int(p["batch_size"]) >= 1, "batch_size >= 1"),
-        (int(p["gc_chunk_size"]) >= 0, "gc_chunk_size >= 0"), (float(p["learning_rate"]) > 0, "learning_rate > 0"),
-        (int(p["warmup_steps"]) >= 0, "warmup_steps >= 0"), (float(p["temperature"]) > 0, "temperature > 0"),
-        (int(p["lora_rank"]) >= 0, "lora_rank >= 0"), (0 <= float(p["lora_dropout"]) < 1, "0 <= lora_dropout < 1"),
-        (int(p["save_every"]) >= 1, "save_every >= 1"), (int(p["num_workers"]) >= 0, "num_workers >= 0"),
+        (integer("steps", 1), "steps an integer >= 1"), (integer("batch_size", 1), "batch_size an integer >= 1"),
+        (integer("gc_chunk_size", 0), "gc_chunk_size an integer >= 0"),
+        (number("learning_rate", 0, strict=True), "learning_rate > 0"),
+        (integer("warmup_steps", 0), "warmup_steps an integer >= 0"),
+        (number("weight_decay", 0), "weight_decay >= 0"), (number("temperature", 0, strict=True), "temperature > 0"),
+        (integer("hard_negatives", 0), "hard_negatives an integer >= 0"),
+        (integer("lora_rank", 0), "lora_rank an integer >= 0"), (number("lora_alpha", 0, strict=True), "lora_alpha > 0"),
+        (number("lora_dropout", 0) and float(p["lora_dropout"]) < 1, "0 <= lora_dropout < 1"),
+        (integer("max_text_tokens", 1), "max_text_tokens an integer >= 1"),
+        (pixels is None or (isinstance(pixels, int) and not isinstance(pixels, bool) and pixels > 0),
+         "image_max_pixels an integer > 0 or null"),
+        (integer("homogeneous_batch", 0), "homogeneous_batch an integer >= 0"),
+        (integer("shuffle_buffer", 0), "shuffle_buffer an integer >= 0"), (integer("seed", 0), "seed an integer >= 0"),
+        (integer("save_every", 1), "save_every an integer >= 1"), (integer("num_workers", 0), "num_workers an integer >= 0"),
         (p["precision"] in ("fp32", "bf16"), "precision is fp32 or bf16"),
         (p["lora_dtype"] in ("fp32", "bf16"), "lora_dtype is fp32 or bf16"),
         (p["lora_dtype"] == "fp32" or p["precision"] == "bf16", "precision bf16 for lora_dtype bf16"),
-        (float(p["max_grad_norm"]) > 0, "max_grad_norm > 0"),
-        (isinstance(p["batched_vision_attention"], bool), "batched_vision_attention is true or false"),
-        (isinstance(p["compile"], bool), "compile is true or false"),
-        (isinstance(p["fsdp"], bool), "fsdp is true or false"),
-    ]
+        (number("max_grad_norm", 0, strict=True), "max_grad_norm > 0"),
+    ] + [(flag(k), f"{k} is true or false") for k in ("instructions", "dora", "batched_vision_attention", "compile",
+                                                      "fsdp")]
+    if integer("batch_size", 1) and integer("hard_negatives", 0):
+        checks.append((p["batch_size"] >= 2 or p["hard_negatives"] > 0,
+                       "batch_size >= 2 or hard_negatives > 0 (one pair alone has no negative: its loss is 0)"))
     bad = [what for ok, what in checks if not ok]
     if bad:
         raise ValueError(f"train params out of range: need {', '.join(bad)}")
@@ -185,17 +211,19 @@ def code_lineage() -> dict[str, Any]:
             "code_digest": provenance.source_digest(CODE)}
 
 
-def dvc_lock_hashes(lock_file: Path = Path("dvc.lock"), paths: Mapping[str, str] | None = None) -> dict:
-    """md5 recorded in dvc.lock for the shard and base-model outputs (None when not locked yet)."""
-    paths = paths or {"shards": ("shard", "data/shards/train"), "base_model": ("backbone", "models/base")}
-    out: dict[str, str | None] = {name: None for name in paths}
+def dvc_lock_hashes(paths: TrainPaths, lock_file: Path = Path("dvc.lock")) -> dict[str, str | None]:
+    """The md5 dvc.lock records for the shards and the base model this run read: None for one that
+    dvc.lock does not lock at that path (not locked yet, or `--shards` / `--base` pointed elsewhere)."""
+    used = {"shards": ("shard", paths.shards), "base_model": ("backbone", paths.base)}
+    out: dict[str, str | None] = {name: None for name in used}
     if not lock_file.is_file():
         return out
+    root = lock_file.resolve().parent
     lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
     stages = lock.get("stages") or {}
-    for name, (stage, path) in paths.items():
+    for name, (stage, path) in used.items():
         for entry in (stages.get(stage) or {}).get("outs") or []:
-            if entry.get("path") == path:
+            if (root / str(entry.get("path", ""))).resolve() == Path(path).resolve():
                 out[name] = entry.get("md5") or entry.get("hash")
     return out
 
@@ -387,6 +415,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
                 loss = step_loss(embs[0], embs[1], negs)
                 loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float(p["max_grad_norm"]))
+            learning_rate = scheduler.get_last_lr()[0]  # the rate this step's update uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -403,7 +432,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
                 ids_log.flush()
             if live is not None:
                 live.log_metric("loss", loss_value)
-                live.log_metric("learning_rate", scheduler.get_last_lr()[0])
+                live.log_metric("learning_rate", learning_rate)
                 live.log_metric("grad_norm", fsdp.grad_norm_value(grad_norm))
                 live.log_metric("pairs_per_s", float(counts[0]) / elapsed)
                 live.log_metric("images_per_s", float(counts[1]) / elapsed)
@@ -483,9 +512,24 @@ def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: 
     checkpoint stores, so a run that kept them in bf16 (``base_dtype``) does not round a float32
     base into a bf16 merged copy."""
     out = Path(paths.out)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by an export that died (a full model copy each)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_export(backbone, embedder, p, paths, summary, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log.info("wrote %s (%s, final loss %.4f)", out, summary["mode"], summary["final_loss"])
+
+
+def _write_export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: TrainPaths,
+                  summary: Mapping[str, Any], tmp: Path) -> None:
+    """adapter/ (LoRA), merged/ and lineage.json into `tmp`."""
     model = embedder.model
     embedder.eval()
     if summary["mode"] == "lora":
@@ -497,8 +541,9 @@ def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: 
     merged = replace(backbone, model=model.cpu().eval())
     save_backbone(merged, tmp / "merged")
     lineage = {
-        "base_model": str(paths.base), "base_model_info": backbone.info,
-        **code_lineage(), "dvc_lock": dvc_lock_hashes(),
+        "base_model": str(paths.base), "base_model_info": backbone.info, "shards": str(paths.shards),
+        "shard_index_sha256": ckpt.hash_tree(Path(paths.shards) / "index.json"),
+        **code_lineage(), "dvc_lock": dvc_lock_hashes(paths),
         "train": dict(p),
         "collation": {"max_text_tokens": int(p["max_text_tokens"]), "image_max_pixels": p["image_max_pixels"],
                       "instructions": bool(p["instructions"])},
@@ -506,7 +551,3 @@ def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: 
     }
     (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str) + "\n",
                                       encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    log.info("wrote %s (%s, final loss %.4f)", out, summary["mode"], summary["final_loss"])
