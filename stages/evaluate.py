@@ -41,16 +41,25 @@ METRICS_FILE = Path("metrics/eval.json")
 REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard.json")
 PLOTS_DIR = Path("reports/plots/per_dataset")
-CACHE_PROTOCOL = "mmeb-item/2"  # bump when the way an item becomes encoder input changes
+CACHE_PROTOCOL = "mmeb-item/3"  # bump when the way an item becomes encoder input or its batch changes
 ENCODING_CODE = ("trainer.embed", "trainer.evaluation")  # item -> vector, with everything they import
 
 
-def cache_settings(image_max_pixels: int | None) -> dict[str, Any]:
+def cache_settings(image_max_pixels: int | None, batch_size: int) -> dict[str, Any]:
     """What, besides the model's fingerprint, the cached vectors depend on: the image resolution, the
-    item protocol and the encoding code (`trainer.provenance.source_digest`), so an edit to pooling,
-    collation or image loading re-encodes instead of serving the old vectors."""
+    batch size (an item's batch, whose padding moves its vector in the last bits), the item protocol
+    and the encoding code (`trainer.provenance.source_digest`), so an edit to pooling, collation or
+    image loading re-encodes instead of serving the old vectors."""
     code = "".join(provenance.source_digest(module) for module in ENCODING_CODE)
-    return {"image_max_pixels": image_max_pixels, "protocol": CACHE_PROTOCOL, "code": code}
+    return {"image_max_pixels": image_max_pixels, "batch_size": batch_size, "protocol": CACHE_PROTOCOL,
+            "code": code}
+
+
+def cache_keys(eval_set: EvalSet) -> list[str]:
+    """The cache keys of a dataset's items: its name and the item's content hash. An item shared by
+    two datasets is encoded in each one's own batches (see `encode_items`), so each dataset's metrics
+    are the same whichever datasets were scored before it."""
+    return [f"{eval_set.dataset}/{key}" for key in eval_set.keys]
 
 ModelLoader = Callable[[str, Path, Mapping[str, Any]], Encoder]
 
@@ -94,7 +103,7 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
 
     evals: dict[str, list[DatasetResult]] = {}
     metadata: dict[str, dict] = {}
-    settings = cache_settings(max_pixels)  # the same for every model: digests the encoding code once
+    settings = cache_settings(max_pixels, batch_size)  # the same for every model: digests the code once
     cache_root = root / params.get("cache_dir", ".cache/embeddings")
     used_caches = []
     for name in models:
@@ -107,7 +116,7 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
         results = []
         started = time.perf_counter()
         for es in eval_sets:
-            emb, stats = encode_items(model, es.items, es.keys, batch_size=batch_size, load_images=images,
+            emb, stats = encode_items(model, es.items, cache_keys(es), batch_size=batch_size, load_images=images,
                                       cache=cache, desc=f"{name} {es.dataset}")
             if not is_main:
                 continue

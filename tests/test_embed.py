@@ -35,7 +35,12 @@ def test_make_side_is_mmeb_layout():
     assert s["template"].format(instruction=s["instruction"], text=s["text"]) == s["raw"]
     assert make_side("", "Represent the given image", has_image=True)["raw"] == \
         "<|image_1|>\nRepresent the given image\n"
-    assert make_side("a red circle")["raw"] == "a red circle\n"
+    # a bare text is written as MMEB writes text candidates and train targets: no newline, so the
+    # pooled last token is the text's own
+    assert make_side("a red circle")["raw"] == "a red circle"
+    assert make_side("a red circle")["template"] == "{text}"
+    assert make_side("A man on a moped.", "Find me an everyday image that matches the given caption:")["raw"] == \
+        "Find me an everyday image that matches the given caption: A man on a moped.\n"
 
 
 def test_encode_shapes_norms_and_batch_invariance(base_dir, image_file):
@@ -53,6 +58,17 @@ def test_encode_shapes_norms_and_batch_invariance(base_dir, image_file):
     np.testing.assert_allclose(model.encode_texts(["a red circle"]), a[:1], atol=1e-6)
     np.testing.assert_allclose(model.encode_images([image], instruction="Represent the given image"), a[1:2], atol=1e-6)
     assert model.encode([], []).shape == (0, model.dim)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_embeddings_are_unit_vectors(base_dir, image_file, dtype):
+    """The contract is L2-normalised float32 (q @ t.T is the cosine): a half-precision model's own
+    normalisation is ~1e-3 off, so encode normalises again in float32."""
+    model = EmbeddingModel.load(base_dir, dtype=dtype)
+    image = Image.open(image_file).convert("RGB")
+    emb = np.concatenate([model.encode_texts(["a red circle", "Find the image"]), model.encode_images([image])])
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-6)
 
 
 def test_fingerprint_stable_and_changes_with_weights_and_collation(base_dir, tmp_path):

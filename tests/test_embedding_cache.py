@@ -167,3 +167,16 @@ def test_prune_keeps_the_namespaces_in_use_and_leaves_foreign_folders(tmp_path, 
     assert "over its" in caplog.text  # the kept namespace alone exceeds the budget: said, not an error
     with pytest.raises(ValueError, match="max_bytes"):
         prune(tmp_path, max_bytes=-1)
+
+
+def test_the_latest_put_wins_after_reopening(tmp_path):
+    """Part names are content hashes, not write order: the index numbers parts so that a reopened
+    cache serves the newest vector of a key, as the writing process did."""
+    for trial in range(12):
+        root = tmp_path / str(trial)
+        cache = EmbeddingCache(root, "m")
+        vectors = _vectors(3, seed=trial)
+        for v in vectors:
+            cache.put(["k"], v[None])
+        np.testing.assert_array_equal(cache.lookup(["k"])["k"], vectors[-1])
+        np.testing.assert_array_equal(EmbeddingCache(root, "m").lookup(["k"])["k"], vectors[-1])

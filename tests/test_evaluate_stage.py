@@ -192,6 +192,21 @@ def test_stage_errors_are_clear(tmp_path):
         stage.run(dict(PARAMS, models=[]), root=root, load_model=Loader())
 
 
+def test_metrics_do_not_depend_on_earlier_runs_cache(tmp_path):
+    """With a batch-sensitive model (padding moves vectors in their last bits, as a real model's do),
+    the same params give byte-identical outputs on a fresh clone and in a workspace whose cache was
+    filled by runs at another batch size or over other datasets."""
+    kinds = {"base": BatchSensitiveEncoder, "embedder": BatchSensitiveEncoder}
+    params = {"models": ["base", "embedder"], "batch_size": 3, "datasets": "all", "image_max_pixels": 40}
+    fresh = make_root(tmp_path / "fresh")
+    stage.run(params, root=fresh, load_model=Loader(kinds))
+    used = make_root(tmp_path / "used")
+    stage.run(dict(params, batch_size=5), root=used, load_model=Loader(kinds))
+    stage.run(dict(params, datasets=["Tiny-VQA"]), root=used, load_model=Loader(kinds))
+    stage.run(params, root=used, load_model=Loader(kinds))
+    assert read_outputs(used) == read_outputs(fresh)
+
+
 @pytest.mark.slow
 def test_ddp_matches_single_process(tmp_path):
     """Two gloo ranks (torchrun) produce byte-identical outputs to one process, batch effects included."""
@@ -256,8 +271,10 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
     # the cached vectors are the model's own: compare some against direct one-item encoding
     model = EmbeddingModel.load(root / "models" / "embedder", image_max_pixels=40)
     es = load_eval_set(root / stage.EVAL_ROOT, "Tiny-RET")
-    cache = EmbeddingCache(root / ".cache" / "embeddings", model.fingerprint, stage.cache_settings(40))
-    cached = cache.lookup(es.keys)
+    cache = EmbeddingCache(root / ".cache" / "embeddings", model.fingerprint,
+                           stage.cache_settings(40, params["batch_size"]))
+    keys = stage.cache_keys(es)
+    cached = dict(zip(es.keys, (cache.lookup(keys)[k] for k in keys)))
     assert len(cached) == len(es.keys)
     images = ImageLoader(root / stage.IMAGES_ROOT, 40)
     for i in (0, len(es.items) - 1):  # a text query and an image candidate

@@ -47,14 +47,17 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
 
 
 def make_side(text: str = "", instruction: str = "", *, has_image: bool = False) -> dict:
-    """A SIDE dict (pipelines/schema.py) in MMEB's layout: `<|image_1|>\\n{instruction} {text}\\n`."""
+    """A SIDE dict (pipelines/schema.py) in MMEB's layout: `<|image_1|>\\n{instruction} {text}\\n` for a
+    side with an image or an instruction; a bare text (a caption, a label: MMEB's text candidates and
+    train targets) has no newline, so last-token pooling takes the text's own last token."""
     instruction, text = instruction.strip(), text.strip()
     body = " ".join(p for p in (instruction, text) if p)
     prefix = f"{IMAGE_TOKEN}\n" if has_image else ""
-    raw = prefix + (body + "\n" if body else "")
+    end = "\n" if body and (instruction or has_image) else ""
     sep = " " if instruction and text else ""
-    template = prefix + ("{instruction}" if instruction else "") + sep + ("{text}" if text else "") + ("\n" if body else "")
-    return dict(raw=raw, instruction=instruction, text=text, has_image_token=has_image, template=template, image=None)
+    template = prefix + ("{instruction}" if instruction else "") + sep + ("{text}" if text else "") + end
+    return dict(raw=prefix + body + end, instruction=instruction, text=text, has_image_token=has_image,
+                template=template, image=None)
 
 
 def model_dir_of(path: Path) -> Path:
@@ -146,7 +149,8 @@ class EmbeddingModel:
     @torch.inference_mode()
     def encode(self, sides: Sequence[dict], images: Sequence[Image.Image | None], *, batch_size: int = 32,
                progress: bool | None = None) -> np.ndarray:
-        """float32 [N, D] embeddings of `sides` (row i uses images[i], or no image when None)."""
+        """float32 [N, D] L2-normalised embeddings of `sides` (row i uses images[i], or no image when
+        None). Normalised again in float32: a bf16/fp16 model's own normalisation leaves norms ~1e-3 off."""
         if len(sides) != len(images):
             raise ValueError(f"{len(sides)} sides but {len(images)} images")
         if batch_size < 1:
@@ -158,13 +162,14 @@ class EmbeddingModel:
         for start in tqdm(starts, desc="embed", unit="batch", disable=not show):
             batch = self.collator(sides[start:start + batch_size], images[start:start + batch_size])
             emb = self.embedder(self._to_device(batch))
-            chunks.append(emb.float().cpu().numpy())
+            chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
     def encode_texts(self, texts: Sequence[str], *, instruction: str = "", batch_size: int = 32) -> np.ndarray:
-        """Embeddings of plain texts, each rendered as `{instruction} {text}\\n`."""
+        """Embeddings of plain texts, each rendered as `{instruction} {text}\\n` (without an
+        instruction: the bare text, as MMEB's text candidates are written)."""
         sides = [make_side(t, instruction) for t in texts]
         return self.encode(sides, [None] * len(sides), batch_size=batch_size)
 

@@ -94,7 +94,8 @@ class EmbeddingCache:
                 parts = index["parts"]
                 for name, entry in parts.items():
                     if not (isinstance(entry.get("keys"), list) and int(entry["rows"]) == len(entry["keys"])
-                            and int(entry["bytes"]) >= 0 and isinstance(entry["sha256"], str)):
+                            and int(entry["bytes"]) >= 0 and isinstance(entry["sha256"], str)
+                            and int(entry.get("seq", 0)) >= 0):
                         raise ValueError(f"malformed entry for {name}")
                 self._parts = parts
             except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -104,9 +105,9 @@ class EmbeddingCache:
                 path.unlink(missing_ok=True)
                 self.stats["parts_rejected"] += 1
         self._where = {}
-        for name in sorted(self._parts):
+        for name in sorted(self._parts, key=lambda n: (int(self._parts[n].get("seq", 0)), n)):  # write order
             for row, key in enumerate(self._parts[name]["keys"]):
-                self._where[key] = (name, row)
+                self._where[key] = (name, row)  # a later part's vector wins, as within one process
 
     def _write_index(self) -> None:
         assert self._parts is not None
@@ -181,7 +182,8 @@ class EmbeddingCache:
         return found
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
-        """Store vectors [len(keys), dim] under keys (a new part; later puts win for repeated keys)."""
+        """Store vectors [len(keys), dim] under keys (a new part; later puts win for repeated keys,
+        also after the cache is reopened: parts are numbered in write order)."""
         keys = list(keys)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(keys):
@@ -200,8 +202,9 @@ class EmbeddingCache:
         name = f"part-{digest[:24]}.safetensors"
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.dir / name, data)
+        seq = 1 + max((int(e.get("seq", 0)) for e in self._parts.values()), default=0)
         self._parts[name] = {"bytes": len(data), "sha256": digest, "rows": len(keys),
-                             "dim": int(vectors.shape[1]), "keys": keys}
+                             "dim": int(vectors.shape[1]), "keys": keys, "seq": seq}
         for row, key in enumerate(keys):
             self._where[key] = (name, row)
         self._write_index()

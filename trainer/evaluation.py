@@ -440,10 +440,13 @@ def encode_items(
 ) -> tuple[np.ndarray | None, EncodeStats]:
     """Embeddings [len(items), D] on rank 0 (None on other ranks) and what it took.
 
-    Rank 0 asks the cache (if any) which items are known; the rest are planned into batches that every
-    rank derives identically, padded to a multiple of the world size with one-item batches, and dealt
-    round-robin. After every `batches_per_flush * world` batches the new vectors are gathered on rank 0
-    and written to the cache, so an interrupted run keeps its progress.
+    Every rank plans ALL items into the same batches (`plan_batches`); rank 0 asks the cache (if any)
+    which items are known, and every batch holding an unknown item is encoded whole. An item's vector
+    thus always comes from the same batch, whatever the cache held before (padding changes a vector in
+    its last bits, enough to reorder near-tied candidates), so cold, warm and resumed runs give the
+    same metrics. The batches to encode are padded to a multiple of the world size with one-item
+    batches and dealt round-robin. After every `batches_per_flush * world` batches the new vectors are
+    gathered on rank 0 and written to the cache, so an interrupted run keeps its progress.
     """
     comm = _Comm()
     stats = EncodeStats(items=len(items))
@@ -453,8 +456,8 @@ def encode_items(
         known = cache.lookup(keys) if cache is not None else {}
         stats.cache_hits = len(known)
         missing = np.array([i for i, k in enumerate(keys) if k not in known], dtype=np.int64)
-    missing = comm.broadcast_indices(missing)
-    batches = plan_batches(items, missing.tolist(), batch_size)
+    missing = set(comm.broadcast_indices(missing).tolist())
+    batches = [b for b in plan_batches(items, range(len(items)), batch_size) if any(i in missing for i in b)]
     n_real = len(batches)
     if n_real % comm.world:
         batches += [[batches[-1][0]]] * (comm.world - n_real % comm.world)
@@ -486,14 +489,14 @@ def encode_items(
                         fresh[i] = rows[cursor + j]
                 cursor += len(b)
         new.update(fresh)
-        if cache is not None and fresh:
-            order = sorted(fresh)
-            cache.put([keys[i] for i in order], np.stack([fresh[i] for i in order]))
+        unknown = sorted(i for i in fresh if i in missing)  # the others are cached from this same batch
+        if cache is not None and unknown:
+            cache.put([keys[i] for i in unknown], np.stack([fresh[i] for i in unknown]))
     bar.close()
     stats.encoded = sum(len(b) for b in batches[:n_real])
     if comm.rank != 0:
         return None, stats
-    rows = [known[k] if k in known else new.get(i) for i, k in enumerate(keys)]
+    rows = [new[i] if i in new else known.get(k) for i, k in enumerate(keys)]
     if any(r is None for r in rows):
         raise RuntimeError("internal error: some items were neither cached nor encoded")
     if not rows:
