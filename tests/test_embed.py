@@ -104,6 +104,8 @@ def test_embedder_folder_uses_merged_and_lineage_collation(base_dir, tmp_path):
     assert model.collation == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": False}
     assert model.collator.instructions is False
     assert EmbeddingModel.load(emb_dir, instructions=True).collator.instructions is True  # argument wins
+    # loading merged/ itself: the training collation from the lineage beside it, not the defaults
+    assert EmbeddingModel.load(emb_dir / "merged").collation == model.collation
     with pytest.raises(FileNotFoundError, match="not a model folder"):
         EmbeddingModel.load(tmp_path)
 
@@ -130,6 +132,17 @@ def test_cli_errors(base_dir, tmp_path):
         main(["--model", str(base_dir), "--image", str(bad)])
     with pytest.raises(SystemExit):
         main(["--model", str(base_dir), "--text", "x", "--out", str(tmp_path / "x.pkl")])
+
+
+def test_cli_refuses_bad_arguments_before_loading_the_model(tmp_path, capsys):
+    missing_model = str(tmp_path / "no-such-model")  # loading it would raise FileNotFoundError
+    (tmp_path / "dir.npy").mkdir()
+    for args in (["--text", ""], ["--text", "x", "--out", str(tmp_path / "dir.npy")],
+                 ["--text", "x", "--out", str(tmp_path / "x.txt")]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--model", missing_model, *args])
+        assert exit_info.value.code == 2, args  # argparse's usage error, not a traceback
+    assert "--out" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -119,7 +119,10 @@ class EmbeddingModel:
         path = Path(path)
         model_dir = model_dir_of(path)
         collation = dict(DEFAULT_COLLATION)
-        collation.update(_lineage_collation(path))
+        trained_with = _lineage_collation(path)
+        if not trained_with and model_dir.name == "merged":  # models/embedder/merged: lineage sits beside it
+            trained_with = _lineage_collation(model_dir.parent)
+        collation.update(trained_with)
         for key, value in (("max_text_tokens", max_text_tokens), ("image_max_pixels", image_max_pixels),
                            ("instructions", instructions)):
             if value is not None:
@@ -195,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.text and not args.image:
         parser.error("give at least one --text or --image")
+    if any(not t.strip() for t in args.text):
+        parser.error("--text must not be empty")
+    if args.out and (not args.out.endswith(".npy") or Path(args.out).is_dir()):
+        parser.error(f"--out {args.out}: give a .npy file path")  # before minutes of loading and encoding
     images = []
     for file in args.image:
         try:
@@ -220,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:<{width}}  " + " ".join(f"{v:+.3f}" for v in row))
     if args.out:
         out = Path(args.out)
-        if out.suffix != ".npy":
-            parser.error("--out must end with .npy")
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, emb, allow_pickle=False)
         print(f"wrote {out}")
