@@ -200,7 +200,8 @@ def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     from trainer.backbones import load_backbone
     assert load_backbone(str(out / "merged")).family == "qwen2_vl"
     # dvclive history: one row per step for every metric
-    for name in ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s"):
+    for name in ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s", "quarantined",
+                 "padded_negatives"):
         rows = (workspace / f"metrics/train/plots/metrics/{name}.tsv").read_text().splitlines()
         assert [r.split("\t")[0] for r in rows] == ["step"] + [str(s) for s in range(6)], name
     # the learning rate logged at a step is the one its update used: linear warm-up from 0 over 2
@@ -228,6 +229,22 @@ def test_lineage_takes_dvc_lock_hashes_only_for_the_paths_the_run_read(tmp_path)
     other = replace(locked, shards=tmp_path / "subset/shards")
     assert dvc_lock_hashes(other, lock) == {"shards": None, "base_model": "bbb.dir"}
     assert dvc_lock_hashes(locked, tmp_path / "missing.lock") == {"shards": None, "base_model": None}
+
+
+def test_quarantined_samples_and_padded_negatives_are_counted_in_the_metrics(workspace):
+    """Bad samples are replaced (logged one by one); metrics.json adds them up over the run, with the
+    negative slots that had to be padded, so `dvc metrics diff` shows data problems."""
+    shards = workspace / "data/shards/bad"
+    write_test_shards(shards, {"Syn-ShapesA": 24}, per_shard=12, make_record=shape_record,
+                      corrupt={f"Syn-ShapesA/original/{i}" for i in (3, 10, 17)})
+    params = {**BASE_PARAMS, "hard_negatives": len(SHAPES), "save_every": 100}  # one more than each record has
+    train(params, replace(paths_in(workspace), shards=shards))
+    per_step = {name: [int(float(r.split("\t")[-1])) for r in
+                       (workspace / f"metrics/train/plots/metrics/{name}.tsv").read_text().splitlines()[1:]]
+                for name in ("quarantined", "padded_negatives")}
+    totals = json.loads((workspace / "metrics/train/metrics.json").read_text())
+    assert totals["padded_negatives"] == sum(per_step["padded_negatives"]) == 6 * 8  # one per pair
+    assert totals["quarantined"] == sum(per_step["quarantined"]) >= 3  # 48 draws over 24 samples: each bad one
 
 
 def test_a_failed_export_leaves_no_model_copy_behind(workspace, monkeypatch):

@@ -71,7 +71,8 @@ REQUIRED = ("seed", "steps", "batch_size", "gc_chunk_size", "learning_rate", "wa
             "shuffle_buffer", "num_workers", "save_every", "precision")
 OPTIONAL = {"max_grad_norm": 1.0, "batched_vision_attention": True, "compile": False, "fsdp": False,
             "lora_dtype": "fp32"}
-METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s")
+METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s", "quarantined", "padded_negatives")
+COUNTS = ("quarantined", "padded_negatives")  # per step, all ranks; metrics.json holds the run's totals
 
 
 def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,8 +244,9 @@ def run_summary(metrics_dir: Path) -> dict[str, float]:
     """`metrics.json`'s values for `dvc metrics diff` / `dvc exp show`, from the whole history in
     dvclive's tsv files (a resumed run's earlier steps included), instead of the last step's: loss and
     grad norm are means over the last tenth of the steps (one batch's loss is noise), pairs/s and
-    images/s medians over all steps (a checkpoint save slows the step after it), learning rate the
-    last. Only metrics present are summarised."""
+    images/s medians over all steps (a checkpoint save slows the step after it), the counts
+    (`COUNTS`: samples quarantined as undecodable, negative slots padded) summed over the run,
+    learning rate the last. Only metrics present are summarised."""
     series = {}
     for tsv in sorted((metrics_dir / "plots" / "metrics").glob("*.tsv")):
         with tsv.open(encoding="utf-8", newline="") as f:
@@ -258,6 +260,8 @@ def run_summary(metrics_dir: Path) -> dict[str, float]:
             out[name] = sum(tail) / len(tail)
         elif name.endswith("_per_s"):
             out[name] = statistics.median(values)
+        elif name in COUNTS:
+            out[name] = int(sum(values))
         else:
             out[name] = values[-1]
     return out
@@ -422,7 +426,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             position.update(batch)
 
             loss_value = float(loss.detach()) / scale
-            counts = torch.tensor([batch["pairs"], batch["images"]], dtype=torch.float64, device=device)
+            counts = torch.tensor([batch["pairs"], batch["images"], batch["quarantined"], batch["padded_negatives"]],
+                                  dtype=torch.float64, device=device)
             if world > 1:
                 torch.distributed.all_reduce(counts)
             now = time.perf_counter()
@@ -436,6 +441,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
                 live.log_metric("grad_norm", fsdp.grad_norm_value(grad_norm))
                 live.log_metric("pairs_per_s", float(counts[0]) / elapsed)
                 live.log_metric("images_per_s", float(counts[1]) / elapsed)
+                live.log_metric("quarantined", int(counts[2]))
+                live.log_metric("padded_negatives", int(counts[3]))
                 live.next_step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
