@@ -126,7 +126,9 @@ def _needs_conversion(img: Image.Image) -> bool:
     return img.mode not in KEEP_MODES or "transparency" in img.info
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any PIL image as the pipeline stores it: transparency composited on white, 16-bit and
+    float greyscale mapped onto 8 bits, everything else `convert("RGB")`."""
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         out = Image.new("RGB", rgba.size, WHITE)
@@ -176,7 +178,7 @@ def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
             img.load()
             converted = _needs_conversion(img)
             if converted:
-                rgb = _to_rgb(img)
+                rgb = to_rgb(img)
                 stored_bytes, fmt = _encode(rgb, img.format)
                 width, height = rgb.size
             else:

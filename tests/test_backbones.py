@@ -1,5 +1,6 @@
 """Every backbone family: tiny build -> mixed collation -> embedding -> save/load -> LoRA targets."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -178,9 +179,15 @@ def test_load_hub_id_from_offline_cache_records_commit(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "base" / "backbone.json").read_text())["info"]["revision"] == commit
 
 
-def test_load_errors(tmp_path):
+def test_load_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="neither a model folder nor a Hub id"):
         load_backbone(str(tmp_path / "no" / "such" / "dir"))
+    # "models/base" before the backbone stage ran looks like a Hub id (org/name): a missing local
+    # folder is said as such, not as a failed download
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(FileNotFoundError, match="no model folder models/base"):
+        load_backbone("models/base")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "phi3_v"}))
     with pytest.raises(ValueError, match="unsupported model_type 'phi3_v'"):
@@ -299,6 +306,23 @@ def test_pretrain_examples_and_labels(normalized, family):
         assert tok.decode(labelled) == ex.answer + tok.eos_token  # labels = answer + eos, nothing else
     image_id = tok.convert_tokens_to_ids(backbone.image_token)
     assert not (batch["labels"] == image_id).any()
+    if family == "paligemma":  # the answer onward is the causal suffix, the prompt the prefix
+        for row in range(4):
+            first = int((batch["labels"][row] != -100).nonzero()[0])
+            attended = batch["attention_mask"][row].nonzero().squeeze(1)
+            assert batch["token_type_ids"][row, attended[attended >= first]].eq(1).all()
+            assert batch["token_type_ids"][row, attended[attended < first]].eq(0).all()
+        # so the answer is not visible to the position that learns to predict its first token
+        ex = examples[0]
+        pair, _ = batch_with_labels(collate, [ex, dataclasses.replace(ex, answer="blue")], images)
+        first = [int((pair["labels"][r] != -100).nonzero()[0]) for r in range(2)]
+        assert first[0] == first[1]
+        labels = pair.pop("labels")
+        pair.pop("has_image")
+        with torch.no_grad():
+            logits = backbone.model(**pair).logits
+        assert not torch.equal(labels[0], labels[1])
+        torch.testing.assert_close(logits[0, first[0] - 1], logits[1, first[1] - 1], atol=1e-5, rtol=1e-5)
     # an answer cut by truncation is not trained on, and is counted
     _, unlabelled = batch_with_labels(Collator(backbone, max_text_tokens=3), examples[16:18], images)
     assert unlabelled == 2

@@ -67,6 +67,30 @@ def test_render_dual_encoder_has_no_image_token(clip):
     assert render_text(s, clip, instructions=False, has_image=True) == "What sport can you use this for?"
 
 
+def test_an_empty_side_without_image_is_refused_by_every_kind(qwen, clip):
+    """A WebQA-style side that is only the placeholder, without its image: nothing to embed. Dual
+    encoders gave it an all-zero vector; now both kinds refuse it (and the loader quarantines it)."""
+    for backbone in (qwen, clip):
+        with pytest.raises(ValueError, match="empty text"):
+            render_text(side("<|image_1|>\n"), backbone, has_image=False)
+        with pytest.raises(ValueError, match="empty text"):
+            Collator(backbone).validate([side("<|image_1|>\n")], [None])
+
+
+def test_transparent_images_go_onto_white_as_in_the_shards(qwen):
+    """RGBA/LA/P with transparency: composited on white, as the normalize stage stores training images
+    and transformers' processors do, not shown on the hidden colour (usually black)."""
+    from pipelines.images import to_rgb
+
+    rgba = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    rgba.paste((200, 30, 30, 255), (8, 8, 24, 24))
+    assert resize_to_max_pixels(rgba, None).getpixel((0, 0)) == (255, 255, 255)
+    collator = Collator(qwen)
+    got = collator([side("<|image_1|>\n")], [rgba])["pixel_values"]
+    want = collator([side("<|image_1|>\n")], [to_rgb(rgba)])["pixel_values"]
+    assert torch.equal(got, want)
+
+
 def test_render_errors_and_missing_token(qwen):
     with pytest.raises(ValueError, match="2 image placeholders"):
         render_text(side("<|image_1|> and <|image_1|>\n"), qwen, has_image=True)

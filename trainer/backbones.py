@@ -438,6 +438,9 @@ def load_backbone(path_or_id: str, *, revision: str | None = None, trust_remote_
     else:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_id)):
             raise FileNotFoundError(f"{path_or_id!r} is neither a model folder nor a Hub id (org/name)")
+        if Path(path.parts[0]).is_dir():  # "models/base" before the backbone stage ran: not a Hub id
+            raise FileNotFoundError(f"no model folder {path} (its parent {path.parent} exists here); "
+                                    "run the stage that writes it, or give a Hub id")
         folder, commit = _resolve_hub(str(path_or_id), revision, trust_remote_code)
         name = str(path_or_id)
     meta_file = folder / BACKBONE_JSON

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pipelines.images import to_rgb
 from pipelines.schema import IMAGE_TOKEN
 from trainer.acceleration import batch_vision_attention
 from trainer.backbones import BACKBONE_JSON, load_backbone
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     for file in args.image:
         try:
             with Image.open(file) as im:
-                images.append(im.convert("RGB"))
+                images.append(to_rgb(im))
         except (OSError, ValueError) as e:
             parser.error(f"cannot read image {file}: {e}")
     model = EmbeddingModel.load(args.model, device=args.device, dtype=args.dtype)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from pipelines.images import max_pixels_size
+from pipelines.images import max_pixels_size, to_rgb
 from pipelines.schema import IMAGE_TOKEN
 from trainer import image_processing, positions
 
@@ -71,14 +71,16 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     only when present), i.e. the same layout without the instruction.
     Dual encoders (CLIP/SigLIP): plain text without any image token: instruction + text stripped of
     surrounding whitespace (`instructions=True`) or the text alone.
-    The result is never empty for a VLM side without image (ValueError instead).
+    The result is never empty for a side without image (ValueError instead: a dual encoder would give
+    it an all-zero embedding, a VLM nothing to pool).
     """
     fmt = _format_of(backbone)
     raw = side.get("raw") or ""
     if fmt.kind == "dual":
-        if instructions:
-            return _strip_placeholder(raw).strip()
-        return (side.get("text") or "").strip()
+        text = _strip_placeholder(raw).strip() if instructions else (side.get("text") or "").strip()
+        if not has_image and not text:
+            raise ValueError(f"side renders to empty text and has no image: {side!r:.200}")
+        return text
 
     if instructions:
         n = raw.count(IMAGE_TOKEN)
@@ -105,8 +107,10 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
 
 
 def resize_to_max_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
-    """RGB copy of `image` scaled down (aspect kept, bicubic) so that width*height <= max_pixels."""
-    image = image.convert("RGB")
+    """RGB copy of `image` scaled down (aspect kept, bicubic) so that width*height <= max_pixels.
+    Transparency goes onto white, as the normalize stage and transformers' processors put it
+    (`pipelines.images.to_rgb`; a plain `convert("RGB")` would show the hidden colours, often black)."""
+    image = to_rgb(image)
     if max_pixels is None or image.width * image.height <= max_pixels:
         return image
     return image.resize(max_pixels_size(image.width, image.height, max_pixels), Image.BICUBIC)

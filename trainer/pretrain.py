@@ -100,10 +100,14 @@ def batch_with_labels(collator: Collator, examples: Sequence[Example],
     The answer + eos is appended to the prompt text; labels are the input ids on the answer's tokens
     (found at the end of each row, before at most `MAX_PROMPT_SUFFIX` tokens that a family's prompt
     adds after the text, e.g. PaliGemma's newline, and checked token by token) and -100 elsewhere.
-    A row whose answer was cut by truncation gets no labels and is counted.
+    A row whose answer was cut by truncation gets no labels and is counted. For PaliGemma the answer
+    and what follows it are marked as the suffix (`token_type_ids` 1), as its processor's `suffix=` does.
     """
     tok = collator.tokenizer
     eos = tok.eos_token or ""
+    # PaliGemma attends both ways within its prefix (token_type_ids 0) and causally in the suffix (1):
+    # left as prefix, the answer would be visible to the positions that learn to predict it
+    suffix_types = collator.format.family == "paligemma"
     sides, answers = [], []
     for ex in examples:
         sides.append(dict(ex.side, raw=ex.side["raw"] + ex.answer + eos))
@@ -121,6 +125,8 @@ def batch_with_labels(collator: Collator, examples: Sequence[Example],
             unlabelled += 1
         else:
             labels[row, positions[end - n:end]] = ids[row, positions[end - n:end]]
+            if suffix_types:  # the answer onward is PaliGemma's causal suffix
+                batch["token_type_ids"][row, positions[end - n:]] = 1
     batch["labels"] = labels
     return batch, unlabelled
 
