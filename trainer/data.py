@@ -18,11 +18,12 @@ How a global step is built
    worker count, so each slot is only ever touched by one worker, and 0, 1 or 2 workers give the
    very same batches.
 3. **Per-slot dataset streams**: epoch ``e`` of dataset ``d`` permutes the dataset's shards with
-   RNG ``(seed, d, e)`` (same on all ranks). With at least as many shards as slots
-   ``K = world*slots_per_rank``, the shards are dealt round-robin to the K slots; with fewer, slot
-   ``k`` reads the k-th of K contiguous ranges of the epoch's sequence of shards, so the slots'
-   shares differ by at most one sample, whatever the shard sizes, and a slot streams through about
-   ``n_shards/K + 1`` tars per epoch, not all of them. Within an epoch no two slots read the same
+   RNG ``(seed, d, e)`` (same on all ranks), and slot ``k`` of ``K = world*slots_per_rank`` reads
+   the k-th of K contiguous ranges of the epoch's sequence of shards, so the slots' shares differ by
+   at most one sample, whatever the shard sizes (every slot draws at the same rate, so dealing whole
+   shards of unequal sizes would cycle small shares faster: duplicates within an epoch's worth of
+   steps, and samples never drawn), and a slot streams through about ``n_shards/K + 1`` tars per
+   epoch, not all of them. Within an epoch no two slots read the same
    sample, and every slot gets data unless the dataset has fewer samples than slots: such a slot
    reads the whole dataset for that epoch instead (resampling; logged once).
    A slot reads its parts sequentially with webdataset's tar iterator and shuffles in windows:
@@ -272,18 +273,15 @@ class DatasetStream:
         """The parts this slot reads in ``epoch`` (see the module docstring)."""
         n, k = len(self.shards), self.num_slots
         order = np.random.default_rng([self.seed, _dataset_seed(self.dataset), epoch]).permutation(n)
-        if n >= k:  # whole shards, dealt round-robin
-            mine = [_Part(self.shards[j]) for j in order[self.slot::k]]
-        else:  # fewer shards than slots: slot k's k-th of the epoch's sequence of shards, contiguous
-            total = sum(shard.samples for shard in self.shards)
-            lo, hi = self.slot * total // k, (self.slot + 1) * total // k
-            mine, offset = [], 0
-            for j in order:
-                shard = self.shards[j]
-                a, b = max(lo, offset), min(hi, offset + shard.samples)
-                if a < b:
-                    mine.append(_Part(shard, a - offset, b - offset))
-                offset += shard.samples
+        total = sum(shard.samples for shard in self.shards)  # slot k: the k-th contiguous range
+        lo, hi = self.slot * total // k, (self.slot + 1) * total // k
+        mine, offset = [], 0
+        for j in order:
+            shard = self.shards[j]
+            a, b = max(lo, offset), min(hi, offset + shard.samples)
+            if a < b:
+                mine.append(_Part(shard, a - offset, b - offset))
+            offset += shard.samples
         if sum(u.samples for u in mine) == 0:
             if not self._warned_resample:
                 log.warning("dataset %s: slot %d has no samples of its own in epoch %d (%d samples for %d "
@@ -352,6 +350,20 @@ class StreamPosition:
         if other.step != self.step:
             raise ValueError(f"cannot merge positions of steps {self.step} and {other.step}")
         self.slots.update(other.slots)
+
+    def fresh_epochs(self, world_size: int, slots_per_rank: int) -> "StreamPosition":
+        """This position for another slot layout (a resume on another number of ranks). The old slots'
+        ranges do not map onto the new ones, so every dataset restarts at the epoch after the latest
+        one any old slot reached: the rest of the current epoch is skipped, where a plain restart
+        would replay epoch 0 from its start, the very samples the run began with."""
+        latest: dict[str, int] = {}
+        for datasets in self.slots.values():
+            for dataset, (epoch, _) in datasets.items():
+                latest[dataset] = max(latest.get(dataset, 0), int(epoch) + 1)
+        start = {dataset: [epoch, 0] for dataset, epoch in sorted(latest.items())}
+        return StreamPosition(step=self.step, slots_per_rank=slots_per_rank, world_size=world_size,
+                              slots={slot: {d: list(v) for d, v in start.items()}
+                                     for slot in range(world_size * slots_per_rank)})
 
     def to_dict(self) -> dict:
         return {"step": self.step, "slots_per_rank": self.slots_per_rank, "world_size": self.world_size,

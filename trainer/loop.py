@@ -358,8 +358,9 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
         last_loss = state["extra"].get("loss")
         if position.world_size != world:
             log.warning("checkpoint was written by %d ranks, this run has %d: the data order after resume "
-                        "differs from an uninterrupted run", position.world_size, world)
-            position = StreamPosition(step=start_step, slots_per_rank=position.slots_per_rank, world_size=world)
+                        "differs from an uninterrupted run; every dataset continues at a fresh epoch (the rest "
+                        "of the current one is skipped) instead of replaying epoch 0 from its start", position.world_size, world)
+            position = position.fresh_epochs(world, position.slots_per_rank)
         if rng_state is None:
             log.warning("checkpoint has no RNG state for rank %d; reseeding", rank)
     slots_per_rank = position.slots_per_rank if position else max(1, num_workers)
