@@ -56,7 +56,8 @@ its device time with the unprofiled step time, not with its own wall time.
 `--paired ROUNDS` (with `--compile`) times B, C+fast and C+fast+pos one step each in turn on one
 batch, the order reversed every round, and reports each against B in the same round (rows
 `<case>:paired`): the ratio the goal asks for, measured under the same conditions, where separate
-cases minutes apart can differ by the card's state. Every row also records the card's clocks, power,
+cases minutes apart can differ by the card's state; B is timed once more at the end of the run
+(`B:end`, its ratio to B shows the drift over the run, e.g. around the GradCache rows). Every row also records the card's clocks, power,
 temperature and throttle reasons (`nvidia-smi`) right after it ran.
 
 Results: a table (pairs/s or queries/s, step s, peak GiB, ratio vs A and vs B at the same batch;
@@ -1157,6 +1158,9 @@ def main(argv=None) -> int:
                 except torch.OutOfMemoryError:
                     bench._add(dict(case="D+fast", label="GradCache", batch=sizes.gc_batch, unit="pairs/s",
                                     status="oom (inputs)", chunk=sizes.gc_chunk))
+        if args.paired > 0 and "B" in args.cases:  # B once more, eager, after everything: how far it drifted
+            train_cases(bench, model, f"plain step ({ours.label()}), again at the end of the run", "B:end",
+                        partial(plain_embed, model), batches=sizes.batches[:1], **common)
         base = model.unload()
         del model
         bench.free()

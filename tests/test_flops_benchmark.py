@@ -32,3 +32,17 @@ def test_solved_terms_give_the_direct_count_of_a_deeper_model(flops):
     head = 2 * tokens * sizes.text["hidden_size"] * sizes.text["vocab_size"]
     assert counts["B"]["total"] - counts["C"]["total"] == pytest.approx(head, rel=1e-9)
     assert counts["B"]["language_model"] == counts["C"]["language_model"]
+
+
+def test_a_vision_block_counts_its_projections_and_its_attention(flops):
+    """One vision block per image, forward only (the tower is frozen): qkv, proj and the MLP at
+    2 FLOPs per multiply-add on every patch, plus attention's two products over the image's patches
+    (QK^T and AV: 4 * patches^2 * width). Attention was once missed: the counter sees no products in
+    the CPU kernels of scaled_dot_product_attention."""
+    g = flops._gpu_bench()
+    sizes = g.TINY
+    width, ratio = sizes.vision["embed_dim"], sizes.vision["mlp_ratio"]
+    patches = (sizes.image_side // sizes.vision["patch_size"]) ** 2
+    per_block = flops.per_pair(sizes)["C"]["vision"] / sizes.vision["depth"]
+    linear = 2 * patches * (4 * width * width + 2 * ratio * width * width)
+    assert per_block == pytest.approx(linear + 4 * patches * patches * width, rel=1e-9)

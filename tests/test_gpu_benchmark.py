@@ -121,3 +121,4 @@ def test_tiny_run_end_to_end(tmp_path):
         assert r["paired_ratio"] == pytest.approx(per_round[1], rel=0.02)  # the median of 3 rounds
         assert (case + ":paired", f"B:paired@4") in vs
     assert all("gpu_state" in r for r in data["rows"] if not r["case"].endswith(":warmup") and r["status"] == "ok")
+    assert rows["B:end"]["status"] == "ok" and ("B:end", "B@4") in vs  # the baseline again, for its drift
