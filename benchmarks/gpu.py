@@ -57,8 +57,9 @@ its device time with the unprofiled step time, not with its own wall time.
 batch, the order reversed every round, and reports each against B in the same round (rows
 `<case>:paired`): the ratio the goal asks for, measured under the same conditions, where separate
 cases minutes apart can differ by the card's state; B is timed once more at the end of the run
-(`B:end`, its ratio to B shows the drift over the run, e.g. around the GradCache rows). Every row also records the card's clocks, power,
-temperature and throttle reasons (`nvidia-smi`) right after it ran.
+(`B:end`, its ratio to B shows the drift over the run, e.g. around the GradCache rows). Every row
+also records the card's clocks, power, temperature and throttle reasons (`nvidia-smi`) right after
+it ran.
 
 Results: a table (pairs/s or queries/s, step s, peak GiB, ratio vs A and vs B at the same batch;
 D against A and B at the chunk's batch) printed last, and JSON written to $OUT/gpu_bench.json when
@@ -416,7 +417,7 @@ class Bench:
             error = "oom"
             log.warning("  %s b=%d: out of memory (%s)", case, batch, str(exc).splitlines()[0][:160])
         except Exception as exc:  # noqa: BLE001 - a broken case is reported, the others still run
-            error = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            error = error_status(exc)
             log.exception("  %s b=%d failed", case, batch)
         if before_step is not None:
             before_step()
@@ -448,6 +449,12 @@ class Bench:
         tmp = self.out_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         tmp.replace(self.out_path)
+
+
+def error_status(exc: BaseException) -> str:
+    """A row's status for a case that raised: the exception's type and its message's first line."""
+    message = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"error: {type(exc).__name__}: {message}"
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -699,7 +706,7 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
                 log.info("  round %d: %s", r - sizes.warmup + 1,
                          ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))
     except Exception as exc:  # noqa: BLE001 - reported in the rows; the run goes on
-        error = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        error = error_status(exc)
         log.exception("paired rounds failed")
     finally:
         fast()  # the state the caller's fast_path expects to undo

@@ -286,7 +286,7 @@ class DatasetStream:
             if not self._warned_resample:
                 log.warning("dataset %s: slot %d has no samples of its own in epoch %d (%d samples for %d "
                             "slots); it reads the whole dataset instead", self.dataset, self.slot, epoch,
-                            sum(s.samples for s in self.shards), self.num_slots)
+                            total, self.num_slots)
                 self._warned_resample = True
             mine = [_Part(self.shards[j]) for j in order]
         return mine

@@ -78,11 +78,7 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     raw = side.get("raw") or ""
     if fmt.kind == "dual":
         text = _strip_placeholder(raw).strip() if instructions else (side.get("text") or "").strip()
-        if not has_image and not text:
-            raise ValueError(f"side renders to empty text and has no image: {side!r:.200}")
-        return text
-
-    if instructions:
+    elif instructions:
         n = raw.count(IMAGE_TOKEN)
         if has_image:
             if n == 0:

@@ -99,7 +99,6 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
     def flag(key):
         return isinstance(p[key], bool)
 
-    pixels = p["image_max_pixels"]
     checks = [
         (integer("steps", 1), "steps an integer >= 1"), (integer("batch_size", 1), "batch_size an integer >= 1"),
         (integer("gc_chunk_size", 0), "gc_chunk_size an integer >= 0"),
@@ -110,8 +109,7 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
         (integer("lora_rank", 0), "lora_rank an integer >= 0"), (number("lora_alpha", 0, strict=True), "lora_alpha > 0"),
         (number("lora_dropout", 0) and float(p["lora_dropout"]) < 1, "0 <= lora_dropout < 1"),
         (integer("max_text_tokens", 1), "max_text_tokens an integer >= 1"),
-        (pixels is None or (isinstance(pixels, int) and not isinstance(pixels, bool) and pixels > 0),
-         "image_max_pixels an integer > 0 or null"),
+        (p["image_max_pixels"] is None or integer("image_max_pixels", 1), "image_max_pixels an integer > 0 or null"),
         (integer("homogeneous_batch", 0), "homogeneous_batch an integer >= 0"),
         (integer("shuffle_buffer", 0), "shuffle_buffer an integer >= 0"), (integer("seed", 0), "seed an integer >= 0"),
         (integer("save_every", 1), "save_every an integer >= 1"), (integer("num_workers", 0), "num_workers an integer >= 0"),
@@ -194,22 +192,25 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 CODE = "trainer.loop"  # the module whose project sources (transitively) are the training code
 
 
-def run_fingerprint(p: Mapping[str, Any], paths: TrainPaths, shard_index: Path, world: int = 1) -> str:
+def run_fingerprint(p: Mapping[str, Any], paths: TrainPaths, shard_index: Path, world: int = 1,
+                    code: str | None = None) -> str:
     """The checkpoint fingerprint of this run (`trainer.checkpoint.fingerprint`): the params that
     change the result, the number of data slots (``max(1, num_workers)``, which sets the data order
     of a fresh run), the base weights' dtype (`base_dtype`: FSDP keeps float32 where DDP keeps a
-    LoRA run's base in bf16), the base model, the shard index and the training code."""
+    LoRA run's base in bf16), the base model, the shard index and the training code (`code`, its
+    `provenance.source_digest`, computed here when not given)."""
     params = {**p, "data_slots": max(1, int(p["num_workers"])), "base_dtype": str(base_dtype(p, world))}
-    return ckpt.fingerprint(params, paths.base, shard_index, code=provenance.source_digest(CODE))
+    code = provenance.source_digest(CODE) if code is None else code
+    return ckpt.fingerprint(params, paths.base, shard_index, code=code)
 
 
-def code_lineage() -> dict[str, Any]:
+def code_lineage(code_digest: str) -> dict[str, Any]:
     """git_commit: the last commit that changed the training code (not HEAD, so committing other
     things leaves models/embedder's bytes unchanged); code_dirty: uncommitted edits to it;
-    code_digest: `provenance.source_digest` of it."""
+    code_digest: `provenance.source_digest` of it, as the run's fingerprint took it at its start."""
     files = provenance.source_files(CODE)
     return {"git_commit": provenance.git_commit(files), "code_dirty": provenance.dirty(files),
-            "code_digest": provenance.source_digest(CODE)}
+            "code_digest": code_digest}
 
 
 def dvc_lock_hashes(paths: TrainPaths, lock_file: Path = Path("dvc.lock")) -> dict[str, str | None]:
@@ -337,7 +338,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
 
     # resume or start fresh
     shard_index = paths.shards / "index.json"
-    fp = run_fingerprint(p, paths, shard_index, world)
+    code_digest = provenance.source_digest(CODE)  # once per run: the fingerprint's and the lineage's
+    fp = run_fingerprint(p, paths, shard_index, world, code=code_digest)
     found = ckpt.latest_checkpoint(paths.checkpoints, fp)
     if found is None and ckpt.list_checkpoints(paths.checkpoints):
         distributed.barrier()
@@ -472,7 +474,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             embedder = Embedder(backbone)
             embedder.load_state_dict(full)
     if rank == 0:
-        export(backbone, embedder, p, paths, summary)
+        export(backbone, embedder, p, paths, summary, code_digest)
     distributed.barrier()
     del encoder, no_sync, embedder, optimizer, batches  # DDP's reducer holds the process group: free it first
     distributed.cleanup()
@@ -513,7 +515,7 @@ def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position:
 
 
 def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: TrainPaths,
-           summary: Mapping[str, Any]) -> None:
+           summary: Mapping[str, Any], code_digest: str) -> None:
     """Write ``paths.out`` (adapter/, merged/, lineage.json) via a temporary sibling folder.
 
     LoRA: the saved adapter is merged into a fresh copy of the base weights in the dtype the base
@@ -525,7 +527,7 @@ def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
-        _write_export(backbone, embedder, p, paths, summary, tmp)
+        _write_export(backbone, embedder, p, paths, summary, code_digest, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -536,7 +538,7 @@ def export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: 
 
 
 def _write_export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], paths: TrainPaths,
-                  summary: Mapping[str, Any], tmp: Path) -> None:
+                  summary: Mapping[str, Any], code_digest: str, tmp: Path) -> None:
     """adapter/ (LoRA), merged/ and lineage.json into `tmp`."""
     model = embedder.model
     embedder.eval()
@@ -551,7 +553,7 @@ def _write_export(backbone: Backbone, embedder: Embedder, p: Mapping[str, Any], 
     lineage = {
         "base_model": str(paths.base), "base_model_info": backbone.info, "shards": str(paths.shards),
         "shard_index_sha256": ckpt.hash_tree(Path(paths.shards) / "index.json"),
-        **code_lineage(), "dvc_lock": dvc_lock_hashes(paths),
+        **code_lineage(code_digest), "dvc_lock": dvc_lock_hashes(paths),
         "train": dict(p),
         "collation": {"max_text_tokens": int(p["max_text_tokens"]), "image_max_pixels": p["image_max_pixels"],
                       "instructions": bool(p["instructions"])},

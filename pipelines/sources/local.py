@@ -37,6 +37,9 @@ def list_files(folder: Path) -> list[str]:
     return sorted(out)
 
 
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"  # how a git-lfs pointer file starts
+
+
 def _is_lfs_pointer(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(_LFS_POINTER)) == _LFS_POINTER
@@ -51,9 +54,6 @@ def _is_parquet(path: Path) -> bool:
             return False
         f.seek(-4, 2)
         return head == b"PAR1" and f.read(4) == b"PAR1"
-
-
-_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 def collect_repo(folder: str | Path, *, kind: str, split: str, selection) -> LocalRepo:
