@@ -323,6 +323,12 @@ def test_pretrain_examples_and_labels(normalized, family):
             logits = backbone.model(**pair).logits
         assert not torch.equal(labels[0], labels[1])
         torch.testing.assert_close(logits[0, first[0] - 1], logits[1, first[1] - 1], atol=1e-5, rtol=1e-5)
+    # a prompt ending in a word (MSCOCO grounding's) gets a newline before the answer, not glued on
+    ex = examples[0]
+    glued = dataclasses.replace(ex, side=dict(ex.side, raw=ex.side["raw"].rstrip() + " of the object"))
+    one, unlabelled = batch_with_labels(collate, [glued], images)
+    text = tok.decode(one["input_ids"][0][one["attention_mask"][0].bool()])
+    assert unlabelled == 0 and "of the object\n" + ex.answer + tok.eos_token in text
     # an answer cut by truncation is not trained on, and is counted
     _, unlabelled = batch_with_labels(Collator(backbone, max_text_tokens=3), examples[16:18], images)
     assert unlabelled == 2

@@ -97,7 +97,8 @@ def batch_with_labels(collator: Collator, examples: Sequence[Example],
                       images: dict[str, Image.Image]) -> tuple[dict[str, torch.Tensor], int]:
     """(model inputs with `labels`, rows without a trainable answer) for a batch of examples.
 
-    The answer + eos is appended to the prompt text; labels are the input ids on the answer's tokens
+    The answer + eos is appended to the prompt text (after a newline if the text does not end in
+    whitespace); labels are the input ids on the answer's tokens
     (found at the end of each row, before at most `MAX_PROMPT_SUFFIX` tokens that a family's prompt
     adds after the text, e.g. PaliGemma's newline, and checked token by token) and -100 elsewhere.
     A row whose answer was cut by truncation gets no labels and is counted. For PaliGemma the answer
@@ -110,7 +111,11 @@ def batch_with_labels(collator: Collator, examples: Sequence[Example],
     suffix_types = collator.format.family == "paligemma"
     sides, answers = [], []
     for ex in examples:
-        sides.append(dict(ex.side, raw=ex.side["raw"] + ex.answer + eos))
+        raw = ex.side["raw"]
+        # a prompt that ends in a word (MSCOCO's "...cropped image of the object") gets the newline
+        # the other prompts end with, so the answer is not glued onto its last word
+        sep = "" if not raw or raw[-1].isspace() else "\n"
+        sides.append(dict(ex.side, raw=raw + sep + ex.answer + eos))
         answers.append(tok(ex.answer + eos, add_special_tokens=False)["input_ids"])
     batch = collator(sides, [images[ex.image_sha] for ex in examples])
     ids, mask = batch["input_ids"], batch["attention_mask"]
