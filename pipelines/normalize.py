@@ -16,10 +16,11 @@ before the metrics are written). Reject reasons:
     archive_unreadable, image_empty, image_undecodable, image_truncated, image_too_large); the detail
     names the side ("query", "target", "candidate 3") and the image path.
 Quirks that are kept and counted, not rejected:
-    stray_image_token    a QUERY with "<|image_1|>" but no image path (WebQA/EDIS, MMEB_SPEC §1.6):
-                         raw kept, has_image_token true, image null. On target/negative/candidate
-                         sides the image IS the content, so a token without a path is a reject
-                         (image_token_without_image).
+    stray_image_token    a QUERY with "<|image_1|>" but no image path in a dataset whose queries are
+                         text (WebQA/EDIS, MMEB_SPEC §1.6): raw kept, has_image_token true, image
+                         null. On target/negative/candidate sides, and on the queries of datasets
+                         whose queries have an image (pipelines/mmeb.py), the image IS the content,
+                         so a token without a path is a reject (image_token_without_image).
     image_without_token  an image path on a side whose text has no "<|image_1|>": the image is kept
                          (has_image_token false); renderers must place the image token themselves.
     instruction_fallback query sides whose instruction was found by the ": " / whole-string fallback.
@@ -401,7 +402,7 @@ class DatasetNormalizer:
         if not raw.replace(IMAGE_TOKEN, "").strip() and not path:
             raise RowRejected(f"empty_{name.split()[0]}", f"{name}: no text and no image ({raw!r})")
         if has_token and not path:
-            if role == "query":
+            if role == "query" and "I" not in self.info.query:  # WebQA/EDIS: text-only queries
                 quirks["stray_image_token"] += 1
             else:
                 raise RowRejected("image_token_without_image",

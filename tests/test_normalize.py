@@ -15,8 +15,8 @@ from pipelines.normalize import (DatasetNormalizer, DatasetTask, RowRejected, di
 from pipelines.prompts import compose
 from pipelines.schema import RECORD_SCHEMA, REJECT_SCHEMA
 from stages import normalize as stage
-from tests.fixtures_mmeb import (EVAL_ROWS, EVAL_SCHEMA, TRAIN_ROWS, TRAIN_SCHEMA, cmyk_jpeg, eval_row,
-                                 png_header_bomb, train_row, truncated_jpeg, write_parquet, write_raw)
+from tests.fixtures_mmeb import (COUNTRY211_LABELS, EVAL_ROWS, EVAL_SCHEMA, TRAIN_ROWS, TRAIN_SCHEMA, cmyk_jpeg,
+                                 eval_row, png_header_bomb, train_row, truncated_jpeg, write_parquet, write_raw)
 
 PARAMS = dict(workers=1, max_pixels=50_000_000, max_reject_fraction=0.05, rows_per_part=20000,
               batch_rows=512)
@@ -154,6 +154,23 @@ def test_webqa_stray_token_is_kept_and_counted(clean):
     assert metrics["total"]["stray_image_token"] == 2
     # VisDial's hard negative is an image without any text: kept, counted
     assert metrics["datasets"]["train/VisDial"]["image_without_token"] == 1
+
+
+def test_a_query_that_lost_its_image_is_rejected_where_queries_have_images(tmp_path):
+    """The stray token is WebQA/EDIS's quirk (text queries); in an image-query dataset a query with
+    the token but no image path is a broken row, not a text-only query to train on or score."""
+    country = "<|image_1|>\nIdentify the country depicted in the image\n"
+    evals = {"Country211": EVAL_ROWS["Country211"] + [eval_row(country, "", COUNTRY211_LABELS,
+                                                               [""] * len(COUNTRY211_LABELS))]}
+    imagenet = TRAIN_ROWS["ImageNet_1K"][0]
+    train = {"ImageNet_1K": [imagenet, train_row(imagenet["qry"], "", "tench, Tinca tinca")]}
+    out, metrics = normalize(tmp_path, write_raw(tmp_path / "raw", train, evals), max_reject_fraction=1.0)
+    for kind, dataset, bad_id in [("eval", "Country211", "Country211/test/1"),
+                                  ("train", "ImageNet_1K", "ImageNet_1K/original/1")]:
+        assert [r["query"]["image"] is not None for r in records(out, kind, dataset)] == [True]
+        (rej,) = rejects(out, kind, dataset)
+        assert (rej["id"], rej["reason"]) == (bad_id, "image_token_without_image")
+        assert metrics["datasets"][f"{kind}/{dataset}"]["stray_image_token"] == 0
 
 
 @pytest.mark.parametrize("prefix", ["images/", "MMEB-train/images/"])
