@@ -676,15 +676,17 @@ def _top_reasons(stats: dict, top: int = 3) -> str:
 
 def failure_message(metrics: dict, max_reject_fraction: float, worst: int = 5,
                     max_dataset_reject_fraction: float = 1.0) -> str | None:
-    """Why the stage must fail (dataset errors, too many rejects in all naming the worst datasets,
-    or a dataset rejecting more than `max_dataset_reject_fraction` of its rows: one bad image of an
-    eval candidate pool rejects every query whose list holds it, which the total hides), or None
-    when it passes."""
+    """Why the stage must fail (dataset errors, a dataset without source rows, too many rejects in
+    all naming the worst datasets, or a dataset rejecting more than `max_dataset_reject_fraction` of
+    its rows: one bad image of an eval candidate pool rejects every query whose list holds it, which
+    the total hides), or None when it passes."""
     problems = []
     for key, err in sorted(metrics.get("errors", {}).items()):
         problems.append(f"{key} failed: {err}")
     for key, s in sorted(metrics["datasets"].items()):
-        if s["rows_in"] and s["reject_fraction"] > max_dataset_reject_fraction:
+        if not s["rows_in"]:  # no part files: train and evaluate would leave it out without a word
+            problems.append(f"{key}: its source parquet holds no rows")
+        elif s["reject_fraction"] > max_dataset_reject_fraction:
             problems.append(f"{key}: {s['rejected']}/{s['rows_in']} rows rejected ({s['reject_fraction']:.2%}) > "
                             f"normalize.max_dataset_reject_fraction {max_dataset_reject_fraction:.2%} "
                             f"({_top_reasons(s)})")

@@ -397,6 +397,17 @@ def test_stage_fails_when_one_eval_dataset_loses_its_queries_to_a_shared_bad_can
                                                            max_dataset_reject_fraction=1.0))]) == 0
 
 
+def test_stage_fails_on_a_dataset_without_rows(tmp_path, capsys):
+    """An empty source parquet writes no part files, so evaluate's `datasets: all` would average over
+    the others without a word (and train would skip it): the stage fails, naming it."""
+    raw = write_raw(tmp_path / "raw", {"OK-VQA": TRAIN_ROWS["OK-VQA"]}, {**EVAL_ROWS, "OK-VQA": []})
+    args = ["--raw", str(raw), "--out", str(tmp_path / "n"), "--rejects", str(tmp_path / "r"),
+            "--metrics", str(tmp_path / "etl.json"), "--params", str(write_params(tmp_path))]
+    assert stage.main(args) == 1
+    assert "eval/OK-VQA: its source parquet holds no rows" in capsys.readouterr().err
+    assert json.loads((tmp_path / "etl.json").read_text())["datasets"]["eval/OK-VQA"]["rows_in"] == 0
+
+
 def test_workers_and_restarts_give_identical_bytes(tmp_path):
     rows = [train_row(f"<|image_1|>\nRepresent the given image with the following question: q{i}?\n",
                       f"images/OK-VQA/Train/img_{i % 7}.jpg", f"answer {i}", "", f"neg {i}")
