@@ -329,6 +329,11 @@ def test_load_rejects_bad_records(tmp_path):
             ev.load_eval_set(tmp_path, f"Null{what}")
     with pytest.raises(FileNotFoundError):
         ev.load_eval_set(tmp_path, "Absent")
+    (tmp_path / "NoNegatives").mkdir()  # a part without a column names the file and the column
+    part = tmp_path / "NoNegatives" / "part-00000.parquet"
+    pq.write_table(pa.Table.from_pylist([rec], schema=RECORD_SCHEMA).drop_columns(["negatives"]), part)
+    with pytest.raises(ValueError, match=r"NoNegatives/part-00000.parquet: missing column\(s\) \['negatives'\]"):
+        ev.load_eval_set(tmp_path, "NoNegatives")
 
 
 def test_plan_batches_bucket_by_modality():

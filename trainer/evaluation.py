@@ -137,6 +137,9 @@ def load_eval_set(root: str | Path, dataset: str) -> EvalSet:
     columns = ["id", "meta_task", "distribution", "query", "target", "negatives"]
     tables = []
     for f in files:
+        missing = [c for c in columns if c not in pq.read_schema(f).names]
+        if missing:
+            raise ValueError(f"{f}: missing column(s) {missing} of pipelines.schema.RECORD_SCHEMA")
         t = pq.read_table(f, columns=columns)
         for name in columns:
             want = RECORD_SCHEMA.field(name).type
