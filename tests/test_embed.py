@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.fixtures_mmeb import png_header_bomb
 from trainer.backbones import build_tiny, save_backbone
 from trainer.embed import EmbeddingModel, main, make_side, model_dir_of
 
@@ -130,6 +131,11 @@ def test_cli_errors(base_dir, tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(SystemExit):
         main(["--model", str(base_dir), "--image", str(bad)])
+    bomb = tmp_path / "bomb.png"  # 9e8 pixels by its header: PIL's DecompressionBombError
+    bomb.write_bytes(png_header_bomb(30_000, 30_000))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(base_dir), "--image", str(bomb)])
+    assert exit_info.value.code == 2  # a usage error, not a traceback
     with pytest.raises(SystemExit):
         main(["--model", str(base_dir), "--text", "x", "--out", str(tmp_path / "x.pkl")])
 

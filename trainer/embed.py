@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with Image.open(file) as im:
                 images.append(to_rgb(im))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # the last is no OSError
             parser.error(f"cannot read image {file}: {e}")
     model = EmbeddingModel.load(args.model, device=args.device, dtype=args.dtype)
     parts, labels = [], []
