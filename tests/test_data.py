@@ -325,6 +325,21 @@ def test_a_record_the_collator_cannot_take_is_quarantined_not_fatal(tmp_path, ca
     assert "aspect ratio" in caplog.text and "2 image placeholders" in caplog.text
 
 
+def test_a_text_holding_the_image_token_is_quarantined_not_fatal(tmp_path, caplog):
+    from trainer.backbones import build_tiny
+    from trainer.inputs import Collator
+
+    def record(dataset, i):
+        target = "a sign reading <|image_pad|>" if i == 1 else f"t{i}"  # Qwen's own image token, literally
+        return {"query": make_side(f"q{i}"), "target": make_side(target), "negatives": []}, {}
+
+    shards = write_test_shards(tmp_path, {"A": 5}, per_shard=5, make_record=record)
+    cfg = D.StreamConfig(seed=0, global_batch=4, slots_per_rank=1, shuffle_buffer=0)
+    (b,) = take(D.ContrastiveStream(shards, cfg, Collator(build_tiny("qwen2_vl", seed=0))), 1)
+    assert b["ids"] == [f"A/original/{i}" for i in (0, 2, 3, 4)] and b["quarantined"] == 1
+    assert "image token" in caplog.text
+
+
 def test_all_corrupt_raises(tmp_path):
     shards = write_test_shards(tmp_path, {"A": 3}, per_shard=3, corrupt={f"A/original/{i}" for i in range(3)})
     with pytest.raises(ValueError, match="corrupt"):

@@ -99,6 +99,18 @@ def test_render_errors_and_missing_token(qwen):
     assert render_text(side("caption\n"), qwen, has_image=True) == "<|image_pad|>\ncaption\n"
 
 
+def test_a_source_text_holding_the_backbones_image_token_is_refused(qwen, llava):
+    """The processor would expand the literal token and fail on the missing image (or pair it with
+    another side's); refused here, so that the loader quarantines the record."""
+    for backbone, token in ((qwen, "<|image_pad|>"), (llava, "<image>")):
+        for has_image in (False, True):
+            with pytest.raises(ValueError, match="image token"):
+                render_text(side(f"<|image_1|>\na sign reading {token}\n"), backbone, has_image=has_image)
+            with pytest.raises(ValueError, match="image token"):
+                render_text(side(f"a sign reading {token}\n", text=f"a sign reading {token}"), backbone,
+                            has_image=has_image, instructions=False)
+
+
 def _image_tokens(backbone, batch):
     image_id = backbone.processor.tokenizer.convert_tokens_to_ids(backbone.image_token)
     return (batch["input_ids"] == image_id).sum(dim=1)

@@ -72,7 +72,9 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     Dual encoders (CLIP/SigLIP): plain text without any image token: instruction + text stripped of
     surrounding whitespace (`instructions=True`) or the text alone.
     The result is never empty for a side without image (ValueError instead: a dual encoder would give
-    it an all-zero embedding, a VLM nothing to pool).
+    it an all-zero embedding, a VLM nothing to pool), and holds the VLM's image token exactly once per
+    image (ValueError for a source text that contains it, e.g. "<image>" for LLaVA: the processor
+    would expand it and find no image for it).
     """
     fmt = _format_of(backbone)
     raw = side.get("raw") or ""
@@ -99,6 +101,8 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
         text = "\n".join(parts) + "\n" if parts else ""
     if not has_image and not text.strip():
         raise ValueError(f"side renders to empty text and has no image: {side!r:.200}")
+    if fmt.image_token and text.count(fmt.image_token) != int(has_image):  # the source text holds it
+        raise ValueError(f"side text holds the backbone's image token {fmt.image_token!r} itself: {raw[:80]!r}")
     return text
 
 
