@@ -159,3 +159,19 @@ def test_cli_as_a_module(base_dir, tmp_path):
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert np.load(out, allow_pickle=False).shape == (1, 64)
+
+
+def test_a_dual_encoder_base_model_embeds_without_instructions(tmp_path):
+    """The paper scored its CLIP-family baselines without instructions; a trained one keeps its own."""
+    from trainer.inputs import render_text
+
+    save_backbone(build_tiny("clip"), tmp_path / "clip")
+    side = make_side("a red circle", instruction="Find me an everyday image that matches the given caption:")
+    base = EmbeddingModel.load(tmp_path / "clip")
+    assert base.collation["instructions"] is False
+    assert base.collator.instructions is False
+    assert render_text(side, base.collator.format, instructions=False, has_image=False) == "a red circle"
+    forced = EmbeddingModel.load(tmp_path / "clip", instructions=True)
+    assert forced.collation["instructions"] is True and forced.fingerprint != base.fingerprint
+    (tmp_path / "clip" / "lineage.json").write_text(json.dumps({"collation": {"instructions": True}}))
+    assert EmbeddingModel.load(tmp_path / "clip").collation["instructions"] is True

@@ -15,7 +15,10 @@ Model folders:
 
 Collation settings (max_text_tokens, image_max_pixels, instructions) come from, in order: the
 arguments of `load`, lineage.json (`collation`, else `train` / `params.train`), the defaults
-(256, None, True). They are part of the fingerprint.
+(256, None, True). They are part of the fingerprint. One exception to the defaults: a dual encoder
+(CLIP, SigLIP) without lineage, i.e. a base model, embeds without instructions, as the paper's
+baselines were scored (paper-v1 §4.1; instructions cost CLIP 29 % there), so that its row sits beside
+the published CLIP/SigLIP numbers on equal terms.
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ class EmbeddingModel:
                 raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
             dtype = _DTYPES[dtype]
         backbone = load_backbone(str(model_dir), torch_dtype=dtype)
+        if backbone.kind == "dual" and instructions is None and "instructions" not in trained_with:
+            collation["instructions"] = False  # the paper's CLIP-family baselines (module docstring)
         fp = fingerprint_of(model_dir, collation, dtype or torch.float32)
         log.info("loaded embedding model %s (%s, fingerprint %s)", path, backbone.family, fp[:12])
         return cls(backbone, collation=collation, fingerprint=fp, path=path, device=device, dtype=dtype)
