@@ -416,3 +416,18 @@ def test_encoder_output_is_checked(tmp_path):
 
     with pytest.raises(ValueError, match="shape"):
         ev.encode_items(Broken(), items, ["ka", "kb"], batch_size=2, load_images=None)
+
+
+def test_an_item_the_backbone_refuses_is_named_in_the_error(tmp_path):
+    """Qwen2-VL's processor refuses an aspect ratio over 200: evaluation names the dataset and the item
+    instead of the processor's bare ValueError."""
+    from trainer.backbones import build_tiny, save_backbone
+    from trainer.embed import EmbeddingModel
+
+    save_backbone(build_tiny("qwen2_vl"), tmp_path / "base")
+    model = EmbeddingModel.load(tmp_path / "base")
+    items = [side("a cat", "a" * 64), side("a dog", "b" * 64)]
+    images = {"a" * 64: Image.new("RGB", (56, 56)), "b" * 64: Image.new("RGB", (300 * 28, 28))}
+    with pytest.raises(ValueError, match=r"Syn-X: cannot encode .*item 1: .*a dog.*8400x28.*aspect ratio"):
+        ev.encode_items(model, items, ["k0", "k1"], batch_size=2, desc="Syn-X",
+                        load_images=lambda shas: {s: images[s] for s in shas})

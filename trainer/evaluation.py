@@ -476,7 +476,7 @@ def encode_items(
         mine = chunk[comm.rank::comm.world]
         vectors = []
         for b in mine:
-            vectors.append(_encode_batch(encoder, items, b, load_images))
+            vectors.append(_encode_batch(encoder, items, b, load_images, desc))
             bar.update(1)
         local = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
         max_rows = max(sum(len(b) for b in chunk[r::comm.world]) for r in range(comm.world))
@@ -510,16 +510,36 @@ def encode_items(
     return np.stack(rows).astype(np.float32, copy=False), stats
 
 
-def _encode_batch(encoder: Encoder, items: Sequence[dict], batch: list[int], load_images) -> np.ndarray:
+def _encode_batch(encoder: Encoder, items: Sequence[dict], batch: list[int], load_images,
+                  desc: str = "encode") -> np.ndarray:
     sides = [items[i] for i in batch]
     shas = [s["image"]["sha256"] for s in sides if s.get("image")]
     if shas and load_images is None:
         raise ValueError("items have images but no image loader was given")
     decoded = load_images(shas) if shas else {}
     images = [decoded[s["image"]["sha256"]] if s.get("image") else None for s in sides]
-    out = np.asarray(encoder.encode(sides, images, batch_size=len(sides)), dtype=np.float32)
+    try:
+        out = np.asarray(encoder.encode(sides, images, batch_size=len(sides)), dtype=np.float32)
+    except ValueError as exc:  # e.g. Qwen2-VL's processor refuses an aspect ratio over 200
+        raise ValueError(f"{desc}: cannot encode the batch of items {batch[:8]}{'...' if len(batch) > 8 else ''}"
+                         f" ({_culprit(encoder, sides, images, batch)}): {exc}") from exc
     if out.ndim != 2 or out.shape[0] != len(sides):
         raise ValueError(f"encoder returned shape {out.shape} for {len(sides)} sides")
     if not np.isfinite(out).all():
         raise ValueError("encoder returned NaN or infinite values")
     return out
+
+
+def _culprit(encoder: Encoder, sides: Sequence[dict], images: Sequence, batch: list[int]) -> str:
+    """The first item of a failed batch that the encoder's collator refuses on its own (text and
+    image size rules, `Collator.validate`), described for the error message."""
+    validate = getattr(getattr(encoder, "collator", None), "validate", None)
+    if validate is None:
+        return "an encoder without a collator to check items one by one"
+    for i, side, image in zip(batch, sides, images):
+        try:
+            validate([side], [image])
+        except ValueError as exc:
+            size = f", image {image.width}x{image.height}" if image is not None else ""
+            return f"item {i}: {side.get('raw', '')[:60]!r}{size}: {exc}"
+    return "no single item is refused on its own"
