@@ -15,11 +15,14 @@ Reads params `eval`:
     precision         (optional, default fp32) fp32 | bf16 model weights for encoding
 Writes metrics/eval.json, reports/eval.md, reports/leaderboard.json and
 reports/plots/per_dataset/<model>.json (rank 0 only; byte-deterministic for the same embeddings).
+Reads metrics/etl.json for each dataset's source rows: Precision@1 is over the rows normalize
+accepted, and the reports say how many it rejected (leaderboard `num_data` = source rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -37,6 +40,7 @@ log = setup_logging("stages.evaluate")
 EVAL_ROOT = Path("data/normalized/eval")
 IMAGES_ROOT = Path("data/normalized/images")
 MODELS_ROOT = Path("models")
+ETL_FILE = Path("metrics/etl.json")
 METRICS_FILE = Path("metrics/eval.json")
 REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard.json")
@@ -62,6 +66,32 @@ def cache_keys(eval_set: EvalSet) -> list[str]:
     return [f"{eval_set.dataset}/{key}" for key in eval_set.keys]
 
 ModelLoader = Callable[[str, Path, Mapping[str, Any]], Encoder]
+
+
+def source_rows(etl_file: Path, eval_sets: list[EvalSet]) -> dict[str, int]:
+    """{dataset: rows in its source} from the normalize stage's metrics/etl.json ({} with a warning
+    when the file is missing, e.g. hand-made normalized data); a count below the records found
+    means the file belongs to another run and is refused."""
+    if not etl_file.is_file():
+        log.warning("%s not found: the reports cannot say how many eval rows normalize rejected", etl_file)
+        return {}
+    stats = json.loads(etl_file.read_text(encoding="utf-8")).get("datasets", {})
+    out = {}
+    for es in eval_sets:
+        entry = stats.get(f"eval/{es.dataset}")
+        if entry is None:
+            log.warning("%s has no entry for eval/%s: its rejected rows are not known", etl_file, es.dataset)
+            continue
+        if entry["accepted"] != es.n_queries:
+            raise ValueError(f"{etl_file} says normalize accepted {entry['accepted']} rows of eval/{es.dataset}, "
+                             f"but {es.n_queries} records are there: the file is from another run "
+                             "(re-run the normalize stage)")
+        out[es.dataset] = int(entry["rows_in"])
+        if entry["rows_in"] > entry["accepted"]:
+            log.warning("eval/%s: %d of %d source rows were rejected by normalize (data/rejects/); Precision@1 "
+                        "is over the other %d", es.dataset, entry["rows_in"] - entry["accepted"], entry["rows_in"],
+                        entry["accepted"])
+    return out
 
 
 def load_embedding_model(name: str, path: Path, params: Mapping[str, Any]) -> Encoder:
@@ -98,6 +128,7 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
     is_main = distributed.is_main()
     eval_sets: list[EvalSet] = [load_eval_set(eval_root, d) for d in datasets]
     log.info("%d eval dataset(s): %s", len(eval_sets), ", ".join(f"{e.dataset} ({e.n_queries})" for e in eval_sets))
+    sources = source_rows(root / ETL_FILE, eval_sets)
     needs_images = any(it.get("image") for es in eval_sets for it in es.items)
     images = ImageLoader(root / IMAGES_ROOT, max_pixels) if needs_images else None
 
@@ -120,7 +151,7 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
                                       cache=cache, desc=f"{name} {es.dataset}")
             if not is_main:
                 continue
-            result = score(es, emb)
+            result = dataclasses.replace(score(es, emb), source_rows=sources.get(es.dataset))
             results.append(result)
             log.info("%s %s: P@1 %.2f (%d queries; naive %d encodings, %d distinct, %d encoded, %d cached)",
                      name, es.dataset, result.precision_at_1, es.n_queries, es.naive_encodings,

@@ -303,3 +303,37 @@ def test_cache_budget_drops_other_models_vectors_and_keeps_this_runs(tmp_path):
     for bad in (-1, "20", True):
         with pytest.raises(ValueError, match="cache_max_gb"):
             stage.run(dict(PARAMS, cache_max_gb=bad), root=root, load_model=Loader())
+
+
+def test_rows_rejected_by_normalize_are_reported_not_hidden(tmp_path, caplog):
+    """Precision@1 is over the rows normalize kept; metrics/etl.json's source counts make the rejected
+    ones visible (leaderboard num_data, eval.md's "#queries", eval.json rows.rejected), and a stale
+    etl.json (other counts than the records) is refused."""
+    root = make_root(tmp_path)
+    counts = {d: load_eval_set(root / stage.EVAL_ROOT, d).n_queries for d in ("CIRR", "Tiny-CLS", "Tiny-RET", "Tiny-VQA")}
+    etl = {"datasets": {f"eval/{d}": {"rows_in": n + (3 if d == "CIRR" else 0), "accepted": n,
+                                        "rejected": 3 if d == "CIRR" else 0} for d, n in counts.items()}}
+    (root / "metrics").mkdir()
+    (root / stage.ETL_FILE).write_text(json.dumps(etl))
+    with caplog.at_level("WARNING"):
+        stage.run(PARAMS, root=root, load_model=Loader())
+    assert "eval/CIRR: 3 of 10 source rows were rejected" in caplog.text
+    board = json.loads((root / stage.LEADERBOARD_FILE).read_text())["models"]["embedder"]
+    assert board["metrics"]["image"]["CIRR"] == dict(board["metrics"]["image"]["CIRR"], num_pred=7, num_data=10)
+    assert board["metrics"]["image"]["Tiny-VQA"]["num_data"] == counts["Tiny-VQA"]
+    assert board["num_datasets"] == {"Overall": 4, "IND": 3, "OOD": 1, "Classification": 1, "VQA": 1, "Retrieval": 2}
+    metrics = json.loads((root / stage.METRICS_FILE).read_text())
+    assert metrics["base"]["rows"] == {"scored": sum(counts.values()), "rejected": 3}
+    md = (root / stage.REPORT_FILE).read_text()
+    assert "3 eval rows were rejected" in md
+    assert next(line for line in md.splitlines() if line.startswith("| CIRR | retrieval")).endswith("| 7 of 10 | 3 |")
+
+    etl["datasets"]["eval/Tiny-CLS"]["accepted"] += 1  # from another run
+    (root / stage.ETL_FILE).write_text(json.dumps(etl))
+    with pytest.raises(ValueError, match="eval/Tiny-CLS.*from another run"):
+        stage.run(PARAMS, root=root, load_model=Loader())
+    (root / stage.ETL_FILE).unlink()  # hand-made data without the file: scored, counts unknown
+    stage.run(PARAMS, root=root, load_model=Loader())
+    board = json.loads((root / stage.LEADERBOARD_FILE).read_text())["models"]["embedder"]
+    assert board["metrics"]["image"]["CIRR"]["num_data"] == 7
+    assert json.loads((root / stage.METRICS_FILE).read_text())["base"]["rows"]["rejected"] == 0

@@ -271,6 +271,7 @@ class DatasetResult:
     hit_at_5: float
     mrr: float
     ndcg_at_5: float
+    source_rows: int | None = None  # the dataset's rows before normalize's rejects (metrics/etl.json), if known
     ranks: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0, np.int64))
 
 

@@ -129,10 +129,27 @@ def metrics_document(evals: Mapping[str, Sequence[DatasetResult]], base: str = "
             "distinct_candidates": sum(r.distinct_candidates for r in results),
             "saving_factor": round(naive / dedup, 2) if dedup else 0.0,
         }
+        entry["rows"] = _rows(results)
         if base_agg is not None and model != base_name:
             entry["delta_vs_base"] = _rounded(_delta(agg, base_agg))
         doc[model] = entry
     return doc
+
+
+def _rows(results: Sequence[DatasetResult]) -> dict:
+    """Query rows scored, and rejected by normalize (of datasets whose source count is known)."""
+    return {"scored": sum(r.n_queries for r in results),
+            "rejected": sum(r.source_rows - r.n_queries for r in results if r.source_rows is not None)}
+
+
+def _group_sizes(results: Sequence[DatasetResult]) -> dict[str, int]:
+    """How many datasets each leaderboard average is over: a mean over a subset is no MMEB score."""
+    sizes = {"Overall": len(results)}
+    for key in mmeb.DISTRIBUTIONS:
+        sizes[key] = sum(r.distribution == key for r in results)
+    for task, label in META_LABELS.items():
+        sizes[label] = sum(r.meta_task == task for r in results)
+    return {k: v for k, v in sizes.items() if v}
 
 
 def _delta(agg: dict, base_agg: dict) -> dict:
@@ -155,8 +172,10 @@ def plot_rows(evals: Mapping[str, Sequence[DatasetResult]]) -> dict[str, list[di
 # --- reports/leaderboard.json ---------------------------------------------------------------------------
 def leaderboard(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str, dict]) -> dict:
     """Per model, the MMEB leaderboard layout: `scores` = dataset -> Precision@1 (%) plus the four
-    meta-task averages, IND, OOD and Overall; `metrics.image` = the V2 score-file fields per dataset
-    (fractions: hit@1, hit@5, ndcg_linear@5, mrr, num_pred, num_data)."""
+    meta-task averages, IND, OOD and Overall; `num_datasets` = how many datasets each average is over
+    (36 / 20 / 16 for the full MMEB); `metrics.image` = the V2 score-file fields per dataset (fractions:
+    hit@1, hit@5, ndcg_linear@5, mrr; num_pred = queries scored, num_data = the dataset's source rows,
+    more when normalize rejected some)."""
     models = {}
     for model, results in evals.items():
         agg = aggregate(results)
@@ -171,11 +190,12 @@ def leaderboard(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[
         per_dataset = {
             r.dataset: {"hit@1": round(r.precision_at_1 / 100, 6), "hit@5": round(r.hit_at_5 / 100, 6),
                         "ndcg_linear@5": round(r.ndcg_at_5 / 100, 6), "mrr": round(r.mrr / 100, 6),
-                        "num_pred": r.n_queries, "num_data": r.n_queries}
+                        "num_pred": r.n_queries,
+                        "num_data": r.n_queries if r.source_rows is None else r.source_rows}
             for r in results
         }
         models[model] = {"metadata": dict(metadata.get(model, {}), model_name=model),
-                         "scores": scores, "metrics": {"image": per_dataset}}
+                         "scores": scores, "num_datasets": _group_sizes(results), "metrics": {"image": per_dataset}}
     return {"benchmark": "MMEB-V1 (image tasks)", "metric": "Precision@1 (%)", "models": models}
 
 
@@ -235,6 +255,11 @@ def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str
         rows.append([f"{label} ({n})"] + [_fmt(vals[m]) for m in models] + delta_cols(lambda m: vals[m]))
     lines += _table(["group (#datasets)"] + models + delta_hdr, rows, "l" + "r" * (len(models) + len(delta_hdr)))
 
+    rejected = _rows([first[d] for d in datasets])["rejected"]
+    if rejected:
+        lines += ["", f"{rejected} eval rows were rejected by the normalize stage (reasons in `data/rejects/`, "
+                      "counts in `metrics/etl.json`): each dataset's Precision@1 is over the rows it kept "
+                      "(\"#queries\": kept of source rows)."]
     lines += ["", "## Per dataset", ""]
     rows = []
     for d in datasets:
@@ -242,8 +267,10 @@ def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str
         cands = str(r0.candidates_min) if r0.candidates_min == r0.candidates_max else \
             f"{r0.candidates_min}–{r0.candidates_max}"
         vals = {m: (by_model[m][d].precision_at_1 if d in by_model[m] else None) for m in models}
+        queries = str(r0.n_queries) if not r0.source_rows or r0.source_rows == r0.n_queries else \
+            f"{r0.n_queries} of {r0.source_rows}"
         rows.append([d, r0.meta_task, r0.distribution] + [_fmt(vals[m]) for m in models]
-                    + delta_cols(lambda m: vals[m]) + [str(r0.n_queries), cands])
+                    + delta_cols(lambda m: vals[m]) + [queries, cands])
     lines += _table(["dataset", "meta-task", "IND/OOD"] + models + delta_hdr + ["#queries", "#candidates"],
                     rows, "lll" + "r" * (len(models) + len(delta_hdr) + 2))
 
