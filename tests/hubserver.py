@@ -1,8 +1,9 @@
 """A local stand-in for the Hugging Face Hub, for tests of code that downloads with `huggingface_hub`.
 
-It serves folders in the Hub layout as dataset repos and speaks the part of the Hub protocol that
-huggingface_hub 2.4 uses for `snapshot_download`, `hf_hub_download`, `HfApi.dataset_info`/`repo_info`,
-`HfApi.resolve_revision`, `HfApi.list_repo_tree` and `HfApi.list_repo_files`:
+It serves folders in the Hub layout as dataset (or model) repos and speaks the part of the Hub
+protocol that huggingface_hub 2.4 uses for `snapshot_download`, `hf_hub_download`,
+`HfApi.dataset_info`/`repo_info`, `HfApi.resolve_revision`, `HfApi.list_repo_tree` and
+`HfApi.list_repo_files`:
 
     GET  /api/datasets/{repo}[/revision/{rev}]        repo info: id, sha (the commit), siblings
     GET  /api/datasets/{repo}/tree/{rev}[/{path}]     tree listing (?recursive=), files carry `lfs`
@@ -10,6 +11,9 @@ huggingface_hub 2.4 uses for `snapshot_download`, `hf_hub_download`, `HfApi.data
                                                       LFS files: 302 to the "CDN" with X-Repo-Commit,
                                                       X-Linked-Etag (sha256), X-Linked-Size
     HEAD/GET {cdn}/cdn/{sha256}                       the LFS bytes, with HTTP Range support (206)
+
+Model repos take the same routes with `/api/models/` and without the `/datasets` prefix; a repo id
+is one namespace for both (add a model and a dataset under different ids).
 
 The CDN is a second server on another port, i.e. another origin, as on the real Hub: the client then
 takes the file metadata from the 302 itself and downloads from the Location (without auth).
@@ -232,9 +236,9 @@ class _Server(ThreadingHTTPServer):
         self.role = role
 
 
-_INFO = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
-_TREE = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?$")
-_RESOLVE = re.compile(r"^/datasets/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+_INFO = re.compile(r"^/api/(?:datasets|models)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
+_TREE = re.compile(r"^/api/(?:datasets|models)/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?$")
+_RESOLVE = re.compile(r"^/(?:datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _CDN = re.compile(r"^/cdn/(?P<oid>[0-9a-f]{64})$")
 _RANGE = re.compile(r"^bytes=(?P<start>\d+)-(?P<end>\d*)$")
 

@@ -12,6 +12,7 @@ from PIL import Image
 from trainer.backbones import (FAMILIES, LORA_TARGETS, build_tiny, detect_family, load_backbone,
                                save_backbone, train_family_tokenizer)
 from trainer.inputs import Collator
+from tests.hubserver import hub_standin  # noqa: F401  (fixture)
 from trainer.model import Embedder
 
 SIDES = [
@@ -177,6 +178,53 @@ def test_load_hub_id_from_offline_cache_records_commit(tmp_path, monkeypatch):
     assert loaded.info["name"] == "tiny-org/tiny-qwen2-vl" and loaded.info["source"] == "hub"
     save_backbone(loaded, tmp_path / "base")  # the recorded commit survives the save
     assert json.loads((tmp_path / "base" / "backbone.json").read_text())["info"]["revision"] == commit
+
+
+HUB_LOAD = """
+import json
+from trainer.backbones import load_backbone
+try:
+    b = load_backbone({name!r}, revision={revision!r})
+    print(json.dumps({{"family": b.family, "revision": b.info["revision"], "source": b.info["source"]}}))
+except ValueError as e:
+    print(json.dumps({{"error": str(e)}}))
+"""
+
+
+def test_load_hub_id_through_the_client_pins_and_refuses_unsupported_models_before_their_weights(
+        tmp_path, hub_standin):
+    """A Hub id through the real huggingface_hub client (the local stand-in, in a subprocess: the client
+    reads HF_ENDPOINT at import): the commit the revision resolved to is recorded, a re-run works
+    offline from the cache, and a model of an unsupported family (Phi-3.5-V: `phi3_v`) is refused
+    from its config.json, before its weights download."""
+    import subprocess
+    import sys
+
+    from tests.hubserver import client_env
+
+    _hub_layout(build_tiny("qwen2_vl"), tmp_path / "qwen")
+    sha = hub_standin.add_repo("Qwen/Qwen2-VL-2B-Instruct", tmp_path / "qwen", refs=("main", "v1"))
+    phi = tmp_path / "phi"
+    phi.mkdir()
+    (phi / "config.json").write_text(json.dumps({"model_type": "phi3_v", "architectures": ["Phi3VForCausalLM"]}))
+    (phi / "model-00001-of-00001.safetensors").write_bytes(b"\0" * 4096)
+    hub_standin.add_repo("microsoft/Phi-3.5-vision-instruct", phi)
+
+    def load(name, revision="main", offline=False):
+        r = subprocess.run([sys.executable, "-c", HUB_LOAD.format(name=name, revision=revision)],
+                           env=client_env(tmp_path, hub_standin.endpoint, offline), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-4000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    assert load("Qwen/Qwen2-VL-2B-Instruct", "v1") == {"family": "qwen2_vl", "revision": sha, "source": "hub"}
+    hub_standin.clear_log()
+    assert load("Qwen/Qwen2-VL-2B-Instruct", "v1", offline=True)["revision"] == sha
+    assert hub_standin.requests == []
+
+    out = load("microsoft/Phi-3.5-vision-instruct")
+    assert "microsoft/Phi-3.5-vision-instruct@" in out["error"] and "unsupported model_type 'phi3_v'" in out["error"]
+    assert hub_standin.files_requested("microsoft/Phi-3.5-vision-instruct", "GET") == {"config.json"}
 
 
 def test_load_errors(tmp_path, monkeypatch):

@@ -371,12 +371,13 @@ def save_backbone(backbone: Backbone, path) -> None:
     (path / BACKBONE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def detect_family(model_dir: Path) -> str:
-    """The backbone family of a Hub-layout folder, from config.json's `model_type`."""
+def detect_family(model_dir: Path, name: str | None = None) -> str:
+    """The backbone family of a Hub-layout folder, from config.json's `model_type`; `name` (default
+    the folder) is what an error calls the model."""
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPE_TO_FAMILY:
-        raise ValueError(f"{model_dir}: unsupported model_type {model_type!r}; supported: "
+        raise ValueError(f"{name or model_dir}: unsupported model_type {model_type!r}; supported: "
                          f"{', '.join(sorted(MODEL_TYPE_TO_FAMILY))}")
     return MODEL_TYPE_TO_FAMILY[model_type]
 
@@ -408,13 +409,18 @@ def _load_processor(family: str, model_dir: Path, trust_remote_code: bool):
 
 
 def _resolve_hub(repo_id: str, revision: str | None, trust_remote_code: bool = False) -> tuple[Path, str]:
-    """Download (or find in the cache) the files of a Hub model; return (folder, resolved commit)."""
-    from huggingface_hub import snapshot_download
+    """Download (or find in the cache) the files of a Hub model; return (folder, resolved commit).
+
+    config.json comes first and alone: a model of a family this trainer does not support is refused
+    before its weights (gigabytes) download. The rest is fetched at the commit config.json came from."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    config = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    commit = config.parent.name if re.fullmatch(r"[0-9a-f]{40}", config.parent.name) else (revision or "")
+    detect_family(config.parent, name=f"{repo_id}@{commit or 'main'}")
     folder = Path(snapshot_download(
-        repo_id, revision=revision,
+        repo_id, revision=commit or revision,
         allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
         + (["*.py"] if trust_remote_code else [])))  # remote code is fetched only when it may run
-    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else (revision or "")
     return folder, commit
 
 
