@@ -399,6 +399,30 @@ def test_hub_failed_run_leaves_no_output_and_the_rerun_fetches_only_what_is_miss
     assert check_manifest(raw)["repos"]["MMEB-train"]["subsets"] == ["Alpha", "Beta", "Gamma"]
 
 
+def test_hub_partial_files_of_killed_runs_are_removed(tmp_path, hub_standin, served):
+    """huggingface_hub writes each download to a file of its own name and never reuses another's, so
+    the partial file a killed run leaves (up to a whole image zip) would stay in .cache/hub for good;
+    the next run deletes it, but not one whose download lock another process holds."""
+    from filelock import FileLock
+
+    hub_standin.add_repo(TRAIN_REPO, served / "MMEB-train")
+    hub_standin.add_repo(EVAL_REPO, served / "MMEB-eval")
+    work = tmp_path / "work"
+    blobs = work / ".cache/hub/datasets--TIGER-Lab--MMEB-train/blobs"
+    blobs.mkdir(parents=True)
+    orphan = blobs / f"{'a' * 64}.1f2e3d4c.incomplete"  # a killed run's partial images zip
+    orphan.write_bytes(b"\0" * 4096)
+    busy = blobs / f"{'b' * 64}.5a6b7c8d.incomplete"  # another process is downloading this one
+    busy.write_bytes(b"\0" * 4096)
+    lock = work / ".cache/hub/.locks/datasets--TIGER-Lab--MMEB-train" / f"{'b' * 64}.lock"
+    lock.parent.mkdir(parents=True)
+    with FileLock(lock):
+        r = run_stage(work, hub_standin.endpoint, train_subsets=["Alpha"], eval_subsets=["Alpha"])
+    assert not orphan.exists() and busy.exists()
+    assert "removed 0.0 MB of partial files" in r.stderr
+    check_manifest(work / "data/raw")
+
+
 def test_hub_download_of_the_synthetic_repos_equals_the_synthetic_source(tmp_path, hub_standin):
     """The synthetic source keeps exactly what a Hub download of the same repos would hold. (With a
     subset selection the generator writes only the selected datasets, so then the eval images.zip and

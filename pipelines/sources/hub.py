@@ -118,6 +118,32 @@ def select_files(paths, kind: str, split: str, subsets: list[str]) -> list[str]:
 
 
 # --- download ------------------------------------------------------------------------------------
+def remove_orphaned_partials(cache_dir: Path, repo_id: str) -> int:
+    """Delete the partial downloads (`blobs/<etag>.<id>.incomplete`) that killed runs left in the cache
+    folder of dataset `repo_id`; return the bytes freed. huggingface_hub never reuses them (each
+    download writes a file of its own name), so each killed run would leave up to a whole image zip
+    behind. A file whose download lock another process holds is being written and stays."""
+    from filelock import FileLock, Timeout
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = repo_folder_name(repo_id=repo_id, repo_type="dataset")
+    freed = 0
+    for part in sorted((Path(cache_dir) / folder / "blobs").glob("*.incomplete")):
+        lock = Path(cache_dir) / ".locks" / folder / f"{part.name.split('.', 1)[0]}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(lock, timeout=0):
+                size = part.stat().st_size
+                part.unlink()
+        except (Timeout, FileNotFoundError):
+            continue
+        except NotImplementedError:  # no flock on this file system: whether a download runs is unknown
+            log.warning("%s: cannot lock %s; partial files left in place", repo_id, lock.parent)
+            return freed
+        freed += size
+    return freed
+
+
 @dataclass
 class FetchedRepo:
     """A repo's selected files, downloaded. `files` maps the repo path to the cached file."""
@@ -157,8 +183,9 @@ def fetch_repo(
     commit, so the files belong to one snapshot; only files matching the selection's patterns are
     requested; each LFS file has the size the Hub lists (its sha256 is in `expected_sha256`, for
     `check_sha256` once the caller has hashed it). Files already in the cache are
-    not fetched again, so a rerun after an interrupted run downloads only what is missing (and a
-    transfer cut mid-file is resumed by the client with an HTTP Range request). Without network
+    not fetched again, so a rerun after an interrupted run downloads only what is missing (a
+    connection cut mid-file is resumed by the client with an HTTP Range request; a file a killed run
+    was writing starts over, and the partial file it left is deleted first). Without network
     (HF_HUB_OFFLINE=1, Hub unreachable) it works from the cache when the revision and snapshot are
     there.
     """
@@ -188,6 +215,9 @@ def fetch_repo(
         raise LayoutError(f"{repo_id}@{commit}: {e}") from None
     patterns = allow_patterns(kind, split, subsets)
     total = sum(entries[p].size or 0 for p in wanted)
+    freed = remove_orphaned_partials(cache_dir, repo_id)
+    if freed:
+        log.info("%s: removed %.1f MB of partial files left by interrupted runs", repo_id, freed / 1e6)
     log.info("%s@%s: %d subsets, %d files, %.1f MB", repo_id, commit[:10], len(subsets), len(wanted), total / 1e6)
 
     snapshot = Path(
