@@ -194,3 +194,30 @@ def test_fetch_repo_unknown_subset_is_a_clear_error(hub_standin, layout, tmp_pat
 def test_fake_commit_is_stable():
     assert fake_commit("a/b") == fake_commit("a/b") != fake_commit("a/c")
     assert len(fake_commit("a/b")) == 40
+
+
+def test_fetch_repo_refuses_a_selection_the_disk_cannot_hold_before_downloading(hub_standin, layout, tmp_path):
+    """huggingface_hub only warns, and only when one file alone does not fit: twenty image zips that
+    fit one by one would fill the disk hours in. The selection's missing bytes are checked first."""
+    hub_standin.add_repo(TRAIN_REPO, layout / "MMEB-train")
+    low_disk = """
+import shutil
+from collections import namedtuple
+free = {free}
+shutil.disk_usage = lambda path: namedtuple("usage", "total used free")(10 ** 12, 10 ** 12 - free, free)
+"""
+    fetch = FETCH.format(repo=TRAIN_REPO, kind="train", revision="main", selection=["Alpha"])
+    guarded = fetch.replace("f = hub.fetch_repo", "try:\n    f = hub.fetch_repo").replace(
+        'cache_dir=Path("cache"))', 'cache_dir=Path("cache"))\nexcept hub.LayoutError as e:\n'
+        '    print(json.dumps({"error": str(e)})); sys.exit(0)')
+    env = client_env(tmp_path, hub_standin.endpoint)
+    out = run_client(low_disk.format(free=100) + guarded, env, tmp_path)
+    assert "still to download into cache, but only 0.00 GB free there" in out["error"]
+    assert not any(r.method == "GET" and r.file for r in hub_standin.requests)  # refused before any byte
+    assert not (tmp_path / "cache/datasets--TIGER-Lab--MMEB-train/snapshots").exists()
+
+    run_client(fetch, env, tmp_path)  # room enough: fetched
+    hub_standin.clear_log()
+    out = run_client(low_disk.format(free=0) + fetch, env, tmp_path)  # all cached: nothing left to fit
+    assert set(out["files"]) == {"Alpha/original-00000-of-00001.parquet", "images_zip/Alpha.zip", "README.md"}
+    assert not any(r.method == "GET" and r.file for r in hub_standin.requests)

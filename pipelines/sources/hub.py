@@ -12,13 +12,15 @@ The layout functions here work on a plain list of repo file paths, so `pipelines
 local folder against the very same rules. `fetch_repo` downloads only the selected subsets with
 `huggingface_hub.snapshot_download(allow_patterns=...)` into a cache outside the DVC output, pinned to
 the commit the requested revision resolved to, and hands back each LFS file's sha256 from the Hub's
-listing so the caller can check the bytes it got.
+listing so the caller can check the bytes it got. A selection whose missing files do not fit on the
+cache's disk is refused before the first byte is fetched (huggingface_hub only warns, per file).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +120,23 @@ def select_files(paths, kind: str, split: str, subsets: list[str]) -> list[str]:
 
 
 # --- download ------------------------------------------------------------------------------------
+def bytes_to_fetch(cache_dir: Path, repo_id: str, commit: str, sizes: dict[str, int]) -> int:
+    """The bytes of the files (repo path -> size) that the cache does not hold at `commit` yet."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return sum(size for path, size in sizes.items()
+               if not isinstance(try_to_load_from_cache(repo_id, path, cache_dir=cache_dir, revision=commit,
+                                                        repo_type="dataset"), str))
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the file system that holds (or will hold) `folder`."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
 def remove_orphaned_partials(cache_dir: Path, repo_id: str) -> int:
     """Delete the partial downloads (`blobs/<etag>.<id>.incomplete`) that killed runs left in the cache
     folder of dataset `repo_id`; return the bytes freed. huggingface_hub never reuses them (each
@@ -218,6 +237,14 @@ def fetch_repo(
     freed = remove_orphaned_partials(cache_dir, repo_id)
     if freed:
         log.info("%s: removed %.1f MB of partial files left by interrupted runs", repo_id, freed / 1e6)
+    need = bytes_to_fetch(cache_dir, repo_id, commit, {p: entries[p].size or 0 for p in wanted})
+    free = free_bytes(cache_dir)
+    if need > free:
+        raise LayoutError(
+            f"{repo_id}@{commit}: {need / 1e9:.2f} GB still to download into {cache_dir}, but only "
+            f"{free / 1e9:.2f} GB free there; free disk space, select fewer subsets, or point "
+            "VLM2VEC_HUB_CACHE at a larger disk"
+        )
     log.info("%s@%s: %d subsets, %d files, %.1f MB", repo_id, commit[:10], len(subsets), len(wanted), total / 1e6)
 
     snapshot = Path(
