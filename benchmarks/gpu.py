@@ -399,20 +399,26 @@ class Bench:
         self.free()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        times, value, error = [], None, None
+        times, value, error, pauses = [], None, None, GcPauses()
+        gc_s, gc_full = [], 0  # per timed step: seconds in the garbage collector; full collections
         try:
-            for i in range(warmup + steps):
-                if before_step is not None:
-                    before_step()
-                self.sync()
-                t0 = time.perf_counter()
-                value = step()
-                self.sync()
-                dt = time.perf_counter() - t0
-                if i >= warmup:
-                    times.append(dt)
-                log.info("  %s b=%d step %d/%d: %.3f s%s", case, batch, i + 1, warmup + steps, dt,
-                         " (warm-up)" if i < warmup else "")
+            with pauses:
+                for i in range(warmup + steps):
+                    if before_step is not None:
+                        before_step()
+                    self.sync()
+                    pauses.step()
+                    full = pauses.full
+                    t0 = time.perf_counter()
+                    value = step()
+                    self.sync()
+                    dt = time.perf_counter() - t0
+                    if i >= warmup:
+                        times.append(dt)
+                        gc_s.append(pauses.step())
+                        gc_full += pauses.full - full
+                    log.info("  %s b=%d step %d/%d: %.3f s%s", case, batch, i + 1, warmup + steps, dt,
+                             " (warm-up)" if i < warmup else "")
         except torch.OutOfMemoryError as exc:
             error = "oom"
             log.warning("  %s b=%d: out of memory (%s)", case, batch, str(exc).splitlines()[0][:160])
@@ -427,7 +433,7 @@ class Bench:
         if error is None:
             med = statistics.median(times)
             row.update(status="ok", step_s=round(med, 4), steps_s=[round(t, 4) for t in times],
-                       throughput=round(batch / med, 2))
+                       throughput=round(batch / med, 2), gc_s=gc_s, gc_full=gc_full)
             if isinstance(value, torch.Tensor) and value.numel() == 1:
                 row["loss"] = float(value)
             log.info("  %s b=%d: %.2f %s, median step %.3f s, peak %s GiB", case, batch, row["throughput"],
@@ -689,7 +695,8 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
     log.info("paired rounds at batch %d: %s, %d warm-up + %d rounds", batch, ", ".join(variants), sizes.warmup,
              rounds)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    error = None
+    gc_s: dict[str, list[float]] = {name: [] for name in variants}
+    error, pauses = None, GcPauses()
     try:
         for r in range(sizes.warmup + rounds):
             for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
@@ -697,11 +704,14 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
                 setup()
                 model.zero_grad(set_to_none=True)
                 bench.sync()
+                pauses.step()
                 t0 = time.perf_counter()
-                step()
-                bench.sync()
+                with pauses:
+                    step()
+                    bench.sync()
                 if r >= sizes.warmup:
                     times[name].append(time.perf_counter() - t0)
+                    gc_s[name].append(pauses.step())
             if r >= sizes.warmup:
                 log.info("  round %d: %s", r - sizes.warmup + 1,
                          ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))
@@ -717,7 +727,8 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
                    gpu_state=state)
         if error is None:
             med = statistics.median(ts)
-            row.update(step_s=round(med, 4), steps_s=[round(t, 4) for t in ts], throughput=round(batch / med, 2))
+            row.update(step_s=round(med, 4), steps_s=[round(t, 4) for t in ts], throughput=round(batch / med, 2),
+                       gc_s=gc_s[name])
             if name != "B":
                 per_round = [b / t for b, t in zip(times["B"], ts)]
                 row.update(paired_ratio=round(statistics.median(per_round), 3),
@@ -745,6 +756,35 @@ def gpu_state(device) -> dict | None:
         return dict(zip(fields, values)) if out.returncode == 0 and len(values) == len(fields) else None
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
+
+
+class GcPauses:
+    """Seconds the Python garbage collector ran, per timed step (`gc.callbacks`): a full collection
+    over a big model's and the compiler's objects takes tens of milliseconds, enough to make a step's
+    times bimodal, as run 3's were (0.24-0.25 s and 0.29-0.30 s). `step()` returns the pause since
+    the last call; `full` counts generation-2 collections."""
+
+    def __init__(self):
+        self.pause, self.full, self._t0 = 0.0, 0, None
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self._t0 is not None:
+            self.pause += time.perf_counter() - self._t0
+            self.full += info.get("generation") == 2
+            self._t0 = None
+
+    def step(self) -> float:
+        pause, self.pause = self.pause, 0.0
+        return round(pause, 4)
 
 
 def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dtype, mm: bool, temperature: float,

@@ -122,3 +122,20 @@ def test_tiny_run_end_to_end(tmp_path):
         assert (case + ":paired", f"B:paired@4") in vs
     assert all("gpu_state" in r for r in data["rows"] if not r["case"].endswith(":warmup") and r["status"] == "ok")
     assert rows["B:end"]["status"] == "ok" and ("B:end", "B@4") in vs  # the baseline again, for its drift
+    # every timed step records the garbage collector's pause within it (never longer than the step)
+    timed = [r for r in data["rows"] if r["status"] == "ok" and "steps_s" in r]
+    assert timed and all(len(r["gc_s"]) == len(r["steps_s"]) for r in timed)
+    assert all(0 <= g <= t for r in timed for g, t in zip(r["gc_s"], r["steps_s"]))
+
+
+def test_gc_pauses_are_counted_per_step(gpu):
+    import gc
+
+    pauses = gpu.GcPauses()
+    with pauses:
+        gc.collect()  # a full collection inside the window
+        first = pauses.step()
+        assert pauses.step() == 0.0  # nothing since the last call
+    assert first > 0 and pauses.full == 1
+    gc.collect()  # after the window: not seen
+    assert pauses.step() == 0.0 and pauses.full == 1 and pauses._callback not in gc.callbacks
