@@ -66,3 +66,49 @@ def test_every_stage_command_answers_help_without_doing_its_work(tmp_path, monke
         assert exit_info.value.code == 0, name
         assert "usage:" in capsys.readouterr().out, name
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_stays_up_to_date_after_a_run_of_other_params(tmp_path):
+    """The train stage's outputs as dvc.yaml declares them, in a scratch repo with the project's
+    .gitignore, written by a stand-in command that keeps only its own params' checkpoints (as
+    `trainer.loop` does): after a run of other params and a checkout of the first, `dvc status` finds
+    train up to date. A git-ignored uncached output (models/checkpoints) cannot be restored by git or
+    dvc, so it marked train changed and the next `dvc repro` retrained from scratch."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    fake = ("import pathlib, shutil, yaml; lr = yaml.safe_load(open('params.yaml'))['train']['lr']; "
+            "shutil.rmtree('models/checkpoints', ignore_errors=True); "
+            "[pathlib.Path(p).mkdir(parents=True, exist_ok=True) for p in "
+            "('models/embedder', f'models/checkpoints/lr{lr}', 'metrics/train/plots/metrics')]; "
+            "pathlib.Path('models/embedder/w').write_text(str(lr)); "
+            "pathlib.Path(f'models/checkpoints/lr{lr}/state').write_text(str(lr)); "
+            "pathlib.Path('metrics/train/metrics.json').write_text('{\"loss\": %s}' % lr); "
+            "pathlib.Path('metrics/train/plots/metrics/loss.tsv').write_text('step\\tloss\\n0\\t%s\\n' % lr)")
+    scratch = {"cmd": f'{sys.executable} -c "{fake}"', "params": ["train"],
+               **{k: stage[k] for k in ("outs", "metrics", "plots") if k in stage}}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": scratch}}))
+    (repo / "params.yaml").write_text("train:\n  lr: 1\n")
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+    dvc = [sys.executable, "-m", "dvc"]
+
+    def run(*cmd):
+        return subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, text=True).stdout
+
+    run("git", "init", "-q")
+    run(*dvc, "init", "-q")
+    run(*dvc, "repro")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "lr 1")
+    run(*dvc, "exp", "run", "-S", "train.lr=2")
+    run("git", "checkout", "--", ".")
+    run(*dvc, "checkout")
+    assert (repo / "models/embedder/w").read_text() == "1"
+    assert "up to date" in run(*dvc, "status", "train")
