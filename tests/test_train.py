@@ -279,6 +279,23 @@ def test_rerun_after_completion_resumes_at_the_end_and_is_byte_identical(workspa
     assert (workspace / "models/embedder/lineage.json").read_bytes() == first_lineage
 
 
+def test_a_resume_continues_the_checkpoints_metrics_history_not_the_workspaces(workspace):
+    """git restores metrics/train/ with a checkout of another run (it is git-tracked) but nothing restores
+    models/checkpoints: after a LoRA run, `git checkout` of the baseline and the same LoRA run again, the
+    rerun resumed the LoRA checkpoint and summarised the baseline's loss curve as the LoRA run's."""
+    params = {**BASE_PARAMS, "steps": 4, "save_every": 2}
+    train(params, paths_in(workspace))
+    plots = workspace / "metrics/train/plots/metrics"
+    curve = (plots / "loss.tsv").read_text()
+    summary = json.loads((workspace / "metrics/train/metrics.json").read_text())
+    for tsv in plots.glob("*.tsv"):  # another run's history, as a checkout of its commit leaves it
+        name = tsv.stem
+        tsv.write_text(f"timestamp\tstep\t{name}\n" + "".join(f"0\t{i}\t99.0\n" for i in range(4)))
+    assert train(params, paths_in(workspace))["resumed_from"] == 4
+    assert (plots / "loss.tsv").read_text() == curve
+    assert json.loads((workspace / "metrics/train/metrics.json").read_text()) == summary
+
+
 def test_lora_rank_and_full_finetuning_give_different_models(workspace, tmp_path):
     params = {**BASE_PARAMS, "steps": 2, "save_every": 100}
     results = {}

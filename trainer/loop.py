@@ -231,6 +231,23 @@ def dvc_lock_hashes(paths: TrainPaths, lock_file: Path = Path("dvc.lock")) -> di
 
 
 # --- dvclive ----------------------------------------------------------------------------------
+def metrics_history(metrics_dir: Path) -> dict[str, str]:
+    """dvclive's per-step tsv files under ``metrics_dir``, by file name: each checkpoint keeps the history
+    it continues, since git restores metrics/train/ with a checkout of another run but nothing restores
+    models/checkpoints, so the workspace's history can be another run's."""
+    return {tsv.name: tsv.read_text(encoding="utf-8")
+            for tsv in sorted((metrics_dir / "plots" / "metrics").glob("*.tsv"))}
+
+
+def _restore_metrics(metrics_dir: Path, history: Mapping[str, str]) -> None:
+    """Replace the tsv files under ``metrics_dir`` by a checkpoint's `metrics_history`."""
+    plots = metrics_dir / "plots" / "metrics"
+    shutil.rmtree(plots, ignore_errors=True)
+    plots.mkdir(parents=True)
+    for name, text in history.items():
+        (plots / name).write_text(text, encoding="utf-8")
+
+
 def _trim_metrics(metrics_dir: Path, start_step: int) -> None:
     """Drop metric rows logged at steps >= start_step (by a run killed after its last checkpoint)."""
     for tsv in (metrics_dir / "plots" / "metrics").glob("*.tsv"):
@@ -268,13 +285,16 @@ def run_summary(metrics_dir: Path) -> dict[str, float]:
     return out
 
 
-def open_live(metrics_dir: Path, start_step: int):
+def open_live(metrics_dir: Path, start_step: int, history: Mapping[str, str] | None = None):
     """A dvclive Live under ``metrics_dir`` that never writes dvc.yaml nor creates experiments;
-    fresh runs start a clean history, resumed runs continue it at ``start_step``."""
+    fresh runs start a clean history, resumed runs continue at ``start_step`` the checkpoint's
+    ``history`` (`metrics_history`), or the workspace's for a checkpoint without one."""
     from dvclive import Live
 
     if start_step == 0:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+    elif history is not None:
+        _restore_metrics(metrics_dir, history)
     else:
         _trim_metrics(metrics_dir, start_step)
     live = Live(str(metrics_dir), resume=start_step > 0, save_dvc_exp=False, dvcyaml=None, report=None)
@@ -347,7 +367,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             log.warning("removing stale checkpoints under %s", paths.checkpoints)
             ckpt.remove_checkpoints(paths.checkpoints)
     num_workers = int(p["num_workers"])
-    start_step, rng_state, position, last_loss = 0, None, None, None
+    start_step, rng_state, position, last_loss, history = 0, None, None, None, None
     if found is not None:
         loaders = {}
         if use_fsdp:
@@ -357,7 +377,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
                                      **loaders)
         start_step, rng_state = int(state["step"]), state["rng"]
         position = StreamPosition.from_dict(state["stream"])
-        last_loss = state["extra"].get("loss")
+        last_loss, history = state["extra"].get("loss"), state["extra"].get("metrics")
         if position.world_size != world:
             log.warning("checkpoint was written by %d ranks, this run has %d: the data order after resume "
                         "differs from an uninterrupted run; every dataset continues at a fresh epoch (the rest "
@@ -392,7 +412,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     scale = loss_scale()
     no_sync = (partial(fsdp.no_gradient_sync, embedder) if use_fsdp else encoder.no_sync if world > 1 else None)
 
-    live = open_live(paths.metrics, start_step) if rank == 0 else None
+    live = open_live(paths.metrics, start_step, history) if rank == 0 else None
     ids_log = _open_ids_log(paths.ids_log, start_step, rank, world)
     bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", disable=rank != 0)
     tick = time.perf_counter()
@@ -455,7 +475,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             done = step + 1
             if done % save_every == 0 or done == steps:
                 _save(paths.checkpoints, done, embedder, optimizer, scheduler, fp, position, last_loss, rank,
-                      sharded=use_fsdp)
+                      sharded=use_fsdp, metrics_dir=paths.metrics)
         if live is not None:
             live.summary.update(run_summary(paths.metrics))
     finally:
@@ -496,9 +516,9 @@ def _open_ids_log(path: Path | None, start_step: int, rank: int, world: int):
 
 
 def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position: StreamPosition,
-          loss: float, rank: int, sharded: bool = False) -> None:
+          loss: float, rank: int, sharded: bool = False, metrics_dir: Path | None = None) -> None:
     """Gather the per-rank stream positions and RNG states (and under FSDP the unsharded weights and
-    optimizer state); rank 0 writes the checkpoint."""
+    optimizer state); rank 0 writes the checkpoint, with the dvclive history under ``metrics_dir``."""
     states = {}
     if sharded:
         states = dict(model_state=fsdp.full_trainable_state(model),
@@ -510,7 +530,8 @@ def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position:
             merged.merge(StreamPosition.from_dict(g["position"]))
         ckpt.save_checkpoint(root, step, model=model, optimizer=optimizer, scheduler=scheduler, fingerprint=fp,
                              stream=merged.to_dict(), rng_per_rank=[g["rng"] for g in gathered],
-                             extra={"loss": loss}, **states)
+                             extra={"loss": loss, **({"metrics": metrics_history(metrics_dir)} if metrics_dir else {})},
+                             **states)
     distributed.barrier()
 
 
