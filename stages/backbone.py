@@ -30,12 +30,14 @@ from typing import Any, Mapping
 
 import torch
 
-from stages.common import load_params, setup_logging
+from stages.common import check_keys, load_params, setup_logging
 
 TRAIN_DIR = Path("data/normalized/train")
 IMAGES_DIR = Path("data/normalized/images")
 OUT = Path("models/base")
 TINY_PREFIX = "tiny-"
+PARAMS = ("name", "revision", "trust_remote_code", "seed", "pretrain_steps", "pretrain_batch_size", "pretrain_lr",
+          "tiny_hidden_size", "tiny_layers", "tiny_image_size", "tiny_vocab_size", "tiny_threads")
 
 log = logging.getLogger("backbone")
 
@@ -94,6 +96,7 @@ def run(params: Mapping[str, Any], *, train_dir: Path = TRAIN_DIR, images_dir: P
     """Build or fetch the backbone described by `params` and save it to `out`; return the Backbone."""
     from trainer.backbones import load_backbone, save_backbone
 
+    check_keys("backbone", params, PARAMS)
     seed = int(params.get("seed", 0))
     random.seed(seed)
     torch.manual_seed(seed)

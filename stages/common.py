@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -26,6 +26,14 @@ def load_params(*sections: str, path: str | Path | None = None) -> dict[str, Any
     if len(sections) == 1:
         return dict(params[sections[0]])
     return {s: dict(params[s]) for s in sections}
+
+
+def check_keys(section: str, params: Mapping[str, Any], known: Iterable[str]) -> None:
+    """Raise ValueError naming the keys of params section `section` that its stage does not read: a
+    typo (`dvc exp run -S eval.dataset=[...]`) would otherwise run with the default, unnoticed."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"params {section}: unknown key(s) {unknown}; known: {sorted(known)}")
 
 
 def setup_logging(name: str) -> logging.Logger:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from pipelines import mmeb
 from pipelines.sources import hub, local
-from stages.common import load_params, setup_logging
+from stages.common import check_keys, load_params, setup_logging
 
 log = logging.getLogger("stages.download")
 
@@ -45,6 +45,9 @@ HUB_CACHE = Path(os.environ.get("VLM2VEC_HUB_CACHE", ".cache/hub"))
 MANIFEST = "manifest.json"
 SOURCES = ("synthetic", "local", "hub")
 REPO_DIRS = local.REPO_DIRS  # kind -> folder name under data/raw
+DATA_PARAMS = ("source", "local_dir", "train_repo", "eval_repo", "revision", "train_split", "train_subsets",
+               "eval_subsets")
+SYNTHETIC_PARAMS = ("seed", "train_rows", "eval_rows", "eval_candidates", "image_size")
 _WORK_TAGS = ("build", "old", "synthetic")  # sibling work folders: .<raw>.<tag>-<pid>
 
 
@@ -225,6 +228,8 @@ def run(data: dict, synthetic: dict, *, out: Path = RAW, hub_cache: Path = HUB_C
     Guarantees: on success `out` holds exactly the selected files and manifest.json, byte-identical
     for identical inputs; on failure `out` is left as it was and no work folder remains.
     """
+    check_keys("data", data, DATA_PARAMS)
+    check_keys("synthetic", synthetic, SYNTHETIC_PARAMS)
     source = data.get("source", "synthetic")
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")

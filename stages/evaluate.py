@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipelines.mmeb import resolve_subsets
-from stages.common import load_params, setup_logging
+from stages.common import check_keys, load_params, setup_logging
 from trainer import distributed, provenance, report
 from trainer.embedding_cache import EmbeddingCache, prune
 from trainer.evaluation import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
@@ -64,6 +64,8 @@ def cache_keys(eval_set: EvalSet) -> list[str]:
     two datasets is encoded in each one's own batches (see `encode_items`), so each dataset's metrics
     are the same whichever datasets were scored before it."""
     return [f"{eval_set.dataset}/{key}" for key in eval_set.keys]
+
+PARAMS = ("models", "batch_size", "datasets", "image_max_pixels", "cache", "cache_dir", "cache_max_gb", "precision")
 
 ModelLoader = Callable[[str, Path, Mapping[str, Any]], Encoder]
 
@@ -109,6 +111,7 @@ def run(params: Mapping[str, Any], *, root: Path = Path("."), load_model: ModelL
     """Score every model of `params["models"]` on the selected datasets and write the outputs under
     `root`. Returns {model: [DatasetResult]} on rank 0, None on other ranks."""
     root = Path(root)
+    check_keys("eval", params, PARAMS)
     models = list(params.get("models") or [])
     if not models:
         raise ValueError("params eval.models is empty: nothing to evaluate")

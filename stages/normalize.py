@@ -17,7 +17,9 @@ import sys
 
 from pipelines.imagestore import without_pandas
 from pipelines.normalize import failure_message, run
-from stages.common import load_params, setup_logging
+from stages.common import check_keys, load_params, setup_logging
+
+PARAMS = ("workers", "max_pixels", "max_reject_fraction", "max_dataset_reject_fraction", "rows_per_part", "batch_rows")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log = setup_logging("normalize")
     params = load_params("normalize", path=args.params)
+    check_keys("normalize", params, PARAMS)
     metrics = run(args.raw, args.out, args.rejects, args.metrics, params)
     total = metrics["total"]
     log.info("%d rows in, %d accepted, %d rejected (%.2f%%), %d images stored, %d converted",

@@ -112,3 +112,24 @@ def test_train_stays_up_to_date_after_a_run_of_other_params(tmp_path):
     run(*dvc, "checkout")
     assert (repo / "models/embedder/w").read_text() == "1"
     assert "up to date" in run(*dvc, "status", "train")
+
+
+def test_every_stage_refuses_an_unknown_key_in_its_params_sections(tmp_path, monkeypatch):
+    """A typo in `dvc exp run -S eval.dataset=[Syn-CIRR]` (for `datasets`) ran with the default (all
+    datasets) unnoticed; each stage now names the unknown key before it does any work."""
+    import importlib
+
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, module in stage_commands().items():
+        for section in stages[name]["params"]:
+            typo = {**params, section: {**params[section], "no_such_key": 1}}
+            path = tmp_path / f"{name}-{section}.yaml"
+            path.write_text(yaml.safe_dump(typo))
+            with pytest.raises(ValueError, match="no_such_key"):
+                importlib.import_module(module).main(["--params", str(path)])
+            path.unlink()
+    assert list(tmp_path.iterdir()) == []
