@@ -41,6 +41,7 @@ EVAL_ROOT = Path("data/normalized/eval")
 IMAGES_ROOT = Path("data/normalized/images")
 MODELS_ROOT = Path("models")
 ETL_FILE = Path("metrics/etl.json")
+PARAMS = ("models", "batch_size", "datasets", "image_max_pixels", "cache", "cache_dir", "cache_max_gb", "precision")
 METRICS_FILE = Path("metrics/eval.json")
 REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard.json")
@@ -65,7 +66,6 @@ def cache_keys(eval_set: EvalSet) -> list[str]:
     are the same whichever datasets were scored before it."""
     return [f"{eval_set.dataset}/{key}" for key in eval_set.keys]
 
-PARAMS = ("models", "batch_size", "datasets", "image_max_pixels", "cache", "cache_dir", "cache_max_gb", "precision")
 
 ModelLoader = Callable[[str, Path, Mapping[str, Any]], Encoder]
 
