@@ -211,3 +211,34 @@ def test_worker_output_is_allocated_in_shared_memory(backbone):
         assert shared_in_worker
         want = real_sized(backbone).image_processor([noise(200, 150, seed=i)], return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(pixels, want, rtol=0, atol=2e-6)
+
+
+def test_the_collator_caps_the_processors_max_pixels_at_image_max_pixels(backbone):
+    """A Qwen2-VL-2B-like processor (max_pixels 12845056) rounds an image the collator scaled to the
+    cap to the NEAREST grid size: 1344 x 1344 at 1003520 px became 1008 x 1008 (1296 tokens) where
+    the training shards hold 980 x 980 (1225). With the processor's max_pixels lowered to the cap,
+    every image reaches the model at <= the cap, a pre-scaled shard image unchanged, and the
+    backbone's own processor is left as it was."""
+    import dataclasses as dc
+
+    cap = 1003520
+    real = dc.replace(backbone, processor=real_sized(backbone, max_pixels=12845056))
+    for torch_images in (True, False):
+        collate = Collator(real, image_max_pixels=cap, torch_images=torch_images)
+        grid = collate([{"raw": "<|image_1|>\nx\n"}], [noise(1344, 1344)])["image_grid_thw"]
+        assert grid.tolist() == [[1, 70, 70]]  # 980 / 14
+    assert IP._size_bounds(real.processor.image_processor) == (56 * 56, 12845056)  # untouched
+    collate = Collator(real, image_max_pixels=cap)
+    rng = random.Random(3)
+    for _ in range(40):
+        w, h = rng.randint(200, 4000), rng.randint(200, 4000)
+        if max(w, h) / min(w, h) > 8:
+            continue
+        t, gh, gw = collate([{"raw": "<|image_1|>\nx\n"}], [noise(w, h)])["image_grid_thw"][0].tolist()
+        assert gh * gw * 14 * 14 <= cap, (w, h, gh, gw)
+        sw, sh = fitted_size(w, h, 100000, cap, 28)  # the shard stage's pre-scaled size is kept as is
+        assert collate([{"raw": "<|image_1|>\nx\n"}], [noise(sw, sh)])["image_grid_thw"][0].tolist() == \
+            [1, sh // 14, sw // 14]
+    # a processor whose own max_pixels is below the cap keeps it
+    small = dc.replace(backbone, processor=real_sized(backbone, max_pixels=200704))
+    assert IP.cap_max_pixels(small.processor, cap) == (small.processor, 200704)

@@ -183,6 +183,37 @@ def _output_tensor(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(0, dtype=torch.float32).new(storage).view(shape)
 
 
+def cap_max_pixels(processor, cap: int):
+    """`processor`, or a shallow copy whose Qwen2-VL / Qwen2.5-VL image processor resizes to at most
+    `cap` pixels (its `longest_edge`, i.e. max_pixels, lowered; never below its min_pixels), as
+    VLM2Vec passes `max_pixels` to the processor. Without it, an image the collator scaled to `cap`
+    pixels off the patch grid is rounded to the NEAREST grid size by `smart_resize`, up to ~2 % more
+    image tokens than `cap` (1344 x 1344 at 1003520: 1008 x 1008, where the pre-scaled training shards
+    hold 980 x 980). Returns (processor, the image processor's own max_pixels) for the caller's log."""
+    reference = getattr(processor, "image_processor", None)
+    if reference is None or type(reference).__name__ not in SUPPORTED:
+        return processor, None
+    try:
+        low, high = _size_bounds(reference)
+    except ValueError:
+        return processor, None
+    if high <= cap:
+        return processor, high
+    capped = copy.copy(reference)
+    size = reference.size
+    values = dict(size) if isinstance(size, dict) else {k: v for k, v in vars(size).items()}
+    limit = max(low, int(cap))
+    for key in ("longest_edge", "max_pixels"):
+        if values.get(key) is not None:
+            values[key] = limit
+    capped.size = type(size)(**values) if not isinstance(size, dict) else values
+    if getattr(reference, "max_pixels", None) is not None:
+        capped.max_pixels = limit
+    out = copy.copy(processor)
+    out.image_processor = capped
+    return out, high
+
+
 def install(processor):
     """A shallow copy of `processor` with its image processor replaced by `QwenImageProcessor`, or
     `processor` itself when its image processor is not one this module reproduces."""

@@ -140,8 +140,14 @@ class Collator:
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
         self.format = _format_of(backbone)
+        processor = backbone.processor
+        if image_max_pixels:  # Qwen2-VL / Qwen2.5-VL: the processor's own max_pixels lowered to the cap
+            processor, own = image_processing.cap_max_pixels(processor, image_max_pixels)
+            if own is not None and own < image_max_pixels:
+                _warn_once("max_pixels", "image_max_pixels %d is above the image processor's own max_pixels %d, "
+                           "which wins: images reach the model at most at %d pixels", image_max_pixels, own, own)
         # Qwen2-VL / Qwen2.5-VL: transformers' image tensors computed in torch (trainer.image_processing)
-        self.processor = image_processing.install(backbone.processor) if torch_images else backbone.processor
+        self.processor = image_processing.install(processor) if torch_images else processor
         self.max_text_tokens = int(max_text_tokens)
         self.image_max_pixels = image_max_pixels
         self.instructions = bool(instructions)
