@@ -334,6 +334,28 @@ def test_pixel_cap_is_recorded_and_training_refuses_smaller_shards(normalized, t
         ShardParams.from_params({"max_samples": 1, "max_bytes": 10**6, "max_image_side": 8, "max_image_pixels": 0})
 
 
+def test_training_refuses_shards_whose_side_cap_cuts_elongated_images_below_its_resolution(normalized, tmp_path):
+    """README's real-MMEB command (1003520 pixels, 28 px grid) with the default shard.max_image_side
+    1344: a 1000x4000 infographic was stored at 336x1344 (576 image tokens) while evaluation gives it
+    504x2016 (1296); every image more elongated than 1.8:1 trained below train.image_max_pixels."""
+    from trainer.data import check_shard_resolution
+
+    assert shards.fitted_size(1000, 4000, 1344, 1003520, 28) == (336, 1344)
+    assert shards.fitted_size(1000, 4000, 14168, 1003520, 28) == (476, 1988)  # Qwen2-VL's own size at 1003520
+    train, store, _, _ = normalized
+    for side, pixels, refused in ((1344, 1003520, True), (14168, 1003520, False), (1344, 4096, False),
+                                  (1344, None, False)):
+        out = tmp_path / f"s{side}-{pixels}"
+        write_shards(train, store, out, ShardParams(10, 10**9, side, max_image_pixels=pixels))
+        train_pixels = pixels or 1003520  # unscaled shards: training caps them itself
+        if refused or pixels is None:
+            with pytest.raises(ValueError, match="shard.max_image_side: 14168 .* up to 200:1"):
+                check_shard_resolution(out, train_pixels)
+        else:
+            check_shard_resolution(out, train_pixels)
+        check_shard_resolution(out, 4096)  # at the default resolution 1344 px keeps every ratio up to 441:1
+
+
 def test_size_grid_stores_the_processors_size_so_it_resizes_nothing(normalized, tmp_path):
     from trainer.backbones import build_tiny
     from trainer.data import shard_grid_mismatch

@@ -119,16 +119,41 @@ def check_shard_resolution(shard_dir: str | Path, image_max_pixels: int | None) 
 
     The shard stage scales images to at most ``shard.max_image_pixels`` (recorded in index.json);
     training at a larger ``image_max_pixels`` (or without a cap) would silently see the smaller
-    images. Raises ValueError saying which param to change."""
+    images; so would elongated images whose longer side ``shard.max_image_side`` cut below it
+    (`shard_side_cut`). Raises ValueError saying which param to change."""
     made = _index_params(shard_dir).get("max_image_pixels")
-    if made is None:
-        return
-    if image_max_pixels is None or int(image_max_pixels) > int(made):
+    if made is not None and (image_max_pixels is None or int(image_max_pixels) > int(made)):
         raise ValueError(
             f"the shards under {shard_dir} hold images of at most {made} pixels (shard.max_image_pixels) but "
             f"train.image_max_pixels is {image_max_pixels}: re-run the shard stage with "
             f"shard.max_image_pixels: {image_max_pixels} (e.g. dvc exp run -S train.image_max_pixels=X "
             f"-S shard.max_image_pixels=X)")
+    if cut := shard_side_cut(shard_dir, image_max_pixels):
+        raise ValueError(cut)
+
+
+MAX_ASPECT = 200  # the most elongated image Qwen2-VL's processor takes (its smart_resize refuses more)
+
+
+def shard_side_cut(shard_dir: str | Path, image_max_pixels: int | None) -> str | None:
+    """Why the shards hold elongated images below the training resolution, or None when they do not.
+
+    The shard stage caps the longer side at ``shard.max_image_side`` after the pixel cap, so an image
+    of aspect ratio ``a`` keeps ``image_max_pixels`` only while ``sqrt(image_max_pixels * a)`` fits
+    that side: at 1003520 pixels and the default 1344 px, every image more elongated than 1.8:1 (tall
+    documents, infographics, panoramas) trains at a fraction of the pixels evaluation gives it.
+    None when the cap leaves every aspect ratio up to `MAX_ASPECT` at the training resolution."""
+    side = _index_params(shard_dir).get("max_image_side")
+    if side is None or image_max_pixels is None or int(side) ** 2 >= MAX_ASPECT * int(image_max_pixels):
+        return None
+    need = math.isqrt(MAX_ASPECT * int(image_max_pixels) - 1) + 1
+    side, pixels = int(side), int(image_max_pixels)
+    return (f"the shards under {shard_dir} cap the longer image side at {side} px (shard.max_image_side), "
+            f"after the pixel cap: "
+            f"images more elongated than {side * side / pixels:.2f}:1 (tall documents, infographics, panoramas) "
+            f"train below train.image_max_pixels={pixels} pixels (a 4:1 image at {min(pixels, side * side // 4)}), "
+            f"while evaluation sees them at it; set shard.max_image_side: {need} to keep every aspect ratio "
+            f"up to {MAX_ASPECT}:1 at the training resolution")
 
 
 def shard_grid_mismatch(shard_dir: str | Path, image_processor) -> str | None:
