@@ -629,3 +629,26 @@ def test_run_summary_is_stable_aggregates_of_the_whole_history(tmp_path):
         (plots / f"{name}.tsv").write_text("\n".join(rows) + "\n")
     assert run_summary(tmp_path) == pytest.approx(
         {"loss": 2.0, "grad_norm": 1.0, "pairs_per_s": 100.0, "learning_rate": 0.1})
+
+
+def test_weight_decay_spares_biases_and_norm_weights_as_hf_trainer():
+    """HF Trainer (VLM2Vec) decays weights only: biases and LayerNorm/RMSNorm weights get none."""
+    from trainer.backbones import build_tiny
+    from trainer.loop import optimizer_groups, trainable_parameters
+
+    model = build_tiny("qwen2_vl").model
+    names = {id(q): n for n, q in model.named_parameters()}
+    decay, spared = optimizer_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
+    from torch import nn
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    # HF Trainer's own rule (Trainer.get_decay_parameter_names) as the reference
+    hf_decay = set(get_parameter_names(model, [nn.LayerNorm], [r"bias", r"layernorm", r"rmsnorm",
+                                                              r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]))
+    assert {names[id(q)] for q in decay["params"]} == hf_decay
+    assert {names[id(q)] for q in spared["params"]} == {n for n, _ in model.named_parameters()} - hf_decay
+    assert any(n.endswith("q_proj.weight") for n in (names[id(q)] for q in decay["params"]))
+    assert len(decay["params"]) + len(spared["params"]) == len(trainable_parameters(model))
+    (only,) = optimizer_groups(model, 0.0)  # no decay: one group, as before
+    assert only["params"] == trainable_parameters(model)

@@ -188,6 +188,23 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [q for q in model.parameters() if q.requires_grad]
 
 
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups as HF Trainer (VLM2Vec) builds them: weight decay on the trainable
+    weights, none on biases and normalisation weights (LayerNorm, RMSNorm, ...). One group when
+    `weight_decay` is 0, where the split changes nothing."""
+    if not weight_decay:
+        return [{"params": trainable_parameters(model), "weight_decay": 0.0}]
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        is_norm = "norm" in type(module).__name__.lower()
+        for name, q in module.named_parameters(recurse=False):
+            if q.requires_grad and id(q) not in seen:  # a tied weight is listed by each of its modules
+                seen.add(id(q))
+                (no_decay if is_norm or name == "bias" else decay).append(q)
+    return [{"params": decay, "weight_decay": float(weight_decay)},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
 # --- lineage ----------------------------------------------------------------------------------
 CODE = "trainer.loop"  # the module whose project sources (transitively) are the training code
 
@@ -351,7 +368,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
         encoder = DDP(encoder, device_ids=[device.index] if device.type == "cuda" else None,
                       find_unused_parameters=find_unused)
 
-    optimizer = torch.optim.AdamW(params, lr=float(p["learning_rate"]), weight_decay=float(p["weight_decay"]))
+    optimizer = torch.optim.AdamW(optimizer_groups(embedder, float(p["weight_decay"])), lr=float(p["learning_rate"]))
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(p["warmup_steps"]), int(p["steps"]))
