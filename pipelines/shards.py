@@ -48,7 +48,9 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
+import random
 import re
 import sqlite3
 import tarfile
@@ -99,10 +101,13 @@ class ShardParams:
     workers: int = 1
     max_image_pixels: int | None = None
     image_size_multiple: int | None = None
+    max_rows_per_dataset: int | None = None  # the paper's "at most 50K per dataset, randomly selected"
+    seed: int = 0  # of that selection
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> "ShardParams":
-        known = {"max_samples", "max_bytes", "max_image_side", "workers", "max_image_pixels", "image_size_multiple"}
+        known = {"max_samples", "max_bytes", "max_image_side", "workers", "max_image_pixels", "image_size_multiple",
+                 "max_rows_per_dataset", "seed"}
         unknown = set(section) - known
         if unknown:
             raise ValueError(f"shard params: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -110,7 +115,9 @@ class ShardParams:
         if missing:
             raise ValueError(f"shard params: missing key(s) {sorted(missing)}")
         p = cls(**{k: None if v is None else int(v) for k, v in section.items()})
-        optional = (p.max_image_pixels, p.image_size_multiple)
+        if p.seed is None:
+            raise ValueError("shard.seed must be an integer, not null")
+        optional = (p.max_image_pixels, p.image_size_multiple, p.max_rows_per_dataset)
         if p.max_samples < 1 or p.max_image_side < 1 or p.workers < 1 or any(v is not None and v < 1 for v in optional):
             raise ValueError(f"shard params must be positive: {p}")
         if p.image_size_multiple is not None:
@@ -124,7 +131,16 @@ class ShardParams:
         """The params that determine the output bytes (recorded in the index)."""
         return {"max_samples": self.max_samples, "max_bytes": self.max_bytes,
                 "max_image_side": self.max_image_side, "max_image_pixels": self.max_image_pixels,
-                "image_size_multiple": self.image_size_multiple}
+                "image_size_multiple": self.image_size_multiple, "max_rows_per_dataset": self.max_rows_per_dataset,
+                "seed": self.seed}
+
+    def selected_rows(self, dataset: str, rows: int) -> set[int] | None:
+        """The row numbers (in file order) of `dataset`'s records to shard, or None for all of them:
+        with `max_rows_per_dataset` below `rows`, that many drawn at random, seeded by `seed` and the
+        dataset's name (the same for every run and every worker), kept in their file order."""
+        if self.max_rows_per_dataset is None or rows <= self.max_rows_per_dataset:
+            return None
+        return set(random.Random(f"{self.seed}:{dataset}").sample(range(rows), self.max_rows_per_dataset))
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -141,13 +157,21 @@ def check_schema(path: Path, schema: pa.Schema) -> None:
                          f"  got  {schema}\n  want {RECORD_SCHEMA}")
 
 
-def iter_record_batches(dataset_dir: Path, batch_rows: int = BATCH_ROWS) -> Iterator[list[dict]]:
-    """Yield the records of one dataset as lists of dicts, parts in name order, rows in file order."""
+def iter_record_batches(dataset_dir: Path, batch_rows: int = BATCH_ROWS, columns: list[str] | None = None,
+                        selected: set[int] | None = None) -> Iterator[list[dict]]:
+    """Yield the records of one dataset as lists of dicts, parts in name order, rows in file order
+    (only the row numbers in `selected`, when given)."""
+    row = 0
     for part in record_parts(dataset_dir):
         pf = pq.ParquetFile(part)
         check_schema(part, pf.schema_arrow)
-        for batch in pf.iter_batches(batch_size=batch_rows):
-            yield batch.to_pylist()
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            records = batch.to_pylist()
+            if selected is not None:
+                records = [r for i, r in enumerate(records, start=row) if i in selected]
+            row += batch.num_rows
+            if records:
+                yield records
 
 
 def count_records(dataset_dir: Path) -> int:
@@ -401,6 +425,7 @@ class DatasetShards:
     distribution: str | None = None
     split: str | None = None
     samples: int = 0
+    source_rows: int = 0  # normalized records before `max_rows_per_dataset`
     images: int = 0
     resized_images: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
@@ -474,10 +499,13 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
     cache = ImageCache(cache_path)
     writer = ShardWriter(out_root, dataset, params.max_samples, params.max_bytes)
     seen: set[str] = set()
-    bar = tqdm(total=count_records(dataset_dir), desc=f"shard {dataset}", unit="sample",
+    rows = count_records(dataset_dir)
+    selected = params.selected_rows(dataset, rows)
+    result.source_rows = rows
+    bar = tqdm(total=rows if selected is None else len(selected), desc=f"shard {dataset}", unit="sample",
                disable=not progress, leave=False)
     try:
-        for records in iter_record_batches(dataset_dir):
+        for records in iter_record_batches(dataset_dir, selected=selected):
             images = cache.get_many(s for r in records for s in record_image_shas(r))
             for record in records:
                 if record["dataset"] != dataset:
@@ -503,8 +531,9 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
         cache.close()
     if result.samples == 0:
         log.warning("%s: no records, no shards", dataset_dir)
-    log.info("%s: %d samples, %d images (%d downscaled) in %d shard(s)", dataset, result.samples,
-             result.images, result.resized_images, len(result.shards))
+    log.info("%s: %d samples%s, %d images (%d downscaled) in %d shard(s)", dataset, result.samples,
+             f" (drawn from {rows})" if selected is not None else "", result.images, result.resized_images,
+             len(result.shards))
     return result
 
 
@@ -513,14 +542,13 @@ def dataset_dirs(normalized_train: Path) -> list[Path]:
     return sorted(p for p in Path(normalized_train).iterdir() if p.is_dir())
 
 
-def _all_shas(dirs: list[Path]) -> Iterator[str]:
+def _all_shas(dirs: list[Path], params: ShardParams) -> Iterator[str]:
+    """The image shas of the records to shard (the selected ones, under `max_rows_per_dataset`)."""
     for d in dirs:
-        for part in record_parts(d):
-            pf = pq.ParquetFile(part)
-            check_schema(part, pf.schema_arrow)
-            for batch in pf.iter_batches(batch_size=4096, columns=["query", "target", "negatives"]):
-                for record in batch.to_pylist():
-                    yield from record_image_shas(record)
+        selected = params.selected_rows(d.name, count_records(d))
+        for records in iter_record_batches(d, 4096, ["query", "target", "negatives"], selected):
+            for record in records:
+                yield from record_image_shas(record)
 
 
 def _worker_logging(level: int) -> None:
@@ -533,7 +561,8 @@ def build_index(params: ShardParams, results: list[DatasetShards]) -> dict:
     for r in results:
         datasets[r.dataset] = {
             "meta_task": r.meta_task, "distribution": r.distribution, "split": r.split,
-            "samples": r.samples, "images": r.images, "resized_images": r.resized_images,
+            "samples": r.samples, "source_rows": r.source_rows, "images": r.images,
+            "resized_images": r.resized_images,
             "shards": len(r.shards), "bytes": sum(s.bytes for s in r.shards),
             "oversize_shards": sum(s.oversize for s in r.shards),
         }
@@ -576,7 +605,7 @@ def write_shards(normalized_train: str | Path, images_root: str | Path, out_root
                     initializer=_worker_logging, initargs=(log.getEffectiveLevel(),)))
                 for _ in range(min(params.workers, len(dirs))):
                     ex.submit(os.getpid)
-            cache = ImageCache.build(cache_path, images_root, _all_shas(dirs))
+            cache = ImageCache.build(cache_path, images_root, _all_shas(dirs, params))
             log.info("copied %d referenced images from %s", len(cache), images_root)
             cache.close()
             results: dict[str, DatasetShards] = {}
@@ -584,7 +613,7 @@ def write_shards(normalized_train: str | Path, images_root: str | Path, out_root
                 for d in dirs:
                     results[d.name] = shard_dataset(d, cache_path, out_root, params)
             else:
-                counts = {d: count_records(d) for d in dirs}
+                counts = {d: min(count_records(d), params.max_rows_per_dataset or math.inf) for d in dirs}
                 with tqdm(total=sum(counts.values()), desc="shard", unit="sample") as bar:
                     futures = [ex.submit(shard_dataset, d, cache_path, out_root, params, False)
                                for d in sorted(dirs, key=lambda d: (-counts[d], d.name))]  # big first

@@ -459,3 +459,36 @@ def test_build_index_totals():
     index = build_index(PARAMS, [r])
     assert index["datasets"]["D"]["bytes"] == 20480 and index["total"] == {
         "datasets": 1, "samples": 3, "shards": 1, "bytes": 20480}
+
+
+def test_max_rows_per_dataset_draws_a_seeded_random_subset_in_file_order(normalized, sharded, tmp_path):
+    """The paper's "at most 50K per dataset, randomly selected": a capped dataset keeps that many of
+    its records, drawn at random (not the first ones), seeded, in file order, with only their images;
+    smaller datasets keep all; workers do not change the bytes; another seed draws others."""
+    train, store, records, _ = normalized
+    _, full = sharded
+    sizes = {d: len(r) for d, r in records.items()}
+    cap = min(n for n in sizes.values() if n > 2) - 1
+    params = ShardParams(**{**PARAMS.output_params(), "max_rows_per_dataset": cap})
+    index = write_shards(train, store, tmp_path / "capped", params)
+    urls = shard_urls(tmp_path / "capped")
+    keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    kept = {}
+    for d, recs in records.items():
+        kept[d] = [sample_key(r["id"]) for r in recs if sample_key(r["id"]) in set(keys)]
+        assert index["datasets"][d]["samples"] == len(kept[d]) == min(sizes[d], cap)
+        assert index["datasets"][d]["source_rows"] == sizes[d] == full["datasets"][d]["source_rows"]
+        assert [k for k in keys if k in set(kept[d])] == kept[d]  # file order
+    capped = [d for d in records if sizes[d] > cap]
+    assert capped and all(kept[d] != [sample_key(r["id"]) for r in records[d][:cap]]  # not the first rows
+                          for d in capped)
+    images = sum(d["images"] for d in index["datasets"].values())
+    assert images < sum(d["images"] for d in full["datasets"].values())
+    parallel = ShardParams(**{**params.output_params(), "workers": 2})
+    write_shards(train, store, tmp_path / "parallel", parallel)
+    assert tree_bytes(tmp_path / "parallel") == tree_bytes(tmp_path / "capped")
+    other = ShardParams(**{**params.output_params(), "seed": 1})
+    assert other.selected_rows(capped[0], sizes[capped[0]]) != params.selected_rows(capped[0], sizes[capped[0]])
+    assert PARAMS.selected_rows(capped[0], sizes[capped[0]]) is None  # no cap: everything
+    with pytest.raises(ValueError, match="positive"):
+        ShardParams.from_params({**PARAMS.output_params(), "max_rows_per_dataset": 0})
