@@ -247,6 +247,35 @@ def test_quarantined_samples_and_padded_negatives_are_counted_in_the_metrics(wor
     assert totals["quarantined"] == sum(per_step["quarantined"]) >= 3  # 48 draws over 24 samples: each bad one
 
 
+@pytest.mark.parametrize("gc_chunk_size", [0, 4])
+def test_padded_negative_slots_are_masked_out_of_the_training_loss(workspace, tmp_path, monkeypatch, gc_chunk_size):
+    """Each record has 2 hard negatives and the run asks for 3: the third slot repeats one of the
+    record's own, and the loss the loop optimises must leave it out (the batch's `negative_mask`),
+    in the plain step and under GradCache alike."""
+    from trainer import loop
+    from trainer.losses import info_nce
+
+    calls = []
+
+    def spy(query, target, negatives=None, **kw):
+        calls.append((negatives, kw.get("negative_mask")))
+        return info_nce(query, target, negatives, **kw)
+
+    monkeypatch.setattr(loop, "info_nce", spy)
+    params = {**BASE_PARAMS, "steps": 2, "save_every": 100, "hard_negatives": len(SHAPES),
+              "gc_chunk_size": gc_chunk_size}
+    train(params, paths_in(workspace))
+    assert len(calls) == 2
+    for negatives, mask in calls:
+        assert mask is not None, "the loop dropped the batch's negative mask"
+        assert tuple(mask.shape) == tuple(negatives.shape[:2]) == (8, len(SHAPES))
+        assert mask[:, :2].all() and not mask[:, 2].any()  # one padded slot per pair, the last
+    # and the mask changes the loss: the padded slot duplicates a real negative
+    negatives, mask = calls[-1]
+    q, t = torch.nn.functional.normalize(torch.randn(8, negatives.shape[-1]), dim=-1), negatives[:, 0].detach()
+    assert info_nce(q, t, negatives.detach(), negative_mask=mask) != info_nce(q, t, negatives.detach())
+
+
 def test_a_failed_export_leaves_no_model_copy_behind(workspace, monkeypatch):
     """An export that dies (disk full) removes its temporary copy; one killed before that (another
     pid) is removed by the next export."""
