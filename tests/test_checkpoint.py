@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from trainer import checkpoint as C
@@ -138,3 +140,31 @@ def test_fingerprint(tmp_path):
     assert fp != C.fingerprint(params, base, index)
     index.write_text("{}")
     assert C.fingerprint(params, base, index, code="a") not in (fp, C.fingerprint(params, base, index, code="b"))
+
+
+def test_every_param_that_changes_the_math_changes_the_fingerprint(tmp_path):
+    """Every `train` key of params.yaml is in the fingerprint but the speed and bookkeeping switches: a
+    checkpoint of another temperature, step count or number of hard negatives is never resumed."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights")
+    index = tmp_path / "index.json"
+    index.write_text("{}")
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]
+    fp = C.fingerprint(params, base, index)
+    speed_only = {"save_every", "num_workers", "batched_vision_attention", "compile", "fsdp"}
+    assert set(C.NOT_IN_FINGERPRINT) == speed_only
+
+    def other(value):
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value + 1
+        return {"A": 1} if isinstance(value, dict) or value == "proportional" else f"{value}x"
+
+    for key, value in params.items():
+        changed = C.fingerprint({**params, key: other(value)}, base, index)
+        assert (changed == fp) == (key in speed_only), key
+    # the base model's file names count, not only their bytes
+    (base / "model.safetensors").rename(base / "other.safetensors")
+    assert C.fingerprint(params, base, index) != fp
