@@ -217,6 +217,17 @@ def test_resume_on_another_world_size_starts_a_fresh_epoch(tmp_path):
     assert len({i for b in replay for i in b["ids"]} & set(first)) > 4
 
 
+def test_fresh_epochs_start_after_the_latest_epoch_any_slot_reached():
+    """Slots cross an epoch boundary at different steps: whatever their order in the checkpoint, each
+    dataset restarts after the furthest one, so no slot of the new layout replays an epoch another
+    old slot already finished."""
+    old = D.StreamPosition(step=9, slots_per_rank=2, world_size=2, slots={
+        0: {"A": [3, 5], "B": [0, 7]}, 1: {"A": [2, 9]}, 2: {"A": [3, 0], "B": [1, 2]}, 3: {"A": [1, 4]}})
+    moved = old.fresh_epochs(world_size=1, slots_per_rank=3)
+    assert (moved.step, moved.world_size, moved.slots_per_rank) == (9, 1, 3)
+    assert moved.slots == {k: {"A": [4, 0], "B": [2, 0]} for k in range(3)}
+
+
 def test_world_ranks_see_disjoint_samples_in_first_epoch(tmp_path):
     shards = write_test_shards(tmp_path, {"A": 40}, per_shard=10)
     ids = []
