@@ -228,6 +228,15 @@ def test_fresh_epochs_start_after_the_latest_epoch_any_slot_reached():
     assert moved.slots == {k: {"A": [4, 0], "B": [2, 0]} for k in range(3)}
 
 
+def test_each_shuffle_window_has_its_own_permutation(tmp_path):
+    shards = write_test_shards(tmp_path, {"A": 48}, per_shard=48)
+    s = D.DatasetStream("A", shards, seed=0, slot=0, num_slots=1, window=8)
+    order = [int(json.loads(next(s)["json"])["id"].split("/")[-1]) for _ in range(48)]
+    windows = [tuple(i - w for i in order[w:w + 8]) for w in range(0, 48, 8)]
+    assert all(sorted(p) == list(range(8)) for p in windows)  # a window emits its own samples
+    assert len(set(windows)) > 1  # not one permutation repeated: each window index seeds its own
+
+
 def test_world_ranks_see_disjoint_samples_in_first_epoch(tmp_path):
     shards = write_test_shards(tmp_path, {"A": 40}, per_shard=10)
     ids = []
