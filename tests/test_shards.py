@@ -220,12 +220,14 @@ def test_tar_headers_are_fixed_and_ordered(sharded):
         assert names[first:first + len(group)] == group
 
 
-def test_byte_identical_reruns_and_workers(normalized, sharded, tmp_path):
+def test_byte_identical_reruns_and_workers(normalized, sharded, tmp_path, monkeypatch):
     train, store, _, _ = normalized
     out, _ = sharded
     again = tmp_path / "again"
     write_shards(train, store, again, PARAMS)
     parallel = tmp_path / "parallel"
+    # the workers finish in whatever order: here the last submitted first (the small dataset would)
+    monkeypatch.setattr(shards, "as_completed", lambda futures: list(futures)[::-1])
     write_shards(train, store, parallel, ShardParams(**{**PARAMS.output_params(), "workers": 2}))
     assert tree_bytes(again) == tree_bytes(out) == tree_bytes(parallel)
 
