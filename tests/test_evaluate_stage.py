@@ -18,7 +18,7 @@ from stages import evaluate as stage
 from tests.test_evaluation import (BatchSensitiveEncoder, HashEncoder, OverlapEncoder, build_tiny_eval,
                                    reference_scores, side, write_records)
 from trainer import provenance, report
-from trainer.embedding_cache import namespaces
+from trainer.embedding_cache import EmbeddingCache, namespaces
 from trainer.evaluation import CountingEncoder, ImageLoader, aggregate, load_eval_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +207,17 @@ def test_metrics_do_not_depend_on_earlier_runs_cache(tmp_path):
     assert read_outputs(used) == read_outputs(fresh)
 
 
+def cached_vectors(root: Path) -> dict[tuple[str, str], np.ndarray]:
+    """{(model fingerprint, item key): vector} of every verified vector in root's embedding cache."""
+    out = {}
+    for ns in namespaces(root / ".cache" / "embeddings"):
+        index = json.loads((ns.path / "index.json").read_text())
+        cache = EmbeddingCache(root / ".cache" / "embeddings", index["fingerprint"], index["settings"])
+        keys = [k for part in index["parts"].values() for k in part["keys"]]
+        out.update({(index["fingerprint"], k): v for k, v in cache.lookup(keys).items()})
+    return out
+
+
 @pytest.mark.slow
 def test_ddp_matches_single_process(tmp_path):
     """Two gloo ranks (torchrun) produce byte-identical outputs to one process, batch effects included."""
@@ -214,7 +225,7 @@ def test_ddp_matches_single_process(tmp_path):
     multi = make_root(tmp_path / "multi")
     kinds = {"base": BatchSensitiveEncoder, "embedder": BatchSensitiveEncoder}
     params = {"models": ["base", "embedder"], "batch_size": 3, "datasets": "all", "image_max_pixels": 40,
-              "cache": False}
+              "cache": True, "cache_dir": ".cache/embeddings"}
     stage.run(params, root=single, load_model=Loader(kinds))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -226,7 +237,11 @@ def test_ddp_matches_single_process(tmp_path):
     assert all(c["base"] > 0 for c in counts)  # both ranks did real work
     total = sum(len(load_eval_set(multi / stage.EVAL_ROOT, d).items) for d in ["CIRR", "Tiny-CLS", "Tiny-RET", "Tiny-VQA"])
     assert total <= counts[0]["base"] + counts[1]["base"] <= total + 4  # at most one padding item per dataset
-    assert (multi / ".cache" / "embeddings").is_dir()  # rank 0 filled the cache
+    # every vector, not only the metrics it gave: Tiny-VQA's 7 batches need a padding batch on rank 1,
+    # which re-encodes an item alone; its vector must be the one from the item's real batch
+    vectors = cached_vectors(multi)
+    assert len(vectors) == 2 * total and vectors.keys() == cached_vectors(single).keys()
+    assert all(np.array_equal(v, cached_vectors(single)[k]) for k, v in vectors.items())
 
 
 @pytest.mark.slow
