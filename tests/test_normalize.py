@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from pipelines import imagestore
-from pipelines.normalize import (DatasetNormalizer, DatasetTask, RowRejected, discover, failure_message,
-                                 run, train_split_of)
+from pipelines.normalize import (QUIRKS, DatasetNormalizer, DatasetTask, RowRejected, discover,
+                                 failure_message, run, train_split_of)
 from pipelines.prompts import compose
 from pipelines.schema import RECORD_SCHEMA, REJECT_SCHEMA
 from stages import normalize as stage
@@ -334,6 +334,12 @@ def test_dirty_metrics_balance_and_count_reasons(dirty):
     store = imagestore.ImageStore(out / "normalized" / "images")
     assert store.get(cmyk["query"]["image"]["sha256"]).format == "JPEG"
     assert metrics["total"]["rejected"] == len(BAD_TRAIN) + len(BAD_EVAL) + 2 + 1
+    # the total is the sum of the datasets, count by count
+    datasets = metrics["datasets"].values()
+    for count in ("rows_in", "accepted", "rejected", "converted", *QUIRKS):
+        assert metrics["total"][count] == sum(s[count] for s in datasets), count
+    assert metrics["total"]["rejected_by_reason"] == dict(sum((Counter(s["rejected_by_reason"]) for s in datasets),
+                                                              Counter()))
 
 
 def test_pil_settings_are_not_leaked_to_the_caller(dirty):
