@@ -347,6 +347,25 @@ def test_pil_settings_are_not_leaked_to_the_caller(dirty):
     assert Image.MAX_IMAGE_PIXELS != 1_000_000  # the dirty run used max_pixels=1_000_000 in-process
 
 
+def test_instruction_fallbacks_and_composition_mismatches_are_counted(tmp_path, monkeypatch):
+    raw = write_raw(tmp_path / "raw", {"OK-VQA": TRAIN_ROWS["OK-VQA"]}, {})
+    task = discover(raw, tmp_path / "n", tmp_path / "r", PARAMS)[0]
+    from pipelines import normalize as nz
+    from pipelines.images import ImageSource
+    norm = DatasetNormalizer(task, ImageSource(raw, "train", "OK-VQA"),
+                             imagestore.ImageStoreWriter(tmp_path / "n" / "images", "t"))
+    quirks = Counter()
+    norm.side("<|image_1|>\nRepresent the given image with the following question: what?", OK_PATH,
+              "query", "query", quirks)
+    assert quirks == Counter()  # a known instruction, composed back exactly
+    side = norm.side("Say what you see: a dog", "", "query", "query", quirks)  # no known instruction
+    assert (side["instruction"], side["text"]) == ("Say what you see: ", "a dog")
+    assert quirks == Counter(instruction_fallback=1)
+    monkeypatch.setattr(nz, "compose", lambda template, instruction, text: "not the raw string")
+    norm.side("a dog", "", "target", "target", quirks)
+    assert quirks == Counter(instruction_fallback=1, composition_mismatches=1)
+
+
 def test_duplicate_ids_are_rejected(tmp_path):
     raw = write_raw(tmp_path / "raw", {"OK-VQA": TRAIN_ROWS["OK-VQA"]}, {})
     task = discover(raw, tmp_path / "n", tmp_path / "r", PARAMS)[0]
