@@ -75,3 +75,29 @@ def test_model_embeddings_do_not_depend_on_padding_side():
         single = torch.cat([embedder(collate([s], [i])) for s, i in zip(sides, images)])
     torch.testing.assert_close(out["left"], out["right"], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out["right"], single, atol=1e-5, rtol=1e-4)
+
+
+def test_model_embedding_is_the_last_real_tokens_final_hidden_state():
+    """Embedder pools the last hidden state at each row's last real token (VLM2Vec's last-token
+    pooling, no LM head), L2-normalised: each row of a padded batch equals that row run alone through
+    the language model, read at its final position."""
+    from PIL import Image
+
+    from trainer.backbones import build_tiny
+    from trainer.embed import make_side
+    from trainer.inputs import Collator
+    from trainer.model import Embedder
+
+    backbone = build_tiny("qwen2_vl")
+    sides = [make_side("a small red circle at the left", "Represent"), make_side("", "Represent the image", has_image=True),
+             make_side("red", "")]
+    images = [None, Image.new("RGB", (32, 32), "blue"), None]
+    collate = Collator(backbone)
+    inner = backbone.model.model  # vision + language model, no LM head
+    with torch.no_grad():
+        pooled = Embedder(backbone).eval()(collate(sides, images))
+        for i, (s, im) in enumerate(zip(sides, images)):
+            row = {k: v for k, v in collate([s], [im]).items() if k not in ("has_image", "has_text")}
+            assert bool(row["attention_mask"].all())  # alone: no padding, the last position is the last token
+            hidden = inner(**row, use_cache=False, return_dict=True).last_hidden_state[0, -1]
+            torch.testing.assert_close(pooled[i], hidden / hidden.norm(), atol=1e-5, rtol=1e-4)
