@@ -563,6 +563,28 @@ def test_torchrun_two_ranks_split_the_global_batch(workspace):
     assert len(state["rng"]) == 2
     lineage = json.loads((workspace / "models/embedder/lineage.json").read_text())
     assert lineage["world_size"] == 2 and lineage["steps"] == 4
+    # the logged loss is the global batch's L, not the W * L each rank backpropagates: step 0 (LoRA B = 0,
+    # the base model) recomputed in this process over both ranks' pairs, in rank order
+    from trainer.backbones import load_backbone
+    from trainer.inputs import Collator
+    from trainer.losses import info_nce
+    from trainer.model import Embedder
+
+    backbone = load_backbone(str(workspace / "models/base"))
+    collate = Collator(backbone, max_text_tokens=32, image_max_pixels=1024)
+    pairs = []
+    for record_id in logs[0][0]["ids"] + logs[1][0]["ids"]:
+        dataset, _, i = record_id.split("/")
+        sides, _ = shape_record(dataset, int(i))
+        colour, shape = CAPTIONS[int(i) % len(CAPTIONS)]
+        pairs.append((sides, render(colour, shape, np.random.default_rng([1, int(i)]))))
+    embedder = Embedder(backbone).eval()
+    with torch.no_grad():
+        q = embedder(collate([s["query"] for s, _ in pairs], [im for _, im in pairs]))
+        t = embedder(collate([s["target"] for s, _ in pairs], [None] * len(pairs)))
+    want = info_nce(q, t, temperature=BASE_PARAMS["temperature"]).item()
+    logged = (workspace / "metrics/train/plots/metrics/loss.tsv").read_text().splitlines()[1].split("\t")
+    assert logged[0] == "0" and float(logged[-1]) == pytest.approx(want, rel=1e-3)
 
 
 def mixed_record(dataset: str, i: int):
