@@ -494,3 +494,34 @@ def test_max_rows_per_dataset_draws_a_seeded_random_subset_in_file_order(normali
     assert PARAMS.selected_rows(capped[0], sizes[capped[0]]) is None  # no cap: everything
     with pytest.raises(ValueError, match="positive"):
         ShardParams.from_params({**PARAMS.output_params(), "max_rows_per_dataset": 0})
+
+
+def test_shuffle_writes_each_datasets_records_in_a_seeded_random_order(normalized, sharded, tmp_path):
+    """shard.shuffle: the same records (and member bytes) as file order, in a seeded random order per
+    dataset, the same with 1 or 2 workers; with max_rows_per_dataset the order covers the drawn rows."""
+    train, store, records, _ = normalized
+    out, _ = sharded
+
+    def samples(root):
+        return {s["__key__"]: s for s in wds.WebDataset(shard_urls(root), shardshuffle=False, empty_check=False)}
+
+    params = ShardParams(**{**PARAMS.output_params(), "shuffle": True})
+    index = write_shards(train, store, tmp_path / "shuffled", params)
+    plain, shuffled = samples(out), samples(tmp_path / "shuffled")
+    assert set(shuffled) == set(plain) and all(shuffled[k]["json"] == plain[k]["json"] for k in plain)
+    for d, recs in records.items():
+        file_order = [sample_key(r["id"]) for r in recs]
+        got = [k for k in shuffled if k in set(file_order)]
+        assert sorted(got) == sorted(file_order) and got != file_order
+        assert got == [file_order[i] for i in params.row_order(d, len(recs), None)]
+    assert index["params"]["shuffle"] is True
+    write_shards(train, store, tmp_path / "parallel", ShardParams(**{**params.output_params(), "workers": 2}))
+    assert tree_bytes(tmp_path / "parallel") == tree_bytes(tmp_path / "shuffled")
+    other = ShardParams(**{**params.output_params(), "seed": 7})
+    assert other.row_order("Syn-A", 23, None) != params.row_order("Syn-A", 23, None)
+    capped = ShardParams(**{**params.output_params(), "max_rows_per_dataset": 5})
+    chosen = capped.selected_rows("Syn-A", 23)
+    assert sorted(capped.row_order("Syn-A", 23, chosen)) == sorted(chosen)
+    assert PARAMS.row_order("Syn-A", 23, None) is None
+    with pytest.raises(ValueError, match="true or false"):
+        ShardParams.from_params({**PARAMS.output_params(), "shuffle": "yes"})
