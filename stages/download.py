@@ -125,25 +125,25 @@ def hub_revisions(data: dict) -> dict[str, str]:
     return {hub.TRAIN: rev, hub.EVAL: rev}
 
 
-def from_hub(data: dict, cache_dir: Path) -> list[Selected]:
+def from_hub(data: dict, cache_dir: Path, out: Path = RAW) -> list[Selected]:
+    """Both repos planned first (commits, files, bytes missing from the cache), their space checked
+    together (and on `out`'s disk when the cache is on another, where `place` must copy), then
+    downloaded: a selection that cannot fit fails before the first byte, not after the train zips."""
     revisions = hub_revisions(data)
-    out = []
+    plans = []
     for kind, repo_key, subsets_key in ((hub.TRAIN, "train_repo", "train_subsets"), (hub.EVAL, "eval_repo", "eval_subsets")):
         repo_id = data.get(repo_key)
         if not repo_id:
             raise ValueError(f"data.{repo_key} is empty")
-        revision = revisions[kind]
-        fetched = hub.fetch_repo(
-            repo_id,
-            kind=kind,
-            revision=revision,
-            split=data["train_split"],
-            selection=data.get(subsets_key, "all"),
-            cache_dir=cache_dir,
-        )
-        info = {"repo_id": repo_id, "requested_revision": revision, "resolved_commit": fetched.commit}
-        out.append(Selected(kind, fetched.subsets, fetched.files, info, check=fetched.check_sha256))
-    return out
+        plans.append(hub.plan_repo(repo_id, kind=kind, revision=revisions[kind], split=data["train_split"],
+                                   selection=data.get(subsets_key, "all"), cache_dir=cache_dir))
+    hub.check_space(plans, cache_dir, copy_to=None if hub.same_disk(cache_dir, out.parent) else out.parent)
+    selected = []
+    for plan in plans:
+        fetched = hub.download(plan, cache_dir)
+        info = {"repo_id": plan.repo_id, "requested_revision": plan.revision, "resolved_commit": fetched.commit}
+        selected.append(Selected(plan.kind, fetched.subsets, fetched.files, info, check=fetched.check_sha256))
+    return selected
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def run(data: dict, synthetic: dict, *, out: Path = RAW, hub_cache: Path = HUB_C
         elif source == "local":
             repos = from_local(data)
         else:
-            repos = from_hub(data, Path(hub_cache))
+            repos = from_hub(data, Path(hub_cache), out)
         n = sum(len(r.files) for r in repos)
         log.info("placing %d files under %s", n, out)
         for r in repos:

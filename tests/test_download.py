@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from pipelines import mmeb
+from pipelines.sources import hub
 from pipelines.sources.hub import LayoutError
 from stages.download import MANIFEST, run
 from tests.hubserver import client_env, hub_standin, write_hub_layout  # noqa: F401  (fixture)
@@ -270,12 +272,21 @@ def test_local_source_names_git_lfs_pointers_and_broken_parquet(tmp_path, local_
 
 
 # --- hub, through the real client ----------------------------------------------------------------
-def run_stage(work: Path, endpoint: str, *, offline: bool = False, check: bool = True, **data) -> subprocess.CompletedProcess:
-    """`python -m stages.download` in `work` with params from a temp params file."""
+def run_stage(work: Path, endpoint: str, *, offline: bool = False, check: bool = True, free_bytes: int | None = None,
+              **data) -> subprocess.CompletedProcess:
+    """`python -m stages.download` in `work` with params from a temp params file (`free_bytes`: every
+    disk reports that much free space, through a sitecustomize module)."""
     work.mkdir(parents=True, exist_ok=True)
     params = {"data": data_params(source="hub", **data), "synthetic": SYN}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = client_env(work, endpoint, offline)
+    if free_bytes is not None:
+        shim = work / "shim"
+        shim.mkdir(exist_ok=True)
+        (shim / "sitecustomize.py").write_text(
+            "import shutil\nfrom collections import namedtuple\n"
+            f"shutil.disk_usage = lambda path: namedtuple('usage', 'total used free')(10 ** 12, 0, {free_bytes})\n")
+        env["PYTHONPATH"] = f"{shim}{os.pathsep}{env['PYTHONPATH']}"
     env["VLM2VEC_PARAMS"] = str(work / "params.yaml")
     env.pop("VLM2VEC_HUB_CACHE", None)
     r = subprocess.run([sys.executable, "-m", "stages.download"], cwd=work, env=env,
@@ -455,3 +466,34 @@ def test_hub_revision_param_forms():
         hub_revisions(data_params(revision={"test": "main"}))
     with pytest.raises(ValueError, match="pins one repo only"):
         hub_revisions(data_params(revision="b" * 40))
+
+
+def test_hub_refuses_a_train_and_eval_selection_that_fits_only_one_repo_at_a_time(tmp_path, hub_standin, served):
+    """Both repos are planned before either downloads: with room for the train selection alone, the
+    stage fails before the first byte instead of after the train zips (the check used to be per repo)."""
+    hub_standin.add_repo(TRAIN_REPO, served / "MMEB-train")
+    hub_standin.add_repo(EVAL_REPO, served / "MMEB-eval")
+    train = served / "MMEB-train"
+    train_bytes = sum(f.stat().st_size for f in [*train.glob("Alpha/original-*.parquet"), train / "images_zip/Alpha.zip",
+                                                 train / "README.md"])
+    r = run_stage(tmp_path / "w", hub_standin.endpoint, check=False, free_bytes=train_bytes,
+                  train_subsets=["Alpha"], eval_subsets=["Alpha"])
+    assert r.returncode != 0
+    assert f"{TRAIN_REPO}@" in r.stderr and f"{EVAL_REPO}@" in r.stderr and "GB still to download" in r.stderr
+    assert not any(req.method == "GET" and req.file for req in hub_standin.requests)  # not a byte fetched
+    assert not (tmp_path / "w/data/raw").exists()
+    run_stage(tmp_path / "w", hub_standin.endpoint, train_subsets=["Alpha"], eval_subsets=["Alpha"])  # room
+
+
+def test_hub_cache_on_another_disk_needs_room_for_the_copies(monkeypatch, tmp_path):
+    """When the cache and data/ are on two file systems, `place` copies every file: that space is
+    checked too, on data/'s disk."""
+    from types import SimpleNamespace
+
+    entry = SimpleNamespace(size=6 * 10**9)
+    plan = hub.RepoPlan("train", "r/x", "main", "c" * 40, ["A"], {"A.zip": entry}, ["A.zip"], [], need=0)
+    monkeypatch.setattr(hub, "free_bytes", lambda folder: 5 * 10**9)
+    hub.check_space([plan], tmp_path / "cache")  # all cached, nothing copied: fine
+    with pytest.raises(hub.LayoutError, match=r"6.00 GB to copy \(another disk.*\) into .*data, but only 5.00 GB free"):
+        hub.check_space([plan], tmp_path / "cache", copy_to=tmp_path / "data")
+    assert hub.same_disk(tmp_path / "cache" / "not" / "yet", tmp_path)

@@ -185,30 +185,30 @@ class FetchedRepo:
             )
 
 
-def fetch_repo(
-    repo_id: str,
-    *,
-    kind: str,
-    revision: str,
-    split: str,
-    selection,
-    cache_dir: Path,
-    max_workers: int = 8,
-) -> FetchedRepo:
-    """Download the selected subsets of an MMEB repo at `revision` into `cache_dir` (the
-    huggingface_hub cache layout) and return where each file is.
+@dataclass
+class RepoPlan:
+    """What `fetch_repo` will download for one repo: the resolved commit, the selected files (with
+    the Hub's listing of each) and how many of their bytes the cache does not hold yet."""
 
-    Guarantees: the revision is resolved to one commit first and every listing and download uses that
-    commit, so the files belong to one snapshot; only files matching the selection's patterns are
-    requested; each LFS file has the size the Hub lists (its sha256 is in `expected_sha256`, for
-    `check_sha256` once the caller has hashed it). Files already in the cache are
-    not fetched again, so a rerun after an interrupted run downloads only what is missing (a
-    connection cut mid-file is resumed by the client with an HTTP Range request; a file a killed run
-    was writing starts over, and the partial file it left is deleted first). Without network
-    (HF_HUB_OFFLINE=1, Hub unreachable) it works from the cache when the revision and snapshot are
-    there.
-    """
-    from huggingface_hub import HfApi, get_cached_repo_tree, snapshot_download
+    kind: str
+    repo_id: str
+    revision: str
+    commit: str
+    subsets: list[str]
+    entries: dict  # repo path -> the Hub's RepoFile (size, lfs)
+    wanted: list[str]
+    patterns: list[str]
+    need: int  # bytes still to download
+
+    @property
+    def total(self) -> int:
+        return sum(self.entries[p].size or 0 for p in self.wanted)
+
+
+def plan_repo(repo_id: str, *, kind: str, revision: str, split: str, selection, cache_dir: Path) -> RepoPlan:
+    """Resolve `revision` to one commit, list the repo there, select the subsets' files and count the
+    bytes the cache still lacks (after deleting the partial files killed runs left). Downloads nothing."""
+    from huggingface_hub import HfApi, get_cached_repo_tree
     from huggingface_hub.errors import CachedRepoTreeNotFoundError, OfflineModeIsEnabled
     import httpx2
 
@@ -232,40 +232,99 @@ def fetch_repo(
         wanted = select_files(entries, kind, split, subsets)
     except LayoutError as e:
         raise LayoutError(f"{repo_id}@{commit}: {e}") from None
-    patterns = allow_patterns(kind, split, subsets)
-    total = sum(entries[p].size or 0 for p in wanted)
     freed = remove_orphaned_partials(cache_dir, repo_id)
     if freed:
         log.info("%s: removed %.1f MB of partial files left by interrupted runs", repo_id, freed / 1e6)
     need = bytes_to_fetch(cache_dir, repo_id, commit, {p: entries[p].size or 0 for p in wanted})
-    free = free_bytes(cache_dir)
-    if need > free:
-        raise LayoutError(
-            f"{repo_id}@{commit}: {need / 1e9:.2f} GB still to download into {cache_dir}, but only "
-            f"{free / 1e9:.2f} GB free there; free disk space, select fewer subsets, or point "
-            "VLM2VEC_HUB_CACHE at a larger disk"
-        )
-    log.info("%s@%s: %d subsets, %d files, %.1f MB", repo_id, commit[:10], len(subsets), len(wanted), total / 1e6)
+    plan = RepoPlan(kind, repo_id, revision, commit, subsets, entries, wanted,
+                    allow_patterns(kind, split, subsets), need)
+    log.info("%s@%s: %d subsets, %d files, %.1f MB (%.1f MB not cached)", repo_id, commit[:10], len(subsets),
+             len(wanted), plan.total / 1e6, need / 1e6)
+    return plan
 
+
+def check_space(plans: list[RepoPlan], cache_dir: Path, copy_to: Path | None = None) -> None:
+    """Raise LayoutError, before any byte is fetched, when the plans' missing files do not fit on the
+    cache's disk together, or (`copy_to`: a folder on another disk the files will be copied to) when
+    all their files do not fit there."""
+    names = ", ".join(f"{p.repo_id}@{p.commit}" for p in plans)
+    checks = [(sum(p.need for p in plans), cache_dir, "still to download into",
+               "free disk space, select fewer subsets, or point VLM2VEC_HUB_CACHE at a larger disk")]
+    if copy_to is not None:
+        checks.append((sum(p.total for p in plans), copy_to,
+                       f"to copy (another disk than the cache {cache_dir}, so no hard links) into",
+                       "put VLM2VEC_HUB_CACHE on the same disk as the project, or free disk space"))
+    for size, folder, what, advice in checks:
+        free = free_bytes(folder)
+        if size > free:
+            raise LayoutError(f"{names}: {size / 1e9:.2f} GB {what} {folder}, but only {free / 1e9:.2f} GB "
+                              f"free there; {advice}")
+
+
+def same_disk(a: Path, b: Path) -> bool:
+    """Whether two folders (or the nearest existing folders above them) are on one file system."""
+    def device(folder: Path) -> int:
+        folder = Path(folder).absolute()
+        while not folder.exists():
+            folder = folder.parent
+        return folder.stat().st_dev
+    return device(a) == device(b)
+
+
+def download(plan: RepoPlan, cache_dir: Path, max_workers: int = 8) -> FetchedRepo:
+    """Fetch `plan`'s files at its commit into `cache_dir` (files already there are not fetched
+    again) and check each LFS file's size against the Hub's listing."""
+    from huggingface_hub import snapshot_download
+
+    repo_id, commit = plan.repo_id, plan.commit
     snapshot = Path(
         snapshot_download(
             repo_id,
             repo_type="dataset",
             revision=commit,
-            cache_dir=cache_dir,
-            allow_patterns=patterns,
+            cache_dir=Path(cache_dir),
+            allow_patterns=plan.patterns,
             max_workers=max_workers,
         )
     )
-    fetched = FetchedRepo(kind, repo_id, revision, commit, subsets)
-    for path in wanted:
+    fetched = FetchedRepo(plan.kind, repo_id, plan.revision, commit, plan.subsets)
+    for path in plan.wanted:
         local = snapshot / path
         if not local.is_file():
             raise LayoutError(f"{repo_id}@{commit}: {path} was not downloaded")
-        lfs = getattr(entries[path], "lfs", None)
+        lfs = getattr(plan.entries[path], "lfs", None)
         if lfs is not None and local.stat().st_size != lfs.size:
             raise LayoutError(f"{repo_id}@{commit}: {path} has {local.stat().st_size} bytes, the Hub lists {lfs.size}")
         fetched.files[path] = local.resolve()
         if lfs is not None:
             fetched.expected_sha256[path] = lfs.sha256
     return fetched
+
+
+def fetch_repo(
+    repo_id: str,
+    *,
+    kind: str,
+    revision: str,
+    split: str,
+    selection,
+    cache_dir: Path,
+    max_workers: int = 8,
+) -> FetchedRepo:
+    """Download the selected subsets of an MMEB repo at `revision` into `cache_dir` (the
+    huggingface_hub cache layout) and return where each file is: `plan_repo`, `check_space`,
+    `download` (the download stage plans both repos first and checks their space together).
+
+    Guarantees: the revision is resolved to one commit first and every listing and download uses that
+    commit, so the files belong to one snapshot; only files matching the selection's patterns are
+    requested; each LFS file has the size the Hub lists (its sha256 is in `expected_sha256`, for
+    `check_sha256` once the caller has hashed it). Files already in the cache are
+    not fetched again, so a rerun after an interrupted run downloads only what is missing (a
+    connection cut mid-file is resumed by the client with an HTTP Range request; a file a killed run
+    was writing starts over, and the partial file it left is deleted first). Without network
+    (HF_HUB_OFFLINE=1, Hub unreachable) it works from the cache when the revision and snapshot are
+    there.
+    """
+    plan = plan_repo(repo_id, kind=kind, revision=revision, split=split, selection=selection, cache_dir=cache_dir)
+    check_space([plan], Path(cache_dir))
+    return download(plan, cache_dir, max_workers)
