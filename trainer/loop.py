@@ -6,8 +6,9 @@
 One step = one global batch of ``batch_size`` pairs (split evenly over the ranks): embed queries and
 targets (and ``hard_negatives`` explicit negatives per query), loss = `info_nce` at ``temperature``,
 backward (in GradCache chunks of ``gc_chunk_size`` when > 0), clip the gradient norm to
-``max_grad_norm`` (HF Trainer's default 1.0, which VLM2Vec ran with), AdamW step, linear warmup /
-decay schedule. Under ``torchrun`` the model is wrapped in DDP, or with ``fsdp: true`` sharded with
+``max_grad_norm`` (HF Trainer's default 1.0, which VLM2Vec ran with), AdamW step (``weight_decay``
+spares biases and normalisation weights, as HF Trainer: `optimizer_groups`), linear warmup / decay
+schedule. Under ``torchrun`` the model is wrapped in DDP, or with ``fsdp: true`` sharded with
 FSDP2 (`trainer.fsdp`: weights, gradients and AdamW state split over the ranks, for full
 fine-tuning of backbones whose replicas do not fit); `info_nce` scales the loss so that the
 gradient average over ranks equals the single-process gradient of the global batch under both.
@@ -18,16 +19,17 @@ Speed switches that leave the result unchanged (`trainer.acceleration`): ``batch
 frozen vision tower, its no-grad pass's image features are reused by the pass with grad.
 
 Exact resume: every ``save_every`` steps (and after the last step) a checkpoint stores the trainable
-weights, optimizer, scheduler, the RNG of every rank and the data-stream position
-(`trainer.checkpoint`); a re-run with the same params, base model and shards continues from the
+weights, optimizer, scheduler, the RNG of every rank, the data-stream position and the dvclive
+history so far (`trainer.checkpoint`, `metrics_history`); a re-run with the same params, base model and shards continues from the
 newest one and ends with the same weights as an uninterrupted run. The global RNG is only drawn from
 by the model (dropout): the DataLoader has its own generator, and the RNG is restored after the
 loader has started.
 
 Outputs (rank 0): ``out/adapter/`` (peft adapter, safetensors; LoRA only), ``out/merged/`` (a
 `save_backbone` folder: LoRA merged into the base, or the fully fine-tuned model) and
-``out/lineage.json``; dvclive metrics under ``metrics`` (loss, learning_rate, grad_norm, pairs_per_s,
-images_per_s per step).
+``out/lineage.json``; dvclive metrics under ``metrics`` (`METRICS` per step: loss, learning_rate,
+grad_norm, pairs_per_s, images_per_s, quarantined, padded_negatives) and its ``metrics.json`` of run
+aggregates (`run_summary`).
 """
 
 from __future__ import annotations
@@ -280,7 +282,7 @@ def run_summary(metrics_dir: Path) -> dict[str, float]:
     dvclive's tsv files (a resumed run's earlier steps included), instead of the last step's: loss and
     grad norm are means over the last tenth of the steps (one batch's loss is noise), pairs/s and
     images/s medians over all steps (a checkpoint save slows the step after it), the counts
-    (`COUNTS`: samples quarantined as undecodable, negative slots padded) summed over the run,
+    (`COUNTS`: samples quarantined as undecodable or refused by the collator, negative slots padded) summed over the run,
     learning rate the last. Only metrics present are summarised."""
     series = {}
     for tsv in sorted((metrics_dir / "plots" / "metrics").glob("*.tsv")):
