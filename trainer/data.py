@@ -46,9 +46,10 @@ samples are never kept, nothing is decoded), then re-reads the current shuffle w
 whose JSON or image cannot be decoded, or that the collator cannot take (`Collator.validate`), is
 quarantined (logged, counted in the batch as ``quarantined``) and replaced by the slot's next
 sample; that replacement also advances the saved offset, so resume stays exact. Resuming with a
-different world size changes the slot layout and is not exact (the loop warns). The training loop
-sets ``slots_per_rank = max(1, num_workers)`` for a fresh run and fingerprints it, so a checkpoint
-is resumed only with the same number of slots.
+different world size changes the slot layout and is not exact (the loop warns): every dataset
+restarts at the epoch after the latest one any old slot reached (`StreamPosition.fresh_epochs`).
+The training loop sets ``slots_per_rank = max(1, num_workers)`` for a fresh run and fingerprints it,
+so a checkpoint is resumed only with the same number of slots per rank.
 """
 
 from __future__ import annotations
@@ -404,7 +405,8 @@ class StreamPosition:
 
 # --- decoding ---------------------------------------------------------------------------------
 class BadSample(ValueError):
-    """A sample whose record or image cannot be decoded (quarantined by the stream)."""
+    """A sample whose record or image cannot be decoded, or that the collator refuses (quarantined by
+    the stream)."""
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
@@ -523,11 +525,12 @@ class ContrastiveStream(IterableDataset):
                               of query and target hold the same pairs
         negatives             None, or chunks of the query-major flattened hard negatives
                               (``hard_negatives`` per query, chunked by ``gc_chunk_size * K``)
+        negative_mask         None, or a bool [pairs, K] tensor: False for a padded slot (`pick_negatives`)
         ids, datasets         record id and dataset of each pair, in batch order
         position              {dataset: [epoch, offset]} of the slot after this batch
         pairs, images         counts (throughput)
-        quarantined           samples replaced because they could not be decoded
-        padded_negatives      negative slots filled with another pair's target (too few negatives)
+        quarantined           samples replaced because they could not be decoded or collated
+        padded_negatives      negative slots padded (records with fewer than K negatives), masked out
 
     ``collator(sides, images)`` turns record sides and PIL images (or None) into tensors; it runs in
     the DataLoader worker and must be picklable.
