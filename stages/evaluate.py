@@ -72,8 +72,8 @@ ModelLoader = Callable[[str, Path, Mapping[str, Any]], Encoder]
 
 def source_rows(etl_file: Path, eval_sets: list[EvalSet]) -> dict[str, int]:
     """{dataset: rows in its source} from the normalize stage's metrics/etl.json ({} with a warning
-    when the file is missing, e.g. hand-made normalized data); a count below the records found
-    means the file belongs to another run and is refused."""
+    when the file is missing, e.g. hand-made normalized data); an accepted count other than the
+    records found means the file belongs to another run and is refused."""
     if not etl_file.is_file():
         log.warning("%s not found: the reports cannot say how many eval rows normalize rejected", etl_file)
         return {}
