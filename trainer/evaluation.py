@@ -10,8 +10,9 @@ Protocol (MMEB V1, ../shared/research/MMEB_SPEC.md §2.4-2.6):
   broken in favour of the gold (a stable sort, consistent with argmax for k=1);
 * per dataset, then unweighted means per meta-task, over IND, over OOD and overall (all datasets).
 
-Efficiency: queries and candidates are deduplicated separately, as the official code does, on the key
-(side raw string, image sha256); an item that is both a query and a candidate is encoded once. Items
+Efficiency: items are deduplicated on the key (side raw string, image sha256), as the official code
+does, but over queries and candidates together (the official code keeps one list of each): an item
+that is both a query and a candidate is encoded once. Items
 are encoded in batches bucketed by modality (text / image / image+text) and size, vectors can come
 from an `EmbeddingCache`, and under torchrun the batches are split across ranks and gathered on rank 0
 (the batches are planned once for the whole job, so every item is encoded in the same batch whatever
