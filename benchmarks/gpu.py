@@ -21,8 +21,9 @@ Cases (`--cases`):
   C  our step: `trainer.model.Embedder` (inner model, last-token pooling, no LM-head logits) +
      info_nce + backward, bf16 adapters, dropout 0. Variants, each its own row:
        C+bva     batched vision attention: the vision tower's per-image attention loop replaced by
-                 one sdpa call over all images when they have equal patch counts (a patch local to
-                 this script, checked against the loop before it is timed; not in the trainer yet);
+                 one sdpa call over all images when they have equal patch counts
+                 (`trainer.acceleration`, what `train.batched_vision_attention` does; checked against
+                 the loop before it is timed);
        C+ckpt    gradient checkpointing on (non-reentrant), `--ckpt`;
        C+fast    batched vision attention + `torch.compile` of each repeated block (decoder layers,
                  vision blocks: trainer.acceleration, what `train.compile` does), `--compile`, at
@@ -59,7 +60,8 @@ batch, the order reversed every round, and reports each against B in the same ro
 cases minutes apart can differ by the card's state; B is timed once more at the end of the run
 (`B:end`, its ratio to B shows the drift over the run, e.g. around the GradCache rows). Every row
 also records the card's clocks, power, temperature and throttle reasons (`nvidia-smi`) right after
-it ran.
+it ran, and for every timed step the Python garbage collector's pause within it (`gc_s`; `gc_full`
+counts full collections: `GcPauses`).
 
 Results: a table (pairs/s or queries/s, step s, peak GiB, ratio vs A and vs B at the same batch;
 D against A and B at the chunk's batch) printed last, and JSON written to $OUT/gpu_bench.json when
@@ -68,8 +70,8 @@ JSON is rewritten after every case, so a run cut short keeps what it measured. `
 (default 8) skips the remaining cases once the run has used that much wall time.
 
 Imports only torch, transformers, peft and project modules that need neither webdataset nor dvc
-(trainer.backbones, trainer.model, trainer.losses, trainer.gradcache, trainer.pooling), so it runs with
-the device machine's stock Python.
+(trainer.acceleration, trainer.backbones, trainer.model, trainer.losses, trainer.gradcache,
+trainer.pooling, trainer.positions), so it runs with the device machine's stock Python.
 """
 
 from __future__ import annotations
@@ -999,7 +1001,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
                    help="with --compile: B, C+fast and C+fast+pos one step each in turn for ROUNDS rounds "
                         "(the goal's ratio under the same conditions; rows <case>:paired)")
-    p.add_argument("--compile", action="store_true", help="also time C with torch.compile'd language model")
+    p.add_argument("--compile", action="store_true",
+                   help="also time C+fast, C+fast+pos and D+fast(+feat): batched vision attention + "
+                        "torch.compile'd decoder layers and vision blocks")
     p.add_argument("--no-bva", action="store_true", help="skip the batched-vision-attention variant of C")
     p.add_argument("--profile", action="store_true",
                    help="with --compile: torch.profiler table of the C+fast step (profile_C_fast.txt by the JSON)")
