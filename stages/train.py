@@ -3,9 +3,9 @@
     python -m stages.train                                   # what dvc.yaml runs (params.yaml `train`)
     torchrun --nproc_per_node 8 -m stages.train              # DDP over 8 GPUs, same outputs
 
-Resumes from the newest checkpoint in models/checkpoints made with the same params, base model and
-shards (a run killed at any moment and re-run ends with the same weights); checkpoints of other params
-are removed with a warning. Set VLM2VEC_TRAIN_IDS_LOG=<file> to log the record ids of every step
+Resumes from the newest checkpoint in models/checkpoints made with the same params, base model,
+shards, training code and number of data slots (`trainer.loop.run_fingerprint`; a run killed at any
+moment and re-run ends with the same weights); checkpoints of other params are removed with a warning. Set VLM2VEC_TRAIN_IDS_LOG=<file> to log the record ids of every step
 (JSON lines; debugging and the resume test). See trainer/loop.py for the recipe and the outputs.
 """
 
