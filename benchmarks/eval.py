@@ -53,7 +53,7 @@ def prepare_data(eval_rows: int, candidates: int, datasets) -> Path:
                        train_subsets=[], eval_subsets=None if datasets == "all" else datasets)
     params = load_params("normalize", path=REPO / "params.yaml")
     normalize.run(WORK / "raw", WORK / "data" / "normalized", WORK / "data" / "rejects",
-                  WORK / "etl.json", params)
+                  WORK / "metrics" / "etl.json", params)  # where the evaluate stage reads it
     stamp.write_text(json.dumps(want))
     return WORK
 

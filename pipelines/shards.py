@@ -60,7 +60,7 @@ import sqlite3
 import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -111,8 +111,7 @@ class ShardParams:
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> "ShardParams":
-        known = {"max_samples", "max_bytes", "max_image_side", "workers", "max_image_pixels", "image_size_multiple",
-                 "max_rows_per_dataset", "shuffle", "seed"}
+        known = {f.name for f in fields(cls)}
         unknown = set(section) - known
         if unknown:
             raise ValueError(f"shard params: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")

@@ -604,8 +604,9 @@ class ContrastiveStream(IterableDataset):
                     failures += 1
                     log.warning("quarantined sample %s (%s): %s", raw.get("__key__"), raw.get("__url__"), exc)
                     if failures > max(MAX_CONSECUTIVE_BAD, sum(s.samples for s in self.by_dataset[dataset])):
-                        raise ValueError(f"dataset {dataset}: {failures} undecodable samples in a row; "
-                                         "the shards look corrupt") from exc
+                        raise ValueError(f"dataset {dataset}: {failures} samples in a row could not be decoded "
+                                         f"or collated (last: {exc}); the shards look corrupt or do not suit "
+                                         "this backbone") from exc
             records.append(record)
             images.append(imgs)
         batch = self.collate(records, images)
