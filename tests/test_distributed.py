@@ -115,3 +115,57 @@ def test_ddp_two_ranks_equal_one_process_on_global_batch(tmp_path):
         assert "different (query, target, negative) chunk counts" in meta["unequal_chunks"]
         assert meta["gathered"] == [[0.0] * 3] * 2 + [[1.0] * 3] * 2  # rank order
         assert meta["local_grad"] == [[1.0] * 3] * 2  # only the local slot carries gradient
+
+
+WORKER_THAT_WAITS = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from trainer.distributed import init_from_env
+init_from_env()
+open(os.path.join({out!r}, f"pid.{{os.environ['RANK']}}"), "w").write(str(os.getpid()))
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_torchrun_workers_die_with_the_launcher_killed_by_sigkill(tmp_path):
+    """torchrun starts each worker in a session of its own: SIGKILL of the launcher's process group
+    (the README's way to stop a stage, with -9) left the ranks training on, writing the checkpoints
+    and outputs a re-run resumes from."""
+    import signal
+    import time
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_THAT_WAITS.format(root=str(ROOT), out=str(tmp_path)), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node", "2", str(script)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pids = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(pids) < 2 and time.monotonic() < deadline and launcher.poll() is None:
+            time.sleep(0.2)
+            pids = [int(p.read_text()) for p in tmp_path.glob("pid.*") if p.read_text()]
+        assert len(pids) == 2, "the workers did not start"
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids), "a worker outlived its killed launcher"
+    finally:
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)

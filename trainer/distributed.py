@@ -8,9 +8,12 @@ joins the process group, with NCCL when CUDA is available and Gloo otherwise.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,8 +67,10 @@ def init_from_env(timeout_s: float = 1800.0) -> DistInfo:
         Gloo on CPU) exactly once (a second call reuses it) and, on CUDA, the current device is set
         to ``cuda:LOCAL_RANK``;
       * inconsistent variables (rank outside ``[0, WORLD_SIZE)``, missing ``MASTER_ADDR`` /
-        ``MASTER_PORT`` in a multi-process job) raise ``ValueError`` instead of hanging.
+        ``MASTER_PORT`` in a multi-process job) raise ``ValueError`` instead of hanging;
+      * a worker started by torchrun dies with it (`die_with_launcher`).
     """
+    die_with_launcher()
     world = _env_int("WORLD_SIZE", 1)
     rank_ = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -109,6 +114,29 @@ def init_from_env(timeout_s: float = 1800.0) -> DistInfo:
             f"process group has world size {dist.get_world_size()} but WORLD_SIZE={world}"
         )
     return DistInfo(rank=rank_, world_size=world, local_rank=local_rank, device=device, is_main=rank_ == 0)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_launcher() -> None:
+    """Under torchrun (``TORCHELASTIC_RUN_ID`` set) on Linux, have the kernel SIGKILL this worker when
+    its launcher dies; elsewhere a no-op.
+
+    torchrun starts every worker in a session of its own, so stopping the launcher's process group
+    with SIGKILL (``kill -9 -- -<pgid>``; SIGINT and SIGTERM are forwarded by torchrun itself) left
+    the ranks training on: they kept writing checkpoints, ``metrics/train`` and ``models/embedder``
+    while the re-run that should resume from them read and wrote the same files. A worker whose
+    launcher was already gone before this call (re-parented) exits at once."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        log.warning("could not tie this worker to its launcher (prctl errno %d)", ctypes.get_errno())
+        return
+    if os.getppid() != parent or parent == 1:  # the launcher died before the prctl
+        os._exit(1)
 
 
 def is_distributed() -> bool:
