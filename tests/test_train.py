@@ -586,6 +586,19 @@ def test_torchrun_two_ranks_split_the_global_batch(workspace):
     logged = (workspace / "metrics/train/plots/metrics/loss.tsv").read_text().splitlines()[1].split("\t")
     assert logged[0] == "0" and float(logged[-1]) == pytest.approx(want, rel=1e-3)
 
+    # the stage re-run in one process resumes from the final checkpoint and trains nothing: the 2 ranks
+    # trained every step, and the lineage says so (it said 1, changing models/embedder's bytes)
+    weights = merged_weights(workspace)
+    summary = train({**BASE_PARAMS, "steps": 4, "save_every": 2}, paths_in(workspace))
+    assert summary["resumed_from"] == 4 and summary["world_size"] == 2
+    assert json.loads((workspace / "models/embedder/lineage.json").read_text())["world_size"] == 2
+    assert all(torch.equal(weights[k], v) for k, v in merged_weights(workspace).items())
+    # from the step-2 checkpoint, one process trains steps 2-3: the lineage lists both world sizes
+    shutil.rmtree(C.list_checkpoints(workspace / "models/checkpoints")[-1])
+    summary = train({**BASE_PARAMS, "steps": 4, "save_every": 2}, paths_in(workspace))
+    assert summary["resumed_from"] == 2 and summary["world_size"] == [[0, 2], [2, 1]]
+    assert json.loads((workspace / "models/embedder/lineage.json").read_text())["world_size"] == [[0, 2], [2, 1]]
+
 
 def mixed_record(dataset: str, i: int):
     """Shape images with captions in one dataset, text-only queries (image targets) in the other, so

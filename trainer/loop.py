@@ -387,6 +387,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             ckpt.remove_checkpoints(paths.checkpoints)
     num_workers = int(p["num_workers"])
     start_step, rng_state, position, last_loss, history = 0, None, None, None, None
+    world_sizes = [[0, world]]  # [first step, world size] of each stretch of steps, for the lineage
     if found is not None:
         loaders = {}
         if use_fsdp:
@@ -397,10 +398,13 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
         start_step, rng_state = int(state["step"]), state["rng"]
         position = StreamPosition.from_dict(state["stream"])
         last_loss, history = state["extra"].get("loss"), state["extra"].get("metrics")
-        if position.world_size != world:
+        world_sizes = state["extra"].get("world_sizes") or [[0, position.world_size]]
+        if position.world_size != world and start_step < int(p["steps"]):  # steps left to train
+            world_sizes.append([start_step, world])
             log.warning("checkpoint was written by %d ranks, this run has %d: the data order after resume "
                         "differs from an uninterrupted run; every dataset continues at a fresh epoch (the rest "
                         "of the current one is skipped) instead of replaying epoch 0 from its start", position.world_size, world)
+        if position.world_size != world:
             position = position.fresh_epochs(world, position.slots_per_rank)
         if rng_state is None:
             log.warning("checkpoint has no RNG state for rank %d; reseeding", rank)
@@ -494,6 +498,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             done = step + 1
             if done % save_every == 0 or done == steps:
                 _save(paths.checkpoints, done, embedder, optimizer, scheduler, fp, position, last_loss, rank,
+                      world_sizes=world_sizes,
                       sharded=use_fsdp, metrics_dir=paths.metrics)
         if live is not None:
             live.summary.update(run_summary(paths.metrics))
@@ -505,7 +510,10 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             live.end()
 
     summary = {"steps": steps, "final_loss": last_loss, "mode": mode, "trainable_parameters": n_trainable,
-               "resumed_from": start_step, "world_size": world}
+               "resumed_from": start_step,
+               # the world size that trained the steps (a run resumed from its final checkpoint by another
+               # number of processes trained none of them); [[first step, world size], ...] when it changed
+               "world_size": world_sizes[0][1] if len(world_sizes) == 1 else world_sizes}
     if use_fsdp:  # gather the unsharded weights (every rank), then export an unsharded copy on rank 0
         full = fsdp.full_model_state(embedder)
         if rank == 0:
@@ -535,9 +543,11 @@ def _open_ids_log(path: Path | None, start_step: int, rank: int, world: int):
 
 
 def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position: StreamPosition,
-          loss: float, rank: int, sharded: bool = False, metrics_dir: Path | None = None) -> None:
+          loss: float, rank: int, sharded: bool = False, metrics_dir: Path | None = None,
+          world_sizes: list | None = None) -> None:
     """Gather the per-rank stream positions and RNG states (and under FSDP the unsharded weights and
-    optimizer state); rank 0 writes the checkpoint, with the dvclive history under ``metrics_dir``."""
+    optimizer state); rank 0 writes the checkpoint, with the dvclive history under ``metrics_dir``
+    and the run's ``world_sizes`` so far."""
     states = {}
     if sharded:
         states = dict(model_state=fsdp.full_trainable_state(model),
@@ -549,7 +559,8 @@ def _save(root: Path, step: int, model, optimizer, scheduler, fp: str, position:
             merged.merge(StreamPosition.from_dict(g["position"]))
         ckpt.save_checkpoint(root, step, model=model, optimizer=optimizer, scheduler=scheduler, fingerprint=fp,
                              stream=merged.to_dict(), rng_per_rank=[g["rng"] for g in gathered],
-                             extra={"loss": loss, **({"metrics": metrics_history(metrics_dir)} if metrics_dir else {})},
+                             extra={"loss": loss, **({"metrics": metrics_history(metrics_dir)} if metrics_dir else {}),
+                                    **({"world_sizes": world_sizes} if world_sizes else {})},
                              **states)
     distributed.barrier()
 
