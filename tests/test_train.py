@@ -126,6 +126,8 @@ def test_validate_params():
     ({"steps": 2.7}, "steps an integer"), ({"batch_size": True}, "batch_size an integer"),
     ({"learning_rate": "fast"}, "learning_rate > 0"), ({"max_text_tokens": 0}, "max_text_tokens"),
     ({"batch_size": 1}, "batch_size >= 2 or hard_negatives > 0"),  # loss log(1) = 0: trains nothing
+    # refused by the data stream only after stale checkpoints had been deleted
+    ({"batch_size": 8, "homogeneous_batch": 3}, "homogeneous_batch dividing batch_size"),
 ])
 def test_params_that_would_fail_later_or_silently_are_refused(override, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -251,7 +251,8 @@ def latest_checkpoint(root: str | Path, fingerprint: str) -> Path | None:
             log.warning("skipping unreadable checkpoint %s: %s", path, exc)
             continue
         if state.get("fingerprint") != fingerprint:
-            log.warning("checkpoint %s was made with different params, base model or shards "
+            log.warning("checkpoint %s was made with different params, base model, base weights' dtype (LoRA "
+                        "under bf16 keeps them in bf16 except under FSDP), training code, data slots or shards "
                         "(fingerprint %s..., this run %s...); not resuming from it",
                         path, str(state.get("fingerprint"))[:12], fingerprint[:12])
             return None

@@ -124,6 +124,8 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
     if integer("batch_size", 1) and integer("hard_negatives", 0):
         checks.append((p["batch_size"] >= 2 or p["hard_negatives"] > 0,
                        "batch_size >= 2 or hard_negatives > 0 (one pair alone has no negative: its loss is 0)"))
+    if integer("batch_size", 1) and integer("homogeneous_batch", 1):  # before any checkpoint is judged stale
+        checks.append((p["batch_size"] % p["homogeneous_batch"] == 0, "homogeneous_batch dividing batch_size"))
     bad = [what for ok, what in checks if not ok]
     if bad:
         raise ValueError(f"train params out of range: need {', '.join(bad)}")
