@@ -401,12 +401,13 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
         position = StreamPosition.from_dict(state["stream"])
         last_loss, history = state["extra"].get("loss"), state["extra"].get("metrics")
         world_sizes = state["extra"].get("world_sizes") or [[0, position.world_size]]
-        if position.world_size != world and start_step < int(p["steps"]):  # steps left to train
-            world_sizes.append([start_step, world])
-            log.warning("checkpoint was written by %d ranks, this run has %d: the data order after resume "
-                        "differs from an uninterrupted run; every dataset continues at a fresh epoch (the rest "
-                        "of the current one is skipped) instead of replaying epoch 0 from its start", position.world_size, world)
         if position.world_size != world:
+            if start_step < int(p["steps"]):  # steps left to train
+                world_sizes.append([start_step, world])
+                log.warning("checkpoint was written by %d ranks, this run has %d: the data order after resume "
+                            "differs from an uninterrupted run; every dataset continues at a fresh epoch (the "
+                            "rest of the current one is skipped) instead of replaying epoch 0 from its start",
+                            position.world_size, world)
             position = position.fresh_epochs(world, position.slots_per_rank)
         if rng_state is None:
             log.warning("checkpoint has no RNG state for rank %d; reseeding", rank)

@@ -242,16 +242,11 @@ def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str
                                f"`{str(metadata.get(m, {}).get('fingerprint', '?'))[:12]}`)" for m in models) + ".",
         "", "## Summary", "",
     ]
-    groups = [("Overall", lambda a: a["overall"], len(datasets))]
-    for key in mmeb.DISTRIBUTIONS:
-        groups.append((key, lambda a, k=key: a.get(k), sum(first[d].distribution == key for d in datasets)))
-    for task, label in META_LABELS.items():
-        groups.append((label, lambda a, t=task: a["meta"].get(t), sum(first[d].meta_task == task for d in datasets)))
+    getters = {"Overall": lambda a: a["overall"], **{k: (lambda a, k=k: a.get(k)) for k in mmeb.DISTRIBUTIONS},
+               **{label: (lambda a, t=task: a["meta"].get(t)) for task, label in META_LABELS.items()}}
     rows = []
-    for label, get, n in groups:
-        if n == 0:
-            continue
-        vals = {m: get(aggs[m]) for m in models}
+    for label, n in _group_sizes([first[d] for d in datasets]).items():  # groups with a dataset, in order
+        vals = {m: getters[label](aggs[m]) for m in models}
         rows.append([f"{label} ({n})"] + [_fmt(vals[m]) for m in models] + delta_cols(lambda m: vals[m]))
     lines += _table(["group (#datasets)"] + models + delta_hdr, rows, "l" + "r" * (len(models) + len(delta_hdr)))
 

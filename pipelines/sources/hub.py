@@ -129,12 +129,17 @@ def bytes_to_fetch(cache_dir: Path, repo_id: str, commit: str, sizes: dict[str, 
                                                         repo_type="dataset"), str))
 
 
-def free_bytes(folder: Path) -> int:
-    """Free space on the file system that holds (or will hold) `folder`."""
+def _nearest_existing(folder: Path) -> Path:
+    """`folder`, or the nearest folder above it that exists (where it will be created)."""
     folder = Path(folder).absolute()
     while not folder.exists():
         folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return folder
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the file system that holds (or will hold) `folder`."""
+    return shutil.disk_usage(_nearest_existing(folder)).free
 
 
 def remove_orphaned_partials(cache_dir: Path, repo_id: str) -> int:
@@ -263,12 +268,7 @@ def check_space(plans: list[RepoPlan], cache_dir: Path, copy_to: Path | None = N
 
 def same_disk(a: Path, b: Path) -> bool:
     """Whether two folders (or the nearest existing folders above them) are on one file system."""
-    def device(folder: Path) -> int:
-        folder = Path(folder).absolute()
-        while not folder.exists():
-            folder = folder.parent
-        return folder.stat().st_dev
-    return device(a) == device(b)
+    return _nearest_existing(a).stat().st_dev == _nearest_existing(b).stat().st_dev
 
 
 def download(plan: RepoPlan, cache_dir: Path, max_workers: int = 8) -> FetchedRepo:
