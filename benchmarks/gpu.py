@@ -61,7 +61,8 @@ cases minutes apart can differ by the card's state; B is timed once more at the 
 (`B:end`, its ratio to B shows the drift over the run, e.g. around the GradCache rows). Every row
 also records the card's clocks, power, temperature and throttle reasons (`nvidia-smi`) right after
 it ran, and for every timed step the Python garbage collector's pause within it (`gc_s`; `gc_full`
-counts full collections: `GcPauses`).
+counts full collections: `GcPauses`). `--gc-freeze` times the paired rounds once more after
+`gc.freeze()` (rows `<case>:paired+frozen`), the remedy if those pauses show.
 
 Results: a table (pairs/s or queries/s, step s, peak GiB, ratio vs A and vs B at the same batch;
 D against A and B at the chunk's batch) printed last, and JSON written to $OUT/gpu_bench.json when
@@ -475,9 +476,10 @@ def ratios(rows: list[dict]) -> list[dict]:
     for r in ok:
         if r["case"].endswith(":warmup"):
             continue
-        if r["case"].endswith(":paired"):  # against B in the same rounds (paired_case)
+        tag = r["case"].partition(":")[2]
+        if tag.startswith("paired"):  # against B in the same rounds (paired_case)
             if "paired_ratio" in r:
-                out.append(dict(case=r["case"], batch=r["batch"], vs=f"B:paired@{r['batch']}", ratio=r["paired_ratio"]))
+                out.append(dict(case=r["case"], batch=r["batch"], vs=f"B:{tag}@{r['batch']}", ratio=r["paired_ratio"]))
             continue
         if r["case"].startswith("E"):
             ref = "E:plain" if r["case"].startswith("E:ours") else "E:vision" if r["case"] == "E:vision+bva" else None
@@ -660,7 +662,7 @@ def positions_case(bench: Bench, model, label: str, case: str, embed, sizes: Siz
 
 
 def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device, dtype, mm: bool,
-                temperature: float, rounds: int) -> None:
+                temperature: float, rounds: int, frozen: bool = False) -> None:
     """The goal's ratio measured under the same conditions: B (the plain step, eager, per-image vision
     attention), C+fast and C+fast+pos (with the Collator's positions: the trainer's step) timed one
     step each in turn, `rounds` rounds after `sizes.warmup` untimed ones, the order reversed every
@@ -668,7 +670,13 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
     compiled blocks are switched off and on (`compiled`: block -> its compiled call, nothing is
     recompiled) and batched vision attention with them. Rows `<case>:paired` hold each variant's
     step times; a variant's `paired_ratio` is the median over rounds of B's step time over its own in
-    the same round (with the spread), next to the ratio of the medians."""
+    the same round (with the spread), next to the ratio of the medians.
+
+    `frozen`: the same rounds after `gc.collect(); gc.freeze()` (rows `<case>:paired+frozen`): every
+    object alive then (the model's, the compiler's) moves to the permanent generation, which full
+    collections no longer walk; `gc.unfreeze()` afterwards. Whether the collector's pauses make the
+    step times bimodal shows as the difference between the two sets of rows."""
+    tag = "paired+frozen" if frozen else "paired"
     batch = sizes.batches[0]
     queries, targets = pair_batch(batch, sizes, device, dtype, mm)
     positioned = with_positions(queries, sizes) if mm else None
@@ -688,14 +696,18 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
                 "C+fast": (fast, lambda: contrastive_step(embed, queries, targets, temperature))}
     if positioned is not None:
         variants["C+fast+pos"] = (fast, lambda: contrastive_step(embed, positioned, targets, temperature))
-    label = "paired rounds, one step of each in turn (order reversed every round)"
+    label = "paired rounds, one step of each in turn (order reversed every round)" + (
+        ", after gc.freeze()" if frozen else "")
     if bench.over_budget():
         for name in variants:
-            bench._add(dict(case=f"{name}:paired", label=label, batch=batch, unit="pairs/s",
+            bench._add(dict(case=f"{name}:{tag}", label=label, batch=batch, unit="pairs/s",
                             status="skipped (time budget)"))
         return
-    log.info("paired rounds at batch %d: %s, %d warm-up + %d rounds", batch, ", ".join(variants), sizes.warmup,
+    log.info("%s rounds at batch %d: %s, %d warm-up + %d rounds", tag, batch, ", ".join(variants), sizes.warmup,
              rounds)
+    if frozen:
+        gc.collect()
+        gc.freeze()
     times: dict[str, list[float]] = {name: [] for name in variants}
     gc_s: dict[str, list[float]] = {name: [] for name in variants}
     error, pauses = None, GcPauses()
@@ -723,9 +735,11 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
     finally:
         fast()  # the state the caller's fast_path expects to undo
         model.zero_grad(set_to_none=True)
+        if frozen:
+            gc.unfreeze()
     state = gpu_state(device)
     for name, ts in times.items():
-        row = dict(case=f"{name}:paired", label=label, batch=batch, unit="pairs/s", status=error or "ok",
+        row = dict(case=f"{name}:{tag}", label=label, batch=batch, unit="pairs/s", status=error or "ok",
                    gpu_state=state)
         if error is None:
             med = statistics.median(ts)
@@ -736,7 +750,7 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
                 row.update(paired_ratio=round(statistics.median(per_round), 3),
                            paired_ratio_range=[round(min(per_round), 3), round(max(per_round), 3)],
                            ratio_of_medians=round(statistics.median(times["B"]) / med, 3))
-                log.info("  %s: %.2fx B (median of %d rounds, range %.2f-%.2f)", name, row["paired_ratio"],
+                log.info("  %s (%s): %.2fx B (median of %d rounds, range %.2f-%.2f)", name, tag, row["paired_ratio"],
                          len(per_round), *row["paired_ratio_range"])
         bench._add(row)
     del queries, targets, positioned
@@ -1001,6 +1015,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
                    help="with --compile: B, C+fast and C+fast+pos one step each in turn for ROUNDS rounds "
                         "(the goal's ratio under the same conditions; rows <case>:paired)")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="with --paired: the paired rounds again after gc.freeze() (rows <case>:paired+frozen)")
     p.add_argument("--compile", action="store_true",
                    help="also time C+fast, C+fast+pos and D+fast(+feat): batched vision attention + "
                         "torch.compile'd decoder layers and vision blocks")
@@ -1196,6 +1212,8 @@ def main(argv=None) -> int:
                     compiled = {m: m._compiled_call_impl for m in model.modules()
                                 if getattr(m, "_compiled_call_impl", None) is not None}
                     paired_case(bench, model, emb, compiled, rounds=args.paired, **common)
+                    if args.gc_freeze:
+                        paired_case(bench, model, emb, compiled, rounds=args.paired, frozen=True, **common)
                 if args.profile:
                     profile_step(bench, model, "C+fast", emb, **common)
             if "D" in args.cases:

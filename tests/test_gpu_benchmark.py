@@ -81,7 +81,7 @@ def test_compare_flags_divergence_nan_and_shape(gpu):
 def test_tiny_run_end_to_end(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt", "--compile", "--paired", "3",
-                                                 "--gc-feat-chunks", "4,8", "--profile"], cwd=tmp_path, env=env,
+                                                 "--gc-freeze", "--gc-feat-chunks", "4,8", "--profile"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
@@ -120,6 +120,11 @@ def test_tiny_run_end_to_end(tmp_path):
         per_round = sorted(b / t for b, t in zip(paired["B"]["steps_s"], r["steps_s"]))
         assert r["paired_ratio"] == pytest.approx(per_round[1], rel=0.02)  # the median of 3 rounds
         assert (case + ":paired", f"B:paired@4") in vs
+    # --gc-freeze: the same rounds again after gc.freeze(), each against B in its own rounds
+    frozen = {c: rows[f"{c}:paired+frozen"] for c in ("B", "C+fast", "C+fast+pos")}
+    assert all(r["status"] == "ok" and len(r["steps_s"]) == 3 for r in frozen.values()), frozen
+    assert frozen["B"]["steps_s"] != paired["B"]["steps_s"]  # measured anew, not copied
+    assert {("C+fast:paired+frozen", "B:paired+frozen@4"), ("C+fast+pos:paired+frozen", "B:paired+frozen@4")} <= vs
     assert all("gpu_state" in r for r in data["rows"] if not r["case"].endswith(":warmup") and r["status"] == "ok")
     assert rows["B:end"]["status"] == "ok" and ("B:end", "B@4") in vs  # the baseline again, for its drift
     # every timed step records the garbage collector's pause within it (never longer than the step)
