@@ -332,12 +332,13 @@ def gradient_checkpointing(model):
 
 
 @contextlib.contextmanager
-def fast_path(model, backend: str):
+def fast_path(model, backend: str, options: dict | None = None):
     """Within the block: batched vision attention + regional compilation of the repeated blocks
-    (trainer.acceleration), as `train.batched_vision_attention` and `train.compile` set them up."""
+    (trainer.acceleration), as `train.batched_vision_attention` and `train.compile` set them up.
+    `options`: inductor's (e.g. cpp_wrapper)."""
     blocks = []
     with batched_vision_attention(model):
-        compile_blocks(model, backend=backend)
+        compile_blocks(model, backend=backend, **({"options": options} if options else {}))
         blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
         try:
             yield
@@ -670,7 +671,9 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
     compiled blocks are switched off and on (`compiled`: block -> its compiled call, nothing is
     recompiled) and batched vision attention with them. Rows `<case>:paired` hold each variant's
     step times; a variant's `paired_ratio` is the median over rounds of B's step time over its own in
-    the same round (with the spread), next to the ratio of the medians.
+    the same round (with the spread), next to the ratio of the medians. `host_s`: per step, the time
+    until the step returned to Python, before the final sync: close to the step's time when the
+    host's launching (or a sync inside the step) bounds it, well under it when the device does.
 
     `frozen`: the same rounds after `gc.collect(); gc.freeze()` (rows `<case>:paired+frozen`): every
     object alive then (the model's, the compiler's) moves to the permanent generation, which full
@@ -710,6 +713,7 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
         gc.freeze()
     times: dict[str, list[float]] = {name: [] for name in variants}
     gc_s: dict[str, list[float]] = {name: [] for name in variants}
+    host_s: dict[str, list[float]] = {name: [] for name in variants}  # until the step returned, before the sync
     error, pauses = None, GcPauses()
     try:
         for r in range(sizes.warmup + rounds):
@@ -722,9 +726,11 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
                 t0 = time.perf_counter()
                 with pauses:
                     step()
+                    queued = time.perf_counter() - t0
                     bench.sync()
                 if r >= sizes.warmup:
                     times[name].append(time.perf_counter() - t0)
+                    host_s[name].append(queued)
                     gc_s[name].append(pauses.step())
             if r >= sizes.warmup:
                 log.info("  round %d: %s", r - sizes.warmup + 1,
@@ -744,7 +750,7 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
         if error is None:
             med = statistics.median(ts)
             row.update(step_s=round(med, 4), steps_s=[round(t, 4) for t in ts], throughput=round(batch / med, 2),
-                       gc_s=gc_s[name])
+                       gc_s=gc_s[name], host_s=[round(t, 4) for t in host_s[name]])
             if name != "B":
                 per_round = [b / t for b, t in zip(times["B"], ts)]
                 row.update(paired_ratio=round(statistics.median(per_round), 3),
@@ -803,6 +809,22 @@ class GcPauses:
         return round(pause, 4)
 
 
+def _device_us(e) -> float:
+    return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
+
+
+def kernel_seconds(events) -> float:
+    """Seconds the device ran kernels (and copies) among profiler `events`, as torch's own table totals
+    them: only the device-side events. An operator's row (aten::mm) carries the time of the kernels it
+    launched as its own device time too, so summing every row counts each kernel twice (the profiles
+    of the H100 runs up to 2026-11-26 did: "320 ms of kernels per step" were 160)."""
+    from torch.autograd import DeviceType
+
+    device_types = {getattr(DeviceType, n) for n in ("CUDA", "PrivateUse1", "MTIA", "XPU") if hasattr(DeviceType, n)}
+    return sum(_device_us(e) for e in events
+               if e.device_type in device_types and not getattr(e, "is_user_annotation", False)) / 1e6
+
+
 def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dtype, mm: bool, temperature: float,
                  context=contextlib.nullcontext, steps: int = 3) -> Path | None:
     """torch.profiler over `steps` training steps at the first batch (after one untimed step): the
@@ -830,12 +852,9 @@ def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dt
     except Exception:  # noqa: BLE001 - a profile is an extra; the timings stand without it
         log.exception("profile %s failed", name)
         return None
-    def device_us(e) -> float:
-        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
-
     try:
         events = prof.key_averages()
-        busy = sum(device_us(e) for e in events) / 1e6
+        busy = kernel_seconds(events)
         head = (f"profile {name}: batch {batch}, {steps} steps, {wall / steps * 1000:.1f} ms per step; "
                 + (f"device kernels {busy / steps * 1000:.1f} ms per step, busy {busy / wall:.0%} of the wall time"
                    if cuda else "CPU only"))
@@ -844,7 +863,7 @@ def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dt
         path = bench.out_path.with_name(f"profile_{name.replace('+', '_')}.txt")
         path.write_text(head + "\n\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n")
         # the leading operators also go into the JSON, which is what gets kept in benchmarks/results/
-        key = (lambda e: device_us(e)) if cuda else (lambda e: float(e.self_cpu_time_total))
+        key = (lambda e: _device_us(e)) if cuda else (lambda e: float(e.self_cpu_time_total))
         top = sorted(events, key=key, reverse=True)[:30]
         bench.meta[f"profile_{name}"] = dict(
             head=head, ms_per_step_wall=round(wall / steps * 1000, 2),
@@ -1015,6 +1034,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
                    help="with --compile: B, C+fast and C+fast+pos one step each in turn for ROUNDS rounds "
                         "(the goal's ratio under the same conditions; rows <case>:paired)")
+    p.add_argument("--backend", default=None, choices=("inductor", "aot_eager"),
+                   help="torch.compile backend of --compile (default: inductor on CUDA, aot_eager on CPU)")
+    p.add_argument("--cpp-wrapper", action="store_true",
+                   help="inductor's C++ wrapper for the compiled blocks: the kernels are launched from C++ "
+                        "instead of generated Python (less host time per launch)")
     p.add_argument("--gc-freeze", action="store_true",
                    help="with --paired: the paired rounds again after gc.freeze() (rows <case>:paired+frozen)")
     p.add_argument("--compile", action="store_true",
@@ -1169,11 +1193,15 @@ def main(argv=None) -> int:
 
     if args.compile:
         # last, because compilation is the slowest and least certain part of the run
-        backend = "aot_eager" if device.type == "cpu" else "inductor"
+        backend = args.backend or ("aot_eager" if device.type == "cpu" else "inductor")
+        options = {"cpp_wrapper": True} if args.cpp_wrapper else None
+        if options and backend != "inductor":
+            raise SystemExit("--cpp-wrapper is an option of the inductor backend (--backend inductor)")
+        bench.meta.update(compile_backend=backend, compile_options=options)
         model = add_lora(base, ours)
         model.train()
         emb = our_embedder(model)
-        label = f"Embedder step ({ours.label()}), batched vision attention + compiled blocks ({backend})"
+        label = f"Embedder step ({ours.label()}), batched vision attention + compiled blocks ({backend}{', C++ wrapper' if options else ''})"
         # the compiled step must compute the eager step's loss and gradients on the timed batch shape
         b = sizes.batches[0]
         q, t = pair_batch(b, sizes, device, dtype, mm)
@@ -1181,7 +1209,7 @@ def main(argv=None) -> int:
         loss_ref = contrastive_step(emb, q, t, args.temperature)
         g_ref = lora_grads(model)
         model.zero_grad(set_to_none=True)
-        with fast_path(model, backend):
+        with fast_path(model, backend, options):
             try:
                 t0 = time.perf_counter()
                 loss_fast = contrastive_step(emb, q, t, args.temperature)

@@ -120,6 +120,7 @@ def test_tiny_run_end_to_end(tmp_path):
         per_round = sorted(b / t for b, t in zip(paired["B"]["steps_s"], r["steps_s"]))
         assert r["paired_ratio"] == pytest.approx(per_round[1], rel=0.02)  # the median of 3 rounds
         assert (case + ":paired", f"B:paired@4") in vs
+        assert len(r["host_s"]) == 3 and all(0 < h <= t for h, t in zip(r["host_s"], r["steps_s"]))
     # --gc-freeze: the same rounds again after gc.freeze(), each against B in its own rounds
     frozen = {c: rows[f"{c}:paired+frozen"] for c in ("B", "C+fast", "C+fast+pos")}
     assert all(r["status"] == "ok" and len(r["steps_s"]) == 3 for r in frozen.values()), frozen
@@ -144,3 +145,21 @@ def test_gc_pauses_are_counted_per_step(gpu):
     assert first > 0 and pauses.full == 1
     gc.collect()  # after the window: not seen
     assert pauses.step() == 0.0 and pauses.full == 1 and pauses._callback not in gc.callbacks
+
+
+def test_kernel_seconds_counts_each_kernel_once(gpu):
+    """An operator's row carries its kernels' device time as its own too: the busy fraction must sum
+    the device-side events alone, as torch's own table total does (not the 2x the old header had)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(device_type, us, **kw):
+        return SimpleNamespace(device_type=device_type, self_device_time_total=us, **kw)
+
+    events = [event(DeviceType.CPU, 300.0),  # aten::mm, holding its kernels' 300 us
+              event(DeviceType.CUDA, 200.0), event(DeviceType.CUDA, 100.0),  # the two kernels
+              event(DeviceType.CPU, 0.0),
+              event(DeviceType.CUDA, 50.0, is_user_annotation=True)]  # a record_function range on the GPU track
+    assert gpu.kernel_seconds(events) == pytest.approx(300e-6)
+    assert gpu.kernel_seconds([event(DeviceType.CPU, 300.0)]) == 0.0
