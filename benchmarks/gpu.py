@@ -782,9 +782,10 @@ def gpu_state(device) -> dict | None:
 
 class GcPauses:
     """Seconds the Python garbage collector ran, per timed step (`gc.callbacks`): a full collection
-    over a big model's and the compiler's objects takes tens of milliseconds, enough to make a step's
-    times bimodal, as run 3's were (0.24-0.25 s and 0.29-0.30 s). `step()` returns the pause since
-    the last call; `full` counts generation-2 collections."""
+    over a big model's and the compiler's objects could take tens of milliseconds. Recorded since run
+    3's step times were bimodal (0.24-0.25 s and 0.29-0.30 s); runs 4-5 found no full collection in
+    any timed step (the host's launch time varies instead, RESULTS.md). `step()` returns the pause
+    since the last call; `full` counts generation-2 collections."""
 
     def __init__(self):
         self.pause, self.full, self._t0 = 0.0, 0, None
@@ -818,11 +819,15 @@ def kernel_seconds(events) -> float:
     them: only the device-side events. An operator's row (aten::mm) carries the time of the kernels it
     launched as its own device time too, so summing every row counts each kernel twice (the profiles
     of the H100 runs up to 2026-11-26 did: "320 ms of kernels per step" were 160)."""
+    return sum(_device_us(e) for e in device_events(events)) / 1e6
+
+
+def device_events(events) -> list:
+    """The device-side events (kernels, copies) among profiler `events`, without user annotations."""
     from torch.autograd import DeviceType
 
     device_types = {getattr(DeviceType, n) for n in ("CUDA", "PrivateUse1", "MTIA", "XPU") if hasattr(DeviceType, n)}
-    return sum(_device_us(e) for e in events
-               if e.device_type in device_types and not getattr(e, "is_user_annotation", False)) / 1e6
+    return [e for e in events if e.device_type in device_types and not getattr(e, "is_user_annotation", False)]
 
 
 def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dtype, mm: bool, temperature: float,
@@ -855,19 +860,28 @@ def profile_step(bench: Bench, model, name: str, embed, sizes: Sizes, device, dt
     try:
         events = prof.key_averages()
         busy = kernel_seconds(events)
+        launches = sum(e.count for e in device_events(events)) / steps
         head = (f"profile {name}: batch {batch}, {steps} steps, {wall / steps * 1000:.1f} ms per step; "
-                + (f"device kernels {busy / steps * 1000:.1f} ms per step, busy {busy / wall:.0%} of the wall time"
-                   if cuda else "CPU only"))
+                + (f"device kernels {busy / steps * 1000:.1f} ms per step ({launches:.0f} of them), "
+                   f"busy {busy / wall:.0%} of the wall time" if cuda else "CPU only"))
         sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         # "+" is not in the file names the device machine hands back
         path = bench.out_path.with_name(f"profile_{name.replace('+', '_')}.txt")
-        path.write_text(head + "\n\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n")
+        text = head + "\n\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n"
+        if cuda:  # where the host's time goes: the step is bound by it when the device is idle part of it
+            text += "\nby host (self CPU) time:\n" + events.table(sort_by="self_cpu_time_total", row_limit=30,
+                                                                  max_name_column_width=70) + "\n"
+        path.write_text(text)
         # the leading operators also go into the JSON, which is what gets kept in benchmarks/results/
         key = (lambda e: _device_us(e)) if cuda else (lambda e: float(e.self_cpu_time_total))
         top = sorted(events, key=key, reverse=True)[:30]
         bench.meta[f"profile_{name}"] = dict(
             head=head, ms_per_step_wall=round(wall / steps * 1000, 2),
             ms_per_step_device=round(busy / steps * 1000, 2) if cuda else None,
+            kernels_per_step=round(launches, 1) if cuda else None,
+            top_host=[dict(op=e.key[:100], calls_per_step=round(e.count / steps, 1),
+                           ms_per_step=round(e.self_cpu_time_total / steps / 1000, 3))
+                      for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:20]],
             top=[dict(op=e.key[:100], calls_per_step=round(e.count / steps, 1),
                       ms_per_step=round(key(e) / steps / 1000, 3)) for e in top])
         bench.write()

@@ -110,6 +110,7 @@ def test_tiny_run_end_to_end(tmp_path):
     kept = data["meta"]["profile_C+fast"]  # the leading operators are kept in the JSON too
     assert kept["head"] == profile.splitlines()[0] and 1 <= len(kept["top"]) <= 30
     assert all(t["ms_per_step"] >= 0 and t["calls_per_step"] > 0 for t in kept["top"])
+    assert kept["top_host"] and all(t["calls_per_step"] > 0 for t in kept["top_host"])
     # paired rounds: B, C+fast and C+fast+pos one step each per round, ratios per round against B
     paired = {c: rows[f"{c}:paired"] for c in ("B", "C+fast", "C+fast+pos")}
     assert all(r["status"] == "ok" and len(r["steps_s"]) == 3 for r in paired.values()), paired
@@ -163,3 +164,4 @@ def test_kernel_seconds_counts_each_kernel_once(gpu):
               event(DeviceType.CUDA, 50.0, is_user_annotation=True)]  # a record_function range on the GPU track
     assert gpu.kernel_seconds(events) == pytest.approx(300e-6)
     assert gpu.kernel_seconds([event(DeviceType.CPU, 300.0)]) == 0.0
+    assert len(gpu.device_events(events)) == 2
