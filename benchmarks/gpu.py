@@ -54,6 +54,11 @@ three C+fast steps by device time, headed by the share of the wall time the devi
 leading 30 operators also go into the JSON's meta). Under the profiler the host is slower, so compare
 its device time with the unprofiled step time, not with its own wall time.
 
+`--lm-region` (with `--compile`) compiles the language model as one region instead of layer by layer,
+static shapes, and on CUDA once more with inductor's CUDA graphs (`mode="reduce-overhead"`, which
+blocks compiled one by one cannot use); each is checked against the eager step and timed in paired
+rounds with B (rows `C+lm+pos:paired-lm`, `C+lm+graphs+pos:paired-lm+graphs`).
+
 `--paired ROUNDS` (with `--compile`) times B, C+fast and C+fast+pos one step each in turn on one
 batch, the order reversed every round, and reports each against B in the same round (rows
 `<case>:paired`): the ratio the goal asks for, measured under the same conditions, where separate
@@ -701,13 +706,121 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
         variants["C+fast+pos"] = (fast, lambda: contrastive_step(embed, positioned, targets, temperature))
     label = "paired rounds, one step of each in turn (order reversed every round)" + (
         ", after gc.freeze()" if frozen else "")
+    try:
+        paired_rounds(bench, model, variants, tag=tag, label=label, batch=batch, warmup=sizes.warmup,
+                      rounds=rounds, frozen=frozen)
+    finally:
+        fast()  # the state the caller's fast_path expects to undo
+    del queries, targets, positioned
+    bench.free()
+
+
+def language_model(model) -> torch.nn.Module:
+    """The decoder stack of a (peft-wrapped) VLM: its `language_model` (transformers 5 layout)."""
+    for module in model.modules():
+        lm = getattr(module, "language_model", None)
+        if isinstance(lm, torch.nn.Module):
+            return lm
+    raise ValueError(f"{type(model).__name__} has no language_model")
+
+
+def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device, dtype, mm: bool,
+                   temperature: float, rounds: int, backend: str, graphs: bool) -> None:
+    """The language model compiled as one region instead of layer by layer: one compiled call per
+    pass instead of one per layer (the step is bound by the host's launches, RESULTS.md runs 4-5),
+    and with `graphs` inductor's CUDA graphs over it (`mode="reduce-overhead"`), which per-layer
+    compilation cannot use (a layer's graph output is overwritten by the next layer's replay,
+    pytorch/pytorch#152887). Static shapes (`dynamic=False`): one graph per padded shape, as a
+    trainer would bucket them. The vision blocks stay compiled one by one, as in C+fast.
+
+    Checked first against the eager step (loss, LoRA gradients), then timed in paired rounds
+    against B (rows `<case>:paired-lm` or `:paired-lm+graphs`); the first call's time, compilation
+    included, goes into the meta. With queries' positions from the Collator (the trainer's step)."""
+    name = "C+lm+graphs+pos" if graphs else "C+lm+pos"
+    tag = "paired-lm+graphs" if graphs else "paired-lm"
+    batch = sizes.batches[0]
+    if not mm:
+        bench._add(dict(case=f"{name}:{tag}", label="needs mm_token_type_ids (transformers 5)", batch=batch,
+                        unit="pairs/s", status="skipped"))
+        return
+    lm = language_model(model)
+    layers = {m for m in compiled if any(m is x for x in lm.modules())}
+    cuda_graphs = graphs and backend == "inductor" and device.type == "cuda"
+    queries, targets = pair_batch(batch, sizes, device, dtype, mm)
+    positioned = with_positions(queries, sizes)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+
+    def eager() -> None:
+        lm._compiled_call_impl = None
+        for block in compiled:
+            block._compiled_call_impl = None
+        unbatch_vision_attention(model)
+
+    def region() -> None:
+        for block, impl in compiled.items():
+            block._compiled_call_impl = None if block in layers else impl
+        lm._compiled_call_impl = region_impl
+        batch_vision_attention(model)
+
+    def step() -> torch.Tensor:
+        if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        return contrastive_step(embed, positioned, targets, temperature)
+
+    try:
+        eager()
+        model.zero_grad(set_to_none=True)
+        loss_ref = contrastive_step(embed, positioned, targets, temperature)
+        g_ref = lora_grads(model)
+        lm.compile(backend=backend, dynamic=False, **({"mode": "reduce-overhead"} if cuda_graphs else {}))
+        region_impl = lm._compiled_call_impl
+        region()
+        for i in range(3 if cuda_graphs else 1):  # graphs: checked on a replay (1st call warms up, 2nd records)
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            loss = step()
+            bench.sync()
+            if i == 0:
+                bench.meta[f"{name}_first_step_s"] = round(time.perf_counter() - t0, 1)
+                log.info("%s: first step (compilation included) %.1f s", name, bench.meta[f"{name}_first_step_s"])
+        bench.checks += [compare(f"{name} vs C: loss (batch {batch})", loss, loss_ref, tol),
+                         compare(f"{name} vs C: LoRA gradients (batch {batch})", lora_grads(model), g_ref, 5 * tol)]
+        for c in bench.checks[-2:]:
+            log.info("  %-55s %s %s", c["check"], "PASS" if c["passed"] else "FAIL",
+                     f"rel_err={c['rel_err']:.2e}" if "rel_err" in c else "")
+        del g_ref
+        plain = partial(plain_embed, model)
+        variants = {"B": (eager, lambda: contrastive_step(plain, queries, targets, temperature)), name: (region, step)}
+        label = ("language model compiled as one region" + (", CUDA graphs" if cuda_graphs else "")
+                 + ", vision blocks compiled, batched vision attention, M-RoPE positions precomputed; paired with B")
+        paired_rounds(bench, model, variants, tag=tag, label=label, batch=batch, warmup=max(sizes.warmup, 3),
+                      rounds=rounds)
+    except Exception as exc:  # noqa: BLE001 - recorded; the remaining cases still run
+        log.exception("%s failed", name)
+        bench.checks.append(dict(check=f"{name} vs C", passed=False, error=f"{type(exc).__name__}: {exc}"[:300]))
+        bench._add(dict(case=f"{name}:{tag}", label="language model as one region", batch=batch, unit="pairs/s",
+                        status=error_status(exc)))
+    finally:
+        lm._compiled_call_impl = None
+        for block, impl in compiled.items():  # the state the caller's fast_path expects to undo
+            block._compiled_call_impl = impl
+        batch_vision_attention(model)
+        model.zero_grad(set_to_none=True)
+    del queries, targets, positioned
+    bench.free()
+
+
+def paired_rounds(bench: Bench, model, variants: dict, *, tag: str, label: str, batch: int, warmup: int,
+                  rounds: int, frozen: bool = False) -> None:
+    """`variants` (name -> (setup, step); "B" first, the reference) one step each in turn, `rounds`
+    rounds after `warmup` untimed ones, the order reversed every round; rows `<name>:<tag>` (see
+    `paired_case`). The caller restores its model's state afterwards."""
     if bench.over_budget():
         for name in variants:
             bench._add(dict(case=f"{name}:{tag}", label=label, batch=batch, unit="pairs/s",
                             status="skipped (time budget)"))
         return
-    log.info("%s rounds at batch %d: %s, %d warm-up + %d rounds", tag, batch, ", ".join(variants), sizes.warmup,
-             rounds)
+    log.info("%s rounds at batch %d: %s, %d warm-up + %d rounds", tag, batch, ", ".join(variants), warmup, rounds)
     if frozen:
         gc.collect()
         gc.freeze()
@@ -716,7 +829,7 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
     host_s: dict[str, list[float]] = {name: [] for name in variants}  # until the step returned, before the sync
     error, pauses = None, GcPauses()
     try:
-        for r in range(sizes.warmup + rounds):
+        for r in range(warmup + rounds):
             for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
                 setup, step = variants[name]
                 setup()
@@ -728,22 +841,20 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
                     step()
                     queued = time.perf_counter() - t0
                     bench.sync()
-                if r >= sizes.warmup:
+                if r >= warmup:
                     times[name].append(time.perf_counter() - t0)
                     host_s[name].append(queued)
                     gc_s[name].append(pauses.step())
-            if r >= sizes.warmup:
-                log.info("  round %d: %s", r - sizes.warmup + 1,
-                         ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))
+            if r >= warmup:
+                log.info("  round %d: %s", r - warmup + 1, ", ".join(f"{n} {t[-1]:.3f} s" for n, t in times.items()))
     except Exception as exc:  # noqa: BLE001 - reported in the rows; the run goes on
         error = error_status(exc)
-        log.exception("paired rounds failed")
+        log.exception("%s rounds failed", tag)
     finally:
-        fast()  # the state the caller's fast_path expects to undo
         model.zero_grad(set_to_none=True)
         if frozen:
             gc.unfreeze()
-    state = gpu_state(device)
+    state = gpu_state(bench.device)
     for name, ts in times.items():
         row = dict(case=f"{name}:{tag}", label=label, batch=batch, unit="pairs/s", status=error or "ok",
                    gpu_state=state)
@@ -759,8 +870,6 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
                 log.info("  %s (%s): %.2fx B (median of %d rounds, range %.2f-%.2f)", name, tag, row["paired_ratio"],
                          len(per_round), *row["paired_ratio_range"])
         bench._add(row)
-    del queries, targets, positioned
-    bench.free()
 
 
 def gpu_state(device) -> dict | None:
@@ -1053,6 +1162,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpp-wrapper", action="store_true",
                    help="inductor's C++ wrapper for the compiled blocks: the kernels are launched from C++ "
                         "instead of generated Python (less host time per launch)")
+    p.add_argument("--lm-region", action="store_true",
+                   help="with --compile: the language model compiled as one region (and, on CUDA, with CUDA "
+                        "graphs), each paired with B (rows <case>:paired-lm, :paired-lm+graphs)")
     p.add_argument("--gc-freeze", action="store_true",
                    help="with --paired: the paired rounds again after gc.freeze() (rows <case>:paired+frozen)")
     p.add_argument("--compile", action="store_true",
@@ -1256,6 +1368,15 @@ def main(argv=None) -> int:
                     paired_case(bench, model, emb, compiled, rounds=args.paired, **common)
                     if args.gc_freeze:
                         paired_case(bench, model, emb, compiled, rounds=args.paired, frozen=True, **common)
+                if args.lm_region:
+                    compiled = {m: m._compiled_call_impl for m in model.modules()
+                                if getattr(m, "_compiled_call_impl", None) is not None}
+                    for graphs in ((False, True) if device.type == "cuda" else (False,)):
+                        if bench.over_budget():
+                            log.warning("language-model region (graphs=%s): skipped, budget used", graphs)
+                            continue
+                        lm_region_case(bench, model, emb, compiled, rounds=max(args.paired, 3), backend=backend,
+                                       graphs=graphs, **common)
                 if args.profile:
                     profile_step(bench, model, "C+fast", emb, **common)
             if "D" in args.cases:

@@ -81,7 +81,7 @@ def test_compare_flags_divergence_nan_and_shape(gpu):
 def test_tiny_run_end_to_end(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--ckpt", "--compile", "--paired", "3",
-                                                 "--gc-freeze", "--gc-feat-chunks", "4,8", "--profile"], cwd=tmp_path, env=env,
+                                                 "--gc-freeze", "--lm-region", "--gc-feat-chunks", "4,8", "--profile"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_bench.json").read_text())
@@ -127,6 +127,12 @@ def test_tiny_run_end_to_end(tmp_path):
     assert all(r["status"] == "ok" and len(r["steps_s"]) == 3 for r in frozen.values()), frozen
     assert frozen["B"]["steps_s"] != paired["B"]["steps_s"]  # measured anew, not copied
     assert {("C+fast:paired+frozen", "B:paired+frozen@4"), ("C+fast+pos:paired+frozen", "B:paired+frozen@4")} <= vs
+    # --lm-region: the language model compiled as one region, checked against eager, paired with B
+    assert checks["C+lm+pos vs C: loss (batch 4)"]["passed"] and checks["C+lm+pos vs C: LoRA gradients (batch 4)"]["passed"]
+    region = {c: rows[f"{c}:paired-lm"] for c in ("B", "C+lm+pos")}
+    assert all(r["status"] == "ok" and len(r["steps_s"]) == 3 for r in region.values()), region
+    assert ("C+lm+pos:paired-lm", "B:paired-lm@4") in vs and data["meta"]["C+lm+pos_first_step_s"] > 0
+    assert "C+lm+graphs+pos:paired-lm+graphs" not in rows  # CUDA graphs only on CUDA
     assert all("gpu_state" in r for r in data["rows"] if not r["case"].endswith(":warmup") and r["status"] == "ok")
     assert rows["B:end"]["status"] == "ok" and ("B:end", "B@4") in vs  # the baseline again, for its drift
     # every timed step records the garbage collector's pause within it (never longer than the step)
@@ -146,6 +152,14 @@ def test_gc_pauses_are_counted_per_step(gpu):
     assert first > 0 and pauses.full == 1
     gc.collect()  # after the window: not seen
     assert pauses.step() == 0.0 and pauses.full == 1 and pauses._callback not in gc.callbacks
+
+
+def test_language_model_is_found_under_peft_or_refused(gpu):
+    model = gpu.add_lora(gpu.build_model(gpu.TINY, torch.device("cpu"), torch.float32), gpu.Lora())
+    lm = gpu.language_model(model)
+    assert type(lm).__name__ == "Qwen2VLTextModel" and len(lm.layers) == gpu.TINY.text["num_hidden_layers"]
+    with pytest.raises(ValueError, match="no language_model"):
+        gpu.language_model(torch.nn.Linear(2, 2))
 
 
 def test_kernel_seconds_counts_each_kernel_once(gpu):
