@@ -55,9 +55,10 @@ leading 30 operators also go into the JSON's meta). Under the profiler the host 
 its device time with the unprofiled step time, not with its own wall time.
 
 `--lm-region` (with `--compile`) compiles the language model as one region instead of layer by layer,
-static shapes, and on CUDA once more with inductor's CUDA graphs (`mode="reduce-overhead"`, which
-blocks compiled one by one cannot use); each is checked against the eager step and timed in paired
-rounds with B (rows `C+lm+pos:paired-lm`, `C+lm+graphs+pos:paired-lm+graphs`).
+static shapes: on CUDA first with inductor's CUDA graphs (`mode="reduce-overhead"`, which blocks
+compiled one by one cannot use), then without them if that fits in the budget; each is checked
+against the eager step and timed in paired rounds with B (rows `C+lm+graphs+pos:paired-lm+graphs`,
+`C+lm+pos:paired-lm`).
 
 `--paired ROUNDS` (with `--compile`) times B, C+fast and C+fast+pos one step each in turn on one
 batch, the order reversed every round, and reports each against B in the same round (rows
@@ -385,6 +386,10 @@ class Bench:
 
     def over_budget(self) -> bool:
         return time.perf_counter() - self.start > self.budget_s
+
+    def fits(self, seconds: float) -> bool:
+        """Whether a case expected to take `seconds` ends within the budget if started now."""
+        return time.perf_counter() - self.start + seconds <= self.budget_s
 
     def free(self) -> None:
         gc.collect()
@@ -725,17 +730,21 @@ def language_model(model) -> torch.nn.Module:
 
 
 def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device, dtype, mm: bool,
-                   temperature: float, rounds: int, backend: str, graphs: bool) -> None:
+                   temperature: float, rounds: int, backend: str, graphs: bool, options: dict | None = None) -> None:
     """The language model compiled as one region instead of layer by layer: one compiled call per
     pass instead of one per layer (the step is bound by the host's launches, RESULTS.md runs 4-5),
     and with `graphs` inductor's CUDA graphs over it (`mode="reduce-overhead"`), which per-layer
     compilation cannot use (a layer's graph output is overwritten by the next layer's replay,
     pytorch/pytorch#152887). Static shapes (`dynamic=False`): one graph per padded shape, as a
-    trainer would bucket them. The vision blocks stay compiled one by one, as in C+fast.
+    trainer would bucket them. The vision blocks stay compiled one by one, as in C+fast. `options`
+    (inductor's, e.g. cpp_wrapper) apply to the variant without graphs.
 
-    Checked first against the eager step (loss, LoRA gradients), then timed in paired rounds
-    against B (rows `<case>:paired-lm` or `:paired-lm+graphs`); the first call's time, compilation
-    included, goes into the meta. With queries' positions from the Collator (the trainer's step)."""
+    Checked against the eager step (loss, LoRA gradients) on the timed batch and on a second batch of
+    the same shape (with graphs: on replays, so a graph that ignored its new inputs fails), and once
+    more on the second batch after the timed rounds, in which eager B steps ran in between. Timed in
+    paired rounds against B (rows `<case>:paired-lm` or `:paired-lm+graphs`). The meta records the
+    first call's time (compilation included) and, with graphs, how many graphs inductor declined to
+    capture (`cudagraph_skips`: a "graphs" row without capture would be plain compiled code)."""
     name = "C+lm+graphs+pos" if graphs else "C+lm+pos"
     tag = "paired-lm+graphs" if graphs else "paired-lm"
     batch = sizes.batches[0]
@@ -743,12 +752,13 @@ def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, dev
         bench._add(dict(case=f"{name}:{tag}", label="needs mm_token_type_ids (transformers 5)", batch=batch,
                         unit="pairs/s", status="skipped"))
         return
+    from torch._dynamo.utils import counters
+
     lm = language_model(model)
     layers = {m for m in compiled if any(m is x for x in lm.modules())}
     cuda_graphs = graphs and backend == "inductor" and device.type == "cuda"
-    queries, targets = pair_batch(batch, sizes, device, dtype, mm)
-    positioned = with_positions(queries, sizes)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
+    region_impl = None
 
     def eager() -> None:
         lm._compiled_call_impl = None
@@ -762,39 +772,62 @@ def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, dev
         lm._compiled_call_impl = region_impl
         batch_vision_attention(model)
 
-    def step() -> torch.Tensor:
+    def step(queries, targets) -> torch.Tensor:
         if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        return contrastive_step(embed, positioned, targets, temperature)
+        return contrastive_step(embed, queries, targets, temperature)
 
-    try:
-        eager()
+    def check(what: str, queries, targets, reference: tuple) -> None:
         model.zero_grad(set_to_none=True)
-        loss_ref = contrastive_step(embed, positioned, targets, temperature)
-        g_ref = lora_grads(model)
-        lm.compile(backend=backend, dynamic=False, **({"mode": "reduce-overhead"} if cuda_graphs else {}))
+        loss = step(queries, targets)
+        bench.checks.extend([compare(f"{name} vs C: loss ({what})", loss, reference[0], tol),
+                             compare(f"{name} vs C: LoRA gradients ({what})", lora_grads(model), reference[1], 5 * tol)])
+        for c in bench.checks[-2:]:
+            log.info("  %-55s %s %s", c["check"], "PASS" if c["passed"] else "FAIL",
+                     f"rel_err={c['rel_err']:.2e}" if "rel_err" in c else "")
+
+    def reference(queries, targets) -> tuple:
+        model.zero_grad(set_to_none=True)
+        loss = contrastive_step(embed, queries, targets, temperature)
+        return loss, lora_grads(model)
+
+    skips0 = counters["inductor"]["cudagraph_skips"]
+    try:
+        queries, targets = pair_batch(batch, sizes, device, dtype, mm)
+        positioned = with_positions(queries, sizes)
+        gen = torch.Generator(device=device).manual_seed(2000 + batch)  # a second batch of the same shape
+        other = (with_positions(make_queries(batch, sizes, device, dtype, gen, mm), sizes),
+                 make_targets(batch, sizes, device, gen, mm))
+        eager()
+        ref, ref_other = reference(positioned, targets), reference(*other)
+        kw = {"mode": "reduce-overhead"} if cuda_graphs else ({"options": options} if options else {})
+        lm.compile(backend=backend, dynamic=False, **kw)
         region_impl = lm._compiled_call_impl
         region()
-        for i in range(3 if cuda_graphs else 1):  # graphs: checked on a replay (1st call warms up, 2nd records)
+        for i in range(3 if cuda_graphs else 1):  # graphs: checked on replays (1st call warms up, 2nd records)
             model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            loss = step()
+            step(positioned, targets)
             bench.sync()
             if i == 0:
                 bench.meta[f"{name}_first_step_s"] = round(time.perf_counter() - t0, 1)
                 log.info("%s: first step (compilation included) %.1f s", name, bench.meta[f"{name}_first_step_s"])
-        bench.checks += [compare(f"{name} vs C: loss (batch {batch})", loss, loss_ref, tol),
-                         compare(f"{name} vs C: LoRA gradients (batch {batch})", lora_grads(model), g_ref, 5 * tol)]
-        for c in bench.checks[-2:]:
-            log.info("  %-55s %s %s", c["check"], "PASS" if c["passed"] else "FAIL",
-                     f"rel_err={c['rel_err']:.2e}" if "rel_err" in c else "")
-        del g_ref
+        check(f"batch {batch}", positioned, targets, ref)
+        check(f"batch {batch}, another draw", *other, ref_other)
+        bench.meta[f"{name}_cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips0
+        bench.write()
         plain = partial(plain_embed, model)
-        variants = {"B": (eager, lambda: contrastive_step(plain, queries, targets, temperature)), name: (region, step)}
+        variants = {"B": (eager, lambda: contrastive_step(plain, queries, targets, temperature)),
+                    name: (region, lambda: step(positioned, targets))}
         label = ("language model compiled as one region" + (", CUDA graphs" if cuda_graphs else "")
+                 + (", C++ wrapper" if options and not cuda_graphs else "")
                  + ", vision blocks compiled, batched vision attention, M-RoPE positions precomputed; paired with B")
         paired_rounds(bench, model, variants, tag=tag, label=label, batch=batch, warmup=max(sizes.warmup, 3),
                       rounds=rounds)
+        region()  # after eager B steps in between: the region still computes the eager step's result
+        check(f"batch {batch}, another draw, after the rounds", *other, ref_other)
+        bench.meta[f"{name}_cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips0
+        bench.write()
     except Exception as exc:  # noqa: BLE001 - recorded; the remaining cases still run
         log.exception("%s failed", name)
         bench.checks.append(dict(check=f"{name} vs C", passed=False, error=f"{type(exc).__name__}: {exc}"[:300]))
@@ -806,7 +839,9 @@ def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, dev
             block._compiled_call_impl = impl
         batch_vision_attention(model)
         model.zero_grad(set_to_none=True)
-    del queries, targets, positioned
+        if cuda_graphs:  # give the graphs' memory pool back, so that later rows' peaks are their own
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+            reset_cudagraph_trees()
     bench.free()
 
 
@@ -1181,6 +1216,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [c for c in args.cases if c not in ALL_CASES]
     if bad:
         p.error(f"unknown case(s) {bad}; known: {','.join(ALL_CASES)}")
+    # options that would otherwise be ignored without a word, or fail after the eager cases
+    needs = [("--paired", args.paired > 0, args.compile, "--compile"), ("--lm-region", args.lm_region, args.compile, "--compile"),
+             ("--cpp-wrapper", args.cpp_wrapper, args.compile, "--compile"),
+             ("--gc-freeze", args.gc_freeze, args.paired > 0, "--paired ROUNDS"),
+             ("--cpp-wrapper", args.cpp_wrapper, args.backend != "aot_eager", "the inductor backend")]
+    for option, given, ok, what in needs:
+        if given and not ok:
+            p.error(f"{option} needs {what}")
     return args
 
 
@@ -1371,12 +1414,22 @@ def main(argv=None) -> int:
                 if args.lm_region:
                     compiled = {m: m._compiled_call_impl for m in model.modules()
                                 if getattr(m, "_compiled_call_impl", None) is not None}
-                    for graphs in ((False, True) if device.type == "cuda" else (False,)):
-                        if bench.over_budget():
-                            log.warning("language-model region (graphs=%s): skipped, budget used", graphs)
+                    # CUDA graphs first: they are what the run is for; the variant without them only
+                    # if it fits in the budget after as long again as the first took
+                    graph_variants = (True, False) if device.type == "cuda" and backend == "inductor" else (False,)
+                    took = 0.0
+                    for graphs in graph_variants:
+                        case = "C+lm+graphs+pos" if graphs else "C+lm+pos"
+                        if not bench.fits(took):
+                            log.warning("%s: skipped, it would not fit in the time budget", case)
+                            bench._add(dict(case=f"{case}:paired-lm{'+graphs' if graphs else ''}",
+                                            label="language model as one region", batch=sizes.batches[0],
+                                            unit="pairs/s", status="skipped (time budget)"))
                             continue
+                        t0 = time.perf_counter()
                         lm_region_case(bench, model, emb, compiled, rounds=max(args.paired, 3), backend=backend,
-                                       graphs=graphs, **common)
+                                       graphs=graphs, options=options, **common)
+                        took = time.perf_counter() - t0
                 if args.profile:
                     profile_step(bench, model, "C+fast", emb, **common)
             if "D" in args.cases:

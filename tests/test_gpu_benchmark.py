@@ -128,7 +128,10 @@ def test_tiny_run_end_to_end(tmp_path):
     assert frozen["B"]["steps_s"] != paired["B"]["steps_s"]  # measured anew, not copied
     assert {("C+fast:paired+frozen", "B:paired+frozen@4"), ("C+fast+pos:paired+frozen", "B:paired+frozen@4")} <= vs
     # --lm-region: the language model compiled as one region, checked against eager, paired with B
-    assert checks["C+lm+pos vs C: loss (batch 4)"]["passed"] and checks["C+lm+pos vs C: LoRA gradients (batch 4)"]["passed"]
+    for what in ("batch 4", "batch 4, another draw", "batch 4, another draw, after the rounds"):
+        assert checks[f"C+lm+pos vs C: loss ({what})"]["passed"], what
+        assert checks[f"C+lm+pos vs C: LoRA gradients ({what})"]["passed"], what
+    assert data["meta"]["C+lm+pos_cudagraph_skips"] == 0
     region = {c: rows[f"{c}:paired-lm"] for c in ("B", "C+lm+pos")}
     assert all(r["status"] == "ok" and len(r["steps_s"]) == 3 for r in region.values()), region
     assert ("C+lm+pos:paired-lm", "B:paired-lm@4") in vs and data["meta"]["C+lm+pos_first_step_s"] > 0
@@ -162,6 +165,13 @@ def test_language_model_is_found_under_peft_or_refused(gpu):
         gpu.language_model(torch.nn.Linear(2, 2))
 
 
+def test_bench_fits_a_case_only_within_its_budget(gpu, tmp_path):
+    bench = gpu.Bench(torch.device("cpu"), tmp_path / "b.json", {}, budget_s=60.0)
+    assert bench.fits(0.0) and bench.fits(50.0) and not bench.fits(61.0)
+    bench.start -= 30.0  # half the budget used
+    assert bench.fits(29.0) and not bench.fits(31.0) and not bench.over_budget()
+
+
 def test_kernel_seconds_counts_each_kernel_once(gpu):
     """An operator's row carries its kernels' device time as its own too: the busy fraction must sum
     the device-side events alone, as torch's own table total does (not the 2x the old header had)."""
@@ -179,3 +189,15 @@ def test_kernel_seconds_counts_each_kernel_once(gpu):
     assert gpu.kernel_seconds(events) == pytest.approx(300e-6)
     assert gpu.kernel_seconds([event(DeviceType.CPU, 300.0)]) == 0.0
     assert len(gpu.device_events(events)) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lm-region"], "--lm-region needs --compile"),
+    (["--paired", "3"], "--paired needs --compile"),
+    (["--compile", "--gc-freeze"], "--gc-freeze needs --paired"),
+    (["--compile", "--cpp-wrapper", "--backend", "aot_eager"], "--cpp-wrapper needs the inductor backend"),
+])
+def test_options_that_would_be_ignored_are_refused_up_front(gpu, argv, message, capsys):
+    with pytest.raises(SystemExit):
+        gpu.parse_args(argv)
+    assert message in capsys.readouterr().err
