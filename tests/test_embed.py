@@ -175,3 +175,65 @@ def test_a_dual_encoder_base_model_embeds_without_instructions(tmp_path):
     assert forced.collation["instructions"] is True and forced.fingerprint != base.fingerprint
     (tmp_path / "clip" / "lineage.json").write_text(json.dumps({"collation": {"instructions": True}}))
     assert EmbeddingModel.load(tmp_path / "clip").collation["instructions"] is True
+
+
+def test_api_refuses_a_bare_string_and_takes_image_paths(base_dir, image_file, tmp_path):
+    model = EmbeddingModel.load(base_dir)
+    with pytest.raises(TypeError, match="not a single str"):
+        model.encode_texts("hello")  # would embed five one-character texts
+    with pytest.raises(TypeError, match="expected str"):
+        model.encode_texts([b"bytes"])
+    image = Image.open(image_file).convert("RGB")
+    np.testing.assert_array_equal(model.encode_images([str(image_file)]), model.encode_images([image]))
+    np.testing.assert_array_equal(model.encode_images([Path(image_file)]), model.encode_images([image]))
+    with Image.open(image_file) as closed:  # a lazily opened image whose file has closed since
+        pass
+    with pytest.raises(ValueError, match="cannot be read"):
+        model.encode_images([closed])
+
+
+def test_encode_pairs_embeds_each_text_with_its_image(base_dir, image_file):
+    model = EmbeddingModel.load(base_dir)
+    red = Image.open(image_file).convert("RGB")
+    blue = Image.new("RGB", (40, 48), (20, 20, 220))
+    instruction = "Represent the given image with the following question:"
+    pairs = model.encode_pairs(["What colour?", "What shape?"], [red, blue], instruction=instruction)
+    sides = [make_side(t, instruction, has_image=True) for t in ("What colour?", "What shape?")]
+    np.testing.assert_allclose(pairs, model.encode(sides, [red, blue]), atol=1e-6)
+    assert not np.allclose(pairs[0], model.encode_images([red], instruction=instruction, text="What shape?")[0],
+                           atol=1e-4)  # the text is part of the input
+    with pytest.raises(ValueError, match="one of each"):
+        model.encode_pairs(["a", "b"], [red])
+
+
+def test_a_model_without_lineage_warns_that_no_image_cap_is_known(base_dir, caplog):
+    with caplog.at_level("WARNING", logger="trainer.embed"):
+        model = EmbeddingModel.load(base_dir)
+    assert model.collation["image_max_pixels"] is None and "no image_max_pixels known" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainer.embed"):
+        capped = EmbeddingModel.load(base_dir, image_max_pixels=4096)
+    assert "no image_max_pixels known" not in caplog.text
+    assert capped.collation["image_max_pixels"] == 4096 and capped.fingerprint != model.fingerprint
+
+
+def test_cli_pairs_collation_flags_and_user_errors_without_tracebacks(base_dir, image_file, tmp_path, capsys):
+    out = tmp_path / "pairs.npy"
+    assert main(["--model", str(base_dir), "--pair", "What colour?", str(image_file), "--pair-instruction",
+                 "Represent the given image with the following question:", "--image-max-pixels", "4096",
+                 "--no-instructions", "--out", str(out)]) == 0
+    model = EmbeddingModel.load(base_dir, image_max_pixels=4096, instructions=False)
+    expected = model.encode_pairs(["What colour?"], [str(image_file)],
+                                  instruction="Represent the given image with the following question:")
+    np.testing.assert_allclose(np.load(out, allow_pickle=False), expected, atol=1e-6)
+    assert "pair:What colour?+red.png" in capsys.readouterr().out
+    wide = tmp_path / "wide.png"  # the processor refuses an aspect ratio over 200
+    Image.new("RGB", (3000, 10), (0, 0, 0)).save(wide)
+    for args in (["--model", str(tmp_path / "no-such-model"), "--text", "x"],
+                 ["--model", str(base_dir), "--image", str(wide)],
+                 ["--model", str(base_dir), "--pair", "", str(image_file)],
+                 ["--model", str(base_dir), "--text", "x", "--image-max-pixels", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2, args  # a usage error with a message, not a traceback
+    assert "not a model folder" in capsys.readouterr().err

@@ -7,6 +7,15 @@
     (q @ t.T)                       # cosine similarities (rows are L2-normalised)
 
     python -m trainer.embed --model models/embedder --text "a red circle" --image x.jpg --out emb.npy
+    python -m trainer.embed --model models/embedder --pair "What colour is it?" x.jpg \
+        --pair-instruction "Represent the given image with the following question:"
+
+`encode_texts`, `encode_images` and `encode_pairs` render a user's inputs in MMEB's common layout
+(`make_side`). To embed exactly what evaluation embeds, pass the normalized records' own sides (the
+`query` / `target` / `negatives` structs of data/normalized, which carry each dataset's template:
+grounding targets without a final newline, dialogue queries ending in a blank line, ...) to
+`encode(sides, images)`: its vectors are evaluate's, to float rounding, when the model, precision
+and `image_max_pixels` are the same.
 
 Model folders:
 * a `save_backbone` folder (models/base), or
@@ -51,9 +60,10 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
 
 
 def make_side(text: str = "", instruction: str = "", *, has_image: bool = False) -> dict:
-    """A SIDE dict (pipelines/schema.py) in MMEB's layout: `<|image_1|>\\n{instruction} {text}\\n` for a
-    side with an image or an instruction; a bare text (a caption, a label: MMEB's text candidates and
-    train targets) has no newline, so last-token pooling takes the text's own last token."""
+    """A SIDE dict (pipelines/schema.py) in MMEB's common layout: `<|image_1|>\\n{instruction} {text}\\n`
+    for a side with an image or an instruction; a bare text (a caption, a label: MMEB's text
+    candidates and train targets) has no newline, so last-token pooling takes the text's own last
+    token. A few datasets write theirs otherwise (module docstring: use their records' sides)."""
     instruction, text = instruction.strip(), text.strip()
     body = " ".join(p for p in (instruction, text) if p)
     prefix = f"{IMAGE_TOKEN}\n" if has_image else ""
@@ -138,6 +148,10 @@ class EmbeddingModel:
         backbone = load_backbone(str(model_dir), torch_dtype=dtype)
         if backbone.kind == "dual" and instructions is None and "instructions" not in trained_with:
             collation["instructions"] = False  # the paper's CLIP-family baselines (module docstring)
+        if collation["image_max_pixels"] is None:
+            log.warning("%s: no image_max_pixels known (no lineage.json, none given): images reach the model at "
+                        "its processor's own limit, not at the cap evaluate used (eval.image_max_pixels); pass "
+                        "image_max_pixels= (CLI: --image-max-pixels) for embeddings comparable with its scores", path)
         fp = fingerprint_of(model_dir, collation, dtype or torch.float32)
         log.info("loaded embedding model %s (%s, fingerprint %s)", path, backbone.family, fp[:12])
         return cls(backbone, collation=collation, fingerprint=fp, path=path, device=device, dtype=dtype)
@@ -179,14 +193,56 @@ class EmbeddingModel:
     def encode_texts(self, texts: Sequence[str], *, instruction: str = "", batch_size: int = 32) -> np.ndarray:
         """Embeddings of plain texts, each rendered as `{instruction} {text}\\n` (without an
         instruction: the bare text, as MMEB's text candidates are written)."""
+        texts = _sequence_of(texts, "texts", str)
         sides = [make_side(t, instruction) for t in texts]
         return self.encode(sides, [None] * len(sides), batch_size=batch_size)
 
-    def encode_images(self, images: Sequence[Image.Image], *, instruction: str = "", text: str = "",
+    def encode_images(self, images: Sequence[Image.Image | str | Path], *, instruction: str = "", text: str = "",
                       batch_size: int = 32) -> np.ndarray:
-        """Embeddings of images, each rendered as `<image>\\n{instruction} {text}\\n`."""
+        """Embeddings of images (PIL images or file paths), each rendered as
+        `<image>\\n{instruction} {text}\\n` with the same `text` for every image (one text per image:
+        `encode_pairs`)."""
+        images = [open_image(i) for i in _sequence_of(images, "images", (Image.Image, str, Path))]
         sides = [make_side(text, instruction, has_image=True) for _ in images]
-        return self.encode(sides, list(images), batch_size=batch_size)
+        return self.encode(sides, images, batch_size=batch_size)
+
+    def encode_pairs(self, texts: Sequence[str], images: Sequence[Image.Image | str | Path], *,
+                     instruction: str = "", batch_size: int = 32) -> np.ndarray:
+        """Embeddings of (text, image) pairs, one multimodal input each, rendered as
+        `<image>\\n{instruction} {text}\\n` (a VQA query, an image with its caption)."""
+        texts = _sequence_of(texts, "texts", str)
+        images = [open_image(i) for i in _sequence_of(images, "images", (Image.Image, str, Path))]
+        if len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images: pairs need one of each")
+        sides = [make_side(t, instruction, has_image=True) for t in texts]
+        return self.encode(sides, images, batch_size=batch_size)
+
+
+def _sequence_of(items, name: str, kind) -> list:
+    """`items` as a list, each of `kind`: a bare string (which would embed one row per character) or
+    image is refused."""
+    if isinstance(items, (str, bytes, Path, Image.Image)):
+        raise TypeError(f"{name} must be a list, not a single {type(items).__name__}: pass [{name[:-1]}]")
+    items = list(items)
+    wrong = [type(i).__name__ for i in items if not isinstance(i, kind)]
+    if wrong:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        raise TypeError(f"{name}: expected {' or '.join(k.__name__ for k in kinds)} items, got {sorted(set(wrong))}")
+    return items
+
+
+def open_image(image: Image.Image | str | Path) -> Image.Image:
+    """An RGB image decoded now, from a PIL image or a file path (an image opened in a `with` block
+    that has since closed its file fails here, with its name, instead of deep in the processor)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            return to_rgb(im)
+    try:
+        image.load()
+    except (OSError, ValueError, AttributeError, AssertionError) as exc:
+        raise ValueError(f"image {getattr(image, 'filename', '') or image!r} cannot be read "
+                         f"(closed or truncated?): {exc}") from exc
+    return to_rgb(image)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,34 +251,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="models/base or models/embedder")
     parser.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
     parser.add_argument("--image", action="append", default=[], help="an image file to embed (repeatable)")
+    parser.add_argument("--pair", action="append", nargs=2, default=[], metavar=("TEXT", "IMAGE"),
+                        help="a text and an image embedded together as one input (repeatable)")
     parser.add_argument("--instruction", default="", help="instruction for the texts")
     parser.add_argument("--image-instruction", default="", help="instruction for the images")
-    parser.add_argument("--out", help="write the embeddings (texts first, then images) to this .npy file")
+    parser.add_argument("--pair-instruction", default="", help="instruction for the pairs")
+    parser.add_argument("--out", help="write the embeddings (texts, then images, then pairs) to this .npy file")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, choices=sorted(_DTYPES))
+    parser.add_argument("--image-max-pixels", type=int, default=None,
+                        help="image pixel cap (default: the model's lineage; evaluate uses eval.image_max_pixels)")
+    parser.add_argument("--max-text-tokens", type=int, default=None, help="text token cap (default: the lineage's)")
+    parser.add_argument("--no-instructions", action="store_true", help="drop instructions (the paper's ablation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not args.text and not args.image:
-        parser.error("give at least one --text or --image")
-    if any(not t.strip() for t in args.text):
-        parser.error("--text must not be empty")
+    if not (args.text or args.image or args.pair):
+        parser.error("give at least one --text, --image or --pair")
+    if any(not t.strip() for t in args.text + [t for t, _ in args.pair]):
+        parser.error("--text and --pair texts must not be empty")
+    for option, value in (("--image-max-pixels", args.image_max_pixels), ("--max-text-tokens", args.max_text_tokens)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be a positive number")
     if args.out and (not args.out.endswith(".npy") or Path(args.out).is_dir()):
         parser.error(f"--out {args.out}: give a .npy file path")  # before minutes of loading and encoding
-    images = []
-    for file in args.image:
+
+    def read(file: str) -> Image.Image:
         try:
-            with Image.open(file) as im:
-                images.append(to_rgb(im))
+            return open_image(file)
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # the last is no OSError
             parser.error(f"cannot read image {file}: {e}")
-    model = EmbeddingModel.load(args.model, device=args.device, dtype=args.dtype)
-    parts, labels = [], []
-    if args.text:
-        parts.append(model.encode_texts(args.text, instruction=args.instruction))
-        labels += [f"text:{t[:30]}" for t in args.text]
-    if images:
-        parts.append(model.encode_images(images, instruction=args.image_instruction))
-        labels += [f"image:{Path(f).name}" for f in args.image]
+
+    images, pair_images = [read(f) for f in args.image], [read(f) for _, f in args.pair]
+    try:  # a user's mistake (a folder that is no model, an image the processor refuses) is no traceback
+        model = EmbeddingModel.load(args.model, device=args.device, dtype=args.dtype,
+                                    max_text_tokens=args.max_text_tokens, image_max_pixels=args.image_max_pixels,
+                                    instructions=False if args.no_instructions else None)
+        parts, labels = [], []
+        if args.text:
+            parts.append(model.encode_texts(args.text, instruction=args.instruction))
+            labels += [f"text:{t[:30]}" for t in args.text]
+        if images:
+            parts.append(model.encode_images(images, instruction=args.image_instruction))
+            labels += [f"image:{Path(f).name}" for f in args.image]
+        if args.pair:
+            parts.append(model.encode_pairs([t for t, _ in args.pair], pair_images, instruction=args.pair_instruction))
+            labels += [f"pair:{t[:20]}+{Path(f).name}" for t, f in args.pair]
+    except (FileNotFoundError, ValueError, RuntimeError, AssertionError) as e:
+        parser.error(f"{type(e).__name__}: {e}")
     emb = np.concatenate(parts)
     print(f"model {args.model} ({model.backbone.family}), fingerprint {model.fingerprint[:16]}")
     print(f"embeddings: shape {emb.shape}, dtype {emb.dtype}")
