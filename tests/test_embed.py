@@ -237,3 +237,20 @@ def test_cli_pairs_collation_flags_and_user_errors_without_tracebacks(base_dir, 
             main(args)
         assert exit_info.value.code == 2, args  # a usage error with a message, not a traceback
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_user_text_with_the_placeholder_is_refused_and_cut_text_is_reported(base_dir, image_file, caplog):
+    model = EmbeddingModel.load(base_dir, image_max_pixels=4096)
+    with pytest.raises(ValueError, match="image placeholder"):
+        model.encode_texts(["see <|image_1|> here"])
+    with pytest.raises(ValueError, match="image placeholder"):
+        model.encode_images([str(image_file)], instruction="<|image_1|> Represent it")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainer.embed"):
+        model.encode_texts(["a short text"])
+    assert "cut at the end" not in caplog.text
+    long = " ".join(["circle"] * 2 * model.collation["max_text_tokens"])
+    with caplog.at_level("WARNING", logger="trainer.embed"):
+        cut = model.encode_pairs([long, "short"], [str(image_file)] * 2)
+    assert "1 of 2 texts are longer than max_text_tokens=256" in caplog.text
+    assert np.isfinite(cut).all()  # still embedded: the image tokens are kept, the text is cut

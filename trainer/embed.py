@@ -49,7 +49,7 @@ from pipelines.images import to_rgb
 from pipelines.schema import IMAGE_TOKEN
 from trainer.acceleration import batch_vision_attention
 from trainer.backbones import BACKBONE_JSON, load_backbone
-from trainer.inputs import Collator
+from trainer.inputs import Collator, render_text
 from trainer.model import Embedder
 
 log = logging.getLogger(__name__)
@@ -193,8 +193,7 @@ class EmbeddingModel:
     def encode_texts(self, texts: Sequence[str], *, instruction: str = "", batch_size: int = 32) -> np.ndarray:
         """Embeddings of plain texts, each rendered as `{instruction} {text}\\n` (without an
         instruction: the bare text, as MMEB's text candidates are written)."""
-        texts = _sequence_of(texts, "texts", str)
-        sides = [make_side(t, instruction) for t in texts]
+        sides = self._user_sides(_sequence_of(texts, "texts", str), instruction, has_image=False)
         return self.encode(sides, [None] * len(sides), batch_size=batch_size)
 
     def encode_images(self, images: Sequence[Image.Image | str | Path], *, instruction: str = "", text: str = "",
@@ -203,7 +202,7 @@ class EmbeddingModel:
         `<image>\\n{instruction} {text}\\n` with the same `text` for every image (one text per image:
         `encode_pairs`)."""
         images = [open_image(i) for i in _sequence_of(images, "images", (Image.Image, str, Path))]
-        sides = [make_side(text, instruction, has_image=True) for _ in images]
+        sides = self._user_sides([text] * len(images), instruction, has_image=True)
         return self.encode(sides, images, batch_size=batch_size)
 
     def encode_pairs(self, texts: Sequence[str], images: Sequence[Image.Image | str | Path], *,
@@ -214,8 +213,27 @@ class EmbeddingModel:
         images = [open_image(i) for i in _sequence_of(images, "images", (Image.Image, str, Path))]
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} images: pairs need one of each")
-        sides = [make_side(t, instruction, has_image=True) for t in texts]
+        sides = self._user_sides(texts, instruction, has_image=True)
         return self.encode(sides, images, batch_size=batch_size)
+
+    def _user_sides(self, texts: list[str], instruction: str, *, has_image: bool) -> list[dict]:
+        """`make_side` of a user's texts. Refused: the image placeholder in a text or instruction (the
+        collator would drop it, or take it for the image's place). Warned: texts over
+        `max_text_tokens`, which are cut at the end as in training and evaluation, so the embedding
+        pools the last kept token."""
+        for t in (instruction, *texts):
+            if IMAGE_TOKEN in t:
+                raise ValueError(f"text or instruction contains the image placeholder {IMAGE_TOKEN}: {t[:80]!r}; "
+                                 "images are passed separately")
+        sides = [make_side(t, instruction, has_image=has_image) for t in texts]
+        c = self.collator
+        if c.format.kind != "dual":
+            rendered = (render_text(side, c.format, instructions=c.instructions, has_image=has_image) for side in sides)
+            cut = sum(c.truncate(r) != r for r in rendered)
+            if cut:
+                log.warning("%d of %d texts are longer than max_text_tokens=%d and are cut at the end (as in training "
+                            "and evaluation)", cut, len(sides), c.max_text_tokens)
+        return sides
 
 
 def _sequence_of(items, name: str, kind) -> list:
