@@ -120,7 +120,7 @@ def test_tiny_run_end_to_end(tmp_path):
         assert low <= r["paired_ratio"] <= high
         per_round = sorted(b / t for b, t in zip(paired["B"]["steps_s"], r["steps_s"]))
         assert r["paired_ratio"] == pytest.approx(per_round[1], rel=0.02)  # the median of 3 rounds
-        assert (case + ":paired", f"B:paired@4") in vs
+        assert (case + ":paired", "B:paired@4") in vs
         assert len(r["host_s"]) == 3 and all(0 < h <= t for h, t in zip(r["host_s"], r["steps_s"]))
     # --gc-freeze: the same rounds again after gc.freeze(), each against B in its own rounds
     frozen = {c: rows[f"{c}:paired+frozen"] for c in ("B", "C+fast", "C+fast+pos")}
