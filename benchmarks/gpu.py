@@ -341,15 +341,16 @@ def gradient_checkpointing(model):
 def fast_path(model, backend: str, options: dict | None = None):
     """Within the block: batched vision attention + regional compilation of the repeated blocks
     (trainer.acceleration), as `train.batched_vision_attention` and `train.compile` set them up.
-    `options`: inductor's (e.g. cpp_wrapper)."""
-    blocks = []
+    `options`: inductor's (e.g. cpp_wrapper). Yields {block: its compiled call}, for the cases that
+    switch the compiled calls off and on."""
     with batched_vision_attention(model):
         compile_blocks(model, backend=backend, **({"options": options} if options else {}))
-        blocks = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+        compiled = {m: m._compiled_call_impl for m in model.modules()
+                    if getattr(m, "_compiled_call_impl", None) is not None}
         try:
-            yield
+            yield compiled
         finally:
-            for m in blocks:
+            for m in compiled:
                 m._compiled_call_impl = None
 
 
@@ -730,7 +731,8 @@ def language_model(model) -> torch.nn.Module:
 
 
 def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device, dtype, mm: bool,
-                   temperature: float, rounds: int, backend: str, graphs: bool, options: dict | None = None) -> None:
+                   temperature: float, rounds: int, backend: str, graphs: bool, options: dict | None = None,
+                   expect_s: float = 0.0) -> None:
     """The language model compiled as one region instead of layer by layer: one compiled call per
     pass instead of one per layer (the step is bound by the host's launches, RESULTS.md runs 4-5),
     and with `graphs` inductor's CUDA graphs over it (`mode="reduce-overhead"`), which per-layer
@@ -744,10 +746,16 @@ def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, dev
     more on the second batch after the timed rounds, in which eager B steps ran in between. Timed in
     paired rounds against B (rows `<case>:paired-lm` or `:paired-lm+graphs`). The meta records the
     first call's time (compilation included) and, with graphs, how many graphs inductor declined to
-    capture (`cudagraph_skips`: a "graphs" row without capture would be plain compiled code)."""
+    capture (`cudagraph_skips`: a "graphs" row without capture would be plain compiled code). Skipped,
+    with a row saying so, when a case expected to take `expect_s` would not end within the budget."""
     name = "C+lm+graphs+pos" if graphs else "C+lm+pos"
     tag = "paired-lm+graphs" if graphs else "paired-lm"
     batch = sizes.batches[0]
+    if not bench.fits(expect_s):
+        log.warning("%s: skipped, it would not fit in the time budget", name)
+        bench._add(dict(case=f"{name}:{tag}", label="language model as one region", batch=batch, unit="pairs/s",
+                        status="skipped (time budget)"))
+        return
     if not mm:
         bench._add(dict(case=f"{name}:{tag}", label="needs mm_token_type_ids (transformers 5)", batch=batch,
                         unit="pairs/s", status="skipped"))
@@ -1378,7 +1386,7 @@ def main(argv=None) -> int:
         loss_ref = contrastive_step(emb, q, t, args.temperature)
         g_ref = lora_grads(model)
         model.zero_grad(set_to_none=True)
-        with fast_path(model, backend, options):
+        with fast_path(model, backend, options) as compiled:
             try:
                 t0 = time.perf_counter()
                 loss_fast = contrastive_step(emb, q, t, args.temperature)
@@ -1406,29 +1414,18 @@ def main(argv=None) -> int:
                                         status=f"error: {type(exc).__name__}: {exc}"[:300]))
                         bench.free()
                 if args.paired > 0:
-                    compiled = {m: m._compiled_call_impl for m in model.modules()
-                                if getattr(m, "_compiled_call_impl", None) is not None}
                     paired_case(bench, model, emb, compiled, rounds=args.paired, **common)
                     if args.gc_freeze:
                         paired_case(bench, model, emb, compiled, rounds=args.paired, frozen=True, **common)
                 if args.lm_region:
-                    compiled = {m: m._compiled_call_impl for m in model.modules()
-                                if getattr(m, "_compiled_call_impl", None) is not None}
                     # CUDA graphs first: they are what the run is for; the variant without them only
                     # if it fits in the budget after as long again as the first took
                     graph_variants = (True, False) if device.type == "cuda" and backend == "inductor" else (False,)
                     took = 0.0
                     for graphs in graph_variants:
-                        case = "C+lm+graphs+pos" if graphs else "C+lm+pos"
-                        if not bench.fits(took):
-                            log.warning("%s: skipped, it would not fit in the time budget", case)
-                            bench._add(dict(case=f"{case}:paired-lm{'+graphs' if graphs else ''}",
-                                            label="language model as one region", batch=sizes.batches[0],
-                                            unit="pairs/s", status="skipped (time budget)"))
-                            continue
                         t0 = time.perf_counter()
                         lm_region_case(bench, model, emb, compiled, rounds=max(args.paired, 3), backend=backend,
-                                       graphs=graphs, options=options, **common)
+                                       graphs=graphs, options=options, expect_s=took, **common)
                         took = time.perf_counter() - t0
                 if args.profile:
                     profile_step(bench, model, "C+fast", emb, **common)

@@ -172,6 +172,13 @@ def test_bench_fits_a_case_only_within_its_budget(gpu, tmp_path):
     assert bench.fits(29.0) and not bench.fits(31.0) and not bench.over_budget()
 
 
+def test_lm_region_that_would_not_fit_leaves_a_skipped_row(gpu, tmp_path):
+    bench = gpu.Bench(torch.device("cpu"), tmp_path / "b.json", {}, budget_s=60.0)
+    gpu.lm_region_case(bench, None, None, {}, gpu.TINY, torch.device("cpu"), torch.float32, True, temperature=0.02,
+                       rounds=3, backend="inductor", graphs=False, expect_s=120.0)
+    assert [(r["case"], r["status"]) for r in bench.rows] == [("C+lm+pos:paired-lm", "skipped (time budget)")]
+
+
 def test_kernel_seconds_counts_each_kernel_once(gpu):
     """An operator's row carries its kernels' device time as its own too: the busy fraction must sum
     the device-side events alone, as torch's own table total does (not the 2x the old header had)."""
