@@ -49,7 +49,7 @@ from pipelines.images import to_rgb
 from pipelines.schema import IMAGE_TOKEN
 from trainer.acceleration import batch_vision_attention
 from trainer.backbones import BACKBONE_JSON, load_backbone
-from trainer.inputs import Collator, render_text
+from trainer.inputs import Collator
 from trainer.model import Embedder
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,8 @@ class EmbeddingModel:
     def encode(self, sides: Sequence[dict], images: Sequence[Image.Image | None], *, batch_size: int = 32,
                progress: bool | None = None) -> np.ndarray:
         """float32 [N, D] L2-normalised embeddings of `sides` (row i uses images[i], or no image when
-        None). Normalised again in float32: a bf16/fp16 model's own normalisation leaves norms ~1e-3 off."""
+        None). Normalised again in float32: a bf16/fp16 model's own normalisation leaves norms ~1e-3 off.
+        Texts the collator cut at `max_text_tokens` are counted in a warning."""
         if len(sides) != len(images):
             raise ValueError(f"{len(sides)} sides but {len(images)} images")
         if batch_size < 1:
@@ -181,13 +182,16 @@ class EmbeddingModel:
         self.embedder.eval()
         starts = range(0, len(sides), batch_size)
         show = progress if progress is not None else len(starts) > 4
-        chunks = []
+        chunks, truncated = [], self.collator.truncated
         for start in tqdm(starts, desc="embed", unit="batch", disable=not show):
             batch = self.collator(sides[start:start + batch_size], images[start:start + batch_size])
             emb = self.embedder(self._to_device(batch))
             chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.collator.truncated > truncated:
+            log.warning("%d of %d texts are longer than max_text_tokens=%d and are cut at the end (as in training "
+                        "and evaluation)", self.collator.truncated - truncated, len(sides), self.collator.max_text_tokens)
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
     def encode_texts(self, texts: Sequence[str], *, instruction: str = "", batch_size: int = 32) -> np.ndarray:
@@ -218,22 +222,13 @@ class EmbeddingModel:
 
     def _user_sides(self, texts: list[str], instruction: str, *, has_image: bool) -> list[dict]:
         """`make_side` of a user's texts. Refused: the image placeholder in a text or instruction (the
-        collator would drop it, or take it for the image's place). Warned: texts over
-        `max_text_tokens`, which are cut at the end as in training and evaluation, so the embedding
-        pools the last kept token."""
+        collator would drop it, or take it for the image's place). Texts over `max_text_tokens` are
+        cut at the end as in training and evaluation, and `encode` warns with their count."""
         for t in (instruction, *texts):
             if IMAGE_TOKEN in t:
                 raise ValueError(f"text or instruction contains the image placeholder {IMAGE_TOKEN}: {t[:80]!r}; "
                                  "images are passed separately")
-        sides = [make_side(t, instruction, has_image=has_image) for t in texts]
-        c = self.collator
-        if c.format.kind != "dual":
-            rendered = (render_text(side, c.format, instructions=c.instructions, has_image=has_image) for side in sides)
-            cut = sum(c.truncate(r) != r for r in rendered)
-            if cut:
-                log.warning("%d of %d texts are longer than max_text_tokens=%d and are cut at the end (as in training "
-                            "and evaluation)", cut, len(sides), c.max_text_tokens)
-        return sides
+        return [make_side(t, instruction, has_image=has_image) for t in texts]
 
 
 def _sequence_of(items, name: str, kind) -> list:

@@ -151,6 +151,7 @@ class Collator:
         self.max_text_tokens = int(max_text_tokens)
         self.image_max_pixels = image_max_pixels
         self.instructions = bool(instructions)
+        self.truncated = 0  # texts `__call__` cut at max_text_tokens so far (VLM backbones)
         # Qwen2-VL / Qwen2.5-VL: M-RoPE positions computed here, not in the model (trainer.positions)
         self._mrope = None
         if mrope_positions and self.format.family in positions.FAMILIES:
@@ -231,8 +232,9 @@ class Collator:
         pics = [self._fit(im) if im is not None else None for im in images]
         if self.format.kind == "dual":
             return self._dual(texts, pics, has_image)
-        texts = [self.truncate(t) for t in texts]
-        return self._vlm(texts, pics, has_image)
+        cut = [self.truncate(t) for t in texts]
+        self.truncated += sum(c != t for c, t in zip(cut, texts))
+        return self._vlm(cut, pics, has_image)
 
     def _fit(self, image: Image.Image) -> Image.Image:
         """`resize_to_max_pixels`, without its copy for an RGB image that already fits (pre-scaled
