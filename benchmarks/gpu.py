@@ -108,8 +108,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer.acceleration import (batch_vision_attention, compile_blocks, frozen_image_features,  # noqa: E402
-                                  unbatch_vision_attention)
+from trainer.acceleration import (batch_vision_attention, compile_blocks, compile_region,  # noqa: E402
+                                  frozen_image_features, language_model, unbatch_vision_attention)
 from trainer.backbones import LORA_TARGETS  # noqa: E402
 from trainer.gradcache import gradcache_step  # noqa: E402
 from trainer.losses import info_nce  # noqa: E402
@@ -721,15 +721,6 @@ def paired_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device
     bench.free()
 
 
-def language_model(model) -> torch.nn.Module:
-    """The decoder stack of a (peft-wrapped) VLM: its `language_model` (transformers 5 layout)."""
-    for module in model.modules():
-        lm = getattr(module, "language_model", None)
-        if isinstance(lm, torch.nn.Module):
-            return lm
-    raise ValueError(f"{type(model).__name__} has no language_model")
-
-
 def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, device, dtype, mm: bool,
                    temperature: float, rounds: int, backend: str, graphs: bool, options: dict | None = None,
                    expect_s: float = 0.0) -> None:
@@ -737,8 +728,9 @@ def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, dev
     pass instead of one per layer (the step is bound by the host's launches, RESULTS.md runs 4-5),
     and with `graphs` inductor's CUDA graphs over it (`mode="reduce-overhead"`), which per-layer
     compilation cannot use (a layer's graph output is overwritten by the next layer's replay,
-    pytorch/pytorch#152887). Static shapes (`dynamic=False`): one graph per padded shape, as a
-    trainer would bucket them. The vision blocks stay compiled one by one, as in C+fast. `options`
+    pytorch/pytorch#152887). This is the trainer's `compile_region` (`train.compile: region` /
+    `cuda-graphs`), with static shapes (`dynamic=False`): this case has one shape, as the trainer's
+    `pad_to_multiple_of` keeps a run to a few. The vision blocks stay compiled one by one, as in C+fast. `options`
     (inductor's, e.g. cpp_wrapper) apply to the variant without graphs.
 
     Checked against the eager step (loss, LoRA gradients) on the timed batch and on a second batch of
@@ -808,8 +800,9 @@ def lm_region_case(bench: Bench, model, embed, compiled: dict, sizes: Sizes, dev
                  make_targets(batch, sizes, device, gen, mm))
         eager()
         ref, ref_other = reference(positioned, targets), reference(*other)
-        kw = {"mode": "reduce-overhead"} if cuda_graphs else ({"options": options} if options else {})
-        lm.compile(backend=backend, dynamic=False, **kw)
+        # the trainer's region (train.compile: region / cuda-graphs), static: this case has one shape
+        compile_region(lm, cuda_graphs=cuda_graphs, backend=backend, dynamic=False,
+                       options=None if cuda_graphs else options)
         region_impl = lm._compiled_call_impl
         region()
         for i in range(3 if cuda_graphs else 1):  # graphs: checked on replays (1st call warms up, 2nd records)

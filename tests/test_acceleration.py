@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from tests.test_backbones import SIDES
-from trainer.acceleration import (batch_vision_attention, compile_blocks, repeated_blocks,
-                                  unbatch_vision_attention)
+from trainer.acceleration import (batch_vision_attention, compile_blocks, compile_language_model, language_model,
+                                  repeated_blocks, unbatch_vision_attention)
+from trainer import acceleration
 from trainer.backbones import build_tiny
 from trainer.inputs import Collator
 from trainer.losses import info_nce
@@ -132,9 +133,11 @@ def _collated(backbone):
     return Collator(backbone, max_text_tokens=64, image_max_pixels=4096)(SIDES, images)
 
 
-def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients():
-    """The whole fast path (batched vision attention + every repeated block compiled) on a full
-    fine-tuning step: the loss and every parameter's gradient of the eager step, in float32."""
+@pytest.mark.parametrize("scope", ["blocks", "region"])
+def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients(scope):
+    """The whole fast path (batched vision attention + every repeated block compiled, or the language
+    model as one region and the vision blocks one by one) on a full fine-tuning step: the loss and
+    every parameter's gradient of the eager step, in float32."""
     torch._dynamo.reset()
     results = []
     for fast in (False, True):
@@ -143,7 +146,13 @@ def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients():
             p.requires_grad_(True)
         if fast:
             assert batch_vision_attention(backbone.model) > 0
-            assert compile_blocks(backbone.model, backend="aot_eager") == len(repeated_blocks(backbone.model))
+            if scope == "blocks":
+                assert compile_blocks(backbone.model, backend="aot_eager") == len(repeated_blocks(backbone.model))
+            else:
+                lm, vision = language_model(backbone.model), backbone.model.model.visual
+                assert compile_language_model(backbone.model, backend="aot_eager") == len(vision.blocks)
+                compiled = {m for m in backbone.model.modules() if m._compiled_call_impl is not None}
+                assert compiled == {lm, *vision.blocks}  # the decoder layers only inside the region
         embedder = Embedder(backbone).train()
         batch = _collated(backbone)
         q, t = embedder(batch), embedder({k: v for k, v in batch.items()})
@@ -252,3 +261,55 @@ def test_image_feature_replay_refuses_other_chunks():
         embedder(queries[0])
     with pytest.raises(RuntimeError, match="used 0 of 1"), features.replay():
         pass
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_next", "idefics3", "paligemma"])
+def test_language_model_is_the_decoder_stack_of_every_vlm_family(family):
+    backbone = build_tiny(family, seed=0)
+    lm = language_model(backbone.model)
+    layers = [m for _, blocks in acceleration.repeated_block_lists(backbone.model) for m in blocks
+              if any(m is x for x in lm.modules())]
+    assert len(layers) == backbone.model.config.get_text_config().num_hidden_layers
+
+
+def test_a_dual_encoder_has_no_language_model_region():
+    backbone = build_tiny("clip", seed=0)
+    assert language_model(backbone.model) is None
+    with pytest.raises(ValueError, match="no language model to compile as one region.*compile: blocks"):
+        compile_language_model(backbone.model, backend="aot_eager")
+
+
+@pytest.mark.slow
+def test_cuda_graph_region_under_inductor_gives_eager_lora_gradients_across_shapes():
+    """The trainer's `compile: cuda-graphs` path with inductor itself (mode reduce-overhead; on a CPU
+    no graph is recorded, the compiled code and the step marks are the same): a LoRA step on two
+    batches of different lengths, each twice, gives the eager loss and LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    torch._dynamo.reset()
+    batches = None
+    results = {}
+    for region in (False, True):
+        backbone = build_tiny("qwen2_vl", seed=0)
+        model = get_peft_model(backbone.model, LoraConfig(r=4, lora_dropout=0.0, target_modules=backbone.lora_targets))
+        if region:
+            compile_language_model(model, cuda_graphs=True)
+        embedder = Embedder(backbone).train()
+        collate = Collator(backbone, max_text_tokens=64, image_max_pixels=4096, pad_to_multiple_of=8)
+        if batches is None:
+            batches = [(collate([SIDES[0]] * 2, [_noise_image(i), _noise_image(i + 1)]),
+                        collate([[SIDES[1], SIDES[3]], [SIDES[3], SIDES[3]]][i], [None] * 2)) for i in range(2)]
+            assert len({b[1]["input_ids"].shape for b in batches}) == 2  # the targets differ in length
+        runs = []
+        for queries, targets in batches + batches:
+            torch.compiler.cudagraph_mark_step_begin()
+            model.zero_grad(set_to_none=True)
+            loss = info_nce(embedder(queries), embedder(targets), temperature=0.05)
+            loss.backward()
+            runs.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        results[region] = runs
+    torch._dynamo.reset()
+    for (loss, grads), (loss_ref, grads_ref) in zip(results[True], results[False]):
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+        for g, g_ref in zip(grads, grads_ref):
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)

@@ -152,7 +152,7 @@ def test_every_param_that_changes_the_math_changes_the_fingerprint(tmp_path):
     index.write_text("{}")
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]
     fp = C.fingerprint(params, base, index)
-    speed_only = {"save_every", "num_workers", "batched_vision_attention", "compile", "fsdp"}
+    speed_only = {"save_every", "num_workers", "batched_vision_attention", "compile", "fsdp", "pad_to_multiple_of"}
     assert set(C.NOT_IN_FINGERPRINT) == speed_only
 
     def other(value):

@@ -175,3 +175,49 @@ def test_collator_errors(qwen):
         collate([], [])
     with pytest.raises(ValueError, match="max_text_tokens"):
         Collator(qwen, max_text_tokens=0)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_pad_to_multiple_of_rounds_lengths_up_and_keeps_the_embeddings(qwen, padding_side):
+    """Padding up to a multiple (for compiled code and CUDA graphs, specialised per shape) adds masked
+    positions on the tokenizer's side only: the same tokens, the same M-RoPE positions of the real
+    tokens, the same embeddings."""
+    from trainer.model import Embedder
+
+    sides = [side(IMAGENET_QRY), side(COCO_T2I_QRY), side(OKVQA_QRY)]
+    g = torch.Generator().manual_seed(0)
+    images = [Image.fromarray(torch.randint(0, 256, (40, 56, 3), generator=g, dtype=torch.uint8).numpy()), None,
+              Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy())]
+    tok = qwen.processor.tokenizer
+    saved = tok.padding_side
+    tok.padding_side = padding_side
+    try:
+        plain = Collator(qwen, max_text_tokens=64, image_max_pixels=1024)(sides, images)
+        multiple = next(k for k in (16, 13, 11) if plain["input_ids"].shape[1] % k)  # one that pads something
+        padded = Collator(qwen, max_text_tokens=64, image_max_pixels=1024, pad_to_multiple_of=multiple)(sides, images)
+        texts_only = Collator(qwen, max_text_tokens=64, pad_to_multiple_of=multiple)([side(COCO_T2I_QRY)] * 2,
+                                                                                     [None, None])
+        embedder = Embedder(qwen).eval()
+        with torch.no_grad():
+            e_plain, e_padded = embedder(plain), embedder(padded)
+    finally:
+        tok.padding_side = saved
+    length, longer = plain["input_ids"].shape[1], padded["input_ids"].shape[1]
+    assert longer % multiple == 0 and length < longer < length + multiple
+    assert texts_only["input_ids"].shape[1] % multiple == 0
+    real = (slice(longer - length, None) if padding_side == "left" else slice(0, length))
+    pad = (slice(0, longer - length) if padding_side == "left" else slice(length, None))
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        assert torch.equal(padded[key][:, real], plain[key]), key
+    assert torch.equal(padded["position_ids"][:, :, real], plain["position_ids"])
+    assert not padded["attention_mask"][:, pad].any()
+    assert (padded["input_ids"][:, pad] == tok.pad_token_id).all()
+    for key in ("pixel_values", "image_grid_thw", "has_image"):
+        assert torch.equal(padded[key], plain[key]), key
+    torch.testing.assert_close(e_padded, e_plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, True, "64"])
+def test_pad_to_multiple_of_must_be_a_positive_integer(qwen, bad):
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be an integer >= 1"):
+        Collator(qwen, pad_to_multiple_of=bad)

@@ -426,8 +426,61 @@ def test_batched_vision_attention_and_compiled_blocks_train_the_same_weights(wor
     assert all(torch.allclose(weights[True][k], weights[False][k], rtol=1e-4, atol=1e-6) for k in weights[False])
     summary = train({**params, "batched_vision_attention": True}, paths_in(tmp_path / "fastFalse"))
     assert summary["resumed_from"] == 2
-    with pytest.raises(ValueError, match="compile is true or false"):
+    with pytest.raises(ValueError, match="compile is true, false or one of blocks, region, cuda-graphs"):
         validate_params({**BASE_PARAMS, "compile": "yes"})
+
+
+def test_language_model_region_and_cuda_graph_steps_train_the_same_weights(workspace, tmp_path, monkeypatch):
+    """train.compile region / cuda-graphs with train.pad_to_multiple_of: the language model compiled as
+    one region, every step marked as a new CUDA-graph step (cuda-graphs only), lengths padded to the
+    multiple, and the weights of the eager unpadded run."""
+    import trainer.loop as loop
+    from trainer import acceleration
+    from trainer.inputs import Collator
+
+    compiled, marks, lengths = [], [], set()
+    monkeypatch.setattr(loop, "compile_language_model", lambda m, cuda_graphs: compiled.append(
+        (cuda_graphs, acceleration.compile_language_model(m, cuda_graphs=cuda_graphs, backend="aot_eager"))))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    original = Collator._pad_length
+
+    def pad_length(self, enc):
+        out = original(self, enc)
+        lengths.add((self.pad_to_multiple_of, out["input_ids"].shape[1]))
+        return out
+
+    monkeypatch.setattr(Collator, "_pad_length", pad_length)
+    params = {**BASE_PARAMS, "steps": 3, "save_every": 100, "num_workers": 0}
+    weights = {}
+    for scope, multiple in ((False, 1), ("region", 8), ("cuda-graphs", 8)):
+        ws = tmp_path / f"compile-{scope}"
+        shutil.copytree(workspace, ws)
+        train({**params, "compile": scope, "pad_to_multiple_of": multiple}, paths_in(ws))
+        weights[scope] = merged_weights(ws)
+    torch._dynamo.reset()
+    assert compiled == [(False, 2), (True, 2)]  # the 2 vision blocks one by one, the language model as a region
+    assert len(marks) == params["steps"]  # cuda-graphs only, once per step
+    padded = {n for m, n in lengths if m == 8}
+    assert padded and all(n % 8 == 0 for n in padded) and any(n % 8 for m, n in lengths if m == 1)
+    for scope in ("region", "cuda-graphs"):
+        assert all(torch.allclose(weights[scope][k], weights[False][k], rtol=1e-4, atol=1e-6) for k in weights[False])
+
+
+def test_compile_settings_that_cannot_work_are_refused_before_training():
+    from trainer.loop import compile_model, compile_scope
+
+    assert [compile_scope({"compile": v}) for v in (False, True, "blocks", "region", "cuda-graphs")] == [
+        None, "blocks", "blocks", "region", "cuda-graphs"]
+    with pytest.raises(ValueError, match="gc_chunk_size 0 for compile cuda-graphs"):
+        validate_params({**BASE_PARAMS, "compile": "cuda-graphs", "gc_chunk_size": 4})
+    validate_params({**BASE_PARAMS, "compile": "region", "gc_chunk_size": 4})
+    with pytest.raises(ValueError, match="pad_to_multiple_of an integer >= 1"):
+        validate_params({**BASE_PARAMS, "pad_to_multiple_of": 0})
+    model = torch.nn.Linear(2, 2)  # refused before anything is compiled
+    with pytest.raises(ValueError, match="cuda-graphs runs in one process only"):
+        compile_model(model, "cuda-graphs", world=2, sharded=False)
+    with pytest.raises(ValueError, match="region is not supported with train.fsdp"):
+        compile_model(model, "region", world=2, sharded=True)
 
 
 @pytest.mark.slow

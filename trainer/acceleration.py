@@ -15,6 +15,14 @@ Regional compilation: `compile_blocks(model)` applies `torch.compile` to each re
 language model's decoder layers, the vision tower's blocks) rather than to the whole model, so the
 compiled code of one layer is reused by all its siblings (torch >= 2.5 inlines module parameters as
 graph inputs), compile time stays a few graphs, and graph breaks elsewhere cost nothing.
+`compile_language_model(model)` instead compiles the language model as ONE region (its vision blocks
+still one by one): one compiled call per pass instead of one per layer, and, with `cuda_graphs`,
+inductor's CUDA graphs over it (`mode="reduce-overhead"`), which replay the whole decoder stack's
+kernels with one launch. The training step of a 2B backbone at batch 32 is bound by the host's
+kernel launches, not by the card (benchmarks/RESULTS.md, runs 4-5); graphs remove those launches.
+CUDA graphs cannot cover blocks compiled one by one: each layer's graph output is overwritten by the
+next layer's replay (pytorch/pytorch#152887). A graph is recorded per input shape: the Collator's
+`pad_to_multiple_of` keeps the number of padded lengths small.
 
 Image features once per GradCache step: `frozen_image_features(model)` (see `ImageFeatureCache`).
 """
@@ -153,18 +161,69 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 RECOMPILE_LIMIT = 64
 
 
-def compile_blocks(model: torch.nn.Module, backend: str = "inductor", **options) -> int:
-    """`torch.compile` each repeated block of `model` in place; the number of blocks compiled.
-    Raises torch's per-function recompile limit to `RECOMPILE_LIMIT` (see there)."""
+def _raise_recompile_limit() -> None:
     import torch._dynamo.config as dynamo_config
 
     for name in ("recompile_limit", "cache_size_limit"):  # the second is the older name
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
+
+
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor", **options) -> int:
+    """`torch.compile` each repeated block of `model` in place; the number of blocks compiled.
+    Raises torch's per-function recompile limit to `RECOMPILE_LIMIT` (see there)."""
+    _raise_recompile_limit()
     blocks = repeated_blocks(model)
     for block in blocks:
         block.compile(backend=backend, **options)
     log.info("compiled %d repeated blocks (%s)", len(blocks), backend)
+    return len(blocks)
+
+
+def language_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The decoder stack of a (peft-wrapped) VLM: its inner model's `language_model` (Qwen2-VL,
+    Qwen2.5-VL, LLaVA, LLaVA-NeXT, PaliGemma) or `text_model` (Idefics3, SmolVLM); None for a model
+    without one (CLIP / SigLIP dual encoders)."""
+    inner = _inner(model)
+    for name in ("language_model", "text_model"):
+        lm = getattr(inner, name, None)
+        if isinstance(lm, torch.nn.Module) and isinstance(getattr(lm, "layers", None), torch.nn.ModuleList):
+            return lm
+    return None
+
+
+def compile_region(module: torch.nn.Module, *, cuda_graphs: bool = False, backend: str = "inductor",
+                   dynamic: bool | None = None, options: dict | None = None) -> None:
+    """`torch.compile` `module` in place as one region; with `cuda_graphs`, inductor's CUDA graphs
+    (`mode="reduce-overhead"`: the caller marks each new step with
+    `torch.compiler.cudagraph_mark_step_begin()`, after which the previous step's graph outputs may be
+    overwritten). `options` are inductor's (e.g. ``{"cpp_wrapper": True}``); torch accepts a mode or
+    options, not both. `dynamic=None` is torch's automatic dynamic shapes: a second input shape
+    compiles one shape-generic graph, and CUDA graphs then record one graph per shape without
+    compiling again."""
+    if cuda_graphs and options:
+        raise ValueError("compile_region: inductor options cannot be combined with CUDA graphs (a mode)")
+    _raise_recompile_limit()
+    kw = {"mode": "reduce-overhead"} if cuda_graphs else ({"options": options} if options else {})
+    module.compile(backend=backend, dynamic=dynamic, **kw)
+
+
+def compile_language_model(model: torch.nn.Module, *, cuda_graphs: bool = False, backend: str = "inductor") -> int:
+    """Compile `model`'s language model (`language_model`) as one region (`compile_region`) and every
+    other repeated block (the vision tower's) one by one; the number of blocks compiled one by one.
+    Raises ValueError for a model without a language model (compile its blocks instead)."""
+    lm = language_model(model)
+    if lm is None:
+        raise ValueError(f"{type(unwrap(model)).__name__} has no language model to compile as one region; "
+                         "compile its repeated blocks instead (train.compile: blocks)")
+    _raise_recompile_limit()
+    inside = {id(m) for m in lm.modules()}
+    blocks = [block for block in repeated_blocks(model) if id(block) not in inside]
+    for block in blocks:
+        block.compile(backend=backend)
+    compile_region(lm, cuda_graphs=cuda_graphs, backend=backend)
+    log.info("compiled the language model as one region%s and %d other repeated blocks (%s)",
+             " with CUDA graphs" if cuda_graphs else "", len(blocks), backend)
     return len(blocks)
 
 

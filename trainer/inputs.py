@@ -127,7 +127,10 @@ class Collator:
     `trainer.image_processing.QwenImageProcessor`: the same tensors, several times faster.
     `mrope_positions` (default on) adds Qwen2-VL / Qwen2.5-VL batches with images their M-RoPE
     `position_ids` [3, B, L] (`trainer.positions`), which the model would otherwise compute itself
-    with a device sync per row and step.
+    with a device sync per row and step. `pad_to_multiple_of` (VLMs) pads every batch's length up to
+    a multiple of it, on the tokenizer's padding side: a handful of lengths instead of one per batch,
+    for compiled code and CUDA graphs, which are specialised per shape; the embeddings are the same
+    (padding is masked; `trainer.pooling` finds the last real token on either side).
 
     Output for VLMs: the processor's keys (input_ids, attention_mask, pixel_values, image_grid_thw,
     mm_token_type_ids, ... per family) plus `has_image` (bool [B]). Dual encoders: input_ids,
@@ -136,9 +139,13 @@ class Collator:
     """
 
     def __init__(self, backbone, *, max_text_tokens: int = 256, image_max_pixels: int | None = None,
-                 instructions: bool = True, torch_images: bool = True, mrope_positions: bool = True):
+                 instructions: bool = True, torch_images: bool = True, mrope_positions: bool = True,
+                 pad_to_multiple_of: int = 1):
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
+        if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be an integer >= 1, got {pad_to_multiple_of!r}")
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.format = _format_of(backbone)
         processor = backbone.processor
         if image_max_pixels:  # Qwen2-VL / Qwen2.5-VL: the processor's own max_pixels lowered to the cap
@@ -286,11 +293,24 @@ class Collator:
             parts.append((rows_txt, self._process([texts[i] for i in rows_txt], None)))
         out = parts[0][1] if len(parts) == 1 else self._merge(parts, len(texts))
         out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        out = self._pad_length(out)
         if self._mrope is not None and "image_grid_thw" in out:
             out["position_ids"] = positions.mrope_position_ids(out["input_ids"], out["attention_mask"],
                                                                out["image_grid_thw"], *self._mrope)
         out["has_image"] = torch.tensor(has_image, dtype=torch.bool)
         return out
+
+    def _pad_length(self, enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`enc` with its sequence keys padded up to a length that is a multiple of `pad_to_multiple_of`."""
+        length = enc["input_ids"].shape[1]
+        extra = -length % self.pad_to_multiple_of
+        if not extra:
+            return enc
+        tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        side = (extra, 0) if tok.padding_side == "left" else (0, extra)
+        return {k: torch.nn.functional.pad(v, side, value=pad_id if k == "input_ids" else _SEQUENCE_KEYS[k])
+                if k in _SEQUENCE_KEYS else v for k, v in enc.items()}
 
     def _merge(self, parts, batch: int) -> dict[str, torch.Tensor]:
         """Row-wise merge of the image-row and text-row encodings into one padded batch, rows in order."""

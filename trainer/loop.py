@@ -14,9 +14,12 @@ fine-tuning of backbones whose replicas do not fit); `info_nce` scales the loss 
 gradient average over ranks equals the single-process gradient of the global batch under both.
 
 Speed switches that leave the result unchanged (`trainer.acceleration`): ``batched_vision_attention``
-(Qwen2-VL's vision tower attends over all same-size images in one call per layer) and ``compile``
-(``torch.compile`` of each decoder layer and vision block); and, always when GradCache runs with a
-frozen vision tower, its no-grad pass's image features are reused by the pass with grad.
+(Qwen2-VL's vision tower attends over all same-size images in one call per layer), ``compile``
+(`COMPILE_SCOPES`: ``blocks`` or ``true``, ``torch.compile`` of each decoder layer and vision block;
+``region``, the language model as one compiled region; ``cuda-graphs``, that region replayed as CUDA
+graphs, one process without GradCache) and ``pad_to_multiple_of`` (padded lengths rounded up, so that
+compiled code and graphs see a few shapes); and, always when GradCache runs with a frozen vision
+tower, its no-grad pass's image features are reused by the pass with grad.
 
 Exact resume: every ``save_every`` steps (and after the last step) a checkpoint stores the trainable
 weights, optimizer, scheduler, the RNG of every rank, the data-stream position and the dvclive
@@ -57,7 +60,8 @@ from tqdm import tqdm
 from trainer import checkpoint as ckpt
 from trainer import distributed, fsdp, provenance
 from trainer.backbones import Backbone, load_backbone, save_backbone
-from trainer.acceleration import batch_vision_attention, compile_blocks, frozen_image_features, trains_vision
+from trainer.acceleration import (batch_vision_attention, compile_blocks, compile_language_model, frozen_image_features,
+                                  trains_vision)
 from trainer.data import (ContrastiveStream, StreamConfig, StreamPosition, check_shard_resolution, make_loader,
                           read_shards, shard_grid_mismatch)
 from trainer.gradcache import gradcache_step
@@ -72,7 +76,9 @@ REQUIRED = ("seed", "steps", "batch_size", "gc_chunk_size", "learning_rate", "wa
             "max_text_tokens", "image_max_pixels", "instructions", "mixture", "homogeneous_batch",
             "shuffle_buffer", "num_workers", "save_every", "precision")
 OPTIONAL = {"max_grad_norm": 1.0, "batched_vision_attention": True, "compile": False, "fsdp": False,
-            "lora_dtype": "fp32"}
+            "lora_dtype": "fp32", "pad_to_multiple_of": 1}
+# train.compile's values besides false (true means blocks): what `torch.compile` covers (`compile_scope`)
+COMPILE_SCOPES = ("blocks", "region", "cuda-graphs")
 METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s", "quarantined", "padded_negatives")
 COUNTS = ("quarantined", "padded_negatives")  # per step, all ranks; metrics.json holds the run's totals
 
@@ -119,8 +125,13 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
         (p["lora_dtype"] in ("fp32", "bf16"), "lora_dtype is fp32 or bf16"),
         (p["lora_dtype"] == "fp32" or p["precision"] == "bf16", "precision bf16 for lora_dtype bf16"),
         (number("max_grad_norm", 0, strict=True), "max_grad_norm > 0"),
-    ] + [(flag(k), f"{k} is true or false") for k in ("instructions", "dora", "batched_vision_attention", "compile",
-                                                      "fsdp")]
+        (integer("pad_to_multiple_of", 1), "pad_to_multiple_of an integer >= 1"),
+        (isinstance(p["compile"], bool) or p["compile"] in COMPILE_SCOPES,
+         f"compile is true, false or one of {', '.join(COMPILE_SCOPES)}"),
+        (p["compile"] != "cuda-graphs" or p["gc_chunk_size"] == 0,
+         "gc_chunk_size 0 for compile cuda-graphs (GradCache keeps each chunk's embeddings while the next chunk's "
+         "replay would overwrite them; use compile: region)"),
+    ] + [(flag(k), f"{k} is true or false") for k in ("instructions", "dora", "batched_vision_attention", "fsdp")]
     if integer("batch_size", 1) and integer("hard_negatives", 0):
         checks.append((p["batch_size"] >= 2 or p["hard_negatives"] > 0,
                        "batch_size >= 2 or hard_negatives > 0 (one pair alone has no negative: its loss is 0)"))
@@ -130,6 +141,33 @@ def validate_params(train: Mapping[str, Any]) -> dict[str, Any]:
     if bad:
         raise ValueError(f"train params out of range: need {', '.join(bad)}")
     return p
+
+
+def compile_scope(p: Mapping[str, Any]) -> str | None:
+    """What ``train.compile`` compiles: None (nothing), or one of `COMPILE_SCOPES` (true means blocks)."""
+    value = p["compile"]
+    return ("blocks" if value else None) if isinstance(value, bool) else value
+
+
+def compile_model(model: torch.nn.Module, scope: str | None, *, world: int, sharded: bool) -> None:
+    """Apply ``train.compile`` to `model` (already wrapped by peft, sharded by FSDP when `sharded`).
+    Raises ValueError for combinations not supported: a region under FSDP (its per-layer hooks), CUDA
+    graphs with more than one process (not verified with DDP's gradient hooks), or a model without a
+    language model."""
+    if scope is None:
+        return
+    if scope == "blocks":
+        compile_blocks(model)
+        return
+    if sharded:
+        raise ValueError(f"train.compile: {scope} is not supported with train.fsdp; use compile: blocks")
+    if scope == "cuda-graphs" and world > 1:
+        raise ValueError("train.compile: cuda-graphs runs in one process only (not verified under DDP); "
+                         "use compile: region or blocks with torchrun")
+    cuda_graphs = scope == "cuda-graphs"
+    if cuda_graphs and not torch.cuda.is_available():
+        log.warning("train.compile: cuda-graphs without CUDA: the region is compiled, no graph is recorded")
+    compile_language_model(model, cuda_graphs=cuda_graphs)
 
 
 @dataclass(frozen=True)
@@ -352,8 +390,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     elif mode == "full" and world > 1:
         log.warning("full fine-tuning under DDP replicates weights, gradients and AdamW state on every rank; "
                     "for backbones that do not fit, set train.fsdp: true")
-    if p["compile"]:
-        compile_blocks(embedder.model)
+    scope = compile_scope(p)
+    compile_model(embedder.model, scope, world=world, sharded=use_fsdp)
     image_features = frozen_image_features(embedder.model) if int(p["gc_chunk_size"]) > 0 else None
     if image_features is not None:
         log.info("GradCache: frozen image features of the no-grad pass are reused (vision tower runs once)")
@@ -419,7 +457,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
 
     shards = read_shards(paths.shards)
     collator = Collator(backbone, max_text_tokens=int(p["max_text_tokens"]),
-                        image_max_pixels=p["image_max_pixels"], instructions=bool(p["instructions"]))
+                        image_max_pixels=p["image_max_pixels"], instructions=bool(p["instructions"]),
+                        pad_to_multiple_of=int(p["pad_to_multiple_of"]))
     stream_config = StreamConfig.from_params(p, world_size=world, rank=rank, slots_per_rank=slots_per_rank)
     stream = ContrastiveStream(shards, stream_config, collator, mixture=p["mixture"], position=position)
     position = stream.position
@@ -451,6 +490,8 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
             target = [_to_device(c, device) for c in batch["target"]]
             negatives = [_to_device(c, device) for c in batch["negatives"]] if batch["negatives"] else None
             step_loss = partial(loss_fn, negative_mask=batch["negative_mask"].to(device)) if negatives else loss_fn
+            if scope == "cuda-graphs":  # a new step: the last step's graph outputs (all consumed) may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
 
             def embed(x):
                 with autocast:
