@@ -22,6 +22,7 @@ what was extracted and what was refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import lzma
 import os
@@ -139,6 +140,13 @@ class SafeZip:
 
     def __contains__(self, name: str) -> bool:
         return normalize_member_name(name) in self._members
+
+    @functools.cached_property
+    def root_folder(self) -> str | None:
+        """The one folder every member (readable or refused) sits under, as in a zip of a folder; None
+        when members sit at the top or under several folders."""
+        tops = {name.split("/", 1)[0] if "/" in name else None for name in (*self._members, *self.refused)}
+        return tops.pop() if len(tops) == 1 else None
 
     def info(self, name: str) -> zipfile.ZipInfo:
         key = normalize_member_name(name)

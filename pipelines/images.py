@@ -246,14 +246,20 @@ class ImageSource:
     def member_for(archive: SafeZip, path: str) -> str:
         """The member of `archive` that holds row path `path`: the path itself, else the first of its
         suffixes without leading folders ("ImageNet_1K/Train/x.jpg", then "Train/x.jpg" for
-        "images/ImageNet_1K/Train/x.jpg") that the archive has (a refused one included, so its
-        refusal is reported); the path itself when none is there."""
+        "images/ImageNet_1K/Train/x.jpg") that the archive has, else the path under the folder that
+        holds all of the archive's members, if there is one ("images/WebQA/x.jpg" for "WebQA/x.jpg":
+        an archive packed with its root folder; never guessed among several folders); a refused
+        member included, so its refusal is reported. The path itself when none is there."""
         name = normalize_member_name(path)
         parts = name.split("/")
+        found = lambda candidate: candidate in archive or candidate in archive.refused  # noqa: E731
         for k in range(max(1, len(parts) - 1)):
             candidate = "/".join(parts[k:])
-            if candidate in archive or candidate in archive.refused:
+            if found(candidate):
                 return candidate
+        root = archive.root_folder
+        if root is not None and found(candidate := f"{root}/{name}"):
+            return candidate
         return name
 
     def read(self, path: str) -> bytes:

@@ -159,6 +159,26 @@ def test_eval_paths_resolve_to_images_zip(tmp_path):
     assert src.read("WebQA/gold_0.jpg") == b"gold"
 
 
+def test_eval_paths_resolve_inside_an_archive_packed_with_its_root_folder(tmp_path):
+    """MMEB-eval's images.zip layout is inferred (MMEB_SPEC §1): should its members sit under a root
+    folder ("images/WebQA/...") that the rows' paths ("WebQA/...") lack, they are still found."""
+    write_zip(tmp_path / "MMEB-eval" / "images.zip", {"images/WebQA/gold_0.jpg": b"gold",
+                                                       "images/OK-VQA/q.jpg": b"q"})
+    src = ImageSource(tmp_path, "eval", "WebQA")
+    assert src.read("WebQA/gold_0.jpg") == b"gold" and src.read("OK-VQA/q.jpg") == b"q"
+    with pytest.raises(ImageRejected) as e:
+        src.read("WebQA/missing.jpg")
+    assert e.value.reason == "image_missing" and "WebQA/missing.jpg" in str(e.value)
+    src.close()
+    # under one of several folders the member is not guessed at: missing, counted as such
+    write_zip(tmp_path / "MMEB-eval" / "images.zip", {"a/WebQA/gold_0.jpg": b"gold", "b/WebQA/gold_0.jpg": b"other"})
+    src = ImageSource(tmp_path, "eval", "WebQA")
+    with pytest.raises(ImageRejected) as e:
+        src.read("WebQA/gold_0.jpg")
+    assert e.value.reason == "image_missing"
+    src.close()
+
+
 def test_archive_problems_become_image_reasons(tmp_path):
     def why(src, path):
         with pytest.raises(ImageRejected) as e:
