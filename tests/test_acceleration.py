@@ -52,7 +52,8 @@ def _pixels(grid, seed=0):
 @pytest.mark.parametrize("grid, batched_calls", [
     ([[1, 4, 4]] * 3, [3]),                       # three same-size images: one call of 3 per layer
     ([[2, 4, 4], [1, 4, 4]], [3]),                # a 2-frame clip + an image: 3 slices of 16 patches
-    ([[1, 4, 4], [1, 2, 4]], [1, 1]),             # different sizes: the stock per-image loop
+    ([[1, 4, 4], [1, 2, 4], [1, 4, 2]], [3]),     # different sizes: padded to 16 patches, one call of 3
+    ([[1, 8, 8], [1, 2, 2], [1, 2, 2]], [1, 1, 1]),  # padding 4 to 64 would cost 1.5x MAX_PADDED_COST: the loop
 ])
 def test_batched_vision_attention_matches_the_loop(qwen, grid, batched_calls):
     visual = qwen.model.model.visual
@@ -72,10 +73,12 @@ def test_batched_vision_attention_matches_the_loop(qwen, grid, batched_calls):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_batched_vision_attention_gives_the_loops_gradients(qwen):
-    """Full fine-tuning back-propagates through the vision tower: same parameter gradients."""
+@pytest.mark.parametrize("grid", [[[1, 4, 4]] * 2, [[1, 4, 4], [1, 2, 4], [1, 4, 2]]])
+def test_batched_vision_attention_gives_the_loops_gradients(qwen, grid):
+    """Full fine-tuning back-propagates through the vision tower: same parameter gradients, for
+    same-size images and for images padded to the largest (no gradient leaks from the padding)."""
     visual = qwen.model.model.visual
-    pixels, grid = _pixels([[1, 4, 4]] * 2, seed=1)
+    pixels, grid = _pixels(grid, seed=1)
     grads = []
     for batched in (False, True):
         visual.zero_grad(set_to_none=True)
@@ -90,6 +93,49 @@ def test_batched_vision_attention_gives_the_loops_gradients(qwen):
     assert grads[0].keys() == grads[1].keys() and any("attn.qkv" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _new_layouts():
+    """20 batches of image counts and sizes the warm-up never saw: same-size (5-12 images), padded
+    (4-12 sequences of 16 and 8 patches) and the stock loop (one 64-patch image and 2-7 of 4)."""
+    uniform = [[[1, 4, 4]] * n for n in range(5, 13)]
+    padded = [[[1, 4, 4], [1, 4, 2]] * k for k in range(2, 7)] + [[[1, 6, 4], [1, 4, 4], [1, 4, 2]]]
+    loop = [[[1, 8, 8]] + [[1, 2, 2]] * k for k in range(2, 8)]
+    return uniform + padded + loop
+
+
+def test_compiled_vision_blocks_do_not_recompile_for_each_image_count_and_size(qwen):
+    """The batched layout reaches the compiled blocks as tensor shapes and the stock loop is never
+    traced: once every size has varied (torch then compiles it as dynamic), 20 batches of new image
+    counts and sizes (same-size, padded, or the loop) compile at most 3 more graphs instead of one
+    or more each, and give the eager tower's output."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs):  # a dynamo backend that runs the captured graph as it is
+        graphs.append(gm)
+        return gm.forward
+
+    model = build_tiny("qwen2_vl", seed=0).model
+    visual = model.model.visual
+    warmup = [[[1, 4, 4]] * 2, [[1, 4, 4]] * 3, [[1, 4, 4], [1, 2, 4], [1, 4, 2]], [[1, 6, 4], [1, 2, 4]],
+              [[1, 8, 8], [1, 2, 2], [1, 2, 2]], [[1, 8, 8], [1, 2, 2], [1, 2, 2], [1, 2, 2]]]
+    new = _new_layouts()
+    with torch.no_grad():
+        expected = [_vision(visual, *_pixels(g, seed=i)) for i, g in enumerate(new)]
+        batch_vision_attention(model)
+        compile_blocks(visual, backend=counting)
+        try:
+            for i, g in enumerate(warmup):
+                _vision(visual, *_pixels(g, seed=i))
+            after_warmup = len(graphs)
+            outputs = [_vision(visual, *_pixels(g, seed=i)) for i, g in enumerate(new)]
+        finally:
+            unbatch_vision_attention(model)
+            torch._dynamo.reset()
+    assert after_warmup > 0 and len(graphs) - after_warmup <= 3, (after_warmup, len(graphs))
+    for out, ref in zip(outputs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_install_is_idempotent_reversible_and_limited_to_qwen2_vl(qwen):

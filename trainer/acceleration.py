@@ -3,13 +3,16 @@ regional compilation, and image features computed once per GradCache step.
 
 Batched vision attention (Qwen2-VL): transformers' sdpa path of the Qwen2-VL vision tower runs one
 attention call per image per layer (`torch.split` by `cu_seqlens`, then a Python loop), with a
-host sync for `lengths.tolist()` in every layer. When every image of the call has the same patch
-count, as it does for a batch resized to one resolution, the same attention is ONE batched sdpa call
-over [images, heads, patches, head_dim]. `batch_vision_attention(model)` installs that on the
-model's vision attention modules: a pre-hook on the vision tower reads `grid_thw` once per call
-(one sync instead of one per layer) and tells the attention modules the uniform patch count, or
-nothing when images differ, in which case the stock forward runs. Only the Qwen2-VL tower is
-patched: Qwen2.5-VL's window attention uses other sequence boundaries per layer.
+host sync for `lengths.tolist()` in every layer. `batch_vision_attention(model)` replaces that by ONE
+sdpa call per layer: a pre-hook on the vision tower reads `grid_thw` once per call (one sync instead
+of one per layer) and hands the blocks an attention layout (`vision_layout`): images of one patch
+count attend as [images, heads, patches, head_dim]; images of different sizes are padded to the
+largest, with the padding masked out of the keys and dropped from the output, while that costs at
+most `MAX_PADDED_COST` times the attention of the unpadded images (else the stock loop runs). The
+layout travels as a call argument whose sizes are tensor shapes, so compiled blocks see new image
+counts and sizes as new shapes (dynamic after the first), never as new constants to recompile for;
+the stock loop, which specialises on every list of lengths, is kept out of compilation. Only the
+Qwen2-VL tower is patched: Qwen2.5-VL's window attention uses other sequence boundaries per layer.
 
 Regional compilation: `compile_blocks(model)` applies `torch.compile` to each repeated block (the
 language model's decoder layers, the vision tower's blocks) rather than to the whole model, so the
@@ -42,7 +45,11 @@ from trainer.model import unwrap
 
 log = logging.getLogger(__name__)
 
-_UNIFORM = "_vlm2vec_uniform_images"   # attribute on each patched attention module: (images, patches) or None
+_LAYOUT = "_vlm2vec_vision_layout"   # the vision tower's call argument the pre-hook adds for the blocks
+UNIFORM = "uniform"
+# images of different sizes are padded into one attention call while its cost (images x largest^2)
+# is at most this many times the unpadded images' (sum of size^2); else the stock per-image loop
+MAX_PADDED_COST = 2.0
 
 
 def _inner(model: torch.nn.Module) -> torch.nn.Module:
@@ -59,34 +66,64 @@ def _qwen2_vl_tower(model: torch.nn.Module):
     return visual
 
 
+@torch.compiler.disable
+def _stock_attention(original, hidden_states, cu_seqlens, position_embeddings, max_seqlen, kwargs):
+    """transformers' own attention; never traced: its per-image loop reads the lengths on the host,
+    and a compiled trace of it would be specialised on (and recompiled for) every list of lengths."""
+    return original(hidden_states, cu_seqlens, position_embeddings=position_embeddings, max_seqlen=max_seqlen,
+                    **kwargs)
+
+
 def _batched_forward(original, rotary):
     def forward(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
-        uniform = getattr(self, _UNIFORM, None)
+        layout = kwargs.pop(_LAYOUT, None)
+        if (layout is None or position_embeddings is None or kwargs.get("output_attentions")
+                or "flash" in str(self.config._attn_implementation)):
+            return _stock_attention(original, hidden_states, cu_seqlens, position_embeddings, max_seqlen, kwargs)
         seq = hidden_states.shape[0]
-        if (uniform is None or position_embeddings is None or uniform[0] * uniform[1] != seq
-                or kwargs.get("output_attentions") or "flash" in str(self.config._attn_implementation)):
-            return original(hidden_states, cu_seqlens, position_embeddings=position_embeddings,
-                            max_seqlen=max_seqlen, **kwargs)
-        images, patches = uniform
         q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
         cos, sin = position_embeddings
         q, k = rotary(q, k, cos, sin)
-        q, k, v = (x.reshape(images, patches, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling,
-                                             dropout_p=self.attention_dropout if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(seq, -1))
+        dropout = self.attention_dropout if self.training else 0.0
+        if isinstance(layout, str):  # UNIFORM: [sequences, heads, patches, head_dim]
+            sequences = cu_seqlens.shape[0] - 1
+            q, k, v = (x.reshape(sequences, -1, self.num_heads, x.shape[-1]).transpose(1, 2) for x in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling, dropout_p=dropout)
+            out = out.transpose(1, 2).reshape(seq, -1)
+        else:  # padded to the largest sequence: gather the slots, mask padded keys, keep the real rows
+            gather, keys, rows = layout
+            sequences, width = keys.shape[0], keys.shape[-1]
+            q, k, v = (x.index_select(0, gather).reshape(sequences, width, self.num_heads, x.shape[-1]).transpose(1, 2)
+                       for x in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=self.scaling, dropout_p=dropout)
+            out = out.transpose(1, 2).reshape(sequences * width, -1).index_select(0, rows)
+        return self.proj(out)
 
     return forward
 
 
-def _uniform_images(grid_thw: torch.Tensor) -> tuple[int, int] | None:
-    """(attention sequences, patches each) when every sequence has the same patch count, else None.
-    Qwen2-VL attends within each temporal slice of each image: t sequences of h*w patches."""
-    rows = grid_thw.tolist()
-    sizes = {h * w for t, h, w in rows if t > 0}
-    if len(sizes) != 1:
+def vision_layout(grid_thw: torch.Tensor):
+    """How a Qwen2-VL vision call's attention is batched: `UNIFORM` when every attention sequence
+    (each temporal slice of each image: t sequences of h*w patches) has the same length; else
+    (gather [sequences * width], keys [sequences, 1, 1, width] bool, rows [patches]) to pad them to the
+    largest, width: `gather` picks each padded slot's patch (0 for padding), `keys` marks the real
+    ones, `rows` the real slots in patch order; None (the stock loop) when padding would cost more than
+    `MAX_PADDED_COST` times the unpadded attention. The tensors are on `grid_thw`'s device."""
+    sizes = [h * w for t, h, w in grid_thw.tolist() for _ in range(t)]
+    if not sizes:
         return None
-    return sum(t for t, _, _ in rows), sizes.pop()
+    if len(set(sizes)) == 1:
+        return UNIFORM
+    width = max(sizes)
+    if len(sizes) * width ** 2 > MAX_PADDED_COST * sum(n * n for n in sizes):
+        return None
+    lengths = torch.tensor(sizes)
+    starts = lengths.cumsum(0) - lengths
+    slots = torch.arange(width)
+    real = slots[None, :] < lengths[:, None]                              # [sequences, width]
+    gather = torch.where(real, starts[:, None] + slots[None, :], 0).reshape(-1)
+    rows = real.reshape(-1).nonzero().squeeze(1)                          # sequence by sequence: patch order
+    return tuple(x.to(grid_thw.device, non_blocking=True) for x in (gather, real[:, None, None, :], rows))
 
 
 def batch_vision_attention(model: torch.nn.Module) -> int:
@@ -104,21 +141,14 @@ def batch_vision_attention(model: torch.nn.Module) -> int:
     if getattr(visual, "_vlm2vec_batched", False):
         return len(attns)
 
-    def before(_module, args, kwargs):
+    def before(_module, args, kwargs):  # the tower passes its keyword arguments on to every block
         grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-        uniform = _uniform_images(grid) if isinstance(grid, torch.Tensor) else None
-        for attn in attns:
-            setattr(attn, _UNIFORM, uniform)
-
-    def after(_module, _args, _output):
-        for attn in attns:
-            setattr(attn, _UNIFORM, None)
+        layout = vision_layout(grid) if isinstance(grid, torch.Tensor) else None
+        return args, ({**kwargs, _LAYOUT: layout} if layout is not None else kwargs)
 
     for attn in attns:
-        setattr(attn, _UNIFORM, None)
         attn.forward = types.MethodType(_batched_forward(attn.forward, rotary), attn)
     visual.register_forward_pre_hook(before, with_kwargs=True)
-    visual.register_forward_hook(after)
     visual._vlm2vec_batched = True
     return len(attns)
 
@@ -130,9 +160,7 @@ def unbatch_vision_attention(model: torch.nn.Module) -> None:
         return
     for blk in visual.blocks:
         blk.attn.__dict__.pop("forward", None)
-        blk.attn.__dict__.pop(_UNIFORM, None)
     visual._forward_pre_hooks.clear()
-    visual._forward_hooks.clear()
     visual._vlm2vec_batched = False
 
 

@@ -14,7 +14,7 @@ fine-tuning of backbones whose replicas do not fit); `info_nce` scales the loss 
 gradient average over ranks equals the single-process gradient of the global batch under both.
 
 Speed switches that leave the result unchanged (`trainer.acceleration`): ``batched_vision_attention``
-(Qwen2-VL's vision tower attends over all same-size images in one call per layer), ``compile``
+(Qwen2-VL's vision tower attends over all images in one call per layer), ``compile``
 (`COMPILE_SCOPES`: ``blocks`` or ``true``, ``torch.compile`` of each decoder layer and vision block;
 ``region``, the language model as one compiled region; ``cuda-graphs``, that region replayed as CUDA
 graphs, one process without GradCache) and ``pad_to_multiple_of`` (padded lengths rounded up, so that
@@ -380,7 +380,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
     embedder = Embedder(backbone).to(device)
     embedder.train()
     if p["batched_vision_attention"] and batch_vision_attention(embedder.model):
-        log.info("batched vision attention: one attention call per layer for same-size images")
+        log.info("batched vision attention: one attention call per vision layer")
     mode = "lora" if int(p["lora_rank"]) > 0 else "full"
     use_fsdp = bool(p["fsdp"]) and world > 1
     if use_fsdp:
