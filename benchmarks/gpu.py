@@ -483,7 +483,8 @@ def ratios(rows: list[dict]) -> list[dict]:
     size, the per-step batch the plain step would use), and of each encoding row over plain encoding."""
     ok = [r for r in rows if r["status"] == "ok"]
     base = {(r["case"], r["batch"]): r["throughput"] for r in ok if r["case"] in ("A", "B")}
-    enc = {(r["case"], r["batch"]): r["throughput"] for r in ok if r["case"] in ("E:plain", "E:vision")}
+    enc = {(r["case"], r["batch"]): r["throughput"] for r in ok if r["case"] in ("E:plain", "E:vision",
+                                                                                 "E:vision-mixed")}
     out = []
     for r in ok:
         if r["case"].endswith(":warmup"):
@@ -494,7 +495,8 @@ def ratios(rows: list[dict]) -> list[dict]:
                 out.append(dict(case=r["case"], batch=r["batch"], vs=f"B:{tag}@{r['batch']}", ratio=r["paired_ratio"]))
             continue
         if r["case"].startswith("E"):
-            ref = "E:plain" if r["case"].startswith("E:ours") else "E:vision" if r["case"] == "E:vision+bva" else None
+            ref = {"E:vision+bva": "E:vision", "E:vision-mixed+bva": "E:vision-mixed"}.get(
+                r["case"], "E:plain" if r["case"].startswith("E:ours") else None)
             if ref and (ref, r["batch"]) in enc:
                 out.append(dict(case=r["case"], batch=r["batch"], vs=ref,
                                 ratio=round(r["throughput"] / enc[(ref, r["batch"])], 3)))
@@ -1115,6 +1117,8 @@ def encode_cases(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool) -> 
         bench.measure("E:vision+bva", "vision tower alone, batched vision attention", batch, "images/s",
                       vision_bva, **kw)
 
+    mixed_cases(bench, model, sizes, device, dtype, batch, gen, kw)
+
     captured: dict = {}
 
     def grab(_module, args, kwargs):
@@ -1138,6 +1142,51 @@ def encode_cases(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool) -> 
         bench.measure("E:lm", "language model alone (inputs_embeds captured)", batch, "queries/s", lm, **kw)
     captured.clear()
     del queries
+    bench.free()
+
+
+def mixed_grid(batch: int, sizes: Sizes) -> list[list[int]] | None:
+    """Image grids of two sizes, as real MMEB batches have (aspect ratios differ): every other image
+    keeps the full grid, the others are about 3/4 as wide (even, for the 2x2 merge); None when the
+    grid is too small to have a second size."""
+    short = (sizes.grid * 3 // 4) // 2 * 2
+    if short < 2 or short == sizes.grid:
+        return None
+    return [[1, sizes.grid, sizes.grid if i % 2 == 0 else short] for i in range(batch)]
+
+
+def mixed_cases(bench: Bench, model, sizes: Sizes, device, dtype, batch: int, gen, kw: dict) -> None:
+    """E:vision-mixed (transformers' per-image loop) and E:vision-mixed+bva (one attention call per
+    layer, the smaller images padded to the larger and masked) on images of two sizes, after a check
+    that both give the same features."""
+    grid = mixed_grid(batch, sizes)
+    if grid is None:
+        return
+    grid_thw = torch.tensor(grid, device=device)
+    pixels = torch.randn(int(grid_thw.prod(dim=1).sum()), sizes.patch_dim, generator=gen, device=device).to(dtype)
+    visual = model.model.visual
+
+    def loop():
+        with torch.inference_mode():
+            return visual(pixels, grid_thw=grid_thw).pooler_output
+
+    def padded():
+        with torch.inference_mode(), batched_vision_attention(model):
+            return visual(pixels, grid_thw=grid_thw).pooler_output
+
+    try:
+        check = compare(f"E: padded vision attention vs loop on {batch} images of two sizes", padded(), loop(),
+                        2e-2 if dtype != torch.float32 else 1e-4)
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        check = dict(check="E: padded vision attention vs loop", passed=False, error=f"{type(exc).__name__}: {exc}")
+    bench.checks.append(check)
+    log.info("  %-55s %s", check["check"], "PASS" if check["passed"] else f"FAIL {check}")
+    bench.measure("E:vision-mixed", "vision tower alone, two image sizes (per-image attention loop)", batch,
+                  "images/s", loop, **kw)
+    if check["passed"]:
+        bench.measure("E:vision-mixed+bva", "vision tower alone, two image sizes, padded batched attention", batch,
+                      "images/s", padded, **kw)
+    del pixels
     bench.free()
 
 

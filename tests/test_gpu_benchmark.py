@@ -55,6 +55,8 @@ def test_ratios_pair_rows_with_the_right_baselines(gpu):
         dict(case="E:ours", batch=128, unit="queries/s", status="ok", throughput=210.0),
         dict(case="E:vision", batch=128, unit="images/s", status="ok", throughput=300.0),
         dict(case="E:vision+bva", batch=128, unit="images/s", status="ok", throughput=600.0),
+        dict(case="E:vision-mixed", batch=128, unit="images/s", status="ok", throughput=250.0),
+        dict(case="E:vision-mixed+bva", batch=128, unit="images/s", status="ok", throughput=375.0),
         dict(case="E:lm", batch=128, unit="queries/s", status="ok", throughput=400.0),
     ]
     got = {(r["case"], r["batch"], r["vs"]): r["ratio"] for r in gpu.ratios(rows)}
@@ -63,8 +65,15 @@ def test_ratios_pair_rows_with_the_right_baselines(gpu):
     assert got[("D+fast+feat/64", 1024, "B@32")] == 2.0  # no plain row at 64: the smallest batch's
     assert got[("E:ours", 128, "E:plain")] == 1.5
     assert got[("E:vision+bva", 128, "E:vision")] == 2.0
+    assert got[("E:vision-mixed+bva", 128, "E:vision-mixed")] == 1.5
     assert not any(k[0] == "C" and k[1] == 128 for k in got)  # A@128 was OOM, B@128 absent: no ratio
     assert not any(k[0] == "E:lm" for k in got)
+
+
+def test_mixed_grid_alternates_two_sizes_that_the_merge_accepts(gpu):
+    grid = gpu.mixed_grid(4, gpu.FULL)  # 24 x 24 patches and 24 x 18
+    assert grid == [[1, 24, 24], [1, 24, 18]] * 2
+    assert gpu.mixed_grid(4, gpu.replace(gpu.FULL, image_side=28)) is None  # 2 x 2: no smaller even size
 
 
 def test_compare_flags_divergence_nan_and_shape(gpu):
@@ -91,9 +100,11 @@ def test_tiny_run_end_to_end(tmp_path):
             "C+fast vs C: loss (batch 4)", "C+fast vs C: LoRA gradients (batch 4)",
             "no input-require-grads hook left after the checks", "D+feat vs D: LoRA gradients",
             "C+fast+pos vs without positions: loss (batch 4)"} <= set(checks)
+    assert any(c.startswith("E: padded vision attention vs loop on") for c in checks)
     rows = {r["case"]: r for r in data["rows"]}
     for case in ("A", "B", "C", "C+bva", "C+ckpt", "D", "E:plain", "E:ours", "E:ours+bva", "E:vision", "E:lm",
-                 "C+fast", "C+fast+pos", "D+fast", "D+fast+feat", "D+fast+feat/8"):
+                 "E:vision-mixed", "E:vision-mixed+bva", "C+fast", "C+fast+pos", "D+fast", "D+fast+feat",
+                 "D+fast+feat/8"):
         assert rows[case]["status"] == "ok", rows[case]
         assert rows[case]["throughput"] > 0 and len(rows[case]["steps_s"]) >= 1
     assert rows["D"]["batch"] == 16 and rows["D"]["chunk"] == 4
