@@ -1098,13 +1098,8 @@ def encode_cases(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool) -> 
             return inner.visual(queries["pixel_values"], grid_thw=queries["image_grid_thw"]).pooler_output
 
     # the batched vision attention must give the loop's output on this very batch before it is timed
-    try:
-        check = compare(f"E: batched vision attention vs loop on the {batch} encoded images", vision_bva(), vision(),
-                        2e-2 if dtype != torch.float32 else 1e-4)
-    except Exception as exc:  # noqa: BLE001 - reported as a failed check
-        check = dict(check="E: batched vision attention vs loop", passed=False, error=f"{type(exc).__name__}: {exc}")
-    bench.checks.append(check)
-    log.info("  %-55s %s", check["check"], "PASS" if check["passed"] else f"FAIL {check}")
+    check = vision_check(bench, f"E: batched vision attention vs loop on the {batch} encoded images", vision_bva,
+                         vision, dtype)
     bench.free()
 
     bench.measure("E:plain", "no_grad model(**inputs, output_hidden_states=True)", batch, "queries/s", plain, **kw)
@@ -1145,6 +1140,17 @@ def encode_cases(bench: Bench, model, sizes: Sizes, device, dtype, mm: bool) -> 
     bench.free()
 
 
+def vision_check(bench: Bench, name: str, ours, loop, dtype) -> dict:
+    """`ours()` against `loop()` (vision features), recorded in the bench's checks; a raise is a failed check."""
+    try:
+        check = compare(name, ours(), loop(), 2e-2 if dtype != torch.float32 else 1e-4)
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        check = dict(check=name, passed=False, error=f"{type(exc).__name__}: {exc}")
+    bench.checks.append(check)
+    log.info("  %-55s %s", check["check"], "PASS" if check["passed"] else f"FAIL {check}")
+    return check
+
+
 def mixed_grid(batch: int, sizes: Sizes) -> list[list[int]] | None:
     """Image grids of two sizes, as real MMEB batches have (aspect ratios differ): every other image
     keeps the full grid, the others are about 3/4 as wide (even, for the 2x2 merge); None when the
@@ -1174,13 +1180,8 @@ def mixed_cases(bench: Bench, model, sizes: Sizes, device, dtype, batch: int, ge
         with torch.inference_mode(), batched_vision_attention(model):
             return visual(pixels, grid_thw=grid_thw).pooler_output
 
-    try:
-        check = compare(f"E: padded vision attention vs loop on {batch} images of two sizes", padded(), loop(),
-                        2e-2 if dtype != torch.float32 else 1e-4)
-    except Exception as exc:  # noqa: BLE001 - reported as a failed check
-        check = dict(check="E: padded vision attention vs loop", passed=False, error=f"{type(exc).__name__}: {exc}")
-    bench.checks.append(check)
-    log.info("  %-55s %s", check["check"], "PASS" if check["passed"] else f"FAIL {check}")
+    check = vision_check(bench, f"E: padded vision attention vs loop on {batch} images of two sizes", padded, loop,
+                         dtype)
     bench.measure("E:vision-mixed", "vision tower alone, two image sizes (per-image attention loop)", batch,
                   "images/s", loop, **kw)
     if check["passed"]:
