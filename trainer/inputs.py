@@ -300,30 +300,31 @@ class Collator:
         out["has_image"] = torch.tensor(has_image, dtype=torch.bool)
         return out
 
+    def _fill(self, key: str) -> int:
+        """The padding value of sequence key `key`: the tokenizer's pad id for input_ids, else `_SEQUENCE_KEYS`'."""
+        if key != "input_ids":
+            return _SEQUENCE_KEYS[key]
+        pad_id = self.tokenizer.pad_token_id
+        return pad_id if pad_id is not None else 0
+
     def _pad_length(self, enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`enc` with its sequence keys padded up to a length that is a multiple of `pad_to_multiple_of`."""
-        length = enc["input_ids"].shape[1]
-        extra = -length % self.pad_to_multiple_of
+        extra = -enc["input_ids"].shape[1] % self.pad_to_multiple_of
         if not extra:
             return enc
-        tok = self.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        side = (extra, 0) if tok.padding_side == "left" else (0, extra)
-        return {k: torch.nn.functional.pad(v, side, value=pad_id if k == "input_ids" else _SEQUENCE_KEYS[k])
-                if k in _SEQUENCE_KEYS else v for k, v in enc.items()}
+        side = (extra, 0) if self.tokenizer.padding_side == "left" else (0, extra)
+        return {k: torch.nn.functional.pad(v, side, value=self._fill(k)) if k in _SEQUENCE_KEYS else v
+                for k, v in enc.items()}
 
     def _merge(self, parts, batch: int) -> dict[str, torch.Tensor]:
         """Row-wise merge of the image-row and text-row encodings into one padded batch, rows in order."""
-        tok = self.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         length = max(p["input_ids"].shape[1] for _, p in parts)
-        left = tok.padding_side == "left"
+        left = self.tokenizer.padding_side == "left"
         merged: dict[str, torch.Tensor] = {}
         seq_keys = [k for k in _SEQUENCE_KEYS if any(k in p for _, p in parts)]
         for key in seq_keys:
-            fill = pad_id if key == "input_ids" else _SEQUENCE_KEYS[key]
             ref = next(p[key] for _, p in parts if key in p)
-            full = torch.full((batch, length), fill, dtype=ref.dtype)
+            full = torch.full((batch, length), self._fill(key), dtype=ref.dtype)
             for rows, p in parts:
                 t = p.get(key)
                 if t is None:  # e.g. mm_token_type_ids absent from a text-only encoding: all text
