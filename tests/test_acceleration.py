@@ -359,3 +359,39 @@ def test_cuda_graph_region_under_inductor_gives_eager_lora_gradients_across_shap
         torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
         for g, g_ref in zip(grads, grads_ref):
             torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_language_model_region_compiles_twice_then_serves_every_padded_length():
+    """`compile_region` leaves torch's automatic dynamic shapes on: the first length compiles a static
+    graph, the second one shape-generic graph, and every later length (longer, shorter, past all
+    earlier ones) reuses it. With static shapes each padded length of a real run would compile the
+    whole decoder stack again (about 3 minutes each for the 2B model on an H200, RESULTS.md run 6)."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.test_inputs import side
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    backbone = build_tiny("qwen2_vl", seed=0)
+    model = get_peft_model(backbone.model, LoraConfig(r=4, lora_dropout=0.0, target_modules=backbone.lora_targets))
+    compile_language_model(model, backend=counting_backend)
+    embedder = Embedder(backbone).train()
+    collate = Collator(backbone, max_text_tokens=256, pad_to_multiple_of=8)
+    words = "a red circle on a blue square next to a green triangle under the yellow sun ".split()
+    lengths, counts = [], []
+    try:
+        for n in (2, 6, 14, 27, 3, 44, 60):
+            texts = [side(" ".join(words * 4)[: 4 * n] + "\n"), side("a red circle\n")] * 2
+            batch = collate(texts, [None] * 4)
+            info_nce(embedder(batch), embedder(batch), temperature=0.05).backward()
+            lengths.append(batch["input_ids"].shape[1])
+            counts.append(len(graphs))
+    finally:
+        torch._dynamo.reset()
+    assert len(set(lengths)) == 6 and lengths[4] == lengths[0]  # six padded lengths, the first one again
+    assert counts[:2] == [1, 2] and counts[-1] == 2, (lengths, counts)

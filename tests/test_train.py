@@ -483,6 +483,23 @@ def test_compile_settings_that_cannot_work_are_refused_before_training():
         compile_model(model, "region", world=2, sharded=True)
 
 
+def test_cuda_graphs_over_unrounded_lengths_are_warned_about(caplog):
+    """One CUDA graph is recorded and kept per padded shape: without pad_to_multiple_of, a real run's
+    hundreds of lengths would each get one, so the trainer says so (and compiles nothing until the
+    first step)."""
+    from trainer.backbones import build_tiny
+    from trainer.loop import compile_model
+
+    warned = {}
+    for multiple in (1, 64):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trainer.loop"):
+            compile_model(build_tiny("qwen2_vl", seed=0).model, "cuda-graphs", world=1, sharded=False,
+                          pad_to_multiple_of=multiple)
+        warned[multiple] = "records a CUDA graph for every distinct padded length" in caplog.text
+    assert warned == {1: True, 64: False}
+
+
 @pytest.mark.slow
 def test_compiled_gradcache_lora_steps_stay_compiled_and_equal_eager(workspace, tmp_path, monkeypatch, caplog):
     """LoRA + GradCache + hard negatives: the compiled blocks see many variants (vision and decoder

@@ -149,11 +149,14 @@ def compile_scope(p: Mapping[str, Any]) -> str | None:
     return ("blocks" if value else None) if isinstance(value, bool) else value
 
 
-def compile_model(model: torch.nn.Module, scope: str | None, *, world: int, sharded: bool) -> None:
+def compile_model(model: torch.nn.Module, scope: str | None, *, world: int, sharded: bool,
+                  pad_to_multiple_of: int = 1) -> None:
     """Apply ``train.compile`` to `model` (already wrapped by peft, sharded by FSDP when `sharded`).
     Raises ValueError for combinations not supported: a region under FSDP (its per-layer hooks), CUDA
     graphs with more than one process (not verified with DDP's gradient hooks), or a model without a
-    language model."""
+    language model. Warns about CUDA graphs over unrounded lengths (`pad_to_multiple_of` 1): the
+    compiled region serves every length after its second, but a graph is recorded, and its memory
+    kept, for every distinct padded shape."""
     if scope is None:
         return
     if scope == "blocks":
@@ -165,6 +168,10 @@ def compile_model(model: torch.nn.Module, scope: str | None, *, world: int, shar
         raise ValueError("train.compile: cuda-graphs runs in one process only (not verified under DDP); "
                          "use compile: region or blocks with torchrun")
     cuda_graphs = scope == "cuda-graphs"
+    if cuda_graphs and pad_to_multiple_of == 1:
+        log.warning("train.compile: cuda-graphs with pad_to_multiple_of 1 records a CUDA graph for every distinct "
+                    "padded length (hundreds in a real run, each kept in memory); set train.pad_to_multiple_of, "
+                    "e.g. 64")
     if cuda_graphs and not torch.cuda.is_available():
         log.warning("train.compile: cuda-graphs without CUDA: the region is compiled, no graph is recorded")
     compile_language_model(model, cuda_graphs=cuda_graphs)
@@ -391,7 +398,7 @@ def train(train_params: Mapping[str, Any], paths: TrainPaths = TrainPaths()) -> 
         log.warning("full fine-tuning under DDP replicates weights, gradients and AdamW state on every rank; "
                     "for backbones that do not fit, set train.fsdp: true")
     scope = compile_scope(p)
-    compile_model(embedder.model, scope, world=world, sharded=use_fsdp)
+    compile_model(embedder.model, scope, world=world, sharded=use_fsdp, pad_to_multiple_of=int(p["pad_to_multiple_of"]))
     image_features = frozen_image_features(embedder.model) if int(p["gc_chunk_size"]) > 0 else None
     if image_features is not None:
         log.info("GradCache: frozen image features of the no-grad pass are reused (vision tower runs once)")
