@@ -197,11 +197,14 @@ def _raise_recompile_limit() -> None:
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
 
 
-def compile_blocks(model: torch.nn.Module, backend: str = "inductor", **options) -> int:
-    """`torch.compile` each repeated block of `model` in place; the number of blocks compiled.
-    Raises torch's per-function recompile limit to `RECOMPILE_LIMIT` (see there)."""
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor", *, outside: torch.nn.Module | None = None,
+                   **options) -> int:
+    """`torch.compile` each repeated block of `model` in place (with `outside`, only the blocks that
+    are not inside that module); the number of blocks compiled. Raises torch's per-function recompile
+    limit to `RECOMPILE_LIMIT` (see there)."""
     _raise_recompile_limit()
-    blocks = repeated_blocks(model)
+    inside = set() if outside is None else {id(m) for m in outside.modules()}
+    blocks = [block for block in repeated_blocks(model) if id(block) not in inside]
     for block in blocks:
         block.compile(backend=backend, **options)
     log.info("compiled %d repeated blocks (%s)", len(blocks), backend)
@@ -244,14 +247,10 @@ def compile_language_model(model: torch.nn.Module, *, cuda_graphs: bool = False,
     if lm is None:
         raise ValueError(f"{type(unwrap(model)).__name__} has no language model to compile as one region; "
                          "compile its repeated blocks instead (train.compile: blocks)")
-    inside = {id(m) for m in lm.modules()}
-    blocks = [block for block in repeated_blocks(model) if id(block) not in inside]
-    for block in blocks:
-        block.compile(backend=backend)
+    n_blocks = compile_blocks(model, backend=backend, outside=lm)
     compile_region(lm, cuda_graphs=cuda_graphs, backend=backend)
-    log.info("compiled the language model as one region%s and %d other repeated blocks (%s)",
-             " with CUDA graphs" if cuda_graphs else "", len(blocks), backend)
-    return len(blocks)
+    log.info("compiled the language model as one region%s (%s)", " with CUDA graphs" if cuda_graphs else "", backend)
+    return n_blocks
 
 
 # --- GradCache: image features computed once ------------------------------------------------------
