@@ -254,3 +254,19 @@ def test_user_text_with_the_placeholder_is_refused_and_cut_text_is_reported(base
         cut = model.encode_pairs([long, "short"], [str(image_file)] * 2)
     assert "1 of 2 texts are longer than max_text_tokens=256" in caplog.text
     assert np.isfinite(cut).all()  # still embedded: the image tokens are kept, the text is cut
+
+
+def test_open_image_decodes_once_and_composites_transparency_on_white(tmp_path):
+    from trainer.embed import open_image
+
+    rgb = Image.new("RGB", (4, 4), (10, 20, 30))
+    assert open_image(rgb) is rgb  # already RGB: no copy (the CLI decodes, then the API takes it as is)
+    path = tmp_path / "x.png"
+    rgb.save(path)
+    decoded = open_image(path)
+    assert decoded.mode == "RGB" and open_image(decoded) is decoded and decoded.getpixel((0, 0)) == (10, 20, 30)
+    clear = Image.new("RGBA", (4, 4), (200, 0, 0, 0))  # a hidden colour under full transparency
+    assert open_image(clear).getpixel((0, 0)) == (255, 255, 255)
+    keyed = Image.new("RGB", (4, 4), (10, 20, 30))
+    keyed.info["transparency"] = (10, 20, 30)  # RGB with a transparent colour key: composited, not kept
+    assert open_image(keyed).getpixel((0, 0)) == (255, 255, 255)

@@ -246,7 +246,8 @@ def _sequence_of(items, name: str, kind) -> list:
 
 def open_image(image: Image.Image | str | Path) -> Image.Image:
     """An RGB image decoded now, from a PIL image or a file path (an image opened in a `with` block
-    that has since closed its file fails here, with its name, instead of deep in the processor)."""
+    that has since closed its file fails here, with its name, instead of deep in the processor). An
+    image that is RGB already (one this function returned, say) is returned as it is, not copied."""
     if isinstance(image, (str, Path)):
         with Image.open(image) as im:
             return to_rgb(im)
@@ -255,6 +256,8 @@ def open_image(image: Image.Image | str | Path) -> Image.Image:
     except (OSError, ValueError, AttributeError, AssertionError) as exc:
         raise ValueError(f"image {getattr(image, 'filename', '') or image!r} cannot be read "
                          f"(closed or truncated?): {exc}") from exc
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
     return to_rgb(image)
 
 
