@@ -1,0 +1,305 @@
+"""The trainer's own loop (`trainer.loop.train`) on a GPU under each `train.compile` setting: that it
+runs, that it trains what eager trains, and its pairs/s, on real shards.
+
+    python3 benchmarks/gpu_train.py --base .gpu_train/base --shards .gpu_train/shards   # the device
+    python benchmarks/gpu_train.py --tiny                                                 # CPU (tests)
+
+`benchmarks/gpu.py` times one step on tensors already on the card, one shape. This runs the whole
+loop instead: the streaming loader (webdataset over the shards, workers, pinned memory), the
+Collator (with `pad_to_multiple_of`), batched vision attention, AdamW, the scheduler, the per-step
+metrics and the final checkpoint, with the shapes that real batches give (text lengths vary, images
+of several sizes). Variants (`--variants`, each a full run on the same shards, seed and batches):
+
+  eager        train.compile false
+  blocks       train.compile true (each decoder layer and vision block compiled)
+  region       the language model compiled as one region (train.pad_to_multiple_of --multiple)
+  cuda-graphs  that region replayed as inductor's CUDA graphs (train.pad_to_multiple_of --multiple)
+
+Model (`--shape`): `2b` (default on CUDA) keeps the base folder's tokenizer and image processor and
+builds a Qwen2-VL-2B-shaped model with random weights (`benchmarks/gpu.py`'s sizes: text hidden 1536,
+28 layers, ...; `--layers` fewer for a shorter compilation), the processor set to patch 14, merge 2
+and `--image-pixels` (default 112896 = 336x336, 144 image tokens) as both its min and max pixels, so
+the shards' small synthetic images reach the model at the benchmark's resolution (their aspect
+ratios vary, so a batch mixes image sizes); `base` trains the base folder as it is. LoRA r=8 on the
+language model, bf16 base and adapters, LoRA dropout 0: the GPU benchmark's settings.
+
+Reported per variant: pairs/s (median over the steps after `--skip`, as the loop logs it: host time
+between steps, data waits included), the first step's seconds (compilation), peak GiB, torch.compile's
+graph count, and against eager the largest relative difference of the per-step losses over the
+first `--compare` steps and of the final LoRA weights (bf16 rounding makes runs drift apart, so the
+early losses are the sharp check). dvclive is replaced by a recorder of the logged metrics and the
+export (merged copy) by a capture of the trained weights; everything else is the trainer's code.
+JSON to $OUT/gpu_train.json (or benchmarks/_work/), rewritten after every variant. `--budget-min`
+skips variants once the run has used that much wall time.
+
+Needs torch, transformers, peft, pyarrow, pillow, tqdm, pyyaml and webdataset (carry its wheel and
+braceexpand's to the device machine), not dvc or dvclive. Inputs for the device machine, prepared
+here in an ignored folder that the call carries (about 14 MB): shards whose images are not
+pre-scaled (the 2B shape's processor scales them, and `train` refuses shards scaled below its
+resolution) and a Qwen2-VL base folder for the tokenizer and processor:
+
+    echo /.gpu_train/ >> .git/info/exclude; py=$PWD/.venv/bin/python; d=$(mktemp -d); git clone -q . $d/c
+    (cd $d/c && sed -i 's/^  max_image_pixels: 4096 /  max_image_pixels: null /' params.yaml &&
+     $py -m stages.download && $py -m stages.normalize && $py -m stages.shard && $py -m stages.backbone)
+    mkdir -p .gpu_train/whl && cp -r $d/c/data/shards/train .gpu_train/shards && cp -r $d/c/models/base .gpu_train/base
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux2014_x86_64 -d .gpu_train/whl webdataset==1.0.2 braceexpand==0.1.7
+
+and on the device machine (`carry: [".gpu_train"]`):
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_train/whl/*.whl &&
+    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_train.py --base .gpu_train/base \
+        --shards .gpu_train/shards --variants eager,cuda-graphs --layers 8 --steps 40 --budget-min 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer import loop  # noqa: E402
+from trainer.backbones import load_backbone, save_backbone  # noqa: E402
+
+log = logging.getLogger("gpu_train")
+GIB = 1024 ** 3
+VARIANTS = {"eager": (False, 1), "blocks": (True, 1), "region": ("region", None), "cuda-graphs": ("cuda-graphs", None)}
+# benchmarks/gpu.py's FULL sizes (Qwen2-VL-2B); vocabulary and special ids stay the base's
+TEXT_2B = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+               intermediate_size=8960, max_position_embeddings=32768, rms_norm_eps=1e-6,
+               rope_parameters=dict(rope_type="default", rope_theta=1000000.0, mrope_section=[16, 24, 24]))
+VISION_2B = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536, patch_size=14,
+                 spatial_merge_size=2, temporal_patch_size=2)
+
+
+class Recorder:
+    """Stands in for dvclive's Live: keeps every logged value per step."""
+
+    def __init__(self):
+        self.rows: list[dict] = [{}]
+        self.summary: dict = {}
+
+    def log_metric(self, name: str, value) -> None:
+        self.rows[-1][name] = float(value)
+
+    def next_step(self) -> None:
+        self.rows.append({})
+
+    def end(self) -> None:
+        if not self.rows[-1]:
+            self.rows.pop()
+
+
+def scaled_base(base: Path, out: Path, *, layers: int, image_pixels: int, device: torch.device) -> Path:
+    """`base`'s tokenizer and image processor with a Qwen2-VL-2B-shaped model of random bf16 weights
+    (`layers` decoder layers), written to `out` by `save_backbone`."""
+    from transformers import AutoModelForImageTextToText
+
+    backbone = load_backbone(str(base))
+    if backbone.family != "qwen2_vl":
+        raise SystemExit(f"--shape 2b needs a Qwen2-VL base folder, got family {backbone.family}")
+    config = backbone.model.config
+    for key, value in {**TEXT_2B, "num_hidden_layers": layers}.items():
+        setattr(config.text_config, key, value)
+    config.text_config.layer_types = ["full_attention"] * layers
+    config.text_config.head_dim = TEXT_2B["hidden_size"] // TEXT_2B["num_attention_heads"]
+    for key, value in VISION_2B.items():
+        setattr(config.vision_config, key, value)
+    torch.manual_seed(0)
+    with torch.device(device):
+        backbone.model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    processor = backbone.image_processor
+    processor.patch_size, processor.merge_size = 14, 2
+    processor.size = {"shortest_edge": image_pixels, "longest_edge": image_pixels}
+    for name in ("min_pixels", "max_pixels"):
+        if hasattr(processor, name):
+            setattr(processor, name, image_pixels)
+    backbone.info = {**backbone.info, "name": f"qwen2-vl-2b-shaped-{layers}-layers-random"}
+    save_backbone(backbone, out)
+    del backbone
+    return out
+
+
+def train_params(args, compile_value, multiple: int) -> dict:
+    p = dict(loop.OPTIONAL)
+    p.update(yaml_section(Path(__file__).resolve().parents[1] / "params.yaml", "train"))
+    p.update(steps=args.steps, batch_size=args.batch, gc_chunk_size=0, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
+             precision="bf16" if not args.tiny else "fp32", lora_dtype="bf16" if not args.tiny else "fp32",
+             image_max_pixels=None, num_workers=args.workers, save_every=args.steps, warmup_steps=0,
+             learning_rate=1e-4, hard_negatives=0, compile=compile_value, pad_to_multiple_of=multiple)
+    return p
+
+
+def yaml_section(path: Path, name: str) -> dict:
+    import yaml
+
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8"))[name])
+
+
+def run_variant(name: str, args, base: Path, work: Path) -> dict:
+    compile_value, multiple = VARIANTS[name]
+    multiple = multiple or args.multiple
+    recorder, captured = Recorder(), {}
+
+    def export(backbone, embedder, p, paths, summary, code_digest):
+        captured["weights"] = {k: v.detach().float().cpu() for k, v in embedder.named_parameters() if v.requires_grad}
+
+    loop.open_live = lambda *a, **k: recorder
+    loop.export = export
+    if args.tiny and compile_value:  # on CPU: aot_eager, the graphs without inductor's code generation
+        backend = "aot_eager"
+        loop.compile_blocks = lambda m: _compile_blocks(m, backend)
+        loop.compile_language_model = lambda m, cuda_graphs: _compile_lm(m, cuda_graphs, backend)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # also drops the last variant's CUDA graphs
+    counters.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    paths = loop.TrainPaths(base=base, shards=args.shards, out=work / f"out-{name}",
+                            checkpoints=work / f"ckpt-{name}", metrics=work / f"metrics-{name}")
+    t0 = time.perf_counter()
+    summary = loop.train(train_params(args, compile_value, multiple), paths)
+    wall = time.perf_counter() - t0
+    rows = recorder.rows
+    rates = [r["pairs_per_s"] for r in rows[args.skip:] if "pairs_per_s" in r]
+    first = args.batch / rows[0]["pairs_per_s"] if rows and "pairs_per_s" in rows[0] else None
+    return dict(variant=name, compile=compile_value, pad_to_multiple_of=multiple, steps=len(rows), wall_s=round(wall, 1),
+                pairs_per_s=round(statistics.median(rates), 2) if rates else None,
+                pairs_per_s_range=[round(min(rates), 2), round(max(rates), 2)] if rates else None,
+                first_step_s=round(first, 2) if first else None,
+                images_per_s=round(statistics.median(r["images_per_s"] for r in rows[args.skip:]), 1) if rates else None,
+                peak_gib=round(torch.cuda.max_memory_allocated() / GIB, 2) if torch.cuda.is_available() else None,
+                graphs=int(counters["stats"]["unique_graphs"]), cudagraph_skips=int(counters["inductor"]["cudagraph_skips"]),
+                final_loss=summary["final_loss"], losses=[r.get("loss") for r in rows],
+                weights=captured.get("weights"))
+
+
+def _compile_blocks(model, backend):
+    from trainer.acceleration import compile_blocks
+
+    return compile_blocks(model, backend=backend)
+
+
+def _compile_lm(model, cuda_graphs, backend):
+    from trainer.acceleration import compile_language_model
+
+    return compile_language_model(model, cuda_graphs=cuda_graphs, backend=backend)
+
+
+def against_eager(result: dict, eager: dict, compare: int) -> dict:
+    """The largest relative difference to eager of the first `compare` losses and of the final weights."""
+    pairs = [(a, b) for a, b in zip(result["losses"][:compare], eager["losses"][:compare]) if a is not None and b is not None]
+    loss_rel = max((abs(a - b) / max(abs(b), 1e-12) for a, b in pairs), default=None)
+    weight_rel = None
+    if result.get("weights") and eager.get("weights"):
+        num = sum(float((result["weights"][k] - eager["weights"][k]).norm() ** 2) for k in eager["weights"])
+        den = sum(float(v.norm() ** 2) for v in eager["weights"].values())
+        weight_rel = (num / max(den, 1e-30)) ** 0.5
+    return dict(loss_rel_max=loss_rel, weights_rel=weight_rel,
+                ratio=(round(result["pairs_per_s"] / eager["pairs_per_s"], 3)
+                       if result.get("pairs_per_s") and eager.get("pairs_per_s") else None))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="CPU, the base as it is, aot_eager, few steps (tests)")
+    p.add_argument("--base", type=Path, default=Path("models/base"), help="a save_backbone folder (Qwen2-VL)")
+    p.add_argument("--shards", type=Path, default=Path("data/shards/train"))
+    p.add_argument("--shape", choices=("2b", "base"), default=None, help="default: 2b on CUDA, base otherwise")
+    p.add_argument("--layers", type=int, default=28, help="--shape 2b: decoder layers (28 is Qwen2-VL-2B)")
+    p.add_argument("--image-pixels", type=int, default=336 * 336, help="--shape 2b: the processor's min and max pixels")
+    p.add_argument("--variants", default="eager,blocks,cuda-graphs", help=f"comma list of {','.join(VARIANTS)}")
+    p.add_argument("--steps", type=int, default=None, help="steps per variant (default 40, --tiny 6)")
+    p.add_argument("--batch", type=int, default=None, help="pairs per step (default 32, --tiny 4)")
+    p.add_argument("--multiple", type=int, default=64, help="pad_to_multiple_of of region and cuda-graphs")
+    p.add_argument("--skip", type=int, default=None, help="steps left out of the pairs/s median (default 5, --tiny 2)")
+    p.add_argument("--compare", type=int, default=10, help="early steps whose losses are compared with eager")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--budget-min", type=float, default=9.0, help="skip variants once this much wall time is used")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if bad := [v for v in args.variants if v not in VARIANTS]:
+        p.error(f"unknown variant(s) {bad}; known: {','.join(VARIANTS)}")
+    defaults = dict(steps=(6, 40), batch=(4, 32), skip=(2, 5))
+    for name, (tiny, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, tiny if args.tiny else full)
+    if args.shape is None:
+        args.shape = "2b" if torch.cuda.is_available() and not args.tiny else "base"
+    if args.skip >= args.steps:
+        p.error(f"--skip {args.skip} leaves no step of --steps {args.steps} to time")
+    return args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    start = time.perf_counter()
+    out = args.out or (Path(os.environ["OUT"]) / "gpu_train.json" if os.environ.get("OUT")
+                       else Path(__file__).resolve().parent / "_work" / "gpu_train.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    meta = dict(command=" ".join(["gpu_train.py", *(argv if argv is not None else sys.argv[1:])]),
+                device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
+                shape=args.shape, layers=args.layers if args.shape == "2b" else None, steps=args.steps, batch=args.batch)
+    results: list[dict] = []
+
+    def write() -> None:
+        rows = [{k: v for k, v in r.items() if k != "weights"} for r in results]
+        out.write_text(json.dumps(dict(meta=meta, results=rows), indent=1) + "\n", encoding="utf-8")
+
+    with tempfile.TemporaryDirectory(prefix="gpu_train_") as tmp:
+        work = Path(tmp)
+        base = args.base
+        if args.shape == "2b":
+            t0 = time.perf_counter()
+            base = scaled_base(args.base, work / "base", layers=args.layers, image_pixels=args.image_pixels, device=device)
+            meta["build_s"] = round(time.perf_counter() - t0, 1)
+        for name in args.variants:
+            used = (time.perf_counter() - start) / 60
+            if used > args.budget_min:
+                log.warning("%s: skipped, %.1f of %.1f minutes used", name, used, args.budget_min)
+                results.append(dict(variant=name, status="skipped (time budget)"))
+                continue
+            log.info("variant %s", name)
+            try:
+                result = run_variant(name, args, base, work)
+                result["status"] = "ok"
+            except Exception as exc:  # record and go on: one variant's failure is a finding
+                log.exception("%s failed", name)
+                result = dict(variant=name, status=f"error: {type(exc).__name__}: {str(exc)[:400]}")
+            eager = next((r for r in results if r["variant"] == "eager" and r["status"] == "ok"), None)
+            if eager is not None and result["status"] == "ok" and name != "eager":
+                result.update(against_eager(result, eager, args.compare))
+            results.append(result)
+            write()
+    print(f"\ntrainer loop: {meta['device']}, shape {args.shape}, batch {args.batch}, {args.steps} steps")
+    print(f"{'variant':12} {'pairs/s':>9} {'vs eager':>8} {'first s':>8} {'peak GiB':>8} {'graphs':>6} "
+          f"{'loss rel':>9} {'weights rel':>11}  status")
+    for r in results:
+        def f(key, fmt):  # "-" where a value is missing, in the column's width
+            return format(r[key], fmt) if r.get(key) is not None else "-".rjust(int(fmt.split(".")[0].rstrip("dfe")))
+        print(f"{r['variant']:12} {f('pairs_per_s', '9.2f')} {f('ratio', '8.3f')} {f('first_step_s', '8.1f')} "
+              f"{f('peak_gib', '8.2f')} {f('graphs', '6d')} {f('loss_rel_max', '9.1e')} {f('weights_rel', '11.1e')}  "
+              f"{r['status']}")
+    print(f"JSON: {out}  ({time.perf_counter() - start:.0f} s)")
+    return 0 if all(r["status"] in ("ok", "skipped (time budget)") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
