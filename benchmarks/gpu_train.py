@@ -55,6 +55,7 @@ and on the device machine (`carry: [".gpu_train"]`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -64,6 +65,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -155,12 +157,11 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
     def export(backbone, embedder, p, paths, summary, code_digest):
         captured["weights"] = {k: v.detach().float().cpu() for k, v in embedder.named_parameters() if v.requires_grad}
 
-    loop.open_live = lambda *a, **k: recorder
-    loop.export = export
+    # the trainer's module functions swapped for this run only (restored after it, also on failure)
+    swaps = dict(open_live=lambda *a, **k: recorder, export=export)
     if args.tiny and compile_value:  # on CPU: aot_eager, the graphs without inductor's code generation
-        backend = "aot_eager"
-        loop.compile_blocks = lambda m: _compile_blocks(m, backend)
-        loop.compile_language_model = lambda m, cuda_graphs: _compile_lm(m, cuda_graphs, backend)
+        swaps.update(compile_blocks=lambda m: _compile_blocks(m, "aot_eager"),
+                     compile_language_model=lambda m, cuda_graphs: _compile_lm(m, cuda_graphs, "aot_eager"))
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # also drops the last variant's CUDA graphs
@@ -172,7 +173,10 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
     paths = loop.TrainPaths(base=base, shards=args.shards, out=work / f"out-{name}",
                             checkpoints=work / f"ckpt-{name}", metrics=work / f"metrics-{name}")
     t0 = time.perf_counter()
-    summary = loop.train(train_params(args, compile_value, multiple), paths)
+    with contextlib.ExitStack() as stack:
+        for attr, replacement in swaps.items():
+            stack.enter_context(mock.patch.object(loop, attr, replacement))
+        summary = loop.train(train_params(args, compile_value, multiple), paths)
     wall = time.perf_counter() - t0
     rows = recorder.rows
     rates = [r["pairs_per_s"] for r in rows[args.skip:] if "pairs_per_s" in r]

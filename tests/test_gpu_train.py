@@ -17,10 +17,14 @@ from trainer.inputs import Collator
 @pytest.mark.slow
 def test_compiled_variants_of_the_loop_train_what_eager_trains(workspace, tmp_path):  # noqa: F811
     out = tmp_path / "gpu_train.json"
+    trainer_functions = {name: getattr(gpu_train.loop, name)
+                         for name in ("open_live", "export", "compile_blocks", "compile_language_model")}
     code = gpu_train.main(["--tiny", "--base", str(workspace / "models/base"), "--shards",
                            str(workspace / "data/shards/train"), "--variants", "eager,region,cuda-graphs",
                            "--steps", "4", "--skip", "1", "--workers", "0", "--multiple", "8", "--out", str(out)])
     assert code == 0
+    # the stand-ins (dvclive's recorder, the export capture, aot_eager) were for those runs only
+    assert all(getattr(gpu_train.loop, name) is f for name, f in trainer_functions.items())
     results = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert [r["status"] for r in results.values()] == ["ok"] * 3
     assert results["eager"]["graphs"] == 0 and results["eager"]["steps"] == 4
