@@ -64,6 +64,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -71,19 +72,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.gpu import FULL  # noqa: E402
 from trainer import loop  # noqa: E402
+from trainer.acceleration import compile_blocks, compile_language_model  # noqa: E402
 from trainer.backbones import load_backbone, save_backbone  # noqa: E402
 
 log = logging.getLogger("gpu_train")
 GIB = 1024 ** 3
 VARIANTS = {"eager": (False, 1), "blocks": (True, 1), "region": ("region", None), "cuda-graphs": ("cuda-graphs", None)}
-# benchmarks/gpu.py's FULL sizes (Qwen2-VL-2B); vocabulary and special ids stay the base's
-TEXT_2B = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-               intermediate_size=8960, max_position_embeddings=32768, rms_norm_eps=1e-6,
-               rope_parameters=dict(rope_type="default", rope_theta=1000000.0, mrope_section=[16, 24, 24]))
-VISION_2B = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536, patch_size=14,
-                 spatial_merge_size=2, temporal_patch_size=2)
-
+# benchmarks/gpu.py's FULL sizes (Qwen2-VL-2B); vocabulary, tied embeddings and special ids stay the base's
+TEXT_2B = {k: v for k, v in FULL.text.items() if k not in ("vocab_size", "tie_word_embeddings")}
+VISION_2B = dict(FULL.vision)
 
 class Recorder:
     """Stands in for dvclive's Live: keeps every logged value per step."""
@@ -160,8 +159,8 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
     # the trainer's module functions swapped for this run only (restored after it, also on failure)
     swaps = dict(open_live=lambda *a, **k: recorder, export=export)
     if args.tiny and compile_value:  # on CPU: aot_eager, the graphs without inductor's code generation
-        swaps.update(compile_blocks=lambda m: _compile_blocks(m, "aot_eager"),
-                     compile_language_model=lambda m, cuda_graphs: _compile_lm(m, cuda_graphs, "aot_eager"))
+        swaps.update(compile_blocks=partial(compile_blocks, backend="aot_eager"),
+                     compile_language_model=partial(compile_language_model, backend="aot_eager"))
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # also drops the last variant's CUDA graphs
@@ -190,18 +189,6 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
                 graphs=int(counters["stats"]["unique_graphs"]), cudagraph_skips=int(counters["inductor"]["cudagraph_skips"]),
                 final_loss=summary["final_loss"], losses=[r.get("loss") for r in rows],
                 weights=captured.get("weights"))
-
-
-def _compile_blocks(model, backend):
-    from trainer.acceleration import compile_blocks
-
-    return compile_blocks(model, backend=backend)
-
-
-def _compile_lm(model, cuda_graphs, backend):
-    from trainer.acceleration import compile_language_model
-
-    return compile_language_model(model, cuda_graphs=cuda_graphs, backend=backend)
 
 
 def against_eager(result: dict, eager: dict, compare: int) -> dict:
