@@ -6,7 +6,7 @@ naive per-row approach (encode every row's query and all its candidates; no dedu
 
 1. Generates the synthetic miniature MMEB-eval (`pipelines.sources.synthetic.generate`) and normalizes
    it (`pipelines.normalize.run`) under benchmarks/_work/eval/ (reused when the sizes are unchanged).
-2. Builds a real tiny Qwen2-VL (`trainer.backbones.build_tiny`, seed 0) saved as models/base there.
+2. Builds a real tiny Qwen2-VL (`trainer.backbone.families.build_tiny`, seed 0) saved as models/base there.
 3. Times, in this process, one run each of: the stage's `run()` with a cold embedding cache, the same
    with the warm cache, and the naive loop (same model, images, resizing and batch size; one encoder
    call per row). Prints wall time, encodings and overall Precision@1 side by side, and with
@@ -35,7 +35,7 @@ from pipelines import normalize  # noqa: E402
 from pipelines.sources import synthetic  # noqa: E402
 from stages import evaluate as stage  # noqa: E402
 from stages.common import load_params  # noqa: E402
-from trainer.evaluation import CountingEncoder, ImageLoader  # noqa: E402
+from trainer.eval.protocol import CountingEncoder, ImageLoader  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work" / "eval"
 log = logging.getLogger("benchmarks.eval")
@@ -59,7 +59,7 @@ def prepare_data(eval_rows: int, candidates: int, datasets) -> Path:
 
 
 def prepare_model() -> Path:
-    from trainer.backbones import build_tiny, save_backbone
+    from trainer.backbone.families import build_tiny, save_backbone
 
     path = WORK / "models" / "base"
     if not path.exists():

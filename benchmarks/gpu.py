@@ -6,7 +6,7 @@
 Model: Qwen2-VL-2B-shaped, random weights, built from a `Qwen2VLConfig` directly on the device (bf16,
 sdpa; text hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960, vocab 151936; vision depth
 32, width 1280, 16 heads, patch 14, merge 2). LoRA r=8 on the language model's projections
-(`trainer.backbones.LORA_TARGETS["qwen2_vl"]`); lora_B is drawn at random (seeded) instead of peft's
+(`trainer.backbone.families.LORA_TARGETS["qwen2_vl"]`); lora_B is drawn at random (seeded) instead of peft's
 zeros so that adapters contribute and nothing is timed on zeros. Inputs are built as tensors on the
 device: a query is one 336x336 image (grid (1, 24, 24) -> 144 `<|image_pad|>` tokens) followed by 30
 text tokens; a target is 24 text tokens; no padding. Only the step is timed (inputs already on the
@@ -18,24 +18,24 @@ Cases (`--cases`):
   A  plain step, peft defaults (fp32 adapters, LoRA dropout 0.1): `model(**inputs,
      output_hidden_states=True)` -> hidden_states[-1] at the last token -> L2 norm -> info_nce -> backward.
   B  the same plain step with OUR LoRA settings (bf16 adapters, dropout 0): the fair baseline.
-  C  our step: `trainer.model.Embedder` (inner model, last-token pooling, no LM-head logits) +
+  C  our step: `trainer.model.embedder.Embedder` (inner model, last-token pooling, no LM-head logits) +
      info_nce + backward, bf16 adapters, dropout 0. Variants, each its own row:
        C+bva     batched vision attention: the vision tower's per-image attention loop replaced by
                  one sdpa call over all images when they have equal patch counts
-                 (`trainer.acceleration`, what `train.batched_vision_attention` does; checked against
+                 (`trainer.model.acceleration`, what `train.batched_vision_attention` does; checked against
                  the loop before it is timed);
        C+ckpt    gradient checkpointing on (non-reentrant), `--ckpt`;
        C+fast    batched vision attention + `torch.compile` of each repeated block (decoder layers,
-                 vision blocks: trainer.acceleration, what `train.compile` does), `--compile`, at
+                 vision blocks: trainer.model.acceleration, what `train.compile` does), `--compile`, at
                  the first batch only and after E (compilation is the least certain part);
        C+fa2     flash_attention_2, only when `flash_attn` is importable;
        C+fast+pos  C+fast with the queries' M-RoPE positions precomputed on the CPU as the
-                 trainer's Collator does (`trainer.positions`), so the model skips its per-row
+                 trainer's Collator does (`trainer.model.positions`), so the model skips its per-row
                  `get_rope_index` and its ~8 device syncs per row; checked against C+fast's loss.
-  D  GradCache (`trainer.gradcache.gradcache_step` over the Embedder): a global batch of
+  D  GradCache (`trainer.train.gradcache.gradcache_step` over the Embedder): a global batch of
      `--gc-batch` (1024) pairs in chunks of `--gc-chunk` (32 or 64). With `--compile` also D+fast
      (batched vision attention + compiled blocks) and D+fast+feat (the same with the no-grad pass's
-     image features reused, `trainer.acceleration.frozen_image_features`, and, with transformers 5,
+     image features reused, `trainer.model.acceleration.frozen_image_features`, and, with transformers 5,
      the queries' M-RoPE positions precomputed as the Collator does: what the trainer does),
      at each chunk size of `--gc-feat-chunks` (e.g. 32,64: larger chunks use the GPU better, at
      more memory; a chunk size without a plain-step row is compared with the smallest batch's).
@@ -77,8 +77,8 @@ JSON is rewritten after every case, so a run cut short keeps what it measured. `
 (default 8) skips the remaining cases once the run has used that much wall time.
 
 Imports only torch, transformers, peft and project modules that need neither webdataset nor dvc
-(trainer.acceleration, trainer.backbones, trainer.model, trainer.losses, trainer.gradcache,
-trainer.pooling, trainer.positions), so it runs with the device machine's stock Python.
+(trainer.model.acceleration, trainer.backbone.families, trainer.model.embedder, trainer.train.losses, trainer.train.gradcache,
+trainer.model.pooling, trainer.model.positions), so it runs with the device machine's stock Python.
 """
 
 from __future__ import annotations
@@ -108,14 +108,14 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer.acceleration import (batch_vision_attention, compile_blocks, compile_region,  # noqa: E402
+from trainer.model.acceleration import (batch_vision_attention, compile_blocks, compile_region,  # noqa: E402
                                   frozen_image_features, language_model, unbatch_vision_attention)
-from trainer.backbones import LORA_TARGETS  # noqa: E402
-from trainer.gradcache import gradcache_step  # noqa: E402
-from trainer.losses import info_nce  # noqa: E402
-from trainer.model import Embedder, unwrap  # noqa: E402
-from trainer.pooling import last_token_pool  # noqa: E402
-from trainer.positions import mrope_position_ids  # noqa: E402
+from trainer.backbone.families import LORA_TARGETS  # noqa: E402
+from trainer.train.gradcache import gradcache_step  # noqa: E402
+from trainer.train.losses import info_nce  # noqa: E402
+from trainer.model.embedder import Embedder, unwrap  # noqa: E402
+from trainer.model.pooling import last_token_pool  # noqa: E402
+from trainer.model.positions import mrope_position_ids  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
 
@@ -302,11 +302,11 @@ def contrastive_step(embed, queries: dict, targets: dict, temperature: float) ->
 
 
 # --------------------------------------------------------------------------------------------------
-# batched vision attention and regional compilation (trainer.acceleration), as context managers
+# batched vision attention and regional compilation (trainer.model.acceleration), as context managers
 
 @contextlib.contextmanager
 def batched_vision_attention(model):
-    """Within the block, the vision tower runs trainer.acceleration's batched attention."""
+    """Within the block, the vision tower runs trainer.model.acceleration's batched attention."""
     if batch_vision_attention(model) == 0:
         raise RuntimeError("batched vision attention: no Qwen2-VL vision tower patched")
     try:
@@ -340,7 +340,7 @@ def gradient_checkpointing(model):
 @contextlib.contextmanager
 def fast_path(model, backend: str, options: dict | None = None):
     """Within the block: batched vision attention + regional compilation of the repeated blocks
-    (trainer.acceleration), as `train.batched_vision_attention` and `train.compile` set them up.
+    (trainer.model.acceleration), as `train.batched_vision_attention` and `train.compile` set them up.
     `options`: inductor's (e.g. cpp_wrapper). Yields {block: its compiled call}, for the cases that
     switch the compiled calls off and on."""
     with batched_vision_attention(model):
@@ -646,7 +646,7 @@ def train_cases(bench: Bench, model, label_lora: str, case: str, embed, sizes: S
 
 
 def with_positions(queries: dict, sizes: Sizes) -> dict:
-    """`queries` plus the M-RoPE `position_ids` the Collator computes on the CPU (trainer.positions)."""
+    """`queries` plus the M-RoPE `position_ids` the Collator computes on the CPU (trainer.model.positions)."""
     pos = mrope_position_ids(queries["input_ids"].cpu(), queries["attention_mask"].cpu(),
                              queries["image_grid_thw"].cpu(), sizes.special["image_token_id"],
                              sizes.vision["spatial_merge_size"])

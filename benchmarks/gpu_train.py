@@ -1,4 +1,4 @@
-"""The trainer's own loop (`trainer.loop.train`) on a GPU under each `train.compile` setting: that it
+"""The trainer's own loop (`trainer.train.recipe.train`) on a GPU under each `train.compile` setting: that it
 runs, that it trains what eager trains, and its pairs/s, on real shards.
 
     python3 benchmarks/gpu_train.py --base .gpu_train/base --shards .gpu_train/shards   # the device
@@ -73,9 +73,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu import FULL  # noqa: E402
-from trainer import loop  # noqa: E402
-from trainer.acceleration import compile_blocks, compile_language_model  # noqa: E402
-from trainer.backbones import load_backbone, save_backbone  # noqa: E402
+from trainer.train import recipe as loop  # noqa: E402
+from trainer.model.acceleration import compile_blocks, compile_language_model  # noqa: E402
+from trainer.backbone.families import load_backbone, save_backbone  # noqa: E402
 
 log = logging.getLogger("gpu_train")
 GIB = 1024 ** 3

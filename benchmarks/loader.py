@@ -10,11 +10,11 @@
    `image_max_pixels` setting), and pre-scaled on Qwen2-VL's grid (image_size_multiple 28 as well),
    and the zips extracted to a folder for the VLM2Vec-style path.
 2. Every loader delivers the same thing: query and target batches of `--batch` pairs collated by
-   `trainer.inputs.Collator` (the tiny Qwen2-VL's tokenizer; its image processor set up as
+   `trainer.model.inputs.Collator` (the tiny Qwen2-VL's tokenizer; its image processor set up as
    Qwen2-VL-2B's at the setting: patch 14, merge 2, min_pixels 56*56, max_pixels the setting) in
    `--workers` DataLoader workers, the image tensors computed either by transformers' image
-   processor or by `trainer.image_processing` (the same tensors to ~5e-7).
-   * pipeline: `trainer.data.ContrastiveStream` over the shards pre-scaled on the grid, torch image
+   processor or by `trainer.model.image_processing` (the same tensors to ~5e-7).
+   * pipeline: `trainer.train.stream.ContrastiveStream` over the shards pre-scaled on the grid, torch image
      processing: what `train` runs with shard.max_image_pixels = train.image_max_pixels and
      shard.image_size_multiple = 28;
    * the same over the same shards with transformers' image processor, over shards pre-scaled
@@ -54,9 +54,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import etl  # noqa: E402  (the ETL benchmark's MMEB-layout generator)
 
 from pipelines.schema import IMAGE_TOKEN  # noqa: E402
-from trainer.backbones import build_tiny  # noqa: E402
-from trainer.data import ContrastiveStream, StreamConfig, make_loader, read_shards  # noqa: E402
-from trainer.inputs import Collator  # noqa: E402
+from trainer.backbone.families import build_tiny  # noqa: E402
+from trainer.train.stream import ContrastiveStream, StreamConfig, make_loader, read_shards  # noqa: E402
+from trainer.model.inputs import Collator  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work" / "loader"
 MAX_PIXELS = (4096, 1280 * 28 * 28)

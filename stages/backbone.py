@@ -1,11 +1,11 @@
-"""Stage `backbone`: write the base model to models/base (a `trainer.backbones.save_backbone` folder).
+"""Stage `backbone`: write the base model to models/base (a `trainer.backbone.families.save_backbone` folder).
 
     python -m stages.backbone            # params section `backbone`
 
 * `name: tiny-qwen2-vl` (default; any `tiny-<family>` works, e.g. tiny-llava, tiny-smolvlm): a small
   model built offline from a config with a byte-level BPE tokenizer trained on the synthetic train
   texts, then pretrained generatively for `pretrain_steps` steps on the synthetic train data
-  (`trainer.pretrain`; dual encoders tiny-clip / tiny-siglip are not pretrained). Sizes: optional
+  (`trainer.backbone.pretrain`; dual encoders tiny-clip / tiny-siglip are not pretrained). Sizes: optional
   params `tiny_hidden_size` (128), `tiny_layers` (2), `tiny_image_size` (64 -> 16 image tokens),
   `tiny_vocab_size` (2048), `tiny_threads` (1: torch threads during the warm-up).
 * `name: <org>/<model>` (e.g. Qwen/Qwen2-VL-2B-Instruct): fetched with huggingface_hub at `revision`
@@ -44,7 +44,7 @@ log = logging.getLogger("backbone")
 
 def tiny_family(name: str) -> str | None:
     """`tiny-qwen2-vl` -> "qwen2_vl"; None when `name` is not a tiny-model name."""
-    from trainer.backbones import FAMILIES
+    from trainer.backbone.families import FAMILIES
 
     if not name.startswith(TINY_PREFIX):
         return None
@@ -57,9 +57,9 @@ def tiny_family(name: str) -> str | None:
 
 def build_pretrained_tiny(params: Mapping[str, Any], *, train_dir: Path, images_dir: Path):
     """A tiny backbone with a tokenizer trained on the train texts, generatively pretrained."""
-    from trainer.backbones import build_tiny, train_family_tokenizer
-    from trainer.pretrain import load_examples, pretrain
-    from trainer.tokenizer import corpus_from_normalized
+    from trainer.backbone.families import build_tiny, train_family_tokenizer
+    from trainer.backbone.pretrain import load_examples, pretrain
+    from trainer.backbone.tokenizer import corpus_from_normalized
 
     family = tiny_family(params["name"])
     seed = int(params.get("seed", 0))
@@ -94,7 +94,7 @@ def build_pretrained_tiny(params: Mapping[str, Any], *, train_dir: Path, images_
 def run(params: Mapping[str, Any], *, train_dir: Path = TRAIN_DIR, images_dir: Path = IMAGES_DIR,
         out: Path = OUT):
     """Build or fetch the backbone described by `params` and save it to `out`; return the Backbone."""
-    from trainer.backbones import load_backbone, save_backbone
+    from trainer.backbone.families import load_backbone, save_backbone
 
     check_keys("backbone", params, PARAMS)
     seed = int(params.get("seed", 0))

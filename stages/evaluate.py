@@ -30,9 +30,10 @@ from typing import Any, Callable, Mapping
 
 from pipelines.mmeb import resolve_subsets
 from stages.common import check_keys, load_params, setup_logging
-from trainer import distributed, provenance, report
-from trainer.embedding_cache import EmbeddingCache, prune
-from trainer.evaluation import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
+from trainer import distributed, provenance
+from trainer.eval import report
+from trainer.eval.cache import EmbeddingCache, prune
+from trainer.eval.protocol import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
     load_eval_set, score
 
 log = setup_logging("stages.evaluate")
@@ -47,7 +48,7 @@ REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard.json")
 PLOTS_DIR = Path("reports/plots/per_dataset")
 CACHE_PROTOCOL = "mmeb-item/3"  # bump when the way an item becomes encoder input or its batch changes
-ENCODING_CODE = ("trainer.embed", "trainer.evaluation")  # item -> vector, with everything they import
+ENCODING_CODE = ("trainer.embed", "trainer.eval.protocol")  # item -> vector, with everything they import
 
 
 def cache_settings(image_max_pixels: int | None, batch_size: int) -> dict[str, Any]:

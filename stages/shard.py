@@ -3,7 +3,7 @@
     python -m stages.shard                # what dvc.yaml runs; params from params.yaml `shard`
 
 Writes `data/shards/train/<dataset>/<dataset>-NNNNNN.tar` and `data/shards/train/index.json`
-(see pipelines/shards.py for the sample layout and the determinism guarantees). The output folder is
+(see pipelines/shard.py for the sample layout and the determinism guarantees). The output folder is
 cleared first, so a run killed midway and restarted ends with the same bytes.
 """
 
@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from pipelines.imagestore import without_pandas
-from pipelines.shards import ShardParams, write_shards
+from pipelines.shard import ShardParams, write_shards
 from stages.common import load_params, setup_logging
 
 NORMALIZED_TRAIN = Path("data/normalized/train")

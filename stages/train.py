@@ -4,9 +4,9 @@
     torchrun --nproc_per_node 8 -m stages.train              # DDP over 8 GPUs, same outputs
 
 Resumes from the newest checkpoint in models/checkpoints made with the same params, base model,
-shards, training code and number of data slots (`trainer.loop.run_fingerprint`; a run killed at any
+shards, training code and number of data slots (`trainer.train.recipe.run_fingerprint`; a run killed at any
 moment and re-run ends with the same weights); checkpoints of other params are removed with a warning. Set VLM2VEC_TRAIN_IDS_LOG=<file> to log the record ids of every step
-(JSON lines; debugging and the resume test). See trainer/loop.py for the recipe and the outputs.
+(JSON lines; debugging and the resume test). See trainer/train/recipe.py for the recipe and the outputs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from stages.common import load_params, setup_logging
-from trainer.loop import TrainPaths, train
+from trainer.train.recipe import TrainPaths, train
 
 
 def main(argv: list[str] | None = None) -> dict:

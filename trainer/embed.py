@@ -47,10 +47,10 @@ from tqdm import tqdm
 
 from pipelines.images import to_rgb
 from pipelines.schema import IMAGE_TOKEN
-from trainer.acceleration import batch_vision_attention
-from trainer.backbones import BACKBONE_JSON, load_backbone
-from trainer.inputs import Collator
-from trainer.model import Embedder
+from trainer.model.acceleration import batch_vision_attention
+from trainer.backbone.families import BACKBONE_JSON, load_backbone
+from trainer.model.inputs import Collator
+from trainer.model.embedder import Embedder
 
 log = logging.getLogger(__name__)
 

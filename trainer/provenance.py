@@ -2,7 +2,7 @@
 
 A stage's result depends on the code it runs as much as on its params and data. DVC reruns a stage
 when one of its `dvc.yaml` deps changes, but state that outlives a run has to tell for itself:
-  * a training checkpoint (`trainer.checkpoint.fingerprint`) must not be resumed by other code,
+  * a training checkpoint (`trainer.train.checkpoint.fingerprint`) must not be resumed by other code,
     or a rerun after a code change would resume the finished run and export the old weights;
   * the evaluation's embedding cache must not serve vectors computed by other encoding code.
 `source_digest(module)` is that identity: sha256 over the module's file and every project module

@@ -1,0 +1,73 @@
+"""benchmarks/gpu_train.py: the trainer's loop under each train.compile setting, on CPU with the tiny
+base (the device machine runs the same code on a Qwen2-VL-2B-shaped model)."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks import gpu_train
+from tests.trainer.train.test_recipe import workspace, workspace_template  # noqa: F401 (fixtures)
+from trainer.backbone.families import load_backbone
+from trainer.embed import make_side
+from trainer.model.inputs import Collator
+
+
+@pytest.mark.slow
+def test_compiled_variants_of_the_loop_train_what_eager_trains(workspace, tmp_path):  # noqa: F811
+    out = tmp_path / "gpu_train.json"
+    trainer_functions = {name: getattr(gpu_train.loop, name)
+                         for name in ("open_live", "export", "compile_blocks", "compile_language_model")}
+    code = gpu_train.main(["--tiny", "--base", str(workspace / "models/base"), "--shards",
+                           str(workspace / "data/shards/train"), "--variants", "eager,region,cuda-graphs",
+                           "--steps", "4", "--skip", "1", "--workers", "0", "--multiple", "8", "--out", str(out)])
+    assert code == 0
+    # the stand-ins (dvclive's recorder, the export capture, aot_eager) were for those runs only
+    assert all(getattr(gpu_train.loop, name) is f for name, f in trainer_functions.items())
+    results = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    assert [r["status"] for r in results.values()] == ["ok"] * 3
+    assert results["eager"]["graphs"] == 0 and results["eager"]["steps"] == 4
+    for name in ("region", "cuda-graphs"):
+        r = results[name]
+        assert r["graphs"] > 0 and r["pad_to_multiple_of"] == 8 and r["pairs_per_s"] > 0
+        assert r["loss_rel_max"] < 1e-4 and r["weights_rel"] < 1e-4, r
+    assert all(loss is not None for loss in results["eager"]["losses"])
+
+
+def test_a_failing_variant_is_recorded_and_the_run_goes_on(workspace, tmp_path, monkeypatch):  # noqa: F811
+    out = tmp_path / "gpu_train.json"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no graph today")
+
+    monkeypatch.setattr(gpu_train.loop, "train", broken)
+    code = gpu_train.main(["--tiny", "--base", str(workspace / "models/base"), "--shards",
+                           str(workspace / "data/shards/train"), "--variants", "eager,blocks", "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert code == 1 and [r["status"] for r in results] == ["error: RuntimeError: no graph today"] * 2
+
+
+def test_the_2b_shape_keeps_the_base_tokenizer_and_reaches_the_model_at_the_benchmark_resolution(
+        workspace, tmp_path, monkeypatch):  # noqa: F811
+    # the 2B sizes shrunk so that the test builds in a second; the plumbing is the same
+    monkeypatch.setattr(gpu_train, "TEXT_2B", dict(gpu_train.TEXT_2B, hidden_size=64, num_attention_heads=4,
+                                                   intermediate_size=128,
+                                                   rope_parameters=dict(rope_type="default", rope_theta=1e6,
+                                                                        mrope_section=[2, 3, 3])))
+    monkeypatch.setattr(gpu_train, "VISION_2B", dict(gpu_train.VISION_2B, depth=2, embed_dim=32, num_heads=2,
+                                                     hidden_size=64))
+    folder = gpu_train.scaled_base(workspace / "models/base", tmp_path / "base2b", layers=3, image_pixels=336 * 336,
+                                   device=torch.device("cpu"))
+    base, scaled = load_backbone(str(workspace / "models/base")), load_backbone(str(folder))
+    text, vision = scaled.model.config.text_config, scaled.model.config.vision_config
+    assert (text.num_hidden_layers, text.hidden_size, vision.patch_size, vision.depth) == (3, 64, 14, 2)
+    assert scaled.tokenizer.get_vocab() == base.tokenizer.get_vocab()
+    assert next(scaled.model.parameters()).dtype == torch.float32  # load_backbone's default; train loads bf16
+    batch = Collator(scaled)([make_side("a red circle", "Represent the given image", has_image=True)] * 2,
+                             [Image.new("RGB", (64, 48), "red"), Image.new("RGB", (40, 64), "blue")])
+    image_id = scaled.model.config.image_token_id
+    per_row = (batch["input_ids"] == image_id).sum(dim=1).tolist()
+    assert all(abs(n - 144) <= 20 for n in per_row), per_row  # about 336x336 pixels each, aspect kept
+    with torch.no_grad():
+        scaled.model(**{k: v for k, v in batch.items() if k != "position_ids"})

@@ -1,0 +1,161 @@
+import os
+import zipfile
+
+import pytest
+
+from pipelines.archives import MemberError, SafeZip, safe_extract_zip, unsafe_name_reason
+from tests.support.fixtures_mmeb import add_symlink, corrupt_member_crc, write_zip
+
+GOOD = {"images/CIRR/Train/a.jpg": b"A" * 100, "images/CIRR/Train/b c.jpg": b"B" * 50}
+EVIL_NAMES = ["../evil.jpg", "/abs/evil.jpg", "images/../../evil.jpg", "C:\\evil.jpg",
+              "..\\..\\evil.jpg", "\\\\host\\share\\evil.jpg"]
+
+
+def refusal(zip_, name):
+    with pytest.raises(MemberError) as e:
+        zip_.read(name)
+    return e.value.reason
+
+
+def test_reads_members_with_verification(tmp_path):
+    path = write_zip(tmp_path / "ok.zip", GOOD)
+    with SafeZip(path) as z:
+        assert z.names() == sorted(GOOD)
+        assert z.read("images/CIRR/Train/b c.jpg") == GOOD["images/CIRR/Train/b c.jpg"]
+        assert z.read("./images/CIRR/Train/a.jpg") == GOOD["images/CIRR/Train/a.jpg"]
+        assert "images/CIRR/Train/a.jpg" in z and "nope.jpg" not in z
+        assert refusal(z, "nope.jpg") == "missing"
+        assert z.refused == {}
+
+
+@pytest.mark.parametrize("name", EVIL_NAMES)
+def test_zip_slip_members_are_refused_others_still_readable(tmp_path, name):
+    assert unsafe_name_reason(name)
+    path = write_zip(tmp_path / "slip.zip", {**GOOD, name: b"pwned"})
+    with SafeZip(path) as z:
+        assert refusal(z, name) == "unsafe_path"
+        assert z.read("images/CIRR/Train/a.jpg") == GOOD["images/CIRR/Train/a.jpg"]
+        assert len(z.refused) == 1
+
+
+def test_safe_names_pass():
+    for name in ("images/a.jpg", "a..b.jpg", "MSCOCO/558840_object_hot dog.jpg", "x/..y/z"):
+        assert unsafe_name_reason(name) is None
+
+
+def test_symlink_member_is_refused(tmp_path):
+    path = write_zip(tmp_path / "link.zip", GOOD)
+    add_symlink(path, "images/CIRR/Train/passwd.jpg", "/etc/passwd")
+    with SafeZip(path) as z:
+        assert refusal(z, "images/CIRR/Train/passwd.jpg") == "symlink"
+
+
+def test_declared_size_and_ratio_limits(tmp_path):
+    path = write_zip(tmp_path / "big.zip", {**GOOD, "zeros.bin": b"\0" * (3 << 20)})
+    with SafeZip(path) as z:  # default limits: 3 MiB of zeros compress ~1000:1
+        assert refusal(z, "zeros.bin") == "ratio"
+        assert z.read("images/CIRR/Train/a.jpg")
+    with SafeZip(path, max_member_bytes=1 << 20) as z:
+        assert refusal(z, "zeros.bin") == "too_large"
+    with SafeZip(path, max_ratio=5000) as z:
+        assert z.read("zeros.bin") == b"\0" * (3 << 20)
+    # tiny members are not ratio-checked (a 100-byte run of "A" compresses very well)
+    with SafeZip(path, ratio_min_bytes=0, max_ratio=5) as z:
+        assert refusal(z, "images/CIRR/Train/a.jpg") == "ratio"
+
+
+def test_duplicate_names_are_refused(tmp_path):
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.jpg", b"first")
+        with pytest.warns(UserWarning):
+            zf.writestr("x.jpg", b"second")
+        zf.writestr("y.jpg", b"ok")
+    with SafeZip(path) as z:
+        assert refusal(z, "x.jpg") == "duplicate"
+        assert z.read("y.jpg") == b"ok"
+
+
+def test_encrypted_flag_is_refused(tmp_path):
+    path = write_zip(tmp_path / "enc.zip", {"x.jpg": b"data"}, compression=zipfile.ZIP_STORED)
+    raw = bytearray(path.read_bytes())
+    cd = raw.rfind(b"PK\x01\x02")  # central directory entry: general purpose flags at +8
+    raw[cd + 8] |= 0x1
+    path.write_bytes(bytes(raw))
+    with SafeZip(path) as z:
+        assert refusal(z, "x.jpg") == "encrypted"
+
+
+def test_crc_mismatch_is_detected_on_read(tmp_path):
+    path = write_zip(tmp_path / "crc.zip", {"x.jpg": b"0123456789" * 10, "y.jpg": b"fine"},
+                     compression=zipfile.ZIP_STORED)
+    corrupt_member_crc(path, "x.jpg")
+    with SafeZip(path) as z:
+        assert refusal(z, "x.jpg") == "corrupt"
+        assert z.read("y.jpg") == b"fine"
+
+
+def test_not_a_zip_raises_on_open(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"this is not a zip")
+    with pytest.raises(zipfile.BadZipFile):
+        SafeZip(bad)
+
+
+def test_safe_extract_writes_only_inside_dest(tmp_path):
+    path = write_zip(tmp_path / "mixed.zip", {**GOOD, **{n: b"pwned" for n in EVIL_NAMES[:3]}})
+    add_symlink(path, "link.jpg", "/etc/passwd")
+    dest = tmp_path / "out" / "dest"
+    report = safe_extract_zip(path, dest)
+    assert sorted(report.extracted) == sorted(GOOD)
+    assert {n: r for n, (r, _) in report.refused.items()} == {
+        "../evil.jpg": "unsafe_path", "/abs/evil.jpg": "unsafe_path",
+        "images/../../evil.jpg": "unsafe_path", "link.jpg": "symlink"}
+    for name, data in GOOD.items():
+        assert (dest / name).read_bytes() == data
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(["mixed.zip"] + [f"out/dest/{n}" for n in GOOD])
+    assert not any(p.is_symlink() for p in dest.rglob("*"))
+
+
+def test_safe_extract_refuses_paths_through_existing_symlinks(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "link")
+    path = write_zip(tmp_path / "z.zip", {"link/x.jpg": b"x", "ok.jpg": b"ok"})
+    report = safe_extract_zip(path, dest)
+    assert report.extracted == ["ok.jpg"]
+    assert report.refused["link/x.jpg"][0] == "unsafe_path"
+    assert list(outside.iterdir()) == []
+
+
+def test_safe_extract_reports_corrupt_members(tmp_path):
+    path = write_zip(tmp_path / "crc.zip", {"x.jpg": b"0123456789" * 10, "y.jpg": b"fine"},
+                     compression=zipfile.ZIP_STORED)
+    corrupt_member_crc(path, "x.jpg")
+    report = safe_extract_zip(path, tmp_path / "d")
+    assert report.extracted == ["y.jpg"]
+    assert report.refused["x.jpg"][0] == "corrupt"
+    assert not (tmp_path / "d" / "x.jpg").exists()
+    assert not list((tmp_path / "d").glob("*.partial"))
+
+
+def test_corrupt_lzma_member_is_refused_not_raised(tmp_path):
+    path = write_zip(tmp_path / "lz.zip", {"x/a.jpg": bytes(range(256)) * 200, "x/b.jpg": b"fine"},
+                     compression=zipfile.ZIP_LZMA)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"x/a.jpg") + len("x/a.jpg") + 40  # inside the first member's LZMA stream
+    data[start:start + 60] = bytes(b ^ 0x5A for b in data[start:start + 60])
+    path.write_bytes(bytes(data))
+    with SafeZip(path) as z:
+        assert refusal(z, "x/a.jpg") == "corrupt"
+        assert z.read("x/b.jpg") == b"fine"
+
+
+def test_safe_extract_reports_a_file_where_a_folder_must_go(tmp_path):
+    path = write_zip(tmp_path / "clash.zip", {"a": b"1", "a/b": b"2", "c/d": b"3"})
+    report = safe_extract_zip(path, tmp_path / "d")
+    assert report.extracted == ["a", "c/d"] and report.refused["a/b"][0] == "unwritable"
+    assert (tmp_path / "d" / "a").read_bytes() == b"1" and (tmp_path / "d" / "c" / "d").read_bytes() == b"3"

@@ -1,0 +1,343 @@
+"""Prompt rendering and batch collation: record SIDEs + images -> model-ready tensors.
+
+Rendering (`render_text`) follows VLM2Vec exactly in the default mode: the MMEB source string
+(`side["raw"]`) with MMEB's placeholder `<|image_1|>` swapped for the backbone's image token (a bare
+`<|image_pad|>` for Qwen2-VL, `<image>` for LLaVA / Idefics3 / SmolVLM / PaliGemma), no chat template
+(MMEB_SPEC §1.6). Two deliberate deviations, both logged once:
+* a side WITHOUT an image whose raw string still carries the placeholder (the WebQA / EDIS quirk,
+  MMEB_SPEC §1.6) gets the placeholder (and the newline or space after it) removed: an image token
+  without pixels makes the processors fail;
+* a side WITH an image whose raw string lacks the placeholder gets `<image token>\n` prepended.
+
+Collation (`Collator`) turns a mixed batch (some rows with an image, some without) into one dict of
+tensors. Text is truncated to `max_text_tokens` BEFORE the processor expands the image token, so an
+image's tokens are never cut (the crash of VLM2Vec issues #38/#79). Rows with and without images are
+run through the processor separately and merged row by row (PaliGemma's processor refuses rows
+without images; the others accept it, so the same path serves all). Because VLM inputs are not
+row-splittable tensors (Qwen's `pixel_values` are patches of all images), GradCache-style chunking
+must call the Collator per chunk of sides ("late processing"), not slice its output.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from pipelines.images import max_pixels_size, to_rgb
+from pipelines.schema import IMAGE_TOKEN
+from trainer.model import image_processing, positions
+
+log = logging.getLogger(__name__)
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg, *args)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """What rendering needs to know about a backbone (picklable, no model)."""
+
+    family: str
+    kind: str
+    image_token: str
+
+
+def _format_of(backbone) -> PromptFormat:
+    return PromptFormat(backbone.family, backbone.kind, backbone.image_token)
+
+
+def _strip_placeholder(raw: str) -> str:
+    """`raw` without MMEB's image placeholder and the one newline/space right after it."""
+    out = raw
+    for sep in ("\n", " ", ""):
+        out = out.replace(IMAGE_TOKEN + sep, "")
+    return out
+
+
+def render_text(side: dict, backbone, *, instructions: bool = True, has_image: bool) -> str:
+    """The text fed to the backbone for one SIDE (see the module docstring).
+
+    VLMs, `instructions=True`: VLM2Vec's exact input string (`raw` with the placeholder swapped).
+    VLMs, `instructions=False` (the paper's ablation): `"<image token>\\n" + text + "\\n"` (each part
+    only when present), i.e. the same layout without the instruction.
+    Dual encoders (CLIP/SigLIP): plain text without any image token: instruction + text stripped of
+    surrounding whitespace (`instructions=True`) or the text alone.
+    The result is never empty for a side without image (ValueError instead: a dual encoder would give
+    it an all-zero embedding, a VLM nothing to pool), and holds the VLM's image token exactly once per
+    image (ValueError for a source text that contains it, e.g. "<image>" for LLaVA: the processor
+    would expand it and find no image for it).
+    """
+    fmt = _format_of(backbone)
+    raw = side.get("raw") or ""
+    if fmt.kind == "dual":
+        text = _strip_placeholder(raw).strip() if instructions else (side.get("text") or "").strip()
+    elif instructions:
+        n = raw.count(IMAGE_TOKEN)
+        if has_image:
+            if n == 0:
+                _warn_once("prepend", "a side with an image has no %s in its text; prepending the image token",
+                           IMAGE_TOKEN)
+                text = f"{fmt.image_token}\n{raw}"
+            elif n == 1:
+                text = raw.replace(IMAGE_TOKEN, fmt.image_token)
+            else:
+                raise ValueError(f"side has {n} image placeholders but one image: {raw[:80]!r}")
+        else:
+            if n:
+                _warn_once("strip", "removing %s from sides without an image (WebQA/EDIS quirk)", IMAGE_TOKEN)
+            text = _strip_placeholder(raw)
+    else:
+        body = (side.get("text") or "").strip()
+        parts = ([fmt.image_token] if has_image else []) + ([body] if body else [])
+        text = "\n".join(parts) + "\n" if parts else ""
+    if not has_image and not text.strip():
+        raise ValueError(f"side renders to empty text and has no image: {side!r:.200}")
+    if fmt.image_token and text.count(fmt.image_token) != int(has_image):  # the source text holds it
+        raise ValueError(f"side text holds the backbone's image token {fmt.image_token!r} itself: {raw[:80]!r}")
+    return text
+
+
+def resize_to_max_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    """RGB copy of `image` scaled down (aspect kept, bicubic) so that width*height <= max_pixels.
+    Transparency goes onto white, as the normalize stage and transformers' processors put it
+    (`pipelines.images.to_rgb`; a plain `convert("RGB")` would show the hidden colours, often black)."""
+    image = to_rgb(image)
+    if max_pixels is None or image.width * image.height <= max_pixels:
+        return image
+    return image.resize(max_pixels_size(image.width, image.height, max_pixels), Image.BICUBIC)
+
+
+# keys that hold one entry per row of the text sequence (padded when merging sub-batches)
+_SEQUENCE_KEYS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
+
+
+class Collator:
+    """Sides + images -> model-ready tensors (picklable: holds the processor, never the model).
+
+    `torch_images` (default on) swaps a Qwen2-VL / Qwen2.5-VL image processor for
+    `trainer.model.image_processing.QwenImageProcessor`: the same tensors, several times faster.
+    `mrope_positions` (default on) adds Qwen2-VL / Qwen2.5-VL batches with images their M-RoPE
+    `position_ids` [3, B, L] (`trainer.model.positions`), which the model would otherwise compute itself
+    with a device sync per row and step. `pad_to_multiple_of` (VLMs) pads every batch's length up to
+    a multiple of it, on the tokenizer's padding side: a handful of lengths instead of one per batch,
+    for compiled code and CUDA graphs, which are specialised per shape; the embeddings are the same
+    (padding is masked; `trainer.model.pooling` finds the last real token on either side).
+
+    Output for VLMs: the processor's keys (input_ids, attention_mask, pixel_values, image_grid_thw,
+    mm_token_type_ids, ... per family) plus `has_image` (bool [B]). Dual encoders: input_ids,
+    attention_mask, pixel_values (only the rows with an image, in row order), `has_image` and
+    `has_text` (bool [B]).
+    """
+
+    def __init__(self, backbone, *, max_text_tokens: int = 256, image_max_pixels: int | None = None,
+                 instructions: bool = True, torch_images: bool = True, mrope_positions: bool = True,
+                 pad_to_multiple_of: int = 1):
+        if max_text_tokens < 1:
+            raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
+        if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be an integer >= 1, got {pad_to_multiple_of!r}")
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.format = _format_of(backbone)
+        processor = backbone.processor
+        if image_max_pixels:  # Qwen2-VL / Qwen2.5-VL: the processor's own max_pixels lowered to the cap
+            processor, own = image_processing.cap_max_pixels(processor, image_max_pixels)
+            if own is not None and own < image_max_pixels:
+                _warn_once("max_pixels", "image_max_pixels %d is above the image processor's own max_pixels %d, "
+                           "which wins: images reach the model at most at %d pixels", image_max_pixels, own, own)
+        # Qwen2-VL / Qwen2.5-VL: transformers' image tensors computed in torch (trainer.model.image_processing)
+        self.processor = image_processing.install(processor) if torch_images else processor
+        self.max_text_tokens = int(max_text_tokens)
+        self.image_max_pixels = image_max_pixels
+        self.instructions = bool(instructions)
+        self.truncated = 0  # texts `__call__` cut at max_text_tokens so far (VLM backbones)
+        # Qwen2-VL / Qwen2.5-VL: M-RoPE positions computed here, not in the model (trainer.model.positions)
+        self._mrope = None
+        if mrope_positions and self.format.family in positions.FAMILIES:
+            token_id = getattr(self.processor, "image_token_id", None)
+            merge = getattr(getattr(self.processor, "image_processor", None), "merge_size", None)
+            if isinstance(token_id, int) and isinstance(merge, int):
+                self._mrope = (token_id, merge)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def settings(self) -> dict:
+        """The settings that change the tensors (part of an embedding model's fingerprint)."""
+        return dict(max_text_tokens=self.max_text_tokens, image_max_pixels=self.image_max_pixels,
+                    instructions=self.instructions)
+
+    # -- text --------------------------------------------------------------------------------------
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _cut(self, piece: str, budget: int) -> str:
+        """The longest token-aligned prefix of `piece` that tokenizes to <= budget tokens."""
+        if budget <= 0:
+            return ""
+        enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= budget:
+            return piece
+        k = budget
+        while k > 0:
+            prefix = piece[: offsets[k - 1][1]]
+            if self._count(prefix) <= budget:
+                return prefix
+            k -= 1
+        return ""
+
+    def truncate(self, text: str) -> str:
+        """`text` with at most `max_text_tokens` text tokens; every image token is kept.
+
+        The text between image tokens is tokenized piece by piece and cut at the end once the budget
+        is spent (VLM2Vec truncates on the right too); special tokens added later by the processor
+        (BOS, PaliGemma's layout) are not counted.
+        """
+        token = self.format.image_token
+        pieces = text.split(token) if token else [text]
+        budget, out = self.max_text_tokens, []
+        for i, piece in enumerate(pieces):
+            if i:
+                out.append(token)
+            kept = self._cut(piece, budget)
+            budget -= self._count(kept) if kept else 0
+            out.append(kept)
+        return "".join(out)
+
+    # -- batch -------------------------------------------------------------------------------------
+    def validate(self, sides: Sequence[dict], images: Sequence[Image.Image | None]) -> None:
+        """Raise ValueError when a side could not be collated: its text (`render_text`), and for a
+        Qwen2-VL / Qwen2.5-VL image the processor's size rule (it refuses an aspect ratio over 200).
+        Cheap (no tokenizing, no pixels): the loader checks each record with it before building a
+        batch, so one bad record is quarantined instead of failing the whole batch."""
+        size_rule = getattr(self.processor.image_processor, "target_size", None)
+        for side, image in zip(sides, images):
+            render_text(side, self.format, instructions=self.instructions, has_image=image is not None)
+            if image is not None and size_rule is not None:
+                limit = self.image_max_pixels
+                size_rule(*(max_pixels_size(image.width, image.height, limit) if limit else image.size))
+
+    def __call__(self, sides: Sequence[dict], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
+        if len(sides) != len(images):
+            raise ValueError(f"{len(sides)} sides but {len(images)} images")
+        if not sides:
+            raise ValueError("empty batch")
+        has_image = [im is not None for im in images]
+        texts = [render_text(s, self.format, instructions=self.instructions, has_image=h)
+                 for s, h in zip(sides, has_image)]
+        pics = [self._fit(im) if im is not None else None for im in images]
+        if self.format.kind == "dual":
+            return self._dual(texts, pics, has_image)
+        cut = [self.truncate(t) for t in texts]
+        self.truncated += sum(c != t for c, t in zip(cut, texts))
+        return self._vlm(cut, pics, has_image)
+
+    def _fit(self, image: Image.Image) -> Image.Image:
+        """`resize_to_max_pixels`, without its copy for an RGB image that already fits (pre-scaled
+        shards): the processors only read it."""
+        limit = self.image_max_pixels
+        if image.mode == "RGB" and (limit is None or image.width * image.height <= limit):
+            return image
+        return resize_to_max_pixels(image, limit)
+
+    def _dual(self, texts, pics, has_image) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        limit = self.max_text_tokens
+        model_max = getattr(tok, "model_max_length", None)
+        if model_max and model_max < 10**6:
+            limit = min(limit, model_max)
+        if self.format.family == "siglip":  # SigLIP pools the LAST position: always pad to max length
+            enc = tok(texts, padding="max_length", truncation=True, max_length=limit, return_tensors="pt")
+        else:
+            enc = tok(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        out = {k: enc[k] for k in ("input_ids", "attention_mask") if k in enc}
+        if "attention_mask" not in out:
+            out["attention_mask"] = torch.ones_like(out["input_ids"])
+        with_image = [p for p in pics if p is not None]
+        if with_image:
+            out["pixel_values"] = self.processor.image_processor(with_image, return_tensors="pt")["pixel_values"]
+        out["has_image"] = torch.tensor(has_image, dtype=torch.bool)
+        out["has_text"] = torch.tensor([bool(t) for t in texts], dtype=torch.bool)
+        return out
+
+    def _process(self, texts: list[str], pics: list[Image.Image] | None) -> dict[str, Any]:
+        family, proc = self.format.family, self.processor
+        if pics is None:
+            if family == "paligemma":  # its processor requires images; same layout as its image rows
+                texts = [f"{proc.tokenizer.bos_token}{t}\n" for t in texts]
+                enc = proc.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=True)
+                return dict(enc)
+            return dict(proc(text=texts, padding=True, return_tensors="pt"))
+        if family in ("idefics3", "smolvlm"):
+            pics = [[p] for p in pics]
+        return dict(proc(text=texts, images=pics, padding=True, return_tensors="pt"))
+
+    def _vlm(self, texts, pics, has_image) -> dict[str, torch.Tensor]:
+        rows_img = [i for i, h in enumerate(has_image) if h]
+        rows_txt = [i for i, h in enumerate(has_image) if not h]
+        parts = []
+        if rows_img:
+            parts.append((rows_img, self._process([texts[i] for i in rows_img], [pics[i] for i in rows_img])))
+        if rows_txt:
+            parts.append((rows_txt, self._process([texts[i] for i in rows_txt], None)))
+        out = parts[0][1] if len(parts) == 1 else self._merge(parts, len(texts))
+        out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        out = self._pad_length(out)
+        if self._mrope is not None and "image_grid_thw" in out:
+            out["position_ids"] = positions.mrope_position_ids(out["input_ids"], out["attention_mask"],
+                                                               out["image_grid_thw"], *self._mrope)
+        out["has_image"] = torch.tensor(has_image, dtype=torch.bool)
+        return out
+
+    def _fill(self, key: str) -> int:
+        """The padding value of sequence key `key`: the tokenizer's pad id for input_ids, else `_SEQUENCE_KEYS`'."""
+        if key != "input_ids":
+            return _SEQUENCE_KEYS[key]
+        pad_id = self.tokenizer.pad_token_id
+        return pad_id if pad_id is not None else 0
+
+    def _pad_length(self, enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`enc` with its sequence keys padded up to a length that is a multiple of `pad_to_multiple_of`."""
+        extra = -enc["input_ids"].shape[1] % self.pad_to_multiple_of
+        if not extra:
+            return enc
+        side = (extra, 0) if self.tokenizer.padding_side == "left" else (0, extra)
+        return {k: torch.nn.functional.pad(v, side, value=self._fill(k)) if k in _SEQUENCE_KEYS else v
+                for k, v in enc.items()}
+
+    def _merge(self, parts, batch: int) -> dict[str, torch.Tensor]:
+        """Row-wise merge of the image-row and text-row encodings into one padded batch, rows in order."""
+        length = max(p["input_ids"].shape[1] for _, p in parts)
+        left = self.tokenizer.padding_side == "left"
+        merged: dict[str, torch.Tensor] = {}
+        seq_keys = [k for k in _SEQUENCE_KEYS if any(k in p for _, p in parts)]
+        for key in seq_keys:
+            ref = next(p[key] for _, p in parts if key in p)
+            full = torch.full((batch, length), self._fill(key), dtype=ref.dtype)
+            for rows, p in parts:
+                t = p.get(key)
+                if t is None:  # e.g. mm_token_type_ids absent from a text-only encoding: all text
+                    t = torch.zeros_like(p["input_ids"], dtype=ref.dtype)
+                n = t.shape[1]
+                idx = torch.tensor(rows)
+                if left:
+                    full[idx, length - n:] = t
+                else:
+                    full[idx, :n] = t
+            merged[key] = full
+        for _, p in parts:  # image tensors come from the image rows only, already in row order
+            for key, value in p.items():
+                if key not in _SEQUENCE_KEYS and key not in merged:
+                    merged[key] = value
+        return merged
