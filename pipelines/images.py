@@ -80,7 +80,7 @@ def pil_limits(max_pixels: int):
 def max_pixels_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     """The size an image of `width` x `height` is scaled down to (aspect kept) so that
     width * height <= max_pixels; unchanged when it already fits. The one rule for the training
-    resolution: the shard stage pre-scales with it and the collator (`trainer.inputs`) applies it."""
+    resolution: the shard stage pre-scales with it and the collator (`trainer.model.inputs`) applies it."""
     if width * height <= max_pixels:
         return width, height
     scale = math.sqrt(max_pixels / (width * height))
@@ -91,6 +91,26 @@ def max_pixels_size(width: int, height: int, max_pixels: int) -> tuple[int, int]
         else:
             h -= 1
     return w, h
+
+
+MAX_ASPECT = 200  # the most elongated image Qwen2-VL's processor takes (its smart_resize refuses more)
+
+
+def side_cut(max_side: int | None, max_pixels: int | None) -> str | None:
+    """Why capping the longer image side at `max_side` (after the pixel cap) holds elongated images
+    below the training resolution `max_pixels`, or None when every aspect ratio up to `MAX_ASPECT`
+    keeps it: an image of aspect ratio ``a`` keeps `max_pixels` only while ``sqrt(max_pixels * a)``
+    fits the side, so at 1003520 pixels a 1344 px cap trains every image more elongated than 1.8:1
+    (tall documents, infographics, panoramas) at a fraction of the pixels evaluation gives it."""
+    if max_side is None or max_pixels is None or int(max_side) ** 2 >= MAX_ASPECT * int(max_pixels):
+        return None
+    need = math.isqrt(MAX_ASPECT * int(max_pixels) - 1) + 1
+    side, pixels = int(max_side), int(max_pixels)
+    return (f"shard.image_max_side {side} caps the longer image side after the pixel cap: images more elongated "
+            f"than {side * side / pixels:.2f}:1 (tall documents, infographics, panoramas) train below "
+            f"train.image_max_pixels={pixels} pixels (a 4:1 image at {min(pixels, side * side // 4)}), while "
+            f"evaluation sees them at it; set shard.image_max_side: {need} to keep every aspect ratio up to "
+            f"{MAX_ASPECT}:1 at the training resolution")
 
 
 def snapped_size(width: int, height: int, multiple: int, max_pixels: int | None = None,

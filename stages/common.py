@@ -1,44 +1,96 @@
-"""Shared by the stage entry points: params loading and logging set-up."""
+"""What every stage entry point shares: its command line, logging, params and exit status.
+
+A stage module is thin (DVC's example-get-started): its docstring is its help, `main(argv)` reads the
+params through the contract (`pipelines.params.load`) and calls one library function, and
+
+    if __name__ == "__main__":
+        cli(main)
+
+runs it. The return convention: `main` returns the exit status, 0 when the stage succeeded, 1 when its
+library raised `StageFailed` (the outputs are written; the message says which policy failed). A
+params mistake raises `ParamsError` out of `main` before any work; `cli` prints it without a
+traceback and exits with 2. Loggers are named after their modules (``logging.getLogger(__name__)``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Callable
 
-import yaml
+from pipelines.errors import StageFailed
+from pipelines.params import Params, ParamsError, load
 
-PARAMS_FILE = Path(os.environ.get("VLM2VEC_PARAMS", "params.yaml"))
+log = logging.getLogger(__name__)
 
 
-def load_params(*sections: str, path: str | Path | None = None) -> dict[str, Any]:
-    """Return the requested top-level sections of params.yaml (a dict of dicts).
+def parse_args(doc: str | None, argv: list[str] | None, *, paths: dict[str, Path] | None = None,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The stage's arguments: ``--params`` (default params.yaml or $VLM2VEC_PARAMS), one ``--<name>``
+    option per entry of `paths` (defaults: the DVC layout of dvc.yaml), and what `extra` adds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: params.yaml)")
+    for name, default in (paths or {}).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, default=default,
+                            help=f"default: {default}")
+    if extra is not None:
+        extra(parser)
+    return parser.parse_args(argv)
 
-    With one section, return that section's dict directly.
-    """
-    path = Path(path or PARAMS_FILE)
-    with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f) or {}
-    missing = [s for s in sections if s not in params]
-    if missing:
-        raise KeyError(f"{path}: missing params section(s) {missing}")
+
+def setup_logging(name: str | None = None) -> logging.Logger:
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return logging.getLogger(name)
+
+
+def start(doc: str | None, argv: list[str] | None, **kwargs) -> tuple[argparse.Namespace, Params]:
+    """Parse the arguments, set up logging, load and check the params: the first lines of every
+    stage's `main`."""
+    args = parse_args(doc, argv, **kwargs)
+    setup_logging()
+    return args, load(args.params)
+
+
+def finish(name: str, work: Callable[[], object]) -> int:
+    """Run the stage's library call; 0, or 1 with the message on stderr when it raised StageFailed."""
+    try:
+        work()
+    except StageFailed as e:
+        log.error("%s failed:\n%s", name, e)
+        print(f"{name}: FAILED\n{e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cli(main: Callable[[list[str] | None], int]) -> None:
+    """``python -m stages.<name>``: exit with `main`'s status; a params mistake prints its message
+    (every problem, each naming its key) and exits with 2."""
+    try:
+        status = main(None)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        status = 2
+    raise SystemExit(status)
+
+
+# transitional, until every stage uses `start`: the old per-section loader and key check
+def load_params(*sections: str, path: str | Path | None = None) -> dict:
+    import yaml
+
+    from pipelines.params import params_path
+
+    with open(params_path(path), encoding="utf-8") as f:
+        document = yaml.safe_load(f) or {}
     if len(sections) == 1:
-        return dict(params[sections[0]])
-    return {s: dict(params[s]) for s in sections}
+        return dict(document[sections[0]])
+    return {s: dict(document[s]) for s in sections}
 
 
-def check_keys(section: str, params: Mapping[str, Any], known: Iterable[str]) -> None:
-    """Raise ValueError naming the keys of params section `section` that its stage does not read: a
-    typo (`dvc exp run -S eval.dataset=[...]`) would otherwise run with the default, unnoticed."""
+def check_keys(section: str, params, known) -> None:
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(f"params {section}: unknown key(s) {unknown}; known: {sorted(known)}")
-
-
-def setup_logging(name: str) -> logging.Logger:
-    logging.basicConfig(
-        level=os.environ.get("LOGLEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return logging.getLogger(name)
