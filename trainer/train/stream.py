@@ -71,7 +71,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from pipelines import shard as shard_format
-from pipelines.images import max_pixels_size
+from pipelines.images import max_pixels_size, side_cut
 
 log = logging.getLogger(__name__)
 
@@ -118,43 +118,19 @@ def _index_params(shard_dir: str | Path) -> dict[str, Any]:
 def check_shard_resolution(shard_dir: str | Path, image_max_pixels: int | None) -> None:
     """Refuse shards whose images were pre-scaled below the training resolution.
 
-    The shard stage scales images to at most ``shard.max_image_pixels`` (recorded in index.json);
-    training at a larger ``image_max_pixels`` (or without a cap) would silently see the smaller
-    images; so would elongated images whose longer side ``shard.max_image_side`` cut below it
-    (`shard_side_cut`). Raises ValueError saying which param to change."""
+    The params contract refuses such params before any stage runs; this checks the shards actually
+    read (made by other params, or pointed to with ``--shards``), from the params their index.json
+    records: images pre-scaled to fewer pixels than ``image_max_pixels``, or elongated images whose
+    longer side the side cap cut below it (`pipelines.images.side_cut`). Raises ValueError saying
+    which param to change."""
     made = _index_params(shard_dir).get("max_image_pixels")
     if made is not None and (image_max_pixels is None or int(image_max_pixels) > int(made)):
         raise ValueError(
-            f"the shards under {shard_dir} hold images of at most {made} pixels (shard.max_image_pixels) but "
+            f"the shards under {shard_dir} hold images of at most {made} pixels (shard.image_max_pixels) but "
             f"train.image_max_pixels is {image_max_pixels}: re-run the shard stage with "
-            f"shard.max_image_pixels: {image_max_pixels} (e.g. dvc exp run -S train.image_max_pixels=X "
-            f"-S shard.max_image_pixels=X)")
-    if cut := shard_side_cut(shard_dir, image_max_pixels):
-        raise ValueError(cut)
-
-
-MAX_ASPECT = 200  # the most elongated image Qwen2-VL's processor takes (its smart_resize refuses more)
-
-
-def shard_side_cut(shard_dir: str | Path, image_max_pixels: int | None) -> str | None:
-    """Why the shards hold elongated images below the training resolution, or None when they do not.
-
-    The shard stage caps the longer side at ``shard.max_image_side`` after the pixel cap, so an image
-    of aspect ratio ``a`` keeps ``image_max_pixels`` only while ``sqrt(image_max_pixels * a)`` fits
-    that side: at 1003520 pixels and the default 1344 px, every image more elongated than 1.8:1 (tall
-    documents, infographics, panoramas) trains at a fraction of the pixels evaluation gives it.
-    None when the cap leaves every aspect ratio up to `MAX_ASPECT` at the training resolution."""
-    side = _index_params(shard_dir).get("max_image_side")
-    if side is None or image_max_pixels is None or int(side) ** 2 >= MAX_ASPECT * int(image_max_pixels):
-        return None
-    need = math.isqrt(MAX_ASPECT * int(image_max_pixels) - 1) + 1
-    side, pixels = int(side), int(image_max_pixels)
-    return (f"the shards under {shard_dir} cap the longer image side at {side} px (shard.max_image_side), "
-            f"after the pixel cap: "
-            f"images more elongated than {side * side / pixels:.2f}:1 (tall documents, infographics, panoramas) "
-            f"train below train.image_max_pixels={pixels} pixels (a 4:1 image at {min(pixels, side * side // 4)}), "
-            f"while evaluation sees them at it; set shard.max_image_side: {need} to keep every aspect ratio "
-            f"up to {MAX_ASPECT}:1 at the training resolution")
+            f"shard.image_max_pixels: train")
+    if cut := side_cut(_index_params(shard_dir).get("max_image_side"), image_max_pixels):
+        raise ValueError(f"the shards under {shard_dir}: {cut}")
 
 
 def shard_grid_mismatch(shard_dir: str | Path, image_processor) -> str | None:
