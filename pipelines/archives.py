@@ -14,24 +14,25 @@ use against us:
     missing       no member of that name
     corrupt       CRC or size mismatch, or an undecompressable stream, found while reading
 
-A refusal is raised as `MemberError(reason, detail)` for that member only; the archive stays usable.
+A refusal is raised as `Rejected(reason, detail)` for that member only; the archive stays usable.
 `safe_extract_zip` applies the same checks when extracting a whole archive and returns a report of
 what was extracted and what was refused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import lzma
-import os
 import re
 import stat
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+from pipelines import files
+from pipelines.errors import Rejected
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,6 @@ DEFAULT_RATIO_MIN_BYTES = 1 << 20  # the ratio check applies to members declarin
 
 _CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-class MemberError(Exception):
-    """A member was refused or could not be read; `reason` is one of the reasons in the module doc."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def unsafe_name_reason(name: str) -> str | None:
@@ -84,7 +76,7 @@ class SafeZip:
     """Read-only access to the members of one zip file, with per-member refusals.
 
     `refused` maps member name -> (reason, detail) for every member refused while indexing;
-    `read(name)` returns a member's verified bytes or raises `MemberError`.
+    `read(name)` returns a member's verified bytes or raises `Rejected`.
     """
 
     path: Path
@@ -151,9 +143,9 @@ class SafeZip:
     def info(self, name: str) -> zipfile.ZipInfo:
         key = normalize_member_name(name)
         if key in self.refused:
-            raise MemberError(*self.refused[key])
+            raise Rejected(*self.refused[key])
         if key not in self._members:
-            raise MemberError("missing", f"{name!r} is not in {self.path.name}")
+            raise Rejected("missing", f"{name!r} is not in {self.path.name}")
         return self._members[key]
 
     def read(self, name: str) -> bytes:
@@ -166,12 +158,12 @@ class SafeZip:
                     f.read(1)  # force the end-of-stream CRC check when the read stopped exactly at it
         except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError,
                 NotImplementedError) as e:  # bz2's errors are OSError
-            raise MemberError("corrupt", f"{info.filename!r}: {type(e).__name__}: {e}") from e
+            raise Rejected("corrupt", f"{info.filename!r}: {type(e).__name__}: {e}") from e
         if len(data) != info.file_size:
-            raise MemberError("corrupt", f"{info.filename!r}: read {len(data)} bytes, "
+            raise Rejected("corrupt", f"{info.filename!r}: read {len(data)} bytes, "
                                          f"declared {info.file_size}")
         if zlib.crc32(data) & 0xFFFFFFFF != info.CRC:
-            raise MemberError("corrupt", f"{info.filename!r}: CRC-32 mismatch")
+            raise Rejected("corrupt", f"{info.filename!r}: CRC-32 mismatch")
         return data
 
     def close(self) -> None:
@@ -211,17 +203,12 @@ def safe_extract_zip(path: str | Path, dest: str | Path, **limits) -> ExtractRep
                 continue
             try:
                 data = archive.read(name)
-            except MemberError as e:
+            except Rejected as e:
                 report.refused[name] = (e.reason, e.detail)
                 continue
-            tmp = target.with_name(target.name + ".partial")
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                files.write_bytes(target, data)
             except OSError as e:  # e.g. members "a" and "a/b": a file where a folder must go
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
                 report.refused[name] = ("unwritable", f"{name!r}: {type(e).__name__}: {e}")
                 continue
             report.extracted.append(name)

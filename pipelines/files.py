@@ -81,32 +81,55 @@ def fsync_dir(path: str | Path) -> None:
 def fsync_tree(path: str | Path) -> None:
     """fsync every file under `path` and every folder, deepest first."""
     path = Path(path)
-    for root, _dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
+    for root, _dirs, names in os.walk(path, topdown=False):
+        for name in names:
+            _fsync_file(Path(root, name))
         fsync_dir(root)
+
+
+class Pending:
+    """A file or folder being written under its temporary name `path` (`temporary(final)`): `commit`
+    puts it at `final`, `abort` removes it. For writers that hand a path to another library
+    (pyarrow's ParquetWriter) or keep a file open across calls (a tar being filled)."""
+
+    def __init__(self, final: str | Path, *, fsync: bool = False):
+        self.final = Path(final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = temporary(self.final)
+        self.fsync = fsync
+
+    def commit(self) -> Path:
+        if self.fsync:
+            fsync_tree(self.path) if self.path.is_dir() else _fsync_file(self.path)
+        if self.path.is_dir():
+            replace_dir(self.path, self.final)
+        else:
+            os.replace(self.path, self.final)
+        if self.fsync:
+            fsync_dir(self.final.parent)
+        return self.final
+
+    def abort(self) -> None:
+        remove(self.path)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", *, fsync: bool = False,
                 encoding: str | None = None) -> Iterator[IO]:
     """An open file whose bytes appear at `path` when the block ends without an error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary(path)
+    pending = Pending(path, fsync=fsync)
     try:
-        with open(tmp, mode, encoding=encoding if "b" not in mode else None) as f:
+        with open(pending.path, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        pending.commit()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        pending.abort()
         raise
-    if fsync:
-        fsync_dir(path.parent)
 
 
 def write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) -> None:
@@ -133,22 +156,16 @@ def write_json(path: str | Path, obj: Any, *, fsync: bool = False, **layout) -> 
 def atomic_dir(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
     """A new empty folder to fill; when the block ends without an error it replaces `path` (whatever
     was there goes), else it is removed. Temporaries of killed writers are removed first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    tmp = temporary(path)
-    remove(tmp)
-    tmp.mkdir()
+    pending = Pending(path, fsync=fsync)
+    remove(pending.path)
+    pending.path.mkdir()
     try:
-        yield tmp
-        if fsync:
-            fsync_tree(tmp)
-        replace_dir(tmp, path)
+        yield pending.path
+        pending.commit()
     except BaseException:
-        remove(tmp)
+        pending.abort()
         raise
-    if fsync:
-        fsync_dir(path.parent)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

@@ -1,7 +1,7 @@
 """Image validation and conversion for the normalize stage.
 
 `prepare_image(data, max_pixels)` turns the bytes of one source image into the bytes we store
-(`imagestore.StoredImage`), or raises `ImageRejected(reason, detail)`:
+(`imagestore.StoredImage`), or raises `Rejected(reason, detail)`:
 
     image_empty             zero bytes
     image_undecodable       PIL cannot identify or decode it (or its mode cannot be converted)
@@ -33,22 +33,14 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from pipelines.archives import MemberError, SafeZip, normalize_member_name
+from pipelines.archives import SafeZip, normalize_member_name
+from pipelines.errors import Rejected
 from pipelines.imagestore import StoredImage
 
 log = logging.getLogger(__name__)
 
 KEEP_MODES = ("1", "L", "RGB")
 WHITE = (255, 255, 255)
-
-
-class ImageRejected(Exception):
-    """One image cannot be used; `reason` is a short machine-readable reason."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -184,16 +176,16 @@ def _encode(img: Image.Image, source_format: str | None) -> tuple[bytes, str]:
 
 
 def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
-    """Validate one image and return what to store; raises ImageRejected (never anything else)."""
+    """Validate one image and return what to store; raises Rejected (never anything else)."""
     if not data:
-        raise ImageRejected("image_empty", "zero bytes")
+        raise Rejected("image_empty", "zero bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size  # from the header: nothing decoded yet
             if width * height > max_pixels:
-                raise ImageRejected("image_too_large",
+                raise Rejected("image_too_large",
                                     f"{width}x{height} = {width * height} pixels > max_pixels {max_pixels}")
             img.load()
             converted = _needs_conversion(img)
@@ -203,15 +195,15 @@ def prepare_image(data: bytes, max_pixels: int) -> PreparedImage:
                 width, height = rgb.size
             else:
                 stored_bytes, fmt = data, img.format or "UNKNOWN"
-    except ImageRejected:
+    except Rejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected("image_too_large", f"{e} (max_pixels {max_pixels})") from e
+        raise Rejected("image_too_large", f"{e} (max_pixels {max_pixels})") from e
     except UnidentifiedImageError as e:
-        raise ImageRejected("image_undecodable", str(e)) from e
+        raise Rejected("image_undecodable", str(e)) from e
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad data
         reason = "image_truncated" if "truncat" in str(e).lower() else "image_undecodable"
-        raise ImageRejected(reason, f"{type(e).__name__}: {e}") from e
+        raise Rejected(reason, f"{type(e).__name__}: {e}") from e
     stored = StoredImage(sha256=_sha256(stored_bytes), bytes=stored_bytes, width=int(width),
                          height=int(height), format=fmt)
     return PreparedImage(stored=stored, converted=converted)
@@ -226,7 +218,7 @@ class ImageSource:
            their members are named "<Subset>/Train/<file>": `member_for` finds a member under the
            row path or under it without its leading folders (at least folder/file kept).
     eval:  row paths look like "<Dataset>/<file>" and live in MMEB-eval/images.zip.
-    `read(path)` returns the member's bytes or raises ImageRejected (image_missing,
+    `read(path)` returns the member's bytes or raises Rejected (image_missing,
     image_unsafe_member, image_corrupt, archive_unreadable).
     """
 
@@ -257,9 +249,9 @@ class ImageSource:
                 self._zips[archive] = e
         found = self._zips[archive]
         if isinstance(found, FileNotFoundError):
-            raise ImageRejected("image_missing", f"archive {archive.name} not found")
+            raise Rejected("image_missing", f"archive {archive.name} not found")
         if isinstance(found, Exception):
-            raise ImageRejected("archive_unreadable", f"{archive.name}: {type(found).__name__}: {found}")
+            raise Rejected("archive_unreadable", f"{archive.name}: {type(found).__name__}: {found}")
         return found
 
     @staticmethod
@@ -286,12 +278,12 @@ class ImageSource:
         archive = self._open(self.archive_for(path))
         try:
             return archive.read(self.member_for(archive, path))
-        except MemberError as e:
+        except Rejected as e:
             if e.reason == "missing":
-                raise ImageRejected("image_missing", e.detail) from e
+                raise Rejected("image_missing", e.detail) from e
             if e.reason == "corrupt":
-                raise ImageRejected("image_corrupt", e.detail) from e
-            raise ImageRejected("image_unsafe_member", f"{e.reason}: {e.detail}") from e
+                raise Rejected("image_corrupt", e.detail) from e
+            raise Rejected("image_unsafe_member", f"{e.reason}: {e.detail}") from e
 
     def close(self) -> None:
         for z in self._zips.values():

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines import files
 from pipelines.schema import IMAGE_SCHEMA
 
 STAGING = "_staging"
@@ -185,11 +186,11 @@ def merge_range(root: str, staged: dict[str, list[tuple[str, list[int], int]]]) 
     """Write the bucket files of `staged` (bucket -> staged row groups, as `_staged_groups` gives):
     rows sorted by sha256, the first of each sha256 kept (identical bytes by construction). Returns
     the rows written. Top-level and plain-argument, so a spawned process can run it."""
-    files: dict[str, set[int]] = defaultdict(set)
+    sources: dict[str, set[int]] = defaultdict(set)
     for entries in staged.values():
         for path, groups, _ in entries:
-            files[path].update(groups)
-    tables = [pq.ParquetFile(path).read_row_groups(sorted(groups)) for path, groups in sorted(files.items())]
+            sources[path].update(groups)
+    tables = [pq.ParquetFile(path).read_row_groups(sorted(groups)) for path, groups in sorted(sources.items())]
     # one contiguous copy: take() on a table of many chunks would re-concatenate them for every call
     table = pa.concat_tables(tables).cast(IMAGE_SCHEMA).combine_chunks()
     del tables
@@ -208,9 +209,9 @@ def merge_range(root: str, staged: dict[str, list[tuple[str, list[int], int]]]) 
                 keep.append(end)
             end += 1
         rows = table.take(order.take(pa.array(keep, pa.int64())))  # one bucket's bytes at a time
-        tmp = bucket_path(Path(root), bucket).with_suffix(".tmp")
-        pq.write_table(rows, tmp, **WRITE_OPTIONS)
-        tmp.replace(bucket_path(Path(root), bucket))
+        pending = files.Pending(bucket_path(Path(root), bucket))
+        pq.write_table(rows, pending.path, **WRITE_OPTIONS)
+        pending.commit()
         written += len(keep)
         start = end
         del rows

@@ -41,11 +41,10 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import queue as queue_mod
 import shutil
 from collections import Counter, OrderedDict
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -54,8 +53,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipelines import imagestore, mmeb
-from pipelines.images import ImageRejected, ImageSource, pil_limits, prepare_image
+from pipelines import files, imagestore, mmeb, workers
+from pipelines.errors import StageFailed
+from pipelines.params import Normalize
+from pipelines.errors import Rejected
+from pipelines.images import ImageSource, pil_limits, prepare_image
 from pipelines.prompts import compose, split_side
 from pipelines.schema import (EVAL_COLUMNS, IMAGE_TOKEN, RECORD_SCHEMA, REJECT_SCHEMA, TRAIN_COLUMNS,
                               record_id)
@@ -70,13 +72,6 @@ ROW_CHUNK = 64  # rows converted to Python objects at a time
 FLUSH_SIDES = 65_536  # records are flushed to a row group once they hold this many sides
 QUIRKS = ("stray_image_token", "image_without_token", "instruction_fallback", "composition_mismatches",
           "negative_dropped")
-
-
-class RowRejected(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,7 +90,7 @@ class DatasetTask:
     raw_root: str
     out_root: str
     rejects_root: str
-    max_pixels: int
+    image_reject_pixels: int
     rows_per_part: int
     batch_rows: int
 
@@ -134,7 +129,7 @@ def _num_rows(path: str) -> int:
 
 
 def discover(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
-             params: dict) -> list[DatasetTask]:
+             params: Normalize) -> list[DatasetTask]:
     """One task per dataset found in the raw layout, sorted by (kind, dataset).
 
     Raises ValueError naming datasets the registry (pipelines/mmeb.py) does not know."""
@@ -158,8 +153,8 @@ def discover(raw_root: str | Path, out_root: str | Path, rejects_root: str | Pat
                 continue
             rows = sum(_num_rows(f) for f in files)
             tasks.append(DatasetTask(kind, d.name, split, files, rows, str(raw_root), str(out_root),
-                                     str(rejects_root), int(params["max_pixels"]),
-                                     int(params["rows_per_part"]), int(params["batch_rows"])))
+                                     str(rejects_root), params.image_reject_pixels, params.rows_per_part,
+                                     params.batch_rows))
     if unknown:
         raise ValueError(f"datasets unknown to pipelines/mmeb.py: {unknown}; register them or leave "
                          f"them out of data.train_subsets / data.eval_subsets")
@@ -176,7 +171,7 @@ def _decode(value, column: str) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RowRejected("text_not_utf8", f"column {column}: {e}") from e
+        raise Rejected("text_not_utf8", f"column {column}: {e}") from e
 
 
 def _lenient(value):
@@ -250,28 +245,28 @@ def _safe_pylist(array: pa.Array) -> list:
 
 class PartWriter:
     """Writes records to part-NNNNN.parquet files of `rows_per_part` rows, each through a temporary
-    name that is renamed when the part is complete."""
+    name that is renamed when the part is complete (`files.Pending`)."""
 
     def __init__(self, folder: Path, rows_per_part: int):
         self.folder = folder
         self.rows_per_part = rows_per_part
         self.parts: list[str] = []
         self._writer: pq.ParquetWriter | None = None
-        self._tmp: Path | None = None
+        self._pending: files.Pending | None = None
         self._rows_in_part = 0
 
     def _open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"part-{len(self.parts):05d}.parquet"
-        self._tmp = final.with_name(final.name + ".tmp")
-        self._writer = pq.ParquetWriter(self._tmp, RECORD_SCHEMA, **PARQUET_OPTIONS)
+        self._pending = files.Pending(final)
+        self._writer = pq.ParquetWriter(self._pending.path, RECORD_SCHEMA, **PARQUET_OPTIONS)
         self._rows_in_part = 0
         self.parts.append(str(final))
 
     def _finish(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            os.replace(self._tmp, self.parts[-1])
+            self._pending.commit()
             self._writer = None
 
     def write(self, records: list[dict]) -> None:
@@ -298,7 +293,7 @@ class RejectWriter:
         self.buffer_rows = buffer_rows
         self._rows: list[dict] = []
         self._writer: pq.ParquetWriter | None = None
-        self._tmp = path.with_name(path.name + ".tmp")
+        self._pending = files.Pending(path)
 
     def add(self, row: dict) -> None:
         self._rows.append(row)
@@ -309,8 +304,7 @@ class RejectWriter:
         if not self._rows:
             return
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self._tmp, REJECT_SCHEMA, **PARQUET_OPTIONS)
+            self._writer = pq.ParquetWriter(self._pending.path, REJECT_SCHEMA, **PARQUET_OPTIONS)
         self._writer.write_table(pa.Table.from_pylist(self._rows, schema=REJECT_SCHEMA))
         self._rows = []
 
@@ -319,8 +313,7 @@ class RejectWriter:
         if self._writer is None:
             return None
         self._writer.close()
-        os.replace(self._tmp, self.path)
-        return str(self.path)
+        return str(self._pending.commit())
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,15 +353,15 @@ class DatasetNormalizer:
 
     # -- images --
     def image_ref(self, path: str, side: str) -> dict:
-        """The image reference of `path`; raises RowRejected for a bad image. A new image goes to
+        """The image reference of `path`; raises Rejected for a bad image. A new image goes to
         the store only with its row (`_commit_images`): a row rejected later leaves none behind."""
         hit = self._cache.get(path)
         if hit is None and path in self._pending:
             hit = self._pending[path][1]
         elif hit is None:
             try:
-                prepared = prepare_image(self.images.read(path), self.task.max_pixels)
-            except ImageRejected as e:
+                prepared = prepare_image(self.images.read(path), self.task.image_reject_pixels)
+            except Rejected as e:
                 hit = (e.reason, e.detail)  # not the exception: its traceback would pin the bytes
                 self._remember(path, hit)
             else:
@@ -379,7 +372,7 @@ class DatasetNormalizer:
             self._cache.move_to_end(path)
         if isinstance(hit, tuple):
             reason, detail = hit
-            raise RowRejected(reason, f"{side} image {path!r}: {detail}")
+            raise Rejected(reason, f"{side} image {path!r}: {detail}")
         return hit
 
     def _remember(self, path: str, hit: dict | tuple[str, str]) -> None:
@@ -397,15 +390,15 @@ class DatasetNormalizer:
 
     # -- sides --
     def side(self, raw: str, path: str, role: str, name: str, quirks: Counter) -> dict:
-        """One SIDE struct; raises RowRejected for an empty side or a bad image."""
+        """One SIDE struct; raises Rejected for an empty side or a bad image."""
         has_token = IMAGE_TOKEN in raw
         if not raw.replace(IMAGE_TOKEN, "").strip() and not path:
-            raise RowRejected(f"empty_{name.split()[0]}", f"{name}: no text and no image ({raw!r})")
+            raise Rejected(f"empty_{name.split()[0]}", f"{name}: no text and no image ({raw!r})")
         if has_token and not path:
             if role == "query" and "I" not in self.info.query:  # WebQA/EDIS: text-only queries
                 quirks["stray_image_token"] += 1
             else:
-                raise RowRejected("image_token_without_image",
+                raise Rejected("image_token_without_image",
                                   f"{name} text has {IMAGE_TOKEN} but no image path")
         if path and not has_token:
             quirks["image_without_token"] += 1
@@ -421,7 +414,7 @@ class DatasetNormalizer:
     # -- rows --
     def record(self, index: int, values: dict) -> tuple[dict, Counter]:
         if index <= self._last_index:
-            raise RowRejected("duplicate_id", f"row index {index} repeats or goes back "
+            raise Rejected("duplicate_id", f"row index {index} repeats or goes back "
                                               f"(last was {self._last_index})")
         self._last_index = index
         self._pending.clear()  # images of a row rejected before
@@ -437,7 +430,7 @@ class DatasetNormalizer:
                     neg_quirks: Counter = Counter()  # counted only for a negative that is kept
                     negatives.append(self.side(neg_text, neg_path, "target", "negative", neg_quirks))
                     quirks.update(neg_quirks)
-            except RowRejected as e:
+            except Rejected as e:
                 quirks["negative_dropped"] += 1
                 log.debug("%s row %d: negative dropped (%s)", self.task.key, index, e)
         else:
@@ -445,10 +438,10 @@ class DatasetNormalizer:
                                                                                    "qry_img_path")
             texts, paths = values["tgt_text"] or [], values["tgt_img_path"] or []
             if len(texts) != len(paths):
-                raise RowRejected("candidate_length_mismatch",
+                raise Rejected("candidate_length_mismatch",
                                   f"{len(texts)} tgt_text vs {len(paths)} tgt_img_path")
             if not texts:
-                raise RowRejected("no_candidates", "empty candidate lists")
+                raise Rejected("no_candidates", "empty candidate lists")
             query = self.side(qry_text, qry_path, "query", "query", quirks)
             candidates = [
                 self.side(_decode(t, f"tgt_text[{i}]"), _decode(p, f"tgt_img_path[{i}]"), "target",
@@ -470,7 +463,7 @@ class DatasetNormalizer:
 
 def normalize_dataset(task: DatasetTask, progress: Callable[[int], None] | None = None) -> dict:
     """Normalize one dataset; return {"key", "stats", "parts", "rejects"}. Spawn-safe (top level)."""
-    with pil_limits(task.max_pixels):
+    with pil_limits(task.image_reject_pixels):
         return _normalize_dataset(task, progress)
 
 
@@ -488,9 +481,9 @@ def _normalize_dataset(task: DatasetTask, progress: Callable[[int], None] | None
         stats.rows_in += 1
         try:
             if schema_error:
-                raise RowRejected("bad_schema", schema_error)
+                raise Rejected("bad_schema", schema_error)
             rec, quirks = norm.record(index, values)
-        except RowRejected as e:
+        except Rejected as e:
             stats.rejected += 1
             stats.rejected_by_reason[e.reason] += 1
             rejects.add(norm.reject_row(index, e.reason, e.detail, values))
@@ -521,77 +514,47 @@ def _normalize_dataset(task: DatasetTask, progress: Callable[[int], None] | None
 # the whole stage
 
 
-_PROGRESS = None  # the worker's progress queue (set by _worker_init)
-_PARENT_PID = None
+_PROGRESS = None  # in a worker: the queue its rows/s progress goes to (set by `_start_worker`)
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGTERM this worker when the process that spawned it dies."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: ParentGone below still stops the work
-
-
-def _worker_init(progress_queue, parent_pid: int) -> None:
-    global _PROGRESS, _PARENT_PID
-    _PROGRESS, _PARENT_PID = progress_queue, parent_pid
-    _die_with_parent()
+def _start_worker(progress_queue) -> None:
+    global _PROGRESS
+    _PROGRESS = progress_queue
     imagestore.without_pandas()
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-
-
-class ParentGone(RuntimeError):
-    pass
 
 
 def _report(n: int) -> None:
-    if os.getppid() != _PARENT_PID:  # belt and braces where PR_SET_PDEATHSIG is unavailable
-        raise ParentGone(f"parent {_PARENT_PID} is gone")
+    workers.check_parent()  # a worker whose run was killed stops instead of writing on into the outputs
     _PROGRESS.put(n)
 
 
-def _run_task(task: DatasetTask) -> dict:
-    """Pool entry point: run one dataset, report progress through the queue, never raise.
-
-    A worker whose parent died (the run was killed) stops instead of writing on into outputs that a
-    restarted run is rebuilding."""
+def _run_task(task: DatasetTask, progress: Callable[[int], None] = _report) -> dict:
+    """Run one dataset and report its progress; never raise: an unreadable parquet file etc. is
+    reported as that dataset's error, and the stage fails naming it."""
     try:
-        return normalize_dataset(task, progress=_report)
-    except Exception as e:  # an unreadable parquet file etc.: reported per dataset, the stage fails
+        return normalize_dataset(task, progress=progress)
+    except workers.ParentGone:
+        raise
+    except Exception as e:  # noqa: BLE001
         log.exception("%s failed", task.key)
         return dict(key=task.key, error=f"{type(e).__name__}: {e}")
 
 
-def _run_inline(task: DatasetTask, bar: tqdm) -> dict:
-    try:
-        return normalize_dataset(task, progress=bar.update)
-    except Exception as e:
-        log.exception("%s failed", task.key)
-        return dict(key=task.key, error=f"{type(e).__name__}: {e}")
-
-
-def run_tasks(tasks: list[DatasetTask], workers: int, images_root: Path | None = None
+def run_tasks(tasks: list[DatasetTask], n_workers: int, images_root: Path | None = None
               ) -> tuple[list[dict], int | None]:
-    """Run the tasks (in `workers` spawned processes when > 1) with a rows/s progress bar; then, when
-    `images_root` is given, merge the image store there with the same processes (its hash ranges in
-    parallel). Returns the task results and the number of distinct images stored (None without
-    `images_root`)."""
-    total = sum(t.rows for t in tasks)
+    """Run the tasks (in `n_workers` processes when > 1, `pipelines.workers.process_pool`) with a
+    rows/s progress bar; then, when `images_root` is given, merge the image store there with the
+    same processes (its hash ranges in parallel). Returns the task results and the number of
+    distinct images stored (None without `images_root`)."""
     results = []
     order = sorted(tasks, key=lambda t: (-t.rows, t.key))  # big first: better packing
-    with tqdm(total=total, unit="rows", desc="normalize", dynamic_ncols=True) as bar:
-        if workers <= 1 or len(tasks) <= 1:
-            for t in order:
-                results.append(_run_inline(t, bar))
+    with tqdm(total=sum(t.rows for t in tasks), unit="rows", desc="normalize", dynamic_ncols=True) as bar:
+        if n_workers <= 1 or len(tasks) <= 1:
+            results = [_run_task(t, bar.update) for t in order]
             return results, imagestore.merge(images_root) if images_root else None
-        ctx = multiprocessing.get_context("spawn")
-        progress = ctx.Queue()
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                                 initializer=_worker_init, initargs=(progress, os.getpid())) as pool:
+        progress = multiprocessing.get_context("spawn").Queue()
+        with workers.process_pool(min(n_workers, len(tasks)), initializer=_start_worker,
+                                  initargs=(progress,)) as pool:
             futures = {pool.submit(_run_task, t) for t in order}
             while futures:
                 done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -601,7 +564,7 @@ def run_tasks(tasks: list[DatasetTask], workers: int, images_root: Path | None =
                         bar.update(progress.get_nowait())
                     except queue_mod.Empty:
                         break
-            stored = (imagestore.merge(images_root, min_ranges=2 * workers, map_fn=pool.map)
+            stored = (imagestore.merge(images_root, min_ranges=2 * n_workers, map_fn=pool.map)
                       if images_root else None)
         progress.close()
     return results, stored
@@ -641,17 +604,27 @@ def build_metrics(tasks: list[DatasetTask], results: list[dict], images_stored: 
     return metrics
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def normalize(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path, metrics_path: str | Path,
+              params: Normalize) -> dict:
+    """The normalize stage: clear old outputs, normalize every dataset, merge the image store, write
+    the metrics; return them. Raises StageFailed after writing everything when the failure policy
+    (`failure_message`) says so."""
+    metrics = run(raw_root, out_root, rejects_root, metrics_path, params)
+    total = metrics["total"]
+    log.info("%d rows in, %d accepted, %d rejected (%.2f%%), %d images stored, %d converted",
+             total["rows_in"], total["accepted"], total["rejected"], 100 * total["reject_fraction"],
+             total["images_stored"], total["converted"])
+    problem = failure_message(metrics, params.max_reject_fraction,
+                              max_dataset_reject_fraction=params.max_dataset_reject_fraction)
+    if problem:
+        raise StageFailed(f"{problem}\n(see {metrics_path} and {rejects_root})")
+    return metrics
 
 
 def run(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
-        metrics_path: str | Path, params: dict) -> dict:
-    """The normalize stage without its failure policy: clear old outputs, normalize every dataset,
-    merge the image store, write the metrics; return the metrics."""
+        metrics_path: str | Path, params: Normalize) -> dict:
+    """`normalize` without its failure policy: clear old outputs, normalize every dataset, merge the
+    image store, write the metrics; return the metrics."""
     raw_root, out_root, rejects_root = Path(raw_root), Path(out_root), Path(rejects_root)
     tasks = discover(raw_root, out_root, rejects_root, params)
     if not tasks:
@@ -661,10 +634,10 @@ def run(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
     for folder in (out_root / "images", *(out_root / k for k in KINDS), *(rejects_root / k for k in KINDS)):
         folder.mkdir(parents=True)  # DVC outs must exist even when a kind has no data or no rejects
     log.info("normalizing %d datasets, %d rows, %d workers", len(tasks), sum(t.rows for t in tasks),
-             params["workers"])
-    results, images_stored = run_tasks(tasks, int(params["workers"]), images_root=out_root / "images")
+             params.workers)
+    results, images_stored = run_tasks(tasks, params.workers, images_root=out_root / "images")
     metrics = build_metrics(tasks, results, images_stored)
-    _write_json(Path(metrics_path), metrics)
+    files.write_json(Path(metrics_path), metrics, sort_keys=True)
     return metrics
 
 

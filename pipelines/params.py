@@ -30,7 +30,7 @@ import math
 import os
 import re
 import tarfile
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping
 
@@ -41,7 +41,6 @@ from pipelines.images import side_cut, snapped_size
 
 PARAMS_FILE = "params.yaml"
 ENV = "VLM2VEC_PARAMS"  # another params file, e.g. a benchmark's
-TAR_RECORD = tarfile.RECORDSIZE  # tarfile pads an archive to a multiple of this
 COMPILE_SCOPES = ("blocks", "region", "cuda-graphs")  # train.compile's values besides true / false
 FOLLOW_TRAIN = "train"  # shard/eval.image_max_pixels: the value of train.image_max_pixels
 
@@ -330,9 +329,9 @@ class Data(Section):
                                  "(a dvc dep of download whatever the source, so it must exist)")
     train_repo: str = key(Text(), "source=hub: the MMEB-train dataset repo")
     eval_repo: str = key(Text(), "source=hub: the MMEB-eval dataset repo")
-    revision: Any = key(OneOf(Text(), PerRepo()),
-                        "source=hub: a branch or tag for both repos, or one revision per repo; the resolved "
-                        "commits go to the manifest")
+    revision: Any = key(OneOf(Text(), PerRepo(), Null()),
+                        "source=hub: a branch or tag for both repos, or one revision per repo (null: main); "
+                        "the resolved commits go to the manifest")
     train_split: str = key(Choice(*mmeb.TRAIN_SPLITS), "MMEB-train's split: the paper's instructions or "
                                                        "diverse instructions")
     train_subsets: Any = key(SUBSETS, "all, or the MMEB-train configs to fetch")
@@ -350,7 +349,7 @@ class Data(Section):
         """The revision to fetch per repo kind ("train", "eval"); a kind left out: main."""
         if isinstance(self.revision, dict):
             return {kind: self.revision.get(kind) or "main" for kind in ("train", "eval")}
-        return {"train": self.revision, "eval": self.revision}
+        return {"train": self.revision or "main", "eval": self.revision or "main"}
 
 
 @dataclass(frozen=True)
@@ -388,7 +387,7 @@ class Shard(Section):
     NAME: ClassVar[str] = "shard"
     workers: int = key(Int(1), "datasets sharded in parallel processes (the bytes do not depend on it)")
     max_samples: int = key(Int(1), "samples per tar")
-    max_bytes: int = key(Int(TAR_RECORD), "bytes per tar (at least one tar record)")
+    max_bytes: int = key(Int(tarfile.RECORDSIZE), "bytes per tar (at least one tar record)")
     image_max_side: int = key(Int(1), "longer image sides are scaled down to this (aspect kept) and re-encoded")
     image_max_pixels: Any = key(OneOf(Choice(FOLLOW_TRAIN), Int(1), Null()),
                                 "images pre-scaled to at most this many pixels: train (train.image_max_pixels, "

@@ -58,10 +58,9 @@ import random
 import re
 import sqlite3
 import tarfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, fields
-from multiprocessing import get_context
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -71,8 +70,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from pipelines import files, workers
 from pipelines.images import max_pixels_size, snapped_size
 from pipelines.imagestore import StoredImage, without_pandas
+from pipelines.params import Shard
 from pipelines.schema import RECORD_SCHEMA, sample_key
 
 log = logging.getLogger(__name__)
@@ -95,71 +96,36 @@ TAR_FORMAT = tarfile.PAX_FORMAT
 
 
 # --- params -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShardParams:
-    """The `shard` params section. `workers` only changes speed, never the bytes written."""
+def output_params(params: Shard) -> dict[str, Any]:
+    """The params that determine the output bytes, as the index records them (its key names are
+    part of the shard format: `max_image_side` / `max_image_pixels` hold shard.image_max_side /
+    shard.image_max_pixels, resolved to a number or null). `workers` changes speed only."""
+    return {"max_samples": params.max_samples, "max_bytes": params.max_bytes,
+            "max_image_side": params.image_max_side, "max_image_pixels": params.image_max_pixels,
+            "image_size_multiple": params.image_size_multiple, "max_rows_per_dataset": params.max_rows_per_dataset,
+            "shuffle": params.shuffle, "seed": params.seed}
 
-    max_samples: int
-    max_bytes: int
-    max_image_side: int
-    workers: int = 1
-    max_image_pixels: int | None = None
-    image_size_multiple: int | None = None
-    max_rows_per_dataset: int | None = None  # the paper's "at most 50K per dataset, randomly selected"
-    shuffle: bool = False  # write each dataset's records in a seeded random order instead of file order
-    seed: int = 0  # of the selection and the order
 
-    @classmethod
-    def from_params(cls, section: dict[str, Any]) -> "ShardParams":
-        known = {f.name for f in fields(cls)}
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"shard params: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-        missing = {"max_samples", "max_bytes", "max_image_side"} - set(section)
-        if missing:
-            raise ValueError(f"shard params: missing key(s) {sorted(missing)}")
-        shuffle = section.get("shuffle", False)
-        if not isinstance(shuffle, bool):
-            raise ValueError(f"shard.shuffle must be true or false, got {shuffle!r}")
-        p = cls(**{k: v if k == "shuffle" else None if v is None else int(v) for k, v in section.items()})
-        if p.seed is None:
-            raise ValueError("shard.seed must be an integer, not null")
-        optional = (p.max_image_pixels, p.image_size_multiple, p.max_rows_per_dataset)
-        if p.max_samples < 1 or p.max_image_side < 1 or p.workers < 1 or any(v is not None and v < 1 for v in optional):
-            raise ValueError(f"shard params must be positive: {p}")
-        if p.image_size_multiple is not None:
-            snapped_size(p.image_size_multiple, p.image_size_multiple, p.image_size_multiple, p.max_image_pixels,
-                         p.max_image_side)  # raises when no size on that grid fits the caps
-        if p.max_bytes < TAR_RECORD:
-            raise ValueError(f"shard.max_bytes={p.max_bytes} is below one tar record ({TAR_RECORD} bytes)")
-        return p
+def selected_rows(params: Shard, dataset: str, rows: int) -> set[int] | None:
+    """The row numbers (in file order) of `dataset`'s records to shard, or None for all of them:
+    with `max_rows_per_dataset` below `rows`, that many drawn at random, seeded by `seed` and the
+    dataset's name (the same for every run and every worker), kept in their file order (which
+    `row_order` then shuffles when `shuffle` is on)."""
+    if params.max_rows_per_dataset is None or rows <= params.max_rows_per_dataset:
+        return None
+    return set(random.Random(f"{params.seed}:{dataset}").sample(range(rows), params.max_rows_per_dataset))
 
-    def output_params(self) -> dict[str, int]:
-        """The params that determine the output bytes (recorded in the index)."""
-        return {"max_samples": self.max_samples, "max_bytes": self.max_bytes,
-                "max_image_side": self.max_image_side, "max_image_pixels": self.max_image_pixels,
-                "image_size_multiple": self.image_size_multiple, "max_rows_per_dataset": self.max_rows_per_dataset,
-                "shuffle": self.shuffle, "seed": self.seed}
 
-    def selected_rows(self, dataset: str, rows: int) -> set[int] | None:
-        """The row numbers (in file order) of `dataset`'s records to shard, or None for all of them:
-        with `max_rows_per_dataset` below `rows`, that many drawn at random, seeded by `seed` and the
-        dataset's name (the same for every run and every worker), kept in their file order (which
-        `row_order` then shuffles when `shuffle` is on)."""
-        if self.max_rows_per_dataset is None or rows <= self.max_rows_per_dataset:
-            return None
-        return set(random.Random(f"{self.seed}:{dataset}").sample(range(rows), self.max_rows_per_dataset))
-
-    def row_order(self, dataset: str, rows: int, selected: set[int] | None) -> list[int] | None:
-        """With `shuffle`, the row numbers to write in a seeded random order (None: file order).
-        Sources keep related rows together (e.g. several captions of one image in a row), and the
-        loader's shuffle buffer only mixes within a window, so file order puts such rows into one
-        batch as each other's false negatives; VLM2Vec's sampler draws from the whole dataset."""
-        if not self.shuffle:
-            return None
-        order = sorted(selected) if selected is not None else list(range(rows))
-        random.Random(f"{self.seed}:{dataset}:order").shuffle(order)
-        return order
+def row_order(params: Shard, dataset: str, rows: int, selected: set[int] | None) -> list[int] | None:
+    """With `shuffle`, the row numbers to write in a seeded random order (None: file order).
+    Sources keep related rows together (e.g. several captions of one image in a row), and the
+    loader's shuffle buffer only mixes within a window, so file order puts such rows into one
+    batch as each other's false negatives; VLM2Vec's sampler draws from the whole dataset."""
+    if not params.shuffle:
+        return None
+    order = sorted(selected) if selected is not None else list(range(rows))
+    random.Random(f"{params.seed}:{dataset}:order").shuffle(order)
+    return order
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -466,8 +432,8 @@ class DatasetShards:
 
 class ShardWriter:
     """Writes one dataset's samples to `<root>/<dataset>/<dataset>-NNNNNN.tar`, rolling over to a new
-    tar before one would exceed max_samples or max_bytes. Each tar is written under `.tmp` and
-    renamed when complete, so a finished name always holds a complete tar."""
+    tar before one would exceed max_samples or max_bytes. Each tar is written under a temporary
+    name and renamed when complete (`files.Pending`), so a finished name always holds a complete tar."""
 
     def __init__(self, root: Path, dataset: str, max_samples: int, max_bytes: int):
         self.root, self.dataset = Path(root), dataset
@@ -481,7 +447,8 @@ class ShardWriter:
     def _open(self) -> None:
         name = f"{self.dataset}/{self.dataset}-{len(self.shards):06d}.tar"
         self._name = name
-        self._file = open(self.root / (name + ".tmp"), "wb")
+        self._pending = files.Pending(self.root / name)
+        self._file = open(self._pending.path, "wb")
         self._hasher = _HashingWriter(self._file)
         self._tar = tarfile.open(fileobj=self._hasher, mode="w", format=TAR_FORMAT, encoding="utf-8")
         self._count = self._offset = 0
@@ -493,7 +460,7 @@ class ShardWriter:
         size = self._hasher.n
         if size != tar_file_size(self._offset):  # the size accounting that bounds max_bytes
             raise AssertionError(f"{self._name}: wrote {size} bytes, expected {tar_file_size(self._offset)}")
-        os.replace(self.root / (self._name + ".tmp"), self.root / self._name)
+        self._pending.commit()
         self.shards.append(ShardInfo(self._name, self.dataset, self._count, size,
                                      self._hasher.sha.hexdigest(), self._oversize))
         self._tar = None
@@ -523,7 +490,7 @@ class ShardWriter:
 
 
 # --- one dataset ------------------------------------------------------------------------------
-def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: ShardParams,
+def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: Shard,
                   progress: bool = True) -> DatasetShards:
     """Write the shards of one dataset (records of `dataset_dir`, images from the cache)."""
     dataset_dir = Path(dataset_dir)
@@ -533,9 +500,9 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
     writer = ShardWriter(out_root, dataset, params.max_samples, params.max_bytes)
     seen: set[str] = set()
     rows = count_records(dataset_dir)
-    selected = params.selected_rows(dataset, rows)
+    selected = selected_rows(params, dataset, rows)
     result.source_rows = rows
-    order = params.row_order(dataset, rows, selected)
+    order = row_order(params, dataset, rows, selected)
     bar = tqdm(total=rows if selected is None else len(selected), desc=f"shard {dataset}", unit="sample",
                disable=not progress, leave=False)
     batches = iter_record_batches(dataset_dir, selected=selected) if order is None else \
@@ -554,7 +521,7 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
                     result.meta_task = record["meta_task"]
                     result.distribution = record["distribution"]
                     result.split = record["split"]
-                sample = build_sample(record, images, params.max_image_side, params.max_image_pixels,
+                sample = build_sample(record, images, params.image_max_side, params.image_max_pixels,
                                       params.image_size_multiple)
                 writer.add(sample)
                 result.samples += 1
@@ -578,21 +545,16 @@ def dataset_dirs(normalized_train: Path) -> list[Path]:
     return sorted(p for p in Path(normalized_train).iterdir() if p.is_dir())
 
 
-def _all_shas(dirs: list[Path], params: ShardParams) -> Iterator[str]:
+def _all_shas(dirs: list[Path], params: Shard) -> Iterator[str]:
     """The image shas of the records to shard (the selected ones, under `max_rows_per_dataset`)."""
     for d in dirs:
-        selected = params.selected_rows(d.name, count_records(d))
+        selected = selected_rows(params, d.name, count_records(d))
         for records in iter_record_batches(d, 4096, ["query", "target", "negatives"], selected):
             for record in records:
                 yield from record_image_shas(record)
 
 
-def _worker_logging(level: int) -> None:
-    without_pandas()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def build_index(params: ShardParams, results: list[DatasetShards]) -> dict:
+def build_index(params: Shard, results: list[DatasetShards]) -> dict:
     datasets = {}
     for r in results:
         datasets[r.dataset] = {
@@ -605,7 +567,7 @@ def build_index(params: ShardParams, results: list[DatasetShards]) -> dict:
     shards = [asdict(s) for r in results for s in r.shards]
     return {
         "format": FORMAT,
-        "params": params.output_params(),
+        "params": output_params(params),
         "datasets": datasets,
         "shards": shards,
         "total": {"datasets": len(datasets), "samples": sum(d["samples"] for d in datasets.values()),
@@ -613,8 +575,18 @@ def build_index(params: ShardParams, results: list[DatasetShards]) -> dict:
     }
 
 
+def shard(normalized_train: str | Path, images_root: str | Path, out_root: str | Path, params: Shard) -> dict:
+    """The shard stage: clear `out_root` (a run killed midway and restarted ends with the same bytes)
+    and write the shards and their index; return the index."""
+    out_root = Path(out_root)
+    if out_root.exists():
+        log.info("clearing %s", out_root)
+        files.remove(out_root)
+    return write_shards(normalized_train, images_root, out_root, params)
+
+
 def write_shards(normalized_train: str | Path, images_root: str | Path, out_root: str | Path,
-                 params: ShardParams) -> dict:
+                 params: Shard) -> dict:
     """Shard every dataset under `normalized_train` into `out_root` and write `out_root/index.json`.
 
     `out_root` must be absent or empty. Returns the index. Raises on a schema mismatch, a record
@@ -636,9 +608,8 @@ def write_shards(normalized_train: str | Path, images_root: str | Path, out_root
     try:
         with ExitStack() as stack:
             if parallel:  # start the workers now: they import while this process copies the images
-                ex = stack.enter_context(ProcessPoolExecutor(
-                    min(params.workers, len(dirs)), mp_context=get_context("spawn"),
-                    initializer=_worker_logging, initargs=(log.getEffectiveLevel(),)))
+                ex = stack.enter_context(workers.process_pool(min(params.workers, len(dirs)),
+                                                              initializer=without_pandas))
                 for _ in range(min(params.workers, len(dirs))):
                     ex.submit(os.getpid)
             cache = ImageCache.build(cache_path, images_root, _all_shas(dirs, params))
@@ -662,9 +633,7 @@ def write_shards(normalized_train: str | Path, images_root: str | Path, out_root
             p.unlink()
         work.rmdir()
     index = build_index(params, [results[d.name] for d in dirs])
-    tmp = out_root / (INDEX_FILE + ".tmp")
-    tmp.write_bytes(json.dumps(index, sort_keys=True, indent=1).encode("utf-8") + b"\n")
-    os.replace(tmp, out_root / INDEX_FILE)
+    files.write_json(out_root / INDEX_FILE, index, sort_keys=True, indent=1)
     t = index["total"]
     log.info("wrote %d samples of %d datasets in %d shards (%.1f MB) to %s", t["samples"],
              t["datasets"], t["shards"], t["bytes"] / 1e6, out_root)
@@ -677,10 +646,3 @@ def read_index(out_root: str | Path) -> dict:
     if index.get("format") != FORMAT:
         raise ValueError(f"{out_root}/{INDEX_FILE}: format {index.get('format')!r}, expected {FORMAT!r}")
     return index
-
-
-def shard_urls(out_root: str | Path, datasets: Iterable[str] | None = None) -> list[str]:
-    """Absolute tar paths from the index, in index order, optionally only some datasets."""
-    index = read_index(out_root)
-    keep = None if datasets is None else set(datasets)
-    return [str(Path(out_root) / s["path"]) for s in index["shards"] if keep is None or s["dataset"] in keep]

@@ -3,7 +3,8 @@ import zipfile
 
 import pytest
 
-from pipelines.archives import MemberError, SafeZip, safe_extract_zip, unsafe_name_reason
+from pipelines.archives import SafeZip, safe_extract_zip, unsafe_name_reason
+from pipelines.errors import Rejected
 from tests.support.fixtures_mmeb import add_symlink, corrupt_member_crc, write_zip
 
 GOOD = {"images/CIRR/Train/a.jpg": b"A" * 100, "images/CIRR/Train/b c.jpg": b"B" * 50}
@@ -12,7 +13,7 @@ EVIL_NAMES = ["../evil.jpg", "/abs/evil.jpg", "images/../../evil.jpg", "C:\\evil
 
 
 def refusal(zip_, name):
-    with pytest.raises(MemberError) as e:
+    with pytest.raises(Rejected) as e:
         zip_.read(name)
     return e.value.reason
 

@@ -6,7 +6,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from pipelines.images import ImageRejected, ImageSource, pil_limits, prepare_image
+from pipelines.errors import Rejected
+from pipelines.images import ImageSource, pil_limits, prepare_image
 from tests.support.fixtures_mmeb import (cmyk_jpeg, corrupt_member_crc, image_bytes, palette_png,
                                  png_header_bomb, rgba_png, truncated_jpeg, write_zip)
 
@@ -14,7 +15,7 @@ MAX = 50_000_000
 
 
 def reason(data, max_pixels=MAX):
-    with pytest.raises(ImageRejected) as e:
+    with pytest.raises(Rejected) as e:
         prepare_image(data, max_pixels)
     return e.value.reason
 
@@ -123,7 +124,7 @@ def test_pil_limit_is_set_as_a_second_guard_and_restored():
     with pil_limits(1234):
         assert Image.MAX_IMAGE_PIXELS == 1234
         # PIL's own check fires inside Image.open, before any decoding
-        with pytest.raises(ImageRejected) as e:
+        with pytest.raises(Rejected) as e:
             prepare_image(image_bytes(size=(60, 60)), max_pixels=10**9)
         assert e.value.reason == "image_too_large"
     assert Image.MAX_IMAGE_PIXELS == before
@@ -134,7 +135,7 @@ def test_prefixes_of_valid_images_never_raise_anything_else():
         for cut in range(0, len(data), max(1, len(data) // 25)):
             try:
                 prepare_image(data[:cut], MAX)
-            except ImageRejected as e:
+            except Rejected as e:
                 assert e.reason in ("image_empty", "image_undecodable", "image_truncated")
 
 
@@ -147,7 +148,7 @@ def test_train_paths_resolve_to_their_subset_zip(tmp_path):
     src = ImageSource(tmp_path, "train", "MSCOCO")
     assert src.read("images/MSCOCO/Train/558840_object_hot dog.jpg") == b"crop"
     assert src.read("images/MSCOCO_i2t/Train/x.jpg") == b"other"  # another subset's zip
-    with pytest.raises(ImageRejected) as e:
+    with pytest.raises(Rejected) as e:
         src.read("images/MSCOCO/Train/missing.jpg")
     assert e.value.reason == "image_missing"
     src.close()
@@ -166,14 +167,14 @@ def test_eval_paths_resolve_inside_an_archive_packed_with_its_root_folder(tmp_pa
                                                        "images/OK-VQA/q.jpg": b"q"})
     src = ImageSource(tmp_path, "eval", "WebQA")
     assert src.read("WebQA/gold_0.jpg") == b"gold" and src.read("OK-VQA/q.jpg") == b"q"
-    with pytest.raises(ImageRejected) as e:
+    with pytest.raises(Rejected) as e:
         src.read("WebQA/missing.jpg")
     assert e.value.reason == "image_missing" and "WebQA/missing.jpg" in str(e.value)
     src.close()
     # under one of several folders the member is not guessed at: missing, counted as such
     write_zip(tmp_path / "MMEB-eval" / "images.zip", {"a/WebQA/gold_0.jpg": b"gold", "b/WebQA/gold_0.jpg": b"other"})
     src = ImageSource(tmp_path, "eval", "WebQA")
-    with pytest.raises(ImageRejected) as e:
+    with pytest.raises(Rejected) as e:
         src.read("WebQA/gold_0.jpg")
     assert e.value.reason == "image_missing"
     src.close()
@@ -181,7 +182,7 @@ def test_eval_paths_resolve_inside_an_archive_packed_with_its_root_folder(tmp_pa
 
 def test_archive_problems_become_image_reasons(tmp_path):
     def why(src, path):
-        with pytest.raises(ImageRejected) as e:
+        with pytest.raises(Rejected) as e:
             src.read(path)
         return e.value.reason
 

@@ -7,23 +7,24 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from pipelines import imagestore
-from pipelines.normalize import (QUIRKS, DatasetNormalizer, DatasetTask, RowRejected, discover,
-                                 failure_message, run, train_split_of)
+from pipelines.errors import Rejected
+from pipelines.normalize import QUIRKS, DatasetNormalizer, DatasetTask, discover, failure_message, run, train_split_of
 from pipelines.prompts import compose
 from pipelines.schema import RECORD_SCHEMA, REJECT_SCHEMA
 from stages import normalize as stage
+from tests.support import params as test_params
+from tests.support.params import section
 from tests.support.fixtures_mmeb import (COUNTRY211_LABELS, EVAL_ROWS, EVAL_SCHEMA, TRAIN_ROWS, TRAIN_SCHEMA, cmyk_jpeg,
                                  eval_row, png_header_bomb, train_row, truncated_jpeg, write_parquet, write_raw)
 
-PARAMS = dict(workers=1, max_pixels=50_000_000, max_reject_fraction=0.05, rows_per_part=20000,
-              batch_rows=512)
+# params.yaml's, in one process, without the per-dataset reject limit unless a test sets it
+PARAMS = dict(workers=1, max_dataset_reject_fraction=1.0)
 
 
 def normalize(tmp_path, raw, name="run", **overrides):
-    params = {**PARAMS, **overrides}
+    params = section("normalize", **{**PARAMS, **overrides})
     out = tmp_path / name
     metrics = run(raw, out / "normalized", out / "rejects", out / "etl.json", params)
     return out, metrics
@@ -269,7 +270,7 @@ def dirty(tmp_path_factory):
     from tests.support.fixtures_mmeb import jpeg_for, write_zip
     write_zip(raw / "MMEB-train" / "images_zip" / "ChartQA.zip",
               {OK_PATH.replace("OK-VQA", "ChartQA"): jpeg_for("chart")})
-    out, metrics = normalize(tmp, raw, max_pixels=1_000_000)
+    out, metrics = normalize(tmp, raw, image_reject_pixels=1_000_000)
     return raw, out, metrics
 
 
@@ -347,7 +348,7 @@ def test_pil_settings_are_not_leaked_to_the_caller(dirty):
 
 def test_instruction_fallbacks_and_composition_mismatches_are_counted(tmp_path, monkeypatch):
     raw = write_raw(tmp_path / "raw", {"OK-VQA": TRAIN_ROWS["OK-VQA"]}, {})
-    task = discover(raw, tmp_path / "n", tmp_path / "r", PARAMS)[0]
+    task = discover(raw, tmp_path / "n", tmp_path / "r", section("normalize", **PARAMS))[0]
     from pipelines import normalize as nz
     from pipelines.images import ImageSource
     norm = DatasetNormalizer(task, ImageSource(raw, "train", "OK-VQA"),
@@ -366,14 +367,14 @@ def test_instruction_fallbacks_and_composition_mismatches_are_counted(tmp_path, 
 
 def test_duplicate_ids_are_rejected(tmp_path):
     raw = write_raw(tmp_path / "raw", {"OK-VQA": TRAIN_ROWS["OK-VQA"]}, {})
-    task = discover(raw, tmp_path / "n", tmp_path / "r", PARAMS)[0]
+    task = discover(raw, tmp_path / "n", tmp_path / "r", section("normalize", **PARAMS))[0]
     from pipelines.images import ImageSource
     norm = DatasetNormalizer(task, ImageSource(raw, "train", "OK-VQA"),
                              imagestore.ImageStoreWriter(tmp_path / "n" / "images", "t"))
     values = {k: v.encode() for k, v in TRAIN_ROWS["OK-VQA"][0].items()}
     rec, _ = norm.record(0, values)
     assert rec["id"] == "OK-VQA/original/0"
-    with pytest.raises(RowRejected) as e:
+    with pytest.raises(Rejected) as e:
         norm.record(0, values)
     assert e.value.reason == "duplicate_id"
 
@@ -381,9 +382,7 @@ def test_duplicate_ids_are_rejected(tmp_path):
 # --- the stage: failure policy, determinism, restarts, parts ---------------------------------
 
 def write_params(tmp_path, **normalize_params):
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"normalize": {**PARAMS, **normalize_params}}))
-    return path
+    return test_params.write_params(tmp_path / "params.yaml", normalize={**PARAMS, **normalize_params})
 
 
 def test_stage_fails_above_max_reject_fraction_after_writing_outputs(tmp_path, capsys):
@@ -513,11 +512,12 @@ def test_workers_stop_when_their_parent_is_gone(monkeypatch):
     import queue
 
     from pipelines import normalize as nz
+    from pipelines import workers
     q = queue.Queue()
     monkeypatch.setattr(nz, "_PROGRESS", q)
-    monkeypatch.setattr(nz, "_PARENT_PID", os.getppid())
+    monkeypatch.setattr(workers, "_PARENT", os.getppid())
     nz._report(3)
     assert q.get_nowait() == 3
-    monkeypatch.setattr(nz, "_PARENT_PID", -1)  # as if the spawning process had died
-    with pytest.raises(nz.ParentGone):
+    monkeypatch.setattr(workers, "_PARENT", -1)  # as if the spawning process had died
+    with pytest.raises(workers.ParentGone):
         nz._report(3)

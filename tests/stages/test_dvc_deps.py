@@ -22,6 +22,28 @@ def test_every_imported_project_module_is_a_stage_dep():
     assert not missing, f"dvc.yaml deps lack imported project modules: {missing}"
 
 
+def test_every_code_dep_of_a_stage_is_code_it_runs():
+    """The other way round: a module or package folder listed as a dep is run by the stage (all of a
+    folder's modules), so that editing unrelated code does not rerun it (a module moved elsewhere
+    would otherwise stay a dep)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    extra = {}
+    for name, module in stage_commands().items():
+        needed = set(source_files(module))
+        for dep in stages[name].get("deps", []):
+            dep = dep if isinstance(dep, str) else next(iter(dep))
+            path = REPO / dep
+            if dep.endswith(".py"):
+                code = {path}
+            elif path.is_dir() and dep.split("/")[0] in ("pipelines", "stages", "trainer"):
+                code = {p for p in path.rglob("*.py") if p.name != "__init__.py"}
+            else:
+                continue
+            if code - needed:
+                extra.setdefault(name, []).append(dep)
+    assert not extra, f"dvc.yaml deps a stage does not run: {extra}"
+
+
 def test_the_import_walk_sees_lazy_and_package_imports(tmp_path):
     code = tmp_path / "m.py"
     code.write_text("from trainer.model import image_processing\n\ndef f():\n    import pipelines.images\n")

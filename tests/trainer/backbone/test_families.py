@@ -4,6 +4,7 @@ import dataclasses
 import json
 import re
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from trainer.backbone.families import (FAMILIES, LORA_TARGETS, build_tiny, detec
                                save_backbone, train_family_tokenizer)
 from trainer.model.inputs import Collator
 from tests.support.hubserver import hub_standin  # noqa: F401  (fixture)
+from tests.support.params import section
 from trainer.model.embedder import Embedder
 
 SIDES = [
@@ -425,10 +427,11 @@ def _folder_hashes(folder):
 
 
 def test_backbone_stage_tiny_is_byte_deterministic(normalized, tmp_path):
-    from stages.backbone import run
+    from trainer.backbone.build import build as run
 
-    params = dict(name="tiny-qwen2-vl", revision="main", trust_remote_code=False, seed=0, pretrain_steps=4,
-                  pretrain_batch_size=4, pretrain_lr=0.002, tiny_hidden_size=64, tiny_image_size=32)
+    params = section("backbone", name="tiny-qwen2-vl", revision="main", trust_remote_code=False, seed=0,
+                     pretrain_steps=4, pretrain_batch_size=4, pretrain_lr=0.002, tiny_hidden_size=64,
+                     tiny_image_size=32)
     kw = dict(train_dir=normalized / "train", images_dir=normalized / "images")
     run(params, out=tmp_path / "a" / "base", **kw)
     run(params, out=tmp_path / "b" / "base", **kw)
@@ -438,25 +441,26 @@ def test_backbone_stage_tiny_is_byte_deterministic(normalized, tmp_path):
     assert meta["info"]["name"] == "tiny-qwen2-vl"
     loaded = load_backbone(str(tmp_path / "a" / "base"))
     assert loaded.model.config.text_config.hidden_size == 64
-    run(dict(params, seed=1), out=tmp_path / "c" / "base", **kw)
+    run(replace(params, seed=1), out=tmp_path / "c" / "base", **kw)
     assert _folder_hashes(tmp_path / "c" / "base")["model.safetensors"] != \
         _folder_hashes(tmp_path / "a" / "base")["model.safetensors"]
-    assert not (tmp_path / "a" / "base.tmp").exists()
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["base"]  # no temporary left
 
 
 def test_backbone_stage_other_sources(normalized, tmp_path):
-    from stages.backbone import run, tiny_family
+    from trainer.backbone.build import build as run
+    from trainer.backbone.build import tiny_family
 
     assert tiny_family("tiny-qwen2-5-vl") == "qwen2_5_vl" and tiny_family("Qwen/Qwen2-VL-2B-Instruct") is None
     with pytest.raises(ValueError, match="unknown tiny backbone"):
         tiny_family("tiny-phi3-v")
     kw = dict(train_dir=normalized / "train", images_dir=normalized / "images")
     # a dual encoder is built but not pretrained
-    run(dict(name="tiny-siglip", seed=0, pretrain_steps=5, tiny_hidden_size=64, tiny_image_size=32),
+    run(section("backbone", name="tiny-siglip", seed=0, pretrain_steps=5, tiny_hidden_size=64, tiny_image_size=32),
         out=tmp_path / "siglip", **kw)
     assert json.loads((tmp_path / "siglip" / "backbone.json").read_text())["info"]["pretrain"] is None
     # a model folder in the Hub layout, by path (the Hub id path is tested above through the cache)
     _hub_layout(build_tiny("smolvlm"), tmp_path / "hub-smolvlm")
-    run(dict(name=str(tmp_path / "hub-smolvlm"), revision="main", seed=0), out=tmp_path / "base", **kw)
+    run(section("backbone", name=str(tmp_path / "hub-smolvlm"), revision="main", seed=0), out=tmp_path / "base", **kw)
     meta = json.loads((tmp_path / "base" / "backbone.json").read_text())
     assert (meta["family"], meta["image_token"], meta["info"]["model_type"]) == ("smolvlm", "<image>", "smolvlm")

@@ -1,0 +1,157 @@
+"""pipelines.params: the one place every params.yaml key is declared and checked."""
+
+import subprocess
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import params as P
+from pipelines.params import Data, ParamsError, Shard
+from tests.support.params import document, section, write_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems_of(**sections) -> str:
+    """The message of the ParamsError that params.yaml with these overrides raises."""
+    with pytest.raises(ParamsError) as e:
+        P.parse(document(**sections), "params.yaml")
+    return str(e.value)
+
+
+def test_params_yaml_is_complete_and_valid():
+    params = P.load(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for cls in P.SECTIONS:
+        assert [f.name for f in fields(cls)] == list(raw[cls.NAME]), cls.NAME  # declared in params.yaml's order
+    assert params.shard.image_max_pixels == params.eval.image_max_pixels == params.train.image_max_pixels
+
+
+def test_the_params_reference_is_generated_from_the_contract_and_current():
+    reference = (REPO / "docs" / "params.md").read_text()
+    assert reference == P.reference(), "regenerate it: python -m pipelines.params > docs/params.md"
+    for cls in P.SECTIONS:
+        for f in fields(cls):
+            assert f"| `{f.name}` |" in reference and f.metadata["meaning"]
+
+
+@pytest.mark.parametrize("section_name, key, value, message", [
+    # values a new user tried: each failed late, silently or never
+    ("normalize", "rows_per_part", 0, "normalize.rows_per_part must be an integer >= 1, got 0"),
+    ("shard", "max_samples", 2.9, "shard.max_samples must be an integer >= 1, got 2.9"),
+    ("normalize", "workers", -1, "normalize.workers must be an integer >= 1"),
+    ("backbone", "pretrain_steps", -3, "backbone.pretrain_steps must be an integer >= 0"),
+    ("train", "learning_rate", float("inf"), "train.learning_rate must be a number > 0, got inf"),
+    ("train", "learning_rate", "fast", "train.learning_rate must be a number > 0"),
+    ("eval", "batch_size", -1, "eval.batch_size must be an integer >= 1"),
+    ("normalize", "max_reject_fraction", "five percent", "normalize.max_reject_fraction must be a number in [0, 1]"),
+    ("normalize", "max_dataset_reject_fraction", 1.5, "normalize.max_dataset_reject_fraction"),
+    ("shard", "shuffle", "yes", "shard.shuffle must be true or false"),
+    ("shard", "max_bytes", 100, "shard.max_bytes must be an integer >= 10240"),
+    ("shard", "max_rows_per_dataset", 0, "shard.max_rows_per_dataset"),
+    ("shard", "image_max_pixels", 0, "shard.image_max_pixels"),
+    ("shard", "image_size_multiple", 0, "shard.image_size_multiple"),
+    ("synthetic", "eval_candidates", 1, "synthetic.eval_candidates must be an integer >= 2"),
+    ("backbone", "tiny_image_size", 60, "backbone.tiny_image_size must be an integer >= 16, a multiple of 16"),
+    ("train", "steps", True, "train.steps must be an integer >= 1, got True"),
+    ("data", "source", "ftp", "data.source must be synthetic | local | hub"),
+    ("data", "train_split", "train", "data.train_split must be original | diverse_instruction"),
+    ("data", "local_dir", "", "data.local_dir must be a non-empty string"),
+    ("data", "local_dir", None, "data.local_dir must be a non-empty string"),
+    ("data", "local_dir", "~/mmeb", "dvc does not expand '~'"),
+    ("data", "revision", {"test": "main"}, "data.revision must be"),
+    ("data", "revision", "b" * 40, "pins one repo only"),
+    ("eval", "models", [], "eval.models must be a list of distinct names"),
+    ("data", "train_subsets", ["Syn-CIRR", "Syn-CIRR"], "data.train_subsets"),
+])
+def test_a_bad_value_is_refused_naming_its_key(section_name, key, value, message):
+    assert message in problems_of(**{section_name: {key: value}})
+
+
+def test_a_typo_gets_a_did_you_mean_and_a_missing_key_is_named():
+    doc = document()
+    doc["train"]["learnng_rate"] = doc["train"].pop("learning_rate")
+    with pytest.raises(ParamsError) as e:
+        P.parse(doc)
+    assert "train.learnng_rate: unknown key (did you mean train.learning_rate?)" in str(e.value)
+    assert "train.learning_rate: missing" in str(e.value)
+    doc = document()
+    doc["shard"].pop("seed")
+    doc["evaluate"] = doc.pop("eval")
+    with pytest.raises(ParamsError) as e:
+        P.parse(doc)
+    assert {"shard.seed: missing (params.yaml holds every key)", "evaluate: unknown section (did you mean eval?)",
+            "eval: missing section"} <= set(e.value.problems)
+
+
+def test_every_problem_is_reported_at_once():
+    message = problems_of(normalize={"workers": 0}, train={"steps": 0, "temperature": 0})
+    assert all(k in message for k in ("normalize.workers", "train.steps", "train.temperature"))
+
+
+def test_values_as_dvc_exp_run_writes_them_are_accepted():
+    # `-S train.learning_rate=1e-3` writes 1e-3, which YAML reads as a string
+    params = P.parse(document(train={"learning_rate": "1e-3", "weight_decay": 0}))
+    assert params.train.learning_rate == 0.001 and params.train.weight_decay == 0.0
+    assert isinstance(params.train.weight_decay, float)
+
+
+def test_a_section_checks_itself_on_replace():
+    shard = section("shard")
+    assert replace(shard, max_samples=3).max_samples == 3
+    with pytest.raises(ParamsError, match="shard.max_samples"):
+        replace(shard, max_samples=0)
+
+
+def test_shard_params_beyond_one_key():
+    assert section("shard", image_max_pixels=None).image_max_pixels is None  # null keeps the images
+    assert section("shard", image_max_pixels=5000).image_max_pixels == 5000
+    with pytest.raises(ParamsError, match="unknown key"):
+        Shard.parse({**section("shard").to_dict(), "x": 1})
+    # no 100 px grid size fits the 4096 pixels the shards are pre-scaled to
+    assert "shard.image_size_multiple 100: no size on a grid of 100 px" in problems_of(shard={"image_size_multiple": 100})
+
+
+def test_the_image_resolution_is_set_once_and_shards_cannot_fall_below_it():
+    params = P.parse(document(train={"image_max_pixels": 1003520}, shard={"image_max_side": 14168,
+                                                                          "image_size_multiple": 28}))
+    assert params.shard.image_max_pixels == params.eval.image_max_pixels == 1003520  # `train` follows it
+    params = P.parse(document(eval={"image_max_pixels": 2000}, shard={"image_max_pixels": None}))
+    assert params.eval.image_max_pixels == 2000 and params.shard.image_max_pixels is None  # deliberate overrides
+    message = problems_of(shard={"image_max_pixels": 1000})
+    assert "shard.image_max_pixels 1000 pre-scales images below train.image_max_pixels 4096" in message
+    assert "shard.image_max_pixels 1000" in problems_of(shard={"image_max_pixels": 1000},
+                                                      train={"image_max_pixels": None})
+    # Qwen2-VL's resolution with the side cap at 1344 px: elongated images would train below it
+    message = problems_of(train={"image_max_pixels": 1003520}, shard={"image_size_multiple": 28})
+    assert "shard.image_max_side 1344" in message and "set shard.image_max_side: 14168" in message
+
+
+def test_revision_forms():
+    def revisions(value):
+        return Data.parse({**section("data").to_dict(), "revision": value}).revisions()
+
+    assert revisions("v1.0") == {"train": "v1.0", "eval": "v1.0"}
+    assert revisions(None) == {"train": "main", "eval": "main"}
+    assert revisions({"eval": "a" * 40}) == {"train": "main", "eval": "a" * 40}
+
+
+def test_train_compile_scope():
+    assert section("train", compile=True).compile_scope == "blocks"
+    assert section("train", compile=False).compile_scope is None
+    assert section("train", compile="region").compile_scope == "region"
+
+
+def test_a_stage_refuses_bad_params_before_any_work(tmp_path):
+    """`python -m stages.<name>` with a bad params file: exit status 2, the key named, no traceback
+    and nothing written (the download stage would otherwise have generated data/raw)."""
+    path = write_params(tmp_path / "params.yaml", train={"learning_rate": float("inf")}, shard={"max_samples": 2.9})
+    done = subprocess.run([sys.executable, "-m", "stages.download", "--params", str(path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert done.returncode == 2, done.stderr
+    assert "train.learning_rate" in done.stderr and "shard.max_samples" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
