@@ -459,8 +459,6 @@ def test_bad_arguments_and_foreign_folders(tmp_path):
     with pytest.raises(ValueError, match="too small"):
         syn.generate(tmp_path / "y", train_rows=2, eval_rows=4, eval_candidates=8, train_subsets=[],
                      eval_subsets=["Syn-Caption_t2i"])
-    with pytest.raises(ValueError):
-        syn.generate(tmp_path / "z", image_size=16)
     foreign = tmp_path / "real" / "MMEB-train"
     foreign.mkdir(parents=True)
     (foreign / "README.md").write_text("---\npretty_name: MMEB-train\n---\n")

@@ -161,14 +161,9 @@ def generate(
     (seed, dataset, split, sizes), not on which other subsets are selected; every image path in a row
     exists in its zip; eval candidate lists have the gold at index 0 (classification: the whole label
     set; other tasks: exactly `eval_candidates` distinct candidates). An existing MMEB-train/ or
-    MMEB-eval/ is replaced only if it was written by this generator. Returns a summary dict.
+    MMEB-eval/ is replaced only if it was written by this generator. The sizes' ranges are those of
+    the params contract (`pipelines.params.Synthetic`), which checks them. Returns a summary dict.
     """
-    if min(train_rows, eval_rows) < 1:
-        raise ValueError("train_rows and eval_rows must be >= 1")
-    if eval_candidates < 2:
-        raise ValueError("eval_candidates must be >= 2")
-    if image_size < 32:
-        raise ValueError("image_size must be >= 32 pixels")
     train_names = resolve_subsets(train_subsets, SYNTHETIC_TRAIN)
     eval_names = resolve_subsets(eval_subsets, SYNTHETIC_EVAL)
     out = Path(out_dir)
