@@ -17,7 +17,6 @@ from typing import Callable
 from PIL import Image
 
 from pipelines.mmeb import SYNTHETIC
-
 from pipelines.sources.synthetic.instructions import (
     CIRR_INST, CLS_INST, CROP_TGT, DIALOG_INST, DIALOG_TGT, GROUND_EVAL_INST, GROUND_TRAIN_INST, I2T_INST,
     IMAGE_TGT, NEW_VQA_INST, NEWS_INST, NIGHTS_INST, REFCOCO_INST, T2I_INST, TOK, VQA_INST, WEBQA_INST,
@@ -88,6 +87,8 @@ class _Namer:
 
 @dataclass
 class _Ctx:
+    """What a builder needs besides its stream: the split, the image side and the file namer."""
+
     name: str
     split: str  # "train" | "test"
     size: int
@@ -98,6 +99,7 @@ class _Ctx:
         return self.split == "train"
 
     def img(self, scene_or_image, fmt: str = "JPEG") -> Img:
+        """A scene rendered (or an image as it is) under the next file name."""
         image = render(scene_or_image, self.size) if isinstance(scene_or_image, Scene) else scene_or_image
         return Img(self.names(fmt), image, fmt)
 
