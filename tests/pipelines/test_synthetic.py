@@ -1,4 +1,4 @@
-"""Tests of the synthetic miniature MMEB generator (pipelines/sources/synthetic.py)."""
+"""Tests of the synthetic miniature MMEB generator (the package pipelines/sources/synthetic/)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from pipelines import mmeb
 from pipelines.prompts import split_side
 from pipelines.schema import EVAL_COLUMNS, IMAGE_TOKEN, TRAIN_COLUMNS
 from pipelines.sources import synthetic as syn
+from pipelines.sources.synthetic import datasets, instructions, scenes, zips
 
 SMALL = dict(seed=3, train_rows=24, eval_rows=20, eval_candidates=8, image_size=64)
 TRAIN_SPLITS = ("original", "diverse_instruction")
-COLOUR_SHAPE = re.compile(rf"\b({'|'.join(syn.COLOURS)}) ({'|'.join(syn.SHAPES)})\b")
+COLOUR_SHAPE = re.compile(rf"\b({'|'.join(scenes.COLOURS)}) ({'|'.join(scenes.SHAPES)})\b")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def _decode(data: bytes) -> Image.Image:
 
 def _nearest_colour(pixel, bg) -> str:
     """Name of the palette colour nearest to pixel, or 'bg' when the background is nearer."""
-    options = dict(syn.COLOURS, bg=bg)
+    options = dict(scenes.COLOURS, bg=bg)
     return min(options, key=lambda n: sum((a - b) ** 2 for a, b in zip(pixel, options[n])))
 
 
@@ -159,7 +160,7 @@ def test_verbatim_mmeb_strings(out):
         "<|image_1|>\nRepresent the given Wikipedia image with related text information: "
     ) and first["Syn-WebQA"]["pos_text"].endswith("\n")
     for row in _train(root, "Syn-Dialog_t2i").to_pylist():  # VisDial: Q:/A: turns, then "\n\n"
-        body = row["qry"].removeprefix(syn.DIALOG_INST)
+        body = row["qry"].removeprefix(instructions.DIALOG_INST)
         assert re.fullmatch(r"(Q:[^\n]+\nA:[^\n]+\n)+\n", body), body
         assert row["neg_image_path"].startswith("images/Syn-Dialog_t2i/Train/") and row["neg_text"] == ""
     for name in ("Syn-NewsCLS", "Syn-ShapeVQA"):  # hard-negative labels / answers, never the gold
@@ -183,11 +184,11 @@ def test_diverse_instruction_changes_only_the_query_instruction(out):
         orig, div = _train(root, name, "original"), _train(root, name, "diverse_instruction")
         for col in TRAIN_COLUMNS[1:]:
             assert orig.column(col).equals(div.column(col)), (name, col)
-        phrasings = syn.DIVERSE_PHRASINGS[name]
+        phrasings = instructions.DIVERSE_PHRASINGS[name]
         changed = 0
         for q, d in zip(orig.column("qry").to_pylist(), div.column("qry").to_pylist()):
             changed += q != d
-            if name in syn.INSTRUCTION_ONLY:
+            if name in instructions.INSTRUCTION_ONLY:
                 assert d in phrasings
             else:  # same content after the instruction, which is one of the 10 phrasings
                 content = q[len(phrasings[0]) :]
@@ -265,7 +266,7 @@ def test_images_decode_in_the_expected_formats_and_modes(out):
 def test_caption_objects_are_drawn_where_and_in_the_colour_the_caption_says(out):
     root, _ = out
     phrase = re.compile(
-        rf"(small|large) ({'|'.join(syn.COLOURS)}) ({'|'.join(syn.SHAPES)}) (?:at the|in the) (\w+)"
+        rf"(small|large) ({'|'.join(scenes.COLOURS)}) ({'|'.join(scenes.SHAPES)}) (?:at the|in the) (\w+)"
     )
     k = SMALL["image_size"] / 64
     with zipfile.ZipFile(root / "MMEB-train" / "images_zip" / "Syn-Caption_i2t.zip") as zf:
@@ -275,7 +276,7 @@ def test_caption_objects_are_drawn_where_and_in_the_colour_the_caption_says(out)
             objects = phrase.findall(row["pos_text"])
             assert 1 <= len(objects) <= 3
             for size, colour, shape, pos in objects:
-                fx, fy = syn.POSITIONS[pos]
+                fx, fy = scenes.POSITIONS[pos]
                 cx, cy = fx * img.width, fy * img.height
                 window = collections.Counter(
                     _nearest_colour(img.getpixel((x, y)), bg)
@@ -333,7 +334,7 @@ def test_eval_candidate_lists(out):
             label_sets = {frozenset(r["tgt_text"]) for r in rows}
             assert len(label_sets) == 1
             assert all(len(r["tgt_text"]) == len(set(r["tgt_text"])) for r in rows)
-            canonical = syn.BUILDERS[name].labels  # the rest comes in a per-row shuffled order
+            canonical = datasets.BUILDERS[name].labels  # the rest comes in a per-row shuffled order
             in_order = sum(r["tgt_text"][1:] == [c for c in canonical if c != r["tgt_text"][0]] for r in rows)
             assert in_order < len(rows) // 4
             assert len({tuple(r["tgt_text"][1:]) for r in rows}) > len(rows) // 2
@@ -360,16 +361,16 @@ def test_classification_label_sets(out):
     root, _ = out
     names = ("Syn-ShapeCLS", "Syn-ShapeCLS-Unseen", "Syn-NewsCLS")
     first = {n: _eval(root, n).to_pylist()[0]["tgt_text"] for n in names}
-    assert set(first["Syn-ShapeCLS"]) == {f"{c} {s}" for c, s in syn.SEEN}
-    assert set(first["Syn-ShapeCLS-Unseen"]) == {f"{c} {s}" for c, s in syn.HELD_OUT}
+    assert set(first["Syn-ShapeCLS"]) == {f"{c} {s}" for c, s in scenes.SEEN}
+    assert set(first["Syn-ShapeCLS-Unseen"]) == {f"{c} {s}" for c, s in scenes.HELD_OUT}
     assert len(first["Syn-NewsCLS"]) == 16
-    assert 10 <= len(syn.SEEN) and len(syn.HELD_OUT) >= 10
+    assert 10 <= len(scenes.SEEN) and len(scenes.HELD_OUT) >= 10
 
 
 # --- OOD ---------------------------------------------------------------------------------------------
 def test_held_out_combinations_never_appear_in_train_texts(out):
     root, _ = out
-    held = {f"{c} {s}" for c, s in syn.HELD_OUT}
+    held = {f"{c} {s}" for c, s in scenes.HELD_OUT}
     dialog_turn = re.compile(r"Q:is there a (\w+)\nA:yes\nQ:what color is it\nA:(\w+)\n")
     for name in mmeb.SYNTHETIC_TRAIN:
         for split in TRAIN_SPLITS:
@@ -384,19 +385,19 @@ def test_held_out_combinations_never_appear_in_train_texts(out):
 
 def test_held_out_combinations_never_drawn_in_train_images(tmp_path, monkeypatch):
     drawn = []
-    real_render = syn.render
+    real_render = datasets.render  # the builders draw every image through this name
 
     def recording_render(scene, size):
         drawn.extend((o.colour, o.shape) for o in scene.objects)
         return real_render(scene, size)
 
-    monkeypatch.setattr(syn, "render", recording_render)
+    monkeypatch.setattr(datasets, "render", recording_render)
     syn.generate(tmp_path / "a", **dict(SMALL, train_rows=60), eval_subsets=[])
-    assert len(drawn) > 500 and not set(drawn) & syn.HELD_OUT
-    assert len(set(drawn)) == len(syn.SEEN)  # every seen combination is drawn
+    assert len(drawn) > 500 and not set(drawn) & scenes.HELD_OUT
+    assert len(set(drawn)) == len(scenes.SEEN)  # every seen combination is drawn
     drawn.clear()
     syn.generate(tmp_path / "b", **SMALL, train_subsets=[], eval_subsets=["Syn-ShapeCLS-Unseen"])
-    assert drawn and set(drawn) <= syn.HELD_OUT
+    assert drawn and set(drawn) <= scenes.HELD_OUT
 
 
 def test_new_instruction_is_never_used_in_train(out):
@@ -411,7 +412,8 @@ def test_new_instruction_is_never_used_in_train(out):
         question = re.search(r"(What|Where|How)[^\n]*\?\n$", row["qry_text"]).group(0)
         instruction = row["qry_text"].removeprefix(IMAGE_TOKEN + "\n").removesuffix(question)
         assert instruction and all(instruction not in q for q in train_queries)
-        assert not any(instruction.strip() in p.replace(IMAGE_TOKEN, "") for p in syn.DIVERSE_PHRASINGS["Syn-ShapeVQA"])
+        phrasings = instructions.DIVERSE_PHRASINGS["Syn-ShapeVQA"]
+        assert not any(instruction.strip() in p.replace(IMAGE_TOKEN, "") for p in phrasings)
 
 
 # --- determinism and arguments ----------------------------------------------------------------------
@@ -433,7 +435,7 @@ def test_zip_entries_sorted_with_fixed_dates(out):
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
         assert [i.filename for i in infos] == sorted(i.filename for i in infos)
-        assert {i.date_time for i in infos} == {syn.ZIP_DATE}
+        assert {i.date_time for i in infos} == {zips.ZIP_DATE}
         assert all(not i.filename.startswith("/") and ".." not in i.filename for i in infos)
 
 
@@ -457,8 +459,6 @@ def test_bad_arguments_and_foreign_folders(tmp_path):
     with pytest.raises(ValueError, match="too small"):
         syn.generate(tmp_path / "y", train_rows=2, eval_rows=4, eval_candidates=8, train_subsets=[],
                      eval_subsets=["Syn-Caption_t2i"])
-    with pytest.raises(ValueError):
-        syn.generate(tmp_path / "z", image_size=16)
     foreign = tmp_path / "real" / "MMEB-train"
     foreign.mkdir(parents=True)
     (foreign / "README.md").write_text("---\npretty_name: MMEB-train\n---\n")
