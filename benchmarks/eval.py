@@ -7,10 +7,10 @@ naive per-row approach (encode every row's query and all its candidates; no dedu
 1. Generates the synthetic miniature MMEB-eval (`pipelines.sources.synthetic.generate`) and normalizes
    it (`pipelines.normalize.run`) under benchmarks/_work/eval/ (reused when the sizes are unchanged).
 2. Builds a real tiny Qwen2-VL (`trainer.backbone.families.build_tiny`, seed 0) saved as models/base there.
-3. Times, in this process, one run each of: the stage's `run()` with a cold embedding cache, the same
-   with the warm cache, and the naive loop (same model, images, resizing and batch size; one encoder
-   call per row). Prints wall time, encodings and overall Precision@1 side by side, and with
-   --results appends the table as an "Evaluation" section to that markdown file.
+3. Times, in this process, one run each of: the stage's work (`trainer.eval.evaluate.evaluate`) with a
+   cold embedding cache, the same with the warm cache, and the naive loop (same model, images, resizing
+   and batch size; one encoder call per row). Prints wall time, encodings and overall Precision@1 side
+   by side, and with --results appends the table as an "Evaluation" section to that markdown file.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipelines import normalize  # noqa: E402
+from pipelines.params import Eval, load  # noqa: E402
 from pipelines.sources import synthetic  # noqa: E402
-from stages import evaluate as stage  # noqa: E402
-from stages.common import load_params  # noqa: E402
-from trainer.eval.protocol import CountingEncoder, ImageLoader  # noqa: E402
+from tests.support.encoders import CountingEncoder  # noqa: E402
+from trainer.eval import evaluate as evaluation  # noqa: E402
+from trainer.eval.protocol import ImageLoader  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work" / "eval"
 log = logging.getLogger("benchmarks.eval")
@@ -51,9 +52,8 @@ def prepare_data(eval_rows: int, candidates: int, datasets) -> Path:
     shutil.rmtree(WORK / "data", ignore_errors=True)
     synthetic.generate(WORK / "raw", seed=0, train_rows=1, eval_rows=eval_rows, eval_candidates=candidates,
                        train_subsets=[], eval_subsets=None if datasets == "all" else datasets)
-    params = load_params("normalize", path=REPO / "params.yaml")
     normalize.run(WORK / "raw", WORK / "data" / "normalized", WORK / "data" / "rejects",
-                  WORK / "metrics" / "etl.json", params)  # where the evaluate stage reads it
+                  WORK / "metrics" / "etl.json", load(REPO / "params.yaml").normalize)  # where evaluate reads it
     stamp.write_text(json.dumps(want))
     return WORK
 
@@ -105,31 +105,31 @@ def main(argv=None) -> int:
     model_path = prepare_model()
     print(f"data + model ready in {time.perf_counter() - t0:.1f} s under {root}")
 
-    params = {"models": ["base"], "batch_size": args.batch_size, "datasets": datasets,
-              "image_max_pixels": load_params("eval", path=REPO / "params.yaml")["image_max_pixels"],
-              "cache": True, "cache_dir": ".cache/embeddings"}
+    params = Eval.parse({"models": ["base"], "batch_size": args.batch_size, "datasets": datasets,
+                         "image_max_pixels": load(REPO / "params.yaml").eval.image_max_pixels,
+                         "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32"})
     shutil.rmtree(root / ".cache", ignore_errors=True)
     runs = {}
     for label in ("stage, cold cache", "stage, warm cache"):
         loaded: list[CountingEncoder] = []
 
         def counting_loader(name, path, p):
-            loaded.append(CountingEncoder(stage.load_embedding_model(name, path, p)))
+            loaded.append(CountingEncoder(evaluation.load_embedding_model(name, path, p)))
             return loaded[-1]
 
         t = time.perf_counter()
-        evals = stage.run(params, root=root, load_model=counting_loader)
+        evals = evaluation.evaluate(params, root=root, load_model=counting_loader)
         wall = time.perf_counter() - t
-        metrics = json.loads((root / stage.METRICS_FILE).read_text())["base"]
+        metrics = json.loads((root / evaluation.METRICS_FILE).read_text())["base"]
         runs[label] = {"wall": wall, "overall": metrics["overall"], "scores": metrics["dataset"],
                        "encodings": sum(m.encoded for m in loaded)}  # what the model encoded, not the cache
         print(f"{label}: {wall:.1f} s")
     names = [r.dataset for r in evals["base"]]
 
     t = time.perf_counter()
-    model = stage.load_embedding_model("base", model_path, params)  # the stage's device and settings
-    base = naive(model, root / stage.EVAL_ROOT, root / stage.IMAGES_ROOT, names, args.batch_size,
-                 params["image_max_pixels"])
+    model = evaluation.load_embedding_model("base", model_path, params)  # the stage's device and settings
+    base = naive(model, root / evaluation.EVAL_ROOT, root / evaluation.IMAGES_ROOT, names, args.batch_size,
+                 params.image_max_pixels)
     wall = time.perf_counter() - t
     runs["naive per row"] = {"wall": wall, "encodings": base["encodings"], "scores": base["scores"],
                              "overall": sum(base["scores"].values()) / len(base["scores"])}
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
 
     naive_wall = runs["naive per row"]["wall"]
     queries = sum(pq.ParquetFile(f).metadata.num_rows for d in names
-                  for f in (root / stage.EVAL_ROOT / d).glob("part-*.parquet"))
+                  for f in (root / evaluation.EVAL_ROOT / d).glob("part-*.parquet"))
     lines = [
         "## Evaluation",
         "",

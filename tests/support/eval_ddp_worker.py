@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/support/eval_ddp_worker.py --root DIR
 
-Runs the evaluate stage's `run()` on DIR (a tiny normalized eval set, models/base and models/embedder
+Runs `trainer.eval.evaluate.evaluate` on DIR (a tiny normalized eval set, models/base and models/embedder
 folders) with the batch-sensitive fake encoders of tests/trainer/eval/test_protocol.py, so the outputs equal a
 one-process run only if every item was encoded in the same batch. Each rank also writes
 DIR/encoded-rank<r>.json (items it encoded) so the test can check that the work was really split.
@@ -20,9 +20,10 @@ if __package__ in (None, ""):  # run as a script by torchrun: make the repo impo
 
 import torch  # noqa: E402
 
-from stages import evaluate as stage  # noqa: E402
+from pipelines.params import Eval  # noqa: E402
 from tests.trainer.eval.test_protocol import BatchSensitiveEncoder  # noqa: E402
 from trainer import distributed  # noqa: E402
+from trainer.eval.evaluate import evaluate  # noqa: E402
 
 ENCODERS: dict[str, BatchSensitiveEncoder] = {}
 
@@ -40,10 +41,11 @@ def main() -> int:
     torch.set_num_threads(1)
     info = distributed.init_from_env()
     assert info.world_size == 2, info
-    params = {"models": ["base", "embedder"], "batch_size": args.batch_size, "datasets": "all",
-              "image_max_pixels": 40, "cache": True, "cache_dir": ".cache/embeddings"}
+    params = Eval.parse({"models": ["base", "embedder"], "batch_size": args.batch_size, "datasets": "all",
+                         "image_max_pixels": 40, "cache": True, "cache_dir": ".cache/embeddings",
+                         "cache_max_gb": 20, "precision": "fp32"})
     try:
-        stage.run(params, root=Path(args.root), load_model=fake_loader)
+        evaluate(params, root=Path(args.root), load_model=fake_loader)
         out = Path(args.root) / f"encoded-rank{info.rank}.json"
         out.write_text(json.dumps({name: enc.encoded for name, enc in ENCODERS.items()}))
     finally:

@@ -40,6 +40,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from pipelines import files
+
 log = logging.getLogger(__name__)
 
 FORMAT = "vlm2vec-embedding-cache/1"
@@ -117,7 +119,8 @@ class EmbeddingCache:
             "settings": self.settings,
             "parts": {name: self._parts[name] for name in sorted(self._parts)},
         }
-        _atomic_write(self.dir / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True).encode("utf-8"))
+        blob = json.dumps(index, indent=1, sort_keys=True).encode("utf-8")
+        files.write_bytes(self.dir / INDEX_FILE, blob, fsync=True)
 
     def _drop_part(self, name: str, reason: str) -> None:
         assert self._parts is not None
@@ -200,8 +203,7 @@ class EmbeddingCache:
                        metadata={"format": FORMAT, "fingerprint": self.fingerprint, "keys": json.dumps(keys)})
         digest = hashlib.sha256(data).hexdigest()
         name = f"part-{digest[:24]}.safetensors"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.dir / name, data)
+        files.write_bytes(self.dir / name, data, fsync=True)
         seq = 1 + max((int(e.get("seq", 0)) for e in self._parts.values()), default=0)
         self._parts[name] = {"bytes": len(data), "sha256": digest, "rows": len(keys),
                              "dim": int(vectors.shape[1]), "keys": keys, "seq": seq}
@@ -289,13 +291,3 @@ def _metadata(data: bytes) -> dict[str, str]:
         raise ValueError("header length beyond the end of the file")
     header = json.loads(data[8:8 + n])
     return dict(header.get("__metadata__") or {})
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-

@@ -1,6 +1,6 @@
 """MMEB evaluation: load eval records, encode each distinct item once, score, aggregate.
 
-Protocol (MMEB V1, ../shared/research/MMEB_SPEC.md §2.4-2.6):
+Protocol (MMEB V1, as in the VLM2Vec paper and its official evaluation code):
 
 * every row carries its own candidate list `[target] + negatives`, gold at index 0;
 * a query is scored against its own candidates by the cosine of L2-normalised embeddings; it is a hit
@@ -52,18 +52,6 @@ class Encoder(Protocol):
 
     def encode(self, sides: list[dict], images: list[Image.Image | None], batch_size: int = ...) -> np.ndarray:
         """float32 [len(sides), D] embeddings, one per side (L2-normalised by contract)."""
-
-
-class CountingEncoder:
-    """Wraps an `Encoder` and counts the items it is asked to encode (cache hits never reach it):
-    what the benchmarks and tests report as encodings."""
-
-    def __init__(self, inner: Encoder):
-        self.inner, self.fingerprint, self.encoded = inner, inner.fingerprint, 0
-
-    def encode(self, sides: list[dict], images: list[Image.Image | None], batch_size: int = 32) -> np.ndarray:
-        self.encoded += len(sides)
-        return self.inner.encode(sides, images, batch_size=batch_size)
 
 
 # --- records -> distinct items -------------------------------------------------------------------

@@ -7,6 +7,7 @@ timestamps, fixed key order, floats rounded to `DIGITS` decimals (scores are per
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from pipelines import mmeb
@@ -16,7 +17,7 @@ DIGITS = 4
 META_LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding"}
 
 # --- published numbers ----------------------------------------------------------------------------
-# Precision@1 (%) on the 36 MMEB-V1 datasets, transcribed from ../shared/research/MMEB_SPEC.md §5.2:
+# Precision@1 (%) on the 36 MMEB-V1 datasets, transcribed from the papers' tables:
 # paper-v1 (VLM2Vec, arXiv 2410.05160) Table 6 for the baselines and VLM2Vec (LLaVA-1.6, LoRA, 1344²);
 # paper-v2 (VLM2Vec-V2, arXiv 2507.04590) Table 5 for the V2-pipeline re-evaluation of the Qwen2-VL
 # checkpoints and VLM2Vec-V2.0. Baselines fuse image and text features by element-wise addition and use
@@ -217,67 +218,115 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | No
 
 def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str, dict], base: str = "base") -> str:
     """The human report: summary, per-dataset table, efficiency and the published numbers."""
-    models = list(evals)
-    base_name = _base_of(evals, base)
-    others = [m for m in models if m != base_name]
-    by_model = {m: {r.dataset: r for r in evals[m]} for m in models}
-    datasets = list(dict.fromkeys(r.dataset for m in models for r in evals[m]))
-    first = {d: next(by_model[m][d] for m in models if d in by_model[m]) for d in datasets}
-    aggs = {m: aggregate(evals[m]) for m in models}
+    view = _View.of(evals, base)
+    lines = (_introduction(view, metadata) + _summary(view) + _per_dataset(view) + _secondary_metrics(view)
+             + _encoding_work(view) + _published_comparison(view) + _sources_and_notes())
+    return "\n".join(lines) + "\n"
 
-    def delta_cols(get):
-        if base_name is None:
+
+@dataclass(frozen=True)
+class _View:
+    """What the report's sections are drawn from: the models in order, the base model the others are
+    compared with (None without one), each model's results by dataset, the datasets in order of first
+    appearance and, per dataset, the first model's result (its counts are the same for every model)."""
+
+    evals: Mapping[str, Sequence[DatasetResult]]
+    models: list[str]
+    base_name: str | None
+    others: list[str]
+    by_model: dict[str, dict[str, DatasetResult]]
+    datasets: list[str]
+    first: dict[str, DatasetResult]
+    aggs: dict[str, dict]
+
+    @classmethod
+    def of(cls, evals: Mapping[str, Sequence[DatasetResult]], base: str) -> _View:
+        models = list(evals)
+        base_name = _base_of(evals, base)
+        by_model = {m: {r.dataset: r for r in evals[m]} for m in models}
+        datasets = list(dict.fromkeys(r.dataset for m in models for r in evals[m]))
+        first = {d: next(by_model[m][d] for m in models if d in by_model[m]) for d in datasets}
+        return cls(evals, models, base_name, [m for m in models if m != base_name], by_model, datasets, first,
+                   {m: aggregate(evals[m]) for m in models})
+
+    @property
+    def delta_header(self) -> list[str]:
+        return [f"Δ {m} vs {self.base_name}" for m in self.others] if self.base_name else []
+
+    def delta_cols(self, get) -> list[str]:
+        """Each other model's value minus the base model's (`get(model)`; – where either is missing)."""
+        if self.base_name is None:
             return []
-        b = get(base_name)
-        return [_signed(None if (b is None or get(m) is None) else get(m) - b) for m in others]
+        b = get(self.base_name)
+        return [_signed(None if (b is None or get(m) is None) else get(m) - b) for m in self.others]
 
-    delta_hdr = [f"Δ {m} vs {base_name}" for m in others] if base_name else []
-    lines = ["# MMEB evaluation", ""]
-    lines += [
+    def precision(self, model: str, dataset: str) -> float | None:
+        return self.by_model[model][dataset].precision_at_1 if dataset in self.by_model[model] else None
+
+
+def _introduction(view: _View, metadata: Mapping[str, dict]) -> list[str]:
+    return [
+        "# MMEB evaluation", "",
         "Precision@1 in percent: each query is ranked against its own candidate list (gold first) by the cosine "
         "of L2-normalised embeddings; a hit when the first maximum is the gold (ties with the gold count as "
         "hits, as in the official code). Meta-task, IND, OOD and overall scores are unweighted means over "
         "datasets (MMEB_SPEC §2.4).", "",
-        "Models: " + ", ".join(f"`{m}` ({metadata.get(m, {}).get('path', '?')}, fingerprint "
-                               f"`{str(metadata.get(m, {}).get('fingerprint', '?'))[:12]}`)" for m in models) + ".",
-        "", "## Summary", "",
+        "Models: " + ", ".join(_model_label(m, metadata.get(m, {})) for m in view.models) + ".",
     ]
+
+
+def _model_label(model: str, metadata: Mapping) -> str:
+    return f"`{model}` ({metadata.get('path', '?')}, fingerprint `{str(metadata.get('fingerprint', '?'))[:12]}`)"
+
+
+def _summary(view: _View) -> list[str]:
+    """The groups that hold a dataset (overall, IND/OOD, meta-tasks), and the rows normalize rejected."""
+    models, aggs = view.models, view.aggs
     getters = {"Overall": lambda a: a["overall"], **{k: (lambda a, k=k: a.get(k)) for k in mmeb.DISTRIBUTIONS},
                **{label: (lambda a, t=task: a["meta"].get(t)) for task, label in META_LABELS.items()}}
     rows = []
-    for label, n in _group_sizes([first[d] for d in datasets]).items():  # groups with a dataset, in order
+    for label, n in _group_sizes([view.first[d] for d in view.datasets]).items():  # groups with a dataset, in order
         vals = {m: getters[label](aggs[m]) for m in models}
-        rows.append([f"{label} ({n})"] + [_fmt(vals[m]) for m in models] + delta_cols(lambda m: vals[m]))
-    lines += _table(["group (#datasets)"] + models + delta_hdr, rows, "l" + "r" * (len(models) + len(delta_hdr)))
-
-    rejected = _rows([first[d] for d in datasets])["rejected"]
+        rows.append([f"{label} ({n})"] + [_fmt(vals[m]) for m in models] + view.delta_cols(lambda m: vals[m]))
+    lines = ["", "## Summary", ""]
+    lines += _table(["group (#datasets)"] + models + view.delta_header, rows,
+                    "l" + "r" * (len(models) + len(view.delta_header)))
+    rejected = _rows([view.first[d] for d in view.datasets])["rejected"]
     if rejected:
         lines += ["", f"{rejected} eval rows were rejected by the normalize stage (reasons in `data/rejects/`, "
                       "counts in `metrics/etl.json`): each dataset's Precision@1 is over the rows it kept "
                       "(\"#queries\": kept of source rows)."]
-    lines += ["", "## Per dataset", ""]
+    return lines
+
+
+def _per_dataset(view: _View) -> list[str]:
+    models = view.models
     rows = []
-    for d in datasets:
-        r0 = first[d]
+    for d in view.datasets:
+        r0 = view.first[d]
         cands = str(r0.candidates_min) if r0.candidates_min == r0.candidates_max else \
             f"{r0.candidates_min}–{r0.candidates_max}"
-        vals = {m: (by_model[m][d].precision_at_1 if d in by_model[m] else None) for m in models}
+        vals = {m: view.precision(m, d) for m in models}
         queries = str(r0.n_queries) if not r0.source_rows or r0.source_rows == r0.n_queries else \
             f"{r0.n_queries} of {r0.source_rows}"
         rows.append([d, r0.meta_task, r0.distribution] + [_fmt(vals[m]) for m in models]
-                    + delta_cols(lambda m: vals[m]) + [queries, cands])
-    lines += _table(["dataset", "meta-task", "IND/OOD"] + models + delta_hdr + ["#queries", "#candidates"],
-                    rows, "lll" + "r" * (len(models) + len(delta_hdr) + 2))
+                    + view.delta_cols(lambda m: vals[m]) + [queries, cands])
+    return ["", "## Per dataset", ""] + _table(
+        ["dataset", "meta-task", "IND/OOD"] + models + view.delta_header + ["#queries", "#candidates"],
+        rows, "lll" + "r" * (len(models) + len(view.delta_header) + 2))
 
-    lines += ["", "## Secondary metrics (MMEB-V2 style, mean over datasets)", ""]
-    rows = [[m] + [_fmt(aggregate(evals[m], k)["overall"]) for k in ("precision_at_1", "hit_at_5", "mrr", "ndcg_at_5")]
-            for m in models]
-    lines += _table(["model", "hit@1", "hit@5", "MRR", "NDCG@5"], rows, "lrrrr")
 
-    lines += ["", "## Encoding work", "",
-              "Each distinct (side text, image) item of a dataset is encoded once (queries and candidates "
-              "deduplicated separately, as the official code); the naive count encodes every row's query and "
-              "all its candidates. A warm embedding cache (`.cache/embeddings/`) skips even those.", ""]
+def _secondary_metrics(view: _View) -> list[str]:
+    rows = [[m] + [_fmt(aggregate(view.evals[m], k)["overall"]) for k in ("precision_at_1", "hit_at_5", "mrr",
+                                                                           "ndcg_at_5")]
+            for m in view.models]
+    return ["", "## Secondary metrics (MMEB-V2 style, mean over datasets)", ""] + _table(
+        ["model", "hit@1", "hit@5", "MRR", "NDCG@5"], rows, "lrrrr")
+
+
+def _encoding_work(view: _View) -> list[str]:
+    """Per dataset, the naive encodings against the distinct items actually encoded."""
+    datasets, first = view.datasets, view.first
     rows = []
     for d in datasets:
         r0 = first[d]
@@ -287,39 +336,49 @@ def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str
     dedup = sum(first[d].encodings_dedup for d in datasets)
     rows.append(["**total**", str(naive), str(sum(first[d].distinct_queries for d in datasets)),
                  str(sum(first[d].distinct_candidates for d in datasets)), str(dedup), f"{naive / dedup:.1f}x"])
-    lines += _table(["dataset", "naive", "distinct queries", "distinct candidates", "encoded", "saving"],
-                    rows, "lrrrrr")
+    return ["", "## Encoding work", "",
+            "Each distinct (side text, image) item of a dataset is encoded once (queries and candidates "
+            "deduplicated separately, as the official code); the naive count encodes every row's query and "
+            "all its candidates. A warm embedding cache (`.cache/embeddings/`) skips even those.", ""] + _table(
+        ["dataset", "naive", "distinct queries", "distinct candidates", "encoded", "saving"], rows, "lrrrrr")
 
-    lines += ["", "## Published numbers", ""]
-    real = [d for d in datasets if d in PUBLISHED_P1]
+
+def _published_comparison(view: _View) -> list[str]:
+    """Ours next to the published columns on the real MMEB datasets evaluated, with means over them
+    (all, IND, OOD); without one, the published overall numbers for scale."""
+    lines = ["", "## Published numbers", ""]
+    real = [d for d in view.datasets if d in PUBLISHED_P1]
     if not real:
-        lines += ["No real MMEB dataset was evaluated (only synthetic or other datasets), so there is nothing "
-                  "to compare per dataset. For scale, the published overall Precision@1 on the 36 MMEB "
-                  "datasets: " + ", ".join(f"{m} {PUBLISHED_OVERALL[m]:.1f}" for m in REPORT_MODELS) + "."]
-    else:
-        rows = []
-        for d in real:
-            pub = published(d)
-            rows.append([d] + [_fmt(by_model[m][d].precision_at_1 if d in by_model[m] else None) for m in models]
-                        + [_fmt(pub[p]) for p in REPORT_MODELS])
-        sub = [first[d] for d in real]
-        for label, pick in [("mean (these datasets)", lambda r: True)] + [
-                (f"mean {k}", lambda r, k=k: r.distribution == k) for k in mmeb.DISTRIBUTIONS]:
-            chosen = [r.dataset for r in sub if pick(r)]
-            if not chosen:
-                continue
-            ours = [_fmt(_mean([by_model[m][d].precision_at_1 for d in chosen if d in by_model[m]])) for m in models]
-            theirs = [_fmt(_mean([published(d)[p] for d in chosen])) for p in REPORT_MODELS]
-            rows.append([f"**{label}**"] + ours + theirs)
-        lines += _table(["dataset"] + [f"ours: {m}" for m in models] + list(REPORT_MODELS), rows,
-                        "l" + "r" * (len(models) + len(REPORT_MODELS)))
-        if len(real) == len(PUBLISHED_P1):
-            lines += ["", "Published overall as printed: " +
-                      ", ".join(f"{m} {PUBLISHED_OVERALL[m]:.1f}" for m in REPORT_MODELS) + "."]
-    lines += ["", "Sources: " + "; ".join(f"{m}: {PUBLISHED_SOURCES[m]}" for m in REPORT_MODELS) +
-              " (transcribed in `trainer/eval/report.py` from MMEB_SPEC §5.2).", "", "Notes:", ""]
-    lines += [f"- {n}" for n in PUBLISHED_NOTES]
-    return "\n".join(lines) + "\n"
+        return lines + [
+            "No real MMEB dataset was evaluated (only synthetic or other datasets), so there is nothing "
+            "to compare per dataset. For scale, the published overall Precision@1 on the 36 MMEB "
+            "datasets: " + ", ".join(f"{m} {PUBLISHED_OVERALL[m]:.1f}" for m in REPORT_MODELS) + "."]
+    models, by_model = view.models, view.by_model
+    rows = []
+    for d in real:
+        pub = published(d)
+        rows.append([d] + [_fmt(view.precision(m, d)) for m in models] + [_fmt(pub[p]) for p in REPORT_MODELS])
+    sub = [view.first[d] for d in real]
+    for label, pick in [("mean (these datasets)", lambda r: True)] + [
+            (f"mean {k}", lambda r, k=k: r.distribution == k) for k in mmeb.DISTRIBUTIONS]:
+        chosen = [r.dataset for r in sub if pick(r)]
+        if not chosen:
+            continue
+        ours = [_fmt(_mean([by_model[m][d].precision_at_1 for d in chosen if d in by_model[m]])) for m in models]
+        theirs = [_fmt(_mean([published(d)[p] for d in chosen])) for p in REPORT_MODELS]
+        rows.append([f"**{label}**"] + ours + theirs)
+    lines += _table(["dataset"] + [f"ours: {m}" for m in models] + list(REPORT_MODELS), rows,
+                    "l" + "r" * (len(models) + len(REPORT_MODELS)))
+    if len(real) == len(PUBLISHED_P1):
+        lines += ["", "Published overall as printed: " +
+                  ", ".join(f"{m} {PUBLISHED_OVERALL[m]:.1f}" for m in REPORT_MODELS) + "."]
+    return lines
+
+
+def _sources_and_notes() -> list[str]:
+    return ["", "Sources: " + "; ".join(f"{m}: {PUBLISHED_SOURCES[m]}" for m in REPORT_MODELS) +
+            " (transcribed in `trainer/eval/report.py` from MMEB_SPEC §5.2).", "", "Notes:", ""] + [
+        f"- {n}" for n in PUBLISHED_NOTES]
 
 
 def _mean(values: Sequence[float]) -> float | None:
