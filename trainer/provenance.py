@@ -39,7 +39,8 @@ def module_file(name: str, root: Path = REPO) -> Path | None:
 
 def imported_files(path: Path, root: Path = REPO) -> set[Path]:
     """Project files imported anywhere in `path` (top level or inside functions); `from pkg import x`
-    counts pkg.x when that is a module. Package `__init__` files are left out (they hold no code)."""
+    counts pkg.x when that is a module. A package's `__init__` counts when it holds code (e.g. it
+    hands on `generate` from a module of its own), not when it is empty."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         names = []
@@ -48,9 +49,15 @@ def imported_files(path: Path, root: Path = REPO) -> set[Path]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         for name in names:
-            if (f := module_file(name, root)) is not None and f.name != "__init__.py":
+            if (f := module_file(name, root)) is not None and (f.name != "__init__.py" or _has_code(f)):
                 found.add(f)
     return found
+
+
+def _has_code(path: Path) -> bool:
+    """Whether a file holds anything but a docstring (an empty package `__init__` does not)."""
+    body = ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body
+    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)) for node in body)
 
 
 def source_files(start: str | Path, root: Path = REPO) -> list[Path]:
