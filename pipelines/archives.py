@@ -1,6 +1,6 @@
 """Safe reading of zip archives: members are read straight from the zip, never trusted blindly.
 
-MMEB ships its images as zips (MMEB_SPEC.md §1.3, §2.1). `SafeZip` reads members into memory without
+MMEB ships its images as zips (one per train subset, one for all of MMEB-eval). `SafeZip` reads members into memory without
 extracting anything to disk and refuses, member by member, anything a hostile or broken archive could
 use against us:
 

@@ -15,8 +15,8 @@ modes, ...) is converted to RGB — alpha composited on white — and re-encoded
 source was a JPEG, PNG otherwise); such images are reported as `converted`. The sha256 is always that
 of the stored bytes, so identical stored images share one entry in the image store.
 
-`ImageSource` resolves the image paths of raw MMEB rows to archive members (MMEB_SPEC.md §1.3, §2.1)
-and reads them through `archives.SafeZip`, so nothing is ever extracted to disk.
+`ImageSource` resolves the image paths of raw MMEB rows to archive members (the
+train zips per subset, MMEB-eval's one images.zip) and reads them through `archives.SafeZip`, so nothing is ever extracted to disk.
 """
 
 from __future__ import annotations

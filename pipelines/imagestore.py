@@ -50,8 +50,8 @@ class _NoPandas:
 
 def without_pandas() -> None:
     """Keep pandas out of this process: pyarrow (26) imports it on the first table or array built
-    from Python objects just to test `isinstance(data, pandas.DataFrame)`, about 0.4 s of CPU per
-    process, and the ETL stages and their workers never use pandas (pyarrow treats it as absent).
+    from Python objects just to test `isinstance(data, pandas.DataFrame)`, a noticeable start-up cost
+    per process, and the ETL stages and their workers never use pandas (pyarrow treats it as absent).
     Only for processes that are ETL stages or their workers, since `import pandas` fails there
     afterwards; a no-op where pandas is imported already."""
     if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):

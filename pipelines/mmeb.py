@@ -1,7 +1,7 @@
 """Registry of the datasets this toolkit knows: the real MMEB (train and eval) and the embedded
 synthetic miniature MMEB.
 
-Facts from ../shared/research/MMEB_SPEC.md §1.4 and §2.2. Every other module asks this registry for a
+Facts from the MMEB paper and the MMEB-train / MMEB-eval dataset repos. Every other module asks this registry for a
 dataset's meta-task, distribution (IND/OOD) and modalities instead of hard-coding them.
 
 Names are exactly the Hub config names (note `ImageNet_1K` in MMEB-train but `ImageNet-1K` in

@@ -1,6 +1,6 @@
 """Normalize raw MMEB (Hub layout) into unified records, a content-addressed image store and rejects.
 
-Input  (MMEB_SPEC.md §1-§3): <raw>/MMEB-train/<Subset>/<split>-*.parquet (+ images_zip/<Subset>.zip),
+Input  (the Hub layout): <raw>/MMEB-train/<Subset>/<split>-*.parquet (+ images_zip/<Subset>.zip),
        <raw>/MMEB-eval/<Dataset>/test-*.parquet (+ images.zip), <raw>/manifest.json.
 Output (pipelines/schema.py):
        <out>/{train,eval}/<dataset>/part-NNNNN.parquet   RECORD_SCHEMA, source row order
@@ -17,7 +17,7 @@ before the metrics are written). Reject reasons:
     names the side ("query", "target", "candidate 3") and the image path.
 Quirks that are kept and counted, not rejected:
     stray_image_token    a QUERY with "<|image_1|>" but no image path in a dataset whose queries are
-                         text (WebQA/EDIS, MMEB_SPEC §1.6): raw kept, has_image_token true, image
+                         text (WebQA/EDIS keep the token on text-only queries): raw kept, has_image_token true, image
                          null. On target/negative/candidate sides, and on the queries of datasets
                          whose queries have an image (pipelines/mmeb.py), the image IS the content,
                          so a token without a path is a reject (image_token_without_image).

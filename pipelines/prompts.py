@@ -11,7 +11,7 @@ empty part sits where it would have been. The image token "<|image_1|>" is never
 or text: it always stays in the template, so re-composing with another (or an empty) instruction keeps
 the image token where the source put it.
 
-How the instruction is found (MMEB_SPEC.md §1.1, §2.3, §3):
+How the instruction is found:
   1. known instructions of MMEB (`KNOWN_INSTRUCTIONS`), matched right after leading image tokens and
      whitespace; a "prefix" instruction (ending in ": ", ". " or " ") is followed by content, a
      "whole" instruction (e.g. "Represent the given image for classification") must be all there is;
@@ -35,8 +35,8 @@ from functools import lru_cache
 
 from pipelines.schema import IMAGE_TOKEN
 
-# Literal MMEB instruction strings (image token and the newline after it omitted). Sources:
-# MMEB_SPEC.md §2.3 (eval queries and targets) and §3 (train rows).
+# Literal MMEB instruction strings (image token and the newline after it omitted), as the eval
+# queries and targets and the train rows of MMEB-train / MMEB-eval write them.
 KNOWN_INSTRUCTIONS: tuple[str, ...] = (
     # classification
     "Represent the given image for classification",
@@ -78,7 +78,7 @@ KNOWN_INSTRUCTIONS: tuple[str, ...] = (
 _KNOWN_LONGEST_FIRST = tuple(sorted(set(KNOWN_INSTRUCTIONS), key=lambda s: (-len(s), s)))
 
 # MMEB-train's `diverse_instruction` split swaps each query's instruction for one of ten phrasings
-# per subset (MMEB_SPEC.md §3), often with the image token mid-sentence. Phrasings ending in ": " are
+# per subset, often with the image token mid-sentence. Phrasings ending in ": " are
 # found by the ": " fallback; these are the ones the content follows directly (MSCOCO grounding,
 # "... labeled as <label>"; VisualNews_t2i, "... news caption.<caption>"), matched as they stand.
 MSCOCO_DIVERSE: tuple[str, ...] = (  # the MSCOCO (grounding) phrasings but the original's

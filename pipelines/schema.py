@@ -94,7 +94,7 @@ IMAGE_SCHEMA = pa.schema(
     ]
 )
 
-# Raw MMEB column names (MMEB_SPEC.md §1.2, §2.1)
+# Raw MMEB column names (MMEB-train's and MMEB-eval's parquet files)
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 

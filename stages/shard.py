@@ -25,5 +25,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    without_pandas()  # a stage process: pyarrow would import pandas (0.4 s) for nothing
+    without_pandas()  # a stage process: pyarrow would import pandas for nothing
     cli(main)

@@ -120,7 +120,7 @@ class EmbeddingModel:
         self.embedder = Embedder(backbone).to(self.device)
         if dtype is not None:
             self.embedder.to(dtype)
-        batch_vision_attention(self.embedder.model)  # same embeddings, 1.5x faster vision tower on GPU
+        batch_vision_attention(self.embedder.model)  # same embeddings, one attention call per vision layer
         self.embedder.eval()
         self.collator = Collator(backbone, **collation)
         self.collation = collation

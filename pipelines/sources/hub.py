@@ -1,6 +1,6 @@
 """MMEB from the Hugging Face Hub: the repo layout, subset selection, and a pinned, filtered download.
 
-The Hub layout (MMEB_SPEC §1.1, §1.3, §2.1), for a train split `<split>` (original | diverse_instruction):
+The Hub layout, for a train split `<split>` (original | diverse_instruction):
 
     MMEB-train/<Subset>/<split>-NNNNN-of-NNNNN.parquet     one folder per config (subset)
     MMEB-train/images_zip/<Subset>.zip                     the subset's images, one zip

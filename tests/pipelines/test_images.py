@@ -161,7 +161,7 @@ def test_eval_paths_resolve_to_images_zip(tmp_path):
 
 
 def test_eval_paths_resolve_inside_an_archive_packed_with_its_root_folder(tmp_path):
-    """MMEB-eval's images.zip layout is inferred (MMEB_SPEC §1): should its members sit under a root
+    """MMEB-eval's images.zip layout is inferred (the repo does not document it): should its members sit under a root
     folder ("images/WebQA/...") that the rows' paths ("WebQA/...") lack, they are still found."""
     write_zip(tmp_path / "MMEB-eval" / "images.zip", {"images/WebQA/gold_0.jpg": b"gold",
                                                        "images/OK-VQA/q.jpg": b"q"})

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipelines import params as P
-from pipelines.params import Data, ParamsError, Shard
+from pipelines.params import Data, Eval, ParamsError, Shard, Synthetic
 from tests.support.params import document, section, write_params
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,3 +155,54 @@ def test_a_stage_refuses_bad_params_before_any_work(tmp_path):
     assert "train.learning_rate" in done.stderr and "shard.max_samples" in done.stderr
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+# --- synthetic: the sizes the generator relies on ----------------------------------------------------
+SYNTHETIC_SMALLEST = {"seed": 0, "train_rows": 4, "eval_rows": 4, "eval_candidates": 2, "image_size": 32}
+
+
+def test_the_smallest_synthetic_sizes_are_accepted():
+    assert Synthetic.parse(SYNTHETIC_SMALLEST).to_dict() == SYNTHETIC_SMALLEST
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("image_size", 16), ("image_size", 31), ("train_rows", 0), ("eval_rows", 0), ("eval_candidates", 1)],
+)
+def test_synthetic_sizes_below_what_the_generator_needs_are_refused(key, value):
+    with pytest.raises(ParamsError, match=rf"synthetic\.{key}\b"):
+        Synthetic.parse(dict(SYNTHETIC_SMALLEST, **{key: value}))
+
+
+# --- eval: what the evaluate stage no longer checks itself -----------------------------------------
+EVAL = {"models": ["base", "embedder"], "batch_size": 4, "datasets": "all", "image_max_pixels": 40,
+        "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32"}
+
+
+def eval_refused(**values) -> str:
+    with pytest.raises(ParamsError) as info:
+        Eval.parse(dict(EVAL, **values))
+    return str(info.value)
+
+
+def test_the_eval_section_is_typed():
+    params = Eval.parse(EVAL)
+    assert params.models == ("base", "embedder") and params.cache_max_gb == 20.0
+    assert Eval.parse(dict(EVAL, cache_max_gb=None)).cache_max_gb is None  # null: no limit
+    assert Eval.parse(dict(EVAL, cache_max_gb=0)).cache_max_gb == 0.0
+
+
+@pytest.mark.parametrize("bad", [-1, True, "lots"])
+def test_eval_cache_max_gb_must_be_a_number_at_least_0_or_null(bad):
+    assert "eval.cache_max_gb" in eval_refused(cache_max_gb=bad)
+
+
+def test_eval_models_and_datasets_must_be_lists_of_distinct_names():
+    assert "eval.models" in eval_refused(models=[])
+    assert "eval.datasets" in eval_refused(datasets=["Tiny-CLS", "Tiny-CLS"])
+
+
+@pytest.mark.parametrize("value, want", [("train", "follows"), (40, 40), (None, None)])
+def test_eval_image_max_pixels_follows_train_unless_set(value, want):
+    params = P.parse(document(eval={"image_max_pixels": value}))
+    assert params.eval.image_max_pixels == (params.train.image_max_pixels if want == "follows" else want)

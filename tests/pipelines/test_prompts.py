@@ -22,7 +22,7 @@ def check_invariants(raw, role):
     return s
 
 
-# --- the verbatim MMEB rows (MMEB_SPEC §3) ------------------------------------------------------
+# --- the verbatim MMEB rows ------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw,role,instruction,text", [
     (TRAIN_ROWS["ImageNet_1K"][0]["qry"], "query", "Represent the given image for classification", ""),

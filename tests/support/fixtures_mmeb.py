@@ -1,4 +1,4 @@
-"""Real-format MMEB fixtures: rows quoted verbatim from MMEB_SPEC.md §3, written in the Hub layout.
+"""Real-format MMEB fixtures: rows quoted verbatim from MMEB-train / MMEB-eval, written in the Hub layout.
 
     write_raw(root)  ->  root/MMEB-train/<Subset>/original-00000-of-00001.parquet
                          root/MMEB-train/images_zip/<Subset>.zip   (members <Subset>/Train/...: the
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 # ---------------------------------------------------------------------------------------------
-# rows, verbatim from MMEB_SPEC.md §3 (train rows) and §3 eval rows (file names there are "…",
+# rows, verbatim from MMEB-train's rows and MMEB-eval's rows (file names there are "…",
 # so eval image names below are made up in the documented "<Dataset>/..." form)
 
 VISDIAL_QRY = ("Represent the given dialogue about an image, which is used for image retrieval: "
@@ -73,7 +73,7 @@ TRAIN_ROWS: dict[str, list[dict]] = {
         "images/MSCOCO/Train/000000558840.jpg",
         "<|image_1|>\nRepresent the given cropped image of the object",
         "images/MSCOCO/Train/558840_object_hot dog.jpg")],
-    # WebQA train: the stray image token of a text-only query (MMEB_SPEC §1.6)
+    # WebQA train: the stray image token of a text-only query
     "WebQA": [train_row(WEBQA_QRY, "", WEBQA_TGT, "images/WebQA/Train/WebQA_image_0.jpg")],
 }
 

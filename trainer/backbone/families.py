@@ -13,7 +13,7 @@ Three ways to get one:
 
 No torchvision here: image processors use their PIL backends (`*ImageProcessorPil`), and the
 Qwen2-VL / SmolVLM processors are rebuilt without a video processor (`ImageOnly*Processor`), because
-`AutoProcessor` silently returns a bare tokenizer for them (ENV_NOTES §2).
+`AutoProcessor` silently returns a bare tokenizer for them when torchvision is missing.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3", "sm
 DUAL_FAMILIES = ("clip", "siglip")
 FAMILIES = VLM_FAMILIES + DUAL_FAMILIES
 
-# The string written into a prompt for one image (VLM2Vec's VLM_IMAGE_TOKENS, MMEB_SPEC §1.6).
+# The string written into a prompt for one image (VLM2Vec's VLM_IMAGE_TOKENS).
 IMAGE_TOKENS = {
     "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>",
     "llava": "<image>", "llava_next": "<image>", "idefics3": "<image>", "smolvlm": "<image>",

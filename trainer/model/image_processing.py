@@ -4,8 +4,8 @@ transformers' Qwen2-VL image processor turns each image into `pixel_values` (pat
 `channels * temporal_patch_size * patch_size**2` floats, the frame repeated for the temporal patch)
 and `image_grid_thw`. Without torchvision it runs its PIL/numpy backend, which at a realistic
 resolution (about 1 MP) spends most of a DataLoader worker's time in numpy passes over the float
-image: rescale, normalize, a transposed copy of the whole image, then the temporal copy (27 ms per
-1 MP image on this project's CPU machine, against 5 ms here; benchmarks/RESULTS.md, "Loader").
+image: rescale, normalize, a transposed copy of the whole image, then the temporal copy (timings:
+benchmarks/RESULTS.md, "Loader").
 
 `QwenImageProcessor` gives the same tensors with less work:
 * the resize is transformers' own call, PIL bicubic on the uint8 image to the size that the wrapped

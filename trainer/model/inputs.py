@@ -3,9 +3,9 @@
 Rendering (`render_text`) follows VLM2Vec exactly in the default mode: the MMEB source string
 (`side["raw"]`) with MMEB's placeholder `<|image_1|>` swapped for the backbone's image token (a bare
 `<|image_pad|>` for Qwen2-VL, `<image>` for LLaVA / Idefics3 / SmolVLM / PaliGemma), no chat template
-(MMEB_SPEC §1.6). Two deliberate deviations, both logged once:
-* a side WITHOUT an image whose raw string still carries the placeholder (the WebQA / EDIS quirk,
-  MMEB_SPEC §1.6) gets the placeholder (and the newline or space after it) removed: an image token
+(as VLM2Vec's evaluation and training code write them). Two deliberate deviations, both logged once:
+* a side WITHOUT an image whose raw string still carries the placeholder (the WebQA / EDIS quirk:
+  their text-only queries keep the token) gets the placeholder (and the newline or space after it) removed: an image token
   without pixels makes the processors fail;
 * a side WITH an image whose raw string lacks the placeholder gets `<image token>\n` prepended.
 

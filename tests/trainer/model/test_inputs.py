@@ -9,7 +9,7 @@ from PIL import Image
 from trainer.backbone.families import build_tiny
 from trainer.model.inputs import Collator, render_text, resize_to_max_pixels
 
-# MMEB_SPEC §3: real MMEB strings
+# real MMEB strings, verbatim from MMEB-train / MMEB-eval rows
 IMAGENET_QRY = "<|image_1|>\nRepresent the given image for classification\n"
 OKVQA_QRY = "<|image_1|>\nRepresent the given image with the following question: What sport can you use this for?\n"
 COCO_T2I_QRY = "Find me an everyday image that matches the given caption: A man with a red helmet on a small moped on a dirt road.\n"
