@@ -14,7 +14,7 @@
    every row, open every image from its zip and decode it once with Pillow (`Image.open(...).load()`),
    write nothing.
 4. Prints rows/s and MB/s (MB = JPEG bytes in the zips) of both, and ratio = ceiling time / pipeline
-   time (goal >= 0.7); medians over --repeats. When shard.max_image_side downscales some images, a
+   time (goal >= 0.7); medians over --repeats. When shard.image_max_side downscales some images, a
    second reference is run as well: the ceiling plus, from its one decode, the bicubic downscale and
    JPEG re-encode of those images (the least work any pipeline with that setting must do), which
    bounds the ratio a downscaling pipeline can reach.
@@ -143,7 +143,7 @@ def generate(raw: Path, rows: int) -> dict:
 def _decode_subset(raw: str, subset: str, max_side: int = 0) -> int:
     """Decode every image of one subset once; with max_side, also downscale (bicubic) and re-encode
     (JPEG q95) those whose longer side exceeds it, from that one decode: the least work a pipeline
-    with shard.max_image_side can do."""
+    with shard.image_max_side can do."""
     table = pq.read_table(Path(raw) / "MMEB-train" / subset / "original-00000-of-00001.parquet")
     n = 0
     with zipfile.ZipFile(Path(raw) / "MMEB-train" / "images_zip" / f"{subset}.zip") as zf:
@@ -176,10 +176,11 @@ def write_params(run: Path, workers: int, max_image_side: int | None, max_image_
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["normalize"]["workers"] = workers
     params["shard"]["workers"] = workers
-    params["shard"]["max_image_pixels"] = max_image_pixels
+    params["shard"]["image_max_pixels"] = max_image_pixels
     params["shard"]["image_size_multiple"] = image_size_multiple
+    params["train"]["image_max_pixels"] = max_image_pixels  # the training resolution the shards are made for
     if max_image_side:
-        params["shard"]["max_image_side"] = max_image_side
+        params["shard"]["image_max_side"] = max_image_side
     path = run / name
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -275,12 +276,12 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes for normalize, shard and the ceiling")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the 1x timing (median reported)")
     ap.add_argument("--max-image-side", type=int, default=None,
-                    help="override shard.max_image_side (default: params.yaml)")
+                    help="override shard.image_max_side (default: params.yaml)")
     ap.add_argument("--no-memory", action="store_true", help="skip the 1x vs 10x memory runs")
     args = ap.parse_args(argv)
 
     run, params, sizes = prepare(args.rows, args.workers, args.max_image_side)
-    side = yaml.safe_load(params.read_text())["shard"]["max_image_side"]
+    side = yaml.safe_load(params.read_text())["shard"]["image_max_side"]
     downscales = max(max(w, h) for w, h in SIZES) > side
     pipe, ceil, ceil_ds = [], [], []
     for r in range(args.repeats):
@@ -305,7 +306,7 @@ def main(argv=None) -> None:
         rows_.append(("ceiling + downscale", med(c["wall"] for c in ceil_ds), med(c["cpu"] for c in ceil_ds)))
     mb = sizes["image_bytes"] / 1e6
     print(f"\nETL throughput: {sizes['rows']} rows, {sizes['images']} JPEGs ({mb:.1f} MB), "
-          f"{args.workers} processes, shard.max_image_side {side} "
+          f"{args.workers} processes, shard.image_max_side {side} "
           f"({sum(d['resized_images'] for d in index['datasets'].values())} images downscaled), "
           f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'':24}{'wall s':>9}{'rows/s':>9}{'MB/s':>9}{'CPU s':>9}")
