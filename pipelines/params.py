@@ -160,7 +160,7 @@ class Choice(Spec):
         return value
 
     def describe(self):
-        return " | ".join(str(v) for v in self.values) if len(self.values) > 1 else repr(self.values[0])
+        return " | ".join(str(v) for v in self.values)
 
 
 @dataclass(frozen=True)
@@ -602,12 +602,14 @@ def reference() -> str:
         lines += [f"## `{cls.NAME}`", "", (cls.__doc__ or "").strip(), "", "| key | values | meaning |",
                   "| --- | --- | --- |"]
         for f in fields(cls):
-            lines.append(f"| `{f.name}` | {f.metadata['spec'].describe()} | {f.metadata['meaning']} |")
+            cells = (f"`{f.name}`", f.metadata["spec"].describe(), f.metadata["meaning"])
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         lines.append("")
-    lines += ["## Across sections", "", (Params.problems.__doc__ or "").strip(),
-              f"`shard.image_max_pixels` and `eval.image_max_pixels` take `{FOLLOW_TRAIN}` for "
-              "`train.image_max_pixels`; a number below it, or a `shard.image_max_side` that cuts images up to "
-              "200:1 below it, is refused.", ""]
+    lines += ["## Across sections", "",
+              f"The image resolution is set once, as `train.image_max_pixels`: `shard.image_max_pixels` and "
+              f"`eval.image_max_pixels` take the word `{FOLLOW_TRAIN}` for it. Refused before any stage runs: "
+              "shards pre-scaled below the training resolution, a `shard.image_max_side` that would cut images "
+              "of aspect ratio up to 200:1 below it, and a `shard.image_size_multiple` no image size fits.", ""]
     return "\n".join(lines)
 
 
