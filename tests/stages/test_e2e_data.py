@@ -3,8 +3,8 @@ the repository, on a tiny synthetic MMEB.
 
 Checks that the stages are reproducible (a forced re-run leaves every output hash in dvc.lock as it
 was), that a params change goes through `dvc exp run` and changes the shards, that DVC then reports
-the pipeline up to date, and that the README's polars inspection one-liners work on the outputs and
-agree with metrics/etl.json and the shard index.
+the pipeline up to date, and that the polars inspection one-liners of docs/records.md work on the
+outputs and agree with metrics/etl.json and the shard index.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 STAGES = ["download", "normalize", "shard"]
 SMALL = {"synthetic": {"train_rows": 40, "eval_rows": 12, "eval_candidates": 8}, "normalize": {"workers": 1}}
 
-# The README quotes these verbatim: (what it shows, a polars expression), run from the repo root
-# after `dvc repro shard`. Each expression evaluates to a polars DataFrame.
+# docs/records.md ("Inspecting the data with polars") quotes these verbatim: (what it shows, a polars
+# expression), run from the repo root after `dvc repro shard`. Each expression evaluates to a polars DataFrame.
+INSPECTION_DOC = REPO / "docs" / "records.md"
 INSPECTION_ONELINERS = [
     ("rows per dataset and meta-task",
      'pl.scan_parquet("data/normalized/train/*/*.parquet").group_by("dataset", "meta_task").len()'
@@ -62,6 +63,14 @@ def run_inspection(cwd: Path) -> dict[str, pl.DataFrame]:
         return {desc: eval(code, {"pl": pl, "json": json}) for desc, code in INSPECTION_ONELINERS}
     finally:
         os.chdir(here)
+
+
+def test_records_doc_quotes_the_inspection_oneliners():
+    """What users copy is what the pipeline test runs: every expression, verbatim, in the docs."""
+    text = INSPECTION_DOC.read_text(encoding="utf-8")
+    section = text.split("## Inspecting the data with polars", 1)[1]
+    for desc, code in INSPECTION_ONELINERS:
+        assert code in section, f"docs/records.md lacks the one-liner for {desc}"
 
 
 # --- scratch repository ---------------------------------------------------------------------------
@@ -128,7 +137,7 @@ def test_data_pipeline_reproducible_and_inspectable(scratch):
     first = out_hashes(scratch)
     assert set(first["shard"]) == {"data/shards/train"}
 
-    # the README one-liners over the outputs agree with the normalize metrics and the shard index
+    # the docs/records.md one-liners over the outputs agree with the normalize metrics and the shard index
     results = run_inspection(scratch)
     metrics = json.loads((scratch / "metrics" / "etl.json").read_text())
     index = json.loads((scratch / "data" / "shards" / "train" / "index.json").read_text())
