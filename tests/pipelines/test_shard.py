@@ -347,7 +347,7 @@ def test_pixel_cap_is_recorded_and_training_refuses_smaller_shards(normalized, t
 
 
 def test_training_refuses_shards_whose_side_cap_cuts_elongated_images_below_its_resolution(normalized, tmp_path):
-    """README's real-MMEB command (1003520 pixels, 28 px grid) with the default shard.max_image_side
+    """README's real-MMEB command (1003520 pixels, 28 px grid) with the default shard.image_max_side
     1344: a 1000x4000 infographic was stored at 336x1344 (576 image tokens) while evaluation gives it
     476x1988 (1207 tokens, its processor's max_pixels capped too); every image more elongated than
     1.8:1 trained below train.image_max_pixels."""
