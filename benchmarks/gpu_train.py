@@ -39,7 +39,7 @@ pre-scaled (the 2B shape's processor scales them, and `train` refuses shards sca
 resolution) and a Qwen2-VL base folder for the tokenizer and processor:
 
     echo /.gpu_train/ >> .git/info/exclude; py=$PWD/.venv/bin/python; d=$(mktemp -d); git clone -q . $d/c
-    (cd $d/c && sed -i 's/^  max_image_pixels: 4096 /  max_image_pixels: null /' params.yaml &&
+    (cd $d/c && sed -i '/^shard:/,/^$/ s/^  image_max_pixels: train /  image_max_pixels: null /' params.yaml &&
      $py -m stages.download && $py -m stages.normalize && $py -m stages.shard && $py -m stages.backbone)
     mkdir -p .gpu_train/whl && cp -r $d/c/data/shards/train .gpu_train/shards && cp -r $d/c/models/base .gpu_train/base
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -64,6 +64,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from unittest import mock
@@ -73,9 +74,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu import FULL  # noqa: E402
-from trainer.train import recipe as loop  # noqa: E402
-from trainer.model.acceleration import compile_blocks, compile_language_model  # noqa: E402
+from pipelines.params import Train  # noqa: E402
 from trainer.backbone.families import load_backbone, save_backbone  # noqa: E402
+from trainer.model.acceleration import compile_blocks, compile_language_model  # noqa: E402
+from trainer.train import build, live, recipe  # noqa: E402
 
 log = logging.getLogger("gpu_train")
 GIB = 1024 ** 3
@@ -132,14 +134,14 @@ def scaled_base(base: Path, out: Path, *, layers: int, image_pixels: int, device
     return out
 
 
-def train_params(args, compile_value, multiple: int) -> dict:
-    p = dict(loop.OPTIONAL)
-    p.update(yaml_section(Path(__file__).resolve().parents[1] / "params.yaml", "train"))
-    p.update(steps=args.steps, batch_size=args.batch, gc_chunk_size=0, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
-             precision="bf16" if not args.tiny else "fp32", lora_dtype="bf16" if not args.tiny else "fp32",
-             image_max_pixels=None, num_workers=args.workers, save_every=args.steps, warmup_steps=0,
-             learning_rate=1e-4, hard_negatives=0, compile=compile_value, pad_to_multiple_of=multiple)
-    return p
+def train_params(args, compile_value, multiple: int) -> Train:
+    """params.yaml's train section with the benchmark's settings."""
+    p = Train.parse(yaml_section(Path(__file__).resolve().parents[1] / "params.yaml", "train"))
+    return replace(p, steps=args.steps, batch_size=args.batch, gc_chunk_size=0, lora_rank=8, lora_alpha=16,
+                   lora_dropout=0.0, precision="bf16" if not args.tiny else "fp32",
+                   lora_dtype="bf16" if not args.tiny else "fp32", image_max_pixels=None, num_workers=args.workers,
+                   save_every=args.steps, warmup_steps=0, learning_rate=1e-4, hard_negatives=0,
+                   compile=compile_value, pad_to_multiple_of=multiple)
 
 
 def yaml_section(path: Path, name: str) -> dict:
@@ -157,10 +159,10 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
         captured["weights"] = {k: v.detach().float().cpu() for k, v in embedder.named_parameters() if v.requires_grad}
 
     # the trainer's module functions swapped for this run only (restored after it, also on failure)
-    swaps = dict(open_live=lambda *a, **k: recorder, export=export)
+    swaps = {(live, "open_live"): lambda *a, **k: recorder, (recipe, "export"): export}
     if args.tiny and compile_value:  # on CPU: aot_eager, the graphs without inductor's code generation
-        swaps.update(compile_blocks=partial(compile_blocks, backend="aot_eager"),
-                     compile_language_model=partial(compile_language_model, backend="aot_eager"))
+        swaps.update({(build, "compile_blocks"): partial(compile_blocks, backend="aot_eager"),
+                      (build, "compile_language_model"): partial(compile_language_model, backend="aot_eager")})
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # also drops the last variant's CUDA graphs
@@ -169,13 +171,13 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    paths = loop.TrainPaths(base=base, shards=args.shards, out=work / f"out-{name}",
+    paths = recipe.TrainPaths(base=base, shards=args.shards, out=work / f"out-{name}",
                             checkpoints=work / f"ckpt-{name}", metrics=work / f"metrics-{name}")
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        for attr, replacement in swaps.items():
-            stack.enter_context(mock.patch.object(loop, attr, replacement))
-        summary = loop.train(train_params(args, compile_value, multiple), paths)
+        for (module, attr), replacement in swaps.items():
+            stack.enter_context(mock.patch.object(module, attr, replacement))
+        summary = recipe.train(train_params(args, compile_value, multiple), paths)
     wall = time.perf_counter() - t0
     rows = recorder.rows
     rates = [r["pairs_per_s"] for r in rows[args.skip:] if "pairs_per_s" in r]

@@ -5,8 +5,8 @@
 1. Data (cached under benchmarks/_work/loader/): MMEB-train in the Hub layout from benchmarks/etl.py's
    generator (5 real subset names, MMEB-style strings, JPEGs from 640x480 to 1600x1200 in
    images_zip/), then the real `normalize` stage and the `shard` stage once per shard setting
-   (subprocesses, params.yaml defaults otherwise: shard.max_image_side 1344): unscaled
-   (shard.max_image_pixels and shard.image_size_multiple null), pre-scaled (max_image_pixels = each
+   (subprocesses, params.yaml defaults otherwise: shard.image_max_side 1344): unscaled
+   (shard.image_max_pixels and shard.image_size_multiple null), pre-scaled (image_max_pixels = each
    `image_max_pixels` setting), and pre-scaled on Qwen2-VL's grid (image_size_multiple 28 as well),
    and the zips extracted to a folder for the VLM2Vec-style path.
 2. Every loader delivers the same thing: query and target batches of `--batch` pairs collated by
@@ -15,7 +15,7 @@
    `--workers` DataLoader workers, the image tensors computed either by transformers' image
    processor or by `trainer.model.image_processing` (the same tensors to ~5e-7).
    * pipeline: `trainer.train.stream.ContrastiveStream` over the shards pre-scaled on the grid, torch image
-     processing: what `train` runs with shard.max_image_pixels = train.image_max_pixels and
+     processing: what `train` runs with shard.image_max_pixels: train and
      shard.image_size_multiple = 28;
    * the same over the same shards with transformers' image processor, over shards pre-scaled
      without the grid, and over unscaled shards (JPEGs far above image_max_pixels decoded at reduced
@@ -87,7 +87,7 @@ def prepare(rows: int, settings=MAX_PIXELS) -> Path:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "stages.shard", "--out", str(out)], cwd=run,
                            env=etl.child_env(params), check=True)
-            print(f"[data] shard stage, shard.max_image_pixels {max_pixels}, shard.image_size_multiple "
+            print(f"[data] shard stage, shard.image_max_pixels {max_pixels}, shard.image_size_multiple "
                   f"{multiple}: {time.perf_counter() - t0:.1f} s (once per setting)", flush=True)
     extracted = run / "extracted"
     if not extracted.exists():

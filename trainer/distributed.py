@@ -8,7 +8,6 @@ joins the process group, with NCCL when CUDA is available and Gloo otherwise.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from pipelines.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -116,27 +117,18 @@ def init_from_env(timeout_s: float = 1800.0) -> DistInfo:
     return DistInfo(rank=rank_, world_size=world, local_rank=local_rank, device=device, is_main=rank_ == 0)
 
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
 def die_with_launcher() -> None:
     """Under torchrun (``TORCHELASTIC_RUN_ID`` set) on Linux, have the kernel SIGKILL this worker when
-    its launcher dies; elsewhere a no-op.
+    its launcher dies (`pipelines.workers.die_with_parent`); elsewhere a no-op.
 
     torchrun starts every worker in a session of its own, so stopping the launcher's process group
-    with SIGKILL (``kill -9 -- -<pgid>``; SIGINT and SIGTERM are forwarded by torchrun itself) left
-    the ranks training on: they kept writing checkpoints, ``metrics/train`` and ``models/embedder``
-    while the re-run that should resume from them read and wrote the same files. A worker whose
-    launcher was already gone before this call (re-parented) exits at once."""
+    with SIGKILL (``kill -9 -- -<pgid>``; SIGINT and SIGTERM are forwarded by torchrun itself) would
+    leave the ranks training on, writing checkpoints, ``metrics/train`` and ``models/embedder`` while
+    the re-run that should resume from them reads and writes the same files. A worker whose launcher
+    was already gone before this call (re-parented) exits at once."""
     if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-        log.warning("could not tie this worker to its launcher (prctl errno %d)", ctypes.get_errno())
-        return
-    if os.getppid() != parent or parent == 1:  # the launcher died before the prctl
-        os._exit(1)
+    die_with_parent(signal.SIGKILL)
 
 
 def is_distributed() -> bool:
@@ -175,13 +167,12 @@ def barrier() -> None:
 def cleanup() -> None:
     """Destroy the process group if one is active; safe to call more than once.
 
-    Call it after every object that holds the group (a DDP wrapper's reducer) is gone. A 2-rank CPU
-    run once deadlocked in the group's destructor (torch 2.13): the main thread, holding the GIL,
-    joined gloo's worker threads, while a worker, dropping the last reference to the finished
-    barrier's work (~AsyncBarrierWork), waited for the GIL. The last `barrier`'s handle is therefore
-    held until the group is gone, so that work is freed here, on this thread; for works finished
-    before that barrier the GIL is released for a moment first (the workers free them right after
-    finishing them).
+    Call it after every object that holds the group (a DDP wrapper's reducer) is gone. The group's
+    destructor can deadlock on CPU: the main thread, holding the GIL, joins gloo's worker threads
+    while a worker, dropping the last reference to a finished barrier's work (~AsyncBarrierWork),
+    waits for the GIL. The last `barrier`'s handle is therefore held until the group is gone, so that
+    work is freed here, on this thread; for works finished before that barrier the GIL is released
+    for a moment first (the workers free them right after finishing them).
     """
     global _last_barrier
     if dist.is_available() and dist.is_initialized():

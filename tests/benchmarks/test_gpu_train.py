@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from benchmarks import gpu_train
-from tests.trainer.train.test_recipe import workspace, workspace_template  # noqa: F401 (fixtures)
+from tests.support.train_workspace import workspace, workspace_template  # noqa: F401 (fixtures)
 from trainer.backbone.families import load_backbone
 from trainer.embed import make_side
 from trainer.model.inputs import Collator
@@ -17,14 +17,15 @@ from trainer.model.inputs import Collator
 @pytest.mark.slow
 def test_compiled_variants_of_the_loop_train_what_eager_trains(workspace, tmp_path):  # noqa: F811
     out = tmp_path / "gpu_train.json"
-    trainer_functions = {name: getattr(gpu_train.loop, name)
-                         for name in ("open_live", "export", "compile_blocks", "compile_language_model")}
+    swapped = [(gpu_train.live, "open_live"), (gpu_train.recipe, "export"), (gpu_train.build, "compile_blocks"),
+               (gpu_train.build, "compile_language_model")]
+    trainer_functions = {(module, name): getattr(module, name) for module, name in swapped}
     code = gpu_train.main(["--tiny", "--base", str(workspace / "models/base"), "--shards",
                            str(workspace / "data/shards/train"), "--variants", "eager,region,cuda-graphs",
                            "--steps", "4", "--skip", "1", "--workers", "0", "--multiple", "8", "--out", str(out)])
     assert code == 0
     # the stand-ins (dvclive's recorder, the export capture, aot_eager) were for those runs only
-    assert all(getattr(gpu_train.loop, name) is f for name, f in trainer_functions.items())
+    assert all(getattr(module, name) is f for (module, name), f in trainer_functions.items())
     results = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert [r["status"] for r in results.values()] == ["ok"] * 3
     assert results["eager"]["graphs"] == 0 and results["eager"]["steps"] == 4
@@ -41,7 +42,7 @@ def test_a_failing_variant_is_recorded_and_the_run_goes_on(workspace, tmp_path, 
     def broken(*args, **kwargs):
         raise RuntimeError("no graph today")
 
-    monkeypatch.setattr(gpu_train.loop, "train", broken)
+    monkeypatch.setattr(gpu_train.recipe, "train", broken)
     code = gpu_train.main(["--tiny", "--base", str(workspace / "models/base"), "--shards",
                            str(workspace / "data/shards/train"), "--variants", "eager,blocks", "--out", str(out)])
     results = json.loads(out.read_text())["results"]

@@ -117,6 +117,19 @@ def test_ddp_two_ranks_equal_one_process_on_global_batch(tmp_path):
         assert meta["local_grad"] == [[1.0] * 3] * 2  # only the local slot carries gradient
 
 
+def test_die_with_launcher_asks_the_kernel_for_sigkill_only_under_torchrun(monkeypatch):
+    import signal
+
+    calls = []
+    monkeypatch.setattr(distributed, "die_with_parent", lambda sig: calls.append(sig) or True)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    distributed.die_with_launcher()
+    assert calls == []  # not a torchrun worker: nothing to tie
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run")
+    distributed.die_with_launcher()
+    assert calls == ([signal.SIGKILL] if sys.platform.startswith("linux") else [])
+
+
 WORKER_THAT_WAITS = """
 import os, sys, time
 sys.path.insert(0, {root!r})

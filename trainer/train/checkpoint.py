@@ -9,15 +9,18 @@ A checkpoint is a folder ``<root>/step-NNNNNN/``:
     state.json              step, fingerprint, optimizer param groups and non-tensor state, scheduler
                             state, python/numpy RNG states per rank, the data-stream position, extras
 
-It is written to ``<root>/.tmp-step-NNNNNN-<pid>/``, every file fsync'ed, then renamed into place and
-the parent folder fsync'ed, so a folder named ``step-*`` is always complete: a SIGKILL at any moment
-leaves either the previous checkpoints or the new one, never a half-written one (a leftover ``.tmp-*``
-folder is removed by the next save). Only the newest ``keep`` checkpoints are kept.
+It is written through `pipelines.files.atomic_dir` with ``fsync=True``: into a temporary sibling
+``<root>/.step-NNNNNN.tmp-<pid>/``, every file and folder fsync'ed, then renamed into place and the
+parent folder fsync'ed, so a folder named ``step-*`` is always complete: a SIGKILL at any moment
+leaves either the previous checkpoints or the new one, never a half-written one (a temporary left by
+a killed writer is ignored, and removed by the next save). Only the newest ``keep`` checkpoints are
+kept.
 
 The fingerprint (`fingerprint`) hashes the training params that change the math (everything in the
-``train`` section but the speed and bookkeeping switches in ``NOT_IN_FINGERPRINT``), the content of the base model folder and
-the shard index; `latest_checkpoint` only returns a checkpoint whose fingerprint matches, and a
-mismatch is logged as a warning (the caller starts fresh and removes the stale checkpoints).
+``train`` section but the speed and bookkeeping switches in ``NOT_IN_FINGERPRINT``), the content of
+the base model folder and the shard index; `latest_checkpoint` only returns a checkpoint whose
+fingerprint matches, and a mismatch is logged as a warning (the caller starts fresh and removes the
+stale checkpoints).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -36,6 +38,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from pipelines import files
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +161,7 @@ def join_optimizer_state(tensors: Mapping[str, torch.Tensor], rest: Mapping[str,
     return {"state": state, "param_groups": groups}
 
 
-# --- atomic folder writes ---------------------------------------------------------------------
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
+# --- checkpoint folders -----------------------------------------------------------------------
 def step_of(path: Path) -> int:
     m = NAME_RE.fullmatch(Path(path).name)
     if not m:
@@ -187,6 +178,13 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return sorted(found, key=step_of)
 
 
+def _temporaries(root: Path) -> list[Path]:
+    """The temporary checkpoint folders under ``root`` (`pipelines.files.temporary` of a ``step-*``)."""
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if files.is_temporary(p) and NAME_RE.match(p.name[1:])]
+
+
 def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, fingerprint: str, stream: Mapping[str, Any],
                     rng_per_rank: list[Mapping[str, Any]], extra: Mapping[str, Any] | None = None,
@@ -195,23 +193,36 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
     """Atomically write the checkpoint of ``step`` (see the module docstring); return its folder.
 
     ``rng_per_rank``: `capture_rng()` of every rank, in rank order. Older checkpoints beyond the newest
-    ``keep`` and stale temporary folders are removed afterwards. ``model_state`` / ``optimizer_state``:
-    the trainable tensors and the ``optimizer.state_dict()``-shaped state when the caller gathered them
-    (FSDP: `trainer.train.fsdp.full_trainable_state` / `full_optimizer_state`); by default they are read from
-    ``model`` and ``optimizer``.
+    ``keep`` and the temporaries of killed writers are removed afterwards. ``model_state`` /
+    ``optimizer_state``: the trainable tensors and the ``optimizer.state_dict()``-shaped state when the
+    caller gathered them (FSDP: `trainer.train.fsdp.full_trainable_state` / `full_optimizer_state`); by
+    default they are read from ``model`` and ``optimizer``.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    tmp.mkdir()
+    with files.atomic_dir(final, fsync=True) as tmp:
+        save_file(dict(model_state) if model_state is not None else trainable_state(model),
+                  tmp / "trainable.safetensors")
+        opt_tensors, opt_rest = split_optimizer_state(optimizer_state if optimizer_state is not None
+                                                      else optimizer.state_dict())
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        rng_tensors, rng_json = _rng_files(rng_per_rank)
+        save_file(rng_tensors, tmp / "rng.safetensors")
+        state = {
+            "format": FORMAT, "step": step, "fingerprint": fingerprint, "optimizer": opt_rest,
+            "scheduler": scheduler.state_dict(), "rng": rng_json, "stream": dict(stream), "extra": dict(extra or {}),
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+    for stale in {p.name[1:].rsplit(files.TMP, 1)[0] for p in _temporaries(root)}:
+        files.remove_stale(root / stale)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("saved checkpoint %s", final)
+    return final
 
-    save_file(dict(model_state) if model_state is not None else trainable_state(model), tmp / "trainable.safetensors")
-    opt_tensors, opt_rest = split_optimizer_state(optimizer_state if optimizer_state is not None
-                                                  else optimizer.state_dict())
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
+
+def _rng_files(rng_per_rank: list[Mapping[str, Any]]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """`capture_rng()` of every rank as rng.safetensors' tensors and state.json's entries."""
     rng_tensors: dict[str, torch.Tensor] = {}
     rng_json = []
     for r, rng in enumerate(rng_per_rank):
@@ -220,23 +231,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
             rng_tensors[f"rank{r}.cuda{d}"] = t.contiguous()
         rng_json.append({"python": rng["python"], "numpy": rng["numpy"],
                          "cuda_devices": len(rng.get("torch_cuda") or [])})
-    save_file(rng_tensors, tmp / "rng.safetensors")
-    state = {
-        "format": FORMAT, "step": step, "fingerprint": fingerprint, "optimizer": opt_rest,
-        "scheduler": scheduler.state_dict(), "rng": rng_json, "stream": dict(stream), "extra": dict(extra or {}),
-    }
-    (tmp / STATE_FILE).write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
-    if final.exists():  # only when a run re-saves a step (e.g. after a stale checkpoint was cleared)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    log.info("saved checkpoint %s", final)
-    return final
+    return rng_tensors, rng_json
 
 
 def latest_checkpoint(root: str | Path, fingerprint: str) -> Path | None:
@@ -266,8 +261,9 @@ def remove_checkpoints(root: str | Path) -> None:
     root = Path(root)
     if not root.is_dir():
         return
+    temporaries = set(_temporaries(root))
     for p in list(root.iterdir()):
-        if p.is_dir() and (NAME_RE.fullmatch(p.name) or p.name.startswith(".tmp-step-")):
+        if p.is_dir() and (NAME_RE.fullmatch(p.name) or p in temporaries):
             shutil.rmtree(p)
 
 

@@ -120,11 +120,7 @@ def gradcache_step(
     groups = [("query", query_inputs), ("target", target_inputs)]
     if negative_inputs:
         groups.append(("negative", negative_inputs))
-    if distributed.is_distributed():
-        counts = tuple(len(chunks) for _, chunks in groups) + (0,) * (3 - len(groups))
-        all_counts = distributed.all_gather_object(counts)
-        if any(tuple(c) != counts for c in all_counts):
-            raise ValueError(f"ranks pass different (query, target, negative) chunk counts: {all_counts}")
+    _check_chunk_counts(groups)
 
     # 1) no-grad pass, RNG state recorded per chunk
     with features.record() if features is not None else contextlib.nullcontext():
@@ -158,19 +154,37 @@ def gradcache_step(
         )
     ]
     with features.replay() if features is not None else contextlib.nullcontext():
-        for i, (chunk, state, grad_part) in enumerate(work):
-            last = i == len(work) - 1
-            ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
-            with ctx:
-                state.restore()
-                with torch.enable_grad():
-                    emb = embed_fn(chunk)
-                if emb.shape != grad_part.shape:
-                    raise RuntimeError(
-                        f"chunk {i} re-embedded to {tuple(emb.shape)} but gave {tuple(grad_part.shape)} in the "
-                        "no-grad pass: embed_fn must be deterministic given the RNG state"
-                    )
-                emb.backward(grad_part)
+        _backward_chunks(embed_fn, work, no_sync)
     rng_after_first_pass.restore()
     return loss.detach()
+
+
+def _check_chunk_counts(groups: list[tuple[str, list[Inputs]]]) -> None:
+    """Under DDP: raise ValueError on every rank unless all ranks pass the same chunk counts (each
+    forward and the final gradient sync are collectives: unequal counts would deadlock)."""
+    if distributed.is_distributed():
+        counts = tuple(len(chunks) for _, chunks in groups) + (0,) * (3 - len(groups))
+        all_counts = distributed.all_gather_object(counts)
+        if any(tuple(c) != counts for c in all_counts):
+            raise ValueError(f"ranks pass different (query, target, negative) chunk counts: {all_counts}")
+
+
+def _backward_chunks(embed_fn: Callable[[Inputs], torch.Tensor],
+                     work: list[tuple[Inputs, RngState, torch.Tensor]],
+                     no_sync: Callable[[], contextlib.AbstractContextManager] | None) -> None:
+    """Step 3: each (chunk, RNG state, cached gradient) re-embedded with grad under its RNG state and
+    backpropagated; gradients are synchronised on the last chunk only (`no_sync` on the others)."""
+    for i, (chunk, state, grad_part) in enumerate(work):
+        last = i == len(work) - 1
+        ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+        with ctx:
+            state.restore()
+            with torch.enable_grad():
+                emb = embed_fn(chunk)
+            if emb.shape != grad_part.shape:
+                raise RuntimeError(
+                    f"chunk {i} re-embedded to {tuple(emb.shape)} but gave {tuple(grad_part.shape)} in the "
+                    "no-grad pass: embed_fn must be deterministic given the RNG state"
+                )
+            emb.backward(grad_part)
 

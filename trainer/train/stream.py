@@ -10,7 +10,8 @@ How a global step is built
    ``homogeneous_batch`` consecutive positions (VLM2Vec-V2's interleaved sub-batches). Datasets are
    drawn with the mixture probabilities (`mixture_probs`: "proportional" to sample counts, or a
    ``{dataset: weight}`` dict). Rank ``r`` owns positions ``[r*b, (r+1)*b)``, ``b = batch/world``,
-   so every rank yields exactly one batch of the same size for every step (no DDP hang, #188).
+   so every rank yields exactly one batch of the same size for every step (no rank waits in a
+   collective that another rank never enters).
 2. **Slots**: a rank's steps are spread over ``slots_per_rank`` data slots, step ``s`` -> slot
    ``s % slots_per_rank`` (global slot id ``rank*slots_per_rank + s % slots_per_rank``). Each slot
    owns, per dataset, an independent infinite sample stream (`DatasetStream`). A DataLoader worker
@@ -72,6 +73,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 
 from pipelines import shard as shard_format
 from pipelines.images import max_pixels_size, side_cut
+from pipelines.params import Train
 
 log = logging.getLogger(__name__)
 
@@ -161,29 +163,26 @@ def mixture_probs(shards: list[Shard], mixture: str | Mapping[str, float]) -> di
     """Sampling probability per dataset (sorted by name, zero-probability datasets left out).
 
     ``"proportional"``: by sample count (one pass over the union, in expectation). A dict gives
-    relative weights; it must name only datasets present in the shards; datasets it leaves out are
-    not sampled. Raises ValueError on unknown names, negative weights or an all-zero mixture.
+    relative weights (``train.mixture``, each > 0: the params contract checks them); it must name
+    only datasets present in the shards and holding samples; datasets it leaves out are not sampled.
+    Raises ValueError when it names other datasets, or when no dataset has samples.
     """
     counts: dict[str, int] = {}
     for s in shards:
         counts[s.dataset] = counts.get(s.dataset, 0) + s.samples
     if mixture == "proportional":
         weights = {d: float(n) for d, n in counts.items()}
-    elif isinstance(mixture, Mapping):
+    else:
         unknown = sorted(set(mixture) - set(counts))
         if unknown:
             raise ValueError(f"train.mixture names datasets not in the shards: {unknown}; have {sorted(counts)}")
         weights = {d: float(w) for d, w in mixture.items()}
-        if any(w < 0 or not math.isfinite(w) for w in weights.values()):
-            raise ValueError(f"train.mixture weights must be finite and >= 0: {dict(mixture)}")
         empty = sorted(d for d, w in weights.items() if w > 0 and counts[d] == 0)
         if empty:
             raise ValueError(f"train.mixture gives weight to datasets without samples: {empty}")
         left_out = sorted(set(counts) - set(mixture))
         if left_out:
             log.info("train.mixture leaves out %d dataset(s): %s", len(left_out), left_out)
-    else:
-        raise ValueError(f"train.mixture must be 'proportional' or a {{dataset: weight}} dict, got {mixture!r}")
     total = sum(weights.values())
     if total <= 0:
         raise ValueError("train.mixture: every dataset has weight 0 (or no samples)")
@@ -457,29 +456,22 @@ class StreamConfig:
     image_max_pixels: int | None = None  # decode hint only (see decode_image); the Collator resizes
 
     @classmethod
-    def from_params(cls, train: Mapping[str, Any], *, world_size: int, rank: int,
-                    slots_per_rank: int) -> "StreamConfig":
-        return cls(seed=int(train["seed"]), global_batch=int(train["batch_size"]), world_size=world_size,
-                   rank=rank, slots_per_rank=slots_per_rank,
-                   homogeneous_batch=int(train.get("homogeneous_batch", 0) or 0),
-                   shuffle_buffer=int(train.get("shuffle_buffer", 0) or 0),
-                   hard_negatives=int(train.get("hard_negatives", 0) or 0),
-                   gc_chunk_size=int(train.get("gc_chunk_size", 0) or 0),
-                   image_max_pixels=int(train["image_max_pixels"]) if train.get("image_max_pixels") else None)
+    def from_params(cls, train: Train, *, world_size: int, rank: int, slots_per_rank: int) -> "StreamConfig":
+        return cls(seed=train.seed, global_batch=train.batch_size, world_size=world_size, rank=rank,
+                   slots_per_rank=slots_per_rank, homogeneous_batch=train.homogeneous_batch,
+                   shuffle_buffer=train.shuffle_buffer, hard_negatives=train.hard_negatives,
+                   gc_chunk_size=train.gc_chunk_size, image_max_pixels=train.image_max_pixels)
 
     def validate(self) -> None:
+        """The checks that depend on the run (its ranks and data slots); the params contract
+        (`pipelines.params.Train`) has checked the values that come from params.yaml."""
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"bad rank {self.rank} / world size {self.world_size}")
         if self.global_batch < 1 or self.global_batch % self.world_size:
             raise ValueError(f"train.batch_size={self.global_batch} must be a positive multiple of the "
                              f"world size {self.world_size}")
-        if self.homogeneous_batch < 0 or (self.homogeneous_batch and self.global_batch % self.homogeneous_batch):
-            raise ValueError(f"train.homogeneous_batch={self.homogeneous_batch} must divide "
-                             f"train.batch_size={self.global_batch}")
         if self.slots_per_rank < 1:
             raise ValueError("slots_per_rank must be >= 1")
-        if self.hard_negatives < 0 or self.gc_chunk_size < 0 or self.shuffle_buffer < 0:
-            raise ValueError("hard_negatives, gc_chunk_size and shuffle_buffer must be >= 0")
 
     @property
     def local_batch(self) -> int:

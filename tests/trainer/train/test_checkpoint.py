@@ -93,14 +93,19 @@ def test_keeps_newest_and_ignores_partial_writes(tmp_path):
     for step in (2, 4, 6):
         _save(tmp_path, step, model, opt, sched)
     assert [p.name for p in C.list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
-    # a run killed mid-write leaves a temp folder, or a step folder without state.json: both ignored
-    (tmp_path / ".tmp-step-000008-123").mkdir()
-    (tmp_path / ".tmp-step-000008-123" / "trainable.safetensors").write_bytes(b"partial")
+    # a run killed mid-write leaves a temp folder (`pipelines.files.temporary`, its pid gone), or a step
+    # folder without state.json: both ignored
+    killed = 99999999  # above any pid_max: no such process
+    (tmp_path / f".step-000008.tmp-{killed}").mkdir()
+    (tmp_path / f".step-000008.tmp-{killed}" / "trainable.safetensors").write_bytes(b"partial")
+    (tmp_path / f".step-000012.tmp-{killed}").mkdir()
     (tmp_path / "step-000010").mkdir()
     assert C.latest_checkpoint(tmp_path, "fp").name == "step-000006"
     _save(tmp_path, 8, model, opt, sched)
-    assert not (tmp_path / ".tmp-step-000008-123").exists()
+    assert not (tmp_path / f".step-000008.tmp-{killed}").exists()
+    assert not (tmp_path / f".step-000012.tmp-{killed}").exists()  # a killed save of another step
     assert C.latest_checkpoint(tmp_path, "fp").name == "step-000008"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000006", "step-000008", "step-000010"]
 
 
 def test_mismatched_fingerprint_is_not_resumed(tmp_path, caplog):
@@ -108,8 +113,11 @@ def test_mismatched_fingerprint_is_not_resumed(tmp_path, caplog):
     _save(tmp_path, 3, model, opt, sched, fp="other-run")
     assert C.latest_checkpoint(tmp_path, "this-run") is None
     assert "different params" in caplog.text
+    (tmp_path / ".step-000004.tmp-99999999").mkdir()  # and a killed writer's temporary
+    (tmp_path / "other").mkdir()
     C.remove_checkpoints(tmp_path)
     assert C.list_checkpoints(tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["other"]
 
 
 def test_load_rejects_a_different_model(tmp_path):

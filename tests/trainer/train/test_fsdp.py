@@ -1,4 +1,4 @@
-"""trainer.train.fsdp pieces that need no process group (training under FSDP on 2 ranks: test_train.py)."""
+"""trainer.train.fsdp pieces that need no process group (training under FSDP on 2 ranks: test_recipe_distributed.py)."""
 
 import pytest
 import torch
