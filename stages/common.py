@@ -41,10 +41,9 @@ def parse_args(doc: str | None, argv: list[str] | None, *, paths: dict[str, Path
     return parser.parse_args(argv)
 
 
-def setup_logging(name: str | None = None) -> logging.Logger:
+def setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return logging.getLogger(name)
 
 
 def start(doc: str | None, argv: list[str] | None, **kwargs) -> tuple[argparse.Namespace, Params]:
@@ -75,22 +74,3 @@ def cli(main: Callable[[list[str] | None], int]) -> None:
         print(f"error: {e}", file=sys.stderr)
         status = 2
     raise SystemExit(status)
-
-
-# transitional, until every stage uses `start`: the old per-section loader and key check
-def load_params(*sections: str, path: str | Path | None = None) -> dict:
-    import yaml
-
-    from pipelines.params import params_path
-
-    with open(params_path(path), encoding="utf-8") as f:
-        document = yaml.safe_load(f) or {}
-    if len(sections) == 1:
-        return dict(document[sections[0]])
-    return {s: dict(document[s]) for s in sections}
-
-
-def check_keys(section: str, params, known) -> None:
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"params {section}: unknown key(s) {unknown}; known: {sorted(known)}")
