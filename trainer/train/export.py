@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import yaml
 
@@ -24,9 +24,7 @@ from trainer import provenance
 from trainer.backbone.families import Backbone, load_backbone, save_backbone
 from trainer.model.embedder import Embedder
 from trainer.train.checkpoint import hash_tree
-
-if TYPE_CHECKING:
-    from trainer.train.recipe import TrainPaths
+from trainer.train.paths import TrainPaths
 
 log = logging.getLogger(__name__)
 

@@ -64,21 +64,12 @@ from trainer.train import fsdp
 from trainer.train.build import Model, apply_lora, base_dtype, build_model
 from trainer.train.export import CODE, export
 from trainer.train.live import Progress, metrics_history
+from trainer.train.paths import TrainPaths
 from trainer.train.step import Step, make_step
 from trainer.train.stream import (ContrastiveStream, StreamConfig, StreamPosition, check_shard_resolution,
                                   make_loader, read_shards)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainPaths:
-    base: Path = Path("models/base")
-    shards: Path = Path("data/shards/train")
-    out: Path = Path("models/embedder")
-    checkpoints: Path = Path("models/checkpoints")
-    metrics: Path = Path("metrics/train")
-    ids_log: Path | None = None  # debug: JSON lines {"step", "rank", "ids"} of the pairs of every step
 
 
 @dataclass
