@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,3 +26,21 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- training ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def workspace_template(tmp_path_factory):
+    """models/base (tiny Qwen2-VL) + data/shards/train (480 shape/caption pairs in 2 datasets), written
+    once (`tests.support.train_workspace.write_workspace`): copy it, do not change it."""
+    from tests.support.train_workspace import write_workspace
+
+    return write_workspace(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture
+def workspace(workspace_template, tmp_path):
+    """A training workspace of the test's own: a copy of `workspace_template`."""
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace_template, ws)
+    return ws
