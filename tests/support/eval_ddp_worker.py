@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/support/eval_ddp_worker.py --root DIR
 
 Runs `trainer.eval.evaluate.evaluate` on DIR (a tiny normalized eval set, models/base and models/embedder
-folders) with the batch-sensitive fake encoders of tests/trainer/eval/test_protocol.py, so the outputs equal a
+folders) with the batch-sensitive fake encoders of tests/support/encoders.py, so the outputs equal a
 one-process run only if every item was encoded in the same batch. Each rank also writes
 DIR/encoded-rank<r>.json (items it encoded) so the test can check that the work was really split.
 """
@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script by torchrun: make the repo impo
 import torch  # noqa: E402
 
 from pipelines.params import Eval  # noqa: E402
-from tests.trainer.eval.test_protocol import BatchSensitiveEncoder  # noqa: E402
+from tests.support.encoders import BatchSensitiveEncoder  # noqa: E402
 from trainer import distributed  # noqa: E402
 from trainer.eval.evaluate import evaluate  # noqa: E402
 
