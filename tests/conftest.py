@@ -28,6 +28,23 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
+# --- tiny backbones (one per test module: tests may change a backbone's settings) ---------------------
+@pytest.fixture(scope="module")
+def qwen():
+    """A tiny random Qwen2-VL backbone (`trainer.backbone.families.build_tiny`, seed 0, 32 px)."""
+    from trainer.backbone.families import build_tiny
+
+    return build_tiny("qwen2_vl")
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def qwen_backbone(request):
+    """Each tiny Qwen family backbone in turn: Qwen2-VL, Qwen2.5-VL."""
+    from trainer.backbone.families import build_tiny
+
+    return build_tiny(request.param, image_size=32)
+
+
 # --- training ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def workspace_template(tmp_path_factory):

@@ -1,8 +1,9 @@
 """Images for tests: bytes of solid colours in any mode, format and size, of seeded and drawn pictures,
-and of bad images (truncated, CMYK, palette, alpha, header-only bombs).
+and of bad images (truncated, CMYK, palette, alpha, header-only bombs); random-pixel PIL images.
 
     image_bytes((10, 20, 30), (8, 8), fmt="PNG")    # a solid 8x8 PNG
     encode(img, "JPEG", quality=90)                 # any PIL image's bytes
+    noise(64, 32, seed=1)                           # random pixels, as a PIL image
 
 Every builder is deterministic: tests compare hashes of what they write.
 """
@@ -15,6 +16,7 @@ import random
 import struct
 import zlib
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 
@@ -51,6 +53,19 @@ def drawn_image(width: int, height: int, fmt: str, seed: int) -> bytes:
     draw.ellipse((seed % 7, seed % 5, width - 3, height - 2), fill=(250, (seed * 13) % 256, 10))
     draw.line((0, 0, width, height), fill=(0, 0, 0), width=2)
     return encode(img, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+
+
+def noise(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    """Noise, not flat colour: a wrong patch order or channel layout changes the tensors."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    if mode == "RGBA":
+        img.putalpha(Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8)))
+    elif mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE)
+    elif mode != "RGB":
+        img = img.convert(mode)
+    return img
 
 
 def truncated_jpeg() -> bytes:
