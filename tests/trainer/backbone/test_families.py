@@ -13,7 +13,6 @@ from PIL import Image
 from trainer.backbone.families import (FAMILIES, LORA_TARGETS, build_tiny, detect_family, load_backbone,
                                save_backbone, train_family_tokenizer)
 from trainer.model.inputs import Collator
-from tests.support.hubserver import hub_standin  # noqa: F401  (fixture)
 from tests.support.images import image_bytes
 from tests.support.params import section
 from tests.support.sides import IMAGES, SIDES, side
