@@ -4,6 +4,7 @@ straightforward reference scorer, for tests of the evaluation.
     paths = build_tiny_eval(tmp_path)      # {"eval": .../eval, "images": .../images}: 3 datasets
     write_records(eval_root, "Hand", "vqa", "IND", [(record_side("q"), [record_side("gold"), record_side("x")])])
     reference_scores(eval_root, "Hand", vector_of)     # precision@1, hit@5, MRR, NDCG@5 the slow, plain way
+    eval_params(batch_size=3)                          # the eval section these tests score them with
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipelines.imagestore import ImageStoreWriter, StoredImage, merge
+from pipelines.params import Eval
 from pipelines.schema import IMAGE_TOKEN, RECORD_SCHEMA
 from tests.support.images import seeded_png
 
@@ -121,3 +123,11 @@ def reference_scores(eval_root: Path, dataset: str, vector_of) -> dict:
         "ndcg_at_5": 100.0 * float(np.mean([1.0 / math.log2(r + 2) if r < 5 else 0.0 for r in ranks])),
         "ranks": ranks,
     }
+
+
+def eval_params(**values) -> Eval:
+    """The checked `eval` section of the evaluation tests (both models, every dataset, 40-pixel
+    images, the cache on), with `values` instead."""
+    return Eval.parse(dict({"models": ["base", "embedder"], "batch_size": 4, "datasets": "all",
+                            "image_max_pixels": 40, "cache": True, "cache_dir": ".cache/embeddings",
+                            "cache_max_gb": 20, "precision": "fp32"}, **values))

@@ -15,10 +15,9 @@ import pytest
 import yaml
 
 from pipelines.mmeb import MMEB_EVAL, resolve_subsets
-from pipelines.params import Eval
 from stages import evaluate as stage
 from tests.support.encoders import BatchSensitiveEncoder, CountingEncoder, HashEncoder, OverlapEncoder
-from tests.support.eval_sets import build_tiny_eval, record_side, reference_scores, write_records
+from tests.support.eval_sets import build_tiny_eval, eval_params, record_side, reference_scores, write_records
 from trainer import provenance
 from trainer.eval import evaluate as evaluation
 from trainer.eval import report
@@ -57,13 +56,6 @@ class Loader:
     def __call__(self, name, path, params):
         self.encoders[name] = self.kinds[name](name=name)
         return self.encoders[name]
-
-
-def eval_params(**values) -> Eval:
-    """The checked `eval` section: these tests' settings, with `values` instead."""
-    return Eval.parse(dict({"models": ["base", "embedder"], "batch_size": 4, "datasets": "all",
-                            "image_max_pixels": 40, "cache": True, "cache_dir": ".cache/embeddings",
-                            "cache_max_gb": 20, "precision": "fp32"}, **values))
 
 
 PARAMS = eval_params()
