@@ -8,14 +8,13 @@ import torch
 from PIL import Image
 
 from benchmarks import gpu_train
-from tests.support.train_workspace import workspace, workspace_template  # noqa: F401 (fixtures)
 from trainer.backbone.families import load_backbone
 from trainer.embed import make_side
 from trainer.model.inputs import Collator
 
 
 @pytest.mark.slow
-def test_compiled_variants_of_the_loop_train_what_eager_trains(workspace, tmp_path):  # noqa: F811
+def test_compiled_variants_of_the_loop_train_what_eager_trains(workspace, tmp_path):
     out = tmp_path / "gpu_train.json"
     swapped = [(gpu_train.live, "open_live"), (gpu_train.recipe, "export"), (gpu_train.build, "compile_blocks"),
                (gpu_train.build, "compile_language_model")]
@@ -36,7 +35,7 @@ def test_compiled_variants_of_the_loop_train_what_eager_trains(workspace, tmp_pa
     assert all(loss is not None for loss in results["eager"]["losses"])
 
 
-def test_a_failing_variant_is_recorded_and_the_run_goes_on(workspace, tmp_path, monkeypatch):  # noqa: F811
+def test_a_failing_variant_is_recorded_and_the_run_goes_on(workspace, tmp_path, monkeypatch):
     out = tmp_path / "gpu_train.json"
 
     def broken(*args, **kwargs):
@@ -50,7 +49,7 @@ def test_a_failing_variant_is_recorded_and_the_run_goes_on(workspace, tmp_path, 
 
 
 def test_the_2b_shape_keeps_the_base_tokenizer_and_reaches_the_model_at_the_benchmark_resolution(
-        workspace, tmp_path, monkeypatch):  # noqa: F811
+        workspace, tmp_path, monkeypatch):
     # the 2B sizes shrunk so that the test builds in a second; the plumbing is the same
     monkeypatch.setattr(gpu_train, "TEXT_2B", dict(gpu_train.TEXT_2B, hidden_size=64, num_attention_heads=4,
                                                    intermediate_size=128,

@@ -24,7 +24,7 @@ from pipelines.sources.hub import LayoutError
 from pipelines.download import MANIFEST, download
 from pipelines.params import Data, Synthetic
 from tests.support.params import write_params
-from tests.support.hubserver import client_env, hub_standin, write_hub_layout  # noqa: F401  (fixture)
+from tests.support.hubserver import client_env, write_hub_layout
 
 TRAIN_REPO, EVAL_REPO = "TIGER-Lab/MMEB-train", "TIGER-Lab/MMEB-eval"
 SYN = {"seed": 0, "train_rows": 6, "eval_rows": 4, "eval_candidates": 4, "image_size": 32}
@@ -284,14 +284,9 @@ def run_stage(work: Path, endpoint: str, *, offline: bool = False, check: bool =
     return r
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    return write_hub_layout(tmp_path_factory.mktemp("served"))
-
-
-def test_hub_source_fetches_only_the_selection(tmp_path, hub_standin, served):
-    train_sha = hub_standin.add_repo(TRAIN_REPO, served / "MMEB-train")
-    eval_sha = hub_standin.add_repo(EVAL_REPO, served / "MMEB-eval")
+def test_hub_source_fetches_only_the_selection(tmp_path, hub_standin, hub_layout):
+    train_sha = hub_standin.add_repo(TRAIN_REPO, hub_layout / "MMEB-train")
+    eval_sha = hub_standin.add_repo(EVAL_REPO, hub_layout / "MMEB-eval")
     work = tmp_path / "work"
     run_stage(work, hub_standin.endpoint, train_subsets=["Gamma", "Alpha"], eval_subsets=["Delta"])
     raw = work / "data" / "raw"
@@ -313,7 +308,7 @@ def test_hub_source_fetches_only_the_selection(tmp_path, hub_standin, served):
     assert set(got) == {f"MMEB-train/{p}" for p in want_train} | {f"MMEB-eval/{p}" for p in want_eval} | {MANIFEST}
     for rel, data in got.items():
         if rel != MANIFEST:
-            assert data == (served / rel).read_bytes()
+            assert data == (hub_layout / rel).read_bytes()
     # huggingface_hub's cache and metadata stay outside the DVC output
     assert (work / ".cache/hub").is_dir()
     assert not any(p.is_symlink() or p.name.startswith(".") for p in raw.rglob("*"))
@@ -326,13 +321,13 @@ def test_hub_source_fetches_only_the_selection(tmp_path, hub_standin, served):
     assert hub_standin.requests == []
 
 
-def test_hub_revision_pinning(tmp_path, hub_standin, served):
+def test_hub_revision_pinning(tmp_path, hub_standin, hub_layout):
     # v1.0 = an older commit with other content; main = the current one
     old = write_hub_layout(tmp_path / "old", train_subsets=("Alpha",), eval_subsets=("Alpha",), rows=2)
     old_train = hub_standin.add_repo(TRAIN_REPO, old / "MMEB-train", refs=("main", "v1.0"))
     old_eval = hub_standin.add_repo(EVAL_REPO, old / "MMEB-eval", refs=("main", "v1.0"))
-    new_train = hub_standin.add_repo(TRAIN_REPO, served / "MMEB-train")
-    hub_standin.add_repo(EVAL_REPO, served / "MMEB-eval")
+    new_train = hub_standin.add_repo(TRAIN_REPO, hub_layout / "MMEB-train")
+    hub_standin.add_repo(EVAL_REPO, hub_layout / "MMEB-eval")
     assert old_train != new_train
 
     for i, revision in enumerate(["v1.0", {"train": old_train, "eval": old_eval}]):
@@ -344,7 +339,7 @@ def test_hub_revision_pinning(tmp_path, hub_standin, served):
         assert train["requested_revision"] == (revision if i == 0 else old_train)
         assert (train["resolved_commit"], evals["resolved_commit"]) == (old_train, old_eval)
         for rel in ("MMEB-train/Alpha/original-00000-of-00001.parquet", "MMEB-eval/Alpha/test-00000-of-00001.parquet"):
-            assert (raw / rel).read_bytes() == (old / rel).read_bytes() != (served / rel).read_bytes()
+            assert (raw / rel).read_bytes() == (old / rel).read_bytes() != (hub_layout / rel).read_bytes()
 
     # one commit sha for two repos cannot be right: a clear error before any download, no output
     hub_standin.clear_log()
@@ -380,9 +375,9 @@ def test_hub_interrupted_transfer_is_resumed_with_a_range_request(tmp_path, hub_
     check_manifest(raw)
 
 
-def test_hub_failed_run_leaves_no_output_and_the_rerun_fetches_only_what_is_missing(tmp_path, hub_standin, served):
-    hub_standin.add_repo(TRAIN_REPO, served / "MMEB-train")
-    hub_standin.add_repo(EVAL_REPO, served / "MMEB-eval")
+def test_hub_failed_run_leaves_no_output_and_the_rerun_fetches_only_what_is_missing(tmp_path, hub_standin, hub_layout):
+    hub_standin.add_repo(TRAIN_REPO, hub_layout / "MMEB-train")
+    hub_standin.add_repo(EVAL_REPO, hub_layout / "MMEB-eval")
     hub_standin.fail_next_transfer(EVAL_REPO, "images.zip", status=500)
     work = tmp_path / "work"
     r = run_stage(work, hub_standin.endpoint, check=False)
@@ -394,18 +389,18 @@ def test_hub_failed_run_leaves_no_output_and_the_rerun_fetches_only_what_is_miss
     fetched = {(r.repo_id, r.file) for r in hub_standin.requests if r.method == "GET" and r.file}
     assert fetched == {(EVAL_REPO, "images.zip")}  # everything else came from .cache/hub
     raw = work / "data" / "raw"
-    assert (raw / "MMEB-eval/images.zip").read_bytes() == (served / "MMEB-eval/images.zip").read_bytes()
+    assert (raw / "MMEB-eval/images.zip").read_bytes() == (hub_layout / "MMEB-eval/images.zip").read_bytes()
     assert check_manifest(raw)["repos"]["MMEB-train"]["subsets"] == ["Alpha", "Beta", "Gamma"]
 
 
-def test_hub_partial_files_of_killed_runs_are_removed(tmp_path, hub_standin, served):
+def test_hub_partial_files_of_killed_runs_are_removed(tmp_path, hub_standin, hub_layout):
     """huggingface_hub writes each download to a file of its own name and never reuses another's, so
     the partial file a killed run leaves (up to a whole image zip) would stay in .cache/hub for good;
     the next run deletes it, but not one whose download lock another process holds."""
     from filelock import FileLock
 
-    hub_standin.add_repo(TRAIN_REPO, served / "MMEB-train")
-    hub_standin.add_repo(EVAL_REPO, served / "MMEB-eval")
+    hub_standin.add_repo(TRAIN_REPO, hub_layout / "MMEB-train")
+    hub_standin.add_repo(EVAL_REPO, hub_layout / "MMEB-eval")
     work = tmp_path / "work"
     blobs = work / ".cache/hub/datasets--TIGER-Lab--MMEB-train/blobs"
     blobs.mkdir(parents=True)
@@ -444,12 +439,12 @@ def test_hub_download_of_the_synthetic_repos_equals_the_synthetic_source(tmp_pat
     assert hub_manifest["repos"]["MMEB-train"]["subsets"] == synthetic["repos"]["MMEB-train"]["subsets"]
 
 
-def test_hub_refuses_a_train_and_eval_selection_that_fits_only_one_repo_at_a_time(tmp_path, hub_standin, served):
+def test_hub_refuses_a_train_and_eval_selection_that_fits_only_one_repo_at_a_time(tmp_path, hub_standin, hub_layout):
     """Both repos are planned before either downloads: with room for the train selection alone, the
     stage fails before the first byte instead of after the train zips (the check used to be per repo)."""
-    hub_standin.add_repo(TRAIN_REPO, served / "MMEB-train")
-    hub_standin.add_repo(EVAL_REPO, served / "MMEB-eval")
-    train = served / "MMEB-train"
+    hub_standin.add_repo(TRAIN_REPO, hub_layout / "MMEB-train")
+    hub_standin.add_repo(EVAL_REPO, hub_layout / "MMEB-eval")
+    train = hub_layout / "MMEB-train"
     train_bytes = sum(f.stat().st_size for f in [*train.glob("Alpha/original-*.parquet"), train / "images_zip/Alpha.zip",
                                                  train / "README.md"])
     r = run_stage(tmp_path / "w", hub_standin.endpoint, check=False, free_bytes=train_bytes,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.sources import hub
-from tests.support.hubserver import client_env, fake_commit, hub_standin, write_hub_layout  # noqa: F401  (fixture)
+from tests.support.hubserver import client_env, fake_commit
 
 TRAIN_REPO, EVAL_REPO = "TIGER-Lab/MMEB-train", "TIGER-Lab/MMEB-eval"
 
@@ -95,13 +95,8 @@ def run_client(code: str, env: dict, cwd: Path) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def layout(tmp_path_factory):
-    return write_hub_layout(tmp_path_factory.mktemp("hub_layout"))
-
-
-def test_standin_speaks_the_api_the_client_uses(hub_standin, layout, tmp_path):
-    sha = hub_standin.add_repo(EVAL_REPO, layout / "MMEB-eval", refs=("main", "v1"))
+def test_standin_speaks_the_api_the_client_uses(hub_standin, hub_layout, tmp_path):
+    sha = hub_standin.add_repo(EVAL_REPO, hub_layout / "MMEB-eval", refs=("main", "v1"))
     code = f"""
 import json
 from huggingface_hub import HfApi
@@ -126,13 +121,13 @@ print(json.dumps(out))
 """
     out = run_client(code, client_env(tmp_path, hub_standin.endpoint), tmp_path)
     assert out["sha_main"] == out["sha_tag"] == sha
-    expected = sorted(p.relative_to(layout / "MMEB-eval").as_posix() for p in (layout / "MMEB-eval").rglob("*") if p.is_file())
+    expected = sorted(p.relative_to(hub_layout / "MMEB-eval").as_posix() for p in (hub_layout / "MMEB-eval").rglob("*") if p.is_file())
     assert sorted(out["files"]) == expected
     assert ["Alpha", "RepoFolder"] in out["top"] and ["images.zip", "RepoFile"] in out["top"]
     assert not any("/" in p for p, _ in out["top"])  # non-recursive listing stays at the top level
     import hashlib
 
-    assert out["lfs"]["images.zip"] == hashlib.sha256((layout / "MMEB-eval/images.zip").read_bytes()).hexdigest()
+    assert out["lfs"]["images.zip"] == hashlib.sha256((hub_layout / "MMEB-eval/images.zip").read_bytes()).hexdigest()
     assert "README.md" not in out["lfs"]
     assert out["bad_rev"] == "RevisionNotFoundError"
     assert out["bad_repo"] == "RepositoryNotFoundError"
@@ -150,8 +145,8 @@ print(json.dumps({{"commit": f.commit, "subsets": f.subsets, "expected": f.expec
 """
 
 
-def test_fetch_repo_gets_only_the_selection_pinned_to_one_commit(hub_standin, layout, tmp_path):
-    sha = hub_standin.add_repo(TRAIN_REPO, layout / "MMEB-train")
+def test_fetch_repo_gets_only_the_selection_pinned_to_one_commit(hub_standin, hub_layout, tmp_path):
+    sha = hub_standin.add_repo(TRAIN_REPO, hub_layout / "MMEB-train")
     code = FETCH.format(repo=TRAIN_REPO, kind="train", revision="main", selection=["Gamma", "Alpha"])
     out = run_client(code, client_env(tmp_path, hub_standin.endpoint), tmp_path)
     assert out["commit"] == sha
@@ -162,7 +157,7 @@ def test_fetch_repo_gets_only_the_selection_pinned_to_one_commit(hub_standin, la
     # nothing else was asked for: not Beta, not the other splits, not the legacy train parquet
     assert hub_standin.files_requested(TRAIN_REPO) == want
     for path, local in out["files"].items():
-        assert Path(local).read_bytes() == (layout / "MMEB-train" / path).read_bytes()
+        assert Path(local).read_bytes() == (hub_layout / "MMEB-train" / path).read_bytes()
         assert str(tmp_path / "cache") in local  # inside the given cache, nowhere else
     assert set(out["expected"]) == want - {"README.md"}  # LFS oids from the tree listing
     # every resolve request was pinned to the commit, never to the branch name
@@ -170,8 +165,8 @@ def test_fetch_repo_gets_only_the_selection_pinned_to_one_commit(hub_standin, la
     assert resolves and all(f"/resolve/{sha}/" in u for u in resolves)
 
 
-def test_fetch_repo_offline_works_from_the_cache(hub_standin, layout, tmp_path):
-    hub_standin.add_repo(EVAL_REPO, layout / "MMEB-eval")
+def test_fetch_repo_offline_works_from_the_cache(hub_standin, hub_layout, tmp_path):
+    hub_standin.add_repo(EVAL_REPO, hub_layout / "MMEB-eval")
     code = FETCH.format(repo=EVAL_REPO, kind="eval", revision="main", selection="all")
     online = run_client(code, client_env(tmp_path, hub_standin.endpoint), tmp_path)
     assert online["subsets"] == ["Alpha", "Delta"]  # CIFAR-100 is not part of `all`
@@ -181,8 +176,8 @@ def test_fetch_repo_offline_works_from_the_cache(hub_standin, layout, tmp_path):
     assert hub_standin.requests == []
 
 
-def test_fetch_repo_unknown_subset_is_a_clear_error(hub_standin, layout, tmp_path):
-    hub_standin.add_repo(TRAIN_REPO, layout / "MMEB-train")
+def test_fetch_repo_unknown_subset_is_a_clear_error(hub_standin, hub_layout, tmp_path):
+    hub_standin.add_repo(TRAIN_REPO, hub_layout / "MMEB-train")
     code = FETCH.format(repo=TRAIN_REPO, kind="train", revision="main", selection=["Alpha", "Omega"])
     r = subprocess.run([sys.executable, "-c", code], env=client_env(tmp_path, hub_standin.endpoint), cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
@@ -196,10 +191,10 @@ def test_fake_commit_is_stable():
     assert len(fake_commit("a/b")) == 40
 
 
-def test_fetch_repo_refuses_a_selection_the_disk_cannot_hold_before_downloading(hub_standin, layout, tmp_path):
+def test_fetch_repo_refuses_a_selection_the_disk_cannot_hold_before_downloading(hub_standin, hub_layout, tmp_path):
     """huggingface_hub only warns, and only when one file alone does not fit: twenty image zips that
     fit one by one would fill the disk hours in. The selection's missing bytes are checked first."""
-    hub_standin.add_repo(TRAIN_REPO, layout / "MMEB-train")
+    hub_standin.add_repo(TRAIN_REPO, hub_layout / "MMEB-train")
     low_disk = """
 import shutil
 from collections import namedtuple

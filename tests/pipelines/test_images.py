@@ -8,8 +8,9 @@ from PIL import Image
 
 from pipelines.errors import Rejected
 from pipelines.images import ImageSource, pil_limits, prepare_image
-from tests.support.fixtures_mmeb import (cmyk_jpeg, corrupt_member_crc, image_bytes, palette_png,
-                                 png_header_bomb, rgba_png, truncated_jpeg, write_zip)
+from tests.support.fixtures_mmeb import corrupt_member_crc, write_zip
+from tests.support.images import (cmyk_jpeg, encode, image_bytes, palette_png, png_header_bomb, rgba_png,
+                                  truncated_jpeg)
 
 MAX = 50_000_000
 
@@ -74,10 +75,9 @@ def test_16_bit_greyscale_is_scaled_not_clipped_or_stretched(levels, mode, fmt):
     img = Image.new("I;16", (4, 1))
     for x, v in enumerate(levels):
         img.putpixel((x, 0), v)
-    buf = io.BytesIO()
-    (img if mode == "I;16" else img.convert("I").convert(mode)).save(buf, format=fmt)
-    assert Image.open(io.BytesIO(buf.getvalue())).mode == mode
-    p = prepare_image(buf.getvalue(), MAX)
+    data = encode(img if mode == "I;16" else img.convert("I").convert(mode), fmt)
+    assert Image.open(io.BytesIO(data)).mode == mode
+    p = prepare_image(data, MAX)
     out = decoded(p.stored)
     assert p.converted and out.mode == "RGB"
     assert [out.getpixel((x, 0)) for x in range(4)] == [(round(v / 257),) * 3 for v in levels]
@@ -93,9 +93,7 @@ def test_int_and_float_greyscale(mode, values, expected):
     img = Image.new(mode, (4, 1))
     for x, v in enumerate(values):
         img.putpixel((x, 0), v)
-    buf = io.BytesIO()
-    img.save(buf, format="TIFF")
-    out = decoded(prepare_image(buf.getvalue(), MAX).stored)
+    out = decoded(prepare_image(encode(img, "TIFF"), MAX).stored)
     assert tuple(out.getpixel((x, 0))[0] for x in range(4)) == expected
 
 

@@ -16,8 +16,9 @@ from pipelines.schema import RECORD_SCHEMA, REJECT_SCHEMA
 from stages import normalize as stage
 from tests.support import params as test_params
 from tests.support.params import section
-from tests.support.fixtures_mmeb import (COUNTRY211_LABELS, EVAL_ROWS, EVAL_SCHEMA, TRAIN_ROWS, TRAIN_SCHEMA, cmyk_jpeg,
-                                 eval_row, png_header_bomb, train_row, truncated_jpeg, write_parquet, write_raw)
+from tests.support.fixtures_mmeb import (COUNTRY211_LABELS, EVAL_ROWS, TRAIN_ROWS, TRAIN_SCHEMA, eval_row, train_row,
+                                         write_parquet, write_raw, write_zip)
+from tests.support.images import cmyk_jpeg, jpeg_for, png_header_bomb, truncated_jpeg
 
 # params.yaml's, in one process, without the per-dataset reject limit unless a test sets it
 PARAMS = dict(workers=1, max_dataset_reject_fraction=1.0)
@@ -136,7 +137,6 @@ def test_a_non_utf8_or_imageless_hard_negative_is_dropped_and_only_its_drop_is_c
     (raw / "MMEB-train" / "ChartQA").mkdir()
     pq.write_table(pa.table({"neg_text": neg, **cols}).select(TRAIN_SCHEMA.names),
                    raw / "MMEB-train" / "ChartQA" / "original-00000-of-00001.parquet")
-    from tests.support.fixtures_mmeb import jpeg_for, write_zip
     write_zip(raw / "MMEB-train" / "images_zip" / "ChartQA.zip", {"ChartQA/Train/c.jpg": jpeg_for("c")})
     out, metrics = normalize(tmp_path, raw, max_reject_fraction=1.0)
     kept = records(out, "train", "ChartQA")
@@ -267,7 +267,6 @@ def dirty(tmp_path_factory):
     table = pa.table({"qry": qry, **cols}).select(TRAIN_SCHEMA.names)
     (raw / "MMEB-train" / "ChartQA").mkdir()
     pq.write_table(table, raw / "MMEB-train" / "ChartQA" / "original-00000-of-00001.parquet")
-    from tests.support.fixtures_mmeb import jpeg_for, write_zip
     write_zip(raw / "MMEB-train" / "images_zip" / "ChartQA.zip",
               {OK_PATH.replace("OK-VQA", "ChartQA"): jpeg_for("chart")})
     out, metrics = normalize(tmp, raw, image_reject_pixels=1_000_000)

@@ -1,5 +1,6 @@
 """pipelines.params: the one place every params.yaml key is declared and checked."""
 
+import re
 import subprocess
 import sys
 from dataclasses import fields, replace
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from pipelines import params as P
-from pipelines.params import Data, Eval, ParamsError, Shard, Synthetic
+from pipelines.params import Data, Eval, ParamsError, Shard, Synthetic, Train
 from tests.support.params import document, section, write_params
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +21,14 @@ def problems_of(**sections) -> str:
     with pytest.raises(ParamsError) as e:
         P.parse(document(**sections), "params.yaml")
     return str(e.value)
+
+
+def refused(cls, values: dict) -> str:
+    """The message of the ParamsError (a ValueError) that section `cls` raises for `values`."""
+    with pytest.raises(ParamsError) as info:
+        cls.parse(values)
+    assert isinstance(info.value, ValueError)
+    return str(info.value)
 
 
 def test_params_yaml_is_complete_and_valid():
@@ -139,12 +148,6 @@ def test_revision_forms():
     assert revisions({"eval": "a" * 40}) == {"train": "main", "eval": "a" * 40}
 
 
-def test_train_compile_scope():
-    assert section("train", compile=True).compile_scope == "blocks"
-    assert section("train", compile=False).compile_scope is None
-    assert section("train", compile="region").compile_scope == "region"
-
-
 def test_a_stage_refuses_bad_params_before_any_work(tmp_path):
     """`python -m stages.<name>` with a bad params file: exit status 2, the key named, no traceback
     and nothing written (the download stage would otherwise have generated data/raw)."""
@@ -180,9 +183,7 @@ EVAL = {"models": ["base", "embedder"], "batch_size": 4, "datasets": "all", "ima
 
 
 def eval_refused(**values) -> str:
-    with pytest.raises(ParamsError) as info:
-        Eval.parse(dict(EVAL, **values))
-    return str(info.value)
+    return refused(Eval, dict(EVAL, **values))
 
 
 def test_the_eval_section_is_typed():
@@ -206,3 +207,80 @@ def test_eval_models_and_datasets_must_be_lists_of_distinct_names():
 def test_eval_image_max_pixels_follows_train_unless_set(value, want):
     params = P.parse(document(eval={"image_max_pixels": value}))
     assert params.eval.image_max_pixels == (params.train.image_max_pixels if want == "follows" else want)
+
+
+# --- train: every check of the train params, made once when a stage starts (never in the trainer) ---
+TRAIN = document()["train"]  # params.yaml's train section: a complete one
+
+# the keys the trainer once completed with a default of its own; params.yaml now holds each value
+ONCE_DEFAULTED = {"max_grad_norm": 1.0, "batched_vision_attention": True, "compile": False, "fsdp": False,
+                  "lora_dtype": "fp32", "pad_to_multiple_of": 1}
+
+
+def train_refused(overrides: dict, *, without: tuple[str, ...] = ()) -> str:
+    """The ParamsError message for params.yaml's train section changed by `overrides`."""
+    return refused(Train, {k: v for k, v in {**TRAIN, **overrides}.items() if k not in without})
+
+
+def test_params_yaml_train_section_is_complete_and_accepted():
+    p = Train.parse(TRAIN)
+    assert {f.name for f in fields(Train)} == set(TRAIN)
+    assert p.to_dict()["learning_rate"] == float(TRAIN["learning_rate"])
+    assert P.parse(document()).train == p
+
+
+@pytest.mark.parametrize("key,value", sorted(ONCE_DEFAULTED.items()))
+def test_params_yaml_holds_the_values_once_defaulted_in_code_and_leaving_one_out_is_refused(key, value):
+    assert TRAIN[key] == value and getattr(Train.parse(TRAIN), key) == value
+    assert re.search(rf"train\.{key}: missing", train_refused({}, without=(key,)))
+
+
+def test_unknown_missing_and_out_of_range_train_keys_are_named():
+    assert "train.lora_rnak: unknown key (did you mean train.lora_rank?)" in train_refused({"lora_rnak": 8})
+    assert "train.steps: missing" in train_refused({}, without=("steps",))
+    assert "train.precision" in train_refused({"precision": "fp16"})
+    assert "lora_dtype bf16 needs precision bf16" in train_refused({"lora_dtype": "bf16", "precision": "fp32"})
+    Train.parse({**TRAIN, "lora_dtype": "bf16", "precision": "bf16"})
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"image_max_pixels": 0}, "train.image_max_pixels"),  # crashed inside PIL mid-batch
+    ({"image_max_pixels": -5}, "train.image_max_pixels"),  # quarantined every sample, then blamed the shards
+    ({"instructions": "false"}, "train.instructions"),  # bool("false") is True: no ablation
+    ({"dora": "no"}, "train.dora"),
+    ({"steps": 2.7}, "train.steps"), ({"batch_size": True}, "train.batch_size"),
+    ({"learning_rate": "fast"}, "train.learning_rate"), ({"max_text_tokens": 0}, "train.max_text_tokens"),
+    ({"batch_size": 1, "hard_negatives": 0}, "batch_size >= 2 or hard_negatives > 0"),  # loss log(1) = 0
+    # refused by the data stream only after stale checkpoints had been deleted
+    ({"batch_size": 8, "homogeneous_batch": 3}, "homogeneous_batch 3 must divide batch_size 8"),
+    ({"batch_size": 4, "homogeneous_batch": 3}, "homogeneous_batch 3 must divide batch_size 4"),
+    ({"compile": "yes"}, "train.compile"),
+    ({"pad_to_multiple_of": 0}, "train.pad_to_multiple_of"),
+    ({"compile": "cuda-graphs", "gc_chunk_size": 4}, "compile cuda-graphs needs gc_chunk_size 0"),
+    ({"mixture": {"A": -1, "B": 2}}, "train.mixture"), ({"mixture": {"A": 0}}, "train.mixture"),
+    ({"mixture": "uniform"}, "train.mixture"),
+])
+def test_train_params_that_would_fail_later_or_silently_are_refused(override, key):
+    assert key in train_refused(override)
+
+
+def test_train_params_as_dvc_exp_writes_them_are_accepted():
+    # `-S train.learning_rate=1e-3` puts 1e-3 into params.yaml, which PyYAML reads as a string
+    p = Train.parse({**TRAIN, "learning_rate": "1e-3", "image_max_pixels": None, "batch_size": 1,
+                     "hard_negatives": 1})
+    assert p.learning_rate == 0.001
+
+
+def test_train_compile_scope_and_the_compile_settings_that_work():
+    assert section("train", compile=True).compile_scope == "blocks"
+    assert section("train", compile=False).compile_scope is None
+    assert section("train", compile="region").compile_scope == "region"
+    scopes = [Train.parse({**TRAIN, "compile": v}).compile_scope for v in (False, True, "blocks", "region",
+                                                                          "cuda-graphs")]
+    assert scopes == [None, "blocks", "blocks", "region", "cuda-graphs"]
+    Train.parse({**TRAIN, "compile": "region", "gc_chunk_size": 4})
+
+
+def test_a_whole_params_file_reports_a_train_mistake_by_its_key():
+    with pytest.raises(ParamsError, match=re.escape("train.learnng_rate: unknown key")):
+        P.parse(document(train={"learnng_rate": 0.1}))

@@ -14,26 +14,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pipelines import shard as shards
 from pipelines.imagestore import ImageStoreWriter, StoredImage, merge
 from pipelines.schema import IMAGE_TOKEN, RECORD_SCHEMA, sample_key
 from pipelines.shard import build_index, output_params, read_index, row_order, selected_rows, write_shards
 from stages import shard as shard_stage
+from tests.support.images import drawn_image, encode
 from tests.support.params import section, write_params
 
 MAX_SIDE = 48  # images with a longer side are downscaled in these tests
 
 
 def make_image(width: int, height: int, fmt: str, seed: int) -> StoredImage:
-    img = Image.new("RGB", (width, height), ((seed * 37) % 256, (seed * 91) % 256, 120))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((seed % 7, seed % 5, width - 3, height - 2), fill=(250, (seed * 13) % 256, 10))
-    draw.line((0, 0, width, height), fill=(0, 0, 0), width=2)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-    data = buf.getvalue()
+    data = drawn_image(width, height, fmt, seed)
     return StoredImage(hashlib.sha256(data).hexdigest(), data, width, height, fmt)
 
 
@@ -273,9 +268,8 @@ def test_max_bytes_bounds_tars_and_oversize_sample_gets_own_shard(normalized, tm
 def test_oversize_sample_is_logged(tmp_path, caplog):
     train, store, _, _ = build_normalized(tmp_path, {"Syn-C": 3})
     noise = Image.frombytes("RGB", (300, 200), bytes(hashlib.shake_256(b"x").digest(300 * 200 * 3)))
-    buf = io.BytesIO()
-    noise.save(buf, format="PNG")  # incompressible: ~180 kB
-    big = StoredImage(hashlib.sha256(buf.getvalue()).hexdigest(), buf.getvalue(), 300, 200, "PNG")
+    data = encode(noise)  # incompressible: ~180 kB
+    big = StoredImage(hashlib.sha256(data).hexdigest(), data, 300, 200, "PNG")
     writer = ImageStoreWriter(store, "w1")
     writer.add(big)
     writer.close()

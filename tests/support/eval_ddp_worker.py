@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/support/eval_ddp_worker.py --root DIR
 
 Runs `trainer.eval.evaluate.evaluate` on DIR (a tiny normalized eval set, models/base and models/embedder
-folders) with the batch-sensitive fake encoders of tests/trainer/eval/test_protocol.py, so the outputs equal a
+folders) with the batch-sensitive fake encoders of tests/support/encoders.py, so the outputs equal a
 one-process run only if every item was encoded in the same batch. Each rank also writes
 DIR/encoded-rank<r>.json (items it encoded) so the test can check that the work was really split.
 """
@@ -20,8 +20,8 @@ if __package__ in (None, ""):  # run as a script by torchrun: make the repo impo
 
 import torch  # noqa: E402
 
-from pipelines.params import Eval  # noqa: E402
-from tests.trainer.eval.test_protocol import BatchSensitiveEncoder  # noqa: E402
+from tests.support.encoders import BatchSensitiveEncoder  # noqa: E402
+from tests.support.eval_sets import eval_params  # noqa: E402
 from trainer import distributed  # noqa: E402
 from trainer.eval.evaluate import evaluate  # noqa: E402
 
@@ -41,9 +41,7 @@ def main() -> int:
     torch.set_num_threads(1)
     info = distributed.init_from_env()
     assert info.world_size == 2, info
-    params = Eval.parse({"models": ["base", "embedder"], "batch_size": args.batch_size, "datasets": "all",
-                         "image_max_pixels": 40, "cache": True, "cache_dir": ".cache/embeddings",
-                         "cache_max_gb": 20, "precision": "fp32"})
+    params = eval_params(batch_size=args.batch_size)
     try:
         evaluate(params, root=Path(args.root), load_model=fake_loader)
         out = Path(args.root) / f"encoded-rank{info.rank}.json"

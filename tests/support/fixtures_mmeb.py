@@ -7,25 +7,23 @@
                          root/MMEB-eval/images.zip                  (members <Dataset>/...)
                          root/manifest.json
 
-Images are tiny distinct JPEGs generated per path (override any member with `members=`). Also
-builders for bad images (truncated, CMYK, palette, alpha, header-only bombs) and bad zips.
-Reusable by any test that needs real-format raw data.
+Images are tiny distinct JPEGs generated per path (`tests.support.images.jpeg_for`; override any
+member with `members=`). Also builders for bad zips. Reusable by any test that needs real-format raw
+data.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import stat
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+
+from tests.support.images import jpeg_for
 
 # ---------------------------------------------------------------------------------------------
 # rows, verbatim from MMEB-train's rows and MMEB-eval's rows (file names there are "…",
@@ -103,55 +101,6 @@ EVAL_ROWS: dict[str, list[dict]] = {
          "cup\"\n"],
         ["RefCOCO-Matching/crop_0.jpg", "RefCOCO-Matching/crop_1.jpg"])],
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# images
-
-
-def image_bytes(color=(200, 40, 40), size=(8, 8), mode="RGB", fmt="JPEG", **save) -> bytes:
-    img = Image.new(mode, size, color)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **save)
-    return buf.getvalue()
-
-
-def jpeg_for(path: str) -> bytes:
-    """A distinct, deterministic tiny JPEG for a path."""
-    h = hashlib.sha256(path.encode()).digest()
-    return image_bytes(color=(h[0], h[1], h[2]), size=(8 + h[3] % 5, 8))
-
-
-def truncated_jpeg() -> bytes:
-    data = image_bytes(size=(64, 64), quality=95)
-    return data[: len(data) // 2]
-
-
-def cmyk_jpeg() -> bytes:
-    return image_bytes(color=(255, 0, 0, 0), mode="CMYK")  # pure cyan ink
-
-
-def palette_png(transparent: bool = False) -> bytes:
-    img = Image.new("P", (6, 6), 1)
-    img.putpalette([255, 255, 255, 10, 200, 30] + [0] * 762)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", **({"transparency": 1} if transparent else {}))
-    return buf.getvalue()
-
-
-def rgba_png(alpha=0) -> bytes:
-    return image_bytes(color=(0, 0, 255, alpha), mode="RGBA", fmt="PNG")
-
-
-def png_header_bomb(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height pixels but carries almost no data: decoding it
-    would allocate width*height bytes, reading the header costs nothing."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 # ---------------------------------------------------------------------------------------------

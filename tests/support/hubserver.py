@@ -23,7 +23,7 @@ RevisionNotFound, EntryNotFound). Every request is logged (`HubStandIn.requests`
 injected once per file: `cut_next_transfer` (send the headers of the full body, then only N bytes and
 close: the client sees a truncated transfer) and `fail_next_transfer` (an HTTP 500 on the download).
 
-Use it through the `hub_standin` fixture (import it into the test module) or as a context manager:
+Use it through the `hub_standin` fixture (tests/conftest.py) or as a context manager:
 
     with HubStandIn() as hub:
         sha = hub.add_repo("TIGER-Lab/MMEB-eval", folder)
@@ -42,7 +42,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import pytest
 
 LFS_SUFFIXES = (".parquet", ".zip", ".tar", ".tar.gz", ".safetensors", ".bin")
 _CHUNK = 64 * 1024
@@ -440,13 +439,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-
-
-@pytest.fixture
-def hub_standin():
-    """A started `HubStandIn` with no repos; add them with `add_repo`. Stopped after the test."""
-    with HubStandIn() as hub:
-        yield hub
 
 
 # --- a tiny MMEB in the Hub layout, for tests that need one without the synthetic generator -------

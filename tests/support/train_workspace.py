@@ -1,7 +1,6 @@
 """A training workspace for the recipe's tests: a tiny Qwen2-VL base and shards of shape / caption pairs.
 
-    from tests.support.train_workspace import workspace, workspace_template  # the fixtures
-    train(params(steps=2), paths_in(workspace))
+    train(params(steps=2), paths_in(workspace))     # `workspace`: a fixture of tests/conftest.py
 
 `BASE_PARAMS` is a complete train section (a `pipelines.params.Train`) sized for a CPU test run;
 `params(**overrides)` is it with some values changed (checked again by the contract).
@@ -9,23 +8,21 @@
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import yaml
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from pipelines.params import Train
-from tests.trainer.train.test_stream import make_side, write_test_shards
+from tests.support.images import encode
+from tests.support.shards import make_side, write_test_shards
 from trainer.train.recipe import TrainPaths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,16 +63,10 @@ def render(colour: str, shape: str, rng: np.random.Generator, size: int = 32) ->
     return img
 
 
-def png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def shape_record(dataset: str, i: int):
     rng = np.random.default_rng([1, i])
     colour, shape = CAPTIONS[i % len(CAPTIONS)]
-    return ({"query": make_side("", png(render(colour, shape, rng)), "query.png", INSTRUCTION),
+    return ({"query": make_side("", encode(render(colour, shape, rng)), "query.png", INSTRUCTION),
              "target": make_side(f"a {colour} {shape}"), "negatives": [make_side(f"a {colour} {s}")
                                                                          for s in SHAPES if s != shape]}, {})
 
@@ -87,28 +78,19 @@ def mixed_record(dataset: str, i: int):
         rng = np.random.default_rng([2, i])
         colour, shape = CAPTIONS[i % len(CAPTIONS)]
         return ({"query": make_side(f"a {colour} {shape}", instruction="Find the image"),
-                 "target": make_side("", png(render(colour, shape, rng)), "target.png"),
+                 "target": make_side("", encode(render(colour, shape, rng)), "target.png"),
                  "negatives": []}, {})
     return shape_record(dataset, i)
 
 
-@pytest.fixture(scope="session")
-def workspace_template(tmp_path_factory):
-    """models/base (tiny Qwen2-VL) + data/shards/train (480 shape/caption pairs in 2 datasets)."""
+def write_workspace(root: Path) -> Path:
+    """root/models/base (tiny Qwen2-VL) + root/data/shards/train (480 shape/caption pairs in 2 datasets)."""
     from trainer.backbone.families import build_tiny, save_backbone
 
-    root = tmp_path_factory.mktemp("ws")
     save_backbone(build_tiny("qwen2_vl", seed=0, image_size=32, hidden_size=64, layers=2), root / "models/base")
     write_test_shards(root / "data/shards/train", {"Syn-ShapesA": 240, "Syn-ShapesB": 240}, per_shard=60,
                       make_record=shape_record)
     return root
-
-
-@pytest.fixture
-def workspace(workspace_template, tmp_path):
-    ws = tmp_path / "ws"
-    shutil.copytree(workspace_template, ws)
-    return ws
 
 
 def paths_in(ws: Path, **kw) -> TrainPaths:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.support.fixtures_mmeb import png_header_bomb
+from tests.support.images import png_header_bomb
 from trainer.backbone.families import build_tiny, save_backbone
 from trainer.embed import EmbeddingModel, main, make_side, model_dir_of
 

@@ -13,20 +13,10 @@ from PIL import Image
 from trainer.backbone.families import (FAMILIES, LORA_TARGETS, build_tiny, detect_family, load_backbone,
                                save_backbone, train_family_tokenizer)
 from trainer.model.inputs import Collator
-from tests.support.hubserver import hub_standin  # noqa: F401  (fixture)
+from tests.support.images import image_bytes
 from tests.support.params import section
+from tests.support.sides import IMAGES, SIDES, side
 from trainer.model.embedder import Embedder
-
-SIDES = [
-    dict(raw="<|image_1|>\nRepresent the given image for classification\n", instruction="", text="",
-         has_image_token=True, template="", image=None),
-    dict(raw="Find me an everyday image that matches the given caption: a red circle.\n", instruction="",
-         text="a red circle.", has_image_token=False, template="", image=None),
-    dict(raw="<|image_1|>\nRepresent the given image with the following question: what colour is it?\n",
-         instruction="", text="what colour is it?", has_image_token=True, template="", image=None),
-    dict(raw="blue\n", instruction="", text="blue", has_image_token=False, template="", image=None),
-]
-IMAGES = [Image.new("RGB", (40, 30), "red"), None, Image.new("RGB", (64, 64), "blue"), None]
 
 
 def _embed(backbone):
@@ -262,15 +252,10 @@ def test_save_refuses_peft_wrapped_model(tmp_path):
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 160, 60), "yellow": (235, 205, 30)}
 
 
-def _side(raw, instruction="", text="", image=None):
-    return dict(raw=raw, instruction=instruction, text=text, has_image_token="<|image_1|>" in raw,
-                template="", image=image)
-
-
 def write_normalized(root, rows_per_dataset=16):
     """data/normalized/{train,images} with a classification (image -> colour) and a t2i dataset
     (caption -> image), a grounding-like image->image dataset and a text-only record."""
-    import io
+    import hashlib
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -281,31 +266,29 @@ def write_normalized(root, rows_per_dataset=16):
     writer = ImageStoreWriter(root / "images", "w0")
 
     def image(colour, i):
-        buf = io.BytesIO()
-        Image.new("RGB", (48 + i % 3 * 8, 48), COLOURS[colour]).save(buf, format="PNG")
-        data = buf.getvalue()
-        import hashlib
+        width = 48 + i % 3 * 8
+        data = image_bytes(COLOURS[colour], (width, 48), fmt="PNG")
         sha = hashlib.sha256(data).hexdigest()
-        writer.add(StoredImage(sha, data, 48 + i % 3 * 8, 48, "PNG"))
-        return dict(sha256=sha, path=f"{colour}{i}.png", width=48 + i % 3 * 8, height=48)
+        writer.add(StoredImage(sha, data, width, 48, "PNG"))
+        return dict(sha256=sha, path=f"{colour}{i}.png", width=width, height=48)
 
     datasets = {}
     names = list(COLOURS)
     cls, t2i, i2i = [], [], []
     for i in range(rows_per_dataset):
         colour = names[i % len(names)]
-        cls.append(dict(query=_side("<|image_1|>\nRepresent the given image for classification\n",
+        cls.append(dict(query=side("<|image_1|>\nRepresent the given image for classification\n",
                                     "Represent the given image for classification", "", image(colour, i)),
-                        target=_side(f"{colour}\n", "", colour)))
-        t2i.append(dict(query=_side(f"Find me an everyday image that matches the given caption: a {colour} square.\n",
+                        target=side(f"{colour}\n", "", colour)))
+        t2i.append(dict(query=side(f"Find me an everyday image that matches the given caption: a {colour} square.\n",
                                     "Find me an everyday image that matches the given caption: ", f"a {colour} square."),
-                        target=_side("<|image_1|>\nRepresent the given image.\n", "Represent the given image.", "",
+                        target=side("<|image_1|>\nRepresent the given image.\n", "Represent the given image.", "",
                                      image(colour, i + 100))))
-        i2i.append(dict(query=_side("<|image_1|>\nRepresent the given image\n", "Represent the given image", "",
+        i2i.append(dict(query=side("<|image_1|>\nRepresent the given image\n", "Represent the given image", "",
                                     image(colour, i + 200)),
-                        target=_side("<|image_1|>\nRepresent the given image\n", "Represent the given image", "",
+                        target=side("<|image_1|>\nRepresent the given image\n", "Represent the given image", "",
                                      image(colour, i + 300))))
-    t2i.append(dict(query=_side("text only\n", "", "text only"), target=_side("answer\n", "", "answer")))
+    t2i.append(dict(query=side("text only\n", "", "text only"), target=side("answer\n", "", "answer")))
     datasets = {"Syn-ShapeCLS": cls, "Syn-Caption_t2i": t2i, "Syn-NIGHTS": i2i}
     for name, rows in datasets.items():
         records = [dict(id=f"{name}/original/{i}", dataset=name, split="original", meta_task="retrieval",

@@ -15,11 +15,9 @@ import pytest
 import yaml
 
 from pipelines.mmeb import MMEB_EVAL, resolve_subsets
-from pipelines.params import Eval
 from stages import evaluate as stage
-from tests.support.encoders import CountingEncoder
-from tests.trainer.eval.test_protocol import (BatchSensitiveEncoder, HashEncoder, OverlapEncoder, build_tiny_eval,
-                                              reference_scores, side, write_records)
+from tests.support.encoders import BatchSensitiveEncoder, CountingEncoder, HashEncoder, OverlapEncoder
+from tests.support.eval_sets import build_tiny_eval, eval_params, record_side, reference_scores, write_records
 from trainer import provenance
 from trainer.eval import evaluate as evaluation
 from trainer.eval import report
@@ -40,8 +38,8 @@ def make_root(tmp: Path) -> Path:
     shutil.copytree(paths["images"], data / "images")
     # a dataset with a real MMEB name, to get the published columns
     labels = ["red", "blue", "green", "black", "white"]
-    rows = [(side(f"a {labels[i % 5]} car", None, "Find: "), [side(labels[(i + k) % 5]) for k in range(3)])
-            for i in range(7)]
+    rows = [(record_side(f"a {labels[i % 5]} car", None, "Find: "),
+             [record_side(labels[(i + k) % 5]) for k in range(3)]) for i in range(7)]
     write_records(data / "eval", "CIRR", "retrieval", "IND", rows)
     for m in ("base", "embedder"):
         (root / "models" / m).mkdir(parents=True)
@@ -58,13 +56,6 @@ class Loader:
     def __call__(self, name, path, params):
         self.encoders[name] = self.kinds[name](name=name)
         return self.encoders[name]
-
-
-def eval_params(**values) -> Eval:
-    """The checked `eval` section: these tests' settings, with `values` instead."""
-    return Eval.parse(dict({"models": ["base", "embedder"], "batch_size": 4, "datasets": "all",
-                            "image_max_pixels": 40, "cache": True, "cache_dir": ".cache/embeddings",
-                            "cache_max_gb": 20, "precision": "fp32"}, **values))
 
 
 PARAMS = eval_params()
@@ -200,7 +191,7 @@ def test_stage_errors_are_clear(tmp_path):
         evaluation.evaluate(PARAMS, root=root, load_model=Loader())
     with pytest.raises(ValueError, match="unknown subsets"):
         evaluation.evaluate(eval_params(models=["base"], datasets=["Nope"]), root=root, load_model=Loader())
-    # a repeated dataset: the params contract refuses it (tests/pipelines/test_params_eval.py); the
+    # a repeated dataset: the params contract refuses it (tests/pipelines/test_params.py); the
     # datasets are selected with the same check at run time
     some = sorted(p.name for p in (root / evaluation.EVAL_ROOT).iterdir())[0]
     with pytest.raises(ValueError, match=f"more than once: \\['{some}'\\]"):

@@ -1,17 +1,8 @@
-"""Scoring, aggregation, dedup and encoding of trainer/eval/protocol.py.
-
-The module-level helpers (tiny normalized eval sets, fake encoders, a straightforward reference
-scorer) are shared with tests/trainer/eval/test_evaluate.py and tests/support/eval_ddp_worker.py.
-"""
+"""Scoring, aggregation, dedup and encoding of trainer/eval/protocol.py."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
-import random
-import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,173 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.imagestore import ImageStoreWriter, StoredImage, merge
-from pipelines.schema import IMAGE_TOKEN, RECORD_SCHEMA
+from pipelines.schema import RECORD_SCHEMA
+from tests.support.encoders import BatchSensitiveEncoder, HashEncoder
+from tests.support.eval_sets import build_tiny_eval, record_side, reference_scores, write_images, write_records
+from tests.support.images import seeded_png
 from trainer.eval import protocol as ev
 from trainer.eval.cache import EmbeddingCache
-
-
-# --- helpers: tiny normalized eval sets --------------------------------------------------------------
-def side(text: str, image: str | None = None, instruction: str = "") -> dict:
-    """A RECORD_SCHEMA side; `image` is an image sha256 (its store entry is written separately)."""
-    raw = (f"{IMAGE_TOKEN}\n" if image else "") + instruction + text
-    template = (f"{IMAGE_TOKEN}\n" if image else "") + ("{instruction}" if instruction else "") + "{text}"
-    ref = None if image is None else {"sha256": image, "path": f"img/{image[:8]}.png", "width": 8, "height": 6}
-    return {"raw": raw, "instruction": instruction, "text": text, "has_image_token": image is not None,
-            "template": template, "image": ref}
-
-
-def image_bytes(seed: int, size=(8, 6)) -> bytes:
-    rng = random.Random(seed)
-    img = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
-    img.putpixel((0, 0), (seed % 256, (seed // 256) % 256, 7))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_images(images_root: Path, blobs: list[bytes]) -> list[str]:
-    """Store PNG blobs in a content-addressed image store; return their sha256s."""
-    writer = ImageStoreWriter(images_root, "test")
-    shas = []
-    for b in blobs:
-        sha = hashlib.sha256(b).hexdigest()
-        w, h = Image.open(io.BytesIO(b)).size
-        writer.add(StoredImage(sha, b, w, h, "PNG"))
-        shas.append(sha)
-    writer.close()
-    merge(images_root)
-    return shas
-
-
-def write_records(eval_root: Path, dataset: str, meta: str, dist: str, rows: list[tuple[dict, list[dict]]],
-                  rows_per_part: int = 0) -> None:
-    """rows = [(query side, [gold, negatives...])] -> data/normalized/eval/<dataset>/part-*.parquet."""
-    records = [
-        {"id": f"{dataset}/test/{i}", "dataset": dataset, "split": "test", "meta_task": meta,
-         "distribution": dist, "instruction": q["instruction"], "query": q, "target": cands[0],
-         "negatives": cands[1:]}
-        for i, (q, cands) in enumerate(rows)
-    ]
-    out = eval_root / dataset
-    out.mkdir(parents=True, exist_ok=True)
-    size = rows_per_part or len(records)
-    for part, start in enumerate(range(0, len(records), size)):
-        table = pa.Table.from_pylist(records[start:start + size], schema=RECORD_SCHEMA)
-        pq.write_table(table, out / f"part-{part:05d}.parquet")
-
-
-def build_tiny_eval(root: Path, seed: int = 0, n_rows: int = 12) -> dict[str, Path]:
-    """Three small datasets covering the three modality buckets, planted duplicates included:
-
-    * Tiny-CLS   (classification, IND): image -> label out of a 4-label set (shared candidates)
-    * Tiny-VQA   (vqa, OOD): image + question -> answer, 5 candidates, the gold repeated in some rows
-    * Tiny-RET   (retrieval, IND): text -> image, 4 to 6 candidates (ragged), queries repeated
-    """
-    rng = random.Random(seed)
-    eval_root, images_root = root / "eval", root / "images"
-    shas = write_images(images_root, [image_bytes(seed * 1000 + i, size=(8 + i % 5, 6 + i % 3))
-                                      for i in range(10)])
-    labels = ["red circle", "blue square", "green star", "yellow cross"]
-    cls_rows = []
-    for i in range(n_rows):
-        gold = rng.randrange(4)
-        cands = [side(labels[gold])] + [side(labels[j]) for j in range(4) if j != gold]
-        cls_rows.append((side("", shas[i % 10], "Represent the given image for classification\n"), cands))
-    vqa_rows = []
-    answers = ["one", "two", "three", "four", "five", "six", "seven"]
-    for i in range(n_rows):
-        picks = rng.sample(answers, 5)
-        if i % 3 == 0:
-            picks[3] = picks[0]  # a duplicate of the gold at another index
-        vqa_rows.append((side(f"how many {labels[i % 4]}?", shas[(i * 3) % 10], "Answer: "),
-                         [side(a) for a in picks]))
-    ret_rows = []
-    for i in range(n_rows):
-        k = 4 + i % 3
-        picks = rng.sample(range(10), k)
-        ret_rows.append((side(f"a photo of {labels[i % 4]}", None, "Find an image: "),
-                         [side("", shas[j], "Represent the given image\n") for j in picks]))
-    write_records(eval_root, "Tiny-CLS", "classification", "IND", cls_rows)
-    write_records(eval_root, "Tiny-VQA", "vqa", "OOD", vqa_rows, rows_per_part=5)
-    write_records(eval_root, "Tiny-RET", "retrieval", "IND", ret_rows)
-    return {"eval": eval_root, "images": images_root}
-
-
-# --- helpers: fake encoders ---------------------------------------------------------------------------
-def _unit(seed_text: str, dim: int) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:8], "little")
-    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-class HashEncoder:
-    """Deterministic per-item random unit vectors (a model that knows nothing)."""
-
-    def __init__(self, dim: int = 16, name: str = "hash"):
-        self.dim, self.fingerprint, self.calls, self.encoded = dim, f"fake-{name}-{dim}", 0, 0
-
-    def vector(self, s: dict, img) -> np.ndarray:
-        assert (img is None) == (s["image"] is None)
-        if img is not None:
-            assert isinstance(img, Image.Image) and img.mode == "RGB"
-        return _unit(s["raw"] + "|" + (s["image"] or {}).get("sha256", ""), self.dim)
-
-    def encode(self, sides, images, batch_size=8):
-        self.calls += 1
-        self.encoded += len(sides)
-        return np.stack([self.vector(s, i) for s, i in zip(sides, images)])
-
-
-class OverlapEncoder(HashEncoder):
-    """Bag of words of the side's text plus the image's first pixel colour: queries and their gold
-    share content, so this 'model' scores well above chance."""
-
-    def __init__(self, dim: int = 32, name: str = "overlap"):
-        super().__init__(dim, name)
-
-    def vector(self, s, img):
-        super().vector(s, img)
-        v = np.zeros(self.dim, np.float32) + 1e-3
-        for word in re.findall(r"[a-z]+", s["text"].lower()):
-            v += _unit(word, self.dim)
-        if img is not None:
-            v += 2 * _unit(str(img.getpixel((0, 0))), self.dim)
-        return v / np.linalg.norm(v)
-
-
-class BatchSensitiveEncoder(HashEncoder):
-    """Adds a small perturbation that depends on the whole batch, like padding effects of a real model:
-    results match another run only if every item is encoded in the same batch."""
-
-    def encode(self, sides, images, batch_size=8):
-        base = super().encode(sides, images, batch_size)
-        noise = _unit("|".join(s["raw"] for s in sides), self.dim)
-        out = base + 0.05 * noise
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-# --- helpers: the straightforward reference ---------------------------------------------------------
-def reference_scores(eval_root: Path, dataset: str, vector_of) -> dict:
-    """Per row: encode the query and every candidate (no dedup), np.argmax over cosines;
-    the gold's rank from a stable descending sort. vector_of(side) -> unit vector."""
-    table = pa.concat_tables([pq.read_table(f) for f in sorted((eval_root / dataset).glob("part-*.parquet"))])
-    hits, ranks = [], []
-    for row in table.to_pylist():
-        q = vector_of(row["query"])
-        cands = np.stack([vector_of(c) for c in [row["target"]] + row["negatives"]])
-        scores = cands @ q
-        hits.append(int(np.argmax(scores) == 0))
-        ranks.append(int(np.flatnonzero(np.argsort(-scores, kind="stable") == 0)[0]))
-    ranks = np.array(ranks)
-    return {
-        "hits": int(sum(hits)),
-        "precision_at_1": 100.0 * sum(hits) / len(hits),
-        "hit_at_5": 100.0 * float(np.mean(ranks < 5)),
-        "mrr": 100.0 * float(np.mean([1.0 / (r + 1) for r in ranks])),
-        "ndcg_at_5": 100.0 * float(np.mean([1.0 / math.log2(r + 2) if r < 5 else 0.0 for r in ranks])),
-        "ranks": ranks,
-    }
 
 
 # --- tests: scoring ------------------------------------------------------------------------------------
@@ -198,7 +28,7 @@ def _dyadic_table(n_items: int, dim: int, rng: np.random.Generator) -> np.ndarra
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_scorer_matches_reference_with_planted_ties_and_duplicates(tmp_path, seed):
     rng = np.random.default_rng(seed)
-    pool = [side(f"item {i}") for i in range(12)]
+    pool = [record_side(f"item {i}") for i in range(12)]
     table = _dyadic_table(len(pool), 4, rng)  # only 16 distinct vectors in 4-D: many exact ties
     vec = {p["raw"]: table[i] for i, p in enumerate(pool)}
     rows = []
@@ -227,7 +57,7 @@ def test_scorer_matches_reference_with_planted_ties_and_duplicates(tmp_path, see
 
 
 def test_argmax_semantics_by_hand(tmp_path):
-    a, b, c = side("a"), side("b"), side("c")
+    a, b, c = record_side("a"), record_side("b"), record_side("c")
     rows = [(a, [a, b, c]),  # gold scores highest
             (a, [b, a, c]),  # gold is b: a (rank... ) beats it
             (a, [b, c, b]),  # tie with the duplicate of the gold -> still correct
@@ -308,13 +138,13 @@ def test_load_dedups_queries_and_candidates(tmp_path):
 
 
 def test_load_rejects_bad_records(tmp_path):
-    write_records(tmp_path, "Mixed", "vqa", "IND", [(side("q"), [side("a"), side("b")])])
+    write_records(tmp_path, "Mixed", "vqa", "IND", [(record_side("q"), [record_side("a"), record_side("b")])])
     rec = pq.read_table(tmp_path / "Mixed" / "part-00000.parquet").to_pylist()[0]
     rec2 = dict(rec, id="Mixed/test/1", meta_task="retrieval")
     pq.write_table(pa.Table.from_pylist([rec, rec2], schema=RECORD_SCHEMA), tmp_path / "Mixed" / "part-00000.parquet")
     with pytest.raises(ValueError, match="one meta_task"):
         ev.load_eval_set(tmp_path, "Mixed")
-    bad_neg = dict(rec, negatives=[side("x"), None])
+    bad_neg = dict(rec, negatives=[record_side("x"), None])
     (tmp_path / "Null").mkdir()
     pq.write_table(pa.Table.from_pylist([rec, dict(bad_neg, id="Null/test/1")], schema=RECORD_SCHEMA),
                    tmp_path / "Null" / "part-00000.parquet")
@@ -337,7 +167,8 @@ def test_load_rejects_bad_records(tmp_path):
 
 
 def test_plan_batches_bucket_by_modality():
-    items = [side("t1"), side("", "aa"), side("q", "bb"), side("t2 longer"), side("", "cc"), side("x", "dd")]
+    items = [record_side("t1"), record_side("", "aa"), record_side("q", "bb"), record_side("t2 longer"),
+             record_side("", "cc"), record_side("x", "dd")]
     batches = ev.plan_batches(items, range(6), 2)
     assert batches == [[0, 3], [1, 4], [2, 5]]
     assert sorted(i for b in ev.plan_batches(items, range(6), 1) for i in b) == list(range(6))
@@ -399,7 +230,7 @@ def test_vectors_do_not_depend_on_what_the_cache_held(tmp_path):
 
 
 def test_image_loader_resizes_and_reports_missing(tmp_path):
-    shas = write_images(tmp_path, [image_bytes(1, size=(40, 20))])
+    shas = write_images(tmp_path, [seeded_png(1, size=(40, 20))])
     img = ev.ImageLoader(tmp_path, max_pixels=200)(shas)[shas[0]]
     assert img.mode == "RGB" and img.size[0] * img.size[1] <= 200 and img.size == (20, 10)
     assert ev.ImageLoader(tmp_path)(shas)[shas[0]].size == (40, 20)
@@ -408,7 +239,7 @@ def test_image_loader_resizes_and_reports_missing(tmp_path):
 
 
 def test_encoder_output_is_checked(tmp_path):
-    items = [side("a"), side("b")]
+    items = [record_side("a"), record_side("b")]
 
     class Broken(HashEncoder):
         def encode(self, sides, images, batch_size=8):
@@ -426,7 +257,7 @@ def test_an_item_the_backbone_refuses_is_named_in_the_error(tmp_path):
 
     save_backbone(build_tiny("qwen2_vl"), tmp_path / "base")
     model = EmbeddingModel.load(tmp_path / "base")
-    items = [side("a cat", "a" * 64), side("a dog", "b" * 64)]
+    items = [record_side("a cat", "a" * 64), record_side("a dog", "b" * 64)]
     images = {"a" * 64: Image.new("RGB", (56, 56)), "b" * 64: Image.new("RGB", (300 * 28, 28))}
     with pytest.raises(ValueError, match=r"Syn-X: cannot encode .*item 1: .*a dog.*8400x28.*aspect ratio"):
         ev.encode_items(model, items, ["k0", "k1"], batch_size=2, desc="Syn-X",

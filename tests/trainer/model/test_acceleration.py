@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.trainer.backbone.test_families import SIDES
+from tests.support.sides import SIDES, side
 from trainer.model.acceleration import (batch_vision_attention, compile_blocks, compile_language_model, language_model,
                                   repeated_blocks, unbatch_vision_attention)
 from trainer.model import acceleration
@@ -14,11 +14,6 @@ from trainer.train.losses import info_nce
 from trainer.model.embedder import Embedder
 
 PATCH_DIM = 3 * 2 * 8 * 8  # channels x temporal patch x patch 8 x 8 (build_tiny's vision towers)
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return build_tiny("qwen2_vl", seed=0)
 
 
 class _SdpaSpy:
@@ -227,8 +222,7 @@ def _lora_embedder(family="qwen2_vl", dropout=0.1):
 
 def _image_chunks(backbone, n_chunks=2, size=2):
     collate = Collator(backbone, max_text_tokens=64, image_max_pixels=4096)
-    side = SIDES[0]
-    queries = [collate([side] * size, [_noise_image(10 * c + i) for i in range(size)]) for c in range(n_chunks)]
+    queries = [collate([SIDES[0]] * size, [_noise_image(10 * c + i) for i in range(size)]) for c in range(n_chunks)]
     targets = [collate([SIDES[1], SIDES[3]][:size], [None] * size) for _ in range(n_chunks)]
     return queries, targets
 
@@ -367,8 +361,6 @@ def test_language_model_region_compiles_twice_then_serves_every_padded_length():
     earlier ones) reuses it. With static shapes each padded length of a real run would compile the
     whole decoder stack again (about 3 minutes each for the 2B model on an H200, RESULTS.md run 6)."""
     from peft import LoraConfig, get_peft_model
-
-    from tests.trainer.model.test_inputs import side
 
     graphs = []
 

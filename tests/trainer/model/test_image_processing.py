@@ -13,22 +13,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipelines.images import max_pixels_size, snapped_size
 from pipelines.shard import fitted_size
+from tests.support.images import noise
+from tests.support.sides import side
 from trainer.model import image_processing as IP
-from trainer.backbone.families import build_tiny
 from trainer.model.inputs import Collator
-
-
-def noise(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    """Noise, not flat colour: a wrong patch order or channel layout changes the tensors."""
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    if mode == "RGBA":
-        img.putalpha(Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8)))
-    elif mode == "P":
-        img = img.convert("P", palette=Image.Palette.ADAPTIVE)
-    elif mode != "RGB":
-        img = img.convert(mode)
-    return img
 
 
 def real_sized(backbone, max_pixels=1003520, patch=14):
@@ -39,17 +27,12 @@ def real_sized(backbone, max_pixels=1003520, patch=14):
     return processor
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
-def backbone(request):
-    return build_tiny(request.param, image_size=32)
-
-
 SIZES = [(1157, 866), (640, 480), (1148, 868), (30, 20), (2000, 90), (57, 3000), (56, 56), (29, 27)]
 
 
 @pytest.mark.parametrize("patch", [14, 8])
-def test_same_tensors_as_transformers(backbone, patch):
-    processor = real_sized(backbone, patch=patch)
+def test_same_tensors_as_transformers(qwen_backbone, patch):
+    processor = real_sized(qwen_backbone, patch=patch)
     reference = processor.image_processor
     fast = IP.QwenImageProcessor(reference)
     for i, (w, h) in enumerate(SIZES):
@@ -63,8 +46,8 @@ def test_same_tensors_as_transformers(backbone, patch):
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
-def test_other_modes_convert_like_transformers(backbone, mode):
-    reference = real_sized(backbone).image_processor
+def test_other_modes_convert_like_transformers(qwen_backbone, mode):
+    reference = real_sized(qwen_backbone).image_processor
     image = noise(150, 100, mode, seed=3)
     want = reference([image], return_tensors="pt")["pixel_values"]
     got = IP.QwenImageProcessor(reference)([image], return_tensors="pt")["pixel_values"]
@@ -77,10 +60,10 @@ except ImportError:  # transformers 4.x
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 
-def test_target_size_is_transformers_smart_resize(backbone):
+def test_target_size_is_transformers_smart_resize(qwen_backbone):
     """(width, height) in, transformers' (height, width) rule applied with the processor's bounds."""
     rng = random.Random(0)
-    reference = copy.deepcopy(backbone.processor.image_processor)
+    reference = copy.deepcopy(qwen_backbone.processor.image_processor)
     for _ in range(2000):
         h, w = rng.randint(1, 4000), rng.randint(1, 4000)
         if max(h, w) / min(h, w) > 200:
@@ -127,12 +110,11 @@ def test_snapped_size_rules():
     assert max_pixels_size(*snapped_size(1157, 866, 28, max_pixels=1003520), 1003520) == (1148, 868)
 
 
-def test_collator_batches_equal_with_either_processor(backbone):
-    processor = real_sized(backbone, max_pixels=20000)
-    small = dataclasses.replace(backbone, processor=processor)
-    sides = [dict(raw=raw, instruction="", text="", has_image_token="<|image_1|>" in raw, template="", image=None)
-             for raw in ("<|image_1|>\nRepresent the given image.\n", "a caption with no image\n",
-                         "<|image_1|>\nWhat is in the photo?\n")]
+def test_collator_batches_equal_with_either_processor(qwen_backbone):
+    processor = real_sized(qwen_backbone, max_pixels=20000)
+    small = dataclasses.replace(qwen_backbone, processor=processor)
+    sides = [side(raw) for raw in ("<|image_1|>\nRepresent the given image.\n", "a caption with no image\n",
+                                   "<|image_1|>\nWhat is in the photo?\n")]
     images = [noise(300, 200, seed=1), None, noise(97, 131, "RGBA", seed=2)]
     fast = Collator(small, max_text_tokens=32, image_max_pixels=20000)
     slow = Collator(small, max_text_tokens=32, image_max_pixels=20000, torch_images=False)
@@ -150,8 +132,8 @@ def test_collator_batches_equal_with_either_processor(backbone):
     assert torch.equal(again["pixel_values"], got["pixel_values"])
 
 
-def test_unreproduced_settings_and_inputs_go_to_transformers(backbone):
-    processor = real_sized(backbone)
+def test_unreproduced_settings_and_inputs_go_to_transformers(qwen_backbone):
+    processor = real_sized(qwen_backbone)
     for change in ({"do_normalize": False}, {"resample": Image.Resampling.BILINEAR}, {"do_convert_rgb": False}):
         other = copy.deepcopy(processor)
         for key, value in change.items():
@@ -203,17 +185,17 @@ class _Images(Dataset):
         return out["pixel_values"], out["pixel_values"].is_shared()
 
 
-def test_worker_output_is_allocated_in_shared_memory(backbone):
-    fast = IP.QwenImageProcessor(real_sized(backbone).image_processor)
+def test_worker_output_is_allocated_in_shared_memory(qwen_backbone):
+    fast = IP.QwenImageProcessor(real_sized(qwen_backbone).image_processor)
     assert not fast([noise(200, 150)])["pixel_values"].is_shared()  # main process: ordinary memory
     loader = DataLoader(_Images(fast), batch_size=None, num_workers=1)
     for i, (pixels, shared_in_worker) in enumerate(loader):
         assert shared_in_worker
-        want = real_sized(backbone).image_processor([noise(200, 150, seed=i)], return_tensors="pt")["pixel_values"]
+        want = real_sized(qwen_backbone).image_processor([noise(200, 150, seed=i)], return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(pixels, want, rtol=0, atol=2e-6)
 
 
-def test_the_collator_caps_the_processors_max_pixels_at_image_max_pixels(backbone):
+def test_the_collator_caps_the_processors_max_pixels_at_image_max_pixels(qwen_backbone):
     """A Qwen2-VL-2B-like processor (max_pixels 12845056) rounds an image the collator scaled to the
     cap to the NEAREST grid size: 1344 x 1344 at 1003520 px became 1008 x 1008 (1296 tokens) where
     the training shards hold 980 x 980 (1225). With the processor's max_pixels lowered to the cap,
@@ -222,7 +204,7 @@ def test_the_collator_caps_the_processors_max_pixels_at_image_max_pixels(backbon
     import dataclasses as dc
 
     cap = 1003520
-    real = dc.replace(backbone, processor=real_sized(backbone, max_pixels=12845056))
+    real = dc.replace(qwen_backbone, processor=real_sized(qwen_backbone, max_pixels=12845056))
     for torch_images in (True, False):
         collate = Collator(real, image_max_pixels=cap, torch_images=torch_images)
         grid = collate([{"raw": "<|image_1|>\nx\n"}], [noise(1344, 1344)])["image_grid_thw"]
@@ -240,5 +222,5 @@ def test_the_collator_caps_the_processors_max_pixels_at_image_max_pixels(backbon
         assert collate([{"raw": "<|image_1|>\nx\n"}], [noise(sw, sh)])["image_grid_thw"][0].tolist() == \
             [1, sh // 14, sw // 14]
     # a processor whose own max_pixels is below the cap keeps it
-    small = dc.replace(backbone, processor=real_sized(backbone, max_pixels=200704))
+    small = dc.replace(qwen_backbone, processor=real_sized(qwen_backbone, max_pixels=200704))
     assert IP.cap_max_pixels(small.processor, cap) == (small.processor, 200704)

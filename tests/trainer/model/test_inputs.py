@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.support.sides import side
 from trainer.backbone.families import build_tiny
 from trainer.model.inputs import Collator, render_text, resize_to_max_pixels
 
@@ -15,16 +16,6 @@ OKVQA_QRY = "<|image_1|>\nRepresent the given image with the following question:
 COCO_T2I_QRY = "Find me an everyday image that matches the given caption: A man with a red helmet on a small moped on a dirt road.\n"
 WEBQA_QRY = ("<|image_1|>\nFind a Wikipedia image that answers this question: Does a Minnetonka Rhododendron "
              "flower have petals in a cup shape?\n")
-
-
-def side(raw, instruction="", text=""):
-    return dict(raw=raw, instruction=instruction, text=text, has_image_token="<|image_1|>" in raw,
-                template="", image=None)
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return build_tiny("qwen2_vl", image_size=32)
 
 
 @pytest.fixture(scope="module")

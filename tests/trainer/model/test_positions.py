@@ -2,24 +2,15 @@
 
 import inspect
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainer.backbone.families import build_tiny
+from tests.support.images import noise
+from tests.support.sides import side
 from trainer.model.inputs import Collator
 from trainer.model.embedder import Embedder, unwrap
 from trainer.model.positions import mrope_position_ids
-
-
-def side(raw):
-    return dict(raw=raw, instruction="", text="", has_image_token="<|image_1|>" in raw, template="", image=None)
-
-
-def noise(w, h, seed):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 # images of different sizes (different grids), rows without an image, texts of different lengths
@@ -28,7 +19,7 @@ SIDES = [side("<|image_1|>\nRepresent the given image for classification\n"),
          side("<|image_1|>\nWhat is in the photo? Answer briefly\n"),
          side("<|image_1|>\n"),
          side("a caption\n")]
-IMAGES = [noise(64, 32, 0), None, noise(48, 80, 1), noise(32, 32, 2), None]
+IMAGES = [noise(64, 32, seed=0), None, noise(48, 80, seed=1), noise(32, 32, seed=2), None]
 
 
 def model_positions(backbone, batch):
@@ -40,30 +31,25 @@ def model_positions(backbone, batch):
     return inner.get_rope_index(batch["input_ids"], **kwargs)[0]
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
-def backbone(request):
-    return build_tiny(request.param, image_size=32)
-
-
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_positions_are_the_models_own(backbone, padding_side):
-    backbone.processor.tokenizer.padding_side = padding_side
+def test_positions_are_the_models_own(qwen_backbone, padding_side):
+    qwen_backbone.processor.tokenizer.padding_side = padding_side
     try:
-        batch = Collator(backbone, max_text_tokens=64, image_max_pixels=4096)(SIDES, IMAGES)
+        batch = Collator(qwen_backbone, max_text_tokens=64, image_max_pixels=4096)(SIDES, IMAGES)
     finally:
-        backbone.processor.tokenizer.padding_side = "right"
+        qwen_backbone.processor.tokenizer.padding_side = "right"
     assert batch["position_ids"].shape == (3, 5, batch["input_ids"].shape[1])
-    want = model_positions(backbone, batch)
+    want = model_positions(qwen_backbone, batch)
     mask = batch["attention_mask"].bool()
     assert torch.equal(batch["position_ids"][:, mask], want[:, mask])
     assert len({tuple(g) for g in batch["image_grid_thw"].tolist()}) == 3  # three different grids
 
 
-def test_embeddings_unchanged_and_text_only_batches_keep_the_models_positions(backbone):
+def test_embeddings_unchanged_and_text_only_batches_keep_the_models_positions(qwen_backbone):
     torch.manual_seed(0)
-    embedder = Embedder(backbone).eval()
-    ours = Collator(backbone, max_text_tokens=64, image_max_pixels=4096)
-    plain = Collator(backbone, max_text_tokens=64, image_max_pixels=4096, mrope_positions=False)
+    embedder = Embedder(qwen_backbone).eval()
+    ours = Collator(qwen_backbone, max_text_tokens=64, image_max_pixels=4096)
+    plain = Collator(qwen_backbone, max_text_tokens=64, image_max_pixels=4096, mrope_positions=False)
     a, b = ours(SIDES, IMAGES), plain(SIDES, IMAGES)
     assert "position_ids" in a and "position_ids" not in b
     with torch.no_grad():
@@ -103,21 +89,21 @@ class _DeviceReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_host_reads_no_longer_grow_with_the_batch(backbone):
+def test_host_reads_no_longer_grow_with_the_batch(qwen_backbone):
     """With the Collator's positions a forward's host reads hardly grow with the batch (transformers'
     own get_rope_index reads several times per row); a regression guard should transformers stop
     honouring position_ids."""
-    embedder = Embedder(backbone).eval()
+    embedder = Embedder(qwen_backbone).eval()
     counts = {}
     for rows in (4, 16):
         sides, images = (SIDES * 4)[:rows], (IMAGES * 4)[:rows]
         for flag in (True, False):
-            batch = Collator(backbone, max_text_tokens=64, image_max_pixels=4096, mrope_positions=flag)(sides, images)
+            batch = Collator(qwen_backbone, max_text_tokens=64, image_max_pixels=4096, mrope_positions=flag)(sides, images)
             with torch.no_grad(), _DeviceReads() as reads:
                 embedder(batch)
             counts[rows, flag] = reads.count
     grown = {flag: counts[16, flag] - counts[4, flag] for flag in (True, False)}
     assert grown[False] >= 4 * 12, counts  # 12 more rows: transformers' get_rope_index reads per row
     assert grown[True] <= grown[False] // 4, counts  # what is left is the vision tower's
-    if backbone.family == "qwen2_vl":  # (Qwen2.5-VL's window index reads once per image)
+    if qwen_backbone.family == "qwen2_vl":  # (Qwen2.5-VL's window index reads once per image)
         assert grown[True] == 0 and counts[16, True] <= 10, counts

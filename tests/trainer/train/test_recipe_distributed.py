@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.shards import write_test_shards
 from tests.support.train_workspace import (CAPTIONS, BASE_PARAMS, merged_weights, mixed_record, params, paths_in,
                                            render, shape_record, torchrun)
-from tests.trainer.train.test_stream import write_test_shards
 from trainer.train import checkpoint as C
 from trainer.train.recipe import train
 

@@ -15,9 +15,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.support.train_workspace import (CAPTIONS, INSTRUCTION, SHAPES, merged_weights, params, paths_in, png,
-                                           render, shape_record)
-from tests.trainer.train.test_stream import make_side, write_test_shards
+from tests.support.images import encode
+from tests.support.shards import make_side, write_test_shards
+from tests.support.train_workspace import (CAPTIONS, INSTRUCTION, SHAPES, merged_weights, params, paths_in, render,
+                                           shape_record)
 from trainer import provenance
 from trainer.train import checkpoint as C
 from trainer.train.export import dvc_lock_hashes
@@ -208,7 +209,7 @@ def test_tiny_backbone_learns_to_retrieve_held_out_captions(workspace):
 
     rng = np.random.default_rng(12345)  # held-out renderings
     images = [render(c, s, rng) for c, s in CAPTIONS]
-    queries = [make_side("", png(im), "query.png", INSTRUCTION) for im in images]
+    queries = [make_side("", encode(im), "query.png", INSTRUCTION) for im in images]
     targets = [make_side(f"a {c} {s}") for c, s in CAPTIONS]
 
     def accuracy(model_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -13,76 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import shard as shard_format
 from pipelines.images import max_pixels_size
+from tests.support.images import encode, image_bytes
+from tests.support.shards import make_side, write_test_shards
 from trainer.train import stream as D
 
-# --- test shards in the real shard format (pipelines/shard.py writer) -----------------------
-
-
-def _png(colour: tuple[int, int, int], size: int | tuple[int, int] = 8) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size) if isinstance(size, int) else size, colour).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-_IMAGES: dict[str, bytes] = {}  # sha256 -> bytes of every image made by make_side (for the writer)
-
-
-def make_side(text: str, image: bytes | None = None, member: str | None = None, instruction: str = "") -> dict:
-    """A record side in the shard JSON format; its image bytes are registered for write_test_shards."""
-    ref = None
-    if image is not None:
-        sha = hashlib.sha256(image).hexdigest()
-        _IMAGES[sha] = image
-        with Image.open(io.BytesIO(image)) as im:
-            w, h = im.size
-        ref = {"sha256": sha, "path": f"{member}", "width": w, "height": h, "member": member,
-               "member_sha256": sha}
-    raw = ("<|image_1|> " if image is not None else "") + (f"{instruction}: " if instruction else "") + text
-    template = ("<|image_1|> " if image is not None else "") + ("{instruction}: " if instruction else "") + "{text}"
-    return {"raw": raw, "instruction": instruction, "text": text, "has_image_token": image is not None,
-            "template": template, "image": ref}
-
-
-def default_record(dataset: str, i: int) -> tuple[dict, dict[str, bytes]]:
-    """A record whose query is an image coloured by (dataset, i) and whose target is text."""
-    colour = ((i * 37) % 256, (i * 91) % 256, (len(dataset) * 53) % 256)
-    return ({"query": make_side(f"q{i}", _png(colour), "query.png", "Find the caption"),
-             "target": make_side(f"{dataset} caption {i}", None, None), "negatives": []}, {})
-
-
-def write_test_shards(root: Path, sizes: dict[str, int], per_shard: int = 10, make_record=default_record,
-                      corrupt: set[str] = frozenset()) -> list[D.Shard]:
-    """Write `sizes[dataset]` samples per dataset as shards of at most `per_shard` samples plus
-    index.json, with pipelines.shard' writer; records with ids in `corrupt` get garbage image bytes."""
-    root = Path(root)
-    results = []
-    for dataset, n in sizes.items():
-        writer = shard_format.ShardWriter(root, dataset, per_shard, 10**9)
-        result = shard_format.DatasetShards(dataset, "retrieval", "IND", "original")
-        for i in range(n):
-            rid = f"{dataset}/original/{i}"
-            sides, _ = make_record(dataset, i)
-            doc = {"id": rid, "dataset": dataset, "split": "original", "meta_task": "retrieval",
-                   "distribution": "IND", "instruction": sides["query"]["instruction"], **sides}
-            key = shard_format.sample_key(rid)
-            members = []
-            named = [("query", sides["query"]), ("target", sides["target"])]
-            named += [(f"neg{j}", s) for j, s in enumerate(sides["negatives"])]
-            for stem, side in named:
-                if side["image"] is not None:
-                    payload = _IMAGES[side["image"]["sha256"]]
-                    if rid in corrupt:
-                        payload = b"not an image"
-                    members.append((f"{key}.{side['image']['member']}", payload))
-            writer.add(shard_format.Sample(key, [(f"{key}.json", shard_format.json_bytes(doc))] + sorted(members)))
-            result.samples += 1
-        result.shards = writer.close()
-        results.append(result)
-    index = shard_format.build_index(shard_format.ShardParams(per_shard, 10**9, 4096), results)
-    (root / shard_format.INDEX_FILE).write_text(json.dumps(index, sort_keys=True, indent=1))
-    return D.read_shards(root)
+# --- the stream under test, with a collator that records what it was given ----------------------
 
 
 class RecordingCollator:
@@ -132,7 +67,7 @@ def test_mixture_probs():
         D.mixture_probs(shards, {"C": 1})
     with pytest.raises(ValueError, match="weight 0"):  # datasets without samples only
         D.mixture_probs([D.Shard("c", "C", 0)], "proportional")
-    # weights that are not > 0 and mixtures that are neither: tests/pipelines/test_params_train.py
+    # weights that are not > 0 and mixtures that are neither: tests/pipelines/test_params.py
 
 
 def test_batch_plan_mixture_and_homogeneous_runs():
@@ -308,7 +243,7 @@ def test_corrupt_image_is_quarantined_and_resume_stays_exact(tmp_path, caplog):
 
 def test_a_bad_negative_costs_its_pair_only_when_hard_negatives_use_it(tmp_path, monkeypatch):
     def text_pair_with_image_negatives(dataset, i):
-        negs = [make_side(f"neg {i}.{j}", _png((i, j, 7)), f"neg{j}.png") for j in range(3)]
+        negs = [make_side(f"neg {i}.{j}", image_bytes((i, j, 7), fmt="PNG"), f"neg{j}.png") for j in range(3)]
         return {"query": make_side(f"q{i}"), "target": make_side(f"t{i}"), "negatives": negs}, {}
 
     shards = write_test_shards(tmp_path, {"A": 4}, per_shard=4, make_record=text_pair_with_image_negatives,
@@ -331,8 +266,8 @@ def test_a_record_the_collator_cannot_take_is_quarantined_not_fatal(tmp_path, ca
     def record(dataset, i):
         size = {2: (300, 1)}.get(i, (24, 16))  # Qwen's processor refuses an aspect ratio over 200
         text = "two <|image_1|> placeholders" if i == 4 else f"q{i}"
-        return {"query": make_side(text, _png((i, 9, 9), size), "query.png"), "target": make_side(f"t{i}"),
-                "negatives": []}, {}
+        return {"query": make_side(text, image_bytes((i, 9, 9), size, fmt="PNG"), "query.png"),
+                "target": make_side(f"t{i}"), "negatives": []}, {}
 
     shards = write_test_shards(tmp_path, {"A": 8}, per_shard=8, make_record=record)
     cfg = D.StreamConfig(seed=0, global_batch=6, slots_per_rank=1, shuffle_buffer=0)
@@ -371,9 +306,9 @@ def test_index_count_mismatch_is_an_error(tmp_path):
 
 
 def _record_with_negatives(dataset, i):
-    negs = [make_side(f"neg {i}.{j}", _png((j, j, j)), f"neg{j}.png") for j in range(i % 3)]
-    return {"query": make_side(f"q{i}", None, None), "target": make_side(f"t{i}", _png((i, 0, 0)), "target.png"),
-            "negatives": negs}, {}
+    negs = [make_side(f"neg {i}.{j}", image_bytes((j, j, j), fmt="PNG"), f"neg{j}.png") for j in range(i % 3)]
+    return {"query": make_side(f"q{i}", None, None),
+            "target": make_side(f"t{i}", image_bytes((i, 0, 0), fmt="PNG"), "target.png"), "negatives": negs}, {}
 
 
 def test_hard_negatives_and_gradcache_chunks(tmp_path):
@@ -409,9 +344,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale_close_to_full_decode():
 
     rng = np.random.default_rng(0)
     base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1600, 1200), Image.BICUBIC)
-    buf = io.BytesIO()
-    base.save(buf, format="JPEG", quality=90)
-    data = buf.getvalue()
+    data = encode(base, "JPEG", quality=90)
     full, drafted = D.decode_image(data), D.decode_image(data, max_pixels=4096)
     assert full.size == (1600, 1200)
     # decoded at 1/8 DCT scale (200x150, the smallest that keeps >= 4096 pixels), then given the size
@@ -420,13 +353,10 @@ def test_large_jpeg_is_decoded_at_reduced_scale_close_to_full_decode():
     a, b = (np.asarray(resize_to_max_pixels(im, 4096), dtype=np.float32) for im in (full, drafted))
     assert a.shape == b.shape and np.abs(a - b).mean() < 4  # same picture, different downscaling filter
     for size in [(1211, 969), (1023, 767), (641, 479), (3001, 97)]:  # the drafted size rounds up
-        buf = io.BytesIO()
-        base.resize(size).save(buf, format="JPEG", quality=90)
+        resized = encode(base.resize(size), "JPEG", quality=90)
         for max_pixels in (4096, 40000):
-            assert D.decode_image(buf.getvalue(), max_pixels).size == max_pixels_size(*size, max_pixels)
-    png = io.BytesIO()
-    base.save(png, format="PNG")
-    assert D.decode_image(png.getvalue(), max_pixels=4096).size == (1600, 1200)  # only JPEG has draft
+            assert D.decode_image(resized, max_pixels).size == max_pixels_size(*size, max_pixels)
+    assert D.decode_image(encode(base), max_pixels=4096).size == (1600, 1200)  # only JPEG has draft
 
 
 def test_config_validation(tmp_path):
@@ -437,4 +367,4 @@ def test_config_validation(tmp_path):
         stream(shards, batch=4, world=2, rank=2)
     with pytest.raises(ValueError, match="slots_per_rank"):
         stream(shards, batch=4, slots=0)
-    # homogeneous_batch dividing batch_size is the params contract's: tests/pipelines/test_params_train.py
+    # homogeneous_batch dividing batch_size is the params contract's: tests/pipelines/test_params.py
