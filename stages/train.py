@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from stages.common import cli, finish, start
-from trainer.train.recipe import TrainPaths, train
+from trainer.train.paths import TrainPaths
+from trainer.train.recipe import train
 
 IDS_LOG_ENV = "VLM2VEC_TRAIN_IDS_LOG"
 

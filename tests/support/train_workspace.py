@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from pipelines.params import Train
 from tests.support.images import encode
 from tests.support.shards import make_side, write_test_shards
-from trainer.train.recipe import TrainPaths
+from trainer.train.paths import TrainPaths
 
 ROOT = Path(__file__).resolve().parents[2]
 

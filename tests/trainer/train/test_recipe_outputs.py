@@ -23,7 +23,8 @@ from trainer import provenance
 from trainer.train import checkpoint as C
 from trainer.train.export import dvc_lock_hashes
 from trainer.train.live import run_summary
-from trainer.train.recipe import TrainPaths, train
+from trainer.train.paths import TrainPaths
+from trainer.train.recipe import train
 
 
 def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
