@@ -270,7 +270,7 @@ def _introduction(view: _View, metadata: Mapping[str, dict]) -> list[str]:
         "Precision@1 in percent: each query is ranked against its own candidate list (gold first) by the cosine "
         "of L2-normalised embeddings; a hit when the first maximum is the gold (ties with the gold count as "
         "hits, as in the official code). Meta-task, IND, OOD and overall scores are unweighted means over "
-        "datasets (MMEB_SPEC §2.4).", "",
+        "datasets, as in the MMEB paper.", "",
         "Models: " + ", ".join(_model_label(m, metadata.get(m, {})) for m in view.models) + ".",
     ]
 
@@ -337,9 +337,9 @@ def _encoding_work(view: _View) -> list[str]:
     rows.append(["**total**", str(naive), str(sum(first[d].distinct_queries for d in datasets)),
                  str(sum(first[d].distinct_candidates for d in datasets)), str(dedup), f"{naive / dedup:.1f}x"])
     return ["", "## Encoding work", "",
-            "Each distinct (side text, image) item of a dataset is encoded once (queries and candidates "
-            "deduplicated separately, as the official code); the naive count encodes every row's query and "
-            "all its candidates. A warm embedding cache (`.cache/embeddings/`) skips even those.", ""] + _table(
+            "Each distinct (side text, image) item of a dataset is encoded once, whether it is a query, a "
+            "candidate or both (the official code deduplicates queries and candidates apart); the naive count "
+            "encodes every row's query and all its candidates. A warm embedding cache (`.cache/embeddings/`) skips even those.", ""] + _table(
         ["dataset", "naive", "distinct queries", "distinct candidates", "encoded", "saving"], rows, "lrrrrr")
 
 
@@ -377,7 +377,7 @@ def _published_comparison(view: _View) -> list[str]:
 
 def _sources_and_notes() -> list[str]:
     return ["", "Sources: " + "; ".join(f"{m}: {PUBLISHED_SOURCES[m]}" for m in REPORT_MODELS) +
-            " (transcribed in `trainer/eval/report.py` from MMEB_SPEC §5.2).", "", "Notes:", ""] + [
+            " (transcribed in `trainer/eval/report.py`).", "", "Notes:", ""] + [
         f"- {n}" for n in PUBLISHED_NOTES]
 
 
