@@ -587,10 +587,6 @@ def load(path: str | Path | None = None) -> Params:
     return parse(document, str(path))
 
 
-def sections_of(params: Params) -> dict[str, Section]:
-    return {f.name: getattr(params, f.name) for f in fields(params)}
-
-
 # --- the reference ------------------------------------------------------------------------------
 def reference() -> str:
     """docs/params.md: every section and key, with its values and meaning, from the declarations."""
