@@ -173,8 +173,9 @@ def download(data: Data, synthetic: Synthetic, *, out: Path = RAW, hub_cache: Pa
     Guarantees: on success `out` holds exactly the selected files and manifest.json, byte-identical
     for identical inputs; on failure `out` is left as it was and no temporary folder remains."""
     out = Path(out)
-    scratch = files.temporary(out.with_name(out.name + ".synthetic"))
-    files.remove_stale(scratch.with_name(out.name + ".synthetic"))
+    generated = out.with_name(out.name + ".synthetic")  # the generator's output, moved into `out`
+    files.remove_stale(generated)
+    scratch = files.temporary(generated)
     try:
         with files.atomic_dir(out) as build:
             repos = select(data, synthetic, scratch, out, hub_cache)

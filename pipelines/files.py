@@ -31,9 +31,18 @@ def temporary(path: str | Path) -> Path:
     return path.with_name(f".{path.name}{TMP}{os.getpid()}")
 
 
-def is_temporary(path: str | Path) -> bool:
+def final_name(path: str | Path) -> str | None:
+    """The name a temporary stands for (``.step-000006.tmp-123`` -> ``step-000006``), or None when
+    `path` is no temporary."""
     name = Path(path).name
-    return name.startswith(".") and TMP in name and name.rsplit(TMP, 1)[1].isdigit()
+    if not name.startswith(".") or TMP not in name:
+        return None
+    final, pid = name[1:].rsplit(TMP, 1)
+    return final if pid.isdigit() else None
+
+
+def is_temporary(path: str | Path) -> bool:
+    return final_name(path) is not None
 
 
 def _alive(pid: int) -> bool:
@@ -156,9 +165,8 @@ def write_json(path: str | Path, obj: Any, *, fsync: bool = False, **layout) -> 
 def atomic_dir(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
     """A new empty folder to fill; when the block ends without an error it replaces `path` (whatever
     was there goes), else it is removed. Temporaries of killed writers are removed first."""
-    remove_stale(path)
+    remove_stale(path)  # this process's own leftover included
     pending = Pending(path, fsync=fsync)
-    remove(pending.path)
     pending.path.mkdir()
     try:
         yield pending.path

@@ -54,9 +54,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines import files, imagestore, mmeb, workers
-from pipelines.errors import StageFailed
+from pipelines.errors import Rejected, StageFailed
 from pipelines.params import Normalize
-from pipelines.errors import Rejected
 from pipelines.images import ImageSource, pil_limits, prepare_image
 from pipelines.prompts import compose, split_side
 from pipelines.schema import (EVAL_COLUMNS, IMAGE_TOKEN, RECORD_SCHEMA, REJECT_SCHEMA, TRAIN_COLUMNS,
@@ -533,8 +532,6 @@ def _run_task(task: DatasetTask, progress: Callable[[int], None] = _report) -> d
     reported as that dataset's error, and the stage fails naming it."""
     try:
         return normalize_dataset(task, progress=progress)
-    except workers.ParentGone:
-        raise
     except Exception as e:  # noqa: BLE001
         log.exception("%s failed", task.key)
         return dict(key=task.key, error=f"{type(e).__name__}: {e}")

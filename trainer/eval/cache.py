@@ -119,8 +119,7 @@ class EmbeddingCache:
             "settings": self.settings,
             "parts": {name: self._parts[name] for name in sorted(self._parts)},
         }
-        blob = json.dumps(index, indent=1, sort_keys=True).encode("utf-8")
-        files.write_bytes(self.dir / INDEX_FILE, blob, fsync=True)
+        files.write_json(self.dir / INDEX_FILE, index, indent=1, sort_keys=True, fsync=True)
 
     def _drop_part(self, name: str, reason: str) -> None:
         assert self._parts is not None

@@ -182,7 +182,7 @@ def _temporaries(root: Path) -> list[Path]:
     """The temporary checkpoint folders under ``root`` (`pipelines.files.temporary` of a ``step-*``)."""
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir() if files.is_temporary(p) and NAME_RE.match(p.name[1:])]
+    return [p for p in root.iterdir() if (name := files.final_name(p)) and NAME_RE.match(name)]
 
 
 def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -213,8 +213,8 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
             "scheduler": scheduler.state_dict(), "rng": rng_json, "stream": dict(stream), "extra": dict(extra or {}),
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-    for stale in {p.name[1:].rsplit(files.TMP, 1)[0] for p in _temporaries(root)}:
-        files.remove_stale(root / stale)
+    for name in {files.final_name(p) for p in _temporaries(root)}:
+        files.remove_stale(root / name)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     log.info("saved checkpoint %s", final)

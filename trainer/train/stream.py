@@ -125,13 +125,14 @@ def check_shard_resolution(shard_dir: str | Path, image_max_pixels: int | None) 
     records: images pre-scaled to fewer pixels than ``image_max_pixels``, or elongated images whose
     longer side the side cap cut below it (`pipelines.images.side_cut`). Raises ValueError saying
     which param to change."""
-    made = _index_params(shard_dir).get("max_image_pixels")
+    recorded = _index_params(shard_dir)
+    made = recorded.get("max_image_pixels")
     if made is not None and (image_max_pixels is None or int(image_max_pixels) > int(made)):
         raise ValueError(
             f"the shards under {shard_dir} hold images of at most {made} pixels (shard.image_max_pixels) but "
             f"train.image_max_pixels is {image_max_pixels}: re-run the shard stage with "
             f"shard.image_max_pixels: train")
-    if cut := side_cut(_index_params(shard_dir).get("max_image_side"), image_max_pixels):
+    if cut := side_cut(recorded.get("max_image_side"), image_max_pixels):
         raise ValueError(f"the shards under {shard_dir}: {cut}")
 
 
