@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from pipelines.params import Train
 from tests.support.images import encode
+from tests.support.params import write_params
 from tests.support.shards import make_side, write_test_shards
 from trainer.train.paths import TrainPaths
 
@@ -104,8 +104,7 @@ def merged_weights(ws: Path) -> dict[str, torch.Tensor]:
 
 def stage_cmd(ws: Path, train: Train) -> tuple[list[str], dict]:
     """`python -m stages.train` in `ws` with the repository's params.yaml, its train section `train`."""
-    document = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    (ws / "params.yaml").write_text(yaml.safe_dump({**document, "train": train.to_dict()}))
+    write_params(ws / "params.yaml", train=train.to_dict())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "VLM2VEC_TRAIN_IDS_LOG": str(ws / "ids.jsonl"), "DVCLIVE_LOGLEVEL": "ERROR"}
     return [sys.executable, "-m", "stages.train", "--params", "params.yaml"], env

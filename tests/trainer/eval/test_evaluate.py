@@ -18,6 +18,7 @@ from pipelines.mmeb import MMEB_EVAL, resolve_subsets
 from stages import evaluate as stage
 from tests.support.encoders import BatchSensitiveEncoder, CountingEncoder, HashEncoder, OverlapEncoder
 from tests.support.eval_sets import build_tiny_eval, eval_params, record_side, reference_scores, write_records
+from tests.support.params import write_params
 from trainer import provenance
 from trainer.eval import evaluate as evaluation
 from trainer.eval import report
@@ -263,9 +264,7 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
         shutil.rmtree(root / "models" / m)
         save_backbone(build_tiny("qwen2_vl", seed=seed, tokenizer=tokenizer), root / "models" / m)
     params = replace(PARAMS, batch_size=8, datasets=["Tiny-CLS", "Tiny-RET"])
-    document = yaml.safe_load((ROOT / "params.yaml").read_text())  # every stage checks the whole file
-    document["eval"] = params.to_dict()
-    (root / "params.yaml").write_text(yaml.safe_dump(document))
+    write_params(root / "params.yaml", eval=params.to_dict())  # every stage checks the whole file
     monkeypatch.chdir(root)
     assert stage.main(["--params", "params.yaml"]) == 0
     metrics = json.loads((root / evaluation.METRICS_FILE).read_text())
