@@ -4,6 +4,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# the tested versions (constraints.txt); `make venv CONSTRAINTS=` installs the newest pyproject allows
+CONSTRAINTS ?= constraints.txt
 
 .PHONY: venv repro test
 
@@ -12,9 +14,9 @@ $(BIN)/python:
 
 # Installed once per pyproject.toml (a stamp file, not the venv's existence: a GPU node creates
 # .venv itself with its CUDA build of torch, which is kept; otherwise torch==2.13.0 comes first).
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.4"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
