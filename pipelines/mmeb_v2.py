@@ -40,6 +40,7 @@ CURRENT_SCORES = "v2.0.1"
 PAGE_FIXED_SCORES = "v2.1-baselines-visdoc-page-fixed"
 # `report_score_v2.py` (since 6e1e1d4) writes these two visdoc keys with a "-fixed" suffix.
 LEADERBOARD_RENAMES = {"ViDoSeek-page": "ViDoSeek-page-fixed", "MMLongBench-page": "MMLongBench-page-fixed"}
+LOADER_NAMES = {"K700": "Kinetics-700"}  # the yaml's dataset_name where it differs from the score key
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,9 @@ def _image(name: str, meta: str, parser: str) -> V2Task:
     return V2Task(name, "image", meta, parser, "local", IMAGE_REPO, name, "test", "image-tasks/", 1000)
 
 
-def _video(name, meta, parser, eval_type, repo, config, split, root, n, loader_name=None) -> V2Task:
-    return V2Task(name, "video", meta, parser, eval_type, repo, config, split,
-                  f"video-tasks/frames/{root}", n, loader_name=loader_name)
+def _video(name, meta, parser, eval_type, repo, config, split, root, n) -> V2Task:
+    return V2Task(name, "video", meta, parser, eval_type, repo, config, split, f"video-tasks/frames/{root}", n,
+                  loader_name=LOADER_NAMES.get(name))
 
 
 def _visdoc(name, meta, parser, repo, split, root, n, version=CURRENT_SCORES) -> V2Task:
@@ -104,37 +105,34 @@ _IMAGE = [
     *(_image(n, "I-GD", "image_i2i_vg") for n in ("MSCOCO", "RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing")),
 ]
 
-_VIDEO = [
-    _video("K700", "V-CLS", "video_classification", "global", "VLM2Vec/Kinetics-700", None, "test",
-           "video_cls/K700", 1000, loader_name="Kinetics-700"),
-    _video("SmthSmthV2", "V-CLS", "ssv2", "local", "VLM2Vec/SmthSmthV2", None, "test", "video_cls/SSv2", 1000),
-    _video("HMDB51", "V-CLS", "video_classification", "global", "VLM2Vec/HMDB51", None, "test",
-           "video_cls/HMDB51", 1000),
-    _video("UCF101", "V-CLS", "video_classification", "global", "VLM2Vec/UCF101", None, "test",
-           "video_cls/UCF101", 1000),
-    _video("Breakfast", "V-CLS", "video_classification", "global", "VLM2Vec/Breakfast", None, "test",
-           "video_cls/Breakfast", 433),
-    _video("MVBench", "V-QA", "mvbench", "local", "VLM2Vec/MVBench", None, "train", "video_qa/MVBench", 4000),
-    _video("Video-MME", "V-QA", "videomme", "local", "VLM2Vec/Video-MME", None, "test", "video_qa/Video-MME", 2700),
-    _video("NExTQA", "V-QA", "nextqa", "local", "VLM2Vec/NExTQA", "MC", "test", "video_qa/NExTQA", 8564),
-    _video("EgoSchema", "V-QA", "egoschema", "local", "VLM2Vec/EgoSchema", "Subset", "test",
-           "video_qa/EgoSchema", 500),
-    _video("ActivityNetQA", "V-QA", "activitynetqa", "local", "VLM2Vec/ActivityNetQA", None, "test",
-           "video_qa/ActivityNetQA", 1000),
-    _video("DiDeMo", "V-RET", "didemo", "global", "VLM2Vec/DiDeMo", None, "test", "video_ret/DiDeMo", 1004),
-    _video("MSR-VTT", "V-RET", "msrvtt", "global", "VLM2Vec/MSR-VTT", "test_1k", "test", "video_ret/MSR-VTT", 1000),
-    _video("MSVD", "V-RET", "msvd", "global", "VLM2Vec/MSVD", None, "test", "video_ret/MSVD", 670),
-    _video("VATEX", "V-RET", "vatex", "global", "VLM2Vec/VATEX", None, "test", "video_ret/VATEX", 4478),
+_VIDEO_ROWS = (  # (name, meta-task, parser, eval type, Hub repo, config, split, frame folder, queries)
+    ("K700", "V-CLS", "video_classification", "global", "VLM2Vec/Kinetics-700", None, "test", "video_cls/K700", 1000),
+    ("SmthSmthV2", "V-CLS", "ssv2", "local", "VLM2Vec/SmthSmthV2", None, "test", "video_cls/SSv2", 1000),
+    ("HMDB51", "V-CLS", "video_classification", "global", "VLM2Vec/HMDB51", None, "test", "video_cls/HMDB51", 1000),
+    ("UCF101", "V-CLS", "video_classification", "global", "VLM2Vec/UCF101", None, "test", "video_cls/UCF101", 1000),
+    ("Breakfast", "V-CLS", "video_classification", "global", "VLM2Vec/Breakfast", None, "test",
+     "video_cls/Breakfast", 433),
+    ("MVBench", "V-QA", "mvbench", "local", "VLM2Vec/MVBench", None, "train", "video_qa/MVBench", 4000),
+    ("Video-MME", "V-QA", "videomme", "local", "VLM2Vec/Video-MME", None, "test", "video_qa/Video-MME", 2700),
+    ("NExTQA", "V-QA", "nextqa", "local", "VLM2Vec/NExTQA", "MC", "test", "video_qa/NExTQA", 8564),
+    ("EgoSchema", "V-QA", "egoschema", "local", "VLM2Vec/EgoSchema", "Subset", "test", "video_qa/EgoSchema", 500),
+    ("ActivityNetQA", "V-QA", "activitynetqa", "local", "VLM2Vec/ActivityNetQA", None, "test",
+     "video_qa/ActivityNetQA", 1000),
+    ("DiDeMo", "V-RET", "didemo", "global", "VLM2Vec/DiDeMo", None, "test", "video_ret/DiDeMo", 1004),
+    ("MSR-VTT", "V-RET", "msrvtt", "global", "VLM2Vec/MSR-VTT", "test_1k", "test", "video_ret/MSR-VTT", 1000),
+    ("MSVD", "V-RET", "msvd", "global", "VLM2Vec/MSVD", None, "test", "video_ret/MSVD", 670),
+    ("VATEX", "V-RET", "vatex", "global", "VLM2Vec/VATEX", None, "test", "video_ret/VATEX", 4478),
     # VLM2Vec/YouCook2 is commented out upstream ("HF version compatibility issue")
-    _video("YouCook2", "V-RET", "youcook2", "global", "lmms-lab/YouCook2", None, "val", "video_ret/YouCook2", 3179),
-    _video("QVHighlight", "V-MRET", "moment_retrieval", "local", "VLM2Vec/QVHighlight", None, "test",
-           "video_mret/QVHighlight", 1083),
-    _video("Charades-STA", "V-MRET", "moment_retrieval", "local", "VLM2Vec/Charades-STA", None, "test",
-           "video_mret/Charades_STA", 727),
-    # deduplicated set (CHANGELOG 2025-07-31); the old 1,800-query set is `MomentSeeker_1k8`
-    _video("MomentSeeker", "V-MRET", "momentseeker", "local", "VLM2Vec/MomentSeeker", None, "test",
-           "video_mret/MomentSeeker", 1602),
-]
+    ("YouCook2", "V-RET", "youcook2", "global", "lmms-lab/YouCook2", None, "val", "video_ret/YouCook2", 3179),
+    ("QVHighlight", "V-MRET", "moment_retrieval", "local", "VLM2Vec/QVHighlight", None, "test",
+     "video_mret/QVHighlight", 1083),
+    ("Charades-STA", "V-MRET", "moment_retrieval", "local", "VLM2Vec/Charades-STA", None, "test",
+     "video_mret/Charades_STA", 727),
+    # the deduplicated set (CHANGELOG 2025-07-31); the old 1,800-query set is `MomentSeeker_1k8`
+    ("MomentSeeker", "V-MRET", "momentseeker", "local", "VLM2Vec/MomentSeeker", None, "test",
+     "video_mret/MomentSeeker", 1602),
+)
+_VIDEO = [_video(*row) for row in _VIDEO_ROWS]
 
 _VIDORE_V1 = (  # (task suffix, Hub repo suffix, queries)
     ("arxivqa", "arxivqa_test_subsampled_beir", 500),
