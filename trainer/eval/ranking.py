@@ -148,3 +148,14 @@ def _global_argsort(queries, corpus, corpus_ids, golds, rows_per_block) -> list[
             hits = np.nonzero(np.isin(row, gold))[0]
             out.append(Ranking(tuple(corpus_ids[i] for i in row[:DEPTH]), int(hits[0]) if len(hits) else None))
     return out
+
+
+def candidate_pool(query_candidates: Sequence[Sequence[Hashable]], corpus_ids: Sequence[Hashable]) -> list[Hashable]:
+    """A global dataset's ranking pool in VLM2Vec's order (``generate_cand_dataset``): the candidates
+    each query lists, query by query, then the corpus, every id once (its first occurrence). Only the
+    argsort tie order depends on this order; the pool holds every positive even when the corpus lacks it."""
+    seen: dict[Hashable, None] = {}
+    for ids in query_candidates:
+        seen.update((i, None) for i in ids if i not in seen)
+    seen.update((i, None) for i in corpus_ids if i not in seen)
+    return list(seen)

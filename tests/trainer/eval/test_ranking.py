@@ -96,3 +96,10 @@ def test_global_refuses_duplicate_corpus_ids_and_absent_golds():
         rank_global(c[:1], c, ["a", "b", "c"], [Relevance(("z",))])
     with pytest.raises(ValueError, match="ties must be one of"):
         rank_global(c[:1], c, ["a", "b", "c"], [Relevance(("a",))], ties="stable")
+
+
+def test_candidate_pool_is_vlm2vecs_order_without_repeats():
+    from trainer.eval.ranking import candidate_pool
+
+    assert candidate_pool([["p2", "p1"], ["p1", "p3"]], ["c1", "p3", "p2", "c2"]) == ["p2", "p1", "p3", "c1", "c2"]
+    assert candidate_pool([], ["a", "a", "b"]) == ["a", "b"]
