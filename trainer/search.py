@@ -85,17 +85,23 @@ def count_above(queries: np.ndarray, candidates: np.ndarray, floor: np.ndarray, 
                 query_block: int = QUERY_BLOCK, candidate_block: int = CANDIDATE_BLOCK) -> np.ndarray:
     """Per query, how many candidates score strictly above ``floor[query]`` (int64 [Q]).
 
-    With ``floor`` the gold's own score this is the gold's 0-based rank when ties go to the gold."""
+    With ``floor`` the gold's own score this is the gold's 0-based rank when ties go to the gold.
+    ``floor`` may also be [Q, m], several floors per query (a query's relevant candidates), counted
+    against one product per block; the result is then [Q, m] (a NaN floor counts nothing)."""
     q, c = _check(queries, candidates)
-    floor = np.asarray(floor, np.float32).reshape(-1)
+    floor = np.asarray(floor, np.float32)
+    several = floor.ndim == 2
+    floor = floor.reshape(len(floor), -1) if several else floor.reshape(-1, 1)
     if len(floor) != len(q):
         raise ValueError(f"{len(floor)} floors for {len(q)} queries")
-    counts = np.zeros(len(q), np.int64)
+    counts = np.zeros(floor.shape, np.int64)
     for q0 in range(0, len(q), query_block):
-        qb, fb = q[q0 : q0 + query_block], floor[q0 : q0 + query_block, None]
+        qb, fb = q[q0 : q0 + query_block], floor[q0 : q0 + query_block]
         for c0 in range(0, len(c), candidate_block):
-            counts[q0 : q0 + len(qb)] += (qb @ c[c0 : c0 + candidate_block].T > fb).sum(axis=1)
-    return counts
+            block = qb @ c[c0 : c0 + candidate_block].T
+            for j in range(floor.shape[1]):
+                counts[q0 : q0 + len(qb), j] += (block > fb[:, j : j + 1]).sum(axis=1)
+    return counts if several else counts[:, 0]
 
 
 def scores_of(queries: np.ndarray, candidates: np.ndarray, ids: np.ndarray, *,

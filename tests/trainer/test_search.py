@@ -82,3 +82,15 @@ def test_scores_of_takes_the_chosen_candidates_scores_from_the_same_blocks():
     assert above[0] == np.count_nonzero(qi[0] @ ci.T > qi[0] @ ci[0])
     with pytest.raises(ValueError, match="below 23"):
         scores_of(q, c, np.full((7, 1), 23))
+
+
+def test_count_above_with_several_floors_per_query():
+    rng = np.random.default_rng(6)
+    q = rng.integers(-2, 3, size=(9, 4)).astype(np.float32)
+    c = rng.integers(-2, 3, size=(30, 4)).astype(np.float32)
+    floors = np.array([[0.0, 1.0, np.nan]] * 9, np.float32)
+    got = count_above(q, c, floors, query_block=4, candidate_block=7)
+    assert got.shape == (9, 3)
+    np.testing.assert_array_equal(got[:, 0], count_above(q, c, floors[:, 0], query_block=4, candidate_block=7))
+    np.testing.assert_array_equal(got[:, 1], (q @ c.T > 1.0).sum(axis=1))
+    assert (got[:, 2] == 0).all()  # a NaN floor counts nothing

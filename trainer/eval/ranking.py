@@ -16,8 +16,8 @@ The result is a `metrics.Ranking` (the top ``DEPTH`` ids and the first relevant 
 
 Global ranking never materialises the query x corpus score matrix under strict ties: each relevant
 candidate's position is the number of candidates scoring strictly above it (`trainer.search`, exact
-and chunked) plus the relevant ones tied with it and placed before it; only the top ``DEPTH`` are
-listed. A relevant candidate is compared with the very value the counting sees (its own score never
+and chunked, one product per block for all of a query's relevant candidates) plus the relevant ones
+tied with it and placed before it; only the top ``DEPTH`` are listed. A relevant candidate is compared with the very value the counting sees (its own score never
 counts against it); the same vector in another candidate block can differ in its last bit, so an
 exact duplicate under another id ties only as far as the arithmetic does. The argsort order needs whole rows, so it sorts as many rows at a time as fit in the same
 memory as one search block.
@@ -111,30 +111,25 @@ def rank_global(queries: np.ndarray, corpus: np.ndarray, corpus_ids: Sequence[Ha
 def _strict_positions(queries, corpus, golds, query_block, candidate_block) -> list[np.ndarray]:
     """0-based position of each relevant candidate of each query under the strict rule.
 
-    One row per (query, relevant candidate) pair: its floor is that candidate's score, taken from
-    the very block products `count_above` compares (`search.scores_of`), so exact ties never count."""
+    A query's relevant candidates are its floors: their scores come from the very block products
+    `count_above` compares (`search.scores_of`), so exact ties never count, and one product per block
+    serves all of them."""
     width = max((len(g) for g in golds), default=0)
-    pair_query = np.array([q for q, g in enumerate(golds) for _ in g], np.int64)
-    pair_slot = np.array([j for g in golds for j in range(len(g))], np.int64)
-    if len(pair_query) == 0:
+    if width == 0:
         return [np.zeros(0, np.int64) for _ in golds]
     ids = np.full((len(golds), width), -1, np.int64)
-    grade = np.zeros((len(golds), width))
+    grade = np.full((len(golds), width), np.nan)
     for q, g in enumerate(golds):
         ids[q, :len(g)] = [i for i, _ in g]
         grade[q, :len(g)] = [x for _, x in g]
-    rows = np.asarray(queries, np.float32)[pair_query]
-    scores = search.scores_of(rows, corpus, ids[pair_query], query_block=query_block, candidate_block=candidate_block)
-    floor = scores[np.arange(len(rows)), pair_slot]
-    above = search.count_above(rows, corpus, floor, query_block=query_block, candidate_block=candidate_block)
-    pid, pgrade = ids[pair_query], grade[pair_query]
-    own_id, own_grade = pid[np.arange(len(rows)), pair_slot], pgrade[np.arange(len(rows)), pair_slot]
-    # relevant candidates tied with this one and placed before it (NaN, an empty slot, never ties)
-    tied = (scores == floor[:, None]) & ((pgrade > own_grade[:, None])
-                                         | ((pgrade == own_grade[:, None]) & (pid < own_id[:, None])))
-    position = above + tied.sum(axis=1)  # `above` already counts the relevant ones scoring higher
-    bounds = np.cumsum([0] + [len(g) for g in golds])
-    return [position[bounds[q]:bounds[q + 1]] for q in range(len(golds))]
+    blocks = dict(query_block=query_block, candidate_block=candidate_block)
+    scores = search.scores_of(queries, corpus, ids, **blocks)
+    above = search.count_above(queries, corpus, scores, **blocks)
+    # relevant candidates tied with each one and placed before it (NaN, an empty slot, never ties)
+    s, g, i = scores[:, None, :], grade[:, None, :], ids[:, None, :]
+    before = (s == scores[:, :, None]) & ((g > grade[:, :, None]) | ((g == grade[:, :, None]) & (i < ids[:, :, None])))
+    position = above + before.sum(axis=2)  # `above` already counts the relevant ones scoring higher
+    return [position[q, :len(g)] for q, g in enumerate(golds)]
 
 
 def _global_argsort(queries, corpus, corpus_ids, golds, rows_per_block) -> list[Ranking]:
