@@ -109,3 +109,55 @@ def sample_key(record_id_: str) -> str:
     if "." in key:
         key = key.replace(".", "_")
     return key
+
+
+# --- MMEB-V2: queries, a per-dataset corpus and graded relevance ---------------------------------
+# V2's datasets rank a query either against its own candidate list (eval_type "local") or against
+# the dataset's whole corpus ("global"), and label relevance with grades (visual-document qrels).
+# They are stored apart from the V1 records (RECORD_SCHEMA above is unchanged):
+#
+#   data/normalized/v2/<dataset>/queries.parquet   V2_QUERY_SCHEMA, one row per query
+#   data/normalized/v2/<dataset>/corpus.parquet    V2_CORPUS_SCHEMA, one row per distinct candidate
+#
+# A candidate is stored once per dataset under its id; queries refer to candidates by id only.
+# `raw` is the input string exactly as VLM2Vec's loader builds it, with IMAGE_TOKEN / VIDEO_TOKEN
+# where the backbone's tokens go (`pipelines.v2_inputs.PLACEHOLDERS`). A video is its sampled
+# frames in temporal order, each an IMAGE_REF into the image store (a frame shared by several
+# videos or datasets is stored once).
+
+VIDEO_TOKEN = "<|video_1|>"  # placeholder for a video, swapped per backbone at render time
+
+V2_SIDE = pa.struct(
+    [
+        ("raw", pa.string()),
+        ("image", IMAGE_REF),  # null when the side has no image
+        ("video", pa.list_(IMAGE_REF)),  # null when the side has no video
+        ("frames_available", pa.int32()),  # frame files in the source folder (null without video)
+    ]
+)
+
+RELEVANCE = pa.struct([("candidate_id", pa.string()), ("grade", pa.float64())])
+
+V2_QUERY_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),  # "<dataset>/<split>/<row index>"
+        ("dataset", pa.string()),  # the MMEB-V2 task name (score-file key)
+        ("split", pa.string()),
+        ("modality", pa.string()),  # "image" | "video" | "visdoc"
+        ("meta_task", pa.string()),  # pipelines.mmeb_v2.META_TASKS
+        ("eval_type", pa.string()),  # "local" | "global": a property of the dataset, on every row
+        ("query_id", pa.string()),  # the source's query id (qrels query-id), else the row index
+        ("query", V2_SIDE),
+        ("candidates", pa.list_(pa.string())),  # local: the row's own list in source order (repeats
+        # kept, as VLM2Vec ranks them); global: empty, the whole corpus is ranked
+        ("relevant", pa.list_(RELEVANCE)),  # graded labels (grade 1 for binary), source order
+    ]
+)
+
+V2_CORPUS_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("candidate_id", pa.string()),  # unique within the dataset
+        ("candidate", V2_SIDE),
+    ]
+)

@@ -2,8 +2,9 @@
 
     scores, ids = top_k(queries, candidates, k)        # [Q, k] best candidates per query
     above = count_above(queries, candidates, floor)     # [Q] candidates scoring strictly above
+    floor = scores_of(queries, candidates, ids)          # [Q, m] scores of chosen candidates
 
-Both compute inner products (cosine for L2-normalised embeddings) block by block: a block of
+All compute inner products (cosine for L2-normalised embeddings) block by block: a block of
 ``query_block`` queries against a block of ``candidate_block`` candidates at a time, so the largest
 array is ``query_block x (candidate_block + k)`` floats however large the corpus. This is what
 evaluation against a whole corpus (MMEB-V2's global retrieval) and hard-negative mining need: the
@@ -84,14 +85,45 @@ def count_above(queries: np.ndarray, candidates: np.ndarray, floor: np.ndarray, 
                 query_block: int = QUERY_BLOCK, candidate_block: int = CANDIDATE_BLOCK) -> np.ndarray:
     """Per query, how many candidates score strictly above ``floor[query]`` (int64 [Q]).
 
-    With ``floor`` the gold's own score this is the gold's 0-based rank when ties go to the gold."""
+    With ``floor`` the gold's own score this is the gold's 0-based rank when ties go to the gold.
+    ``floor`` may also be [Q, m], several floors per query (a query's relevant candidates), counted
+    against one product per block; the result is then [Q, m] (a NaN floor counts nothing)."""
     q, c = _check(queries, candidates)
-    floor = np.asarray(floor, np.float32).reshape(-1)
+    floor = np.asarray(floor, np.float32)
+    several = floor.ndim == 2
+    floor = floor.reshape(len(floor), -1) if several else floor.reshape(-1, 1)
     if len(floor) != len(q):
         raise ValueError(f"{len(floor)} floors for {len(q)} queries")
-    counts = np.zeros(len(q), np.int64)
+    counts = np.zeros(floor.shape, np.int64)
     for q0 in range(0, len(q), query_block):
-        qb, fb = q[q0 : q0 + query_block], floor[q0 : q0 + query_block, None]
+        qb, fb = q[q0 : q0 + query_block], floor[q0 : q0 + query_block]
         for c0 in range(0, len(c), candidate_block):
-            counts[q0 : q0 + len(qb)] += (qb @ c[c0 : c0 + candidate_block].T > fb).sum(axis=1)
-    return counts
+            block = qb @ c[c0 : c0 + candidate_block].T
+            for j in range(floor.shape[1]):
+                counts[q0 : q0 + len(qb), j] += (block > fb[:, j : j + 1]).sum(axis=1)
+    return counts if several else counts[:, 0]
+
+
+def scores_of(queries: np.ndarray, candidates: np.ndarray, ids: np.ndarray, *,
+              query_block: int = QUERY_BLOCK, candidate_block: int = CANDIDATE_BLOCK) -> np.ndarray:
+    """The scores of chosen candidates, ``out[q, j] = queries[q] . candidates[ids[q, j]]`` (float32
+    [Q, m]; ``ids < 0`` marks an empty slot, scored NaN).
+
+    Each score is taken from the same block product `count_above` computes with the same blocks,
+    so it is bit-identical to the value `count_above` compares: with these scores as floors, a
+    candidate that ties exactly (a duplicate of the gold, the gold itself) is never counted above."""
+    q, c = _check(queries, candidates)
+    ids = np.asarray(ids, np.int64).reshape(len(q), -1)
+    if (ids >= len(c)).any():
+        raise ValueError(f"candidate ids must be below {len(c)}, the number of candidates")
+    out = np.full(ids.shape, np.nan, np.float32)
+    for q0 in range(0, len(q), query_block):
+        qb, ib = q[q0 : q0 + query_block], ids[q0 : q0 + query_block]
+        for c0 in range(0, len(c), candidate_block):
+            inside = (ib >= c0) & (ib < c0 + candidate_block)
+            if not inside.any():
+                continue
+            block = qb @ c[c0 : c0 + candidate_block].T
+            rows, cols = np.nonzero(inside)
+            out[q0 + rows, cols] = block[rows, ib[rows, cols] - c0]
+    return out

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainer.search import count_above, top_k
+from trainer.search import count_above, scores_of, top_k
 
 
 def reference_top_k(q, c, k):
@@ -61,3 +61,36 @@ def test_bad_shapes_and_k_are_clear_errors():
         top_k(np.zeros(3, np.float32), c, 1)
     with pytest.raises(ValueError, match="3 floors for 2 queries"):
         count_above(q, c, np.zeros(3))
+
+
+def test_scores_of_takes_the_chosen_candidates_scores_from_the_same_blocks():
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((7, 8)).astype(np.float32)
+    c = rng.standard_normal((23, 8)).astype(np.float32)
+    c[20:] = c[:3]  # exact duplicates
+    ids = np.array([[0, 20], [5, -1], [22, 2], [1, 1], [3, 19], [0, -1], [11, 12]])
+    got = scores_of(q, c, ids, query_block=3, candidate_block=4)
+    ref = np.einsum("qd,qmd->qm", q, c[np.maximum(ids, 0)])
+    assert np.isnan(got[ids < 0]).all()
+    np.testing.assert_allclose(got[ids >= 0], ref[ids >= 0], rtol=1e-5)
+    # as floors: neither the candidate itself nor an exact duplicate counts as above (integer
+    # vectors make every product exact, so the brute force sees the same ties)
+    qi, ci = np.round(q * 2), np.round(c * 2)
+    floor = scores_of(qi, ci, ids, query_block=3, candidate_block=4)[:, 0]
+    above = count_above(qi, ci, floor, query_block=3, candidate_block=4)
+    np.testing.assert_array_equal(above, (qi @ ci.T > floor[:, None]).sum(axis=1))
+    assert above[0] == np.count_nonzero(qi[0] @ ci.T > qi[0] @ ci[0])
+    with pytest.raises(ValueError, match="below 23"):
+        scores_of(q, c, np.full((7, 1), 23))
+
+
+def test_count_above_with_several_floors_per_query():
+    rng = np.random.default_rng(6)
+    q = rng.integers(-2, 3, size=(9, 4)).astype(np.float32)
+    c = rng.integers(-2, 3, size=(30, 4)).astype(np.float32)
+    floors = np.array([[0.0, 1.0, np.nan]] * 9, np.float32)
+    got = count_above(q, c, floors, query_block=4, candidate_block=7)
+    assert got.shape == (9, 3)
+    np.testing.assert_array_equal(got[:, 0], count_above(q, c, floors[:, 0], query_block=4, candidate_block=7))
+    np.testing.assert_array_equal(got[:, 1], (q @ c.T > 1.0).sum(axis=1))
+    assert (got[:, 2] == 0).all()  # a NaN floor counts nothing
