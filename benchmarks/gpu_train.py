@@ -120,9 +120,11 @@ class Recorder:
             self.rows.pop()
 
 
-def scaled_base(base: Path, out: Path, *, layers: int, image_pixels: int, device: torch.device) -> Path:
+def scaled_base(base: Path, out: Path, *, layers: int, image_pixels: int, device: torch.device,
+                min_pixels: int | None = None) -> Path:
     """`base`'s tokenizer and image processor with a Qwen2-VL-2B-shaped model of random bf16 weights
-    (`layers` decoder layers), written to `out` by `save_backbone`."""
+    (`layers` decoder layers), written to `out` by `save_backbone`; the processor scales images to
+    `image_pixels` (to between `min_pixels` and it, when given)."""
     from transformers import AutoModelForImageTextToText
 
     backbone = load_backbone(str(base))
@@ -140,10 +142,11 @@ def scaled_base(base: Path, out: Path, *, layers: int, image_pixels: int, device
         backbone.model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
     processor = backbone.image_processor
     processor.patch_size, processor.merge_size = 14, 2
-    processor.size = {"shortest_edge": image_pixels, "longest_edge": image_pixels}
-    for name in ("min_pixels", "max_pixels"):
+    low = min_pixels or image_pixels
+    processor.size = {"shortest_edge": low, "longest_edge": image_pixels}
+    for name, value in (("min_pixels", low), ("max_pixels", image_pixels)):
         if hasattr(processor, name):
-            setattr(processor, name, image_pixels)
+            setattr(processor, name, value)
     backbone.info = {**backbone.info, "name": f"qwen2-vl-2b-shaped-{layers}-layers-random"}
     save_backbone(backbone, out)
     del backbone

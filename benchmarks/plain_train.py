@@ -14,7 +14,8 @@ Model: the base folder's model in bf16 on the device, peft LoRA of the given ran
 on the same target modules as the trainer (`backbone.lora_targets`), adapters in bf16. Step:
 `model(**inputs, output_hidden_states=True)` for the queries and then the targets, the last layer's
 hidden state at the last real token (`last_token_pool`), L2-normalised, InfoNCE over the in-batch
-targets at the temperature, backward, gradient norm clipped, AdamW (torch's, one parameter group).
+targets at the temperature, backward, gradient norm clipped, AdamW (torch's, one parameter group,
+no weight decay) with transformers' linear decay schedule (no warm-up: the benchmark's setting).
 With `gc_chunk` > 0 the step is GradCache in VLM2Vec's style, eager: a no-grad pass over the chunks
 for the representations, the loss and its gradient with respect to them, then per chunk a forward
 with grad and a backward from the cached gradient.
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from transformers import get_linear_schedule_with_warmup
 
 from trainer.backbone.families import load_backbone
 from trainer.model.inputs import PromptFormat, render_text
@@ -192,6 +194,7 @@ def run_plain(settings: PlainSettings, base: Path, shards: Path, device: torch.d
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, settings.steps)
     step_fn = gradcache_step if settings.gc_chunk else plain_step
     batches = loader(dataset, batch_order(dataset, settings, id_batches), backbone, settings, device.type == "cuda")
     losses, rates, waits = [], [], []
@@ -203,8 +206,9 @@ def run_plain(settings: PlainSettings, base: Path, shards: Path, device: torch.d
         loss = step_fn(model, to_device(batch, device), settings.temperature)
         torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))  # the device sync the trainer's loop also has
+        losses.append(float(loss.detach()))  # the device sync the trainer's loop also has
         now = time.perf_counter()
         rates.append(batch["pairs"] / (now - tick))
         tick = now
