@@ -53,7 +53,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import sys
 import tempfile
@@ -68,7 +67,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_train import scaled_base  # noqa: E402
+from benchmarks.gpu_train import run_record, scaled_base  # noqa: E402
 from trainer.backbone.families import load_backbone  # noqa: E402
 from trainer.embed import EmbeddingModel, make_side  # noqa: E402
 from trainer.eval.protocol import encode_items, plan_batches  # noqa: E402
@@ -382,13 +381,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     start = time.perf_counter()
-    out = args.out or (Path(os.environ["OUT"]) / "gpu_encode.json" if os.environ.get("OUT")
-                       else Path(__file__).resolve().parent / "_work" / "gpu_encode.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    meta = dict(command=" ".join(["gpu_encode.py", *(argv if argv is not None else sys.argv[1:])]),
-                device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
-                layers=None if args.tiny else args.layers, batch=args.batch, items=args.items,
+    out, meta = run_record("gpu_encode.py", argv, args.out, device)
+    meta.update(layers=None if args.tiny else args.layers, batch=args.batch, items=args.items,
                 max_pixels=args.max_pixels, video_grid=list(args.video_grid))
     with tempfile.TemporaryDirectory(prefix="gpu_encode_") as tmp:
         folder = args.base

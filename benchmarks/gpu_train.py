@@ -268,7 +268,8 @@ def run_plain_variant(name: str, args, base: Path, results: list[dict]) -> dict:
                   final_loss=run["losses"][-1], losses=run["losses"],
                   batches_of=reference["variant"] if reference else "a seeded shuffle")
     if reference:  # LoRA's B starts at zero: the first step's model is the base in both loops
-        result["first_loss_rel"] = abs(run["losses"][0] - reference["losses"][0]) / max(abs(reference["losses"][0]), 1e-12)
+        first = reference["losses"][0]
+        result["first_loss_rel"] = abs(run["losses"][0] - first) / max(abs(first), 1e-12)
     return result
 
 
@@ -332,17 +333,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def run_record(script: str, argv, out: Path | None, device: torch.device) -> tuple[Path, dict]:
+    """Where a device benchmark writes its JSON (`out`, else $OUT/<script>.json when OUT is set, else
+    benchmarks/_work/) and the JSON's meta: the command, the card, torch's version."""
+    name = Path(script).stem + ".json"
+    folder = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(__file__).resolve().parent / "_work"
+    out = out or folder / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out, dict(command=" ".join([script, *(argv if argv is not None else sys.argv[1:])]),
+                     device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     start = time.perf_counter()
-    out = args.out or (Path(os.environ["OUT"]) / "gpu_train.json" if os.environ.get("OUT")
-                       else Path(__file__).resolve().parent / "_work" / "gpu_train.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    meta = dict(command=" ".join(["gpu_train.py", *(argv if argv is not None else sys.argv[1:])]),
-                device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
-                shape=args.shape, layers=args.layers if args.shape == "2b" else None, steps=args.steps, batch=args.batch)
+    out, meta = run_record("gpu_train.py", argv, args.out, device)
+    meta.update(shape=args.shape, layers=args.layers if args.shape == "2b" else None, steps=args.steps, batch=args.batch)
     results: list[dict] = []
 
     def write() -> None:
