@@ -59,6 +59,7 @@ def parts(args) -> list[tuple[str, list[str], int]]:
                 "--budget-min", minutes_left(args.gc_s, 45), "--out", str(out / "gc.json")], args.gc_s),
         ("encode", [py, str(HERE / "gpu_encode.py"), *tiny, "--base", str(args.base),
                     *(["--items", "3"] if args.tiny else ["--items", str(args.items)]),
+                    "--classes", "v1-image,v2-video,v2-page,v1-text",
                     "--compile", args.encode_compile, "--budget-min", minutes_left(args.encode_s, 20),
                     "--out", str(out / "encode.json")], args.encode_s),
     ]
@@ -87,9 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=8, help="data loader workers of both loops")
     p.add_argument("--items", type=int, default=128, help="encode: items per shape class")
     p.add_argument("--encode-compile", choices=("none", "region", "cuda-graphs"), default="none")
-    p.add_argument("--loop-s", type=int, default=240, help="time limit of the loop part")
-    p.add_argument("--gc-s", type=int, default=170, help="time limit of the gc part")
-    p.add_argument("--encode-s", type=int, default=120, help="time limit of the encode part")
+    p.add_argument("--loop-s", type=int, default=230, help="time limit of the loop part")
+    p.add_argument("--gc-s", type=int, default=150, help="time limit of the gc part")
+    p.add_argument("--encode-s", type=int, default=160, help="time limit of the encode part (its model build "
+                   "and two loads take about a minute)")
     p.add_argument("--skip", default="", help="comma list of parts not to run (loop, gc, encode)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
