@@ -379,7 +379,9 @@ def main(argv=None) -> int:
             except Exception as exc:  # record and go on: one variant's failure is a finding
                 log.exception("%s failed", name)
                 result = dict(variant=name, status=f"error: {type(exc).__name__}: {str(exc)[:400]}")
-            eager = next((r for r in results if r["variant"] in ("eager", "gc-eager") and r["status"] == "ok"
+            # the reference: eager of the same kind; for a plain loop the variant whose batches it trained
+            wanted = ((result.get("batches_of"),) if name in PLAIN else ("eager", "gc-eager"))
+            eager = next((r for r in results if r["variant"] in wanted and r["status"] == "ok"
                           and r["gc_chunk"] == result.get("gc_chunk")), None)
             if eager is not None and result["status"] == "ok" and name not in ("eager", "gc-eager"):
                 result.update(against_eager(result, eager, args.compare))
