@@ -56,7 +56,8 @@ resolution) and a Qwen2-VL base folder for the tokenizer and processor:
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux2014_x86_64 -d .gpu_train/whl webdataset==1.0.2 braceexpand==0.1.7
 
-and on the device machine (`carry: [".gpu_train"]`):
+and on the device machine (`carry: [".gpu_train"]`; `benchmarks/gpu_session.py` runs this script's
+loop and GradCache comparisons and the encoder benchmark as one command):
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu_train/whl/*.whl &&
     PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_train.py --base .gpu_train/base \
