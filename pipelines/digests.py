@@ -22,23 +22,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import IntegrityError
 from pipelines.files import json_text
+
+__all__ = ["IntegrityError", "MANIFEST", "check_file", "read_manifest", "record", "sha256_of", "verify"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "digests.json"
 FORMAT = "vlm2vec-digests/1"
 BLOCK = 1 << 22
-
-
-class IntegrityError(ValueError):
-    """A file of a verified folder differs from what its manifest recorded (or is missing, extra,
-    or the manifest itself is missing or unreadable)."""
-
-    def __init__(self, path: Path, expected: str, found: str, detail: str = ""):
-        self.path, self.expected, self.found = Path(path), expected, found
-        super().__init__(f"{path}: {detail or 'contents changed since it was written'}: "
-                         f"expected sha256 {expected}, found {found}")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -48,6 +41,19 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: f.read(BLOCK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_file(path: Path, sha256: str, size: int) -> None:
+    """IntegrityError unless the file `path` exists with this `sha256` (and `size`, named when it
+    differs: a truncated copy)."""
+    if not path.is_file():
+        raise IntegrityError(path, sha256, "no file", "missing")
+    found = sha256_of(path)
+    if found != sha256:
+        found_size = path.stat().st_size
+        detail = (f"truncated or extended ({found_size} bytes, {size} recorded)" if found_size != int(size)
+                  else "contents changed since it was written")
+        raise IntegrityError(path, sha256, found, detail)
 
 
 def _listed(folder: Path) -> list[Path]:
@@ -103,15 +109,7 @@ def verify(folder: str | Path, *, required: bool = False, nested: bool = True) -
         return None
     expected = manifest["files"]
     for rel, entry in sorted(expected.items()):
-        path = folder / rel
-        if not path.is_file():
-            raise IntegrityError(path, entry["sha256"], "no file", "missing")
-        found = sha256_of(path)
-        if found != entry["sha256"]:
-            size = path.stat().st_size
-            detail = (f"truncated or extended ({size} bytes, {entry['size']} recorded)" if size != entry["size"]
-                      else "contents changed since it was written")
-            raise IntegrityError(path, entry["sha256"], found, detail)
+        check_file(folder / rel, entry["sha256"], entry["size"])
     extra = [p for p in _listed(folder) if p.relative_to(folder).as_posix() not in expected]
     if extra:
         raise IntegrityError(extra[0], "no file", sha256_of(extra[0]),
