@@ -57,18 +57,21 @@ CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exc
 # failing one dataset (which would leave the next step to trip over its partial output)
 ENVIRONMENT = frozenset(CAUSES) - {errno.ENOENT}
 _ERRNO_IN_TEXT = re.compile(r"(?:\[errno |os error )(\d+)", re.IGNORECASE)  # Python/pyarrow, Rust (safetensors)
+_SQLITE = {13: errno.ENOSPC, 8: errno.EROFS, 23: errno.EACCES}  # SQLITE_FULL, _READONLY, _AUTH (primary codes)
 
 
 def os_error(exc: BaseException) -> tuple[int, BaseException] | None:
     """(errno of `CAUSES`, the exception carrying it) behind `exc`, or behind an exception it was
-    raised from or during (pyarrow and safetensors put the errno in their messages only; a
-    FileNotFoundError raised with a message is ENOENT); None when there is none."""
+    raised from or during (pyarrow and safetensors put the errno in their messages only, sqlite has
+    codes of its own; a FileNotFoundError raised with a message is ENOENT); None when there is none."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
         if code is None and isinstance(exc, FileNotFoundError):
             code = errno.ENOENT
+        if code is None and getattr(exc, "sqlite_errorcode", None) is not None:
+            code = _SQLITE.get(exc.sqlite_errorcode & 0xFF)
         match = _ERRNO_IN_TEXT.search(str(exc))
         code = code if code in CAUSES else int(match.group(1)) if match else None
         if code in CAUSES:
