@@ -124,7 +124,6 @@ def test_a_full_disk_ends_with_one_message_and_a_rerun_with_space_writes_the_sam
 def test_a_read_only_output_folder_ends_each_stage_with_one_message(reference, tmp_path, workspace):
     ws = copy_inputs(reference, tmp_path / "stages", "data/raw", "data/normalized", "data/shards")
     (ws / "models").symlink_to(workspace / "models")  # a tiny base model for train
-    write_params(ws / "params.yaml", **SMALL, backbone={"pretrain_steps": 0})  # it writes after its work
     with read_only(ws / "ro"):
         for name, flags in [("download", ["--out", "ro/raw"]),
                             ("normalize", ["--out", "ro/n", "--rejects", "ro/r", "--metrics", "ro/etl.json"]),
