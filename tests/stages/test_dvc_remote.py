@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines import digests
-from tests.stages.test_e2e_data import REPO, dvc, repo_files, sh
+from tests.stages.test_e2e_data import REPO, dvc, scratch_repo, sh
 
 pytestmark = pytest.mark.slow
 
@@ -41,18 +41,7 @@ def cached_outputs(root: Path) -> dict[str, str]:
 def test_push_to_a_remote_and_pull_into_a_fresh_clone_restores_the_workspace(tmp_path):
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.fail("needs git and a git checkout")
-    root = tmp_path / "repo"
-    for rel in repo_files():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, root / rel)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(root, "git", "init", "-q")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-q", "-m", "scratch copy")
-
+    root = scratch_repo(tmp_path / "repo", TINY)
     dvc(root, "repro")
     assert (root / "models" / "checkpoints").is_dir()
     remote = tmp_path / "remote"
