@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +45,25 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_file(path: Path, sha256: str, size: int) -> None:
+def check_file(path: Path, sha256: str, size: int, found: str | None = None) -> None:
     """IntegrityError unless the file `path` exists with this `sha256` (and `size`, named when it
-    differs: a truncated copy)."""
+    differs: a truncated copy); `found`: its digest when the caller computed it already."""
     if not path.is_file():
         raise IntegrityError(path, sha256, "no file", "missing")
-    found = sha256_of(path)
+    found = found or sha256_of(path)
     if found != sha256:
         found_size = path.stat().st_size
         detail = (f"truncated or extended ({found_size} bytes, {size} recorded)" if found_size != int(size)
                   else "contents changed since it was written")
         raise IntegrityError(path, sha256, found, detail)
+
+
+def _digests_in_parallel(paths: list[Path]) -> dict[Path, str]:
+    """sha256 of each existing file of `paths`, hashed in threads (hashlib releases the GIL: a
+    checkpoint's or a sharded model's files are hashed side by side, one core each)."""
+    present = [p for p in paths if p.is_file()]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(present), os.cpu_count() or 1))) as pool:
+        return dict(zip(present, pool.map(sha256_of, present)))
 
 
 def _listed(folder: Path) -> list[Path]:
@@ -108,8 +118,9 @@ def verify(folder: str | Path, *, required: bool = False, nested: bool = True) -
         log.warning("%s has no %s: its files are not verified", folder, MANIFEST)
         return None
     expected = manifest["files"]
+    found = _digests_in_parallel([folder / rel for rel in sorted(expected)])
     for rel, entry in sorted(expected.items()):
-        check_file(folder / rel, entry["sha256"], entry["size"])
+        check_file(folder / rel, entry["sha256"], entry["size"], found.get(folder / rel))
     extra = [p for p in _listed(folder) if p.relative_to(folder).as_posix() not in expected]
     if extra:
         raise IntegrityError(extra[0], "no file", sha256_of(extra[0]),

@@ -4,6 +4,7 @@ metrics history a resume continues, and exact resume after a real SIGKILL of the
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import subprocess
@@ -101,6 +102,7 @@ def test_sigkill_then_rerun_ends_with_the_same_weights(workspace, tmp_path):
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.005)
+        time.sleep(random.Random(0).uniform(0, 1.0))  # at a random moment: mid-step, mid-save or between
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
