@@ -14,6 +14,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from pipelines.errors import IntegrityError
+from tests.support.faults import overwrite
 from tests.support.train_workspace import merged_weights, params, paths_in, stage_cmd
 from trainer import provenance
 from trainer.train import checkpoint as C
@@ -159,3 +161,11 @@ def test_no_checkpoint_verifies_then_training_starts_afresh(workspace, caplog):
     (workspace / "models/checkpoints/step-000003/optimizer.safetensors").write_bytes(b"\0" * 16)
     assert train(params(steps=3), paths_in(workspace))["resumed_from"] == 0
     assert "optimizer.safetensors: truncated" in caplog.text
+
+
+def test_a_base_model_whose_bytes_changed_is_not_trained(workspace):
+    weights = workspace / "models/base/model.safetensors"
+    overwrite(weights, 4096)
+    with pytest.raises(IntegrityError, match="models/base/model.safetensors: contents changed") as e:
+        train(params(steps=3), paths_in(workspace))
+    assert e.value.found != e.value.expected and not (workspace / "models/embedder").exists()
