@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipelines import files, imagestore, mmeb, workers
+from pipelines import errors, files, imagestore, mmeb, workers
 from pipelines.errors import Rejected, StageFailed
 from pipelines.params import Normalize
 from pipelines.images import ImageSource, pil_limits, prepare_image
@@ -528,11 +528,14 @@ def _report(n: int) -> None:
 
 
 def _run_task(task: DatasetTask, progress: Callable[[int], None] = _report) -> dict:
-    """Run one dataset and report its progress; never raise: an unreadable parquet file etc. is
-    reported as that dataset's error, and the stage fails naming it."""
+    """Run one dataset and report its progress. An unreadable parquet file etc. is reported as that
+    dataset's error, and the stage fails naming it; what the surroundings refused (a full disk, a
+    read-only folder: `errors.ENVIRONMENT`) is raised, and stops the stage at once."""
     try:
         return normalize_dataset(task, progress=progress)
     except Exception as e:  # noqa: BLE001
+        if (found := errors.os_error(e)) and found[0] in errors.ENVIRONMENT:
+            raise  # a full disk or a read-only folder is the stage's failure, not the dataset's
         log.exception("%s failed", task.key)
         return dict(key=task.key, error=f"{type(e).__name__}: {e}")
 

@@ -20,7 +20,7 @@ PATHS = {"train_dir": TRAIN_DIR, "images_dir": IMAGES_DIR, "out": OUT}
 def main(argv: list[str] | None = None) -> int:
     args, params = start(__doc__, argv, paths=PATHS)
     return finish("backbone", lambda: build(params.backbone, train_dir=args.train_dir, images_dir=args.images_dir,
-                                            out=Path(args.out)))
+                                            out=Path(args.out)), writing=[args.out])
 
 
 if __name__ == "__main__":

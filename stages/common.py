@@ -7,7 +7,10 @@ params through the contract (`pipelines.params.load`) and calls one library func
         cli(main)
 
 runs it. The return convention: `main` returns the exit status, 0 when the stage succeeded, 1 when its
-library raised `StageFailed` (the outputs are written; the message says which policy failed). A
+library raised `StageFailed` (the outputs are written; the message says which policy failed), or
+failed on a file whose digest does not verify or on what the operating system refused (a full disk,
+a read-only output folder, a missing input: one line naming the path and the cause, `finish`); the
+partial outputs of such a run are removed by the next one. A
 params mistake raises `ParamsError` out of `main` before any work; `cli` prints it without a
 traceback and exits with 2. Loggers are named after their modules (``logging.getLogger(__name__)``).
 """
@@ -19,9 +22,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
-from pipelines.errors import StageFailed
+from pipelines.errors import IntegrityError, StageFailed, cause
 from pipelines.params import Params, ParamsError, load
 
 log = logging.getLogger(__name__)
@@ -54,15 +57,29 @@ def start(doc: str | None, argv: list[str] | None, **kwargs) -> tuple[argparse.N
     return args, load(args.params)
 
 
-def finish(name: str, work: Callable[[], object]) -> int:
-    """Run the stage's library call; 0, or 1 with the message on stderr when it raised StageFailed."""
+def finish(name: str, work: Callable[[], object], writing: Iterable[Path] = ()) -> int:
+    """Run the stage's library call; 0, or 1 with one message on stderr when it raised StageFailed,
+    when a file's digest did not verify (`IntegrityError`), or when the operating system refused
+    (`pipelines.errors.cause`: a full disk, a read-only or forbidden folder, a missing input; a write
+    error that names no file names `writing`, the stage's outputs, with their free space). The
+    traceback of the last two goes to the debug log (LOGLEVEL=DEBUG); any other error is raised."""
     try:
         work()
     except StageFailed as e:
-        log.error("%s failed:\n%s", name, e)
-        print(f"{name}: FAILED\n{e}", file=sys.stderr)
-        return 1
+        return _failed(name, str(e))
+    except Exception as e:
+        message = str(e) if isinstance(e, IntegrityError) else cause(e, writing)
+        if message is None:
+            raise
+        log.debug("%s failed", name, exc_info=True)
+        return _failed(name, message)
     return 0
+
+
+def _failed(name: str, message: str) -> int:
+    log.error("%s failed:\n%s", name, message)
+    print(f"{name}: FAILED\n{message}", file=sys.stderr)
+    return 1
 
 
 def cli(main: Callable[[list[str] | None], int]) -> None:

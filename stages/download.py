@@ -15,7 +15,8 @@ from stages.common import cli, finish, start
 
 def main(argv: list[str] | None = None) -> int:
     args, params = start(__doc__, argv, paths={"out": RAW})
-    return finish("download", lambda: download(params.data, params.synthetic, out=args.out))
+    return finish("download", lambda: download(params.data, params.synthetic, out=args.out),
+                  writing=[args.out])
 
 
 if __name__ == "__main__":

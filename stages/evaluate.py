@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from stages.common import cli, finish, start
 from trainer import distributed
-from trainer.eval.evaluate import evaluate
+from trainer.eval.evaluate import METRICS_FILE, REPORT_FILE, evaluate
 
 
 def options(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     section = replace(params.eval, cache=False) if args.no_cache else params.eval
     distributed.init_from_env()
     try:
-        return finish("evaluate", lambda: evaluate(section))
+        return finish("evaluate", lambda: evaluate(section), writing=[METRICS_FILE.parent, REPORT_FILE.parent,
+                                                                             section.cache_dir])
     finally:
         distributed.cleanup()
 

@@ -23,7 +23,8 @@ PATHS = {"raw": Path("data/raw"), "out": Path("data/normalized"), "rejects": Pat
 
 def main(argv: list[str] | None = None) -> int:
     args, params = start(__doc__, argv, paths=PATHS)
-    return finish("normalize", lambda: normalize(args.raw, args.out, args.rejects, args.metrics, params.normalize))
+    return finish("normalize", lambda: normalize(args.raw, args.out, args.rejects, args.metrics, params.normalize),
+                  writing=[args.out, args.rejects, args.metrics])
 
 
 if __name__ == "__main__":

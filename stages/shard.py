@@ -21,7 +21,7 @@ PATHS = {"normalized": Path("data/normalized/train"), "images": Path("data/norma
 
 def main(argv: list[str] | None = None) -> int:
     args, params = start(__doc__, argv, paths=PATHS)
-    return finish("shard", lambda: shard(args.normalized, args.images, args.out, params.shard))
+    return finish("shard", lambda: shard(args.normalized, args.images, args.out, params.shard), writing=[args.out])
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args, params = start(__doc__, argv, paths=layout, extra=_ids_log_option)
     paths = TrainPaths(base=args.base, shards=args.shards, out=args.out, checkpoints=args.checkpoints,
                        metrics=args.metrics, ids_log=args.ids_log)
-    return finish("train", lambda: train(params.train, paths))
+    return finish("train", lambda: train(params.train, paths), writing=[paths.out, paths.checkpoints, paths.metrics])
 
 
 if __name__ == "__main__":

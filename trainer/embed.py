@@ -20,7 +20,10 @@ and `image_max_pixels` are the same.
 Model folders:
 * a `save_backbone` folder (models/base), or
 * an embedder folder (models/embedder) holding `merged/` (a `save_backbone` folder of the LoRA-merged
-  model), `adapter/` (the peft adapter) and `lineage.json`. Only `merged/` is loaded.
+  model), `adapter/` (the peft adapter), `lineage.json` and `digests.json`. Only `merged/` is loaded.
+
+Every file is verified against the folder's digests.json before it is read (`pipelines.digests`):
+a changed or truncated file raises `IntegrityError` naming it with the expected and found sha256.
 
 Collation settings (max_text_tokens, image_max_pixels, instructions) come from, in order: the
 arguments of `load`, lineage.json (`collation`, else `train` / `params.train`), the defaults
@@ -47,6 +50,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pipelines import digests
 from pipelines.images import to_rgb
 from pipelines.schema import IMAGE_TOKEN
 from trainer.model.acceleration import batch_vision_attention, compile_blocks, compile_language_model
@@ -135,9 +139,13 @@ class EmbeddingModel:
              image_max_pixels: int | None = None, instructions: bool | None = None) -> "EmbeddingModel":
         path = Path(path)
         model_dir = model_dir_of(path)
+        if model_dir != path:  # models/embedder: its own files here, merged/'s where load_backbone reads them
+            digests.verify(path, nested=False)
         collation = dict(DEFAULT_COLLATION)
         trained_with = _lineage_collation(path)
         if not trained_with and model_dir.name == "merged":  # models/embedder/merged: lineage sits beside it
+            if (model_dir.parent / "lineage.json").is_file():
+                digests.verify(model_dir.parent, nested=False)
             trained_with = _lineage_collation(model_dir.parent)
         collation.update(trained_with)
         for key, value in (("max_text_tokens", max_text_tokens), ("image_max_pixels", image_max_pixels),

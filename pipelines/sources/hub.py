@@ -41,6 +41,10 @@ class LayoutError(ValueError):
     """A repo or folder does not hold what the Hub layout and the selection require."""
 
 
+class MissingFolder(LayoutError, FileNotFoundError):
+    """The folder that should hold a repo is not there (a missing input: the stage says so in one line)."""
+
+
 # --- layout --------------------------------------------------------------------------------------
 def parquet_pattern(subset: str, split: str) -> str:
     """The glob (huggingface_hub `allow_patterns` syntax) of one subset's parquet shards."""

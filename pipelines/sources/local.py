@@ -9,7 +9,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.sources.hub import EVAL, TRAIN, LayoutError, available_subsets, resolve_selection, select_files
+from pipelines.sources.hub import EVAL, TRAIN, LayoutError, MissingFolder, available_subsets, resolve_selection, select_files
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def collect_repo(folder: str | Path, *, kind: str, split: str, selection) -> Loc
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise LayoutError(f"{folder}: no such folder (expected MMEB-{kind} in the Hub layout)")
+        raise MissingFolder(f"{folder}: no such folder (expected MMEB-{kind} in the Hub layout)")
     paths = list_files(folder)
     try:
         subsets = resolve_selection(selection, available_subsets(paths, kind, split), kind)
@@ -91,7 +91,7 @@ def collect(local_dir: str | Path, *, split: str, train_subsets, eval_subsets) -
         raise LayoutError("data.local_dir is empty: set it to the folder holding MMEB-train/ and MMEB-eval/")
     root = Path(local_dir).expanduser()
     if not root.is_dir():
-        raise LayoutError(f"data.local_dir {root}: no such folder")
+        raise MissingFolder(f"data.local_dir {root}: no such folder")
     missing = [d for d in REPO_DIRS.values() if not (root / d).is_dir()]
     if missing:
         raise LayoutError(f"data.local_dir {root}: missing {missing} (expected MMEB-train/ and MMEB-eval/)")

@@ -118,12 +118,17 @@ def scratch(tmp_path_factory) -> Path:
             pytest.skip(f"{needed} is not there yet")
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs git and a git checkout")
-    root = tmp_path_factory.mktemp("e2e") / "repo"
+    return scratch_repo(tmp_path_factory.mktemp("e2e") / "repo", SMALL)
+
+
+def scratch_repo(root: Path, sections: dict[str, dict]) -> Path:
+    """A git repository at `root` holding a copy of the working tree (`repo_files`) whose
+    params.yaml has the values of `sections`, committed."""
     for rel in repo_files():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, root / rel)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in SMALL.items():
+    for section, values in sections.items():
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(root, "git", "init", "-q")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines import digests
 from tests.support.images import png_header_bomb
 from trainer.backbone.families import build_tiny, save_backbone
 from trainer.embed import EmbeddingModel, main, make_side, model_dir_of
@@ -174,7 +175,35 @@ def test_a_dual_encoder_base_model_embeds_without_instructions(tmp_path):
     forced = EmbeddingModel.load(tmp_path / "clip", instructions=True)
     assert forced.collation["instructions"] is True and forced.fingerprint != base.fingerprint
     (tmp_path / "clip" / "lineage.json").write_text(json.dumps({"collation": {"instructions": True}}))
+    digests.record(tmp_path / "clip")  # a file added to a model folder is refused until recorded
     assert EmbeddingModel.load(tmp_path / "clip").collation["instructions"] is True
+
+
+def overwrite_middle(path: Path, n: int = 64) -> None:
+    """Same size, other bytes: `n` bytes in the middle of `path` inverted."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n] = bytes(255 - b for b in data[mid:mid + n])
+    path.write_bytes(bytes(data))
+
+
+def test_a_model_whose_bytes_changed_is_refused_naming_the_file(base_dir, tmp_path):
+    emb_dir = tmp_path / "embedder"
+    shutil.copytree(base_dir, emb_dir / "merged")
+    (emb_dir / "lineage.json").write_text(json.dumps({"collation": {"max_text_tokens": 32}}))
+    digests.record(emb_dir)
+    EmbeddingModel.load(emb_dir)
+    weights = emb_dir / "merged" / "model.safetensors"
+    recorded = digests.read_manifest(emb_dir / "merged")["files"]["model.safetensors"]["sha256"]
+    overwrite_middle(weights)
+    for path in (emb_dir, emb_dir / "merged"):
+        with pytest.raises(digests.IntegrityError, match="model.safetensors: contents changed") as e:
+            EmbeddingModel.load(path)
+        assert e.value.path == weights and e.value.expected == recorded
+    shutil.copy(base_dir / "model.safetensors", weights)
+    (emb_dir / "lineage.json").write_text(json.dumps({"collation": {"max_text_tokens": 8}}))
+    with pytest.raises(digests.IntegrityError, match="lineage.json"):
+        EmbeddingModel.load(emb_dir / "merged")  # the lineage beside merged/ sets its collation
 
 
 def test_api_refuses_a_bare_string_and_takes_image_paths(base_dir, image_file, tmp_path):

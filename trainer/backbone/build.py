@@ -86,14 +86,15 @@ def build(params: BackboneParams, *, train_dir: Path = TRAIN_DIR, images_dir: Pa
 
     random.seed(params.seed)
     torch.manual_seed(params.seed)
-    if tiny_family(params.name) is not None:
-        backbone = build_pretrained_tiny(params, train_dir=Path(train_dir), images_dir=Path(images_dir))
-    else:
-        backbone = load_backbone(params.name, revision=params.revision, trust_remote_code=params.trust_remote_code,
-                                 torch_dtype="auto")  # models/base keeps the checkpoint's dtype (bf16: half the bytes)
-        log.info("fetched %s at %s (%s, %s parameters)", params.name, backbone.info.get("revision"),
-                 backbone.family, backbone.info.get("parameters"))
-    with files.atomic_dir(out) as tmp:
+    with files.atomic_dir(out) as tmp:  # opened first: an output folder that cannot be written fails at once
+        if tiny_family(params.name) is not None:
+            backbone = build_pretrained_tiny(params, train_dir=Path(train_dir), images_dir=Path(images_dir))
+        else:
+            # models/base keeps the checkpoint's dtype (bf16: half the bytes)
+            backbone = load_backbone(params.name, revision=params.revision,
+                                     trust_remote_code=params.trust_remote_code, torch_dtype="auto")
+            log.info("fetched %s at %s (%s, %s parameters)", params.name, backbone.info.get("revision"),
+                     backbone.family, backbone.info.get("parameters"))
         save_backbone(backbone, tmp)
     log.info("wrote %s (%s)", out, backbone.info.get("name"))
     return backbone

@@ -31,6 +31,8 @@ import torch
 from transformers import (CLIPProcessor, Idefics3Processor, LlavaNextProcessor, LlavaProcessor, PaliGemmaProcessor,
                           Qwen2_5_VLProcessor, Qwen2VLProcessor, SiglipProcessor, SmolVLMProcessor)
 
+from pipelines import digests
+
 log = logging.getLogger(__name__)
 
 VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3", "smolvlm", "paligemma")
@@ -357,8 +359,9 @@ def _config_summary(model: torch.nn.Module) -> dict:
 
 def save_backbone(backbone: Backbone, path) -> None:
     """Write `backbone` to the folder `path`: safetensors weights + config, processor pieces
-    (tokenizer, image processor, processor_config.json) and backbone.json; `load_backbone(path)`
-    rebuilds an equal backbone (same outputs)."""
+    (tokenizer, image processor, processor_config.json), backbone.json and digests.json (sha256 of
+    every file, `pipelines.digests.record`); `load_backbone(path)` verifies them and rebuilds an
+    equal backbone (same outputs)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = backbone.model
@@ -369,6 +372,7 @@ def save_backbone(backbone: Backbone, path) -> None:
     meta = dict(family=backbone.family, image_token=backbone.image_token, kind=backbone.kind,
                 lora_targets=backbone.lora_targets, info=backbone.info)
     (path / BACKBONE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    digests.record(path)
 
 
 def detect_family(model_dir: Path, name: str | None = None) -> str:
@@ -432,13 +436,16 @@ def load_backbone(path_or_id: str, *, revision: str | None = None, trust_remote_
     `revision`; the resolved commit goes to `info["revision"]`. `trust_remote_code` is off unless asked.
     Weights load in `torch_dtype`: float32 when None, whatever the checkpoint stores (transformers 5
     would otherwise keep a bf16 checkpoint in bf16), and the checkpoint's own dtype for "auto".
-    A local folder has no revision: `info["revision"]` is None and `info["source"]` is "local".
+    A local folder has no revision: `info["revision"]` is None and `info["source"]` is "local"; its
+    files are verified against its digests.json first (`pipelines.digests.verify`: an IntegrityError
+    names a file whose bytes changed; a folder without digests loads with a warning).
     """
     path = Path(path_or_id)
     if path.is_dir():
         if revision:
             log.info("%s is a local folder: revision %r does not apply", path, revision)
         folder, name, commit = path, str(path_or_id), None
+        digests.verify(folder)
     elif path.exists():
         raise NotADirectoryError(f"{path} is a file, not a model folder")
     else:

@@ -8,6 +8,7 @@ A checkpoint is a folder ``<root>/step-NNNNNN/``:
     rng.safetensors         torch CPU (and CUDA) generator states, as ``rank<r>.cpu`` / ``rank<r>.cuda<d>``
     state.json              step, fingerprint, optimizer param groups and non-tensor state, scheduler
                             state, python/numpy RNG states per rank, the data-stream position, extras
+    digests.json            sha256 and size of each file above (`pipelines.digests`)
 
 It is written through `pipelines.files.atomic_dir` with ``fsync=True``: into a temporary sibling
 ``<root>/.step-NNNNNN.tmp-<pid>/``, every file and folder fsync'ed, then renamed into place and the
@@ -21,6 +22,11 @@ The fingerprint (`fingerprint`) hashes the training params that change the math 
 the base model folder and the shard index; `latest_checkpoint` only returns a checkpoint whose
 fingerprint matches, and a mismatch is logged as a warning (the caller starts fresh and removes the
 stale checkpoints).
+
+Bytes that change after the save (a bad disk, a truncated copy) are caught by the digests:
+`latest_checkpoint` verifies each candidate, newest first, and falls back past one that does not
+verify to the newest one that does, naming the file and both digests in a warning (a checkpoint
+without digests, older than them, does not verify). `load_checkpoint` reads only a verified folder.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines import files
+from pipelines import digests, files
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +219,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
             "scheduler": scheduler.state_dict(), "rng": rng_json, "stream": dict(stream), "extra": dict(extra or {}),
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+        digests.record(tmp)
     for name in {files.final_name(p) for p in _temporaries(root)}:
         files.remove_stale(root / name)
     for old in list_checkpoints(root)[:-keep]:
@@ -234,17 +241,19 @@ def _rng_files(rng_per_rank: list[Mapping[str, Any]]) -> tuple[dict[str, torch.T
     return rng_tensors, rng_json
 
 
-def latest_checkpoint(root: str | Path, fingerprint: str) -> Path | None:
-    """The newest complete checkpoint under ``root`` made with ``fingerprint``; None if there is none.
+def latest_checkpoint(root: str | Path, fingerprint: str, rejected: list[str] | None = None) -> Path | None:
+    """The newest complete checkpoint under ``root`` made with ``fingerprint`` whose files verify
+    against their digests; None if there is none.
 
     Checkpoints with another fingerprint (other params, base model or shards) are never returned; a
-    warning names them. An unreadable state.json is skipped with a warning.
-    """
+    warning names them. An unreadable state.json, or a checkpoint whose files do not verify, is
+    skipped with a warning naming the file (and the expected and found digests) and appended to
+    ``rejected`` as ``"<name>: <reason>"``; the next older one is tried."""
     for path in reversed(list_checkpoints(root)):
         try:
             state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+            _reject(path, f"unreadable {STATE_FILE}: {exc}", rejected)
             continue
         if state.get("fingerprint") != fingerprint:
             log.warning("checkpoint %s was made with different params, base model, base weights' dtype (LoRA "
@@ -252,8 +261,19 @@ def latest_checkpoint(root: str | Path, fingerprint: str) -> Path | None:
                         "(fingerprint %s..., this run %s...); not resuming from it",
                         path, str(state.get("fingerprint"))[:12], fingerprint[:12])
             return None
+        try:
+            digests.verify(path, required=True)
+        except (digests.IntegrityError, OSError) as exc:
+            _reject(path, str(exc), rejected)
+            continue
         return path
     return None
+
+
+def _reject(path: Path, reason: str, rejected: list[str] | None) -> None:
+    log.warning("checkpoint %s does not verify, falling back to an older one: %s", path, reason)
+    if rejected is not None:
+        rejected.append(f"{path.name}: {reason}")
 
 
 def remove_checkpoints(root: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""The trained model as ``models/embedder``: ``adapter/`` (LoRA), ``merged/`` and ``lineage.json``.
+"""The trained model as ``models/embedder``: ``adapter/`` (LoRA), ``merged/``, ``lineage.json``, ``digests.json``.
 
     export(backbone, embedder, p, paths, summary, code_digest)    # rank 0, after the last step
 
@@ -6,7 +6,8 @@ The folder is built aside and put in place whole (`pipelines.files.atomic_dir`):
 while exporting leaves the previous ``models/embedder`` or none, never a partial one. lineage.json
 says what made the weights: the base model and shards read (with the hashes dvc.lock records for
 them), the training code (`code_lineage`), the train params, the collation settings an encoder of
-this model must use, and the run's summary.
+this model must use, and the run's summary. digests.json holds the sha256 of every file
+(`pipelines.digests`; merged/ has its own, which this one covers), verified by every loader.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipelines import digests
 from pipelines.files import atomic_dir, json_text
 from pipelines.params import Train
 from trainer import provenance
@@ -66,6 +68,7 @@ def _write_export(backbone: Backbone, embedder: Embedder, p: Train, paths: Train
         **{k: summary[k] for k in ("steps", "final_loss", "mode", "trainable_parameters", "world_size")},
     }
     (tmp / "lineage.json").write_text(json_text(lineage, sort_keys=True, default=str), encoding="utf-8")
+    digests.record(tmp)  # adapter/, lineage.json and merged/'s own digests.json
 
 
 def code_lineage(code_digest: str) -> dict[str, Any]:

@@ -82,6 +82,7 @@ class Start:
     loss: float | None = None  # the last step's
     history: dict | None = None  # dvclive's tsv files (`metrics_history`)
     world_sizes: list = field(default_factory=list)  # [first step, world size] of each stretch of steps
+    rejected: list = field(default_factory=list)  # "<checkpoint>: <reason>" of newer ones that did not verify
 
 
 def train(p: Train, paths: TrainPaths = TrainPaths()) -> dict[str, Any]:
@@ -106,6 +107,7 @@ def train(p: Train, paths: TrainPaths = TrainPaths()) -> dict[str, Any]:
     last_loss = run_steps(step, p, paths, dist, start, batches, position, fingerprint)
     summary = {"steps": p.steps, "final_loss": last_loss, "mode": model.mode,
                "trainable_parameters": model.n_trainable, "resumed_from": start.step,
+               "rejected_checkpoints": start.rejected,
                # the world size that trained the steps (a run resumed from its final checkpoint by another
                # number of processes trained none of them); [[first step, world size], ...] when it changed
                "world_size": start.world_sizes[0][1] if len(start.world_sizes) == 1 else start.world_sizes}
@@ -130,14 +132,15 @@ def run_fingerprint(p: Train, paths: TrainPaths, shard_index: Path, world: int =
 def resume(model: Model, p: Train, paths: TrainPaths, dist: DistInfo, fingerprint: str) -> Start:
     """Load the newest checkpoint of this run (`fingerprint`) into the model, optimizer and scheduler
     and return where it left off; without one, remove the checkpoints of other runs and start at 0."""
-    found = ckpt.latest_checkpoint(paths.checkpoints, fingerprint)
+    rejected: list[str] = []
+    found = agreed_checkpoint(ckpt.latest_checkpoint(paths.checkpoints, fingerprint, rejected))
     if found is None and ckpt.list_checkpoints(paths.checkpoints):
         distributed.barrier()
         if dist.rank == 0:
             log.warning("removing stale checkpoints under %s", paths.checkpoints)
             ckpt.remove_checkpoints(paths.checkpoints)
     if found is None:
-        return Start(world_sizes=[[0, dist.world_size]])
+        return Start(world_sizes=[[0, dist.world_size]], rejected=rejected)
     loaders = {}
     if model.sharded:
         loaders = dict(load_model=partial(fsdp.load_trainable_state, model.embedder),
@@ -147,7 +150,7 @@ def resume(model: Model, p: Train, paths: TrainPaths, dist: DistInfo, fingerprin
     position = StreamPosition.from_dict(state["stream"])
     start = Start(step=int(state["step"]), rng=state["rng"], position=position, loss=state["extra"].get("loss"),
                   history=state["extra"].get("metrics"),
-                  world_sizes=state["extra"].get("world_sizes") or [[0, position.world_size]])
+                  world_sizes=state["extra"].get("world_sizes") or [[0, position.world_size]], rejected=rejected)
     if position.world_size != dist.world_size:
         if start.step < p.steps:  # steps left to train
             start.world_sizes.append([start.step, dist.world_size])
@@ -159,6 +162,16 @@ def resume(model: Model, p: Train, paths: TrainPaths, dist: DistInfo, fingerprin
     if start.rng is None:
         log.warning("checkpoint has no RNG state for rank %d; reseeding", dist.rank)
     return start
+
+
+def agreed_checkpoint(found: Path | None) -> Path | None:
+    """The checkpoint every rank chose (each verified it on its own file system); a RuntimeError
+    naming each rank's choice when they differ (a copy that verifies on one node and not another)."""
+    chosen = distributed.all_gather_object(None if found is None else found.name)
+    if len(set(chosen)) > 1:
+        raise RuntimeError(f"ranks found different checkpoints to resume from (by rank: {chosen}); "
+                           "the warnings above name the files that did not verify")
+    return found
 
 
 def open_stream(model: Model, p: Train, paths: TrainPaths, dist: DistInfo,
@@ -202,7 +215,7 @@ def run_steps(step: Step, p: Train, paths: TrainPaths, dist: DistInfo, start: St
             done = i + 1
             if done % p.save_every == 0 or done == p.steps:
                 save(paths, done, step.model, fingerprint, position, last_loss, dist.rank, start.world_sizes)
-        progress.summarize()
+        progress.summarize(rejected_checkpoints=len(start.rejected))
     finally:
         progress.close()
     return last_loss

@@ -71,6 +71,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
+from pipelines import digests
 from pipelines import shard as shard_format
 from pipelines.images import max_pixels_size, side_cut
 from pipelines.params import Train
@@ -93,7 +94,9 @@ class Shard:
 def read_shards(shard_dir: str | Path) -> list[Shard]:
     """The shards listed in ``<shard_dir>/index.json``, in index order (paths made absolute).
 
-    Raises FileNotFoundError when the index or a listed tar is missing, ValueError on a bad index.
+    Raises FileNotFoundError when the index or a listed tar is missing, ValueError on a bad index,
+    `pipelines.digests.IntegrityError` naming a tar whose size or sha256 is not the index's (bytes
+    changed after the shard stage wrote them: training on them would quarantine or misread samples).
     """
     shard_dir = Path(shard_dir)
     if not (shard_dir / shard_format.INDEX_FILE).is_file():
@@ -104,6 +107,7 @@ def read_shards(shard_dir: str | Path) -> list[Shard]:
         path = shard_dir / entry["path"]
         if not path.is_file():
             raise FileNotFoundError(f"{path} is listed in {shard_dir}/index.json but missing")
+        digests.check_file(path, entry["sha256"], entry["bytes"])
         if int(entry["samples"]) < 0:
             raise ValueError(f"{path}: negative sample count in index.json")
         out.append(Shard(str(path.resolve()), entry["dataset"], int(entry["samples"])))

@@ -252,7 +252,7 @@ def test_ddp_matches_single_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
+def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch, capsys):
     """`python -m stages.evaluate` (main) on real tiny Qwen2-VL folders written by save_backbone."""
     from trainer.backbone.families import build_tiny, save_backbone, train_family_tokenizer
     from trainer.embed import EmbeddingModel
@@ -304,6 +304,17 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
         img = images([it["image"]["sha256"]])[it["image"]["sha256"]] if it["image"] else None
         direct = model.encode([it], [img], batch_size=1)[0]
         np.testing.assert_allclose(cached[es.keys[i]], direct, atol=1e-4)
+    # weights whose bytes changed after they were written are not scored: one message names the file
+    weights = root / "models" / "embedder" / "model.safetensors"
+    recorded = json.loads((weights.parent / "digests.json").read_text())["files"][weights.name]["sha256"]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = bytes(4096)
+    weights.write_bytes(bytes(data))
+    assert stage.main(["--params", "params.yaml"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2] == "evaluate: FAILED" and recorded in err[-1]
+    assert "models/embedder/model.safetensors: contents changed" in err[-1]
+    assert read_outputs(root) == before
 
 
 def test_cache_budget_drops_other_models_vectors_and_keeps_this_runs(tmp_path):

@@ -80,7 +80,7 @@ def test_files_are_safetensors_and_json_only(tmp_path):
     _step(model, opt, sched)
     path = _save(tmp_path, 1, model, opt, sched)
     assert sorted(p.name for p in path.iterdir()) == [
-        "optimizer.safetensors", "rng.safetensors", "state.json", "trainable.safetensors"]
+        "digests.json", "optimizer.safetensors", "rng.safetensors", "state.json", "trainable.safetensors"]
     weights = load_file(path / "trainable.safetensors")
     assert sorted(weights) == ["0.weight", "2.bias", "2.weight"]  # the frozen 0.bias is not saved
     assert sorted(load_file(path / "optimizer.safetensors")) == sorted(
@@ -106,6 +106,31 @@ def test_keeps_newest_and_ignores_partial_writes(tmp_path):
     assert not (tmp_path / f".step-000012.tmp-{killed}").exists()  # a killed save of another step
     assert C.latest_checkpoint(tmp_path, "fp").name == "step-000008"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000006", "step-000008", "step-000010"]
+
+
+@pytest.mark.parametrize("fault", ["overwrite", "truncate", "no digests"])
+def test_a_checkpoint_that_does_not_verify_is_passed_over_for_an_older_one(tmp_path, caplog, fault):
+    model, opt, sched = _setup()
+    for step in (2, 4):
+        _save(tmp_path, step, model, opt, sched)
+    newest = tmp_path / "step-000004" / "trainable.safetensors"
+    recorded = json.loads((tmp_path / "step-000004" / "digests.json").read_text())["files"]
+    if fault == "overwrite":  # same size, other bytes
+        data = bytearray(newest.read_bytes())
+        data[-8:] = bytes(8) if data[-8:] != bytes(8) else b"\xff" * 8
+        newest.write_bytes(bytes(data))
+    elif fault == "truncate":
+        newest.write_bytes(newest.read_bytes()[:20])
+    else:
+        (tmp_path / "step-000004" / "digests.json").unlink()
+    rejected = []
+    assert C.latest_checkpoint(tmp_path, "fp", rejected).name == "step-000002"
+    assert len(rejected) == 1 and rejected[0].startswith("step-000004: ")
+    if fault != "no digests":
+        assert f"{newest}" in caplog.text and recorded["trainable.safetensors"]["sha256"] in caplog.text
+    assert "falling back" in caplog.text
+    (tmp_path / "step-000002" / "state.json").write_text("{")  # and none verifies: start afresh
+    assert C.latest_checkpoint(tmp_path, "fp") is None
 
 
 def test_mismatched_fingerprint_is_not_resumed(tmp_path, caplog):

@@ -4,6 +4,7 @@ metrics history a resume continues, and exact resume after a real SIGKILL of the
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from pipelines.errors import IntegrityError
+from tests.support.faults import overwrite
 from tests.support.train_workspace import merged_weights, params, paths_in, stage_cmd
 from trainer import provenance
 from trainer.train import checkpoint as C
@@ -101,6 +104,7 @@ def test_sigkill_then_rerun_ends_with_the_same_weights(workspace, tmp_path):
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.005)
+        time.sleep(random.Random(0).uniform(0, 1.0))  # at a random moment: mid-step, mid-save or between
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -120,3 +124,48 @@ def test_sigkill_then_rerun_ends_with_the_same_weights(workspace, tmp_path):
     assert ids(workspace) == ids(ref) and [r["step"] for r in ids(ref)] == list(range(24))
     loss_rows = (workspace / "metrics/train/plots/metrics/loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in loss_rows[1:]] == [str(s) for s in range(24)]
+
+
+@pytest.mark.parametrize("fault", ["overwrite", "truncate"])
+def test_a_checkpoint_that_does_not_verify_is_passed_over_and_training_ends_as_uninterrupted(workspace, caplog,
+                                                                                            fault):
+    """Bytes overwritten inside the final checkpoint's weights (same size) used to be resumed and
+    exported as a different model; a truncated one stopped the run with an error naming no file.
+    Now the run falls back to the newest checkpoint that verifies, says so in the log and in
+    metrics.json, trains the steps again and exports the weights of an uninterrupted run."""
+    first = train(params(), paths_in(workspace))
+    weights = merged_weights(workspace)
+    bad = workspace / "models/checkpoints/step-000006/trainable.safetensors"
+    recorded = json.loads((bad.parent / "digests.json").read_text())["files"]["trainable.safetensors"]
+    data = bytearray(bad.read_bytes())
+    if fault == "overwrite":
+        start = len(data) // 3
+        data[start:start + 64 * 1024] = bytes(64 * 1024)
+    else:
+        data = data[: len(data) // 2]
+    bad.write_bytes(bytes(data))
+
+    again = train(params(), paths_in(workspace))
+    assert again["resumed_from"] == 3 and len(again["rejected_checkpoints"]) == 1
+    assert again["final_loss"] == pytest.approx(first["final_loss"], abs=1e-5)
+    assert str(bad) in caplog.text and recorded["sha256"] in caplog.text and "falling back" in caplog.text
+    assert json.loads((workspace / "metrics/train/metrics.json").read_text())["rejected_checkpoints"] == 1
+    resumed = merged_weights(workspace)
+    assert max(float((resumed[k] - weights[k]).abs().max()) for k in weights) < 1e-6
+    assert C.latest_checkpoint(workspace / "models/checkpoints", json.loads(
+        (bad.parent / "state.json").read_text())["fingerprint"]).name == "step-000006"  # rewritten, verifies
+
+
+def test_no_checkpoint_verifies_then_training_starts_afresh(workspace, caplog):
+    train(params(steps=3), paths_in(workspace))
+    (workspace / "models/checkpoints/step-000003/optimizer.safetensors").write_bytes(b"\0" * 16)
+    assert train(params(steps=3), paths_in(workspace))["resumed_from"] == 0
+    assert "optimizer.safetensors: truncated" in caplog.text
+
+
+def test_a_base_model_whose_bytes_changed_is_not_trained(workspace):
+    weights = workspace / "models/base/model.safetensors"
+    overwrite(weights, 4096)
+    with pytest.raises(IntegrityError, match="models/base/model.safetensors: contents changed") as e:
+        train(params(steps=3), paths_in(workspace))
+    assert e.value.found != e.value.expected and not (workspace / "models/embedder").exists()

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines.errors import IntegrityError
 from pipelines.images import max_pixels_size
 from tests.support.images import encode, image_bytes
 from tests.support.shards import make_side, write_test_shards
@@ -53,6 +54,23 @@ def test_read_shards_and_errors(tmp_path):
         D.read_shards(tmp_path / "nowhere")
     Path(shards[-1].path).unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
+        D.read_shards(tmp_path)
+
+
+def test_a_shard_whose_bytes_changed_is_refused_naming_it(tmp_path):
+    """A tar the shard stage wrote and something changed since (a bad copy, a stray write) stops
+    the run before training on it, naming the tar and the index's and the file's sha256."""
+    shards = write_test_shards(tmp_path, {"A": 12}, per_shard=6)
+    index = json.loads((tmp_path / "index.json").read_text())["shards"]
+    tar = Path(shards[1].path)
+    data = bytearray(tar.read_bytes())
+    data[700:708] = b"XXXXXXXX"  # inside the first member: same size
+    tar.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="A-000001.tar: contents changed") as e:
+        D.read_shards(tmp_path)
+    assert e.value.expected == index[1]["sha256"] != e.value.found
+    tar.write_bytes(bytes(data[:1024]))
+    with pytest.raises(IntegrityError, match=r"truncated or extended \(1024 bytes"):
         D.read_shards(tmp_path)
 
 
