@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from pipelines import files
 from pipelines.mmeb import resolve_subsets
-from pipelines.params import Eval
+from pipelines.params import RENDERING, Eval
 from trainer import distributed, provenance
 from trainer.eval import report
 from trainer.eval.cache import EmbeddingCache, prune
@@ -94,7 +94,8 @@ def load_embedding_model(name: str, path: Path, params: Eval) -> Encoder:
 
     device = distributed.init_from_env().device
     return EmbeddingModel.load(path, device=device, dtype=None if params.precision == "fp32" else params.precision,
-                               image_max_pixels=params.image_max_pixels)
+                               image_max_pixels=params.image_max_pixels,
+                               rendering={k: getattr(params, k) for k in RENDERING})
 
 
 def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = load_embedding_model,
