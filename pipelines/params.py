@@ -44,7 +44,7 @@ ENV = "VLM2VEC_PARAMS"  # another params file, e.g. a benchmark's
 COMPILE_SCOPES = ("blocks", "region", "cuda-graphs")  # train.compile's values besides true / false
 FOLLOW_TRAIN = "train"  # shard/eval.image_max_pixels: the value of train.image_max_pixels
 # how a side becomes model input, read by train and evaluate (eval's keys say `train` to follow train's)
-RENDERING = ("positions", "stray_image_token", "image_square", "small_image_side")
+RENDERING = ("positions", "stray_image_token", "image_resize", "image_square", "small_image_side")
 
 
 class ParamsError(ValueError):
@@ -460,8 +460,12 @@ class Train(Section):
     stray_image_token: str = key(Choice("strip", "keep"),
                                  "the <|image_1|> of a text-only side (WebQA, EDIS): strip it, or keep it as "
                                  "the backbone's image token, embedded as text (VLM2Vec)")
+    image_resize: str = key(Choice("collator", "processor"),
+                            "collator: images scaled (aspect kept) to image_max_pixels, then snapped to the patch "
+                            "grid by the processor; processor: only the processor resizes, from the original, "
+                            "capped at image_max_pixels (VLM2Vec)")
     image_square: Any = key(OneOf(Int(1), Null()), "every image squashed to this side x side first (VLM2Vec V1: "
-                                                   "1344; needs image_max_pixels null); null: aspect kept")
+                                                   "1344; needs image_resize processor); null: aspect kept")
     small_image_side: Any = key(OneOf(Int(1), Null()), "an image with a side under this is resized to twice it "
                                                        "square first (VLM2Vec V2: 28, i.e. 56 x 56); null: off")
     mixture: Any = key(OneOf(Choice("proportional"), Weights()),
@@ -486,9 +490,9 @@ class Train(Section):
             yield f"homogeneous_batch {self.homogeneous_batch} must divide batch_size {self.batch_size}"
         if self.lora_dtype == "bf16" and self.precision != "bf16":
             yield "lora_dtype bf16 needs precision bf16"
-        if self.image_square is not None and self.image_max_pixels is not None:
-            yield (f"image_square {self.image_square} squashes images to a fixed size: set image_max_pixels "
-                   "null (VLM2Vec V1 caps nothing else)")
+        if self.image_square is not None and self.image_resize != "processor":
+            yield (f"image_square {self.image_square} needs image_resize processor (the collator would scale the "
+                   "image down before squashing it)")
         if self.compile == "cuda-graphs" and self.gc_chunk_size:
             yield ("compile cuda-graphs needs gc_chunk_size 0 (GradCache keeps each chunk's embeddings while "
                    "the next chunk's replay would overwrite them; use compile: region)")
@@ -514,6 +518,8 @@ class Eval(Section):
                          "Qwen2-VL / 2.5-VL image-token positions: train (train.positions), grid or sequential")
     stray_image_token: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice("strip", "keep")),
                                  "a text-only side's <|image_1|>: train (train.stray_image_token), strip or keep")
+    image_resize: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice("collator", "processor")),
+                            "who resizes images: train (train.image_resize), collator or processor")
     image_square: Any = key(OneOf(Choice(FOLLOW_TRAIN), Int(1), Null()),
                             "images squashed to this side x side first: train (train.image_square), a side, or null")
     small_image_side: Any = key(OneOf(Choice(FOLLOW_TRAIN), Int(1), Null()),
@@ -549,9 +555,9 @@ class Params:
                    f"training would see the smaller images; set shard.image_max_pixels: {FOLLOW_TRAIN}")
         if cut := side_cut(self.shard.image_max_side, wanted):
             yield cut
-        if self.eval.image_square is not None and self.eval.image_max_pixels is not None:
-            yield (f"eval.image_square {self.eval.image_square} squashes images to a fixed size: set "
-                   "eval.image_max_pixels null")
+        if self.eval.image_square is not None and self.eval.image_resize != "processor":
+            yield (f"eval.image_square {self.eval.image_square} needs eval.image_resize processor (the collator "
+                   "would scale the image down before squashing it)")
         if self.shard.image_size_multiple is not None:
             try:
                 multiple = self.shard.image_size_multiple

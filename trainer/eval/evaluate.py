@@ -107,7 +107,8 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     eval_sets = select(params, root)
     sources = source_rows(root / ETL_FILE, eval_sets)
     needs_images = any(it.get("image") for es in eval_sets for it in es.items)
-    images = ImageLoader(root / IMAGES_ROOT, params.image_max_pixels) if needs_images else None
+    pre_scale = params.image_max_pixels if params.image_resize == "collator" else None  # else the processor's
+    images = ImageLoader(root / IMAGES_ROOT, pre_scale) if needs_images else None
     is_main = distributed.is_main()
     evals: dict[str, list[DatasetResult]] = {}
     metadata: dict[str, dict] = {}

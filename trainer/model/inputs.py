@@ -15,7 +15,9 @@ What VLM2Vec's Qwen2-VL / Qwen2.5-VL inputs need beyond the text (`Collator` set
 carry sequential 1-D positions, not the M-RoPE grid (`positions="sequential"`,
 `trainer.model.positions`); its V1 checkpoints saw every image squashed to 1344 x 1344
 (`image_square`); its V2 code resizes an image with a side under 28 px to 56 x 56 before the
-processor (`small_image_side=28`). A text-only row that keeps a stray image token cannot share a
+processor (`small_image_side=28`); it leaves every other resize to the processor, capped at its
+max_pixels (`image_resize="processor"`), where this project's default scales an image to the cap
+first (aspect kept) and the processor then snaps it to its grid, which may give another size. A text-only row that keeps a stray image token cannot share a
 forward with rows that have pixels (transformers counts every image token of the batch against the
 image features), so the Collator marks such rows (`stray_token`) and `trainer.model.embedder`
 encodes the text rows of such a batch apart.
@@ -44,6 +46,7 @@ from trainer.model import image_processing, positions
 from trainer.model.positions import FAMILIES as POSITION_FAMILIES
 
 STRAY_RULES = ("strip", "keep")  # a text-only side's <|image_1|>: removed | the backbone's token, as text
+RESIZERS = ("collator", "processor")  # who brings an image to image_max_pixels (VLM2Vec: the processor)
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +167,15 @@ class Collator:
     def __init__(self, backbone, *, max_text_tokens: int = 256, image_max_pixels: int | None = None,
                  instructions: bool = True, torch_images: bool = True, mrope_positions: bool = True,
                  pad_to_multiple_of: int = 1, positions: str = "grid", stray_image_token: str = "strip",
-                 image_square: int | None = None, small_image_side: int | None = None):
+                 image_resize: str = "collator", image_square: int | None = None,
+                 small_image_side: int | None = None):
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
         if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be an integer >= 1, got {pad_to_multiple_of!r}")
         self.pad_to_multiple_of = pad_to_multiple_of
-        self._check_rendering(positions, stray_image_token, image_square, small_image_side)
-        self.positions, self.stray_image_token = positions, stray_image_token
+        self._check_rendering(positions, stray_image_token, image_resize, image_square, small_image_side)
+        self.positions, self.stray_image_token, self.image_resize = positions, stray_image_token, image_resize
         self.image_square, self.small_image_side = image_square, small_image_side
         self.format = _format_of(backbone)
         processor = backbone.processor
@@ -201,11 +205,13 @@ class Collator:
         self._image_token_id = token_id  # to find kept stray placeholders in text-only rows
 
     @staticmethod
-    def _check_rendering(scheme, stray, square, small) -> None:
+    def _check_rendering(scheme, stray, resize, square, small) -> None:
         if scheme not in positions.SCHEMES:
             raise ValueError(f"positions must be one of {positions.SCHEMES}, got {scheme!r}")
         if stray not in STRAY_RULES:
             raise ValueError(f"stray_image_token must be one of {STRAY_RULES}, got {stray!r}")
+        if resize not in RESIZERS:
+            raise ValueError(f"image_resize must be one of {RESIZERS}, got {resize!r}")
         for name, value in (("image_square", square), ("small_image_side", small)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
@@ -219,7 +225,8 @@ class Collator:
         """The settings that change the tensors (part of an embedding model's fingerprint)."""
         return dict(max_text_tokens=self.max_text_tokens, image_max_pixels=self.image_max_pixels,
                     instructions=self.instructions, positions=self.positions,
-                    stray_image_token=self.stray_image_token, image_square=self.image_square,
+                    stray_image_token=self.stray_image_token, image_resize=self.image_resize,
+                    image_square=self.image_square,
                     small_image_side=self.small_image_side)
 
     # -- text --------------------------------------------------------------------------------------
@@ -271,7 +278,7 @@ class Collator:
             render_text(side, self.format, instructions=self.instructions, has_image=image is not None,
                         stray_image_token=self.stray_image_token)
             if image is not None and size_rule is not None:
-                limit = self.image_max_pixels
+                limit = self.image_max_pixels if self.image_resize == "collator" else None
                 width, height = self._resized_size(image.width, image.height)
                 size_rule(*(max_pixels_size(width, height, limit) if limit else (width, height)))
 
@@ -300,11 +307,14 @@ class Collator:
 
     def _fit(self, image: Image.Image) -> Image.Image:
         """The VLM2Vec resize rules (`_resized_size`, bicubic as PIL's `resize` default), then
-        `resize_to_max_pixels`, without its copy for an RGB image that already fits (pre-scaled
-        shards): the processors only read it."""
+        (image_resize "collator") `resize_to_max_pixels`, without its copy for an RGB image that
+        already fits (pre-scaled shards): the processors only read it. With "processor" the image
+        reaches the processor as it is, which resizes it to at most `image_max_pixels` (its cap)."""
         size = self._resized_size(image.width, image.height)
         if size != image.size:
             image = to_rgb(image).resize(size, Image.BICUBIC)
+        if self.image_resize == "processor":
+            return image if image.mode == "RGB" else to_rgb(image)
         limit = self.image_max_pixels
         if image.mode == "RGB" and (limit is None or image.width * image.height <= limit):
             return image

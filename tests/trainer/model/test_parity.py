@@ -52,8 +52,8 @@ def sharp(request):
     return backbone
 
 
-VLM2VEC_V2 = dict(positions="sequential", stray_image_token="keep", small_image_side=28)
-VLM2VEC_V1 = dict(positions="sequential", stray_image_token="keep", image_square=32)
+VLM2VEC_V2 = dict(positions="sequential", stray_image_token="keep", image_resize="processor", small_image_side=28)
+VLM2VEC_V1 = dict(positions="sequential", stray_image_token="keep", image_resize="processor", image_square=32)
 
 
 def vlm2vec_image(image, *, square=None, small_side=None):
@@ -87,7 +87,7 @@ def vlm2vec_embedding(backbone, raw, image, **resize):
 
 @torch.no_grad()
 def project_embeddings(backbone, **rendering):
-    batch = Collator(backbone, max_text_tokens=256, image_max_pixels=None, **rendering)(
+    batch = Collator(backbone, max_text_tokens=256, image_max_pixels=1024, **rendering)(
         [s for s, _ in ROWS], [im for _, im in ROWS])
     return batch, Embedder(backbone).eval()(batch)
 
@@ -119,7 +119,7 @@ def test_the_defaults_differ_from_vlm2vec_where_expected(sharp):
 def test_the_fed_tensors_match_vlm2vecs_for_every_meta_task(sharp):
     """Text, token ids, attention mask, positions and pixel shapes, row by row, under V2 and V1."""
     for rendering, resize in ((VLM2VEC_V2, dict(small_side=28)), (VLM2VEC_V1, dict(square=32))):
-        batch = Collator(sharp, image_max_pixels=None, **rendering)([s for s, _ in ROWS],
+        batch = Collator(sharp, image_max_pixels=1024, **rendering)([s for s, _ in ROWS],
                                                                               [im for _, im in ROWS])
         grids = iter(batch["image_grid_thw"].tolist())
         for row, (s, image) in enumerate(ROWS):
@@ -177,3 +177,16 @@ def test_resize_rules_are_applied_before_the_processor(qwen):
         Collator(qwen, positions="mrope")
     with pytest.raises(ValueError, match="stray_image_token"):
         Collator(qwen, stray_image_token="drop")
+
+
+def test_processor_resizing_gives_vlm2vecs_sizes_where_the_collators_differ(qwen):
+    """At a 1024-pixel cap (the tiny processor's own max, VLM2Vec's `resize_max_pixels`), a 100 x 70
+    image: the processor alone resizes it from the original, as VLM2Vec; the collator's pre-scale
+    (aspect kept) lands on another grid once the processor snaps it."""
+    image = noise(100, 70, seed=4)
+    rows = [side("<|image_1|>\nRepresent the given image\n")]
+    want = qwen.processor(text=["<|image_pad|>"], images=[image], return_tensors="pt")["image_grid_thw"].tolist()
+    by_processor = Collator(qwen, image_max_pixels=1024, image_resize="processor")(rows, [image])
+    by_collator = Collator(qwen, image_max_pixels=1024, image_resize="collator")(rows, [image])
+    assert by_processor["image_grid_thw"].tolist() == want
+    assert by_collator["image_grid_thw"].tolist() != want
