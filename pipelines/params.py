@@ -43,6 +43,7 @@ PARAMS_FILE = "params.yaml"
 ENV = "VLM2VEC_PARAMS"  # another params file, e.g. a benchmark's
 COMPILE_SCOPES = ("blocks", "region", "cuda-graphs")  # train.compile's values besides true / false
 FOLLOW_TRAIN = "train"  # shard/eval.image_max_pixels: the value of train.image_max_pixels
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"  # recipe.profile names one of its yaml files
 # how a side becomes model input, read by train and evaluate (eval's keys say `train` to follow train's)
 RENDERING = ("positions", "stray_image_token", "image_resize", "image_square", "small_image_side")
 
@@ -532,7 +533,21 @@ class Eval(Section):
     precision: str = key(PRECISION, "dtype of the weights while encoding")
 
 
-SECTIONS: tuple[type[Section], ...] = (Data, Synthetic, Normalize, Shard, Backbone, Train, Eval)
+@dataclass(frozen=True)
+class Recipe(Section):
+    """The published recipe these params follow (stage evaluate: its report lists every setting that
+    differs from it; `python -m pipelines.profiles apply <profile>` switches to one)."""
+
+    NAME: ClassVar[str] = "recipe"
+    profile: str = key(Text(), "a profile of profiles/ (default, vlm2vec-v1, vlm2vec-v2)")
+
+    def problems(self):
+        if not (PROFILES_DIR / f"{self.profile}.yaml").is_file():
+            known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+            yield f"profile {self.profile!r} is not in profiles/ (known: {known})"
+
+
+SECTIONS: tuple[type[Section], ...] = (Data, Synthetic, Normalize, Shard, Backbone, Train, Eval, Recipe)
 
 
 @dataclass(frozen=True)
@@ -546,6 +561,7 @@ class Params:
     backbone: Backbone
     train: Train
     eval: Eval
+    recipe: Recipe
 
     def problems(self) -> Iterable[str]:
         """Across sections: the shards must hold images at the training resolution."""

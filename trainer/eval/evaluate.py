@@ -99,9 +99,10 @@ def load_embedding_model(name: str, path: Path, params: Eval) -> Encoder:
 
 
 def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = load_embedding_model,
-             ) -> dict[str, list[DatasetResult]] | None:
+             recipe: dict | None = None) -> dict[str, list[DatasetResult]] | None:
     """Score every model of `params.models` on the selected datasets and write the outputs under
-    `root`. `params` is the checked section with ``image_max_pixels`` resolved (a number or None).
+    `root`. `params` is the checked section with ``image_max_pixels`` resolved (a number or None);
+    `recipe` (`pipelines.profiles.differences`) goes into the report.
     Returns {model: [DatasetResult]} on rank 0, None on other ranks."""
     root = Path(root)
     eval_sets = select(params, root)
@@ -128,7 +129,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
             evals[name] = results
         del model
     if is_main:
-        write_outputs(evals, metadata, root)
+        write_outputs(evals, metadata, root, recipe)
         if used_caches and params.cache_max_gb is not None:
             prune(cache_root, int(params.cache_max_gb * 1e9), keep=used_caches)
     distributed.barrier()
@@ -175,7 +176,8 @@ def score_model(name: str, model: Encoder, eval_sets: list[EvalSet], *, batch_si
     return results
 
 
-def write_outputs(evals: dict[str, list[DatasetResult]], metadata: dict[str, dict], root: Path) -> None:
+def write_outputs(evals: dict[str, list[DatasetResult]], metadata: dict[str, dict], root: Path,
+                  recipe: dict | None = None) -> None:
     """metrics/eval.json, reports/eval.md, reports/leaderboard.json, reports/plots/per_dataset/*.json
     (one per scored model; those of models not scored this time are removed)."""
     root = Path(root)
@@ -187,5 +189,5 @@ def write_outputs(evals: dict[str, list[DatasetResult]], metadata: dict[str, dic
         stale.unlink()
     for model, rows in report.plot_rows(evals).items():
         files.write_json(plots / f"{model}.json", rows, ensure_ascii=False)
-    files.write_text(root / REPORT_FILE, report.markdown(evals, metadata))
+    files.write_text(root / REPORT_FILE, report.markdown(evals, metadata, recipe=recipe))
     log.info("wrote %s, %s, %s, %s/", METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE, PLOTS_DIR)

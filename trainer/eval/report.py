@@ -216,10 +216,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | No
         "| " + " | ".join(r) + " |" for r in rows]
 
 
-def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str, dict], base: str = "base") -> str:
-    """The human report: summary, per-dataset table, efficiency and the published numbers."""
+def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str, dict], base: str = "base",
+             recipe: Mapping | None = None) -> str:
+    """The human report: the recipe (`pipelines.profiles.differences`, when given), summary,
+    per-dataset table, efficiency and the published numbers."""
     view = _View.of(evals, base)
-    lines = (_introduction(view, metadata) + _summary(view) + _per_dataset(view) + _secondary_metrics(view)
+    lines = (_introduction(view, metadata) + _recipe(recipe) + _summary(view) + _per_dataset(view)
+             + _secondary_metrics(view)
              + _encoding_work(view) + _published_comparison(view) + _sources_and_notes())
     return "\n".join(lines) + "\n"
 
@@ -273,6 +276,25 @@ def _introduction(view: _View, metadata: Mapping[str, dict]) -> list[str]:
         "datasets, as in the MMEB paper.", "",
         "Models: " + ", ".join(_model_label(m, metadata.get(m, {})) for m in view.models) + ".",
     ]
+
+
+def _recipe(recipe: Mapping | None) -> list[str]:
+    """The profile the params follow and each setting that differs from it."""
+    if not recipe:
+        return []
+    lines = ["", "## Recipe", "",
+             f"Profile `{recipe['profile']}` (version {recipe['version']}: {recipe['source']}; "
+             "`python -m pipelines.profiles apply <profile>` switches)."]
+    if recipe["differs"]:
+        lines += ["", f"{len(recipe['differs'])} setting(s) differ from it:", ""]
+        lines += _table(["setting", "this run", "profile"],
+                        [[f"`{k}`", f"`{have}`", f"`{want}`"] for k, have, want in recipe["differs"]])
+    else:
+        lines += ["", "Every setting of the profile is as published."]
+    if recipe["notes"]:
+        lines += ["", "What params cannot set, and the profile's recipe does:", ""]
+        lines += [f"- {note}" for note in recipe["notes"]]
+    return lines
 
 
 def _model_label(model: str, metadata: Mapping) -> str:

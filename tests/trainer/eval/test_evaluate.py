@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipelines.mmeb import MMEB_EVAL, resolve_subsets
+from pipelines.profiles import differences_in
 from stages import evaluate as stage
 from tests.support.encoders import BatchSensitiveEncoder, CountingEncoder, HashEncoder, OverlapEncoder
 from tests.support.eval_sets import build_tiny_eval, eval_params, record_side, reference_scores, write_records
@@ -269,6 +270,9 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
     assert stage.main(["--params", "params.yaml"]) == 0
     metrics = json.loads((root / evaluation.METRICS_FILE).read_text())
     assert set(metrics) == {"base", "embedder"}
+    recipe = (root / evaluation.REPORT_FILE).read_text().split("## Recipe")[1].split("## Summary")[0]
+    assert "Profile `default` (version 1" in recipe  # the report names the profile and what differs from it
+    assert "| `eval.image_max_pixels` | `40` | `train` |" in recipe and "| `eval.precision`" not in recipe
     assert metrics["base"]["encodings"]["deduplicated"] < metrics["base"]["encodings"]["naive"]
     assert 0.0 <= metrics["embedder"]["overall"] <= 100.0
     assert metrics["base"]["dataset"] != metrics["embedder"]["dataset"] or \
@@ -281,7 +285,8 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch):
         wrapped[name] = CountingEncoder(evaluation.load_embedding_model(name, path, p))
         return wrapped[name]
 
-    evaluation.evaluate(params, root=Path("."), load_model=loader)
+    recipe = differences_in(root / "params.yaml")
+    evaluation.evaluate(params, root=Path("."), load_model=loader, recipe=recipe)
     assert [w.encoded for w in wrapped.values()] == [0, 0]
     assert read_outputs(root) == before
     # edited encoding code (pooling, collation, image loading): nothing comes from the old cache
