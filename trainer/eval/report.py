@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 from pipelines import mmeb
 from trainer.eval.protocol import DatasetResult, aggregate
+from trainer.eval.submission import score_fields
 
 DIGITS = 4
 META_LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding"}
@@ -188,13 +189,7 @@ def leaderboard(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[
             if key in agg:
                 scores[key] = _r(agg[key])
         scores["Overall"] = _r(agg["overall"])
-        per_dataset = {
-            r.dataset: {"hit@1": round(r.precision_at_1 / 100, 6), "hit@5": round(r.hit_at_5 / 100, 6),
-                        "ndcg_linear@5": round(r.ndcg_at_5 / 100, 6), "mrr": round(r.mrr / 100, 6),
-                        "num_pred": r.n_queries,
-                        "num_data": r.n_queries if r.source_rows is None else r.source_rows}
-            for r in results
-        }
+        per_dataset = {r.dataset: score_fields(r) for r in results}
         models[model] = {"metadata": dict(metadata.get(model, {}), model_name=model),
                          "scores": scores, "num_datasets": _group_sizes(results), "metrics": {"image": per_dataset}}
     return {"benchmark": "MMEB-V1 (image tasks)", "metric": "Precision@1 (%)", "models": models}
