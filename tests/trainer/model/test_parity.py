@@ -190,3 +190,24 @@ def test_processor_resizing_gives_vlm2vecs_sizes_where_the_collators_differ(qwen
     by_collator = Collator(qwen, image_max_pixels=1024, image_resize="collator")(rows, [image])
     assert by_processor["image_grid_thw"].tolist() == want
     assert by_collator["image_grid_thw"].tolist() != want
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "idefics3", "smolvlm", "paligemma"])
+def test_a_kept_stray_token_is_a_text_token_in_every_family(family):
+    """The other families' positions are 1-D already; VLM2Vec's stray-token rule holds for them too:
+    the backbone's image token stays in the text-only row's ids and that row embeds as it does alone."""
+    from trainer.backbone.families import build_tiny
+
+    backbone = build_tiny(family)
+    rows = [ROWS[0][0], ROWS[2][0], ROWS[3][0]]  # an image row, the WebQA row, a text row
+    images = [Image.new("RGB", (32, 32), "red"), None, None]
+    collator = Collator(backbone, stray_image_token="keep")
+    batch = collator(rows, images)
+    token = backbone.processor.tokenizer.convert_tokens_to_ids(backbone.image_token)
+    assert batch["stray_token"].tolist() == [False, True, False]
+    assert int((batch["input_ids"][1] == token).sum()) == 1
+    torch.manual_seed(0)
+    embedder = Embedder(backbone).eval()
+    with torch.no_grad():
+        together, alone = embedder(batch), embedder(collator([rows[1]], [None]))
+    assert float(together[1] @ alone[0]) >= 0.9999
