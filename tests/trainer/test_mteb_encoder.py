@@ -1,4 +1,4 @@
-"""trainer.eval.mteb_encoder: a trained embedder behind mteb's encoder protocol.
+"""trainer.mteb_encoder: a trained embedder behind mteb's encoder protocol.
 
 The protocol tests feed batches as mteb's DataLoader yields them (dicts of "text" / "image" columns)
 and need no mteb; the last test runs mteb itself on a task defined here, where the optional extra
@@ -11,7 +11,7 @@ from PIL import Image
 
 from trainer.backbone.families import build_tiny, save_backbone
 from trainer.embed import make_side
-from trainer.eval.mteb_encoder import IMAGE_ALONE, IMAGE_WITH_TEXT, MtebEncoder
+from trainer.mteb_encoder import IMAGE_ALONE, IMAGE_WITH_TEXT, MtebEncoder
 
 RED, BLUE = Image.new("RGB", (32, 32), (220, 20, 20)), Image.new("RGB", (32, 32), (20, 20, 220))
 

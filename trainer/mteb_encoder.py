@@ -3,7 +3,7 @@ that it can be scored on MIEB's image tasks:
 
     pip install -e .[mteb]
     import mteb
-    from trainer.eval.mteb_encoder import MtebEncoder
+    from trainer.mteb_encoder import MtebEncoder
     encoder = MtebEncoder.load("models/embedder")
     mteb.evaluate(encoder, mteb.get_tasks(tasks=["CIFAR10"]))
 

@@ -1,6 +1,6 @@
 """Released embedding checkpoints (VLM2Vec's, say) as model folders that evaluate scores.
 
-    python -m trainer.backbone.released TIGER-Lab/VLM2Vec-Qwen2VL-2B --name vlm2vec-qwen2vl-2b \\
+    python -m trainer.released TIGER-Lab/VLM2Vec-Qwen2VL-2B --name vlm2vec-qwen2vl-2b \\
         --profile vlm2vec-v1 [--base Qwen/Qwen2-VL-2B-Instruct] [--revision <commit>]
     # then: eval.models: [base, embedder, vlm2vec-qwen2vl-2b]
 
@@ -100,7 +100,7 @@ def import_checkpoint(source: str, out: Path, *, profile: str, base: str | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.backbone.released", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.released", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a Hub id or a local folder (full weights or a peft adapter)")
     parser.add_argument("--name", required=True, help="the folder under models/ to write (an eval.models entry)")
     parser.add_argument("--profile", required=True, help="the recipe it was trained with (profiles/)")

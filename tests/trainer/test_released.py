@@ -1,4 +1,4 @@
-"""trainer.backbone.released: released checkpoints (full weights, peft adapter) imported as model
+"""trainer.released: released checkpoints (full weights, peft adapter) imported as model
 folders that evaluate scores under their profile; stand-ins built here in the Hub layouts."""
 
 import json
@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.support.sides import side
 from trainer.backbone.families import build_tiny, save_backbone
-from trainer.backbone.released import import_checkpoint, main
+from trainer.released import import_checkpoint, main
 from trainer.embed import RENDERING_DEFAULTS, EmbeddingModel
 
 SIDES = [side("<|image_1|>\nRepresent the given image\n"),
