@@ -285,7 +285,7 @@ def _recipe(recipe: Mapping | None) -> list[str]:
         lines += _table(["setting", "this run", "profile"],
                         [[f"`{k}`", f"`{have}`", f"`{want}`"] for k, have, want in recipe["differs"]])
     else:
-        lines += ["", "Every setting of the profile is as published."]
+        lines += ["", "Every setting it covers has its value."]
     if recipe["notes"]:
         lines += ["", "What params cannot set, and the profile's recipe does:", ""]
         lines += [f"- {note}" for note in recipe["notes"]]
