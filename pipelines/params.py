@@ -43,6 +43,9 @@ PARAMS_FILE = "params.yaml"
 ENV = "VLM2VEC_PARAMS"  # another params file, e.g. a benchmark's
 COMPILE_SCOPES = ("blocks", "region", "cuda-graphs")  # train.compile's values besides true / false
 FOLLOW_TRAIN = "train"  # shard/eval.image_max_pixels: the value of train.image_max_pixels
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"  # recipe.profile names one of its yaml files
+# how a side becomes model input, read by train and evaluate (eval's keys say `train` to follow train's)
+RENDERING = ("positions", "stray_image_token", "image_resize", "image_square", "small_image_side")
 
 
 class ParamsError(ValueError):
@@ -452,6 +455,20 @@ class Train(Section):
     image_max_pixels: Any = key(OneOf(Int(1), Null()), "the image resolution: images are resized to at most "
                                                        "this many pixels (null: the processor's own cap)")
     instructions: bool = key(Bool(), "false drops the instructions (the paper's ablation)")
+    positions: str = key(Choice("grid", "sequential"),
+                         "Qwen2-VL / 2.5-VL image-token positions: grid (transformers' M-RoPE) or sequential "
+                         "(VLM2Vec's: every token a 1-D text position); other families: no effect")
+    stray_image_token: str = key(Choice("strip", "keep"),
+                                 "the <|image_1|> of a text-only side (WebQA, EDIS): strip it, or keep it as "
+                                 "the backbone's image token, embedded as text (VLM2Vec)")
+    image_resize: str = key(Choice("collator", "processor"),
+                            "collator: images scaled (aspect kept) to image_max_pixels, then snapped to the patch "
+                            "grid by the processor; processor: only the processor resizes, from the original, "
+                            "capped at image_max_pixels (VLM2Vec)")
+    image_square: Any = key(OneOf(Int(1), Null()), "every image squashed to this side x side first (VLM2Vec V1: "
+                                                   "1344; needs image_resize processor); null: aspect kept")
+    small_image_side: Any = key(OneOf(Int(1), Null()), "an image with a side under this is resized to twice it "
+                                                       "square first (VLM2Vec V2: 28, i.e. 56 x 56); null: off")
     mixture: Any = key(OneOf(Choice("proportional"), Weights()),
                        "datasets drawn in proportion to their size, or {dataset: weight}")
     homogeneous_batch: int = key(Int(0), "sub-batches of this size drawn from one dataset; 0: off")
@@ -474,6 +491,9 @@ class Train(Section):
             yield f"homogeneous_batch {self.homogeneous_batch} must divide batch_size {self.batch_size}"
         if self.lora_dtype == "bf16" and self.precision != "bf16":
             yield "lora_dtype bf16 needs precision bf16"
+        if self.image_square is not None and self.image_resize != "processor":
+            yield (f"image_square {self.image_square} needs image_resize processor (the collator would scale the "
+                   "image down before squashing it)")
         if self.compile == "cuda-graphs" and self.gc_chunk_size:
             yield ("compile cuda-graphs needs gc_chunk_size 0 (GradCache keeps each chunk's embeddings while "
                    "the next chunk's replay would overwrite them; use compile: region)")
@@ -495,6 +515,17 @@ class Eval(Section):
     image_max_pixels: Any = key(OneOf(Choice(FOLLOW_TRAIN), Int(1), Null()),
                                 "images resized to at most this many pixels: train (train.image_max_pixels), a "
                                 "number, or null")
+    positions: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice("grid", "sequential")),
+                         "Qwen2-VL / 2.5-VL image-token positions: train (train.positions), grid or sequential")
+    stray_image_token: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice("strip", "keep")),
+                                 "a text-only side's <|image_1|>: train (train.stray_image_token), strip or keep")
+    image_resize: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice("collator", "processor")),
+                            "who resizes images: train (train.image_resize), collator or processor")
+    image_square: Any = key(OneOf(Choice(FOLLOW_TRAIN), Int(1), Null()),
+                            "images squashed to this side x side first: train (train.image_square), a side, or null")
+    small_image_side: Any = key(OneOf(Choice(FOLLOW_TRAIN), Int(1), Null()),
+                                "a side under this: image resized to twice it square: train "
+                                "(train.small_image_side), a side, or null")
     cache: bool = key(Bool(), "reuse embeddings of earlier runs (keyed by model, settings and code)")
     cache_dir: str = key(Text(), "where the embedding cache lives (git-ignored, not a DVC output)")
     cache_max_gb: Any = key(OneOf(Float(0), Null()), "then older models' vectors go, least recently used first; "
@@ -502,7 +533,21 @@ class Eval(Section):
     precision: str = key(PRECISION, "dtype of the weights while encoding")
 
 
-SECTIONS: tuple[type[Section], ...] = (Data, Synthetic, Normalize, Shard, Backbone, Train, Eval)
+@dataclass(frozen=True)
+class Recipe(Section):
+    """The published recipe these params follow (stage evaluate: its report lists every setting that
+    differs from it; `python -m pipelines.profiles apply <profile>` switches to one)."""
+
+    NAME: ClassVar[str] = "recipe"
+    profile: str = key(Text(), "a profile of profiles/ (default, vlm2vec-v1, vlm2vec-v2)")
+
+    def problems(self):
+        if not (PROFILES_DIR / f"{self.profile}.yaml").is_file():
+            known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+            yield f"profile {self.profile!r} is not in profiles/ (known: {known})"
+
+
+SECTIONS: tuple[type[Section], ...] = (Data, Synthetic, Normalize, Shard, Backbone, Train, Eval, Recipe)
 
 
 @dataclass(frozen=True)
@@ -516,6 +561,7 @@ class Params:
     backbone: Backbone
     train: Train
     eval: Eval
+    recipe: Recipe
 
     def problems(self) -> Iterable[str]:
         """Across sections: the shards must hold images at the training resolution."""
@@ -525,6 +571,9 @@ class Params:
                    f"training would see the smaller images; set shard.image_max_pixels: {FOLLOW_TRAIN}")
         if cut := side_cut(self.shard.image_max_side, wanted):
             yield cut
+        if self.eval.image_square is not None and self.eval.image_resize != "processor":
+            yield (f"eval.image_square {self.eval.image_square} needs eval.image_resize processor (the collator "
+                   "would scale the image down before squashing it)")
         if self.shard.image_size_multiple is not None:
             try:
                 multiple = self.shard.image_size_multiple
@@ -534,12 +583,15 @@ class Params:
 
 
 def resolve(sections: Mapping[str, Section]) -> dict[str, Section]:
-    """`sections` with ``train`` in shard/eval.image_max_pixels replaced by train.image_max_pixels."""
+    """`sections` with ``train`` in shard/eval.image_max_pixels and in eval's `RENDERING` keys replaced
+    by train's value."""
     out = dict(sections)
     pixels = sections["train"].image_max_pixels
     for name in ("shard", "eval"):
         if out[name].image_max_pixels == FOLLOW_TRAIN:
             out[name] = replace(out[name], image_max_pixels=pixels)
+    follow = {k: getattr(sections["train"], k) for k in RENDERING if getattr(out["eval"], k) == FOLLOW_TRAIN}
+    out["eval"] = replace(out["eval"], **follow)
     return out
 
 
@@ -603,7 +655,8 @@ def reference() -> str:
         lines.append("")
     lines += ["## Across sections", "",
               f"The image resolution is set once, as `train.image_max_pixels`: `shard.image_max_pixels` and "
-              f"`eval.image_max_pixels` take the word `{FOLLOW_TRAIN}` for it. Refused before any stage runs: "
+              f"`eval.image_max_pixels` take the word `{FOLLOW_TRAIN}` for it, as eval's input-rendering keys "
+              f"({', '.join(RENDERING)}) do for train's. Refused before any stage runs: "
               "shards pre-scaled below the training resolution, a `shard.image_max_side` that would cut images "
               "of aspect ratio up to 200:1 below it, and a `shard.image_size_multiple` no image size fits.", ""]
     return "\n".join(lines)

@@ -3,8 +3,10 @@
     python -m stages.evaluate                                      # one process
     torchrun --nproc_per_node 2 -m stages.evaluate                 # items split across ranks
 
-Reads params `eval` (models, batch_size, datasets, image_max_pixels, cache, cache_dir,
-cache_max_gb, precision; `pipelines.params.Eval` says what each takes). Writes metrics/eval.json,
+Reads params `eval` (models, batch_size, datasets, image_max_pixels, the input rendering, cache,
+cache_dir, cache_max_gb, precision; `pipelines.params.Eval` says what each takes), and `recipe`:
+reports/eval.md names its profile and lists every setting that differs from it
+(`pipelines.profiles.differences`). Writes metrics/eval.json,
 reports/eval.md, reports/leaderboard.json and reports/plots/per_dataset/<model>.json (rank 0 only;
 byte-deterministic for the same embeddings). Reads metrics/etl.json for each dataset's source rows:
 Precision@1 is over the rows normalize accepted, and the reports say how many it rejected. The work
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from pipelines.params import params_path
+from pipelines.profiles import differences_in
 from stages.common import cli, finish, start
 from trainer import distributed
 from trainer.eval.evaluate import METRICS_FILE, REPORT_FILE, evaluate
@@ -30,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     section = replace(params.eval, cache=False) if args.no_cache else params.eval
     distributed.init_from_env()
     try:
-        return finish("evaluate", lambda: evaluate(section), writing=[METRICS_FILE.parent, REPORT_FILE.parent,
-                                                                             section.cache_dir])
+        recipe = differences_in(params_path(args.params))
+        return finish("evaluate", lambda: evaluate(section, recipe=recipe),
+                      writing=[METRICS_FILE.parent, REPORT_FILE.parent, section.cache_dir])
     finally:
         distributed.cleanup()
 

@@ -25,9 +25,13 @@ Model folders:
 Every file is verified against the folder's digests.json before it is read (`pipelines.digests`):
 a changed or truncated file raises `IntegrityError` naming it with the expected and found sha256.
 
-Collation settings (max_text_tokens, image_max_pixels, instructions) come from, in order: the
-arguments of `load`, lineage.json (`collation`, else `train` / `params.train`), the defaults
-(256, None, True). They are part of the fingerprint. One exception to the defaults: a dual encoder
+Collation settings (max_text_tokens, image_max_pixels, instructions and the input rendering:
+positions, stray_image_token, image_resize, image_square, small_image_side) come from, in order: the
+arguments of `load`, lineage.json (`collation`, else `train` / `params.train`), the defaults (256,
+None, True, grid, strip, collator, None, None: what a model without those keys was trained with). They are part of the
+fingerprint; a rendering setting joins it only when it differs from the default, so a model rendered
+as before keeps its fingerprint. `load` warns, naming each, about rendering settings given that
+differ from those the model was trained with (a VLM2Vec checkpoint scored with grid positions, say). One exception to the defaults: a dual encoder
 (CLIP, SigLIP) without lineage, i.e. a base model, embeds without instructions, as the paper's
 baselines were scored (paper-v1 §4.1; instructions cost CLIP 29 % there), so that its row sits beside
 the published CLIP/SigLIP numbers on equal terms.
@@ -60,7 +64,10 @@ from trainer.model.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COLLATION = dict(max_text_tokens=256, image_max_pixels=None, instructions=True)
+# how a side becomes model input (trainer.model.inputs.Collator); absent from a lineage: this rendering
+RENDERING_DEFAULTS = dict(positions="grid", stray_image_token="strip", image_resize="collator", image_square=None,
+                          small_image_side=None)
+DEFAULT_COLLATION = dict(max_text_tokens=256, image_max_pixels=None, instructions=True, **RENDERING_DEFAULTS)
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -112,8 +119,21 @@ def fingerprint_of(model_dir: Path, collation: dict, dtype: torch.dtype = torch.
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         h.update(b"\0")
-    h.update(json.dumps({**collation, "dtype": str(dtype).removeprefix("torch.")}, sort_keys=True).encode())
+    kept = {k: v for k, v in collation.items() if k not in RENDERING_DEFAULTS or v != RENDERING_DEFAULTS[k]}
+    h.update(json.dumps({**kept, "dtype": str(dtype).removeprefix("torch.")}, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def rendering_differences(trained_with: dict, given: dict) -> list[str]:
+    """'key: trained X, given Y' for each rendering setting `given` that differs from the model's
+    (`trained_with`, a lineage's collation; a key it lacks had its default)."""
+    out = []
+    for key, value in sorted(given.items()):
+        if key in RENDERING_DEFAULTS:
+            trained = trained_with.get(key, RENDERING_DEFAULTS[key])
+            if trained != value:
+                out.append(f"{key}: trained {trained}, given {value}")
+    return out
 
 
 class EmbeddingModel:
@@ -136,8 +156,13 @@ class EmbeddingModel:
 
     @classmethod
     def load(cls, path, *, device="cpu", dtype=None, max_text_tokens: int | None = None,
-             image_max_pixels: int | None = None, instructions: bool | None = None) -> "EmbeddingModel":
+             image_max_pixels: int | None = None, instructions: bool | None = None,
+             rendering: dict | None = None) -> "EmbeddingModel":
+        """`rendering`: input-rendering settings (keys of `RENDERING_DEFAULTS`) that replace the lineage's."""
         path = Path(path)
+        rendering = dict(rendering or {})
+        if unknown := set(rendering) - set(RENDERING_DEFAULTS):
+            raise ValueError(f"unknown rendering setting(s) {sorted(unknown)}; known: {sorted(RENDERING_DEFAULTS)}")
         model_dir = model_dir_of(path)
         if model_dir != path:  # models/embedder: its own files here, merged/'s where load_backbone reads them
             digests.verify(path, nested=False)
@@ -152,6 +177,10 @@ class EmbeddingModel:
                            ("instructions", instructions)):
             if value is not None:
                 collation[key] = value
+        if trained_with and (differ := rendering_differences(trained_with, rendering)):
+            log.warning("%s is scored with other input rendering than it was trained with: %s", path,
+                        "; ".join(differ))
+        collation.update(rendering)
         if isinstance(dtype, str):
             if dtype not in _DTYPES:
                 raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")

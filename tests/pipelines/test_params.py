@@ -179,7 +179,9 @@ def test_synthetic_sizes_below_what_the_generator_needs_are_refused(key, value):
 
 # --- eval: what the evaluate stage no longer checks itself -----------------------------------------
 EVAL = {"models": ["base", "embedder"], "batch_size": 4, "datasets": "all", "image_max_pixels": 40,
-        "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32"}
+        "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32",
+        "positions": "train", "stray_image_token": "train", "image_resize": "train", "image_square": "train",
+        "small_image_side": "train"}
 
 
 def eval_refused(**values) -> str:
@@ -207,6 +209,24 @@ def test_eval_models_and_datasets_must_be_lists_of_distinct_names():
 def test_eval_image_max_pixels_follows_train_unless_set(value, want):
     params = P.parse(document(eval={"image_max_pixels": value}))
     assert params.eval.image_max_pixels == (params.train.image_max_pixels if want == "follows" else want)
+
+
+@pytest.mark.parametrize("key, value", [("positions", "sequential"), ("stray_image_token", "keep"),
+                                        ("image_resize", "processor"), ("image_square", 1344),
+                                        ("small_image_side", 28)])
+def test_eval_input_rendering_follows_train_unless_set(key, value):
+    train = {key: value, **({"image_resize": "processor"} if key == "image_square" else {})}
+    followed = P.parse(document(train=train))
+    assert getattr(followed.eval, key) == value == getattr(followed.train, key)
+    default = getattr(P.parse(document()).train, key)
+    assert getattr(P.parse(document(train=train, eval={key: default})).eval, key) == default
+
+
+def test_a_square_resize_needs_the_processor_to_resize():
+    assert "train: image_square 1344" in refused(Train, {**document()["train"], "image_square": 1344})
+    with pytest.raises(ParamsError, match="eval.image_square"):
+        P.parse(document(eval={"image_square": 64}))
+    assert P.parse(document(eval={"image_square": 64, "image_resize": "processor"})).eval.image_square == 64
 
 
 # --- train: every check of the train params, made once when a stage starts (never in the trainer) ---

@@ -14,7 +14,7 @@ from PIL import Image
 from pipelines import digests
 from tests.support.images import png_header_bomb
 from trainer.backbone.families import build_tiny, save_backbone
-from trainer.embed import EmbeddingModel, main, make_side, model_dir_of
+from trainer.embed import RENDERING_DEFAULTS, EmbeddingModel, main, make_side, model_dir_of
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,38 @@ def test_fingerprint_stable_and_changes_with_weights_and_collation(base_dir, tmp
     assert EmbeddingModel.load(tmp_path / "changed2").fingerprint == EmbeddingModel.load(tmp_path / "changed").fingerprint
 
 
+def test_rendering_joins_the_fingerprint_only_when_not_the_default(base_dir):
+    fp = EmbeddingModel.load(base_dir).fingerprint
+    assert EmbeddingModel.load(base_dir, rendering=dict(RENDERING_DEFAULTS)).fingerprint == fp
+    changed = {EmbeddingModel.load(base_dir, rendering={k: v}).fingerprint
+               for k, v in (("positions", "sequential"), ("stray_image_token", "keep"), ("image_square", 32),
+                            ("small_image_side", 28))}
+    assert len(changed) == 4 and fp not in changed
+    with pytest.raises(ValueError, match="unknown rendering"):
+        EmbeddingModel.load(base_dir, rendering={"position": "grid"})
+
+
+def test_a_model_scored_with_other_rendering_than_trained_warns_naming_each(base_dir, tmp_path, caplog):
+    emb_dir = tmp_path / "embedder"
+    shutil.copytree(base_dir, emb_dir / "merged")
+    (emb_dir / "lineage.json").write_text(json.dumps({"collation": {
+        "max_text_tokens": 32, "image_max_pixels": 1024, "instructions": True, "positions": "sequential",
+        "stray_image_token": "keep", "image_square": None, "small_image_side": 28}}))
+    model = EmbeddingModel.load(emb_dir)  # the lineage's rendering, no warning
+    assert (model.collator.positions, model.collator.stray_image_token, model.collator.small_image_side) == (
+        "sequential", "keep", 28)
+    assert "other input rendering" not in caplog.text
+    EmbeddingModel.load(emb_dir, rendering={"positions": "sequential", "stray_image_token": "keep",
+                                            "image_square": None, "small_image_side": 28})
+    assert "other input rendering" not in caplog.text
+    model = EmbeddingModel.load(emb_dir, rendering=dict(RENDERING_DEFAULTS))
+    assert model.collator.positions == "grid"  # the given settings win ...
+    warning = next(r.getMessage() for r in caplog.records if "other input rendering" in r.getMessage())
+    assert ("positions: trained sequential, given grid" in warning  # ... with a warning naming each
+            and "stray_image_token: trained keep, given strip" in warning
+            and "small_image_side: trained 28, given None" in warning and "image_square" not in warning)
+
+
 def test_embedder_folder_uses_merged_and_lineage_collation(base_dir, tmp_path):
     emb_dir = tmp_path / "embedder"
     shutil.copytree(base_dir, emb_dir / "merged")
@@ -103,7 +135,8 @@ def test_embedder_folder_uses_merged_and_lineage_collation(base_dir, tmp_path):
         {"collation": {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": False}}))
     assert model_dir_of(emb_dir) == emb_dir / "merged"
     model = EmbeddingModel.load(emb_dir)
-    assert model.collation == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": False}
+    assert model.collation == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": False,
+                               **RENDERING_DEFAULTS}  # a lineage without them: the rendering of its time
     assert model.collator.instructions is False
     assert EmbeddingModel.load(emb_dir, instructions=True).collator.instructions is True  # argument wins
     # loading merged/ itself: the training collation from the lineage beside it, not the defaults

@@ -3,8 +3,9 @@
     results = evaluate(params.eval)            # {model: [DatasetResult]} on rank 0, None elsewhere
 
 Under torchrun the items are split across ranks (`trainer.eval.protocol.encode_items`); rank 0 scores
-and writes metrics/eval.json, reports/eval.md, reports/leaderboard.json and
-reports/plots/per_dataset/<model>.json, byte-deterministic for the same embeddings. Vectors are
+and writes metrics/eval.json, reports/eval.md, reports/leaderboard.json,
+reports/plots/per_dataset/<model>.json and reports/submission/<model>.json (the MMEB leaderboard's
+submission file, `trainer.eval.submission`), byte-deterministic for the same embeddings. Vectors are
 reused from the on-disk embedding cache (`trainer.eval.cache`), keyed by the model's fingerprint, the
 encode settings and the encoding code, and older models' vectors are pruned to `eval.cache_max_gb`.
 metrics/etl.json gives each dataset's source rows: Precision@1 is over the rows normalize accepted,
@@ -22,9 +23,9 @@ from typing import Any, Callable
 
 from pipelines import files
 from pipelines.mmeb import resolve_subsets
-from pipelines.params import Eval
+from pipelines.params import RENDERING, Eval
 from trainer import distributed, provenance
-from trainer.eval import report
+from trainer.eval import report, submission
 from trainer.eval.cache import EmbeddingCache, prune
 from trainer.eval.protocol import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
     load_eval_set, score
@@ -39,6 +40,7 @@ METRICS_FILE = Path("metrics/eval.json")
 REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard.json")
 PLOTS_DIR = Path("reports/plots/per_dataset")
+SUBMISSION_DIR = Path("reports/submission")
 CACHE_PROTOCOL = "mmeb-item/3"  # bump when the way an item becomes encoder input or its batch changes
 ENCODING_CODE = ("trainer.embed", "trainer.eval.protocol")  # item -> vector, with everything they import
 
@@ -94,22 +96,26 @@ def load_embedding_model(name: str, path: Path, params: Eval) -> Encoder:
 
     device = distributed.init_from_env().device
     return EmbeddingModel.load(path, device=device, dtype=None if params.precision == "fp32" else params.precision,
-                               image_max_pixels=params.image_max_pixels)
+                               image_max_pixels=params.image_max_pixels,
+                               rendering={k: getattr(params, k) for k in RENDERING})
 
 
 def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = load_embedding_model,
-             ) -> dict[str, list[DatasetResult]] | None:
+             recipe: dict | None = None) -> dict[str, list[DatasetResult]] | None:
     """Score every model of `params.models` on the selected datasets and write the outputs under
-    `root`. `params` is the checked section with ``image_max_pixels`` resolved (a number or None).
+    `root`. `params` is the checked section with ``image_max_pixels`` resolved (a number or None);
+    `recipe` (`pipelines.profiles.differences`) goes into the report.
     Returns {model: [DatasetResult]} on rank 0, None on other ranks."""
     root = Path(root)
     eval_sets = select(params, root)
     sources = source_rows(root / ETL_FILE, eval_sets)
     needs_images = any(it.get("image") for es in eval_sets for it in es.items)
-    images = ImageLoader(root / IMAGES_ROOT, params.image_max_pixels) if needs_images else None
+    pre_scale = params.image_max_pixels if params.image_resize == "collator" else None  # else the processor's
+    images = ImageLoader(root / IMAGES_ROOT, pre_scale) if needs_images else None
     is_main = distributed.is_main()
     evals: dict[str, list[DatasetResult]] = {}
     metadata: dict[str, dict] = {}
+    facts: dict[str, dict] = {}
     settings = cache_settings(params.image_max_pixels, params.batch_size)  # the same for every model
     cache_root = root / params.cache_dir
     used_caches = []
@@ -120,13 +126,14 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
             cache = EmbeddingCache(cache_root, model.fingerprint, settings)
             used_caches.append(cache.dir)
         metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
+        facts[name] = submission.model_facts(model)
         results = score_model(name, model, eval_sets, batch_size=params.batch_size, images=images, cache=cache,
                               sources=sources)
         if is_main:
             evals[name] = results
         del model
     if is_main:
-        write_outputs(evals, metadata, root)
+        write_outputs(evals, metadata, root, recipe, facts)
         if used_caches and params.cache_max_gb is not None:
             prune(cache_root, int(params.cache_max_gb * 1e9), keep=used_caches)
     distributed.barrier()
@@ -173,9 +180,11 @@ def score_model(name: str, model: Encoder, eval_sets: list[EvalSet], *, batch_si
     return results
 
 
-def write_outputs(evals: dict[str, list[DatasetResult]], metadata: dict[str, dict], root: Path) -> None:
+def write_outputs(evals: dict[str, list[DatasetResult]], metadata: dict[str, dict], root: Path,
+                  recipe: dict | None = None, facts: dict[str, dict] | None = None) -> None:
     """metrics/eval.json, reports/eval.md, reports/leaderboard.json, reports/plots/per_dataset/*.json
-    (one per scored model; those of models not scored this time are removed)."""
+    and reports/submission/*.json (one per scored model, `facts` its metadata; those of models not
+    scored this time are removed)."""
     root = Path(root)
     files.write_json(root / METRICS_FILE, report.metrics_document(evals), ensure_ascii=False)
     files.write_json(root / LEADERBOARD_FILE, report.leaderboard(evals, metadata), ensure_ascii=False)
@@ -185,5 +194,12 @@ def write_outputs(evals: dict[str, list[DatasetResult]], metadata: dict[str, dic
         stale.unlink()
     for model, rows in report.plot_rows(evals).items():
         files.write_json(plots / f"{model}.json", rows, ensure_ascii=False)
-    files.write_text(root / REPORT_FILE, report.markdown(evals, metadata))
+    submissions = root / SUBMISSION_DIR
+    submissions.mkdir(parents=True, exist_ok=True)
+    for stale in submissions.glob("*.json"):
+        stale.unlink()
+    for model, results in evals.items():
+        document = submission.submission(model, results, (facts or {}).get(model, {}))
+        files.write_json(submissions / f"{model}.json", document, ensure_ascii=False)
+    files.write_text(root / REPORT_FILE, report.markdown(evals, metadata, recipe=recipe))
     log.info("wrote %s, %s, %s, %s/", METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE, PLOTS_DIR)

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 from pipelines import mmeb
 from trainer.eval.protocol import DatasetResult, aggregate
+from trainer.eval.submission import score_fields
 
 DIGITS = 4
 META_LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding"}
@@ -188,13 +189,7 @@ def leaderboard(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[
             if key in agg:
                 scores[key] = _r(agg[key])
         scores["Overall"] = _r(agg["overall"])
-        per_dataset = {
-            r.dataset: {"hit@1": round(r.precision_at_1 / 100, 6), "hit@5": round(r.hit_at_5 / 100, 6),
-                        "ndcg_linear@5": round(r.ndcg_at_5 / 100, 6), "mrr": round(r.mrr / 100, 6),
-                        "num_pred": r.n_queries,
-                        "num_data": r.n_queries if r.source_rows is None else r.source_rows}
-            for r in results
-        }
+        per_dataset = {r.dataset: score_fields(r) for r in results}
         models[model] = {"metadata": dict(metadata.get(model, {}), model_name=model),
                          "scores": scores, "num_datasets": _group_sizes(results), "metrics": {"image": per_dataset}}
     return {"benchmark": "MMEB-V1 (image tasks)", "metric": "Precision@1 (%)", "models": models}
@@ -216,10 +211,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | No
         "| " + " | ".join(r) + " |" for r in rows]
 
 
-def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str, dict], base: str = "base") -> str:
-    """The human report: summary, per-dataset table, efficiency and the published numbers."""
+def markdown(evals: Mapping[str, Sequence[DatasetResult]], metadata: Mapping[str, dict], base: str = "base",
+             recipe: Mapping | None = None) -> str:
+    """The human report: the recipe (`pipelines.profiles.differences`, when given), summary,
+    per-dataset table, efficiency and the published numbers."""
     view = _View.of(evals, base)
-    lines = (_introduction(view, metadata) + _summary(view) + _per_dataset(view) + _secondary_metrics(view)
+    lines = (_introduction(view, metadata) + _recipe(recipe) + _summary(view) + _per_dataset(view)
+             + _secondary_metrics(view)
              + _encoding_work(view) + _published_comparison(view) + _sources_and_notes())
     return "\n".join(lines) + "\n"
 
@@ -273,6 +271,25 @@ def _introduction(view: _View, metadata: Mapping[str, dict]) -> list[str]:
         "datasets, as in the MMEB paper.", "",
         "Models: " + ", ".join(_model_label(m, metadata.get(m, {})) for m in view.models) + ".",
     ]
+
+
+def _recipe(recipe: Mapping | None) -> list[str]:
+    """The profile the params follow and each setting that differs from it."""
+    if not recipe:
+        return []
+    lines = ["", "## Recipe", "",
+             f"Profile `{recipe['profile']}` (version {recipe['version']}: {recipe['source']}; "
+             "`python -m pipelines.profiles apply <profile>` switches)."]
+    if recipe["differs"]:
+        lines += ["", f"{len(recipe['differs'])} setting(s) differ from it:", ""]
+        lines += _table(["setting", "this run", "profile"],
+                        [[f"`{k}`", f"`{have}`", f"`{want}`"] for k, have, want in recipe["differs"]])
+    else:
+        lines += ["", "Every setting it covers has its value."]
+    if recipe["notes"]:
+        lines += ["", "What params cannot set, and the profile's recipe does:", ""]
+        lines += [f"- {note}" for note in recipe["notes"]]
+    return lines
 
 
 def _model_label(model: str, metadata: Mapping) -> str:

@@ -5,6 +5,11 @@ the backbone's inner model (`*ForConditionalGeneration.model`), so no LM-head lo
 For CLIP/SigLIP (the paper's baselines) the image and text embeddings of a row are each L2-normalised
 and summed element-wise (a row with only one modality gets that one), then normalised again.
 
+A batch whose rows without image hold a kept stray placeholder as a text token (the Collator's
+`stray_token`) and that also has rows with pixels is encoded in two forwards, the image rows and the
+others: transformers puts image features at every image token of a batch, where VLM2Vec's forward
+puts them only into the rows with pixels and leaves the others' tokens as text.
+
 peft: `get_peft_model(backbone.model, LoraConfig(target_modules=backbone.lora_targets))` injects the
 LoRA layers in place, so an Embedder built before or after wrapping uses them; a PeftModel may also be
 assigned to `embedder.model` directly.
@@ -18,7 +23,8 @@ import torch.nn.functional as F
 from trainer.model.pooling import last_token_pool
 
 # keys the Collator adds for bookkeeping; never passed to the backbone
-_META_KEYS = ("has_image", "has_text")
+_META_KEYS = ("has_image", "has_text", "stray_token")
+_ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")  # [B, L]; position_ids: [3, B, L]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,9 +59,27 @@ class Embedder(torch.nn.Module):
 
     def _vlm(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v for k, v in inputs.items() if k not in _META_KEYS}
+        stray, has_image = inputs.get("stray_token"), inputs.get("has_image")
+        if stray is not None and bool(stray.any()) and has_image is not None and bool(has_image.any()):
+            return self._vlm_apart(batch, has_image)
         inner = unwrap(self.model).model  # e.g. Qwen2VLModel: vision + language model, no LM head
         out = inner(**batch, use_cache=False, return_dict=True)
         return last_token_pool(out.last_hidden_state, batch["attention_mask"])
+
+    def _vlm_apart(self, batch: dict[str, torch.Tensor], has_image: torch.Tensor) -> torch.Tensor:
+        """The rows with images and the rows without, each in its own forward, back in row order."""
+        has_image = has_image.to(batch["input_ids"].device)
+        rows = (has_image.nonzero().squeeze(1), (~has_image).nonzero().squeeze(1))
+        parts = []
+        for with_images, idx in zip((True, False), rows):
+            part = {k: v[idx] for k, v in batch.items() if k in _ROW_KEYS}
+            if "position_ids" in batch:
+                part["position_ids"] = batch["position_ids"][:, idx]
+            if with_images:  # pixel tensors belong to the image rows, in their order
+                part.update({k: v for k, v in batch.items() if k not in _ROW_KEYS and k != "position_ids"})
+            parts.append(self._vlm(part))
+        order = torch.argsort(torch.cat(rows))
+        return torch.cat(parts)[order]
 
     def _dual(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         model = unwrap(self.model)

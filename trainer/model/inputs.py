@@ -1,13 +1,26 @@
 """Prompt rendering and batch collation: record SIDEs + images -> model-ready tensors.
 
-Rendering (`render_text`) follows VLM2Vec exactly in the default mode: the MMEB source string
-(`side["raw"]`) with MMEB's placeholder `<|image_1|>` swapped for the backbone's image token (a bare
-`<|image_pad|>` for Qwen2-VL, `<image>` for LLaVA / Idefics3 / SmolVLM / PaliGemma), no chat template
-(as VLM2Vec's evaluation and training code write them). Two deliberate deviations, both logged once:
+Rendering (`render_text`) writes VLM2Vec's text: the MMEB source string (`side["raw"]`) with MMEB's
+placeholder `<|image_1|>` swapped for the backbone's image token (a bare `<|image_pad|>` for
+Qwen2-VL, `<image>` for LLaVA / Idefics3 / SmolVLM / PaliGemma), no chat template (as VLM2Vec's
+evaluation and training code write them). Two cases are `Collator` settings, both logged once:
 * a side WITHOUT an image whose raw string still carries the placeholder (the WebQA / EDIS quirk:
-  their text-only queries keep the token) gets the placeholder (and the newline or space after it) removed: an image token
-  without pixels makes the processors fail;
+  their text-only queries keep the token): `stray_image_token="keep"` swaps it for the backbone's
+  image token like any other, which the model then embeds as a plain text token (VLM2Vec: its
+  forward puts image features only into the rows that have pixels); `"strip"` removes it (and the
+  newline or space after it);
 * a side WITH an image whose raw string lacks the placeholder gets `<image token>\n` prepended.
+
+What VLM2Vec's Qwen2-VL / Qwen2.5-VL inputs need beyond the text (`Collator` settings): its image tokens
+carry sequential 1-D positions, not the M-RoPE grid (`positions="sequential"`,
+`trainer.model.positions`); its V1 checkpoints saw every image squashed to 1344 x 1344
+(`image_square`); its V2 code resizes an image with a side under 28 px to 56 x 56 before the
+processor (`small_image_side=28`); it leaves every other resize to the processor, capped at its
+max_pixels (`image_resize="processor"`), where this project's default scales an image to the cap
+first (aspect kept) and the processor then snaps it to its grid, which may give another size. A text-only row that keeps a stray image token cannot share a
+forward with rows that have pixels (transformers counts every image token of the batch against the
+image features), so the Collator marks such rows (`stray_token`) and `trainer.model.embedder`
+encodes the text rows of such a batch apart.
 
 Collation (`Collator`) turns a mixed batch (some rows with an image, some without) into one dict of
 tensors. Text is truncated to `max_text_tokens` BEFORE the processor expands the image token, so an
@@ -30,6 +43,10 @@ from PIL import Image
 from pipelines.images import max_pixels_size, to_rgb
 from pipelines.schema import IMAGE_TOKEN
 from trainer.model import image_processing, positions
+from trainer.model.positions import FAMILIES as POSITION_FAMILIES
+
+STRAY_RULES = ("strip", "keep")  # a text-only side's <|image_1|>: removed | the backbone's token, as text
+RESIZERS = ("collator", "processor")  # who brings an image to image_max_pixels (VLM2Vec: the processor)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +80,8 @@ def _strip_placeholder(raw: str) -> str:
     return out
 
 
-def render_text(side: dict, backbone, *, instructions: bool = True, has_image: bool) -> str:
+def render_text(side: dict, backbone, *, instructions: bool = True, has_image: bool,
+                stray_image_token: str = "strip") -> str:
     """The text fed to the backbone for one SIDE (see the module docstring).
 
     VLMs, `instructions=True`: VLM2Vec's exact input string (`raw` with the placeholder swapped).
@@ -71,13 +89,17 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     only when present), i.e. the same layout without the instruction.
     Dual encoders (CLIP/SigLIP): plain text without any image token: instruction + text stripped of
     surrounding whitespace (`instructions=True`) or the text alone.
+    `stray_image_token` ("strip" | "keep") is the rule for the placeholder of a VLM side without image.
     The result is never empty for a side without image (ValueError instead: a dual encoder would give
     it an all-zero embedding, a VLM nothing to pool), and holds the VLM's image token exactly once per
-    image (ValueError for a source text that contains it, e.g. "<image>" for LLaVA: the processor
+    image or kept placeholder (ValueError for a source text that contains it, e.g. "<image>" for LLaVA: the processor
     would expand it and find no image for it).
     """
+    if stray_image_token not in STRAY_RULES:
+        raise ValueError(f"stray_image_token must be one of {STRAY_RULES}, got {stray_image_token!r}")
     fmt = _format_of(backbone)
     raw = side.get("raw") or ""
+    expected = int(has_image)  # image tokens in the result
     if fmt.kind == "dual":
         text = _strip_placeholder(raw).strip() if instructions else (side.get("text") or "").strip()
     elif instructions:
@@ -91,6 +113,10 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
                 text = raw.replace(IMAGE_TOKEN, fmt.image_token)
             else:
                 raise ValueError(f"side has {n} image placeholders but one image: {raw[:80]!r}")
+        elif n and stray_image_token == "keep" and fmt.image_token:
+            _warn_once("keep", "keeping %s of sides without an image as a text token (WebQA/EDIS quirk, as "
+                       "VLM2Vec)", IMAGE_TOKEN)
+            text, expected = raw.replace(IMAGE_TOKEN, fmt.image_token), n
         else:
             if n:
                 _warn_once("strip", "removing %s from sides without an image (WebQA/EDIS quirk)", IMAGE_TOKEN)
@@ -101,7 +127,7 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
         text = "\n".join(parts) + "\n" if parts else ""
     if not has_image and not text.strip():
         raise ValueError(f"side renders to empty text and has no image: {side!r:.200}")
-    if fmt.image_token and text.count(fmt.image_token) != int(has_image):  # the source text holds it
+    if fmt.image_token and text.count(fmt.image_token) != expected:  # the source text holds it
         raise ValueError(f"side text holds the backbone's image token {fmt.image_token!r} itself: {raw[:80]!r}")
     return text
 
@@ -140,12 +166,17 @@ class Collator:
 
     def __init__(self, backbone, *, max_text_tokens: int = 256, image_max_pixels: int | None = None,
                  instructions: bool = True, torch_images: bool = True, mrope_positions: bool = True,
-                 pad_to_multiple_of: int = 1):
+                 pad_to_multiple_of: int = 1, positions: str = "grid", stray_image_token: str = "strip",
+                 image_resize: str = "collator", image_square: int | None = None,
+                 small_image_side: int | None = None):
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
         if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be an integer >= 1, got {pad_to_multiple_of!r}")
         self.pad_to_multiple_of = pad_to_multiple_of
+        self._check_rendering(positions, stray_image_token, image_resize, image_square, small_image_side)
+        self.positions, self.stray_image_token, self.image_resize = positions, stray_image_token, image_resize
+        self.image_square, self.small_image_side = image_square, small_image_side
         self.format = _format_of(backbone)
         processor = backbone.processor
         if image_max_pixels:  # Qwen2-VL / Qwen2.5-VL: the processor's own max_pixels lowered to the cap
@@ -161,11 +192,29 @@ class Collator:
         self.truncated = 0  # texts `__call__` cut at max_text_tokens so far (VLM backbones)
         # Qwen2-VL / Qwen2.5-VL: M-RoPE positions computed here, not in the model (trainer.model.positions)
         self._mrope = None
-        if mrope_positions and self.format.family in positions.FAMILIES:
+        if mrope_positions and self.format.family in POSITION_FAMILIES:
             token_id = getattr(self.processor, "image_token_id", None)
             merge = getattr(getattr(self.processor, "image_processor", None), "merge_size", None)
             if isinstance(token_id, int) and isinstance(merge, int):
                 self._mrope = (token_id, merge)
+        # VLM2Vec's positions: passed for every batch of an M-RoPE family (other families' positions are 1-D)
+        self._sequential = positions == "sequential" and self.format.family in POSITION_FAMILIES
+        token_id = getattr(self.processor, "image_token_id", None)
+        if token_id is None and self.format.kind != "dual" and self.format.image_token:
+            token_id = self.tokenizer.convert_tokens_to_ids(self.format.image_token)
+        self._image_token_id = token_id  # to find kept stray placeholders in text-only rows
+
+    @staticmethod
+    def _check_rendering(scheme, stray, resize, square, small) -> None:
+        if scheme not in positions.SCHEMES:
+            raise ValueError(f"positions must be one of {positions.SCHEMES}, got {scheme!r}")
+        if stray not in STRAY_RULES:
+            raise ValueError(f"stray_image_token must be one of {STRAY_RULES}, got {stray!r}")
+        if resize not in RESIZERS:
+            raise ValueError(f"image_resize must be one of {RESIZERS}, got {resize!r}")
+        for name, value in (("image_square", square), ("small_image_side", small)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
 
     @property
     def tokenizer(self):
@@ -175,7 +224,10 @@ class Collator:
     def settings(self) -> dict:
         """The settings that change the tensors (part of an embedding model's fingerprint)."""
         return dict(max_text_tokens=self.max_text_tokens, image_max_pixels=self.image_max_pixels,
-                    instructions=self.instructions)
+                    instructions=self.instructions, positions=self.positions,
+                    stray_image_token=self.stray_image_token, image_resize=self.image_resize,
+                    image_square=self.image_square,
+                    small_image_side=self.small_image_side)
 
     # -- text --------------------------------------------------------------------------------------
     def _count(self, text: str) -> int:
@@ -223,10 +275,12 @@ class Collator:
         batch, so one bad record is quarantined instead of failing the whole batch."""
         size_rule = getattr(self.processor.image_processor, "target_size", None)
         for side, image in zip(sides, images):
-            render_text(side, self.format, instructions=self.instructions, has_image=image is not None)
+            render_text(side, self.format, instructions=self.instructions, has_image=image is not None,
+                        stray_image_token=self.stray_image_token)
             if image is not None and size_rule is not None:
-                limit = self.image_max_pixels
-                size_rule(*(max_pixels_size(image.width, image.height, limit) if limit else image.size))
+                limit = self.image_max_pixels if self.image_resize == "collator" else None
+                width, height = self._resized_size(image.width, image.height)
+                size_rule(*(max_pixels_size(width, height, limit) if limit else (width, height)))
 
     def __call__(self, sides: Sequence[dict], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
         if len(sides) != len(images):
@@ -234,8 +288,8 @@ class Collator:
         if not sides:
             raise ValueError("empty batch")
         has_image = [im is not None for im in images]
-        texts = [render_text(s, self.format, instructions=self.instructions, has_image=h)
-                 for s, h in zip(sides, has_image)]
+        texts = [render_text(s, self.format, instructions=self.instructions, has_image=h,
+                             stray_image_token=self.stray_image_token) for s, h in zip(sides, has_image)]
         pics = [self._fit(im) if im is not None else None for im in images]
         if self.format.kind == "dual":
             return self._dual(texts, pics, has_image)
@@ -243,9 +297,24 @@ class Collator:
         self.truncated += sum(c != t for c, t in zip(cut, texts))
         return self._vlm(cut, pics, has_image)
 
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the VLM2Vec resize rules in force: V1's square, then V2's small-image rule."""
+        if self.image_square:
+            width = height = self.image_square
+        if self.small_image_side and min(width, height) < self.small_image_side:
+            width = height = 2 * self.small_image_side
+        return width, height
+
     def _fit(self, image: Image.Image) -> Image.Image:
-        """`resize_to_max_pixels`, without its copy for an RGB image that already fits (pre-scaled
-        shards): the processors only read it."""
+        """The VLM2Vec resize rules (`_resized_size`, bicubic as PIL's `resize` default), then
+        (image_resize "collator") `resize_to_max_pixels`, without its copy for an RGB image that
+        already fits (pre-scaled shards): the processors only read it. With "processor" the image
+        reaches the processor as it is, which resizes it to at most `image_max_pixels` (its cap)."""
+        size = self._resized_size(image.width, image.height)
+        if size != image.size:
+            image = to_rgb(image).resize(size, Image.BICUBIC)
+        if self.image_resize == "processor":
+            return image if image.mode == "RGB" else to_rgb(image)
         limit = self.image_max_pixels
         if image.mode == "RGB" and (limit is None or image.width * image.height <= limit):
             return image
@@ -278,6 +347,10 @@ class Collator:
                 texts = [f"{proc.tokenizer.bos_token}{t}\n" for t in texts]
                 enc = proc.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=True)
                 return dict(enc)
+            if self.format.image_token and any(self.format.image_token in t for t in texts):
+                # kept stray placeholders: transformers' processors refuse image tokens without images,
+                # the tokenizer writes them as the plain tokens VLM2Vec's (older) processor gave
+                return dict(proc.tokenizer(texts, padding=True, return_tensors="pt"))
             return dict(proc(text=texts, padding=True, return_tensors="pt"))
         if family in ("idefics3", "smolvlm"):
             pics = [[p] for p in pics]
@@ -294,11 +367,30 @@ class Collator:
         out = parts[0][1] if len(parts) == 1 else self._merge(parts, len(texts))
         out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "labels"}
         out = self._pad_length(out)
-        if self._mrope is not None and "image_grid_thw" in out:
-            out["position_ids"] = positions.mrope_position_ids(out["input_ids"], out["attention_mask"],
-                                                               out["image_grid_thw"], *self._mrope)
-        out["has_image"] = torch.tensor(has_image, dtype=torch.bool)
+        rows_with_image = torch.tensor(has_image, dtype=torch.bool)
+        stray = self._stray_rows(out, rows_with_image)
+        if self._sequential:
+            out["position_ids"] = positions.sequential_position_ids(out["attention_mask"])
+        elif self._mrope is not None and "image_grid_thw" in out:
+            out["position_ids"] = positions.mrope_position_ids(
+                out["input_ids"], out["attention_mask"], out["image_grid_thw"], *self._mrope,
+                has_image=rows_with_image if stray is not None else None)
+        if stray is not None:
+            out["stray_token"] = stray
+        out["has_image"] = rows_with_image
         return out
+
+    def _stray_rows(self, out: dict[str, torch.Tensor], has_image: torch.Tensor) -> torch.Tensor | None:
+        """bool [B]: the rows without image that hold a kept placeholder as a text token (None when
+        there are none); their `mm_token_type_ids` are set to text, so the model takes them for text."""
+        if self.stray_image_token != "keep" or self._image_token_id is None:
+            return None
+        stray = (out["input_ids"] == self._image_token_id).any(dim=1) & ~has_image
+        if not bool(stray.any()):
+            return None
+        if "mm_token_type_ids" in out:
+            out["mm_token_type_ids"] = out["mm_token_type_ids"].masked_fill(stray.unsqueeze(1), 0)
+        return stray
 
     def _fill(self, key: str) -> int:
         """The padding value of sequence key `key`: the tokenizer's pad id for input_ids, else `_SEQUENCE_KEYS`'."""

@@ -12,6 +12,13 @@ forward, and the GPU idles while the CPU walks the rows.
 workers; passed as `position_ids`, the model skips its own computation. Like transformers, it gives
 positions only to batches with images (a text-only batch keeps the model's default positions), so
 the model's output is unchanged (tests/trainer/model/test_positions.py compares both with the model's own).
+
+`sequential_position_ids` is the other scheme, VLM2Vec's: it writes a bare `<|image_pad|>` (no
+`<|vision_start|>`), and its copy of Qwen2-VL's `get_rope_index` finds images only after a
+`<|vision_start|>`, so every token of a VLM2Vec Qwen checkpoint's input, image tokens included, had
+the 1-D position of a text token (t = h = w = its index among the row's real tokens; padding 1).
+transformers 5 finds images through `mm_token_type_ids` instead and would give them grid positions,
+so these must be passed explicitly.
 """
 
 from __future__ import annotations
@@ -19,15 +26,25 @@ from __future__ import annotations
 import torch
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+SCHEMES = ("grid", "sequential")  # transformers' M-RoPE grid | VLM2Vec's 1-D positions for every token
+
+
+def sequential_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """int64 [3, B, L]: each real token's index among its row's real tokens on all three axes, 1 at
+    padding (VLM2Vec's `get_rope_index` when it finds no `<|vision_start|>`)."""
+    mask = attention_mask.long()
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return pos.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
 def mrope_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor,
-                       image_token_id: int, merge_size: int) -> torch.Tensor:
+                       image_token_id: int, merge_size: int, has_image: torch.Tensor | None = None) -> torch.Tensor:
     """int64 [3, B, L] positions (temporal, height, width) of a Qwen2-VL batch, 0 at padding.
 
     Image tokens are the runs of `image_token_id`; the i-th run takes the i-th row of
     `image_grid_thw` (images in batch order, as the processor lays them out), whose merged grid
-    (t, h / merge_size, w / merge_size) must hold exactly the run's tokens."""
+    (t, h / merge_size, w / merge_size) must hold exactly the run's tokens. In a row that `has_image`
+    (bool [B]) marks False the image token is a plain text token (a kept stray placeholder)."""
     if input_ids.shape != attention_mask.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
     batch, length = input_ids.shape
@@ -37,11 +54,12 @@ def mrope_position_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, im
     mask = attention_mask.bool()
     for b in range(batch):
         ids = input_ids[b][mask[b]].tolist()
+        image_id = image_token_id if has_image is None or bool(has_image[b]) else None
         parts, pos, i = [], 0, 0
         while i < len(ids):
             j = i
-            is_image = ids[i] == image_token_id
-            while j < len(ids) and (ids[j] == image_token_id) == is_image:
+            is_image = ids[i] == image_id
+            while j < len(ids) and (ids[j] == image_id) == is_image:
                 j += 1
             if not is_image:
                 parts.append(torch.arange(pos, pos + j - i).expand(3, -1))

@@ -21,7 +21,7 @@ import yaml
 
 from pipelines import digests
 from pipelines.files import atomic_dir, json_text
-from pipelines.params import Train
+from pipelines.params import RENDERING, Train
 from trainer import provenance
 from trainer.backbone.families import Backbone, load_backbone, save_backbone
 from trainer.model.embedder import Embedder
@@ -64,7 +64,7 @@ def _write_export(backbone: Backbone, embedder: Embedder, p: Train, paths: Train
         **code_lineage(code_digest), "dvc_lock": dvc_lock_hashes(paths),
         "train": p.to_dict(),
         "collation": {"max_text_tokens": p.max_text_tokens, "image_max_pixels": p.image_max_pixels,
-                      "instructions": p.instructions},
+                      "instructions": p.instructions, **{k: getattr(p, k) for k in RENDERING}},
         **{k: summary[k] for k in ("steps", "final_loss", "mode", "trainable_parameters", "world_size")},
     }
     (tmp / "lineage.json").write_text(json_text(lineage, sort_keys=True, default=str), encoding="utf-8")

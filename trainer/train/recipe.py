@@ -53,7 +53,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipelines.params import Train
+from pipelines.params import RENDERING, Train
 from trainer import distributed, provenance
 from trainer.backbone.families import load_backbone
 from trainer.distributed import DistInfo
@@ -187,7 +187,8 @@ def open_stream(model: Model, p: Train, paths: TrainPaths, dist: DistInfo,
         num_workers = slots_per_rank
     shards = read_shards(paths.shards)
     collator = Collator(model.backbone, max_text_tokens=p.max_text_tokens, image_max_pixels=p.image_max_pixels,
-                        instructions=p.instructions, pad_to_multiple_of=p.pad_to_multiple_of)
+                        instructions=p.instructions, pad_to_multiple_of=p.pad_to_multiple_of,
+                        **{k: getattr(p, k) for k in RENDERING})
     config = StreamConfig.from_params(p, world_size=dist.world_size, rank=dist.rank, slots_per_rank=slots_per_rank)
     stream = ContrastiveStream(shards, config, collator, mixture=p.mixture, position=start.position)
     batches = iter(make_loader(stream, num_workers, seed=p.seed, pin_memory=dist.device.type == "cuda"))

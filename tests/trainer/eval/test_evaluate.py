@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipelines.mmeb import MMEB_EVAL, resolve_subsets
+from pipelines.profiles import differences_in
 from stages import evaluate as stage
 from tests.support.encoders import BatchSensitiveEncoder, CountingEncoder, HashEncoder, OverlapEncoder
 from tests.support.eval_sets import build_tiny_eval, eval_params, record_side, reference_scores, write_records
@@ -83,6 +84,16 @@ def test_stage_end_to_end_with_fake_models(tmp_path):
         return f
 
     datasets = ["CIRR", "Tiny-CLS", "Tiny-RET", "Tiny-VQA"]
+    board = json.loads((root / evaluation.LEADERBOARD_FILE).read_text())
+    for model in ("base", "embedder"):  # the leaderboard submission file, as report_score_v2.py writes it
+        sub = json.loads((root / evaluation.SUBMISSION_DIR / f"{model}.json").read_text())
+        assert list(sub) == ["metadata", "metrics"] and list(sub["metrics"]) == ["image", "video", "visdoc"]
+        assert sub["metadata"]["model_name"] == model and sub["metadata"]["data_source"] == "Self-Reported"
+        image = sub["metrics"]["image"]
+        assert len(image) == 36 and image["CIRR"] == board["models"][model]["metrics"]["image"]["CIRR"]
+        assert image["ImageNet-1K"] == "FILE_N/A" and "Tiny-CLS" not in image  # not scored; not MMEB's
+        assert set(sub["metrics"]["video"].values()) == set(sub["metrics"]["visdoc"].values()) == {"DIR_N/A"}
+        assert "MMLongBench-page-fixed" in sub["metrics"]["visdoc"]
     for model in ("base", "embedder"):
         enc = loader.encoders[model]
         per = {d: reference_scores(root / evaluation.EVAL_ROOT, d, vector_of(enc)) for d in datasets}
@@ -269,6 +280,12 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch, capsys):
     assert stage.main(["--params", "params.yaml"]) == 0
     metrics = json.loads((root / evaluation.METRICS_FILE).read_text())
     assert set(metrics) == {"base", "embedder"}
+    meta = json.loads((root / evaluation.SUBMISSION_DIR / "embedder.json").read_text())["metadata"]
+    assert (meta["model_backbone"], meta["embedding_dimension"], meta["max_length_tokens"]) == ("tiny-qwen2-vl", 64, 256)
+    assert meta["model_size"].endswith("K parameters")
+    recipe = (root / evaluation.REPORT_FILE).read_text().split("## Recipe")[1].split("## Summary")[0]
+    assert "Profile `default` (version 1" in recipe  # the report names the profile and what differs from it
+    assert "| `eval.image_max_pixels` | `40` | `train` |" in recipe and "| `eval.precision`" not in recipe
     assert metrics["base"]["encodings"]["deduplicated"] < metrics["base"]["encodings"]["naive"]
     assert 0.0 <= metrics["embedder"]["overall"] <= 100.0
     assert metrics["base"]["dataset"] != metrics["embedder"]["dataset"] or \
@@ -281,13 +298,14 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch, capsys):
         wrapped[name] = CountingEncoder(evaluation.load_embedding_model(name, path, p))
         return wrapped[name]
 
-    evaluation.evaluate(params, root=Path("."), load_model=loader)
+    recipe = differences_in(root / "params.yaml")
+    evaluation.evaluate(params, root=Path("."), load_model=loader, recipe=recipe)
     assert [w.encoded for w in wrapped.values()] == [0, 0]
     assert read_outputs(root) == before
     # edited encoding code (pooling, collation, image loading): nothing comes from the old cache
     real = provenance.source_digest
     monkeypatch.setattr(provenance, "source_digest", lambda m, *a: "edited" + real(m, *a))
-    evaluation.evaluate(params, root=Path("."), load_model=loader)
+    evaluation.evaluate(params, root=Path("."), load_model=loader, recipe=recipe)
     assert all(w.encoded > 0 for w in wrapped.values())
     monkeypatch.setattr(provenance, "source_digest", real)
     # the cached vectors are the model's own: compare some against direct one-item encoding

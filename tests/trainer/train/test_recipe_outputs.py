@@ -37,7 +37,9 @@ def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["train"]["lora_rank"] == 4 and lineage["final_loss"] == pytest.approx(summary["final_loss"])
     assert lineage["train"] == params().to_dict()
-    assert lineage["collation"] == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": True}
+    assert lineage["collation"] == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": True,
+                                    "positions": "grid", "stray_image_token": "strip", "image_resize": "collator",
+                                    "image_square": None, "small_image_side": None}
     assert set(lineage["dvc_lock"]) == {"shards", "base_model"}
     assert lineage["shards"] == str(workspace / "data/shards/train")
     assert lineage["shard_index_sha256"] == C.hash_tree(workspace / "data/shards/train/index.json")
