@@ -242,19 +242,36 @@ def _dialog_t2i(rng, n, ctx):
     return out
 
 
+def _twin_scenes(rng: random.Random, n: int) -> list[tuple[Scene, Scene]]:
+    """n (scene, twin) pairs in near-duplicate runs: scenes come in pairs, the second the first with
+    one object recoloured, so each scene's twin is the other of its pair and their captions differ in
+    one attribute. Rows of twins are the confusable candidates that random in-batch negatives rarely
+    contain and mined negatives do (hard-negative mining, docs/mining.md)."""
+    out: list[tuple[Scene, Scene]] = []
+    while len(out) < n:
+        scene = sample_scene(rng, _n_objects(rng))
+        twin = _recoloured(rng, scene)
+        out += [(scene, twin), (twin, scene)]
+    return out[:n]
+
+
 def _caption_t2i(rng, n, ctx):
     out = []
-    for _ in range(n):
-        scene = sample_scene(rng, _n_objects(rng))
-        out.append(Example(T2I_INST + caption(scene) + "\n", None, IMAGE_TGT, ctx.img(scene)))
+    for scene, twin in _twin_scenes(rng, n):
+        ex = Example(T2I_INST + caption(scene) + "\n", None, IMAGE_TGT, ctx.img(scene))
+        if not ctx.train:
+            ex.hard_candidates = [(IMAGE_TGT, ctx.img(twin))]
+        out.append(ex)
     return out
 
 
 def _caption_i2t(rng, n, ctx):
     out = []
-    for _ in range(n):
-        scene = sample_scene(rng, _n_objects(rng))
-        out.append(Example(TOK + I2T_INST + "\n", ctx.img(scene), caption(scene), None))
+    for scene, twin in _twin_scenes(rng, n):
+        ex = Example(TOK + I2T_INST + "\n", ctx.img(scene), caption(scene), None)
+        if not ctx.train:
+            ex.hard_candidates = [(caption(twin), None)]
+        out.append(ex)
     return out
 
 
