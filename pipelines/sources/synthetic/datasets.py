@@ -242,37 +242,34 @@ def _dialog_t2i(rng, n, ctx):
     return out
 
 
-def _twin_scenes(rng: random.Random, n: int) -> list[tuple[Scene, Scene]]:
-    """n (scene, twin) pairs in near-duplicate runs: scenes come in pairs, the second the first with
-    one object recoloured, so each scene's twin is the other of its pair and their captions differ in
-    one attribute. Rows of twins are the confusable candidates that random in-batch negatives rarely
-    contain and mined negatives do (hard-negative mining, docs/mining.md)."""
-    out: list[tuple[Scene, Scene]] = []
-    while len(out) < n:
+def _twin_scenes(rng: random.Random, n: int) -> list[Scene]:
+    """n scenes in near-duplicate pairs: rows 2j and 2j+1 are twins, the second the first with one
+    object recoloured, so their captions differ in one attribute. Twins are the confusable candidates
+    that random in-batch negatives rarely contain and mined hard negatives do."""
+    scenes: list[Scene] = []
+    while len(scenes) < n:
         scene = sample_scene(rng, _n_objects(rng))
-        twin = _recoloured(rng, scene)
-        out += [(scene, twin), (twin, scene)]
-    return out[:n]
+        scenes += [scene, _recoloured(rng, scene)]
+    return scenes[:n]
+
+
+def _with_twins(examples: list[Example], ctx: _Ctx, candidate: Callable) -> list[Example]:
+    """Eval: each row's twin's gold (`candidate(twin example)`) among its candidates."""
+    if not ctx.train:
+        for i, ex in enumerate(examples):
+            if i ^ 1 < len(examples):
+                ex.hard_candidates = [candidate(examples[i ^ 1])]
+    return examples
 
 
 def _caption_t2i(rng, n, ctx):
-    out = []
-    for scene, twin in _twin_scenes(rng, n):
-        ex = Example(T2I_INST + caption(scene) + "\n", None, IMAGE_TGT, ctx.img(scene))
-        if not ctx.train:
-            ex.hard_candidates = [(IMAGE_TGT, ctx.img(twin))]
-        out.append(ex)
-    return out
+    out = [Example(T2I_INST + caption(s) + "\n", None, IMAGE_TGT, ctx.img(s)) for s in _twin_scenes(rng, n)]
+    return _with_twins(out, ctx, lambda twin: (IMAGE_TGT, twin.pos_image))
 
 
 def _caption_i2t(rng, n, ctx):
-    out = []
-    for scene, twin in _twin_scenes(rng, n):
-        ex = Example(TOK + I2T_INST + "\n", ctx.img(scene), caption(scene), None)
-        if not ctx.train:
-            ex.hard_candidates = [(caption(twin), None)]
-        out.append(ex)
-    return out
+    out = [Example(TOK + I2T_INST + "\n", ctx.img(s), caption(s), None) for s in _twin_scenes(rng, n)]
+    return _with_twins(out, ctx, lambda twin: (twin.pos_text, None))
 
 
 def _modify(rng: random.Random, scene: Scene) -> tuple[str, list[tuple[str, str, str, str]]]:
