@@ -8,9 +8,9 @@ Each prints a JSON document (and writes it to benchmarks/_work/mining/<command>.
 
 effect   Round two with mined negatives against round two with as many random negatives (the same
          steps, batch and explicit negatives per query: equal compute), over seeds. Round one is the
-         repository's models/embedder (run `dvc repro train` first); for each of mined/random the
-         real stages run in a workspace under benchmarks/_work/mining/effect/<variant>/ that links
-         the repository's data/normalized, models/base and models/embedder: `stages.mine` (with
+         repository's models/embedder (run `dvc repro train` first), copied once with the records
+         to benchmarks/_work/mining/effect/inputs/; for each of mined/random the real stages run
+         in a workspace under benchmarks/_work/mining/effect/<variant>/ that links those: `stages.mine` (with
          mine.negatives mined or random), `stages.shard --mined`, then per seed `stages.retrain`
          (train.seed = the seed) and `stages.evaluate` (eval.models [embedder_round2]). Reports
          overall and per-meta-task P@1 per run, and the mean and spread (sample std, min, max).
@@ -57,21 +57,26 @@ def params_with(**sections) -> dict:
     return doc
 
 
-def workspace(root: Path, params: dict, links=("data/normalized", "models/base", "models/embedder",
-                                               "metrics/etl.json")) -> Path:
-    """A folder the stages run in: the repository's inputs linked, its own params.yaml."""
+INPUTS = ("data/normalized", "models/base", "models/embedder", "metrics/etl.json")
+
+
+def workspace(root: Path, params: dict, links=INPUTS, source: Path = REPO) -> Path:
+    """A folder the stages run in: the inputs of `source` (the repository, or a snapshot of them)
+    linked, its own params.yaml."""
     root.mkdir(parents=True, exist_ok=True)
     for rel in links:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         if not (root / rel).exists():
-            (root / rel).symlink_to(REPO / rel)
+            (root / rel).symlink_to(source / rel)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return root
 
 
-def stage(root: Path, *args: str) -> dict:
+def stage(root: Path, *args: str, threads: int | None = None) -> dict:
     """Run `python -m stages.<args>` in `root`; wall and CPU seconds and peak RSS (/usr/bin/time -v)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     started = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", *args], cwd=root, env=env,
                           capture_output=True, text=True)
@@ -94,8 +99,21 @@ def spread(values: list[float]) -> dict:
             "min": round(min(values), 2), "max": round(max(values), 2)}
 
 
+def snapshot() -> Path:
+    """A copy of the repository's round-one inputs, so a `dvc repro` running meanwhile cannot change them."""
+    root = WORK / "effect" / "inputs"
+    if not root.is_dir():
+        for rel in INPUTS:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (REPO / rel).is_dir() else shutil.copy2)(REPO / rel, root / rel)
+    return root
+
+
 def effect(args) -> dict:
-    out: dict = {"steps": args.steps, "hard_negatives": args.hard_negatives, "start": args.start, "runs": {}}
+    out: dict = {"steps": args.steps, "hard_negatives": args.hard_negatives, "start": args.start,
+                 "threads": args.threads, "runs": {}}
+    source = snapshot()
+    t = args.threads
     for variant in ("mined", "random"):
         runs = []
         for seed in args.seeds:
@@ -103,14 +121,15 @@ def effect(args) -> dict:
                                  retrain={"steps": args.steps, "hard_negatives": args.hard_negatives,
                                           "start": args.start},
                                  eval={"models": ["embedder_round2"], "cache_dir": str(WORK / "cache")})
-            root = workspace(WORK / "effect" / variant, params)
+            root = workspace(WORK / "effect" / variant, params, source=source)
             cost = {}
             if seed == args.seeds[0]:  # the negatives do not depend on the training seed
-                cost["mine"] = stage(root, "stages.mine")
-                cost["shard_mined"] = stage(root, "stages.shard", "--mined", "data/mined", "--out", "data/shards/mined")
+                cost["mine"] = stage(root, "stages.mine", threads=t)
+                cost["shard_mined"] = stage(root, "stages.shard", "--mined", "data/mined", "--out", "data/shards/mined",
+                                            threads=t)
             shutil.rmtree(root / "models" / "checkpoints_round2", ignore_errors=True)
-            cost["retrain"] = stage(root, "stages.retrain")
-            cost["evaluate"] = stage(root, "stages.evaluate")
+            cost["retrain"] = stage(root, "stages.retrain", threads=t)
+            cost["evaluate"] = stage(root, "stages.evaluate", threads=t)
             runs.append({"seed": seed, "p_at_1": scores(root, "embedder_round2"), "cost": cost})
             print(json.dumps({variant: runs[-1]}), flush=True)
         out["runs"][variant] = runs
@@ -227,6 +246,7 @@ def main(argv=None) -> int:
     e.add_argument("--steps", type=int, default=150)
     e.add_argument("--hard-negatives", type=int, default=1)
     e.add_argument("--start", choices=("base", "embedder"), default="embedder")
+    e.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the stages (default: torch's)")
     f = sub.add_parser("filter")
     f.add_argument("--mined", default=str(REPO / "data" / "mined"))
     c = sub.add_parser("cost")

@@ -509,13 +509,19 @@ class Mine(Section):
 
     NAME: ClassVar[str] = "mine"
     top_k: int = key(Int(1), "negatives kept per train record, best first")
+    depth: int = key(Int(1), "candidates examined per query, best first (the rest of the pool is never looked at)")
     max_score_ratio: float = key(Float(0, low_open=True),
                                  "candidates scoring above this x the positive's score are dropped as likely false "
-                                 "negatives (NV-Retriever's TopK-PercPos: 0.95)")
+                                 "negatives (NV-Retriever's TopK-PercPos: 0.95; 1.0 drops what ranks above the "
+                                 "positive)")
     negatives: str = key(Choice("mined", "random"),
                          "mined: the embedder's top candidates; random: as many random pool targets (the "
                          "equal-compute control)")
     seed: int = key(Int(0), "seed of the random negatives")
+
+    def problems(self):
+        if self.depth < self.top_k:
+            yield f"depth {self.depth} must be at least top_k {self.top_k} (the candidates examined)"
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,16 @@ Per train dataset (data/normalized/train/<dataset>):
    positives, as in VLM2Vec / mmE5's mined MMEB-train. A candidate is named by the first record (file
    order) whose target it is.
 3. **Retrieval.** Exact top-k by chunked matrix products (`trainer.search.top_k`, ties to the lower
-   pool index): the `top_k` best survivors of the filter are wanted, so each query fetches
-   ``2 * top_k + 8`` candidates and, while a query has fewer survivors and the pool more candidates,
-   fetches twice as many again (only for those queries).
+   pool index): each distinct query's best ``depth`` pool targets, examined in rank order; the rest of
+   the pool is never looked at (it bounds the work and the dropped lists when the filter drops much).
 4. **False-negative filter**, in this order, each dropped candidate recorded with its reason:
    ``positive``: the record's own target item (the positive itself or an exact duplicate of it: same
    text and image bytes); ``listed_positive``: the positive of another record with the same query
    (text and image), so a true match too; ``score_ratio``: a score above ``max_score_ratio`` x the
-   positive's score (positive-aware filtering, NV-Retriever's TopK-PercPos; 0.95 is its published
-   default), likely an unlabelled match.
+   positive's score (positive-aware filtering, NV-Retriever's TopK-PercPos, published with 0.95),
+   likely an unlabelled match. The ratio presumes cosines spread over a wide range, as a real
+   embedder's are; a small model trained at temperature 0.02 puts every cosine within a few
+   hundredths (the default tiny model: about 0.90-0.91), where 0.95 drops every candidate.
 5. ``negatives: random`` is the control of equal compute: ``top_k`` pool targets drawn at random
    (seeded per dataset) among those that are neither the positive nor a listed positive.
 
@@ -188,22 +189,11 @@ def mine_dataset(ts: TrainSet, emb: np.ndarray, params: Mine) -> list[Choice | N
         return _random_choices(ts, cand, emb, positive, listed, params)
     pos_score = positive_scores(ts, emb)
     queries = np.unique(ts.query_item[positive >= 0])  # distinct queries retrieve once
-    scores, ids = top_k(emb[queries], cand, min(len(pool), 2 * params.top_k + 8))
+    scores, ids = top_k(emb[queries], cand, min(len(pool), params.depth))
     ranked = {int(q): list(zip(i.tolist(), s.tolist())) for q, s, i in zip(queries, scores, ids)}
-    choices: list[Choice | None] = []
-    for r, q in enumerate(ts.query_item.tolist()):
-        if positive[r] < 0:
-            choices.append(None)
-            continue
-        while True:
-            choice = filter_candidates(ranked[q], int(positive[r]), listed[q] - {int(positive[r])},
-                                       float(pos_score[r]), params)
-            if len(choice.kept) == params.top_k or len(ranked[q]) == len(pool):
-                break
-            s, i = top_k(emb[[q]], cand, min(len(pool), 2 * len(ranked[q])))  # rare: fetch deeper
-            ranked[q] = list(zip(i[0].tolist(), s[0].tolist()))
-        choices.append(choice)
-    return choices
+    return [None if positive[r] < 0 else
+            filter_candidates(ranked[q], int(positive[r]), listed[q] - {int(positive[r])}, float(pos_score[r]), params)
+            for r, q in enumerate(ts.query_item.tolist())]
 
 
 def _random_choices(ts: TrainSet, cand: np.ndarray, emb: np.ndarray, positive: np.ndarray,

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.errors import StageFailed
+from pipelines.params import ParamsError
 from tests.support.encoders import CountingEncoder
 from tests.support.eval_sets import record_side, write_records
 from tests.support.params import section
@@ -90,6 +91,13 @@ def test_mined_negatives_and_metrics(tmp_path):
     assert entry["queries"] == 7 and entry["candidates"] == 6 and entry["kept"] == 14
     assert entry["dropped"]["listed_positive"] == 2 and entry["status"]["ok"] == 7
     assert json.loads(paths.metrics.read_text()) == report
+    _, shallow = run(tmp_path, paths, top_k=2, depth=2)  # alpha's best two are its positives: nothing else is seen
+    assert shallow[0]["status"] == "all_filtered" and shallow[0]["dropped_reasons"] == ["positive", "listed_positive"]
+
+
+def test_depth_below_top_k_is_refused():
+    with pytest.raises(ParamsError, match="depth 2 must be at least top_k 3"):
+        section("mine", top_k=3, depth=2)
 
 
 def test_a_small_pool_all_filtered_queries_and_records_without_target_are_accounted(tmp_path, caplog):
