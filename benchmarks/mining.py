@@ -24,7 +24,7 @@ filter   The false-negative filter on the synthetic data, from data/mined and th
 cost     Mining time and peak memory (`/usr/bin/time -v` of `stages.mine`, cold embedding cache)
          against the number of records: the synthetic train data generated with train_rows x scale
          (default datasets: the two caption datasets), normalized, mined with the repository's
-         models/embedder. Also the exact search alone (`trainer.search.top_k`) on random vectors.
+         models/embedder (or --models DIR's). Also the exact search alone (`trainer.search.top_k`) on random vectors.
 """
 
 from __future__ import annotations
@@ -211,11 +211,13 @@ def cost(args) -> dict:
             shutil.rmtree(root, ignore_errors=True)
             synthetic.generate(root / "raw", seed=0, train_rows=rows, eval_rows=1, eval_candidates=1,
                                train_subsets=args.datasets, eval_subsets=[], image_size=base.synthetic.image_size)
+            (root / "raw" / "manifest.json").write_text(json.dumps({"split": "original"}))  # the one to normalize
             normalize.run(root / "raw", root / "data" / "normalized", root / "data" / "rejects",
                           root / "metrics" / "etl.json", base.normalize)
         shutil.rmtree(root / "cache", ignore_errors=True)
-        workspace(root, params_with(eval={"cache_dir": "cache"}), links=("models/base", "models/embedder"))
-        measured = stage(root, "stages.mine")
+        workspace(root, params_with(eval={"cache_dir": "cache"}), links=("models/base", "models/embedder"),
+                  source=Path(args.models).resolve())
+        measured = stage(root, "stages.mine", threads=args.threads)
         report = json.loads((root / "metrics" / "mine.json").read_text())
         out["mine"].append({"scale": scale, "records": report["total"]["queries"], **measured})
         print(json.dumps(out["mine"][-1]), flush=True)
@@ -253,6 +255,8 @@ def main(argv=None) -> int:
     c.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     c.add_argument("--datasets", nargs="+", default=list(TRUTH))
     c.add_argument("--dim", type=int, default=128)
+    c.add_argument("--models", default=str(REPO), help="the folder whose models/base and models/embedder mine")
+    c.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the mine stage")
     args = parser.parse_args(argv)
     result = {"effect": effect, "filter": filter_quality, "cost": cost}[args.command](args)
     WORK.mkdir(parents=True, exist_ok=True)
