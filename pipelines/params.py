@@ -510,10 +510,9 @@ class Mine(Section):
     NAME: ClassVar[str] = "mine"
     top_k: int = key(Int(1), "negatives kept per train record, best first")
     depth: int = key(Int(1), "candidates examined per query, best first (the rest of the pool is never looked at)")
-    max_score_ratio: float = key(Float(0, low_open=True),
-                                 "candidates scoring above this x the positive's score are dropped as likely false "
-                                 "negatives (NV-Retriever's TopK-PercPos: 0.95; 1.0 drops what ranks above the "
-                                 "positive)")
+    max_score_ratio: Any = key(OneOf(Float(0, low_open=True), Null()),
+                               "candidates scoring above this x the positive's score are dropped as likely false "
+                               "negatives (NV-Retriever's TopK-PercPos: 0.95); null: off")
     negatives: str = key(Choice("mined", "random"),
                          "mined: the embedder's top candidates; random: as many random pool targets (the "
                          "equal-compute control)")

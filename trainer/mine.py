@@ -20,9 +20,9 @@ Per train dataset (data/normalized/train/<dataset>):
    text and image bytes); ``listed_positive``: the positive of another record with the same query
    (text and image), so a true match too; ``score_ratio``: a score above ``max_score_ratio`` x the
    positive's score (positive-aware filtering, NV-Retriever's TopK-PercPos, published with 0.95),
-   likely an unlabelled match. The ratio presumes cosines spread over a wide range, as a real
-   embedder's are; a small model trained at temperature 0.02 puts every cosine within a few
-   hundredths (the default tiny model: about 0.90-0.91), where 0.95 drops every candidate.
+   likely an unlabelled match (``max_score_ratio: null`` turns the rule off). The ratio presumes
+   cosines spread over a wide range, as a real embedder's are; a small model trained at temperature
+   0.02 can put every cosine within a few hundredths, where 0.95 drops every candidate.
 5. ``negatives: random`` is the control of equal compute: ``top_k`` pool targets drawn at random
    (seeded per dataset) among those that are neither the positive nor a listed positive.
 
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ def filter_candidates(ranked: list[tuple[int, float]], positive: int, listed: se
     """The first ``top_k`` of `ranked` (pool position, score; best first) that pass the false-negative
     filter, and every candidate dropped on the way (module docstring, step 4)."""
     choice = Choice()
-    ceiling = params.max_score_ratio * positive_score
+    ceiling = math.inf if params.max_score_ratio is None else params.max_score_ratio * positive_score
     for pos, s in ranked:
         if len(choice.kept) == params.top_k:
             break

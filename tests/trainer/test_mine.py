@@ -73,6 +73,8 @@ def test_filter_drops_the_positive_listed_positives_and_near_ties_in_rank_order(
     assert choice.dropped == [(0, 1.0, "positive"), (1, 0.99, "listed_positive"), (2, 0.97, "score_ratio")]
     loose = filter_candidates(ranked, 0, {1}, 1.0, replace(params, max_score_ratio=1.5))
     assert loose.kept == [(2, 0.97), (3, 0.5)]
+    off = filter_candidates(ranked, 0, {1}, 1.0, replace(params, max_score_ratio=None))  # null: the rule is off
+    assert off.kept == loose.kept and [d[2] for d in off.dropped] == ["positive", "listed_positive"]
 
 
 def test_mined_negatives_and_metrics(tmp_path):
