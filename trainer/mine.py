@@ -208,8 +208,8 @@ def _random_choices(ts: TrainSet, cand: np.ndarray, emb: np.ndarray, positive: n
             choices.append(None)
             continue
         banned = listed[q] | {int(positive[r])}
-        order = rng.permutation(len(cand))
-        picked = [int(p) for p in order if int(p) not in banned][: params.top_k]
+        draw = rng.choice(len(cand), size=min(len(cand), params.top_k + len(banned)), replace=False)
+        picked = [int(p) for p in draw if int(p) not in banned][: params.top_k]
         scores = cand[picked] @ emb[q] if picked else np.zeros(0, np.float32)
         choices.append(Choice(kept=list(zip(picked, scores.tolist()))))
     return choices
