@@ -24,7 +24,7 @@ from pipelines import files
 from pipelines.mmeb import resolve_subsets
 from pipelines.params import Eval
 from trainer import distributed, provenance
-from trainer.eval import report
+from trainer.eval import evaluate_v2, report
 from trainer.eval.cache import EmbeddingCache, prune
 from trainer.eval.protocol import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
     load_eval_set, score
@@ -113,6 +113,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     settings = cache_settings(params.image_max_pixels, params.batch_size)  # the same for every model
     cache_root = root / params.cache_dir
     used_caches = []
+    v2_sets, v2 = evaluate_v2.load_v2_sets(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
     for name in params.models:
         model = load_model(name, root / MODELS_ROOT / name, params)
         cache = None
@@ -124,9 +125,15 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
                               sources=sources)
         if is_main:
             evals[name] = results
+        if v2_sets:
+            v2[name] = evaluate_v2.score_v2(name, model, v2_sets, batch_size=params.batch_size,
+                                            images=ImageLoader(root / IMAGES_ROOT, params.image_max_pixels),
+                                            cache=cache)
         del model
     if is_main:
         write_outputs(evals, metadata, root)
+        if v2_sets:
+            evaluate_v2.write_v2(v2, metadata, root)
         if used_caches and params.cache_max_gb is not None:
             prune(cache_root, int(params.cache_max_gb * 1e9), keep=used_caches)
     distributed.barrier()
