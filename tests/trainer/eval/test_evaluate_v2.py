@@ -19,8 +19,6 @@ from trainer.eval import evaluate as evaluation
 from trainer.eval import evaluate_v2
 from trainer.eval.metrics import SCORE_KEYS
 
-pytestmark = pytest.mark.slow
-
 TINY = {"train_subsets": ["Syn-ShapeCLS"], "eval_subsets": ["Syn-ShapeCLS"]}
 TINY_SYN = {"train_rows": 6, "eval_rows": 4, "eval_candidates": 4, "image_size": 32}
 
@@ -110,3 +108,32 @@ def test_a_short_dataset_after_normalize_fails_the_stage(tmp_path):
     etl = json.loads((root / "metrics/etl.json").read_text())
     assert etl["v2"]["Syn-VideoCLS"]["rejected_by_reason"] == {"queries/frames_empty": 1}
     assert pq.read_table(root / "data/rejects/eval_v2/Syn-VideoCLS.parquet").column("id").to_pylist() == ["syn00002"]
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_v1_records_are_the_same_with_and_without_v2(tmp_path):
+    """The V2 path adds eval_v2/ and V2 images; V1's records, rejects and counts stay byte for byte,
+    and a v1 run leaves eval_v2/ empty and metrics/etl.json without a v2 entry."""
+    runs = {}
+    for benchmark in ("v1", "v2"):
+        root = tmp_path / benchmark
+        download(section("data", benchmark=benchmark, **TINY), section("synthetic", **TINY_SYN),
+                 out=root / "data/raw")
+        runs[benchmark] = normalize(root / "data/raw", root / "data/normalized", root / "data/rejects",
+                                    root / "metrics/etl.json", section("normalize", workers=1))
+    for part in ("train", "eval"):
+        v1 = _tree(tmp_path / "v1/data/normalized" / part)
+        assert v1 and v1 == _tree(tmp_path / "v2/data/normalized" / part)
+    assert _tree(tmp_path / "v1/data/rejects") == {k: v for k, v in _tree(tmp_path / "v2/data/rejects").items()
+                                                   if not k.startswith("eval_v2/")}
+    assert list((tmp_path / "v1/data/normalized/eval_v2").iterdir()) == []
+    assert "v2" not in runs["v1"] and runs["v1"]["datasets"] == runs["v2"]["datasets"]
+    images = {b: _tree(tmp_path / b / "data/normalized/images") for b in runs}
+    assert runs["v1"]["total"]["images_stored"] < runs["v2"]["total"]["images_stored"]
+    assert set(images["v1"]) <= set(images["v2"])
