@@ -137,3 +137,20 @@ def test_v1_records_are_the_same_with_and_without_v2(tmp_path):
     images = {b: _tree(tmp_path / b / "data/normalized/images") for b in runs}
     assert runs["v1"]["total"]["images_stored"] < runs["v2"]["total"]["images_stored"]
     assert set(images["v1"]) <= set(images["v2"])
+
+
+def test_v2_with_the_real_tiny_model(tmp_path):
+    """The real embedder (a tiny Qwen2-VL) encodes V2's pages, frames and labels."""
+    import shutil
+
+    from trainer.backbone.families import build_tiny, save_backbone, train_family_tokenizer
+
+    root = tmp_path / "proj"
+    build(root, frames=2)
+    tokenizer = train_family_tokenizer("qwen2_vl")
+    save_backbone(build_tiny("qwen2_vl", seed=0, tokenizer=tokenizer), root / "models/base")
+    evaluation.evaluate(eval_params(models=["base"], batch_size=8), root=root)
+    v2 = json.loads((root / "metrics/eval.json").read_text())["v2"]["base"]
+    assert sorted(v2["datasets"]) == ["Syn-ViDoRe", "Syn-VideoCLS"]
+    assert 0 <= v2["synthetic_aggregate"]["overall"]["score"] <= 1
+    shutil.rmtree(root / ".cache")
