@@ -3,8 +3,9 @@
     python -m stages.evaluate                                      # one process
     torchrun --nproc_per_node 2 -m stages.evaluate                 # items split across ranks
 
-Reads params `eval` (models, batch_size, datasets, image_max_pixels, cache, cache_dir,
-cache_max_gb, precision; `pipelines.params.Eval` says what each takes). Writes metrics/eval.json,
+Reads params `eval` (models, batch_size, datasets, image_max_pixels, cache, cache_dir, cache_max_gb,
+precision; `pipelines.params.Eval` says what each takes) and `data.benchmark` (v2: MMEB-V2's datasets
+only, `trainer.eval.evaluate_v2`). Writes metrics/eval.json,
 reports/eval.md, reports/leaderboard.json and reports/plots/per_dataset/<model>.json (rank 0 only;
 byte-deterministic for the same embeddings). Reads metrics/etl.json for each dataset's source rows:
 Precision@1 is over the rows normalize accepted, and the reports say how many it rejected. The work
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     section = replace(params.eval, cache=False) if args.no_cache else params.eval
     distributed.init_from_env()
     try:
-        return finish("evaluate", lambda: evaluate(section))
+        return finish("evaluate", lambda: evaluate(section, score_v1=params.data.benchmark != "v2"))
     finally:
         distributed.cleanup()
 

@@ -98,12 +98,14 @@ def load_embedding_model(name: str, path: Path, params: Eval) -> Encoder:
 
 
 def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = load_embedding_model,
-             ) -> dict[str, list[DatasetResult]] | None:
+             score_v1: bool = True) -> dict[str, list[DatasetResult]] | None:
     """Score every model of `params.models` on the selected datasets and write the outputs under
     `root`. `params` is the checked section with ``image_max_pixels`` resolved (a number or None).
-    Returns {model: [DatasetResult]} on rank 0, None on other ranks."""
+    MMEB-V2's datasets are scored when data/normalized/eval_v2 holds some (`evaluate_v2`); without
+    `score_v1` (data.benchmark: v2) only they are. Returns {model: [DatasetResult]} on rank 0, None
+    on other ranks."""
     root = Path(root)
-    eval_sets = select(params, root)
+    eval_sets = select(params, root) if score_v1 else evaluate_v2.v2_only(params.models, root)
     sources = source_rows(root / ETL_FILE, eval_sets)
     needs_images = any(it.get("image") for es in eval_sets for it in es.items)
     images = ImageLoader(root / IMAGES_ROOT, params.image_max_pixels) if needs_images else None
@@ -122,7 +124,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
             used_caches.append(cache.dir)
         metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
         results = score_model(name, model, eval_sets, batch_size=params.batch_size, images=images, cache=cache,
-                              sources=sources)
+                              sources=sources) if eval_sets else []
         if is_main:
             evals[name] = results
         if v2_sets:
@@ -131,7 +133,10 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
                                             cache=cache)
         del model
     if is_main:
-        write_outputs(evals, metadata, root)
+        if score_v1:
+            write_outputs(evals, metadata, root)
+        else:
+            evaluate_v2.clear_v1_outputs(root, (METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE), root / PLOTS_DIR)
         if v2_sets:
             evaluate_v2.write_v2(v2, metadata, root)
         if used_caches and params.cache_max_gb is not None:

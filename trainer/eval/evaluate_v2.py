@@ -114,10 +114,7 @@ def load_v2_set(folder: Path) -> V2Set:
 
 def load_v2_sets(root: Path) -> list[V2Set]:
     """Every dataset under data/normalized/eval_v2 ([] when the folder is absent or empty)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return [load_v2_set(p) for p in sorted(root.iterdir()) if (p / "dataset.json").is_file()]
+    return [load_v2_set(Path(root) / name) for name in load_v2_names(root)]
 
 
 def _side_vectors(emb: np.ndarray, sides: list[list[int]]) -> np.ndarray:
@@ -197,6 +194,36 @@ def markdown(summaries: dict[str, dict]) -> str:
                 lines.append(f"| {label} {gname} ({g['tasks']}/{g['expected']}) | "
                              + " | ".join(_pct(pick(summaries[m][key])["score"]) for m in models) + " |")
     return "\n".join(lines) + "\n"
+
+
+def v2_only(models: list[str], root: Path, models_root: Path = Path("models")) -> list:
+    """No V1 eval sets ([]), once every model folder and some MMEB-V2 dataset are known to exist
+    (data.benchmark: v2)."""
+    missing = [m for m in models if not (Path(root) / models_root / m).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"model folder(s) {[str(models_root / m) for m in missing]} missing under {root}: "
+                                "run the backbone/train stages first")
+    if not load_v2_names(Path(root) / V2_ROOT):
+        raise FileNotFoundError(f"data.benchmark v2, but {V2_ROOT} holds no MMEB-V2 dataset: run the download "
+                                "and normalize stages with data.benchmark v2")
+    return []
+
+
+def load_v2_names(root: Path) -> list[str]:
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if (p / "dataset.json").is_file()) if root.is_dir() else []
+
+
+def clear_v1_outputs(root: Path, paths: tuple[Path, ...], plots: Path) -> None:
+    """data.benchmark v2: the V1 outputs of an earlier run removed, so nothing stale is reported. The
+    DVC outputs the V2 writer does not fill are left empty: the leaderboard with no model, the per-model
+    plots folder without plots."""
+    for path in paths:
+        (Path(root) / path).unlink(missing_ok=True)
+    files.write_json(Path(root) / paths[2], {"models": {}})
+    plots.mkdir(parents=True, exist_ok=True)
+    for stale in plots.glob("*.json"):
+        stale.unlink()
 
 
 def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path) -> None:

@@ -154,3 +154,25 @@ def test_v2_with_the_real_tiny_model(tmp_path):
     assert sorted(v2["datasets"]) == ["Syn-ViDoRe", "Syn-VideoCLS"]
     assert 0 <= v2["synthetic_aggregate"]["overall"]["score"] <= 1
     shutil.rmtree(root / ".cache")
+
+
+def test_v2_only_scores_v2_and_clears_the_v1_outputs(tmp_path):
+    """data.benchmark v2: no V1 dataset is scored, V1 outputs of an earlier run are gone, the DVC
+    outputs exist; without V2 data the stage says what to run."""
+    root = tmp_path / "proj"
+    for m in ("base", "embedder"):
+        (root / "models" / m).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no MMEB-V2 dataset"):
+        evaluation.evaluate(eval_params(), root=root, load_model=Loader(), score_v1=False)
+    build(root)
+    evaluation.evaluate(eval_params(), root=root, load_model=Loader())  # both: V1 outputs written
+    assert list((root / evaluation.PLOTS_DIR).glob("*.json"))
+    loader = Loader()
+    evaluation.evaluate(eval_params(), root=root, load_model=loader, score_v1=False)
+    metrics = json.loads((root / "metrics/eval.json").read_text())
+    assert list(metrics) == ["v2"] and sorted(metrics["v2"]) == ["base", "embedder"]
+    assert json.loads((root / evaluation.LEADERBOARD_FILE).read_text()) == {"models": {}}
+    assert not list((root / evaluation.PLOTS_DIR).glob("*.json"))
+    report = (root / "reports/eval.md").read_text()
+    assert "## MMEB-V2" in report and "Syn-ShapeCLS" not in report
+    assert loader.encoders["embedder"].encoded == 0  # every V2 vector came from the cache of the run before
