@@ -192,3 +192,28 @@ def lookup(name: str) -> V2Task:
 def leaderboard_key(name: str) -> str:
     """The key `report_score_v2.py` writes for a task in the leaderboard JSON."""
     return LEADERBOARD_RENAMES.get(name, name)
+
+
+# --- synthetic stand-ins -------------------------------------------------------------------------------
+# The offline sets of `pipelines.sources.synthetic` in MMEB-V2's layout, each standing in for one
+# loader family: Syn-ViDoRe for the ViDoRe sets (BEIR layout, graded qrels, the whole corpus ranked),
+# Syn-VideoCLS for HMDB51 (its instruction; every label ranked). `num_data` is what the generator
+# writes with its default sizes. They are scored and aggregated like registry tasks but never enter
+# the official groups, the 78 or the leaderboard's task keys.
+SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
+    V2Task("Syn-ViDoRe", "visdoc", "VDRv1", "vidore", "global", "", None, "test", "visdoc-tasks/Syn-ViDoRe", 9),
+    V2Task("Syn-VideoCLS", "video", "V-CLS", "video_classification", "global", "", None, "test",
+           "video-tasks/frames/video_cls/Syn-VideoCLS", 14, loader_name="HMDB51"),
+)}
+
+# The raw layout the pipeline reads (data/raw/MMEB-V2/): one folder per dataset holding its Hub repo,
+# beside the frame and image roots; the loader families wired into normalize so far.
+RAW_FOLDER = "MMEB-V2"
+LAYOUT_FOLDERS = ("video-tasks", "visdoc-tasks", "image-tasks")  # frame and image roots, not datasets
+BEIR_PARSERS = ("vidore", "visrag")
+ANNOTATED_VIDEO_PARSERS = ("video_classification",)  # video_id + pos_text rows, one frame folder each
+
+
+def known(name: str) -> V2Task:
+    """A registry task or a synthetic stand-in, by name."""
+    return SYNTHETIC[name] if name in SYNTHETIC else lookup(name)

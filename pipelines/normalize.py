@@ -56,6 +56,7 @@ from tqdm import tqdm
 from pipelines import errors, files, imagestore, mmeb, workers
 from pipelines.errors import Rejected, StageFailed
 from pipelines.params import Normalize
+from pipelines.normalize_v2 import normalize_v2, problems as v2_problems
 from pipelines.images import ImageSource, pil_limits, prepare_image
 from pipelines.prompts import compose, split_side
 from pipelines.schema import (EVAL_COLUMNS, IMAGE_TOKEN, RECORD_SCHEMA, REJECT_SCHEMA, TRAIN_COLUMNS,
@@ -616,6 +617,7 @@ def normalize(raw_root: str | Path, out_root: str | Path, rejects_root: str | Pa
              total["images_stored"], total["converted"])
     problem = failure_message(metrics, params.max_reject_fraction,
                               max_dataset_reject_fraction=params.max_dataset_reject_fraction)
+    problem = "\n".join(p for p in (problem, *v2_problems(metrics.get("v2", {}))) if p) or None
     if problem:
         raise StageFailed(f"{problem}\n(see {metrics_path} and {rejects_root})")
     return metrics
@@ -635,8 +637,11 @@ def run(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
         folder.mkdir(parents=True)  # DVC outs must exist even when a kind has no data or no rejects
     log.info("normalizing %d datasets, %d rows, %d workers", len(tasks), sum(t.rows for t in tasks),
              params.workers)
+    v2 = normalize_v2(raw_root, out_root, rejects_root, params)  # MMEB-V2 (data.benchmark v2/both), else {}
     results, images_stored = run_tasks(tasks, params.workers, images_root=out_root / "images")
     metrics = build_metrics(tasks, results, images_stored)
+    if v2:
+        metrics["v2"] = v2
     files.write_json(Path(metrics_path), metrics, sort_keys=True)
     return metrics
 

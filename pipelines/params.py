@@ -339,6 +339,10 @@ class Data(Section):
                                                        "diverse instructions")
     train_subsets: Any = key(SUBSETS, "all, or the MMEB-train configs to fetch")
     eval_subsets: Any = key(SUBSETS, "all, or the MMEB-eval configs to fetch")
+    benchmark: str = key(Choice("v1", "v2", "both"),
+                         "v1: MMEB only; v2 / both: MMEB-V2's sets too, under data/raw/MMEB-V2 (synthetic: "
+                         "Syn-ViDoRe and Syn-VideoCLS; local: data.local_dir/MMEB-V2); MMEB-train and "
+                         "MMEB-eval still come along, training reads them")
 
     def problems(self):
         if self.local_dir.startswith("~"):
@@ -381,6 +385,8 @@ class Normalize(Section):
                                                           "candidate image rejects every query that lists it)")
     rows_per_part: int = key(Int(1), "records per output parquet part")
     batch_rows: int = key(Int(1), "source rows read per batch (bounds memory)")
+    frames_per_video: int = key(Int(1), "MMEB-V2 video: frames sampled per video, evenly spaced (VLM2Vec: 8); a "
+                                        "shorter folder keeps all its frames and is counted")
 
 
 @dataclass(frozen=True)

@@ -116,8 +116,8 @@ def sample_key(record_id_: str) -> str:
 # the dataset's whole corpus ("global"), and label relevance with grades (visual-document qrels).
 # They are stored apart from the V1 records (RECORD_SCHEMA above is unchanged):
 #
-#   data/normalized/v2/<dataset>/queries.parquet   V2_QUERY_SCHEMA, one row per query
-#   data/normalized/v2/<dataset>/corpus.parquet    V2_CORPUS_SCHEMA, one row per distinct candidate
+#   data/normalized/eval_v2/<dataset>/queries.parquet   V2_QUERY_SCHEMA, one row per query
+#   data/normalized/eval_v2/<dataset>/corpus.parquet    V2_CORPUS_SCHEMA, one row per distinct candidate
 #
 # A candidate is stored once per dataset under its id; queries refer to candidates by id only.
 # `raw` is the input string exactly as VLM2Vec's loader builds it, with IMAGE_TOKEN / VIDEO_TOKEN

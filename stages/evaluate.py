@@ -4,9 +4,10 @@
     torchrun --nproc_per_node 2 -m stages.evaluate                 # items split across ranks
 
 Reads params `eval` (models, batch_size, datasets, image_max_pixels, the input rendering, cache,
-cache_dir, cache_max_gb, precision; `pipelines.params.Eval` says what each takes), and `recipe`:
+cache_dir, cache_max_gb, precision; `pipelines.params.Eval` says what each takes), `recipe`:
 reports/eval.md names its profile and lists every setting that differs from it
-(`pipelines.profiles.differences`). Writes metrics/eval.json,
+(`pipelines.profiles.differences`), and `data.benchmark` (v2: MMEB-V2's datasets only,
+`trainer.eval.evaluate_v2`). Writes metrics/eval.json,
 reports/eval.md, reports/leaderboard.json and reports/plots/per_dataset/<model>.json (rank 0 only;
 byte-deterministic for the same embeddings). Reads metrics/etl.json for each dataset's source rows:
 Precision@1 is over the rows normalize accepted, and the reports say how many it rejected. The work
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     distributed.init_from_env()
     try:
         recipe = differences_in(params_path(args.params))
-        return finish("evaluate", lambda: evaluate(section, recipe=recipe),
+        return finish("evaluate", lambda: evaluate(section, recipe=recipe, score_v1=params.data.benchmark != "v2"),
                       writing=[METRICS_FILE.parent, REPORT_FILE.parent, section.cache_dir])
     finally:
         distributed.cleanup()

@@ -40,6 +40,7 @@ def data_params(**kw) -> dict:
         "train_split": "original",
         "train_subsets": "all",
         "eval_subsets": "all",
+        "benchmark": "v1",
     }
     return {**base, **kw}
 

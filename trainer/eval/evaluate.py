@@ -25,7 +25,7 @@ from pipelines import files
 from pipelines.mmeb import resolve_subsets
 from pipelines.params import RENDERING, Eval
 from trainer import distributed, provenance
-from trainer.eval import report, submission
+from trainer.eval import evaluate_v2, report, submission
 from trainer.eval.cache import EmbeddingCache, prune
 from trainer.eval.protocol import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
     load_eval_set, score
@@ -101,13 +101,14 @@ def load_embedding_model(name: str, path: Path, params: Eval) -> Encoder:
 
 
 def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = load_embedding_model,
-             recipe: dict | None = None) -> dict[str, list[DatasetResult]] | None:
+             recipe: dict | None = None, score_v1: bool = True) -> dict[str, list[DatasetResult]] | None:
     """Score every model of `params.models` on the selected datasets and write the outputs under
     `root`. `params` is the checked section with ``image_max_pixels`` resolved (a number or None);
-    `recipe` (`pipelines.profiles.differences`) goes into the report.
-    Returns {model: [DatasetResult]} on rank 0, None on other ranks."""
+    `recipe` (`pipelines.profiles.differences`) goes into the report. MMEB-V2's datasets are scored
+    when data/normalized/eval_v2 holds some (`evaluate_v2`); without `score_v1` (data.benchmark: v2)
+    only they are. Returns {model: [DatasetResult]} on rank 0, None on other ranks."""
     root = Path(root)
-    eval_sets = select(params, root)
+    eval_sets = select(params, root) if score_v1 else evaluate_v2.v2_only(params.models, root)
     sources = source_rows(root / ETL_FILE, eval_sets)
     needs_images = any(it.get("image") for es in eval_sets for it in es.items)
     pre_scale = params.image_max_pixels if params.image_resize == "collator" else None  # else the processor's
@@ -119,6 +120,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     settings = cache_settings(params.image_max_pixels, params.batch_size)  # the same for every model
     cache_root = root / params.cache_dir
     used_caches = []
+    v2_sets, v2 = evaluate_v2.load_v2_sets(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
     for name in params.models:
         model = load_model(name, root / MODELS_ROOT / name, params)
         cache = None
@@ -128,12 +130,21 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
         metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
         facts[name] = submission.model_facts(model)
         results = score_model(name, model, eval_sets, batch_size=params.batch_size, images=images, cache=cache,
-                              sources=sources)
+                              sources=sources) if eval_sets else []
         if is_main:
             evals[name] = results
+        if v2_sets:
+            v2[name] = evaluate_v2.score_v2(name, model, v2_sets, batch_size=params.batch_size,
+                                            images=ImageLoader(root / IMAGES_ROOT, params.image_max_pixels),
+                                            cache=cache)
         del model
     if is_main:
-        write_outputs(evals, metadata, root, recipe, facts)
+        if score_v1:
+            write_outputs(evals, metadata, root, recipe, facts)
+        else:
+            evaluate_v2.clear_v1_outputs(root, (METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE), root / PLOTS_DIR)
+        if v2_sets:
+            evaluate_v2.write_v2(v2, metadata, root)
         if used_caches and params.cache_max_gb is not None:
             prune(cache_root, int(params.cache_max_gb * 1e9), keep=used_caches)
     distributed.barrier()

@@ -36,25 +36,34 @@ def score_file(metrics: Mapping[str, float], num_pred: int, num_data: int) -> di
     return entry
 
 
-def _group(names: list[str], scores: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _group(names: list[str], scores: Mapping[str, Mapping[str, Any]],
+           registry: Mapping[str, mmeb_v2.V2Task]) -> dict[str, Any]:
     have = [n for n in names if n in scores]
-    values = [float(scores[n][mmeb_v2.TASKS[n].headline_metric]) for n in have]
+    values = [float(scores[n][registry[n].headline_metric]) for n in have]
     return {"score": float(np.mean(values)) if values else None, "tasks": len(have), "expected": len(names),
             "missing": [n for n in names if n not in scores]}
 
 
-def aggregate(scores: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def aggregate(scores: Mapping[str, Mapping[str, Any]],
+              registry: Mapping[str, mmeb_v2.V2Task] | None = None) -> dict[str, Any]:
     """``{"overall": group, "modality": {m: group}, "meta": {meta: group}, "task": {name: headline}}``
-    from score dicts by task name; group = score (None when empty), tasks, expected, missing."""
-    unknown = [n for n in scores if n not in mmeb_v2.TASKS]
+    from score dicts by task name; group = score (None when empty), tasks, expected, missing.
+    ``registry`` defaults to the 78 tasks (`mmeb_v2.SYNTHETIC` aggregates the synthetic stand-ins)."""
+    registry = mmeb_v2.TASKS if registry is None else registry
+    unknown = [n for n in scores if n not in registry]
     if unknown:
         raise KeyError(f"not MMEB-V2 tasks: {unknown}")
+
+    def names(modality=None, meta=None) -> list[str]:
+        return [t.name for t in registry.values()
+                if (modality is None or t.modality == modality) and (meta is None or t.meta_task == meta)]
+
     return {
-        "overall": _group(list(mmeb_v2.TASKS), scores),
-        "modality": {m: _group([t.name for t in mmeb_v2.tasks(m)], scores) for m in mmeb_v2.MODALITIES},
-        "meta": {meta: _group([t.name for t in mmeb_v2.tasks(meta_task=meta)], scores)
+        "overall": _group(names(), scores, registry),
+        "modality": {m: _group(names(m), scores, registry) for m in mmeb_v2.MODALITIES},
+        "meta": {meta: _group(names(meta=meta), scores, registry)
                  for m in mmeb_v2.MODALITIES for meta in mmeb_v2.META_TASKS[m]},
-        "task": {n: float(scores[n][mmeb_v2.TASKS[n].headline_metric]) for n in mmeb_v2.TASKS if n in scores},
+        "task": {n: float(scores[n][registry[n].headline_metric]) for n in registry if n in scores},
     }
 
 

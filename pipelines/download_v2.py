@@ -1,0 +1,125 @@
+"""MMEB-V2's sets for the download stage (``data.benchmark: v2 | both``): fetched or generated into
+``data/raw/MMEB-V2/`` and counted against what a complete set holds.
+
+    root = source_folder(data, synthetic, scratch)    # the MMEB-V2 folder of data.source
+    datasets = inventory(root, expected)               # {name: counts}; StageFailed when short
+
+The layout (the Hub annotation repos beside VLM2Vec's frame folders)::
+
+    MMEB-V2/<dataset>/                          the Hub repo: BEIR configs (visual documents) or the
+                                                annotation split (video), e.g. Syn-ViDoRe/, Syn-VideoCLS/
+    MMEB-V2/video-tasks/frames/<root>/<video>/  extracted frames, <root> the registry's frame root
+
+``data.source: synthetic`` writes `Syn-ViDoRe` and `Syn-VideoCLS`; ``local`` takes
+``data.local_dir/MMEB-V2`` as it is. The manifest records per dataset the queries expected (the
+registry's ``num_data``; for a synthetic set the generator's count) and the queries found. A dataset
+with fewer queries than expected, a video whose frame folder is missing or empty, a folder the
+registry does not know, or a loader family not wired yet fail the stage, naming every one at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipelines import mmeb_v2
+from pipelines.errors import StageFailed
+from pipelines.frames import list_frames
+from pipelines.params import Data, Synthetic
+
+log = logging.getLogger(__name__)
+
+FOLDER = mmeb_v2.RAW_FOLDER
+LAYOUT_FOLDERS = mmeb_v2.LAYOUT_FOLDERS
+BEIR_PARSERS = mmeb_v2.BEIR_PARSERS
+ANNOTATED_VIDEO_PARSERS = mmeb_v2.ANNOTATED_VIDEO_PARSERS
+
+
+def source_folder(data: Data, synthetic: Synthetic, scratch: Path) -> tuple[Path, dict[str, int]]:
+    """The MMEB-V2 folder of ``data.source`` and the queries each synthetic set was written with
+    ({} for other sources: the registry's counts apply)."""
+    if data.source == "synthetic":
+        from pipelines.sources.synthetic.video import NAME as VIDEO, write_video_cls
+        from pipelines.sources.synthetic.visdoc import NAME as VISDOC, write_visdoc
+
+        root = Path(scratch) / FOLDER
+        root.mkdir(parents=True)
+        docs = write_visdoc(root / VISDOC, seed=synthetic.seed)
+        videos = write_video_cls(root, seed=synthetic.seed)
+        return root, {VISDOC: docs["queries"], VIDEO: videos["videos"]}
+    if data.source == "local":
+        root = Path(data.local_dir) / FOLDER
+        if not root.is_dir():
+            raise StageFailed(f"data.benchmark {data.benchmark} with data.source local: {root} does not exist "
+                              f"(MMEB-V2's sets go there in the layout of docs/mmeb-v2.md)")
+        return root, {}
+    raise StageFailed(f"data.benchmark {data.benchmark}: MMEB-V2 from the Hub is not wired yet; put the sets "
+                      f"under {Path(data.local_dir) / FOLDER} and use data.source local")
+
+
+def _rows(folder: Path, pattern: str, columns: list[str]) -> dict[str, list]:
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no {pattern} under {folder}")
+    out: dict[str, list] = {c: [] for c in columns}
+    for f in files:
+        table = pq.read_table(f, columns=columns)
+        for c in columns:
+            out[c] += table.column(c).to_pylist()
+    return out
+
+
+def count_dataset(root: Path, task: mmeb_v2.V2Task) -> tuple[int, list[str]]:
+    """(queries found, problems) of one dataset folder under ``root``."""
+    folder = root / task.name
+    try:
+        if task.parser in BEIR_PARSERS:
+            ids = _rows(folder, f"queries/{task.hub_split}-*.parquet", ["query-id"])["query-id"]
+            return len(set(map(str, ids))), []
+        if task.parser in ANNOTATED_VIDEO_PARSERS:
+            ids = _rows(folder, f"{task.hub_split}-*.parquet", ["video_id"])["video_id"]
+            frame_root = root / task.root
+            bad = [v for v in ids if not (frame_root / str(v)).is_dir() or not list_frames(frame_root / str(v))]
+            problems = [f"MMEB-V2 dataset {task.name}: {len(bad)} video(s) without frames, e.g. "
+                        f"{frame_root / str(bad[0])} is missing or empty"] if bad else []
+            return len(ids), problems
+    except (FileNotFoundError, KeyError) as e:
+        return 0, [f"MMEB-V2 dataset {task.name}: {e}"]
+    return 0, [f"MMEB-V2 dataset {task.name}: loader family {task.parser!r} is not wired into the pipeline yet"]
+
+
+def inventory(root: Path, expected: dict[str, int] | None = None) -> dict[str, dict]:
+    """Every dataset folder under ``root`` counted: {name: modality, meta_task, eval_type, expected,
+    found}. ``expected`` overrides the registry's count (synthetic sets). Raises StageFailed naming
+    every short dataset, missing frame folder and unknown folder."""
+    root = Path(root)
+    expected = expected or {}
+    out, problems = {}, []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in LAYOUT_FOLDERS):
+        try:
+            task = mmeb_v2.known(folder.name)
+        except KeyError:
+            problems.append(f"{folder}: not an MMEB-V2 task (pipelines/mmeb_v2.py) nor a synthetic stand-in")
+            continue
+        found, issues = count_dataset(root, task)
+        want = expected.get(task.name, task.num_data)
+        if found < want and not issues:
+            issues.append(f"MMEB-V2 dataset {task.name}: {found} queries of the {want} expected "
+                          f"({want - found} missing); the download or the data is incomplete")
+        problems += issues
+        out[task.name] = {"modality": task.modality, "meta_task": task.meta_task, "eval_type": task.eval_type,
+                          "expected": want, "found": found}
+    if not out and not problems:
+        problems.append(f"{root} holds no MMEB-V2 dataset")
+    if problems:
+        raise StageFailed("\n".join(problems))
+    log.info("MMEB-V2: %s", ", ".join(f"{n} ({d['found']} queries)" for n, d in out.items()))
+    return out
+
+
+def files_of(root: Path) -> dict[str, Path]:
+    """{path under MMEB-V2/: file} of every file below ``root``, sorted."""
+    root = Path(root)
+    return {f"{FOLDER}/{p.relative_to(root).as_posix()}": p for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,248 @@
+"""The evaluate stage's MMEB-V2 part: every dataset under data/normalized/eval_v2 scored with the V2
+protocol, beside the V1 scores.
+
+    v2_sets = load_v2_sets(root / V2_ROOT)                      # [] without MMEB-V2 data
+    scores = score_v2(model, v2_sets, batch_size=..., images=..., cache=...)   # {dataset: score dict}
+    write_v2({model: scores}, metadata, root)                   # eval.json "v2", eval.md, leaderboard_v2.json
+
+A global dataset ranks each query against its whole deduplicated corpus (`ranking.rank_global`), a
+local one against its own list (`ranking.rank_local`); strict ties and the ``correct`` label
+computation (the protocol's defaults, `docs/mmeb-v2.md`). Every metric at 1/5/10 goes to
+metrics/eval.json; the aggregate per meta-task, modality and overall is `v2_scores.aggregate` over
+the registry's tasks, the synthetic stand-ins aggregated apart so they never pass for official tasks.
+
+Each distinct item (raw string + image) of a dataset is encoded once. A video is given to the model
+as its sampled frames, each frame one image item with the video's prompt (the video placeholder
+turned into the image one), and the video's vector is the normalised mean of its frames' vectors:
+every family can take it, but it is not Qwen2-VL's ``videos=`` input, so video scores are not
+comparable with the published ones. Cache keys hold the dataset's version (a digest of its
+normalized files), so a changed dataset never reuses stale vectors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines import files, mmeb_v2
+from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
+from trainer.eval import v2_scores
+from trainer.eval.metrics import Relevance, dataset_metrics
+from trainer.eval.protocol import Encoder, ImageLoader, content_key, encode_items
+from trainer.eval.ranking import rank_global, rank_local
+
+log = logging.getLogger(__name__)
+
+V2_ROOT = Path("data/normalized/eval_v2")
+METRICS_FILE = Path("metrics/eval.json")
+REPORT_FILE = Path("reports/eval.md")
+LEADERBOARD_FILE = Path("reports/leaderboard_v2.json")
+VERSION_FILES = ("queries.parquet", "corpus.parquet", "dataset.json")
+
+
+@dataclass
+class V2Set:
+    """One V2 dataset as distinct encoder items; each query / corpus side is a list of item indices
+    (one item, or a video's frames)."""
+
+    task: mmeb_v2.V2Task
+    version: str  # sha256 of the normalized files, 16 hex
+    expected: int
+    items: list[dict]
+    keys: list[str]
+    query_sides: list[list[int]]
+    corpus_ids: list[str]
+    corpus_sides: list[list[int]]
+    candidates: list[list[str]]  # local lists (empty for global)
+    relevances: list[Relevance]
+
+
+def dataset_version(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in VERSION_FILES:
+        h.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _text(raw: str) -> str:
+    return raw.replace(IMAGE_TOKEN, "").replace(VIDEO_TOKEN, "").strip()
+
+
+class _Items:
+    """Distinct items of a dataset by content key."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.items, self.keys, self.index = prefix, [], [], {}
+
+    def add(self, raw: str, image: dict | None) -> int:
+        key = content_key(raw, image["sha256"] if image else None)
+        if key not in self.index:
+            self.index[key] = len(self.items)
+            self.items.append({"raw": raw, "text": _text(raw), "image": image})
+            self.keys.append(f"{self.prefix}/{key}")
+        return self.index[key]
+
+    def side(self, side: dict) -> list[int]:
+        if side["video"]:
+            raw = side["raw"].replace(VIDEO_TOKEN, IMAGE_TOKEN)
+            return [self.add(raw, frame) for frame in side["video"]]
+        return [self.add(side["raw"], side["image"])]
+
+
+def load_v2_set(folder: Path) -> V2Set:
+    folder = Path(folder)
+    info = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    task = mmeb_v2.known(info["dataset"])
+    version = dataset_version(folder)
+    items = _Items(f"v2/{task.name}@{version}")
+    queries = pq.read_table(folder / "queries.parquet").to_pylist()
+    corpus = pq.read_table(folder / "corpus.parquet").to_pylist()
+    return V2Set(task, version, int(info["expected"]), items.items, items.keys,
+                 [items.side(q["query"]) for q in queries], [c["candidate_id"] for c in corpus],
+                 [items.side(c["candidate"]) for c in corpus], [q["candidates"] for q in queries],
+                 [Relevance(tuple(r["candidate_id"] for r in q["relevant"]),
+                            tuple(r["grade"] for r in q["relevant"])) for q in queries])
+
+
+def load_v2_sets(root: Path) -> list[V2Set]:
+    """Every dataset under data/normalized/eval_v2 ([] when the folder is absent or empty)."""
+    return [load_v2_set(Path(root) / name) for name in load_v2_names(root)]
+
+
+def _side_vectors(emb: np.ndarray, sides: list[list[int]]) -> np.ndarray:
+    out = np.stack([emb[idx].mean(axis=0) for idx in sides]).astype(np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def score_set(vs: V2Set, emb: np.ndarray) -> dict:
+    """The dataset's score dict (`v2_scores.score_file`, plus uncapped ``mrr``)."""
+    queries, corpus = _side_vectors(emb, vs.query_sides), _side_vectors(emb, vs.corpus_sides)
+    if vs.task.eval_type == "global":
+        rankings = rank_global(queries, corpus, vs.corpus_ids, vs.relevances)
+    else:
+        at = {c: i for i, c in enumerate(vs.corpus_ids)}
+        rankings = [rank_local(q, corpus[[at[c] for c in ids]], ids, rel)
+                    for q, ids, rel in zip(queries, vs.candidates, vs.relevances)]
+    metrics = dataset_metrics(rankings, vs.relevances)
+    return {**v2_scores.score_file(metrics, len(vs.relevances), vs.expected), "mrr": float(metrics["mrr"])}
+
+
+def score_v2(name: str, model: Encoder, v2_sets: list[V2Set], *, batch_size: int, images: ImageLoader | None,
+             cache) -> dict[str, dict]:
+    """{dataset: score dict} of one model on rank 0 ({} on other ranks, which encode their share)."""
+    out = {}
+    for vs in v2_sets:
+        emb, stats = encode_items(model, vs.items, vs.keys, batch_size=batch_size, load_images=images,
+                                  cache=cache, desc=f"{name} {vs.task.name}")
+        if emb is None:
+            continue
+        out[vs.task.name] = score_set(vs, emb)
+        log.info("%s %s (MMEB-V2 %s): %s %.4f (%d queries; %d items, %d encoded, %d cached)", name, vs.task.name,
+                 vs.task.eval_type, vs.task.headline_metric, out[vs.task.name][vs.task.headline_metric],
+                 len(vs.relevances), len(vs.items), stats.encoded, stats.cache_hits)
+    return out
+
+
+def summary(scores: dict[str, dict]) -> dict:
+    """Per-dataset score dicts and the aggregates: official tasks, synthetic stand-ins apart."""
+    official = {n: s for n, s in scores.items() if n in mmeb_v2.TASKS}
+    synthetic = {n: s for n, s in scores.items() if n in mmeb_v2.SYNTHETIC}
+    return {"datasets": dict(sorted(scores.items())), "aggregate": v2_scores.aggregate(official),
+            "synthetic_aggregate": v2_scores.aggregate(synthetic, mmeb_v2.SYNTHETIC)}
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(summaries: dict[str, dict]) -> str:
+    """The MMEB-V2 section of reports/eval.md: per dataset the headline metric of every model beside
+    the published scores of the same data, then the groups."""
+    models = list(summaries)
+    names = sorted({n for s in summaries.values() for n in s["datasets"]})
+    published = list(mmeb_v2.published.MODELS)
+    lines = ["", "## MMEB-V2", "",
+             "Headline metric in % (hit@1 for image and video, NDCG@5 for visual documents); published "
+             "scores are of the same data (`score_version`); synthetic stand-ins have none. Videos are "
+             "encoded as the mean of their sampled frames' vectors.", "",
+             "| dataset | modality | meta-task | eval | " + " | ".join(models + published) + " |",
+             "| --- | --- | --- | --- |" + " ---: |" * (len(models) + len(published))]
+    for n in names:
+        t = mmeb_v2.known(n)
+        ours = [_pct(summaries[m]["datasets"][n][t.headline_metric]) if n in summaries[m]["datasets"] else "—"
+                for m in models]
+        ref = t.published if n in mmeb_v2.TASKS else {}
+        lines.append(f"| {n} | {t.modality} | {t.meta_task} | {t.eval_type} | "
+                     + " | ".join(ours + [_pct(ref.get(p)) for p in published]) + " |")
+    lines += ["", "| group (tasks scored / expected) | " + " | ".join(models) + " |",
+              "| --- |" + " ---: |" * len(models)]
+    for label, key in (("official", "aggregate"), ("synthetic", "synthetic_aggregate")):
+        first = summaries[models[0]][key]
+        groups = [("overall", first["overall"], lambda a: a["overall"])]
+        groups += [(m, g, lambda a, m=m: a["modality"][m]) for m, g in first["modality"].items()]
+        groups += [(m, g, lambda a, m=m: a["meta"][m]) for m, g in first["meta"].items()]
+        for gname, g, pick in groups:
+            if g["tasks"]:
+                lines.append(f"| {label} {gname} ({g['tasks']}/{g['expected']}) | "
+                             + " | ".join(_pct(pick(summaries[m][key])["score"]) for m in models) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def v2_only(models: list[str], root: Path, models_root: Path = Path("models")) -> list:
+    """No V1 eval sets ([]), once every model folder and some MMEB-V2 dataset are known to exist
+    (data.benchmark: v2)."""
+    missing = [m for m in models if not (Path(root) / models_root / m).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"model folder(s) {[str(models_root / m) for m in missing]} missing under {root}: "
+                                "run the backbone/train stages first")
+    if not load_v2_names(Path(root) / V2_ROOT):
+        raise FileNotFoundError(f"data.benchmark v2, but {V2_ROOT} holds no MMEB-V2 dataset: run the download "
+                                "and normalize stages with data.benchmark v2")
+    return []
+
+
+def load_v2_names(root: Path) -> list[str]:
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if (p / "dataset.json").is_file()) if root.is_dir() else []
+
+
+def clear_v1_outputs(root: Path, paths: tuple[Path, ...], plots: Path) -> None:
+    """data.benchmark v2: the V1 outputs of an earlier run removed, so nothing stale is reported. The
+    DVC outputs the V2 writer does not fill are left empty: the leaderboard with no model, the per-model
+    plots folder without plots."""
+    for path in paths:
+        (Path(root) / path).unlink(missing_ok=True)
+    files.write_json(Path(root) / paths[2], {"models": {}})
+    plots.mkdir(parents=True, exist_ok=True)
+    for stale in plots.glob("*.json"):
+        stale.unlink()
+
+
+def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path) -> None:
+    """Add the "v2" entry to metrics/eval.json, the MMEB-V2 section to reports/eval.md, and write
+    reports/leaderboard_v2.json (one report_score_v2.py document per model; official tasks only).
+    Byte-deterministic: the leaderboard's date is $SOURCE_DATE_EPOCH's, else the epoch."""
+    root = Path(root)
+    summaries = {m: summary(s) for m, s in scores.items()}
+    metrics_path = root / METRICS_FILE
+    document = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    document["v2"] = summaries
+    files.write_json(metrics_path, document, ensure_ascii=False)
+    report_path = root / REPORT_FILE
+    before = report_path.read_text(encoding="utf-8") if report_path.is_file() else "# Evaluation\n"
+    files.write_text(report_path, before + markdown(summaries))
+    generated = datetime.datetime.fromtimestamp(int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
+                                                datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    boards = {m: v2_scores.leaderboard({"model_name": m, **metadata.get(m, {})},
+                                       {n: e for n, e in s.items() if n in mmeb_v2.TASKS}, generated)
+              for m, s in scores.items()}
+    files.write_json(root / LEADERBOARD_FILE, boards, ensure_ascii=False)
+    log.info("wrote the MMEB-V2 scores to %s, %s and %s", METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE)
