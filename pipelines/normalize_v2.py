@@ -133,18 +133,21 @@ def _write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:
 
 def normalize_v2(raw_root: Path, out_root: Path, rejects_root: Path, params: Normalize) -> dict:
     """Write every MMEB-V2 dataset under raw_root/MMEB-V2, its images staged in out_root/images;
-    return {dataset: counts} ({} when there is none). out_root/eval_v2 always exists (evaluate's
-    dependency), empty without MMEB-V2."""
+    return {dataset: counts} ({} when there is none). out_root/eval_v2/datasets.json lists the
+    datasets written, [] without MMEB-V2: the folder is the evaluate stage's dependency, and DVC
+    restores no empty folder (a pulled workspace would miss it)."""
     root = Path(raw_root) / FOLDER
     out = Path(out_root) / OUT
     out.mkdir(parents=True, exist_ok=True)
-    if not root.is_dir():
-        return {}
-    writer = ImageStoreWriter(Path(out_root) / "images", "v2")
-    try:
-        return _datasets(root, out, Path(rejects_root), params, writer.add, _expected(Path(raw_root)))
-    finally:
-        writer.close()
+    counts = {}
+    if root.is_dir():
+        writer = ImageStoreWriter(Path(out_root) / "images", "v2")
+        try:
+            counts = _datasets(root, out, Path(rejects_root), params, writer.add, _expected(Path(raw_root)))
+        finally:
+            writer.close()
+    files.write_json(out / "datasets.json", {"datasets": sorted(counts)}, sort_keys=True)
+    return counts
 
 
 def _datasets(root: Path, out: Path, rejects_root: Path, params: Normalize, store: Store,

@@ -43,7 +43,8 @@ def test_v2_end_to_end(tmp_path):
     root = tmp_path / "proj"
     etl = build(root)
     out = root / "data/normalized/eval_v2"
-    assert sorted(p.name for p in out.iterdir()) == ["Syn-ViDoRe", "Syn-VideoCLS"]
+    assert sorted(p.name for p in out.iterdir()) == ["Syn-ViDoRe", "Syn-VideoCLS", "datasets.json"]
+    assert json.loads((out / "datasets.json").read_text()) == {"datasets": ["Syn-ViDoRe", "Syn-VideoCLS"]}
     queries = pq.read_table(out / "Syn-VideoCLS/queries.parquet")
     assert queries.schema.equals(V2_QUERY_SCHEMA)
     assert pq.read_schema(out / "Syn-ViDoRe/corpus.parquet").equals(V2_CORPUS_SCHEMA)
@@ -119,7 +120,8 @@ def _tree(folder: Path) -> dict[str, str]:
 
 def test_v1_records_are_the_same_with_and_without_v2(tmp_path):
     """The V2 path adds eval_v2/ and V2 images; V1's records, rejects and counts stay byte for byte,
-    and a v1 run leaves eval_v2/ empty and metrics/etl.json without a v2 entry."""
+    and a v1 run leaves eval_v2/ without datasets (its datasets.json says so) and metrics/etl.json
+    without a v2 entry."""
     runs = {}
     for benchmark in ("v1", "v2"):
         root = tmp_path / benchmark
@@ -132,7 +134,8 @@ def test_v1_records_are_the_same_with_and_without_v2(tmp_path):
         assert v1 and v1 == _tree(tmp_path / "v2/data/normalized" / part)
     assert _tree(tmp_path / "v1/data/rejects") == {k: v for k, v in _tree(tmp_path / "v2/data/rejects").items()
                                                    if not k.startswith("eval_v2/")}
-    assert list((tmp_path / "v1/data/normalized/eval_v2").iterdir()) == []
+    assert [p.name for p in (tmp_path / "v1/data/normalized/eval_v2").iterdir()] == ["datasets.json"]
+    assert json.loads((tmp_path / "v1/data/normalized/eval_v2/datasets.json").read_text()) == {"datasets": []}
     assert "v2" not in runs["v1"] and runs["v1"]["datasets"] == runs["v2"]["datasets"]
     images = {b: _tree(tmp_path / b / "data/normalized/images") for b in runs}
     assert runs["v1"]["total"]["images_stored"] < runs["v2"]["total"]["images_stored"]
