@@ -113,3 +113,21 @@ def test_saved_folder_keeps_the_opt_in_and_its_code(phi3v, tmp_path):
     (tmp_path / "base/digests.json").unlink()  # unverifiable code: the recorded opt-in no longer counts
     with pytest.raises(RemoteCodeRefused):
         load_backbone(str(tmp_path / "base"))
+
+
+def test_trains_and_scores_from_the_saved_folders(phi3v, tmp_path):
+    """A few LoRA steps from a Phi-3-V models/base, then models/embedder loads for evaluation
+    (trainer.embed) without the flag: both folders carry the opt-in and their digests."""
+    from tests.support.shards import write_test_shards
+    from tests.support.train_workspace import params, paths_in, shape_record
+    from trainer.embed import EmbeddingModel
+    from trainer.train.recipe import train
+
+    save_backbone(phi3v, tmp_path / "models/base")
+    write_test_shards(tmp_path / "data/shards/train", {"Syn-ShapesA": 16}, per_shard=16, make_record=shape_record)
+    summary = train(params(steps=2, batch_size=4, save_every=2, max_text_tokens=24), paths_in(tmp_path))
+    assert summary["steps"] == 2
+    model = EmbeddingModel.load(tmp_path / "models/embedder")
+    assert model.backbone.family == "phi3_v"
+    emb = model.encode([IMAGE_SIDE, TEXT_SIDE, STRAY_SIDE], [wide(), None, None], batch_size=3)
+    assert emb.shape == (3, 32) and abs(float((emb[0] ** 2).sum()) - 1) < 1e-4
