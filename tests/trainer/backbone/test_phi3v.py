@@ -129,5 +129,7 @@ def test_trains_and_scores_from_the_saved_folders(phi3v, tmp_path):
     assert summary["steps"] == 2
     model = EmbeddingModel.load(tmp_path / "models/embedder")
     assert model.backbone.family == "phi3_v"
+    from trainer.eval import stray
+    assert stray.rule_of(model) == "strip"  # the rule it was trained with, as metrics/eval.json reports it
     emb = model.encode([IMAGE_SIDE, TEXT_SIDE, STRAY_SIDE], [wide(), None, None], batch_size=3)
     assert emb.shape == (3, 32) and abs(float((emb[0] ** 2).sum()) - 1) < 1e-4
