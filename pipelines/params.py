@@ -550,7 +550,40 @@ class Recipe(Section):
             yield f"profile {self.profile!r} is not in profiles/ (known: {known})"
 
 
-SECTIONS: tuple[type[Section], ...] = (Data, Synthetic, Normalize, Shard, Backbone, Train, Eval, Recipe)
+@dataclass(frozen=True)
+class Mine(Section):
+    """Hard-negative mining with round one's embedder (stage mine; docs/mining.md). Items are encoded
+    with evaluation's settings (eval.batch_size, precision, image_max_pixels, cache)."""
+
+    NAME: ClassVar[str] = "mine"
+    top_k: int = key(Int(1), "negatives kept per train record, best first")
+    depth: int = key(Int(1), "candidates examined per query, best first (the rest of the pool is never looked at)")
+    max_score_ratio: Any = key(OneOf(Float(0, low_open=True), Null()),
+                               "candidates scoring above this x the positive's score are dropped as likely false "
+                               "negatives (NV-Retriever's TopK-PercPos: 0.95); null: off")
+    negatives: str = key(Choice("mined", "random"),
+                         "mined: the embedder's top candidates; random: as many random pool targets (the "
+                         "equal-compute control)")
+    seed: int = key(Int(0), "seed of the random negatives")
+
+    def problems(self):
+        if self.depth < self.top_k:
+            yield f"depth {self.depth} must be at least top_k {self.top_k} (the candidates examined)"
+
+
+@dataclass(frozen=True)
+class Retrain(Section):
+    """Round two: training on the shards with mined negatives (stage retrain); every other setting is
+    train's."""
+
+    NAME: ClassVar[str] = "retrain"
+    start: str = key(Choice("base", "embedder"), "start from models/base, or from round one's models/embedder")
+    steps: int = key(Int(1), "optimizer steps of round two")
+    hard_negatives: int = key(Int(0), "mined negatives per query (train.hard_negatives of round two)")
+
+
+SECTIONS: tuple[type[Section], ...] = (Data, Synthetic, Normalize, Shard, Backbone, Train, Eval, Mine, Retrain,
+                                         Recipe)
 
 
 @dataclass(frozen=True)
@@ -564,6 +597,8 @@ class Params:
     backbone: Backbone
     train: Train
     eval: Eval
+    mine: Mine
+    retrain: Retrain
     recipe: Recipe
 
     def problems(self) -> Iterable[str]:

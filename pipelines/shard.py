@@ -73,6 +73,7 @@ from tqdm import tqdm
 from pipelines import files, workers
 from pipelines.images import max_pixels_size, snapped_size
 from pipelines.imagestore import StoredImage, without_pandas
+from pipelines.mined import MinedJoin
 from pipelines.params import Shard
 from pipelines.schema import RECORD_SCHEMA, sample_key
 
@@ -428,6 +429,8 @@ class DatasetShards:
     images: int = 0
     resized_images: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
+    mined: int | None = None  # with mined negatives: records that got them (`pipelines.mined`)
+    unmined: int | None = None  # ... and records the mined file did not cover
 
 
 class ShardWriter:
@@ -491,11 +494,13 @@ class ShardWriter:
 
 # --- one dataset ------------------------------------------------------------------------------
 def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: Shard,
-                  progress: bool = True) -> DatasetShards:
-    """Write the shards of one dataset (records of `dataset_dir`, images from the cache)."""
+                  progress: bool = True, mined: Path | None = None) -> DatasetShards:
+    """Write the shards of one dataset (records of `dataset_dir`, images from the cache; with `mined`,
+    the mine stage's negatives joined on first, `pipelines.mined`)."""
     dataset_dir = Path(dataset_dir)
     dataset = dataset_dir.name
     result = DatasetShards(dataset)
+    join = MinedJoin.load(mined, dataset_dir) if mined is not None else None
     cache = ImageCache(cache_path)
     writer = ShardWriter(out_root, dataset, params.max_samples, params.max_bytes)
     seen: set[str] = set()
@@ -509,6 +514,8 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
         iter_records_in_order(dataset_dir, order)
     try:
         for records in batches:
+            if join is not None:
+                records = [join(r) for r in records]
             images = cache.get_many(s for r in records for s in record_image_shas(r))
             for record in records:
                 if record["dataset"] != dataset:
@@ -532,6 +539,11 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
     finally:
         bar.close()
         cache.close()
+    if join is not None:
+        result.mined, result.unmined = join.mined, join.unmined
+        if join.unmined:
+            log.warning("%s: %d records have no mined negatives (not in %s): they keep their own", dataset,
+                        join.unmined, mined)
     if result.samples == 0:
         log.warning("%s: no records, no shards", dataset_dir)
     log.info("%s: %d samples%s, %d images (%d downscaled) in %d shard(s)", dataset, result.samples,
@@ -545,13 +557,15 @@ def dataset_dirs(normalized_train: Path) -> list[Path]:
     return sorted(p for p in Path(normalized_train).iterdir() if p.is_dir())
 
 
-def _all_shas(dirs: list[Path], params: Shard) -> Iterator[str]:
-    """The image shas of the records to shard (the selected ones, under `max_rows_per_dataset`)."""
+def _all_shas(dirs: list[Path], params: Shard, mined: Path | None = None) -> Iterator[str]:
+    """The image shas of the records to shard (the selected ones, under `max_rows_per_dataset`), their
+    mined negatives' included."""
     for d in dirs:
+        join = MinedJoin.load(mined, d) if mined is not None else None
         selected = selected_rows(params, d.name, count_records(d))
-        for records in iter_record_batches(d, 4096, ["query", "target", "negatives"], selected):
+        for records in iter_record_batches(d, 4096, ["id", "query", "target", "negatives"], selected):
             for record in records:
-                yield from record_image_shas(record)
+                yield from record_image_shas(join(record) if join is not None else record)
 
 
 def build_index(params: Shard, results: list[DatasetShards]) -> dict:
@@ -564,6 +578,8 @@ def build_index(params: Shard, results: list[DatasetShards]) -> dict:
             "shards": len(r.shards), "bytes": sum(s.bytes for s in r.shards),
             "oversize_shards": sum(s.oversize for s in r.shards),
         }
+        if r.mined is not None:
+            datasets[r.dataset].update(mined=r.mined, unmined=r.unmined)
     shards = [asdict(s) for r in results for s in r.shards]
     return {
         "format": FORMAT,
@@ -575,19 +591,21 @@ def build_index(params: Shard, results: list[DatasetShards]) -> dict:
     }
 
 
-def shard(normalized_train: str | Path, images_root: str | Path, out_root: str | Path, params: Shard) -> dict:
+def shard(normalized_train: str | Path, images_root: str | Path, out_root: str | Path, params: Shard,
+          mined: str | Path | None = None) -> dict:
     """The shard stage: clear `out_root` (a run killed midway and restarted ends with the same bytes)
     and write the shards and their index; return the index."""
     out_root = Path(out_root)
     if out_root.exists():
         log.info("clearing %s", out_root)
         files.remove(out_root)
-    return write_shards(normalized_train, images_root, out_root, params)
+    return write_shards(normalized_train, images_root, out_root, params, mined)
 
 
 def write_shards(normalized_train: str | Path, images_root: str | Path, out_root: str | Path,
-                 params: Shard) -> dict:
+                 params: Shard, mined: str | Path | None = None) -> dict:
     """Shard every dataset under `normalized_train` into `out_root` and write `out_root/index.json`.
+    With `mined` (the mine stage's data/mined) every record's mined negatives come first.
 
     `out_root` must be absent or empty. Returns the index. Raises on a schema mismatch, a record
     whose image is not in the store, a duplicate record id, or a record of another dataset.
@@ -612,17 +630,18 @@ def write_shards(normalized_train: str | Path, images_root: str | Path, out_root
                                                               initializer=without_pandas))
                 for _ in range(min(params.workers, len(dirs))):
                     ex.submit(os.getpid)
-            cache = ImageCache.build(cache_path, images_root, _all_shas(dirs, params))
+            mined = Path(mined) if mined is not None else None
+            cache = ImageCache.build(cache_path, images_root, _all_shas(dirs, params, mined))
             log.info("copied %d referenced images from %s", len(cache), images_root)
             cache.close()
             results: dict[str, DatasetShards] = {}
             if not parallel:
                 for d in dirs:
-                    results[d.name] = shard_dataset(d, cache_path, out_root, params)
+                    results[d.name] = shard_dataset(d, cache_path, out_root, params, mined=mined)
             else:
                 counts = {d: min(count_records(d), params.max_rows_per_dataset or math.inf) for d in dirs}
                 with tqdm(total=sum(counts.values()), desc="shard", unit="sample") as bar:
-                    futures = [ex.submit(shard_dataset, d, cache_path, out_root, params, False)
+                    futures = [ex.submit(shard_dataset, d, cache_path, out_root, params, False, mined)
                                for d in sorted(dirs, key=lambda d: (-counts[d], d.name))]  # big first
                     for fut in as_completed(futures):
                         r = fut.result()

@@ -242,20 +242,34 @@ def _dialog_t2i(rng, n, ctx):
     return out
 
 
-def _caption_t2i(rng, n, ctx):
-    out = []
-    for _ in range(n):
+def _twin_scenes(rng: random.Random, n: int) -> list[Scene]:
+    """n scenes in near-duplicate pairs: rows 2j and 2j+1 are twins, the second the first with one
+    object recoloured, so their captions differ in one attribute. Twins are the confusable candidates
+    that random in-batch negatives rarely contain and mined hard negatives do."""
+    scenes: list[Scene] = []
+    while len(scenes) < n:
         scene = sample_scene(rng, _n_objects(rng))
-        out.append(Example(T2I_INST + caption(scene) + "\n", None, IMAGE_TGT, ctx.img(scene)))
-    return out
+        scenes += [scene, _recoloured(rng, scene)]
+    return scenes[:n]
+
+
+def _with_twins(examples: list[Example], ctx: _Ctx, candidate: Callable) -> list[Example]:
+    """Eval: each row's twin's gold (`candidate(twin example)`) among its candidates."""
+    if not ctx.train:
+        for i, ex in enumerate(examples):
+            if i ^ 1 < len(examples):
+                ex.hard_candidates = [candidate(examples[i ^ 1])]
+    return examples
+
+
+def _caption_t2i(rng, n, ctx):
+    out = [Example(T2I_INST + caption(s) + "\n", None, IMAGE_TGT, ctx.img(s)) for s in _twin_scenes(rng, n)]
+    return _with_twins(out, ctx, lambda twin: (IMAGE_TGT, twin.pos_image))
 
 
 def _caption_i2t(rng, n, ctx):
-    out = []
-    for _ in range(n):
-        scene = sample_scene(rng, _n_objects(rng))
-        out.append(Example(TOK + I2T_INST + "\n", ctx.img(scene), caption(scene), None))
-    return out
+    out = [Example(TOK + I2T_INST + "\n", ctx.img(s), caption(s), None) for s in _twin_scenes(rng, n)]
+    return _with_twins(out, ctx, lambda twin: (twin.pos_text, None))
 
 
 def _modify(rng: random.Random, scene: Scene) -> tuple[str, list[tuple[str, str, str, str]]]:

@@ -39,8 +39,9 @@ class ZipBuffer:
         data = encode(img)
         if self.files.get(arcname, data) != data:
             raise AssertionError(f"two different images named {arcname}")
+        if arcname not in self.files:  # an image that is two rows' candidate is stored and counted once
+            self.modes[img.image.mode] = self.modes.get(img.image.mode, 0) + 1
         self.files[arcname] = data
-        self.modes[img.image.mode] = self.modes.get(img.image.mode, 0) + 1
 
     def write(self, path: Path) -> None:
         dirs = {str(Path(a).parent) + "/" for a in self.files}
