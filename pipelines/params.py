@@ -421,7 +421,10 @@ class Backbone(Section):
     name: str = key(Text(), "tiny-<family> (built offline, e.g. tiny-qwen2-vl) or a Hub id, e.g. "
                             "Qwen/Qwen2-VL-2B-Instruct")
     revision: str = key(Text(), "Hub id: the branch, tag or commit to fetch")
-    trust_remote_code: bool = key(Bool(), "Hub id: run the model repo's own code (off unless you trust it)")
+    trust_remote_code: bool = key(Bool(), "Hub id: run the model repo's own code (off unless you trust it); "
+                                          "Phi-3.5-V (phi3_v) loads only with it")
+    num_crops: int = key(Int(1), "Phi-3-V: crops of an image its processor makes (VLM2Vec trains and scores "
+                                 "with 4); other families: ignored")
     seed: int = key(Int(0), "seed of the tiny model's weights and warm-up")
     pretrain_steps: int = key(Int(0), "tiny models: generative warm-up steps on the train data (0: none)")
     pretrain_batch_size: int = key(Int(1), "tiny models: warm-up batch size")

@@ -34,7 +34,7 @@ def test_params_yaml_is_the_default_profile():
     assert report["profile"] == "default" and report["differs"] == []
 
 
-@pytest.mark.parametrize("name", ["vlm2vec-v1", "vlm2vec-v2"])
+@pytest.mark.parametrize("name", ["vlm2vec-v1", "vlm2vec-v2", "vlm2vec-v1-phi35v"])
 def test_apply_switches_in_place_keeps_comments_and_default_restores_the_bytes(params_file, name):
     before = params_file.read_text()
     changed = profiles.apply(profiles.load_profile(name), params_file, backbone="Qwen/Qwen2.5-VL-3B-Instruct")
@@ -51,7 +51,8 @@ def test_apply_switches_in_place_keeps_comments_and_default_restores_the_bytes(p
     assert len(edited) == len(changed)
     assert all(o.partition("#")[2] == n.partition("#")[2] for o, n in edited)
     report = profiles.differences(yaml.safe_load(after))
-    assert report["differs"] == [["backbone.name", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2-VL-2B-Instruct"]]
+    own = profiles.load_profile(name).backbone  # Qwen/Qwen2-VL-2B-Instruct; Phi-3.5-V for vlm2vec-v1-phi35v
+    assert report["differs"] == [["backbone.name", "Qwen/Qwen2.5-VL-3B-Instruct", own]]
     profiles.apply(profiles.load_profile("default"), params_file)
     assert params_file.read_text() == before
 

@@ -91,3 +91,19 @@ def test_bare_weights_need_a_base_for_their_processor(tmp_path, capsys):
                  str(tmp_path / "m"), "--base", str(tmp_path / "processor-source")]) == 0
     model = EmbeddingModel.load(tmp_path / "m" / "bare")
     assert model.collator.image_square == 1344 and model.collator.image_resize == "processor"
+
+
+def test_a_phi3v_checkpoint_needs_the_opt_in(tmp_path, capsys):
+    """VLM2Vec's Phi-3.5-V checkpoints ship their own code: refused without --trust-remote-code,
+    imported with it (num_crops reaching the processor) and scored without it from then on."""
+    from tests.support.phi3v import write_phi3v
+
+    source = write_phi3v(tmp_path / "VLM2Vec-Phi3V", num_crops=4)
+    args = [str(source), "--name", "phi", "--profile", "vlm2vec-v1", "--models", str(tmp_path / "m")]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "backbone.trust_remote_code" in capsys.readouterr().err
+    assert main(args + ["--trust-remote-code", "--num-crops", "2"]) == 0
+    model = EmbeddingModel.load(tmp_path / "m" / "phi")
+    assert model.backbone.family == "phi3_v" and model.backbone.processor.image_processor.num_crops == 2
+    assert model.encode(SIDES, IMAGES).shape == (3, 32)

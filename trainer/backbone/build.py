@@ -92,7 +92,8 @@ def build(params: BackboneParams, *, train_dir: Path = TRAIN_DIR, images_dir: Pa
         else:
             # models/base keeps the checkpoint's dtype (bf16: half the bytes)
             backbone = load_backbone(params.name, revision=params.revision,
-                                     trust_remote_code=params.trust_remote_code, torch_dtype="auto")
+                                     trust_remote_code=params.trust_remote_code, torch_dtype="auto",
+                                     num_crops=params.num_crops)
             log.info("fetched %s at %s (%s, %s parameters)", params.name, backbone.info.get("revision"),
                      backbone.family, backbone.info.get("parameters"))
         save_backbone(backbone, tmp)

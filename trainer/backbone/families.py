@@ -37,13 +37,18 @@ log = logging.getLogger(__name__)
 
 VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3", "smolvlm", "paligemma")
 DUAL_FAMILIES = ("clip", "siglip")
-FAMILIES = VLM_FAMILIES + DUAL_FAMILIES
+FAMILIES = VLM_FAMILIES + DUAL_FAMILIES  # each has a tiny build (build_tiny)
+# Families whose modeling and processing code ships with the model (Hub `auto_map`), not with
+# transformers: loading one runs that code, so it needs `trust_remote_code`. Phi-3.5-V
+# (microsoft/Phi-3.5-vision-instruct), VLM2Vec V1's main backbone, is one (a VLM). No tiny build.
+REMOTE_CODE_FAMILIES = ("phi3_v",)
 
 # The string written into a prompt for one image (VLM2Vec's VLM_IMAGE_TOKENS).
 IMAGE_TOKENS = {
     "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>",
     "llava": "<image>", "llava_next": "<image>", "idefics3": "<image>", "smolvlm": "<image>",
     "paligemma": "<image>", "clip": "", "siglip": "",
+    "phi3_v": "<|image_1|>",  # MMEB's own placeholder: Phi-3-V's processor expands it
 }
 
 # peft target_modules (a regex, matched with re.fullmatch against module names): the language model's
@@ -58,6 +63,9 @@ LORA_TARGETS = {
     "paligemma": rf".*\.language_model\.layers\.\d+\.{_LM_PROJ}",
     "idefics3": rf".*\.text_model\.layers\.\d+\.{_LM_PROJ}",
     "smolvlm": rf".*\.text_model\.layers\.\d+\.{_LM_PROJ}",
+    # Phi-3(-V): fused projections (VLM2Vec V1's targets qkv_proj, o_proj, gate_up_proj, down_proj);
+    # its vision tower lives under model.vision_embed_tokens, outside model.layers
+    "phi3_v": r"(.*\.)?model\.layers\.\d+\.(self_attn\.(qkv|o)_proj|mlp\.(gate_up|down)_proj)",
     # dual encoders: both towers' attention and MLP linears (never the patch-embedding conv)
     "clip": r".*(text_model|vision_model)\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc(1|2))",
     "siglip": r".*(text_model|vision_model)\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc(1|2))",
@@ -66,7 +74,7 @@ LORA_TARGETS = {
 MODEL_TYPE_TO_FAMILY = {
     "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "llava": "llava", "llava_next": "llava_next",
     "idefics3": "idefics3", "smolvlm": "smolvlm", "paligemma": "paligemma", "clip": "clip",
-    "siglip": "siglip",
+    "siglip": "siglip", "phi3_v": "phi3_v",
 }
 
 BACKBONE_JSON = "backbone.json"
@@ -148,12 +156,14 @@ def model_class(family: str) -> type:
         return tf.CLIPModel
     if family == "siglip":
         return tf.SiglipModel
+    if family == "phi3_v":  # the repo's auto_map names its Phi3VForCausalLM for this class
+        return tf.AutoModelForCausalLM
     return tf.AutoModelForImageTextToText
 
 
 def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown backbone family {family!r}; known: {', '.join(FAMILIES)}")
+    if family not in FAMILIES + REMOTE_CODE_FAMILIES:
+        raise ValueError(f"unknown backbone family {family!r}; known: {', '.join(FAMILIES + REMOTE_CODE_FAMILIES)}")
 
 
 def _kind(family: str) -> str:
@@ -330,6 +340,8 @@ def build_tiny(family: str, *, seed: int = 0, image_size: int = 32, hidden_size:
     Vision towers are 2 layers of width 64 (CLIP/SigLIP: `hidden_size`), patch 8.
     """
     _check_family(family)
+    if family in REMOTE_CODE_FAMILIES:
+        raise ValueError(f"no tiny {family} backbone: its code ships with the model (load one with load_backbone)")
     if image_size % (2 * PATCH):
         raise ValueError(f"image_size must be a multiple of {2 * PATCH}, got {image_size}")
     if hidden_size % 32:
@@ -386,6 +398,29 @@ def detect_family(model_dir: Path, name: str | None = None) -> str:
     return MODEL_TYPE_TO_FAMILY[model_type]
 
 
+class RemoteCodeRefused(PermissionError):
+    """A model whose code ships with it was asked to load without `trust_remote_code`."""
+
+
+def refuse_remote_code(family: str, name: str) -> None:
+    """Raise `RemoteCodeRefused` for a model of a remote-code family loaded without the opt-in."""
+    raise RemoteCodeRefused(
+        f"{name} is a {family} model: its modeling and processing code ship with the model and run as "
+        "arbitrary Python on this machine when it loads. Set `backbone.trust_remote_code: true` in "
+        "params.yaml (trust_remote_code=True; trainer.released: --trust-remote-code) only for a model "
+        "whose code you trust.")
+
+
+def _load_remote_processor(model_dir: Path, num_crops: int | None):
+    """The processor the folder's own code defines (Phi-3-V: `Phi3VProcessor`), as VLM2Vec builds it:
+    `num_crops` passed to `from_pretrained` (None: the folder's own), right padding."""
+    from transformers import AutoProcessor
+    kwargs = {} if num_crops is None else {"num_crops": int(num_crops)}
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True, **kwargs)
+    processor.tokenizer.padding_side = "right"
+    return processor
+
+
 def _load_processor(family: str, model_dir: Path, trust_remote_code: bool):
     """The family's processor rebuilt from the folder's tokenizer + image processor + processor kwargs."""
     from transformers import AutoTokenizer
@@ -420,7 +455,9 @@ def _resolve_hub(repo_id: str, revision: str | None, trust_remote_code: bool = F
     from huggingface_hub import hf_hub_download, snapshot_download
     config = Path(hf_hub_download(repo_id, "config.json", revision=revision))
     commit = config.parent.name if re.fullmatch(r"[0-9a-f]{40}", config.parent.name) else (revision or "")
-    detect_family(config.parent, name=f"{repo_id}@{commit or 'main'}")
+    family = detect_family(config.parent, name=f"{repo_id}@{commit or 'main'}")
+    if family in REMOTE_CODE_FAMILIES and not trust_remote_code:  # refused before any code downloads
+        refuse_remote_code(family, repo_id)
     folder = Path(snapshot_download(
         repo_id, revision=commit or revision,
         allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
@@ -429,7 +466,7 @@ def _resolve_hub(repo_id: str, revision: str | None, trust_remote_code: bool = F
 
 
 def load_backbone(path_or_id: str, *, revision: str | None = None, trust_remote_code: bool = False,
-                  torch_dtype=None) -> Backbone:
+                  torch_dtype=None, num_crops: int | None = None) -> Backbone:
     """Load a backbone from a `save_backbone` folder, a Hub-layout folder, or a Hub model id.
 
     A Hub id is fetched with `huggingface_hub.snapshot_download` (weights as safetensors only) at
@@ -439,13 +476,19 @@ def load_backbone(path_or_id: str, *, revision: str | None = None, trust_remote_
     A local folder has no revision: `info["revision"]` is None and `info["source"]` is "local"; its
     files are verified against its digests.json first (`pipelines.digests.verify`: an IntegrityError
     names a file whose bytes changed; a folder without digests loads with a warning).
+
+    A family whose code ships with the model (`REMOTE_CODE_FAMILIES`: Phi-3-V) loads only with
+    `trust_remote_code` (else `RemoteCodeRefused`), or from a `save_backbone` folder of one that was
+    loaded with it (its backbone.json records `info["remote_code"]`) whose digests.json verifies: the
+    code that runs is then the code the opt-in admitted, byte for byte. `num_crops` (Phi-3-V) goes
+    to its processor's `from_pretrained`, as VLM2Vec passes it; None keeps the folder's own.
     """
     path = Path(path_or_id)
     if path.is_dir():
         if revision:
             log.info("%s is a local folder: revision %r does not apply", path, revision)
         folder, name, commit = path, str(path_or_id), None
-        digests.verify(folder)
+        verified = digests.verify(folder) is not None
     elif path.exists():
         raise NotADirectoryError(f"{path} is a file, not a model folder")
     else:
@@ -455,14 +498,26 @@ def load_backbone(path_or_id: str, *, revision: str | None = None, trust_remote_
             raise FileNotFoundError(f"no model folder {path} (its parent {path.parent} exists here); "
                                     "run the stage that writes it, or give a Hub id")
         folder, commit = _resolve_hub(str(path_or_id), revision, trust_remote_code)
-        name = str(path_or_id)
+        name, verified = str(path_or_id), False
     meta_file = folder / BACKBONE_JSON
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else None
     family = meta["family"] if meta else detect_family(folder)
     _check_family(family)
-    processor = _load_processor(family, folder, trust_remote_code)
+    remote = family in REMOTE_CODE_FAMILIES
+    if remote and not trust_remote_code:
+        if not (meta and verified and (meta.get("info") or {}).get("remote_code")):
+            refuse_remote_code(family, name)
+        log.info("%s: running its own %s code, admitted when it was fetched and verified by its digests",
+                 name, family)
+        trust_remote_code = True
+    if remote:
+        processor = _load_remote_processor(folder, num_crops)
+    else:
+        processor = _load_processor(family, folder, trust_remote_code)
     kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code,
                                   dtype=torch.float32 if torch_dtype is None else torch_dtype)
+    if remote:
+        kwargs["attn_implementation"] = "eager"  # as VLM2Vec loads Phi-3-V (its config asks for flash-attn)
     model = model_class(family).from_pretrained(folder, **kwargs)
     model.eval()
     if meta:
@@ -470,6 +525,8 @@ def load_backbone(path_or_id: str, *, revision: str | None = None, trust_remote_
         return Backbone(model=model, processor=processor, family=family, image_token=meta["image_token"],
                         kind=meta["kind"], lora_targets=meta["lora_targets"], info=info)
     info = dict(name=name, revision=commit, source="local" if path.is_dir() else "hub", **_config_summary(model))
+    if remote:
+        info["remote_code"] = True
     log.info("loaded %s (%s, revision %s)", name, family, commit)
     return Backbone(model=model, processor=processor, family=family, image_token=IMAGE_TOKENS[family],
                     kind=_kind(family), lora_targets=LORA_TARGETS[family], info=info)

@@ -25,7 +25,7 @@ from pipelines import files
 from pipelines.mmeb import resolve_subsets
 from pipelines.params import RENDERING, Eval
 from trainer import distributed, provenance
-from trainer.eval import evaluate_v2, report, submission
+from trainer.eval import evaluate_v2, report, stray, submission
 from trainer.eval.cache import EmbeddingCache, prune
 from trainer.eval.protocol import DatasetResult, Encoder, EvalSet, ImageLoader, encode_items, list_datasets, \
     load_eval_set, score
@@ -117,6 +117,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     evals: dict[str, list[DatasetResult]] = {}
     metadata: dict[str, dict] = {}
     facts: dict[str, dict] = {}
+    strays: dict[str, dict] = {}  # per model: stray placeholders per dataset and the rule (trainer.eval.stray)
     settings = cache_settings(params.image_max_pixels, params.batch_size)  # the same for every model
     cache_root = root / params.cache_dir
     used_caches = []
@@ -129,6 +130,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
             used_caches.append(cache.dir)
         metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
         facts[name] = submission.model_facts(model)
+        strays[name] = stray.counts(eval_sets, stray.rule_of(model))
         results = score_model(name, model, eval_sets, batch_size=params.batch_size, images=images, cache=cache,
                               sources=sources) if eval_sets else []
         if is_main:
@@ -140,7 +142,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
         del model
     if is_main:
         if score_v1:
-            write_outputs(evals, metadata, root, recipe, facts)
+            write_outputs(evals, metadata, root, recipe, facts, strays)
         else:
             evaluate_v2.clear_v1_outputs(root, (METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE), root / PLOTS_DIR)
         if v2_sets:
@@ -192,12 +194,15 @@ def score_model(name: str, model: Encoder, eval_sets: list[EvalSet], *, batch_si
 
 
 def write_outputs(evals: dict[str, list[DatasetResult]], metadata: dict[str, dict], root: Path,
-                  recipe: dict | None = None, facts: dict[str, dict] | None = None) -> None:
+                  recipe: dict | None = None, facts: dict[str, dict] | None = None,
+                  strays: dict[str, dict] | None = None) -> None:
     """metrics/eval.json, reports/eval.md, reports/leaderboard.json, reports/plots/per_dataset/*.json
     and reports/submission/*.json (one per scored model, `facts` its metadata; those of models not
-    scored this time are removed)."""
+    scored this time are removed); `strays` (`trainer.eval.stray.counts` per model) go into
+    metrics/eval.json under each model's `stray_image_token`."""
     root = Path(root)
-    files.write_json(root / METRICS_FILE, report.metrics_document(evals), ensure_ascii=False)
+    metrics = stray.annotate(report.metrics_document(evals), strays)
+    files.write_json(root / METRICS_FILE, metrics, ensure_ascii=False)
     files.write_json(root / LEADERBOARD_FILE, report.leaderboard(evals, metadata), ensure_ascii=False)
     plots = root / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,9 @@ from trainer.model.positions import FAMILIES as POSITION_FAMILIES
 
 STRAY_RULES = ("strip", "keep")  # a text-only side's <|image_1|>: removed | the backbone's token, as text
 RESIZERS = ("collator", "processor")  # who brings an image to image_max_pixels (VLM2Vec: the processor)
+# processors that take one row per call and write image tokens as negative ids (Phi-3-V: its own
+# code; MMEB's `<|image_1|>` is its placeholder, kept in the text, and a stray one stays plain text)
+PER_ROW_FAMILIES = ("phi3_v",)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,8 @@ class Collator:
         token_id = getattr(self.processor, "image_token_id", None)
         if token_id is None and self.format.kind != "dual" and self.format.image_token:
             token_id = self.tokenizer.convert_tokens_to_ids(self.format.image_token)
+        if self.format.family in PER_ROW_FAMILIES:  # no image token id: a kept placeholder is text
+            token_id = None
         self._image_token_id = token_id  # to find kept stray placeholders in text-only rows
 
     @staticmethod
@@ -342,6 +347,8 @@ class Collator:
 
     def _process(self, texts: list[str], pics: list[Image.Image] | None) -> dict[str, Any]:
         family, proc = self.format.family, self.processor
+        if family in PER_ROW_FAMILIES:
+            return self._per_row(texts, pics)
         if pics is None:
             if family == "paligemma":  # its processor requires images; same layout as its image rows
                 texts = [f"{proc.tokenizer.bos_token}{t}\n" for t in texts]
@@ -355,6 +362,21 @@ class Collator:
         if family in ("idefics3", "smolvlm"):
             pics = [[p] for p in pics]
         return dict(proc(text=texts, images=pics, padding=True, return_tensors="pt"))
+
+    def _per_row(self, texts: list[str], pics: list[Image.Image] | None) -> dict[str, Any]:
+        """Phi-3-V as VLM2Vec's `Phi3V_process_fn` runs it: rows without image through the tokenizer
+        (what its processor does for them), each row with an image through the processor alone, the
+        ids padded by the tokenizer, `pixel_values` / `image_sizes` stacked in row order."""
+        proc = self.processor
+        if pics is None:
+            return dict(proc.tokenizer(texts, padding=True, return_tensors="pt"))
+        rows = [proc(text=t, images=[p], return_tensors="pt") for t, p in zip(texts, pics)]
+        ids = [torch.as_tensor(r["input_ids"]).reshape(-1).tolist() for r in rows]
+        enc = proc.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        for key in ("pixel_values", "image_sizes"):
+            out[key] = torch.cat([torch.as_tensor(r[key]) for r in rows])
+        return out
 
     def _vlm(self, texts, pics, has_image) -> dict[str, torch.Tensor]:
         rows_img = [i for i, h in enumerate(has_image) if h]

@@ -92,6 +92,8 @@ def test_build_tiny_is_deterministic_and_seeded():
 
 def test_build_tiny_errors():
     with pytest.raises(ValueError, match="unknown backbone family"):
+        build_tiny("phi4_mm")
+    with pytest.raises(ValueError, match="no tiny phi3_v"):  # its code ships with the model
         build_tiny("phi3_v")
     with pytest.raises(ValueError, match="multiple of 16"):
         build_tiny("qwen2_vl", image_size=40)
@@ -178,7 +180,7 @@ from trainer.backbone.families import load_backbone
 try:
     b = load_backbone({name!r}, revision={revision!r})
     print(json.dumps({{"family": b.family, "revision": b.info["revision"], "source": b.info["source"]}}))
-except ValueError as e:
+except (ValueError, PermissionError) as e:
     print(json.dumps({{"error": str(e)}}))
 """
 
@@ -187,8 +189,9 @@ def test_load_hub_id_through_the_client_pins_and_refuses_unsupported_models_befo
         tmp_path, hub_standin):
     """A Hub id through the real huggingface_hub client (the local stand-in, in a subprocess: the client
     reads HF_ENDPOINT at import): the commit the revision resolved to is recorded, a re-run works
-    offline from the cache, and a model of an unsupported family (Phi-3.5-V: `phi3_v`) is refused
-    from its config.json, before its weights download."""
+    offline from the cache, and a model of an unsupported family (`phi4mm`), or of a remote-code
+    family without trust_remote_code (Phi-3.5-V: `phi3_v`), is refused from its config.json, before
+    its weights or code download."""
     import subprocess
     import sys
 
@@ -200,7 +203,13 @@ def test_load_hub_id_through_the_client_pins_and_refuses_unsupported_models_befo
     phi.mkdir()
     (phi / "config.json").write_text(json.dumps({"model_type": "phi3_v", "architectures": ["Phi3VForCausalLM"]}))
     (phi / "model-00001-of-00001.safetensors").write_bytes(b"\0" * 4096)
+    (phi / "modeling_phi3_v.py").write_text("raise SystemExit('remote code ran')\n")
     hub_standin.add_repo("microsoft/Phi-3.5-vision-instruct", phi)
+    phi4 = tmp_path / "phi4"
+    phi4.mkdir()
+    (phi4 / "config.json").write_text(json.dumps({"model_type": "phi4mm"}))
+    (phi4 / "model-00001-of-00001.safetensors").write_bytes(b"\0" * 4096)
+    hub_standin.add_repo("microsoft/Phi-4-multimodal-instruct", phi4)
 
     def load(name, revision="main", offline=False):
         r = subprocess.run([sys.executable, "-c", HUB_LOAD.format(name=name, revision=revision)],
@@ -214,8 +223,11 @@ def test_load_hub_id_through_the_client_pins_and_refuses_unsupported_models_befo
     assert load("Qwen/Qwen2-VL-2B-Instruct", "v1", offline=True)["revision"] == sha
     assert hub_standin.requests == []
 
+    out = load("microsoft/Phi-4-multimodal-instruct")
+    assert "microsoft/Phi-4-multimodal-instruct@" in out["error"] and "unsupported model_type 'phi4mm'" in out["error"]
+    assert hub_standin.files_requested("microsoft/Phi-4-multimodal-instruct", "GET") == {"config.json"}
     out = load("microsoft/Phi-3.5-vision-instruct")
-    assert "microsoft/Phi-3.5-vision-instruct@" in out["error"] and "unsupported model_type 'phi3_v'" in out["error"]
+    assert "microsoft/Phi-3.5-vision-instruct" in out["error"] and "backbone.trust_remote_code" in out["error"]
     assert hub_standin.files_requested("microsoft/Phi-3.5-vision-instruct", "GET") == {"config.json"}
 
 
@@ -229,8 +241,8 @@ def test_load_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no model folder models/base"):
         load_backbone("models/base")
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "phi3_v"}))
-    with pytest.raises(ValueError, match="unsupported model_type 'phi3_v'"):
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"model_type": "phi4mm"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'phi4mm'"):
         detect_family(tmp_path / "bad")
     with pytest.raises(ValueError, match="unsupported model_type"):
         load_backbone(str(tmp_path / "bad"))
