@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipelines.mmeb import MMEB_EVAL, resolve_subsets
-from pipelines.profiles import differences_in
+from pipelines.profiles import differences_in, load_profile
 from stages import evaluate as stage
 from tests.support.encoders import BatchSensitiveEncoder, CountingEncoder, HashEncoder, OverlapEncoder
 from tests.support.eval_sets import build_tiny_eval, eval_params, record_side, reference_scores, write_records
@@ -284,7 +284,7 @@ def test_stage_main_with_the_real_tiny_model(tmp_path, monkeypatch, capsys):
     assert (meta["model_backbone"], meta["embedding_dimension"], meta["max_length_tokens"]) == ("tiny-qwen2-vl", 64, 256)
     assert meta["model_size"].endswith("K parameters")
     recipe = (root / evaluation.REPORT_FILE).read_text().split("## Recipe")[1].split("## Summary")[0]
-    assert "Profile `default` (version 1" in recipe  # the report names the profile and what differs from it
+    assert f"Profile `default` (version {load_profile('default').version}" in recipe  # the report names the profile and what differs from it
     assert "| `eval.image_max_pixels` | `40` | `train` |" in recipe and "| `eval.precision`" not in recipe
     assert metrics["base"]["encodings"]["deduplicated"] < metrics["base"]["encodings"]["naive"]
     assert 0.0 <= metrics["embedder"]["overall"] <= 100.0
