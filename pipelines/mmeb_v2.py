@@ -197,13 +197,23 @@ def leaderboard_key(name: str) -> str:
 # --- synthetic stand-ins -------------------------------------------------------------------------------
 # The offline sets of `pipelines.sources.synthetic` in MMEB-V2's layout, each standing in for one
 # loader family: Syn-ViDoRe for the ViDoRe sets (BEIR layout, graded qrels, the whole corpus ranked),
-# Syn-VideoCLS for HMDB51 (its instruction; every label ranked). `num_data` is what the generator
+# Syn-VideoCLS for HMDB51 (its instruction; every label ranked), Syn-VideoMC for SSv2, Syn-VideoQA for
+# Video-MME, Syn-VideoRET for MSR-VTT, Syn-MomentRET for QVHighlight. `num_data` is what the generator
 # writes with its default sizes. They are scored and aggregated like registry tasks but never enter
 # the official groups, the 78 or the leaderboard's task keys.
 SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
     V2Task("Syn-ViDoRe", "visdoc", "VDRv1", "vidore", "global", "", None, "test", "visdoc-tasks/Syn-ViDoRe", 9),
     V2Task("Syn-VideoCLS", "video", "V-CLS", "video_classification", "global", "", None, "test",
            "video-tasks/frames/video_cls/Syn-VideoCLS", 14, loader_name="HMDB51"),
+    # `pipelines.sources.synthetic.video_families`: generatable and read, not in the default download
+    V2Task("Syn-VideoMC", "video", "V-CLS", "ssv2", "local", "", None, "test",
+           "video-tasks/frames/video_cls/Syn-VideoMC", 7, loader_name="SmthSmthV2"),
+    V2Task("Syn-VideoQA", "video", "V-QA", "videomme", "local", "", None, "test",
+           "video-tasks/frames/video_qa/Syn-VideoQA", 6, loader_name="Video-MME"),
+    V2Task("Syn-VideoRET", "video", "V-RET", "msrvtt", "global", "", None, "test",
+           "video-tasks/frames/video_ret/Syn-VideoRET", 7, loader_name="MSR-VTT"),
+    V2Task("Syn-MomentRET", "video", "V-MRET", "moment_retrieval", "local", "", None, "test",
+           "video-tasks/frames/video_mret/Syn-MomentRET", 3, loader_name="QVHighlight"),
 )}
 
 # The raw layout the pipeline reads (data/raw/MMEB-V2/): one folder per dataset holding its Hub repo,
