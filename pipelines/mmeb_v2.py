@@ -222,6 +222,7 @@ RAW_FOLDER = "MMEB-V2"
 LAYOUT_FOLDERS = ("video-tasks", "visdoc-tasks", "image-tasks")  # frame and image roots, not datasets
 BEIR_PARSERS = ("vidore", "visrag")
 ANNOTATED_VIDEO_PARSERS = ("video_classification",)  # video_id + pos_text rows, one frame folder each
+VIDEO_PARSERS = tuple(sorted({t.parser for t in TASKS.values() if t.modality == "video"}))  # all wired
 
 
 def known(name: str) -> V2Task:

@@ -58,16 +58,25 @@ def _annotation_files(folder: Path, task: V2Task) -> list[tuple[Path, str | None
     return [(f, f.parent.name) for f in sorted(folder.glob(f"*/{split}"))]
 
 
-def annotations(root: Path, task: V2Task, columns: list[str]) -> dict[str, list]:
-    """The columns of a dataset's annotation split under ``root/<task.name>`` (Hub layout); a
-    missing split or column fails the stage, naming the dataset."""
+def _files_of(root: Path, task: V2Task) -> list[tuple[Path, str | None]]:
     folder = Path(root) / task.name
     found = _annotation_files(folder, task)
     if not found:
         raise StageFailed(f"MMEB-V2 dataset {task.name}: no {task.hub_split}-*.parquet under {folder} "
                           f"(the annotation repo in the Hub layout)")
+    return found
+
+
+def annotation_count(root: Path, task: V2Task) -> int:
+    """The rows of a dataset's annotation split (the download's count of what was found)."""
+    return sum(pq.read_metadata(path).num_rows for path, _ in _files_of(root, task))
+
+
+def annotations(root: Path, task: V2Task, columns: list[str]) -> dict[str, list]:
+    """The columns of a dataset's annotation split under ``root/<task.name>`` (Hub layout); a
+    missing split or column fails the stage, naming the dataset."""
     out: dict[str, list] = {c: [] for c in columns}
-    for path, subset in found:
+    for path, subset in _files_of(root, task):
         names = pq.read_schema(path).names
         missing = [c for c in columns if c not in names and not (c == "subset" and subset)]
         if missing:
