@@ -198,7 +198,8 @@ def leaderboard_key(name: str) -> str:
 # The offline sets of `pipelines.sources.synthetic` in MMEB-V2's layout, each standing in for one
 # loader family: Syn-ViDoRe for the ViDoRe sets (BEIR layout, graded qrels, the whole corpus ranked),
 # Syn-VideoCLS for HMDB51 (its instruction; every label ranked), Syn-VideoMC for SSv2, Syn-VideoQA for
-# Video-MME, Syn-VideoRET for MSR-VTT, Syn-MomentRET for QVHighlight. `num_data` is what the generator
+# Video-MME, Syn-VideoRET for MSR-VTT, Syn-MomentRET for QVHighlight; Syn-ImageCLS, Syn-ImageT2I and
+# Syn-ImageVG for the image_cls, image_t2i and image_i2i_vg loaders. `num_data` is what the generator
 # writes with its default sizes. They are scored and aggregated like registry tasks but never enter
 # the official groups, the 78 or the leaderboard's task keys.
 SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
@@ -214,6 +215,10 @@ SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
            "video-tasks/frames/video_ret/Syn-VideoRET", 7, loader_name="MSR-VTT"),
     V2Task("Syn-MomentRET", "video", "V-MRET", "moment_retrieval", "local", "", None, "test",
            "video-tasks/frames/video_mret/Syn-MomentRET", 3, loader_name="QVHighlight"),
+    # `pipelines.sources.synthetic.image_v2`, likewise
+    V2Task("Syn-ImageCLS", "image", "I-CLS", "image_cls", "local", "", None, "test", "image-tasks/", 8),
+    V2Task("Syn-ImageT2I", "image", "I-RET", "image_t2i", "local", "", None, "test", "image-tasks/", 8),
+    V2Task("Syn-ImageVG", "image", "I-GD", "image_i2i_vg", "local", "", None, "test", "image-tasks/", 8),
 )}
 
 # The raw layout the pipeline reads (data/raw/MMEB-V2/): one folder per dataset holding its Hub repo,
@@ -222,7 +227,8 @@ RAW_FOLDER = "MMEB-V2"
 LAYOUT_FOLDERS = ("video-tasks", "visdoc-tasks", "image-tasks")  # frame and image roots, not datasets
 BEIR_PARSERS = ("vidore", "visrag")
 ANNOTATED_VIDEO_PARSERS = ("video_classification",)  # video_id + pos_text rows, one frame folder each
-VIDEO_PARSERS = tuple(sorted({t.parser for t in TASKS.values() if t.modality == "video"}))  # all wired
+# the image and video families: annotation rows (+ images or frame folders), all read by normalize
+ROW_PARSERS = tuple(sorted({t.parser for t in TASKS.values() if t.modality != "visdoc"}))
 
 
 def known(name: str) -> V2Task:

@@ -12,9 +12,9 @@ Pages and sampled frames go to the image store (out_root/images, staged for the 
 each; the rows hold references. Input strings are VLM2Vec's (`pipelines.v2_inputs`) with the
 placeholder tokens. Each loader family has its reader (`READERS`, by the task's parser): ``vidore`` /
 ``visrag`` (`pipelines.sources.beir`), the video families (`pipelines.sources.v2_video`: classification,
-SSv2, text -> video retrieval, moment retrieval; `pipelines.sources.v2_video_qa`: video QA), each
-reading annotation rows and frame folders (``frames_per_video`` frames a video, every frame of a
-MomentSeeker clip). The image tasks are not wired yet. Rows refused are counted by reason in the
+SSv2, text -> video retrieval, moment retrieval; `pipelines.sources.v2_video_qa`: video QA) and the
+image tasks (`pipelines.sources.v2_image`), each reading annotation rows and images or frame folders
+(``frames_per_video`` frames a video, every frame of a MomentSeeker clip). Rows refused are counted by reason in the
 dataset's metrics/etl.json entry and written to data/rejects/eval_v2/<dataset>.parquet; `problems`
 names a dataset left short of its expected queries (the stage fails on it).
 """
@@ -34,6 +34,7 @@ from pipelines.imagestore import ImageStoreWriter
 from pipelines.params import Normalize
 from pipelines.schema import V2_CORPUS_SCHEMA, V2_QUERY_SCHEMA
 from pipelines.sources.beir import read_beir
+from pipelines.sources.v2_image import image_dataset
 from pipelines.sources.v2_rows import Store, query_row, ref, side
 from pipelines.sources.v2_video import moment_dataset, video_cls_dataset, video_ret_dataset
 from pipelines.sources.v2_video_qa import video_qa_dataset
@@ -66,6 +67,7 @@ READERS = {
     **dict.fromkeys(("msrvtt", "msvd", "didemo", "youcook2", "vatex"), video_ret_dataset),
     **dict.fromkeys(("videomme", "nextqa", "egoschema", "mvbench", "activitynetqa"), video_qa_dataset),
     **dict.fromkeys(("moment_retrieval", "momentseeker"), moment_dataset),
+    **dict.fromkeys(("image_cls", "image_qa", "image_i2t", "image_t2i", "image_i2i_vg"), image_dataset),
 }
 
 

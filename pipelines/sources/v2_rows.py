@@ -1,8 +1,7 @@
 """What every MMEB-V2 loader family shares in normalize: annotation rows read from a dataset's Hub
 folder, a video's frames sampled and stored once, and the dataset's rows, corpus and rejects collected.
 
-    rows = annotations(root, task, ["video_id", "caption"])    # {column: values}, Hub layout
-    out = Collected(task, rows_in=len(rows["video_id"]))
+    rows, out = start(root, task, params, store, ["video_id", "caption"])   # row dicts, a Collected
     refs, available = out.video(frame_folder, num_frames)      # Rejected: missing / empty / unreadable
     out.candidate("video7020", side(text, video=refs, frames_available=available))
     out.query(index, query_id, side(text), candidates=[], relevant=[("video7020", 1.0)])
@@ -88,6 +87,18 @@ def annotations(root: Path, task: V2Task, columns: list[str]) -> dict[str, list]
     return out
 
 
+def _once(cache: dict, key, make):
+    """``make()`` computed once per key; a Rejected is remembered and raised again each time."""
+    if key not in cache:
+        try:
+            cache[key] = make()
+        except Rejected as e:
+            cache[key] = e
+    if isinstance(cache[key], Rejected):
+        raise cache[key]
+    return cache[key]
+
+
 class Collected:
     """One dataset's query rows, distinct candidates, rejects and counts, built row by row."""
 
@@ -98,31 +109,32 @@ class Collected:
         self.corpus: dict[str, dict] = {}
         self.rejects: list[tuple[str, str, str, str]] = []
         self.videos: dict[Path, tuple[list[dict], int] | Rejected] = {}
+        self.images: dict[Path, dict | Rejected] = {}
         self.short = self.frames = 0
 
     def image(self, path: Path) -> dict:
-        """One image file stored; its reference (path relative to the MMEB-V2 root)."""
+        """One image file stored once; its reference (path relative to the MMEB-V2 root). A missing
+        or unusable file is Rejected (the same reason each time it is named)."""
+        return _once(self.images, path, lambda: self._stored(path))
+
+    def video(self, folder: Path, num_frames: int | None) -> tuple[list[dict], int]:
+        """(frame refs, frames in the folder) of one video, sampled and stored once; a missing or
+        empty folder or an unreadable frame is Rejected (the same reason each time it is named)."""
+        return _once(self.videos, folder, lambda: self._sampled(folder, num_frames))
+
+    def _stored(self, path: Path) -> dict:
         if not path.is_file():
             raise Rejected("image_missing", f"{path} does not exist")
         stored = prepare_image(path.read_bytes(), self.max_pixels).stored
         self.store(stored)
         return ref(stored.sha256, path.relative_to(self.root).as_posix(), stored.width, stored.height)
 
-    def video(self, folder: Path, num_frames: int | None) -> tuple[list[dict], int]:
-        """(frame refs, frames in the folder) of one video, sampled and stored once; a missing or
-        empty folder or an unreadable frame is Rejected (the same reason each time it is named)."""
-        if folder not in self.videos:
-            try:
-                sampled = sample_frames(folder, num_frames)
-                self.videos[folder] = [self.image(p) for p in sampled.paths], sampled.available
-                self.short += sampled.short
-                self.frames += len(sampled.paths)
-            except Rejected as e:
-                self.videos[folder] = e
-        got = self.videos[folder]
-        if isinstance(got, Rejected):
-            raise got
-        return got
+    def _sampled(self, folder: Path, num_frames: int | None) -> tuple[list[dict], int]:
+        sampled = sample_frames(folder, num_frames)
+        refs = [self._stored(p) for p in sampled.paths]
+        self.short += sampled.short
+        self.frames += len(refs)
+        return refs, sampled.available
 
     def reject(self, table: str, row_id: str, e: Rejected) -> None:
         self.rejects.append((table, row_id, e.reason, e.detail))
@@ -144,3 +156,11 @@ class Collected:
                   "frames_stored": self.frames, "short_videos": self.short, "rejected": len(self.rejects),
                   "rejected_by_reason": dict(sorted(by_reason.items()))}
         return self.queries, corpus, self.rejects, counts
+
+
+def start(root: Path, task: V2Task, params, store: Store, columns: list[str]) -> tuple[list[dict], Collected]:
+    """A dataset's annotation rows (dicts of ``columns``) and the `Collected` to build it in
+    (``params``: the normalize section, for ``image_reject_pixels``)."""
+    table = annotations(root, task, columns)
+    rows = [dict(zip(table, values)) for values in zip(*table.values())]
+    return rows, Collected(task, root, store, params.image_reject_pixels, len(rows))

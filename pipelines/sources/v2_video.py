@@ -34,7 +34,7 @@ from pipelines import mmeb_v2, mmeb_v2_labels
 from pipelines.errors import Rejected
 from pipelines.mmeb_v2 import V2Task
 from pipelines.params import Normalize
-from pipelines.sources.v2_rows import Collected, Store, annotations, side
+from pipelines.sources.v2_rows import Collected, Store, side, start
 from pipelines.v2_inputs import (PLACEHOLDERS, momentseeker_query, mret_query, video_candidate, video_cls_query,
                                  video_ret_query)
 from pipelines.video_layout import moment_clips, momentseeker_clips, momentseeker_image, video_folder
@@ -44,19 +44,10 @@ RET_COLUMNS = {"msrvtt": ["video_id", "caption"], "msvd": ["video_id", "caption"
 CAPTION_LISTS = ("msvd", "vatex")  # the caption column is a list; the loader takes its first
 
 
-def _rows(columns: dict[str, list]) -> list[dict]:
-    return [dict(zip(columns, values)) for values in zip(*columns.values())]
-
-
-def _start(root: Path, task: V2Task, params: Normalize, store: Store, columns: list[str]):
-    rows = _rows(annotations(root, task, columns))
-    return rows, Collected(task, root, store, params.image_reject_pixels, len(rows))
-
-
 def video_cls_dataset(root: Path, task: V2Task, params: Normalize, store: Store):
     """Video classification (``video_classification``) or SSv2's multiple choice (``ssv2``)."""
     local = task.parser == "ssv2"
-    rows, out = _start(root, task, params, store, ["video_id", "pos_text"] + (["neg_text"] if local else []))
+    rows, out = start(root, task, params, store, ["video_id", "pos_text"] + (["neg_text"] if local else []))
     prompt = video_cls_query(task.loader_name or task.name, PLACEHOLDERS)
     for i, row in enumerate(rows):
         vid, label = str(row["video_id"]), str(row["pos_text"])
@@ -90,7 +81,7 @@ def _caption(parser: str, row: dict) -> str:
 
 def video_ret_dataset(root: Path, task: V2Task, params: Normalize, store: Store):
     """Text -> video retrieval: each row's caption ranked against every video of the set."""
-    rows, out = _start(root, task, params, store, RET_COLUMNS[task.parser])
+    rows, out = start(root, task, params, store, RET_COLUMNS[task.parser])
     loader = task.loader_name or task.name
     target = video_candidate(PLACEHOLDERS)
     for i, row in enumerate(rows):
@@ -119,7 +110,7 @@ def moment_dataset(root: Path, task: V2Task, params: Normalize, store: Store):
     """QVHighlight / Charades-STA (``moment_retrieval``) or MomentSeeker (``momentseeker``)."""
     if task.parser == "momentseeker":
         return _momentseeker(root, task, params, store)
-    rows, out = _start(root, task, params, store, ["query", "video_path"])
+    rows, out = start(root, task, params, store, ["query", "video_path"])
     target = video_candidate(PLACEHOLDERS)
     for i, row in enumerate(rows):
         query_folder = root / task.root / video_folder(task.parser, row)
@@ -147,7 +138,7 @@ def _momentseeker_query(out: Collected, frame_root: Path, row: dict) -> dict:
 
 
 def _momentseeker(root: Path, task: V2Task, params: Normalize, store: Store):
-    rows, out = _start(root, task, params, store, ["query", "positive_frames", "negative_frames", "input_frames"])
+    rows, out = start(root, task, params, store, ["query", "positive_frames", "negative_frames", "input_frames"])
     frame_root, target = root / task.root, video_candidate(PLACEHOLDERS, clip=True)
     for i, row in enumerate(rows):
         positives, negatives = momentseeker_clips(row)

@@ -27,7 +27,7 @@ from pathlib import Path
 from pipelines.errors import Rejected
 from pipelines.mmeb_v2 import V2Task
 from pipelines.params import Normalize
-from pipelines.sources.v2_rows import Collected, Store, annotations, side
+from pipelines.sources.v2_rows import Collected, Store, side, start
 from pipelines.v2_inputs import PLACEHOLDERS, Choice, activitynetqa, egoschema, mvbench, nextqa, videomme
 from pipelines.video_layout import video_folder
 
@@ -74,9 +74,7 @@ def query_id(parser: str, index: int, row: dict) -> str | None:
 
 def video_qa_dataset(root: Path, task: V2Task, params: Normalize, store: Store):
     """Queries (a video and a question each, its options ranked), the distinct options, rejects."""
-    columns = annotations(root, task, COLUMNS[task.parser])
-    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    out = Collected(task, root, store, params.image_reject_pixels, len(rows))
+    rows, out = start(root, task, params, store, COLUMNS[task.parser])
     seen: set[str] = set()
     for i, row in enumerate(rows):
         qid = query_id(task.parser, i, row)
