@@ -24,7 +24,7 @@ from pipelines.errors import Rejected, StageFailed
 from pipelines.frames import sample_frames
 from pipelines.images import prepare_image
 from pipelines.imagestore import StoredImage
-from pipelines.mmeb_v2 import V2Task
+from pipelines.mmeb_v2 import FIRST_ROWS, V2Task
 
 Store = Callable[[StoredImage], None]
 
@@ -67,8 +67,10 @@ def _files_of(root: Path, task: V2Task) -> list[tuple[Path, str | None]]:
 
 
 def annotation_count(root: Path, task: V2Task) -> int:
-    """The rows of a dataset's annotation split (the download's count of what was found)."""
-    return sum(pq.read_metadata(path).num_rows for path, _ in _files_of(root, task))
+    """The rows of a dataset's annotation split that VLM2Vec reads (the download's count of what was
+    found): all of them, or the first `FIRST_ROWS`."""
+    rows = sum(pq.read_metadata(path).num_rows for path, _ in _files_of(root, task))
+    return min(rows, FIRST_ROWS.get(task.name, rows))
 
 
 def annotations(root: Path, task: V2Task, columns: list[str]) -> dict[str, list]:
@@ -110,7 +112,7 @@ class Collected:
         self.rejects: list[tuple[str, str, str, str]] = []
         self.videos: dict[Path, tuple[list[dict], int] | Rejected] = {}
         self.images: dict[Path, dict | Rejected] = {}
-        self.short = self.frames = 0
+        self.short = self.frames = self.not_sampled = 0
 
     def image(self, path: Path) -> dict:
         """One image file stored once; its reference (path relative to the MMEB-V2 root). A missing
@@ -153,14 +155,19 @@ class Collected:
             by_reason[f"{table}/{reason}"] = by_reason.get(f"{table}/{reason}", 0) + 1
         corpus = [{"dataset": self.task.name, "candidate_id": c, "candidate": v} for c, v in self.corpus.items()]
         counts = {"rows_in": {"queries": self.rows_in}, "queries": len(self.queries), "candidates": len(corpus),
-                  "frames_stored": self.frames, "short_videos": self.short, "rejected": len(self.rejects),
+                  "frames_stored": self.frames, "short_videos": self.short, "not_sampled": self.not_sampled,
+                  "rejected": len(self.rejects),
                   "rejected_by_reason": dict(sorted(by_reason.items()))}
         return self.queries, corpus, self.rejects, counts
 
 
 def start(root: Path, task: V2Task, params, store: Store, columns: list[str]) -> tuple[list[dict], Collected]:
     """A dataset's annotation rows (dicts of ``columns``) and the `Collected` to build it in
-    (``params``: the normalize section, for ``image_reject_pixels``)."""
+    (``params``: the normalize section, for ``image_reject_pixels``). A task VLM2Vec subsamples
+    (`pipelines.mmeb_v2.FIRST_ROWS`) keeps its first rows; the others are counted, not rejected."""
     table = annotations(root, task, columns)
     rows = [dict(zip(table, values)) for values in zip(*table.values())]
-    return rows, Collected(task, root, store, params.image_reject_pixels, len(rows))
+    out = Collected(task, root, store, params.image_reject_pixels, len(rows))
+    keep = FIRST_ROWS.get(task.name, len(rows))
+    out.not_sampled = max(len(rows) - keep, 0)
+    return rows[:keep], out

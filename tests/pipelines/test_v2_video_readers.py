@@ -218,3 +218,18 @@ def test_moment_retrieval_inputs(normalized):
     assert texts == {clips[0]: ("<|video_1|> Understand the content of the provided video clip.", 10),
                      clips[1]: ("<|video_1|> Understand the content of the provided video clip.", 2)}
     assert counts["MomentSeeker"]["rejected_by_reason"] == {"queries/no_positive": 1}
+
+
+def test_a_subsampled_task_keeps_its_first_rows(tmp_path, monkeypatch):
+    from pipelines.download_v2 import count_dataset
+
+    monkeypatch.setitem(mmeb_v2.FIRST_ROWS, "SmthSmthV2", 2)  # VLM2Vec's yaml: the first 1000
+    root = tmp_path / "raw" / "MMEB-V2"
+    labels = ["Pushing something", "Pulling something"]
+    fr = annotate(root, "SmthSmthV2", [{"video_id": v, "pos_text": labels[v % 2], "neg_text": labels} for v in range(3)])
+    for v in range(3):
+        frames(fr / str(v))
+    assert count_dataset(root, mmeb_v2.TASKS["SmthSmthV2"]) == (2, [])
+    counts = normalize_v2(tmp_path / "raw", tmp_path / "norm", tmp_path / "rejects",
+                          section("normalize", workers=1, frames_per_video=8))["SmthSmthV2"]
+    assert (counts["queries"], counts["not_sampled"], counts["rejected"]) == (2, 1, 0)
