@@ -200,10 +200,11 @@ def leaderboard_key(name: str) -> str:
 # The offline sets of `pipelines.sources.synthetic` in MMEB-V2's layout, each standing in for one
 # loader family: Syn-ViDoRe for the ViDoRe sets (BEIR layout, graded qrels, the whole corpus ranked),
 # Syn-VideoCLS for HMDB51 (its instruction; every label ranked), Syn-VideoMC for SSv2, Syn-VideoQA for
-# Video-MME, Syn-VideoRET for MSR-VTT, Syn-MomentRET for QVHighlight; Syn-ImageCLS, Syn-ImageT2I and
-# Syn-ImageVG for the image_cls, image_t2i and image_i2i_vg loaders. `num_data` is what the generator
-# writes with its default sizes. They are scored and aggregated like registry tasks but never enter
-# the official groups, the 78 or the leaderboard's task keys.
+# Video-MME, Syn-VideoRET for MSR-VTT, Syn-MomentRET for QVHighlight, Syn-MomentSeeker for
+# MomentSeeker; Syn-ImageCLS, Syn-ImageT2I and Syn-ImageVG for the image_cls, image_t2i and
+# image_i2i_vg loaders. `num_data` is what the generator writes with its default sizes. They are
+# scored and aggregated like registry tasks but never enter the official groups, the 78 or the
+# leaderboard's task keys.
 SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
     V2Task("Syn-ViDoRe", "visdoc", "VDRv1", "vidore", "global", "", None, "test", "visdoc-tasks/Syn-ViDoRe", 9),
     V2Task("Syn-VideoCLS", "video", "V-CLS", "video_classification", "global", "", None, "test",
@@ -217,6 +218,8 @@ SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
            "video-tasks/frames/video_ret/Syn-VideoRET", 7, loader_name="MSR-VTT"),
     V2Task("Syn-MomentRET", "video", "V-MRET", "moment_retrieval", "local", "", None, "test",
            "video-tasks/frames/video_mret/Syn-MomentRET", 3, loader_name="QVHighlight"),
+    V2Task("Syn-MomentSeeker", "video", "V-MRET", "momentseeker", "local", "", None, "test",
+           "video-tasks/frames/video_mret/Syn-MomentSeeker", 3),
     # `pipelines.sources.synthetic.image_v2`, likewise
     V2Task("Syn-ImageCLS", "image", "I-CLS", "image_cls", "local", "", None, "test", "image-tasks/", 8),
     V2Task("Syn-ImageT2I", "image", "I-RET", "image_t2i", "local", "", None, "test", "image-tasks/", 8),

@@ -82,6 +82,15 @@ def test_inputs_and_relevance_per_family(tmp_path):
     assert moment["relevant"] == [{"candidate_id": f"{folder}/positive", "grade": 1.0}]
     assert moment["query"]["frames_available"] == 12 and len(moment["query"]["video"]) == 8
 
+    seeker = rows(out, vf.SEEKER)
+    clips = [f"video-tasks/frames/video_mret/Syn-MomentSeeker/video_frames/clips_ms0_{k}" for k in ("pos", "neg")]
+    assert [q["query"]["raw"].split(":")[0] for q in seeker] == [
+        "<|video_1|> Find the clip that corresponds to the given sentence and video segment",
+        "<|image_1|> Select the video clip that aligns with the given text and image",
+        "Find the clip that corresponds to the given text"]
+    assert seeker[0]["candidates"] == clips and seeker[0]["relevant"] == [{"candidate_id": clips[0], "grade": 1.0}]
+    assert len(seeker[0]["query"]["video"]) == 4 and seeker[1]["query"]["image"]["path"].endswith("/query_ms1.jpg")
+
 
 def test_same_seed_same_bytes(tmp_path):
     def digest(folder):

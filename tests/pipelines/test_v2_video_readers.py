@@ -226,7 +226,8 @@ def test_a_subsampled_task_keeps_its_first_rows(tmp_path, monkeypatch):
     monkeypatch.setitem(mmeb_v2.FIRST_ROWS, "SmthSmthV2", 2)  # VLM2Vec's yaml: the first 1000
     root = tmp_path / "raw" / "MMEB-V2"
     labels = ["Pushing something", "Pulling something"]
-    fr = annotate(root, "SmthSmthV2", [{"video_id": v, "pos_text": labels[v % 2], "neg_text": labels} for v in range(3)])
+    fr = annotate(root, "SmthSmthV2", [{"video_id": v, "pos_text": labels[v % 2], "neg_text": labels}
+                                       for v in range(3)])
     for v in range(3):
         frames(fr / str(v))
     assert count_dataset(root, mmeb_v2.TASKS["SmthSmthV2"]) == (2, [])

@@ -16,16 +16,14 @@ phrase). Deterministic for a seed; returns {name: rows}.
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
-from pipelines.sources.synthetic.video import COLOURS, write_annotations
+from pipelines.sources.synthetic.video import COLOURS, jpeg, write_annotations
 from pipelines.sources.synthetic.video_families import COLOUR_NAMES
-from pipelines.sources.synthetic.zips import JPEG_SETTINGS
 
 CLS, T2I, VG = "Syn-ImageCLS", "Syn-ImageT2I", "Syn-ImageVG"
 SHAPES = ("circle", "square")
@@ -47,9 +45,7 @@ def _draw(objects: list[tuple[int, str, tuple[float, float, float, float]]], siz
     for colour, shape, (x0, y0, x1, y1) in objects:
         box = (x0 * size, y0 * size, x1 * size, y1 * size)
         (draw.rectangle if shape == "square" else draw.ellipse)(box, fill=COLOURS[colour])
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", **JPEG_SETTINGS)
-    return buf.getvalue()
+    return jpeg(img)
 
 
 def _image(out: Path, name: str, file: str, data: bytes) -> str:

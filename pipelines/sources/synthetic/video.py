@@ -76,7 +76,7 @@ def render_video(action: str, colour: tuple[int, int, int], square: bool, frames
     return out
 
 
-def _jpeg(img: Image.Image) -> bytes:
+def jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", **JPEG_SETTINGS)
     return buf.getvalue()
@@ -104,9 +104,11 @@ def write_video_cls(out: Path, seed: int = 0, videos: int = 14, frames: int = 12
 
 
 def _feature(kind: pa.DataType) -> dict:
-    """The Hugging Face feature of a column (strings, integers and lists of strings)."""
+    """The Hugging Face feature of a column (strings, integers, structs and lists of them)."""
     if pa.types.is_list(kind):
         return {"feature": _feature(kind.value_type), "_type": "Sequence"}
+    if pa.types.is_struct(kind):
+        return {f.name: _feature(f.type) for f in kind}
     return {"dtype": "int64" if pa.types.is_integer(kind) else "string", "_type": "Value"}
 
 
@@ -116,7 +118,8 @@ def write_annotations(repo: Path, name: str, rows: dict[str, list], schema: pa.S
     repo.mkdir(parents=True, exist_ok=True)
     features = {f.name: _feature(f.type) for f in schema}
     schema = schema.with_metadata({b"huggingface": json.dumps({"info": {"features": features}}).encode()})
-    pq.write_table(pa.Table.from_pydict(rows, schema=schema), repo / "test-00000-of-00001.parquet", compression="snappy")
+    pq.write_table(pa.Table.from_pydict(rows, schema=schema), repo / "test-00000-of-00001.parquet",
+                   compression="snappy")
     card = yaml.safe_dump({"pretty_name": f"Synthetic {name}", "configs": [
         {"config_name": "default", "data_files": [{"split": "test", "path": "test-*"}]}]}, sort_keys=False)
     (repo / "README.md").write_text(f"---\n{card}---\n\n# {name}\n\nSynthetic {what} in MMEB-V2's layout.\n",
@@ -127,4 +130,4 @@ def write_frames(folder: Path, images: list[Image.Image]) -> None:
     """A video's frames as VLM2Vec's ffmpeg extraction names them (``frame_%04d.jpg`` from 1)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
-        (folder / f"frame_{i + 1:04d}.jpg").write_bytes(_jpeg(img))
+        (folder / f"frame_{i + 1:04d}.jpg").write_bytes(jpeg(img))

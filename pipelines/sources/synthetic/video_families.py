@@ -8,6 +8,8 @@ folders under ``out/video-tasks/frames/<family>/<name>/``.
     write_video_mc(out, seed)    Syn-VideoMC    SSv2's multiple choice (video_id, pos_text, neg_text)
     write_moment(out, seed)      Syn-MomentRET  moment retrieval, QVHighlight's columns (query, video_path) and
                                                 folders (<video>/query, <video>/positive, <video>/negative_<k>)
+    write_momentseeker(out, seed) Syn-MomentSeeker  MomentSeeker's columns (query, positive_frames,
+                                                negative_frames, input_frames): video, image and text queries
 
 The videos are those of `pipelines.sources.synthetic.video`: one coloured circle or square doing one
 action (moving left, right, up or down, growing, shrinking, changing colour), which shows only in how
@@ -25,9 +27,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.sources.synthetic.video import ACTIONS, COLOURS, render_video, write_annotations, write_frames
+from pipelines.sources.synthetic.video import ACTIONS, COLOURS, jpeg, render_video, write_annotations, write_frames
 
-RET, QA, MC, MOMENT = "Syn-VideoRET", "Syn-VideoQA", "Syn-VideoMC", "Syn-MomentRET"
+RET, QA, MC, MOMENT, SEEKER = "Syn-VideoRET", "Syn-VideoQA", "Syn-VideoMC", "Syn-MomentRET", "Syn-MomentSeeker"
 COLOUR_NAMES = ("red", "green", "blue", "orange")  # video.COLOURS, in order
 PHRASES = {a: a.replace("_", " ") for a in ACTIONS}  # "moving left", ..., "changing colour"
 MC_LABELS = {a: f"Something is {PHRASES[a]}" for a in ACTIONS}  # SSv2-style label sentences
@@ -126,4 +128,35 @@ def write_moment(out: Path, seed: int = 0, videos: int = 3, segments: int = 3, f
     return {"queries": videos, "clips": videos * segments, "frames": 2 * videos * segments * frames}
 
 
-WRITERS = {RET: write_video_ret, QA: write_video_qa, MC: write_video_mc, MOMENT: write_moment}  # name -> writer
+def write_momentseeker(out: Path, seed: int = 0, videos: int = 3, frames: int = 6, size: int = 32) -> dict[str, int]:
+    """MomentSeeker's columns and folders: a video, image or text query in turn (``input_frames``
+    ``src/msN.mp4``, ``msN.jpg`` or empty), a positive and a negative clip of the same shape under
+    ``video_frames/clips_msN_{pos,neg}``; the video query is the gold action, the image its first
+    frame. ``videos``: the rows, as the other writers name them."""
+    rng = random.Random(f"{seed}/{SEEKER}")
+    root = _frames(out, "video_mret", SEEKER)
+    rows = {"query": [], "positive_frames": [], "negative_frames": [], "input_frames": []}
+    for q in range(videos):
+        (colour, square), (gold, other) = _shape(rng), rng.sample(ACTIONS, 2)
+        clips = {kind: render_video(a, COLOURS[colour], square, frames, size) for kind, a in (("pos", gold),
+                                                                                              ("neg", other))}
+        for kind, images in clips.items():
+            write_frames(root / "video_frames" / f"clips_ms{q}_{kind}", images)
+        query_input = ("src/ms{}.mp4", "ms{}.jpg", "")[q % 3].format(q)
+        if query_input.endswith(".mp4"):
+            write_frames(root / "video_frames" / f"src_ms{q}", clips["pos"])
+        elif query_input:
+            (root / f"query_{query_input}").write_bytes(jpeg(clips["pos"][0]))
+        rows["query"].append(f"the {'square' if square else 'circle'} is {PHRASES[gold]}")
+        rows["positive_frames"].append([{"output_path": f"clips/ms{q}_pos.mp4"}])
+        rows["negative_frames"].append([{"output_path": f"clips/ms{q}_neg.mp4"}])
+        rows["input_frames"].append(query_input)
+    clip = pa.list_(pa.struct([("output_path", pa.string())]))
+    schema = pa.schema([("query", pa.string()), ("positive_frames", clip), ("negative_frames", clip),
+                        ("input_frames", pa.string())])
+    write_annotations(Path(out) / SEEKER, SEEKER, rows, schema, "moment retrieval with video, image or text queries")
+    return {"queries": videos, "clips": 2 * videos}
+
+
+WRITERS = {RET: write_video_ret, QA: write_video_qa, MC: write_video_mc, MOMENT: write_moment,
+           SEEKER: write_momentseeker}  # name -> writer
