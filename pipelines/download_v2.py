@@ -13,7 +13,8 @@ The layout (the Hub annotation repos beside VLM2Vec's frame folders)::
 ``data.source: synthetic`` writes `Syn-ViDoRe` and `Syn-VideoCLS`; ``local`` takes
 ``data.local_dir/MMEB-V2`` as it is. The manifest records per dataset the queries expected (the
 registry's ``num_data``; for a synthetic set the generator's count) and the queries found. A dataset
-with fewer queries than expected, a video whose frame folder is missing or empty, a folder the
+with fewer queries than expected, a video whose frame folder is missing or empty (video
+classification; the other families' images and frames are checked row by row in normalize), a folder the
 registry does not know, or a loader family not wired yet fail the stage, naming every one at once.
 """
 
@@ -28,6 +29,7 @@ from pipelines import mmeb_v2
 from pipelines.errors import StageFailed
 from pipelines.frames import list_frames
 from pipelines.params import Data, Synthetic
+from pipelines.sources.v2_rows import annotation_count
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ FOLDER = mmeb_v2.RAW_FOLDER
 LAYOUT_FOLDERS = mmeb_v2.LAYOUT_FOLDERS
 BEIR_PARSERS = mmeb_v2.BEIR_PARSERS
 ANNOTATED_VIDEO_PARSERS = mmeb_v2.ANNOTATED_VIDEO_PARSERS
+ROW_PARSERS = mmeb_v2.ROW_PARSERS
 
 
 def source_folder(data: Data, synthetic: Synthetic, scratch: Path) -> tuple[Path, dict[str, int]]:
@@ -85,8 +88,12 @@ def count_dataset(root: Path, task: mmeb_v2.V2Task) -> tuple[int, list[str]]:
             problems = [f"MMEB-V2 dataset {task.name}: {len(bad)} video(s) without frames, e.g. "
                         f"{frame_root / str(bad[0])} is missing or empty"] if bad else []
             return len(ids), problems
+        if task.parser in ROW_PARSERS:  # images and frame folders are checked row by row in normalize
+            return annotation_count(root, task), []
     except (FileNotFoundError, KeyError) as e:
         return 0, [f"MMEB-V2 dataset {task.name}: {e}"]
+    except StageFailed as e:
+        return 0, [str(e)]
     return 0, [f"MMEB-V2 dataset {task.name}: loader family {task.parser!r} is not wired into the pipeline yet"]
 
 

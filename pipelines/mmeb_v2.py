@@ -133,6 +133,8 @@ _VIDEO_ROWS = (  # (name, meta-task, parser, eval type, Hub repo, config, split,
      "video_mret/MomentSeeker", 1602),
 )
 _VIDEO = [_video(*row) for row in _VIDEO_ROWS]
+# the yaml's num_sample_per_subset: VLM2Vec reads only the first rows of these annotation splits
+FIRST_ROWS = {"SmthSmthV2": 1000}
 
 _VIDORE_V1 = (  # (task suffix, Hub repo suffix, queries)
     ("arxivqa", "arxivqa_test_subsampled_beir", 500),
@@ -197,13 +199,31 @@ def leaderboard_key(name: str) -> str:
 # --- synthetic stand-ins -------------------------------------------------------------------------------
 # The offline sets of `pipelines.sources.synthetic` in MMEB-V2's layout, each standing in for one
 # loader family: Syn-ViDoRe for the ViDoRe sets (BEIR layout, graded qrels, the whole corpus ranked),
-# Syn-VideoCLS for HMDB51 (its instruction; every label ranked). `num_data` is what the generator
-# writes with its default sizes. They are scored and aggregated like registry tasks but never enter
-# the official groups, the 78 or the leaderboard's task keys.
+# Syn-VideoCLS for HMDB51 (its instruction; every label ranked), Syn-VideoMC for SSv2, Syn-VideoQA for
+# Video-MME, Syn-VideoRET for MSR-VTT, Syn-MomentRET for QVHighlight, Syn-MomentSeeker for
+# MomentSeeker; Syn-ImageCLS, Syn-ImageT2I and Syn-ImageVG for the image_cls, image_t2i and
+# image_i2i_vg loaders. `num_data` is what the generator writes with its default sizes. They are
+# scored and aggregated like registry tasks but never enter the official groups, the 78 or the
+# leaderboard's task keys.
 SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
     V2Task("Syn-ViDoRe", "visdoc", "VDRv1", "vidore", "global", "", None, "test", "visdoc-tasks/Syn-ViDoRe", 9),
     V2Task("Syn-VideoCLS", "video", "V-CLS", "video_classification", "global", "", None, "test",
            "video-tasks/frames/video_cls/Syn-VideoCLS", 14, loader_name="HMDB51"),
+    # `pipelines.sources.synthetic.video_families`: generatable and read, not in the default download
+    V2Task("Syn-VideoMC", "video", "V-CLS", "ssv2", "local", "", None, "test",
+           "video-tasks/frames/video_cls/Syn-VideoMC", 7, loader_name="SmthSmthV2"),
+    V2Task("Syn-VideoQA", "video", "V-QA", "videomme", "local", "", None, "test",
+           "video-tasks/frames/video_qa/Syn-VideoQA", 6, loader_name="Video-MME"),
+    V2Task("Syn-VideoRET", "video", "V-RET", "msrvtt", "global", "", None, "test",
+           "video-tasks/frames/video_ret/Syn-VideoRET", 7, loader_name="MSR-VTT"),
+    V2Task("Syn-MomentRET", "video", "V-MRET", "moment_retrieval", "local", "", None, "test",
+           "video-tasks/frames/video_mret/Syn-MomentRET", 3, loader_name="QVHighlight"),
+    V2Task("Syn-MomentSeeker", "video", "V-MRET", "momentseeker", "local", "", None, "test",
+           "video-tasks/frames/video_mret/Syn-MomentSeeker", 3),
+    # `pipelines.sources.synthetic.image_v2`, likewise
+    V2Task("Syn-ImageCLS", "image", "I-CLS", "image_cls", "local", "", None, "test", "image-tasks/", 8),
+    V2Task("Syn-ImageT2I", "image", "I-RET", "image_t2i", "local", "", None, "test", "image-tasks/", 8),
+    V2Task("Syn-ImageVG", "image", "I-GD", "image_i2i_vg", "local", "", None, "test", "image-tasks/", 8),
 )}
 
 # The raw layout the pipeline reads (data/raw/MMEB-V2/): one folder per dataset holding its Hub repo,
@@ -212,6 +232,8 @@ RAW_FOLDER = "MMEB-V2"
 LAYOUT_FOLDERS = ("video-tasks", "visdoc-tasks", "image-tasks")  # frame and image roots, not datasets
 BEIR_PARSERS = ("vidore", "visrag")
 ANNOTATED_VIDEO_PARSERS = ("video_classification",)  # video_id + pos_text rows, one frame folder each
+# the image and video families: annotation rows (+ images or frame folders), all read by normalize
+ROW_PARSERS = tuple(sorted({t.parser for t in TASKS.values() if t.modality != "visdoc"}))
 
 
 def known(name: str) -> V2Task:

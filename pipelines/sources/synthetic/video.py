@@ -76,7 +76,7 @@ def render_video(action: str, colour: tuple[int, int, int], square: bool, frames
     return out
 
 
-def _jpeg(img: Image.Image) -> bytes:
+def jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", **JPEG_SETTINGS)
     return buf.getvalue()
@@ -95,20 +95,39 @@ def write_video_cls(out: Path, seed: int = 0, videos: int = 14, frames: int = 12
         n = SHORT_FRAMES if short_every and (v + 1) % short_every == 0 else frames
         short += n < 8
         video_id = f"syn{v:05d}"
-        folder = frame_root / video_id
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(render_video(action, rng.choice(COLOURS), rng.random() < 0.5, n, size)):
-            (folder / f"frame_{i + 1:04d}.jpg").write_bytes(_jpeg(img))
+        write_frames(frame_root / video_id, render_video(action, rng.choice(COLOURS), rng.random() < 0.5, n, size))
         written += n
         rows["video_id"].append(video_id)
         rows["pos_text"].append(action)
-    repo = out / NAME
-    repo.mkdir(parents=True, exist_ok=True)
-    features = {c: {"dtype": "string", "_type": "Value"} for c in SCHEMA.names}
-    schema = SCHEMA.with_metadata({b"huggingface": json.dumps({"info": {"features": features}}).encode()})
-    pq.write_table(pa.Table.from_pydict(rows, schema=schema), repo / "test-00000-of-00001.parquet", compression="snappy")
-    card = yaml.safe_dump({"pretty_name": f"Synthetic {NAME}", "configs": [
-        {"config_name": "default", "data_files": [{"split": "test", "path": "test-*"}]}]}, sort_keys=False)
-    (repo / "README.md").write_text(f"---\n{card}---\n\n# {NAME}\n\nSynthetic video classification in "
-                                    "MMEB-V2's layout.\n", encoding="utf-8")
+    write_annotations(out / NAME, NAME, rows, SCHEMA, "video classification")
     return {"videos": videos, "frames": written, "short": short}
+
+
+def _feature(kind: pa.DataType) -> dict:
+    """The Hugging Face feature of a column (strings, integers, structs and lists of them)."""
+    if pa.types.is_list(kind):
+        return {"feature": _feature(kind.value_type), "_type": "Sequence"}
+    if pa.types.is_struct(kind):
+        return {f.name: _feature(f.type) for f in kind}
+    return {"dtype": "int64" if pa.types.is_integer(kind) else "string", "_type": "Value"}
+
+
+def write_annotations(repo: Path, name: str, rows: dict[str, list], schema: pa.Schema, what: str) -> None:
+    """An annotation set as a one-split (``test``) Hub dataset: the parquet with its features and a
+    card whose ``configs:`` header `datasets` reads."""
+    repo.mkdir(parents=True, exist_ok=True)
+    features = {f.name: _feature(f.type) for f in schema}
+    schema = schema.with_metadata({b"huggingface": json.dumps({"info": {"features": features}}).encode()})
+    pq.write_table(pa.Table.from_pydict(rows, schema=schema), repo / "test-00000-of-00001.parquet",
+                   compression="snappy")
+    card = yaml.safe_dump({"pretty_name": f"Synthetic {name}", "configs": [
+        {"config_name": "default", "data_files": [{"split": "test", "path": "test-*"}]}]}, sort_keys=False)
+    (repo / "README.md").write_text(f"---\n{card}---\n\n# {name}\n\nSynthetic {what} in MMEB-V2's layout.\n",
+                                    encoding="utf-8")
+
+
+def write_frames(folder: Path, images: list[Image.Image]) -> None:
+    """A video's frames as VLM2Vec's ffmpeg extraction names them (``frame_%04d.jpg`` from 1)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        (folder / f"frame_{i + 1:04d}.jpg").write_bytes(jpeg(img))
