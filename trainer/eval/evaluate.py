@@ -111,8 +111,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     eval_sets = select(params, root) if score_v1 else evaluate_v2.v2_only(params.models, root)
     sources = source_rows(root / ETL_FILE, eval_sets)
     needs_images = any(it.get("image") for es in eval_sets for it in es.items)
-    pre_scale = params.image_max_pixels if params.image_resize == "collator" else None  # else the processor's
-    images = ImageLoader(root / IMAGES_ROOT, pre_scale) if needs_images else None
+    images = ImageLoader(root / IMAGES_ROOT, pre_scale(params)) if needs_images else None
     is_main = distributed.is_main()
     evals: dict[str, list[DatasetResult]] = {}
     metadata: dict[str, dict] = {}
@@ -121,7 +120,8 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     settings = cache_settings(params.image_max_pixels, params.batch_size)  # the same for every model
     cache_root = root / params.cache_dir
     used_caches = []
-    v2_sets, v2 = evaluate_v2.load_v2_sets(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
+    v2_pool, v2 = evaluate_v2.load_v2_sets(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
+    v2_protocol = evaluate_v2.Protocol(ties=params.v2_ties, labels=params.v2_labels)
     for name in params.models:
         model = load_model(name, root / MODELS_ROOT / name, params)
         cache = None
@@ -135,22 +135,29 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
                               sources=sources) if eval_sets else []
         if is_main:
             evals[name] = results
-        if v2_sets:
-            v2[name] = evaluate_v2.score_v2(name, model, v2_sets, batch_size=params.batch_size,
-                                            images=ImageLoader(root / IMAGES_ROOT, params.image_max_pixels),
-                                            cache=cache)
+        if v2_pool.sets:
+            v2[name] = evaluate_v2.score_v2(name, model, v2_pool, batch_size=params.batch_size,
+                                            images=ImageLoader(root / IMAGES_ROOT, pre_scale(params)),
+                                            cache=cache, protocol=v2_protocol)
         del model
     if is_main:
         if score_v1:
             write_outputs(evals, metadata, root, recipe, facts, strays)
         else:
             evaluate_v2.clear_v1_outputs(root, (METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE), root / PLOTS_DIR)
-        if v2_sets:
-            evaluate_v2.write_v2(v2, metadata, root)
+        if v2_pool.sets:
+            evaluate_v2.write_v2(v2, metadata, root, v2_protocol.record(v2_pool.sets))
         if used_caches and params.cache_max_gb is not None:
             prune(cache_root, int(params.cache_max_gb * 1e9), keep=used_caches)
     distributed.barrier()
     return evals if is_main else None
+
+
+def pre_scale(params: Eval) -> int | None:
+    """The pixels the image loader scales eval images to before the model's input rendering, V1 and
+    V2 alike: ``image_max_pixels`` when the collator resizes (as training's collator does), None when
+    the processor resizes (``image_resize: processor``, VLM2Vec's way: it gets the stored image)."""
+    return params.image_max_pixels if params.image_resize == "collator" else None
 
 
 def select(params: Eval, root: Path) -> list[EvalSet]:
