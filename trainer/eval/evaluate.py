@@ -147,6 +147,8 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
             evaluate_v2.clear_v1_outputs(root, (METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE), root / PLOTS_DIR)
         if v2_pool.sets:
             evaluate_v2.write_v2(v2, metadata, root, v2_protocol.record(v2_pool.sets))
+        else:
+            evaluate_v2.write_plots({}, root / evaluate_v2.PLOTS_DIR)
         if used_caches and params.cache_max_gb is not None:
             prune(cache_root, int(params.cache_max_gb * 1e9), keep=used_caches)
     distributed.barrier()

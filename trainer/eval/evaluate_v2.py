@@ -53,6 +53,7 @@ CACHE_PREFIX = "v2"  # cache keys: v2/<content key>
 METRICS_FILE = Path("metrics/eval.json")
 REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard_v2.json")
+PLOTS_DIR = Path("reports/plots/v2_meta")  # one file per model: a bar per meta-task (dvc plots)
 VERSION_FILES = ("queries.parquet", "corpus.parquet", "dataset.json")
 
 
@@ -135,11 +136,11 @@ def load_v2_set(folder: Path, items: _Items) -> V2Set:
                  info.get("vidore_prompt"))
 
 
-def load_v2_sets(root: Path) -> V2Pool:
-    """Every dataset under data/normalized/eval_v2 over one item pool (no sets when the folder is
-    absent or empty)."""
+def load_v2_sets(root: Path, names: list[str] | None = None) -> V2Pool:
+    """Every dataset under data/normalized/eval_v2 (or those `names`) over one item pool (no sets
+    when the folder is absent or empty)."""
     items = _Items()
-    sets = [load_v2_set(Path(root) / name, items) for name in load_v2_names(root)]
+    sets = [load_v2_set(Path(root) / name, items) for name in (load_v2_names(root) if names is None else names)]
     return V2Pool(items.items, items.keys, sets)
 
 
@@ -276,9 +277,36 @@ def clear_v1_outputs(root: Path, paths: tuple[Path, ...], plots: Path) -> None:
         stale.unlink()
 
 
+def plot_rows(summaries: dict[str, dict]) -> dict[str, list[dict]]:
+    """{model: [{meta_task, model, modality, tasks, score}]}: per model, each meta-task group that holds
+    a scored task, in % of its headline metric; synthetic groups named "<meta-task> (synthetic)"."""
+    out = {}
+    for model, summ in summaries.items():
+        rows = []
+        for key, suffix in (("aggregate", ""), ("synthetic_aggregate", " (synthetic)")):
+            for meta, group in summ[key]["meta"].items():
+                if group["tasks"]:
+                    modality = next(m for m, metas in mmeb_v2.META_TASKS.items() if meta in metas)
+                    rows.append({"meta_task": meta + suffix, "model": model, "modality": modality,
+                                 "tasks": group["tasks"], "score": round(100 * group["score"], 4)})
+        out[model] = rows
+    return out
+
+
+def write_plots(summaries: dict[str, dict], folder: Path) -> None:
+    """reports/plots/v2_meta/<model>.json for every model scored (none without V2: the folder is a DVC
+    output, so it exists, empty); the files of models not scored this time are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.json"):
+        stale.unlink()
+    for model, rows in plot_rows(summaries).items():
+        files.write_json(folder / f"{model}.json", rows, ensure_ascii=False)
+
+
 def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path, protocol: dict) -> None:
     """Add the "v2" entry to metrics/eval.json, the MMEB-V2 section to reports/eval.md, and write
-    reports/leaderboard_v2.json (one report_score_v2.py document per model; official tasks only).
+    reports/leaderboard_v2.json (one report_score_v2.py document per model; official tasks only) and
+    the per-meta-task plots (reports/plots/v2_meta/<model>.json).
     Byte-deterministic: the leaderboard's date is $SOURCE_DATE_EPOCH's, else the epoch."""
     root = Path(root)
     summaries = {m: summary(s, protocol) for m, s in scores.items()}
@@ -295,4 +323,5 @@ def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root
                                        {n: e for n, e in s.items() if n in mmeb_v2.TASKS}, generated)
               for m, s in scores.items()}
     files.write_json(root / LEADERBOARD_FILE, boards, ensure_ascii=False)
+    write_plots(summaries, root / PLOTS_DIR)
     log.info("wrote the MMEB-V2 scores to %s, %s and %s", METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE)

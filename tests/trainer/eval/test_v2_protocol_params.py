@@ -162,3 +162,43 @@ def test_an_item_shared_by_two_datasets_is_encoded_once(built, tmp_path):
     evaluation.evaluate(eval_params(), root=root, load_model=load, score_v1=False)
     assert counters["embedder"].encoded > 0  # the changed page's batch
     assert counters["embedder"].encoded <= eval_params().batch_size
+
+
+def test_the_v2_plots_render_one_bar_per_meta_task_through_dvc(built, tmp_path):
+    """reports/plots/v2_meta/<model>.json under the project's own dvc.yaml plot entry: one plot per
+    model, a bar per meta-task in %; a run without V2 leaves the folder empty."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = _copy(built, tmp_path)
+    evaluation.evaluate(eval_params(cache=False), root=root, load_model=lambda n, p, e: HashEncoder(name=n),
+                        score_v1=False)
+    metrics = json.loads((root / "metrics/eval.json").read_text())["v2"]
+    repo_root = Path(__file__).resolve().parents[3]
+    entry = next(e for e in yaml.safe_load((repo_root / "dvc.yaml").read_text())["plots"]
+                 if str(evaluate_v2.PLOTS_DIR) in e)
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*dvc, "init", "-q"], cwd=root, check=True, env=env)
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": [entry]}))
+    out = json.loads(subprocess.run([*dvc, "plots", "show", "--json"], cwd=root, env=env, check=True,
+                                    capture_output=True, text=True).stdout)
+    assert not out.get("errors"), out["errors"]
+    plots = {Path(name).stem: p[0] for name, p in out["data"].items()}
+    assert sorted(plots) == ["base", "embedder"]
+    values = plots["embedder"]["content"]["data"]["values"]
+    synthetic = metrics["embedder"]["synthetic_aggregate"]["meta"]
+    assert {(v["meta_task"], v["score"]) for v in values} == {
+        ("VDRv1 (synthetic)", round(100 * synthetic["VDRv1"]["score"], 4)),
+        ("V-CLS (synthetic)", round(100 * synthetic["V-CLS"]["score"], 4))}
+    enc = plots["embedder"]["content"]["encoding"]
+    assert enc["x"]["field"] == "score" and enc["y"]["field"] == "meta_task"
+
+    shutil.rmtree(root / V2)  # the V2 datasets gone (data.benchmark v1): V1 scored, no V2 plot left behind
+    evaluation.evaluate(eval_params(cache=False), root=root, load_model=lambda n, p, e: HashEncoder(name=n))
+    assert (root / evaluate_v2.PLOTS_DIR).is_dir() and not list((root / evaluate_v2.PLOTS_DIR).iterdir())
+    assert "v2" not in json.loads((root / "metrics/eval.json").read_text())
