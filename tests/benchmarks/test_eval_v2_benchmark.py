@@ -8,7 +8,7 @@ from tests.support.scripts import script_module
 
 def test_pipeline_and_naive_paths_agree_and_the_counts_add_up(tmp_path):
     with script_module("benchmarks/eval_v2.py", "eval_v2_benchmark_under_test") as bench:
-        out = bench.main(["--model", "hash", "--frames", "2", "--batch-size", "8", "--work", str(tmp_path),
+        out = bench.main(["--model", "hash", "--frames", "2", "--batch-size", "8", "--repeat", "1", "--work", str(tmp_path),
                           "--results", str(tmp_path / "RESULTS.md")])
     assert sorted(out["runs"]) == ["video", "visdoc"]
     for modality, runs in out["runs"].items():
