@@ -177,11 +177,11 @@ def main(argv=None) -> dict:
     by_modality = defaultdict(list)
     for name in evaluate_v2.load_v2_names(root):
         by_modality[mmeb_v2.known(name).modality].append(name)
-    whole = evaluate_v2.load_v2_sets(root)
+    whole = evaluate_v2.load_v2_pool(root)
     encode_items(model, whole.items[:1], ["warm-up"], batch_size=1, load_images=images)  # first-call costs
     runs = {}
     for modality, names in sorted(by_modality.items()):
-        pool = evaluate_v2.load_v2_sets(root, names)
+        pool = evaluate_v2.load_v2_pool(root, names)
         runs[modality] = {}
         for label, run in (("pipeline (shared pool)", pipeline_run), ("naive (VLM2Vec, per dataset)", naive_run)):
             tries = [run(model, pool, args.batch_size, images) for _ in range(args.repeat)]

@@ -120,7 +120,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     settings = cache_settings(params.image_max_pixels, params.batch_size)  # the same for every model
     cache_root = root / params.cache_dir
     used_caches = []
-    v2_pool, v2 = evaluate_v2.load_v2_sets(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
+    v2_pool, v2 = evaluate_v2.load_v2_pool(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
     v2_protocol = evaluate_v2.Protocol(ties=params.v2_ties, labels=params.v2_labels)
     for name in params.models:
         model = load_model(name, root / MODELS_ROOT / name, params)

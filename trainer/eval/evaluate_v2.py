@@ -1,7 +1,7 @@
 """The evaluate stage's MMEB-V2 part: every dataset under data/normalized/eval_v2 scored with the V2
 protocol, beside the V1 scores.
 
-    pool = load_v2_sets(root / V2_ROOT)                         # V2Pool; no sets without MMEB-V2 data
+    pool = load_v2_pool(root / V2_ROOT)                         # no sets without MMEB-V2 data
     protocol = Protocol(ties=params.v2_ties, labels=params.v2_labels)
     scores = score_v2(name, model, pool, batch_size=..., images=..., cache=..., protocol=protocol)
     write_v2({name: scores}, metadata, root, protocol.record(pool.sets))   # eval.json "v2", eval.md, ...
@@ -136,7 +136,7 @@ def load_v2_set(folder: Path, items: _Items) -> V2Set:
                  info.get("vidore_prompt"))
 
 
-def load_v2_sets(root: Path, names: list[str] | None = None) -> V2Pool:
+def load_v2_pool(root: Path, names: list[str] | None = None) -> V2Pool:
     """Every dataset under data/normalized/eval_v2 (or those `names`) over one item pool (no sets
     when the folder is absent or empty)."""
     items = _Items()

@@ -138,9 +138,9 @@ def test_an_item_shared_by_two_datasets_is_encoded_once(built, tmp_path):
     (twin / "dataset.json").write_text(json.dumps({**info, "dataset": "ViDoRe_arxivqa"}))
     (root / V2 / "Syn-VideoCLS").rename(root / "video-aside")
 
-    empty = evaluate_v2.load_v2_sets(tmp_path / "absent")
+    empty = evaluate_v2.load_v2_pool(tmp_path / "absent")
     assert empty.sets == [] and empty.items == []
-    pool = evaluate_v2.load_v2_sets(root / V2)
+    pool = evaluate_v2.load_v2_pool(root / V2)
     assert [vs.task.name for vs in pool.sets] == ["Syn-ViDoRe", "ViDoRe_arxivqa"]
     assert pool.sets[0].item_indices() == pool.sets[1].item_indices() == list(range(len(pool.items)))
 
