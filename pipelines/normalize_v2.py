@@ -50,9 +50,10 @@ REJECT_SCHEMA = pa.schema([("table", pa.string()), ("id", pa.string()), ("reason
 def beir_dataset(root: Path, task: mmeb_v2.V2Task, params: Normalize, store: Store):
     """Queries, corpus, rejects and counts of a visual-document set."""
     docset = read_beir(root / task.name, task.hub_split, task.language, store, params.image_reject_pixels)
-    queries = [query_row(task, i, qid, side(visdoc_query(task.parser, text, PLACEHOLDERS)), [],
+    prompt = params.vidore_prompt
+    queries = [query_row(task, i, qid, side(visdoc_query(task.parser, text, PLACEHOLDERS, prompt)), [],
                          docset.relevant[qid]) for i, (qid, text) in enumerate(docset.queries)]
-    page = visdoc_candidate(task.parser, PLACEHOLDERS)
+    page = visdoc_candidate(task.parser, PLACEHOLDERS, prompt)
     corpus = [{"dataset": task.name, "candidate_id": cid,
                "candidate": side(page, ref(p.sha256, f"{task.name}/corpus/{cid}", p.width, p.height))}
               for cid, p in docset.pages.items()]
@@ -115,6 +116,8 @@ def _datasets(root: Path, out: Path, rejects_root: Path, params: Normalize, stor
         _write_table(out / task.name / "corpus.parquet", corpus, V2_CORPUS_SCHEMA)
         info = {"dataset": task.name, "modality": task.modality, "meta_task": task.meta_task,
                 "eval_type": task.eval_type, "expected": expected.get(task.name, task.num_data)}
+        if task.parser == "vidore":  # the instructions it was written with (normalize.vidore_prompt)
+            info["vidore_prompt"] = params.vidore_prompt
         files.write_json(out / task.name / "dataset.json", info, sort_keys=True)
         if rejects:
             _write_table(Path(rejects_root) / OUT / f"{task.name}.parquet",

@@ -387,6 +387,9 @@ class Normalize(Section):
     batch_rows: int = key(Int(1), "source rows read per batch (bounds memory)")
     frames_per_video: int = key(Int(1), "MMEB-V2 video: frames sampled per video, evenly spaced (VLM2Vec: 8); a "
                                         "shorter folder keeps all its frames and is counted")
+    vidore_prompt: str = key(Choice("current", "launch"),
+                             "MMEB-V2 ViDoRe sets' instructions: current (VLM2Vec's loader today) or launch (its "
+                             "empty prompts at V2's release); VisRAG keeps its prompts either way")
 
 
 @dataclass(frozen=True)
@@ -544,6 +547,11 @@ class Eval(Section):
     cache_max_gb: Any = key(OneOf(Float(0), Null()), "then older models' vectors go, least recently used first; "
                                                      "null: keep all")
     precision: str = key(PRECISION, "dtype of the weights while encoding")
+    v2_ties: str = key(Choice("strict", "argsort"), "MMEB-V2 ties: strict (a candidate must score strictly "
+                                                    "higher to outrank a relevant one) or argsort (VLM2Vec's order)")
+    v2_labels: str = key(Choice("correct", "official"),
+                         "MMEB-V2 graded labels: correct (each relevant id keeps its grade, counted once) or "
+                         "official (VLM2Vec's metrics.py, whose set() can move a grade to another document)")
 
 
 @dataclass(frozen=True)

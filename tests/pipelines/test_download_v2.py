@@ -57,7 +57,7 @@ def test_hub_v2_is_refused_clearly(tmp_path):
 
 
 def test_v2_download_adds_the_sets_and_leaves_v1_bytes_alone(tmp_path):
-    v1 = download(section("data", **TINY), section("synthetic", **TINY_SYN), out=tmp_path / "v1" / "raw")
+    v1 = download(section("data", benchmark="v1", **TINY), section("synthetic", **TINY_SYN), out=tmp_path / "v1" / "raw")
     v2 = download(section("data", benchmark="v2", **TINY), section("synthetic", **TINY_SYN),
                   out=tmp_path / "v2" / "raw")
     assert v2["files"] == v1["files"]  # MMEB-train / MMEB-eval byte for byte

@@ -181,7 +181,8 @@ def test_synthetic_sizes_below_what_the_generator_needs_are_refused(key, value):
 EVAL = {"models": ["base", "embedder"], "batch_size": 4, "datasets": "all", "image_max_pixels": 40,
         "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32",
         "positions": "train", "stray_image_token": "train", "image_resize": "train", "image_square": "train",
-        "small_image_side": "train", "rendering_from": "params"}
+        "small_image_side": "train", "rendering_from": "params", "v2_ties": "strict",
+        "v2_labels": "correct"}
 
 
 def eval_refused(**values) -> str:
@@ -198,6 +199,13 @@ def test_the_eval_section_is_typed():
 @pytest.mark.parametrize("bad", [-1, True, "lots"])
 def test_eval_cache_max_gb_must_be_a_number_at_least_0_or_null(bad):
     assert "eval.cache_max_gb" in eval_refused(cache_max_gb=bad)
+
+
+@pytest.mark.parametrize("key, bad", [("v2_ties", "official"), ("v2_labels", "strict")])
+def test_the_v2_protocol_choices_are_checked(key, bad):
+    assert f"eval.{key}" in eval_refused(**{key: bad})
+    assert "normalize.vidore_prompt" in str(pytest.raises(ParamsError, P.parse,
+                                                          document(normalize={"vidore_prompt": "old"})).value)
 
 
 def test_eval_models_and_datasets_must_be_lists_of_distinct_names():

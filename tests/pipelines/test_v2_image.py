@@ -139,8 +139,8 @@ def test_synthetic_image_sets_through_evaluate(tmp_path):
     vg = pq.read_table(out / VG / "queries.parquet").to_pylist()[0]
     assert [c.split(":")[0] for c in vg["candidates"]] == ["Syn-ImageVG/0_0.jpg", "Syn-ImageVG/0_1.jpg"]
     imagestore.merge(tmp_path / "norm" / "images")
-    sets = [evaluate_v2.load_v2_set(out / n) for n in (CLS, T2I, VG)]
-    scores = evaluate_v2.score_v2("m", OverlapEncoder(), sets, batch_size=8,
+    pool = evaluate_v2.load_v2_pool(out, [CLS, T2I, VG])
+    scores = evaluate_v2.score_v2("m", OverlapEncoder(), pool, batch_size=8,
                                   images=ImageLoader(tmp_path / "norm" / "images"), cache=None)
     assert {n: s["num_pred"] for n, s in scores.items()} == {CLS: 8, T2I: 8, VG: 8}
-    assert evaluate_v2.summary(scores)["synthetic_aggregate"]["modality"]["image"]["tasks"] == 3
+    assert evaluate_v2.summary(scores, {})["synthetic_aggregate"]["modality"]["image"]["tasks"] == 3

@@ -107,16 +107,16 @@ def test_same_seed_same_bytes(tmp_path):
 def test_evaluate_v2_scores_the_family(tmp_path, name):
     _, out = build(tmp_path, frames=9, size=32)
     imagestore.merge(tmp_path / "norm" / "images")
-    v2_set = evaluate_v2.load_v2_set(out / name)
+    pool = evaluate_v2.load_v2_pool(out, [name])
     images = ImageLoader(tmp_path / "norm" / "images")
-    scores = {m.fingerprint: evaluate_v2.score_v2(m.fingerprint, m, [v2_set], batch_size=8, images=images,
+    scores = {m.fingerprint: evaluate_v2.score_v2(m.fingerprint, m, pool, batch_size=8, images=images,
                                                   cache=None)[name] for m in (HashEncoder(), OverlapEncoder())}
     for s in scores.values():
         assert s["num_pred"] == s["num_data"] == mmeb_v2.SYNTHETIC[name].num_data
         assert 0 <= s["hit@1"] <= s["hit@5"] <= 1
     if name == vf.QA:  # four options a query: hit@5 is certain
         assert all(s["hit@5"] == 1.0 for s in scores.values())
-    summary = evaluate_v2.summary({name: scores["fake-overlap-32"]})
+    summary = evaluate_v2.summary({name: scores["fake-overlap-32"]}, {})
     meta = mmeb_v2.SYNTHETIC[name].meta_task
     assert summary["synthetic_aggregate"]["meta"][meta]["tasks"] == 1 and summary["aggregate"]["overall"]["tasks"] == 0
 

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pipelines import files
 from pipelines.mmeb import resolve_subsets
@@ -112,10 +112,10 @@ def rendering_of(model: Encoder, params: Eval) -> dict[str, Any]:
 def image_loader(root: Path, rendering: dict[str, Any], loaders: dict) -> ImageLoader:
     """The image loader for a rendering: images pre-scaled to its cap when the collator resizes, left
     to the processor otherwise (one loader per distinct pre-scale, shared by the models that use it)."""
-    pre_scale = rendering["image_max_pixels"] if rendering["image_resize"] == "collator" else None
-    if pre_scale not in loaders:
-        loaders[pre_scale] = ImageLoader(root / IMAGES_ROOT, pre_scale)
-    return loaders[pre_scale]
+    pixels = pre_scale(rendering)
+    if pixels not in loaders:
+        loaders[pixels] = ImageLoader(root / IMAGES_ROOT, pixels)
+    return loaders[pixels]
 
 
 def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = load_embedding_model,
@@ -137,11 +137,13 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     strays: dict[str, dict] = {}  # per model: stray placeholders per dataset and the rule (trainer.eval.stray)
     cache_root = root / params.cache_dir
     used_caches = []
-    v2_sets, v2 = evaluate_v2.load_v2_sets(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
+    v2_pool, v2 = evaluate_v2.load_v2_pool(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
+    v2_protocol = evaluate_v2.Protocol(ties=params.v2_ties, labels=params.v2_labels)
     for name in params.models:
         model = load_model(name, root / MODELS_ROOT / name, params)
         rendering = rendering_of(model, params)
-        images = image_loader(root, rendering, loaders) if needs_images else None
+        loader = image_loader(root, rendering, loaders)
+        images = loader if needs_images else None
         cache = None
         if is_main and params.cache:
             cache = EmbeddingCache(cache_root, model.fingerprint,
@@ -155,22 +157,33 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
                               sources=sources) if eval_sets else []
         if is_main:
             evals[name] = results
-        if v2_sets:
-            v2[name] = evaluate_v2.score_v2(name, model, v2_sets, batch_size=params.batch_size,
-                                            images=ImageLoader(root / IMAGES_ROOT, params.image_max_pixels),
-                                            cache=cache)
+        if v2_pool.sets:
+            v2[name] = evaluate_v2.score_v2(name, model, v2_pool, batch_size=params.batch_size,
+                                            images=loader,
+                                            cache=cache, protocol=v2_protocol)
         del model
     if is_main:
         if score_v1:
             write_outputs(evals, metadata, root, recipe, facts, strays)
         else:
             evaluate_v2.clear_v1_outputs(root, (METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE), root / PLOTS_DIR)
-        if v2_sets:
-            evaluate_v2.write_v2(v2, metadata, root)
+        if v2_pool.sets:
+            evaluate_v2.write_v2(v2, metadata, root, v2_protocol.record(v2_pool.sets))
+        else:
+            evaluate_v2.write_plots({}, root / evaluate_v2.PLOTS_DIR)
         if used_caches and params.cache_max_gb is not None:
             prune(cache_root, int(params.cache_max_gb * 1e9), keep=used_caches)
     distributed.barrier()
     return evals if is_main else None
+
+
+def pre_scale(rendering: Eval | Mapping[str, Any]) -> int | None:
+    """The pixels the image loader scales eval images to before the model's input rendering (the
+    eval section, or a model's `rendering_of`), V1 and V2 alike: ``image_max_pixels`` when the
+    collator resizes (as training's collator does), None when the processor resizes
+    (``image_resize: processor``, VLM2Vec's way: it gets the stored image)."""
+    get = rendering.get if isinstance(rendering, Mapping) else lambda k: getattr(rendering, k)
+    return get("image_max_pixels") if get("image_resize") == "collator" else None
 
 
 def select(params: Eval, root: Path) -> list[EvalSet]:

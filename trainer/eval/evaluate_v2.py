@@ -1,22 +1,29 @@
 """The evaluate stage's MMEB-V2 part: every dataset under data/normalized/eval_v2 scored with the V2
 protocol, beside the V1 scores.
 
-    v2_sets = load_v2_sets(root / V2_ROOT)                      # [] without MMEB-V2 data
-    scores = score_v2(model, v2_sets, batch_size=..., images=..., cache=...)   # {dataset: score dict}
-    write_v2({model: scores}, metadata, root)                   # eval.json "v2", eval.md, leaderboard_v2.json
+    pool = load_v2_pool(root / V2_ROOT)                         # no sets without MMEB-V2 data
+    protocol = Protocol(ties=params.v2_ties, labels=params.v2_labels)
+    scores = score_v2(name, model, pool, batch_size=..., images=..., cache=..., protocol=protocol)
+    write_v2({name: scores}, metadata, root, protocol.record(pool.sets))   # eval.json "v2", eval.md, ...
 
 A global dataset ranks each query against its whole deduplicated corpus (`ranking.rank_global`), a
-local one against its own list (`ranking.rank_local`); strict ties and the ``correct`` label
-computation (the protocol's defaults, `docs/mmeb-v2.md`). Every metric at 1/5/10 goes to
-metrics/eval.json; the aggregate per meta-task, modality and overall is `v2_scores.aggregate` over
-the registry's tasks, the synthetic stand-ins aggregated apart so they never pass for official tasks.
+local one against its own list (`ranking.rank_local`); the ties (strict or VLM2Vec's argsort) and
+the label computation (correct or VLM2Vec's) are `Protocol`'s, recorded with the scores beside the
+ViDoRe prompt normalize wrote (docs/mmeb-v2.md). Every metric at 1/5/10 goes to metrics/eval.json;
+the aggregate per meta-task, modality and overall is `v2_scores.aggregate` over the registry's
+tasks, the synthetic stand-ins aggregated apart so they never pass for official tasks.
 
-Each distinct item (raw string + image) of a dataset is encoded once. A video is given to the model
-as its sampled frames, each frame one image item with the video's prompt (the video placeholder
-turned into the image one), and the video's vector is the normalised mean of its frames' vectors:
-every family can take it, but it is not Qwen2-VL's ``videos=`` input, so video scores are not
-comparable with the published ones. Cache keys hold the dataset's version (a digest of its
-normalized files), so a changed dataset never reuses stale vectors.
+Each distinct item (raw string + image) is encoded once across all V2 datasets: a page, frame or
+label shared by several datasets with the same rendered input is one item of the pool. A video is
+given to the model as its sampled frames, each frame one image item with the video's prompt (the
+video placeholder turned into the image one), and the video's vector is the normalised mean of its
+frames' vectors: every family can take it, but it is not Qwen2-VL's ``videos=`` input, so video
+scores are not comparable with the published ones. Cache keys are the items' content (raw string
+and image digest); the model's fingerprint (its rendering included) and the encode settings name
+the cache's namespace, so a changed item, model or rendering never reuses a stale vector. The pool
+is planned into batches as a whole (`protocol.encode_items`), so the same V2 selection gives the
+same vectors cold or warm; a vector cached under another selection came from another batch and may
+differ in its last bits.
 """
 
 from __future__ import annotations
@@ -42,27 +49,44 @@ from trainer.eval.ranking import rank_global, rank_local
 log = logging.getLogger(__name__)
 
 V2_ROOT = Path("data/normalized/eval_v2")
+CACHE_PREFIX = "v2"  # cache keys: v2/<content key>
 METRICS_FILE = Path("metrics/eval.json")
 REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard_v2.json")
+PLOTS_DIR = Path("reports/plots/v2_meta")  # one file per model: a bar per meta-task (dvc plots)
 VERSION_FILES = ("queries.parquet", "corpus.parquet", "dataset.json")
 
 
 @dataclass
 class V2Set:
-    """One V2 dataset as distinct encoder items; each query / corpus side is a list of item indices
-    (one item, or a video's frames)."""
+    """One V2 dataset over the shared item pool (`V2Pool`): each query / corpus side is a list of
+    indices into the pool's items (one item, or a video's frames)."""
 
     task: mmeb_v2.V2Task
     version: str  # sha256 of the normalized files, 16 hex
     expected: int
-    items: list[dict]
-    keys: list[str]
     query_sides: list[list[int]]
     corpus_ids: list[str]
     corpus_sides: list[list[int]]
     candidates: list[list[str]]  # local lists (empty for global)
     relevances: list[Relevance]
+    vidore_prompt: str | None = None  # the ViDoRe instructions normalize wrote (None: another family)
+
+    def item_indices(self) -> list[int]:
+        """The distinct pool items this dataset needs."""
+        return sorted({i for side in (*self.query_sides, *self.corpus_sides) for i in side})
+
+
+@dataclass
+class V2Pool:
+    """The distinct encoder items of every V2 dataset, each once: a page, a frame or a label string
+    shared by several datasets under the same rendered input (raw string + image) is one item, so it
+    is encoded once for all of them. Its cache key is its content (`content_key`), with no dataset in
+    it: a changed item has a new key, an unchanged one keeps its vector."""
+
+    items: list[dict]
+    keys: list[str]
+    sets: list[V2Set]
 
 
 def dataset_version(folder: Path) -> str:
@@ -77,17 +101,17 @@ def _text(raw: str) -> str:
 
 
 class _Items:
-    """Distinct items of a dataset by content key."""
+    """Distinct items by content key, shared by the datasets loaded into it."""
 
-    def __init__(self, prefix: str):
-        self.prefix, self.items, self.keys, self.index = prefix, [], [], {}
+    def __init__(self):
+        self.items, self.keys, self.index = [], [], {}
 
     def add(self, raw: str, image: dict | None) -> int:
         key = content_key(raw, image["sha256"] if image else None)
         if key not in self.index:
             self.index[key] = len(self.items)
             self.items.append({"raw": raw, "text": _text(raw), "image": image})
-            self.keys.append(f"{self.prefix}/{key}")
+            self.keys.append(f"{CACHE_PREFIX}/{key}")
         return self.index[key]
 
     def side(self, side: dict) -> list[int]:
@@ -97,24 +121,27 @@ class _Items:
         return [self.add(side["raw"], side["image"])]
 
 
-def load_v2_set(folder: Path) -> V2Set:
+def load_v2_set(folder: Path, items: _Items) -> V2Set:
+    """One dataset, its items added to `items` (those already there are shared)."""
     folder = Path(folder)
     info = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     task = mmeb_v2.known(info["dataset"])
-    version = dataset_version(folder)
-    items = _Items(f"v2/{task.name}@{version}")
     queries = pq.read_table(folder / "queries.parquet").to_pylist()
     corpus = pq.read_table(folder / "corpus.parquet").to_pylist()
-    return V2Set(task, version, int(info["expected"]), items.items, items.keys,
+    return V2Set(task, dataset_version(folder), int(info["expected"]),
                  [items.side(q["query"]) for q in queries], [c["candidate_id"] for c in corpus],
                  [items.side(c["candidate"]) for c in corpus], [q["candidates"] for q in queries],
                  [Relevance(tuple(r["candidate_id"] for r in q["relevant"]),
-                            tuple(r["grade"] for r in q["relevant"])) for q in queries])
+                            tuple(r["grade"] for r in q["relevant"])) for q in queries],
+                 info.get("vidore_prompt"))
 
 
-def load_v2_sets(root: Path) -> list[V2Set]:
-    """Every dataset under data/normalized/eval_v2 ([] when the folder is absent or empty)."""
-    return [load_v2_set(Path(root) / name) for name in load_v2_names(root)]
+def load_v2_pool(root: Path, names: list[str] | None = None) -> V2Pool:
+    """Every dataset under data/normalized/eval_v2 (or those `names`) over one item pool (no sets
+    when the folder is absent or empty)."""
+    items = _Items()
+    sets = [load_v2_set(Path(root) / name, items) for name in (load_v2_names(root) if names is None else names)]
+    return V2Pool(items.items, items.keys, sets)
 
 
 def _side_vectors(emb: np.ndarray, sides: list[list[int]]) -> np.ndarray:
@@ -122,40 +149,62 @@ def _side_vectors(emb: np.ndarray, sides: list[list[int]]) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def score_set(vs: V2Set, emb: np.ndarray) -> dict:
-    """The dataset's score dict (`v2_scores.score_file`, plus uncapped ``mrr``)."""
+@dataclass(frozen=True)
+class Protocol:
+    """The V2 protocol's choices (`ranking.TIES`, `metrics.LABELS`), recorded with the scores."""
+
+    ties: str = "strict"
+    labels: str = "correct"
+
+    def record(self, sets: list[V2Set]) -> dict:
+        """What metrics/eval.json and the report say the scores were computed with: the ties, the
+        labels, and the ViDoRe prompt of the ViDoRe sets (None without one; "mixed" when they differ)."""
+        prompts = {vs.vidore_prompt for vs in sets if vs.vidore_prompt is not None}
+        prompt = None if not prompts else prompts.pop() if len(prompts) == 1 else "mixed"
+        return {"ties": self.ties, "labels": self.labels, "vidore_prompt": prompt}
+
+
+def score_set(vs: V2Set, emb: np.ndarray, protocol: Protocol = Protocol()) -> dict:
+    """The dataset's score dict (`v2_scores.score_file`, plus uncapped ``mrr`` and its version); `emb`
+    holds the pool's vectors."""
     queries, corpus = _side_vectors(emb, vs.query_sides), _side_vectors(emb, vs.corpus_sides)
     if vs.task.eval_type == "global":
-        rankings = rank_global(queries, corpus, vs.corpus_ids, vs.relevances)
+        rankings = rank_global(queries, corpus, vs.corpus_ids, vs.relevances, protocol.ties)
     else:
         at = {c: i for i, c in enumerate(vs.corpus_ids)}
-        rankings = [rank_local(q, corpus[[at[c] for c in ids]], ids, rel)
+        rankings = [rank_local(q, corpus[[at[c] for c in ids]], ids, rel, protocol.ties)
                     for q, ids, rel in zip(queries, vs.candidates, vs.relevances)]
-    metrics = dataset_metrics(rankings, vs.relevances)
-    return {**v2_scores.score_file(metrics, len(vs.relevances), vs.expected), "mrr": float(metrics["mrr"])}
+    metrics = dataset_metrics(rankings, vs.relevances, protocol.labels)
+    return {**v2_scores.score_file(metrics, len(vs.relevances), vs.expected), "mrr": float(metrics["mrr"]),
+            "version": vs.version}
 
 
-def score_v2(name: str, model: Encoder, v2_sets: list[V2Set], *, batch_size: int, images: ImageLoader | None,
-             cache) -> dict[str, dict]:
-    """{dataset: score dict} of one model on rank 0 ({} on other ranks, which encode their share)."""
+def score_v2(name: str, model: Encoder, pool: V2Pool, *, batch_size: int, images: ImageLoader | None,
+             cache, protocol: Protocol = Protocol()) -> dict[str, dict]:
+    """{dataset: score dict} of one model on rank 0 ({} on other ranks, which encode their share).
+    The pool is encoded in one pass, each distinct item once whichever datasets share it."""
+    emb, stats = encode_items(model, pool.items, pool.keys, batch_size=batch_size, load_images=images,
+                              cache=cache, desc=f"{name} MMEB-V2")
+    if emb is None:
+        return {}
+    log.info("%s MMEB-V2: %d datasets, %d distinct items (%d encoded, %d cached)", name, len(pool.sets),
+             len(pool.items), stats.encoded, stats.cache_hits)
     out = {}
-    for vs in v2_sets:
-        emb, stats = encode_items(model, vs.items, vs.keys, batch_size=batch_size, load_images=images,
-                                  cache=cache, desc=f"{name} {vs.task.name}")
-        if emb is None:
-            continue
-        out[vs.task.name] = score_set(vs, emb)
-        log.info("%s %s (MMEB-V2 %s): %s %.4f (%d queries; %d items, %d encoded, %d cached)", name, vs.task.name,
-                 vs.task.eval_type, vs.task.headline_metric, out[vs.task.name][vs.task.headline_metric],
-                 len(vs.relevances), len(vs.items), stats.encoded, stats.cache_hits)
+    for vs in pool.sets:
+        out[vs.task.name] = score_set(vs, emb, protocol)
+        log.info("%s %s (MMEB-V2 %s): %s %.4f (%d queries, %d items)", name, vs.task.name, vs.task.eval_type,
+                 vs.task.headline_metric, out[vs.task.name][vs.task.headline_metric], len(vs.relevances),
+                 len(vs.item_indices()))
     return out
 
 
-def summary(scores: dict[str, dict]) -> dict:
-    """Per-dataset score dicts and the aggregates: official tasks, synthetic stand-ins apart."""
+def summary(scores: dict[str, dict], protocol: dict) -> dict:
+    """The protocol's choices, per-dataset score dicts and the aggregates: official tasks, synthetic
+    stand-ins apart."""
     official = {n: s for n, s in scores.items() if n in mmeb_v2.TASKS}
     synthetic = {n: s for n, s in scores.items() if n in mmeb_v2.SYNTHETIC}
-    return {"datasets": dict(sorted(scores.items())), "aggregate": v2_scores.aggregate(official),
+    return {"protocol": protocol, "datasets": dict(sorted(scores.items())),
+            "aggregate": v2_scores.aggregate(official),
             "synthetic_aggregate": v2_scores.aggregate(synthetic, mmeb_v2.SYNTHETIC)}
 
 
@@ -163,7 +212,7 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
 
-def markdown(summaries: dict[str, dict]) -> str:
+def markdown(summaries: dict[str, dict], protocol: dict) -> str:
     """The MMEB-V2 section of reports/eval.md: per dataset the headline metric of every model beside
     the published scores of the same data, then the groups."""
     models = list(summaries)
@@ -172,7 +221,9 @@ def markdown(summaries: dict[str, dict]) -> str:
     lines = ["", "## MMEB-V2", "",
              "Headline metric in % (hit@1 for image and video, NDCG@5 for visual documents); published "
              "scores are of the same data (`score_version`); synthetic stand-ins have none. Videos are "
-             "encoded as the mean of their sampled frames' vectors.", "",
+             "encoded as the mean of their sampled frames' vectors. Protocol: ties "
+             f"`{protocol['ties']}`, labels `{protocol['labels']}`, ViDoRe prompt `{protocol['vidore_prompt']}` "
+             "(docs/mmeb-v2.md).", "",
              "| dataset | modality | meta-task | eval | " + " | ".join(models + published) + " |",
              "| --- | --- | --- | --- |" + " ---: |" * (len(models) + len(published))]
     for n in names:
@@ -226,23 +277,51 @@ def clear_v1_outputs(root: Path, paths: tuple[Path, ...], plots: Path) -> None:
         stale.unlink()
 
 
-def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path) -> None:
+def plot_rows(summaries: dict[str, dict]) -> dict[str, list[dict]]:
+    """{model: [{meta_task, model, modality, tasks, score}]}: per model, each meta-task group that holds
+    a scored task, in % of its headline metric; synthetic groups named "<meta-task> (synthetic)"."""
+    out = {}
+    for model, summ in summaries.items():
+        rows = []
+        for key, suffix in (("aggregate", ""), ("synthetic_aggregate", " (synthetic)")):
+            for meta, group in summ[key]["meta"].items():
+                if group["tasks"]:
+                    modality = next(m for m, metas in mmeb_v2.META_TASKS.items() if meta in metas)
+                    rows.append({"meta_task": meta + suffix, "model": model, "modality": modality,
+                                 "tasks": group["tasks"], "score": round(100 * group["score"], 4)})
+        out[model] = rows
+    return out
+
+
+def write_plots(summaries: dict[str, dict], folder: Path) -> None:
+    """reports/plots/v2_meta/<model>.json for every model scored (none without V2: the folder is a DVC
+    output, so it exists, empty); the files of models not scored this time are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.json"):
+        stale.unlink()
+    for model, rows in plot_rows(summaries).items():
+        files.write_json(folder / f"{model}.json", rows, ensure_ascii=False)
+
+
+def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path, protocol: dict) -> None:
     """Add the "v2" entry to metrics/eval.json, the MMEB-V2 section to reports/eval.md, and write
-    reports/leaderboard_v2.json (one report_score_v2.py document per model; official tasks only).
+    reports/leaderboard_v2.json (one report_score_v2.py document per model; official tasks only) and
+    the per-meta-task plots (reports/plots/v2_meta/<model>.json).
     Byte-deterministic: the leaderboard's date is $SOURCE_DATE_EPOCH's, else the epoch."""
     root = Path(root)
-    summaries = {m: summary(s) for m, s in scores.items()}
+    summaries = {m: summary(s, protocol) for m, s in scores.items()}
     metrics_path = root / METRICS_FILE
     document = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     document["v2"] = summaries
     files.write_json(metrics_path, document, ensure_ascii=False)
     report_path = root / REPORT_FILE
     before = report_path.read_text(encoding="utf-8") if report_path.is_file() else "# Evaluation\n"
-    files.write_text(report_path, before + markdown(summaries))
+    files.write_text(report_path, before + markdown(summaries, protocol))
     generated = datetime.datetime.fromtimestamp(int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
                                                 datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     boards = {m: v2_scores.leaderboard({"model_name": m, **metadata.get(m, {})},
                                        {n: e for n, e in s.items() if n in mmeb_v2.TASKS}, generated)
               for m, s in scores.items()}
     files.write_json(root / LEADERBOARD_FILE, boards, ensure_ascii=False)
+    write_plots(summaries, root / PLOTS_DIR)
     log.info("wrote the MMEB-V2 scores to %s, %s and %s", METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE)
