@@ -33,7 +33,9 @@ from PIL import Image
 
 from trainer.model.image_processing import QwenImageProcessor, supports
 
-# seconds per frame VLM2Vec-V2's Qwen2.5-VL processor assumes (`videos_kwargs` default fps 2.0)
+# the families that take `videos=`, and the token a video takes in their text (VLM2Vec's VLM_VIDEO_TOKENS)
+VIDEO_TOKENS = {"qwen2_vl": "<|video_pad|>", "qwen2_5_vl": "<|video_pad|>"}
+# frames per second VLM2Vec-V2's Qwen2.5-VL processor assumes (`videos_kwargs` default fps 2.0)
 VLM2VEC_FPS = 2.0
 
 
