@@ -540,6 +540,10 @@ class Eval(Section):
     cache_max_gb: Any = key(OneOf(Float(0), Null()), "then older models' vectors go, least recently used first; "
                                                      "null: keep all")
     precision: str = key(PRECISION, "dtype of the weights while encoding")
+    video_input: str = key(Choice("native", "frames_mean"),
+                           "MMEB-V2 videos: native (Qwen2-VL / 2.5-VL take the frames as videos=, other families "
+                           "fall back to frames_mean) or frames_mean (each frame an image, the video the "
+                           "normalised mean of their vectors)")
 
 
 @dataclass(frozen=True)

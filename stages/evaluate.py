@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 -m stages.evaluate                 # items split across ranks
 
 Reads params `eval` (models, batch_size, datasets, image_max_pixels, the input rendering, cache,
-cache_dir, cache_max_gb, precision; `pipelines.params.Eval` says what each takes), `recipe`:
+cache_dir, cache_max_gb, precision, video_input; `pipelines.params.Eval` says what each takes), `recipe`:
 reports/eval.md names its profile and lists every setting that differs from it
 (`pipelines.profiles.differences`), and `data.benchmark` (v2: MMEB-V2's datasets only,
 `trainer.eval.evaluate_v2`). Writes metrics/eval.json,

@@ -181,7 +181,7 @@ def test_synthetic_sizes_below_what_the_generator_needs_are_refused(key, value):
 EVAL = {"models": ["base", "embedder"], "batch_size": 4, "datasets": "all", "image_max_pixels": 40,
         "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32",
         "positions": "train", "stray_image_token": "train", "image_resize": "train", "image_square": "train",
-        "small_image_side": "train"}
+        "small_image_side": "train", "video_input": "native"}
 
 
 def eval_refused(**values) -> str:
@@ -198,6 +198,12 @@ def test_the_eval_section_is_typed():
 @pytest.mark.parametrize("bad", [-1, True, "lots"])
 def test_eval_cache_max_gb_must_be_a_number_at_least_0_or_null(bad):
     assert "eval.cache_max_gb" in eval_refused(cache_max_gb=bad)
+
+
+@pytest.mark.parametrize("bad", ["videos", None, True])
+def test_eval_video_input_is_native_or_frames_mean(bad):
+    assert Eval.parse(dict(EVAL, video_input="frames_mean")).video_input == "frames_mean"
+    assert "eval.video_input" in eval_refused(video_input=bad)
 
 
 def test_eval_models_and_datasets_must_be_lists_of_distinct_names():

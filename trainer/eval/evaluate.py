@@ -122,6 +122,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     cache_root = root / params.cache_dir
     used_caches = []
     v2_sets, v2 = evaluate_v2.load_v2_sets(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
+    video_inputs: dict[str, str] = {}  # per model: how MMEB-V2's videos reach it
     for name in params.models:
         model = load_model(name, root / MODELS_ROOT / name, params)
         cache = None
@@ -138,7 +139,8 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
         if v2_sets:
             v2[name] = evaluate_v2.score_v2(name, model, v2_sets, batch_size=params.batch_size,
                                             images=ImageLoader(root / IMAGES_ROOT, params.image_max_pixels),
-                                            cache=cache)
+                                            cache=cache, video_input=params.video_input)
+            video_inputs[name] = evaluate_v2.video_input_of(model, params.video_input)
         del model
     if is_main:
         if score_v1:
@@ -146,7 +148,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
         else:
             evaluate_v2.clear_v1_outputs(root, (METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE), root / PLOTS_DIR)
         if v2_sets:
-            evaluate_v2.write_v2(v2, metadata, root)
+            evaluate_v2.write_v2(v2, metadata, root, video_inputs)
         if used_caches and params.cache_max_gb is not None:
             prune(cache_root, int(params.cache_max_gb * 1e9), keep=used_caches)
     distributed.barrier()

@@ -11,12 +11,16 @@ computation (the protocol's defaults, `docs/mmeb-v2.md`). Every metric at 1/5/10
 metrics/eval.json; the aggregate per meta-task, modality and overall is `v2_scores.aggregate` over
 the registry's tasks, the synthetic stand-ins aggregated apart so they never pass for official tasks.
 
-Each distinct item (raw string + image) of a dataset is encoded once. A video is given to the model
-as its sampled frames, each frame one image item with the video's prompt (the video placeholder
-turned into the image one), and the video's vector is the normalised mean of its frames' vectors:
-every family can take it, but it is not Qwen2-VL's ``videos=`` input, so video scores are not
-comparable with the published ones. Cache keys hold the dataset's version (a digest of its
-normalized files), so a changed dataset never reuses stale vectors.
+Each distinct item (raw string + image, or raw string + frames) of a dataset is encoded once. A video
+reaches the model in one of two ways (`eval.video_input`, per model `video_input_of`):
+* ``native``: one item, its sampled frames given as ``videos=`` with the model's video token, as
+  VLM2Vec-V2 encodes video with Qwen2-VL / Qwen2.5-VL (`trainer.model.inputs`); a family without
+  video input falls back to ``frames_mean``;
+* ``frames_mean``: each frame one image item with the video's prompt (the video placeholder turned
+  into the image one), the video's vector the normalised mean of its frames' vectors; every family
+  can take it, but no published model was scored so, so its video scores are not comparable.
+The mode a model used is recorded beside its scores. Cache keys hold the dataset's version (a digest
+of its normalized files), so a changed dataset never reuses stale vectors.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ METRICS_FILE = Path("metrics/eval.json")
 REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard_v2.json")
 VERSION_FILES = ("queries.parquet", "corpus.parquet", "dataset.json")
+VIDEO_INPUTS = ("native", "frames_mean")  # eval.video_input
 
 
 @dataclass
@@ -63,6 +68,7 @@ class V2Set:
     corpus_sides: list[list[int]]
     candidates: list[list[str]]  # local lists (empty for global)
     relevances: list[Relevance]
+    native: V2Set | None = None  # the same set with each video one item (its frames as `video`); None: no video
 
 
 def dataset_version(folder: Path) -> str:
@@ -82,15 +88,18 @@ class _Items:
     def __init__(self, prefix: str):
         self.prefix, self.items, self.keys, self.index = prefix, [], [], {}
 
-    def add(self, raw: str, image: dict | None) -> int:
-        key = content_key(raw, image["sha256"] if image else None)
+    def add(self, raw: str, image: dict | None, video: list[dict] | None = None) -> int:
+        visual = ",".join(f["sha256"] for f in video) if video else image["sha256"] if image else None
+        key = content_key(raw, visual)
         if key not in self.index:
             self.index[key] = len(self.items)
-            self.items.append({"raw": raw, "text": _text(raw), "image": image})
+            self.items.append({"raw": raw, "text": _text(raw), "image": image, **({"video": video} if video else {})})
             self.keys.append(f"{self.prefix}/{key}")
         return self.index[key]
 
-    def side(self, side: dict) -> list[int]:
+    def side(self, side: dict, native: bool = False) -> list[int]:
+        if side["video"] and native:
+            return [self.add(side["raw"], None, list(side["video"]))]
         if side["video"]:
             raw = side["raw"].replace(VIDEO_TOKEN, IMAGE_TOKEN)
             return [self.add(raw, frame) for frame in side["video"]]
@@ -98,18 +107,26 @@ class _Items:
 
 
 def load_v2_set(folder: Path) -> V2Set:
+    """One normalized V2 dataset, videos as frames; `native` holds it with each video one item."""
     folder = Path(folder)
     info = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     task = mmeb_v2.known(info["dataset"])
     version = dataset_version(folder)
-    items = _Items(f"v2/{task.name}@{version}")
     queries = pq.read_table(folder / "queries.parquet").to_pylist()
     corpus = pq.read_table(folder / "corpus.parquet").to_pylist()
-    return V2Set(task, version, int(info["expected"]), items.items, items.keys,
-                 [items.side(q["query"]) for q in queries], [c["candidate_id"] for c in corpus],
-                 [items.side(c["candidate"]) for c in corpus], [q["candidates"] for q in queries],
-                 [Relevance(tuple(r["candidate_id"] for r in q["relevant"]),
-                            tuple(r["grade"] for r in q["relevant"])) for q in queries])
+
+    def view(native: bool) -> V2Set:
+        items = _Items(f"v2/{task.name}@{version}")
+        return V2Set(task, version, int(info["expected"]), items.items, items.keys,
+                     [items.side(q["query"], native) for q in queries], [c["candidate_id"] for c in corpus],
+                     [items.side(c["candidate"], native) for c in corpus], [q["candidates"] for q in queries],
+                     [Relevance(tuple(r["candidate_id"] for r in q["relevant"]),
+                                tuple(r["grade"] for r in q["relevant"])) for q in queries])
+
+    frames = view(native=False)
+    if any(q["query"]["video"] for q in queries) or any(c["candidate"]["video"] for c in corpus):
+        frames.native = view(native=True)
+    return frames
 
 
 def load_v2_sets(root: Path) -> list[V2Set]:
@@ -135,11 +152,23 @@ def score_set(vs: V2Set, emb: np.ndarray) -> dict:
     return {**v2_scores.score_file(metrics, len(vs.relevances), vs.expected), "mrr": float(metrics["mrr"])}
 
 
+def video_input_of(model: Encoder, requested: str) -> str:
+    """The way `model` takes video: ``native`` when asked for and its family takes `videos=` (its
+    collator's prompt format has a video token), else ``frames_mean``."""
+    if requested not in VIDEO_INPUTS:
+        raise ValueError(f"video_input must be one of {VIDEO_INPUTS}, got {requested!r}")
+    fmt = getattr(getattr(model, "collator", None), "format", None)
+    return "native" if requested == "native" and getattr(fmt, "video_token", None) else "frames_mean"
+
+
 def score_v2(name: str, model: Encoder, v2_sets: list[V2Set], *, batch_size: int, images: ImageLoader | None,
-             cache) -> dict[str, dict]:
-    """{dataset: score dict} of one model on rank 0 ({} on other ranks, which encode their share)."""
+             cache, video_input: str = "frames_mean") -> dict[str, dict]:
+    """{dataset: score dict} of one model on rank 0 ({} on other ranks, which encode their share);
+    videos as `video_input_of(model, video_input)` says."""
     out = {}
+    native = video_input_of(model, video_input) == "native"
     for vs in v2_sets:
+        vs = vs.native if native and vs.native is not None else vs
         emb, stats = encode_items(model, vs.items, vs.keys, batch_size=batch_size, load_images=images,
                                   cache=cache, desc=f"{name} {vs.task.name}")
         if emb is None:
@@ -171,8 +200,9 @@ def markdown(summaries: dict[str, dict]) -> str:
     published = list(mmeb_v2.published.MODELS)
     lines = ["", "## MMEB-V2", "",
              "Headline metric in % (hit@1 for image and video, NDCG@5 for visual documents); published "
-             "scores are of the same data (`score_version`); synthetic stand-ins have none. Videos are "
-             "encoded as the mean of their sampled frames' vectors.", "",
+             "scores are of the same data (`score_version`); synthetic stand-ins have none. Video input "
+             "(native: `videos=`; frames_mean: the mean of the frames' vectors): "
+             + ", ".join(f"{m} {summaries[m].get('video_input', 'frames_mean')}" for m in models) + ".", "",
              "| dataset | modality | meta-task | eval | " + " | ".join(models + published) + " |",
              "| --- | --- | --- | --- |" + " ---: |" * (len(models) + len(published))]
     for n in names:
@@ -226,12 +256,15 @@ def clear_v1_outputs(root: Path, paths: tuple[Path, ...], plots: Path) -> None:
         stale.unlink()
 
 
-def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path) -> None:
+def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path,
+             video_inputs: dict[str, str] | None = None) -> None:
     """Add the "v2" entry to metrics/eval.json, the MMEB-V2 section to reports/eval.md, and write
     reports/leaderboard_v2.json (one report_score_v2.py document per model; official tasks only).
-    Byte-deterministic: the leaderboard's date is $SOURCE_DATE_EPOCH's, else the epoch."""
+    Byte-deterministic: the leaderboard's date is $SOURCE_DATE_EPOCH's, else the epoch. `video_inputs`
+    (per model, `video_input_of`; default frames_mean) goes beside each model's scores."""
     root = Path(root)
-    summaries = {m: summary(s) for m, s in scores.items()}
+    summaries = {m: {**summary(s), "video_input": (video_inputs or {}).get(m, "frames_mean")}
+                 for m, s in scores.items()}
     metrics_path = root / METRICS_FILE
     document = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     document["v2"] = summaries
