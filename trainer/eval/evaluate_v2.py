@@ -14,8 +14,9 @@ the registry's tasks, the synthetic stand-ins aggregated apart so they never pas
 Each distinct item (raw string + image, or raw string + frames) of a dataset is encoded once. A video
 reaches the model in one of two ways (`eval.video_input`, per model `video_input_of`):
 * ``native``: one item, its sampled frames given as ``videos=`` with the model's video token, as
-  VLM2Vec-V2 encodes video with Qwen2-VL / Qwen2.5-VL (`trainer.model.inputs`); a family without
-  video input falls back to ``frames_mean``;
+  VLM2Vec-V2 encodes video with Qwen2-VL / Qwen2.5-VL (`trainer.model.inputs`); Idefics3 / SmolVLM,
+  without video input but with several images a row, take the frames as that many images of one
+  item (recorded as ``frames_as_images``); the other families fall back to ``frames_mean``;
 * ``frames_mean``: each frame one image item with the video's prompt (the video placeholder turned
   into the image one), the video's vector the normalised mean of its frames' vectors; every family
   can take it, but no published model was scored so, so its video scores are not comparable.
@@ -42,6 +43,7 @@ from trainer.eval import v2_scores
 from trainer.eval.metrics import Relevance, dataset_metrics
 from trainer.eval.protocol import Encoder, ImageLoader, content_key, encode_items
 from trainer.eval.ranking import rank_global, rank_local
+from trainer.model.inputs import FRAME_IMAGE_FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +155,17 @@ def score_set(vs: V2Set, emb: np.ndarray) -> dict:
 
 
 def video_input_of(model: Encoder, requested: str) -> str:
-    """The way `model` takes video: ``native`` when asked for and its family takes `videos=` (its
-    collator's prompt format has a video token), else ``frames_mean``."""
+    """The way `model` takes video. Asked for ``native``: ``native`` when its family takes `videos=`
+    (its collator's prompt format has a video token), ``frames_as_images`` when its processor takes
+    the frames as several images of one row (`FRAME_IMAGE_FAMILIES`), else ``frames_mean``."""
     if requested not in VIDEO_INPUTS:
         raise ValueError(f"video_input must be one of {VIDEO_INPUTS}, got {requested!r}")
     fmt = getattr(getattr(model, "collator", None), "format", None)
-    return "native" if requested == "native" and getattr(fmt, "video_token", None) else "frames_mean"
+    if requested == "frames_mean" or fmt is None:
+        return "frames_mean"
+    if getattr(fmt, "video_token", None):
+        return "native"
+    return "frames_as_images" if fmt.family in FRAME_IMAGE_FAMILIES and fmt.kind == "vlm" else "frames_mean"
 
 
 def score_v2(name: str, model: Encoder, v2_sets: list[V2Set], *, batch_size: int, images: ImageLoader | None,
@@ -166,7 +173,7 @@ def score_v2(name: str, model: Encoder, v2_sets: list[V2Set], *, batch_size: int
     """{dataset: score dict} of one model on rank 0 ({} on other ranks, which encode their share);
     videos as `video_input_of(model, video_input)` says."""
     out = {}
-    native = video_input_of(model, video_input) == "native"
+    native = video_input_of(model, video_input) != "frames_mean"  # one item a video
     for vs in v2_sets:
         vs = vs.native if native and vs.native is not None else vs
         emb, stats = encode_items(model, vs.items, vs.keys, batch_size=batch_size, load_images=images,

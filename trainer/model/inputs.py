@@ -59,6 +59,9 @@ RESIZERS = ("collator", "processor")  # who brings an image to image_max_pixels 
 # processors that take one row per call and write image tokens as negative ids (Phi-3-V: its own
 # code; MMEB's `<|image_1|>` is its placeholder, kept in the text, and a stray one stays plain text)
 PER_ROW_FAMILIES = ("phi3_v",)
+# families without video input whose processors take several images a row: a video's frames are
+# given as that many images, one image token each in the video placeholder's place
+FRAME_IMAGE_FAMILIES = ("idefics3", "smolvlm")
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def _strip_placeholder(raw: str) -> str:
 
 
 def render_text(side: dict, backbone, *, instructions: bool = True, has_image: bool,
-                stray_image_token: str = "strip", has_video: bool = False) -> str:
+                stray_image_token: str = "strip", has_video: int = 0) -> str:
     """The text fed to the backbone for one SIDE (see the module docstring).
 
     VLMs, `instructions=True`: VLM2Vec's exact input string (`raw` with the placeholder swapped).
@@ -107,13 +110,13 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     it an all-zero embedding, a VLM nothing to pool), and holds the VLM's image token exactly once per
     image or kept placeholder (ValueError for a source text that contains it, e.g. "<image>" for LLaVA: the processor
     would expand it and find no image for it).
-    A side with a video (`has_video`, frames given as `videos=`): `_render_video`.
+    A side with a video (`has_video`: its number of frames): `_render_video`.
     """
     if stray_image_token not in STRAY_RULES:
         raise ValueError(f"stray_image_token must be one of {STRAY_RULES}, got {stray_image_token!r}")
     fmt = _format_of(backbone)
     if has_video:
-        return _render_video(side, fmt, instructions)
+        return _render_video(side, fmt, instructions, int(has_video))
     raw = side.get("raw") or ""
     expected = int(has_image)  # image tokens in the result
     if fmt.kind == "dual":
@@ -148,21 +151,26 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     return text
 
 
-def _render_video(side: dict, fmt: PromptFormat, instructions: bool) -> str:
+def _render_video(side: dict, fmt: PromptFormat, instructions: bool, frames: int) -> str:
     """A video side's text: `raw` with its one video placeholder swapped for the backbone's video
     token (VLM2Vec-V2's input string), or without instructions `"<video token>\\n" + text + "\\n"`.
-    ValueError for a family without video input, and for a raw string without exactly one video
-    placeholder, with an image placeholder, or holding the backbone's video token itself."""
-    if not fmt.video_token:
+    A family that takes several images a row (`FRAME_IMAGE_FAMILIES`) gets one image token per frame
+    in the placeholder's place instead. ValueError for any other family, and for a raw string without
+    exactly one video placeholder, with an image placeholder, or holding the backbone's token itself."""
+    if fmt.video_token:
+        token = fmt.video_token
+    elif fmt.family in FRAME_IMAGE_FAMILIES:
+        token = fmt.image_token * frames
+    else:
         raise ValueError(f"{fmt.family} takes no video input: give it the frames as images instead "
                          "(eval.video_input frames_mean)")
     raw = side.get("raw") or ""
-    if raw.count(VIDEO_TOKEN) != 1 or IMAGE_TOKEN in raw or fmt.video_token in raw:
+    if raw.count(VIDEO_TOKEN) != 1 or IMAGE_TOKEN in raw or (fmt.video_token or fmt.image_token) in raw:
         raise ValueError(f"a side with a video needs exactly one {VIDEO_TOKEN} and no image placeholder: {raw[:80]!r}")
     if instructions:
-        return raw.replace(VIDEO_TOKEN, fmt.video_token)
+        return raw.replace(VIDEO_TOKEN, token)
     body = (side.get("text") or "").strip()
-    return f"{fmt.video_token}\n" + (f"{body}\n" if body else "")
+    return f"{token}\n" + (f"{body}\n" if body else "")
 
 
 def _is_video(image) -> bool:
@@ -330,7 +338,7 @@ class Collator:
         size_rule = getattr(self.processor.image_processor, "target_size", None)
         for side, image in zip(sides, images):
             render_text(side, self.format, instructions=self.instructions, has_image=image is not None,
-                        stray_image_token=self.stray_image_token, has_video=_is_video(image))
+                        stray_image_token=self.stray_image_token, has_video=_is_video(image) and len(image))
             if _is_video(image):
                 image = image[0] if image else None  # every frame takes the first frame's size
             if image is not None and size_rule is not None:
@@ -346,8 +354,8 @@ class Collator:
         if not sides:
             raise ValueError("empty batch")
         has_image = [im is not None for im in images]
-        videos = [_is_video(im) for im in images]
-        if any(videos) and self._video is None:
+        videos = [len(im) if _is_video(im) else 0 for im in images]
+        if any(videos) and self._video is None and self.format.family not in FRAME_IMAGE_FAMILIES:
             raise ValueError(f"{self.format.family} takes no video input: give it the frames as images instead "
                              "(eval.video_input frames_mean)")
         texts = [render_text(s, self.format, instructions=self.instructions, has_image=h,
@@ -419,7 +427,7 @@ class Collator:
                 return dict(proc.tokenizer(texts, padding=True, return_tensors="pt"))
             return dict(proc(text=texts, padding=True, return_tensors="pt"))
         if family in ("idefics3", "smolvlm"):
-            pics = [[p] for p in pics]
+            pics = [p if isinstance(p, list) else [p] for p in pics]  # a video row: its frames
         return dict(proc(text=texts, images=pics, padding=True, return_tensors="pt"))
 
     def _per_row(self, texts: list[str], pics: list[Image.Image] | None) -> dict[str, Any]:
@@ -438,8 +446,9 @@ class Collator:
         return out
 
     def _vlm(self, texts, pics, has_image, videos) -> dict[str, torch.Tensor]:
-        rows_img = [i for i, (h, v) in enumerate(zip(has_image, videos)) if h and not v]
-        rows_vid = [i for i, v in enumerate(videos) if v]
+        native = self._video is not None  # else a video row's frames are its images (FRAME_IMAGE_FAMILIES)
+        rows_img = [i for i, (h, v) in enumerate(zip(has_image, videos)) if h and not (v and native)]
+        rows_vid = [i for i, v in enumerate(videos) if v and native]
         rows_txt = [i for i, h in enumerate(has_image) if not h]
         parts = []
         if rows_img:

@@ -57,7 +57,8 @@ def test_native_video_is_one_item_and_not_the_frame_mean(root):
 def test_the_mode_per_model_is_chosen_and_recorded(root):
     assert evaluate_v2.video_input_of(model_of("qwen2_5_vl"), "native") == "native"
     assert evaluate_v2.video_input_of(model_of("qwen2_vl"), "frames_mean") == "frames_mean"
-    assert evaluate_v2.video_input_of(model_of("smolvlm"), "native") == "frames_mean"  # no video input
+    assert evaluate_v2.video_input_of(model_of("smolvlm"), "native") == "frames_as_images"
+    assert evaluate_v2.video_input_of(model_of("llava"), "native") == "frames_mean"  # no video input
     assert evaluate_v2.video_input_of(HashEncoder(name="h"), "native") == "frames_mean"
     with pytest.raises(ValueError, match="video_input"):
         evaluate_v2.video_input_of(HashEncoder(name="h"), "videos")

@@ -112,3 +112,22 @@ def test_refusals(qwen):
             Collator(qwen, max_text_tokens=64)([side(raw)], [FRAMES])
     assert render_text(VIDEO, Collator(qwen).format, instructions=False, has_image=True, has_video=True) \
         == "<|video_pad|>\n"
+
+
+def test_a_several_image_family_takes_the_frames_as_images():
+    """SmolVLM has no video input here (its video processor needs torchvision) but takes several
+    images a row: a video row is its frames, one image token each, in one sequence."""
+    from trainer.backbone.families import build_tiny
+
+    smol = build_tiny("smolvlm")
+    collator = Collator(smol, max_text_tokens=64)
+    assert render_text(VIDEO, collator.format, has_image=True, has_video=3).startswith("<image><image><image> Recog")
+    batch = collator(SIDES[:3], IMAGES[:3])
+    image_id = collator.tokenizer.convert_tokens_to_ids("<image>")
+    per_image = smol.processor.image_seq_len
+    assert (batch["input_ids"] == image_id).sum(1).tolist() == [0, 5 * per_image, per_image]
+    with torch.no_grad():
+        embedder = Embedder(smol).eval()
+        batched = embedder(batch)
+        alone = embedder(collator([VIDEO], [FRAMES]))
+    torch.testing.assert_close(batched[1], alone[0], rtol=0, atol=1e-5)
