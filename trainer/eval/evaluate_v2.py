@@ -208,7 +208,8 @@ def markdown(summaries: dict[str, dict]) -> str:
     lines = ["", "## MMEB-V2", "",
              "Headline metric in % (hit@1 for image and video, NDCG@5 for visual documents); published "
              "scores are of the same data (`score_version`); synthetic stand-ins have none. Video input "
-             "(native: `videos=`; frames_mean: the mean of the frames' vectors): "
+             "(native: `videos=`; frames_as_images: the frames as one row's images; frames_mean: the mean "
+             "of the frames' vectors): "
              + ", ".join(f"{m} {summaries[m].get('video_input', 'frames_mean')}" for m in models) + ".", "",
              "| dataset | modality | meta-task | eval | " + " | ".join(models + published) + " |",
              "| --- | --- | --- | --- |" + " ---: |" * (len(models) + len(published))]
