@@ -26,4 +26,4 @@ repro: venv
 	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 dvc repro
 
 test: venv
-	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q --durations=25

@@ -535,15 +535,19 @@ class Eval(Section):
     small_image_side: Any = key(OneOf(Choice(FOLLOW_TRAIN), Int(1), Null()),
                                 "a side under this: image resized to twice it square: train "
                                 "(train.small_image_side), a side, or null")
+    rendering_from: str = key(Choice("params", "model"),
+                              "params: every model is scored with the input rendering above; model: a model "
+                              "whose lineage.json records its own (a trained embedder, a released checkpoint "
+                              "imported with its profile) is scored with that, the keys above serving the others")
     cache: bool = key(Bool(), "reuse embeddings of earlier runs (keyed by model, settings and code)")
     cache_dir: str = key(Text(), "where the embedding cache lives (git-ignored, not a DVC output)")
     cache_max_gb: Any = key(OneOf(Float(0), Null()), "then older models' vectors go, least recently used first; "
                                                      "null: keep all")
     precision: str = key(PRECISION, "dtype of the weights while encoding")
     video_input: str = key(Choice("native", "frames_mean"),
-                           "MMEB-V2 videos: native (Qwen2-VL / 2.5-VL take the frames as videos=, other families "
-                           "fall back to frames_mean) or frames_mean (each frame an image, the video the "
-                           "normalised mean of their vectors)")
+                           "MMEB-V2 videos: native (Qwen2-VL / 2.5-VL take the frames as videos=, Idefics3 / "
+                           "SmolVLM as several images of one row, other families fall back to frames_mean) or "
+                           "frames_mean (each frame an image, the video the normalised mean of their vectors)")
 
 
 @dataclass(frozen=True)

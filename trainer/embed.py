@@ -157,8 +157,10 @@ class EmbeddingModel:
     @classmethod
     def load(cls, path, *, device="cpu", dtype=None, max_text_tokens: int | None = None,
              image_max_pixels: int | None = None, instructions: bool | None = None,
-             rendering: dict | None = None) -> "EmbeddingModel":
-        """`rendering`: input-rendering settings (keys of `RENDERING_DEFAULTS`) that replace the lineage's."""
+             rendering: dict | None = None, lineage_first: bool = False) -> "EmbeddingModel":
+        """`rendering`: input-rendering settings (keys of `RENDERING_DEFAULTS`) that replace the lineage's;
+        with `lineage_first`, the settings (and `image_max_pixels`) a lineage records win instead, and
+        the given ones fill only what it does not record (a model scored with its own rendering)."""
         path = Path(path)
         rendering = dict(rendering or {})
         if unknown := set(rendering) - set(RENDERING_DEFAULTS):
@@ -173,6 +175,10 @@ class EmbeddingModel:
                 digests.verify(model_dir.parent, nested=False)
             trained_with = _lineage_collation(model_dir.parent)
         collation.update(trained_with)
+        if lineage_first:
+            rendering = {k: v for k, v in rendering.items() if k not in trained_with}
+            if "image_max_pixels" in trained_with:
+                image_max_pixels = None
         for key, value in (("max_text_tokens", max_text_tokens), ("image_max_pixels", image_max_pixels),
                            ("instructions", instructions)):
             if value is not None:

@@ -51,6 +51,11 @@ def test_full_weights_import_and_score_under_their_profile(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         EmbeddingModel.load(out, rendering=dict(RENDERING_DEFAULTS))  # scored with the project's defaults
     assert "positions: trained sequential, given grid" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # eval.rendering_from: model: the lineage's settings win
+        own = EmbeddingModel.load(out, rendering=dict(RENDERING_DEFAULTS), image_max_pixels=4096, lineage_first=True)
+    assert "trained" not in caplog.text
+    assert own.collation == model.collation and own.fingerprint == model.fingerprint
 
 
 def test_a_peft_adapter_is_merged_into_its_base(tmp_path):

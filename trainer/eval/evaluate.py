@@ -97,7 +97,25 @@ def load_embedding_model(name: str, path: Path, params: Eval) -> Encoder:
     device = distributed.init_from_env().device
     return EmbeddingModel.load(path, device=device, dtype=None if params.precision == "fp32" else params.precision,
                                image_max_pixels=params.image_max_pixels,
-                               rendering={k: getattr(params, k) for k in RENDERING})
+                               rendering={k: getattr(params, k) for k in RENDERING},
+                               lineage_first=params.rendering_from == "model")
+
+
+def rendering_of(model: Encoder, params: Eval) -> dict[str, Any]:
+    """The input rendering and image cap `model` is scored with: its own (`EmbeddingModel.collation`,
+    which under ``eval.rendering_from: model`` holds its lineage's), else the params' (stand-ins)."""
+    own = getattr(model, "collation", None) or {}
+    keys = ("image_max_pixels",) + RENDERING
+    return {k: own.get(k, getattr(params, k)) for k in keys}
+
+
+def image_loader(root: Path, rendering: dict[str, Any], loaders: dict) -> ImageLoader:
+    """The image loader for a rendering: images pre-scaled to its cap when the collator resizes, left
+    to the processor otherwise (one loader per distinct pre-scale, shared by the models that use it)."""
+    pre_scale = rendering["image_max_pixels"] if rendering["image_resize"] == "collator" else None
+    if pre_scale not in loaders:
+        loaders[pre_scale] = ImageLoader(root / IMAGES_ROOT, pre_scale)
+    return loaders[pre_scale]
 
 
 def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = load_embedding_model,
@@ -111,25 +129,27 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     eval_sets = select(params, root) if score_v1 else evaluate_v2.v2_only(params.models, root)
     sources = source_rows(root / ETL_FILE, eval_sets)
     needs_images = any(it.get("image") for es in eval_sets for it in es.items)
-    pre_scale = params.image_max_pixels if params.image_resize == "collator" else None  # else the processor's
-    images = ImageLoader(root / IMAGES_ROOT, pre_scale) if needs_images else None
+    loaders: dict = {}  # ImageLoader by pre-scale (`image_loader`)
     is_main = distributed.is_main()
     evals: dict[str, list[DatasetResult]] = {}
     metadata: dict[str, dict] = {}
     facts: dict[str, dict] = {}
     strays: dict[str, dict] = {}  # per model: stray placeholders per dataset and the rule (trainer.eval.stray)
-    settings = cache_settings(params.image_max_pixels, params.batch_size)  # the same for every model
     cache_root = root / params.cache_dir
     used_caches = []
     v2_sets, v2 = evaluate_v2.load_v2_sets(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
     video_inputs: dict[str, str] = {}  # per model: how MMEB-V2's videos reach it
     for name in params.models:
         model = load_model(name, root / MODELS_ROOT / name, params)
+        rendering = rendering_of(model, params)
+        images = image_loader(root, rendering, loaders) if needs_images else None
         cache = None
         if is_main and params.cache:
-            cache = EmbeddingCache(cache_root, model.fingerprint, settings)
+            cache = EmbeddingCache(cache_root, model.fingerprint,
+                                   cache_settings(rendering["image_max_pixels"], params.batch_size))
             used_caches.append(cache.dir)
-        metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint}
+        metadata[name] = {"path": str(MODELS_ROOT / name), "fingerprint": model.fingerprint,
+                          "rendering": rendering}
         facts[name] = submission.model_facts(model)
         strays[name] = stray.counts(eval_sets, stray.rule_of(model))
         results = score_model(name, model, eval_sets, batch_size=params.batch_size, images=images, cache=cache,

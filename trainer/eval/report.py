@@ -270,7 +270,20 @@ def _introduction(view: _View, metadata: Mapping[str, dict]) -> list[str]:
         "hits, as in the official code). Meta-task, IND, OOD and overall scores are unweighted means over "
         "datasets, as in the MMEB paper.", "",
         "Models: " + ", ".join(_model_label(m, metadata.get(m, {})) for m in view.models) + ".",
-    ]
+    ] + _rendering(view.models, metadata)
+
+
+def _rendering(models: Sequence[str], metadata: Mapping[str, dict]) -> list[str]:
+    """The input rendering each model was scored with: one line when it is the same for all, else a
+    table (eval.rendering_from: model scores each with its own)."""
+    rendering = {m: metadata.get(m, {}).get("rendering") for m in models}
+    if not all(rendering.values()):
+        return []
+    keys = list(next(iter(rendering.values())))
+    if all(r == rendering[models[0]] for r in rendering.values()):
+        return ["", "Input rendering: " + ", ".join(f"`{k}` {rendering[models[0]][k]}" for k in keys) + "."]
+    return ["", "Input rendering per model (`eval.rendering_from: model`):", ""] + _table(
+        ["setting"] + list(models), [[f"`{k}`"] + [f"{rendering[m].get(k)}" for m in models] for k in keys])
 
 
 def _recipe(recipe: Mapping | None) -> list[str]:

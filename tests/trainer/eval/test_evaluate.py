@@ -386,3 +386,36 @@ def test_rows_rejected_by_normalize_are_reported_not_hidden(tmp_path, caplog):
     board = json.loads((root / evaluation.LEADERBOARD_FILE).read_text())["models"]["embedder"]
     assert board["metrics"]["image"]["CIRR"]["num_data"] == 7
     assert json.loads((root / evaluation.METRICS_FILE).read_text())["base"]["rows"]["rejected"] == 0
+
+
+class SizeRecorder(HashEncoder):
+    """A stand-in with an EmbeddingModel's `collation`: records the largest image it was given."""
+
+    def __init__(self, collation: dict | None, name: str):
+        super().__init__(name=name)
+        if collation is not None:
+            self.collation = collation
+        self.largest = 0
+
+    def vector(self, s, img):
+        if img is not None:
+            self.largest = max(self.largest, img.width * img.height)
+        return super().vector(s, img)
+
+
+def test_each_model_is_scored_with_its_own_rendering(tmp_path):
+    """eval.rendering_from: model: a model that carries its rendering (a released checkpoint's
+    lineage) gets its own image pre-scale and cache settings, the report lists each model's."""
+    root = make_root(tmp_path)
+    own = {"image_max_pixels": 20, "positions": "sequential", "stray_image_token": "keep",
+           "image_resize": "collator", "image_square": None, "small_image_side": None}
+    encoders = {"base": SizeRecorder(None, "base"), "embedder": SizeRecorder(own, "embedder")}
+    params = eval_params(rendering_from="model", image_max_pixels=400, cache=False)
+    evaluation.evaluate(params, root=root, load_model=lambda name, path, p: encoders[name])
+    assert 0 < encoders["embedder"].largest <= 20 < encoders["base"].largest <= 400
+    board = json.loads((root / evaluation.LEADERBOARD_FILE).read_text())
+    assert board["models"]["embedder"]["metadata"]["rendering"] == own
+    assert board["models"]["base"]["metadata"]["rendering"]["positions"] == "grid"  # the params'
+    text = (root / evaluation.REPORT_FILE).read_text()
+    assert "Input rendering per model" in text
+    assert "| `positions` | grid | sequential |" in text
