@@ -355,6 +355,8 @@ class Collator:
             raise ValueError("empty batch")
         has_image = [im is not None for im in images]
         videos = [len(im) if _is_video(im) else 0 for im in images]
+        if any(_is_video(im) and not im for im in images):
+            raise ValueError("a video row has no frames")
         if any(videos) and self._video is None and self.format.family not in FRAME_IMAGE_FAMILIES:
             raise ValueError(f"{self.format.family} takes no video input: give it the frames as images instead "
                              "(eval.video_input frames_mean)")

@@ -105,6 +105,8 @@ def test_truncation_keeps_the_video_tokens(qwen):
 def test_refusals(qwen):
     from trainer.backbone.families import build_tiny
 
+    with pytest.raises(ValueError, match="no frames"):
+        Collator(qwen, max_text_tokens=64)([VIDEO], [[]])
     with pytest.raises(ValueError, match="takes no video input"):
         Collator(build_tiny("llava"), max_text_tokens=64)([VIDEO], [FRAMES])
     for raw in ("no placeholder", "<|video_1|> <|image_1|> both", "<|video_1|><|video_1|> two"):
