@@ -552,6 +552,10 @@ class Eval(Section):
     v2_labels: str = key(Choice("correct", "official"),
                          "MMEB-V2 graded labels: correct (each relevant id keeps its grade, counted once) or "
                          "official (VLM2Vec's metrics.py, whose set() can move a grade to another document)")
+    video_input: str = key(Choice("native", "frames_mean"),
+                           "MMEB-V2 videos: native (Qwen2-VL / 2.5-VL take the frames as videos=, Idefics3 / "
+                           "SmolVLM as several images of one row, other families fall back to frames_mean) or "
+                           "frames_mean (each frame an image, the video the normalised mean of their vectors)")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@
     torchrun --nproc_per_node 2 -m stages.evaluate                 # items split across ranks
 
 Reads params `eval` (models, batch_size, datasets, image_max_pixels, the input rendering, cache,
-cache_dir, cache_max_gb, precision, MMEB-V2's v2_ties and v2_labels; `pipelines.params.Eval` says what
-each takes), `recipe`: reports/eval.md names its profile and lists every setting that differs from it
+cache_dir, cache_max_gb, precision, MMEB-V2's v2_ties, v2_labels and video_input; `pipelines.params.Eval`
+says what each takes), `recipe`: reports/eval.md names its profile and lists every setting that differs from it
 (`pipelines.profiles.differences`), and `data.benchmark` (v2: MMEB-V2's datasets only,
 `trainer.eval.evaluate_v2`). Writes metrics/eval.json, reports/eval.md, reports/leaderboard.json,
 reports/plots/per_dataset/<model>.json and, with MMEB-V2, reports/plots/v2_meta/<model>.json (rank 0

@@ -182,7 +182,7 @@ EVAL = {"models": ["base", "embedder"], "batch_size": 4, "datasets": "all", "ima
         "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32",
         "positions": "train", "stray_image_token": "train", "image_resize": "train", "image_square": "train",
         "small_image_side": "train", "rendering_from": "params", "v2_ties": "strict",
-        "v2_labels": "correct"}
+        "v2_labels": "correct", "video_input": "native"}
 
 
 def eval_refused(**values) -> str:
@@ -206,6 +206,12 @@ def test_the_v2_protocol_choices_are_checked(key, bad):
     assert f"eval.{key}" in eval_refused(**{key: bad})
     assert "normalize.vidore_prompt" in str(pytest.raises(ParamsError, P.parse,
                                                           document(normalize={"vidore_prompt": "old"})).value)
+
+
+@pytest.mark.parametrize("bad", ["videos", None, True])
+def test_eval_video_input_is_native_or_frames_mean(bad):
+    assert Eval.parse(dict(EVAL, video_input="frames_mean")).video_input == "frames_mean"
+    assert "eval.video_input" in eval_refused(video_input=bad)
 
 
 def test_eval_models_and_datasets_must_be_lists_of_distinct_names():

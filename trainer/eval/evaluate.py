@@ -139,6 +139,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     used_caches = []
     v2_pool, v2 = evaluate_v2.load_v2_pool(root / evaluate_v2.V2_ROOT), {}  # MMEB-V2 (data.benchmark v2/both)
     v2_protocol = evaluate_v2.Protocol(ties=params.v2_ties, labels=params.v2_labels)
+    video_inputs: dict[str, str] = {}  # per model: how MMEB-V2's videos reach it
     for name in params.models:
         model = load_model(name, root / MODELS_ROOT / name, params)
         rendering = rendering_of(model, params)
@@ -158,9 +159,9 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
         if is_main:
             evals[name] = results
         if v2_pool.sets:
-            v2[name] = evaluate_v2.score_v2(name, model, v2_pool, batch_size=params.batch_size,
-                                            images=loader,
-                                            cache=cache, protocol=v2_protocol)
+            v2[name] = evaluate_v2.score_v2(name, model, v2_pool, batch_size=params.batch_size, images=loader,
+                                            cache=cache, protocol=v2_protocol, video_input=params.video_input)
+            video_inputs[name] = evaluate_v2.video_input_of(model, params.video_input)
         del model
     if is_main:
         if score_v1:
@@ -168,7 +169,7 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
         else:
             evaluate_v2.clear_v1_outputs(root, (METRICS_FILE, REPORT_FILE, LEADERBOARD_FILE), root / PLOTS_DIR)
         if v2_pool.sets:
-            evaluate_v2.write_v2(v2, metadata, root, v2_protocol.record(v2_pool.sets))
+            evaluate_v2.write_v2(v2, metadata, root, v2_protocol.record(v2_pool.sets), video_inputs)
         else:
             evaluate_v2.write_plots({}, root / evaluate_v2.PLOTS_DIR)
         if used_caches and params.cache_max_gb is not None:

@@ -13,17 +13,22 @@ ViDoRe prompt normalize wrote (docs/mmeb-v2.md). Every metric at 1/5/10 goes to 
 the aggregate per meta-task, modality and overall is `v2_scores.aggregate` over the registry's
 tasks, the synthetic stand-ins aggregated apart so they never pass for official tasks.
 
-Each distinct item (raw string + image) is encoded once across all V2 datasets: a page, frame or
-label shared by several datasets with the same rendered input is one item of the pool. A video is
-given to the model as its sampled frames, each frame one image item with the video's prompt (the
-video placeholder turned into the image one), and the video's vector is the normalised mean of its
-frames' vectors: every family can take it, but it is not Qwen2-VL's ``videos=`` input, so video
-scores are not comparable with the published ones. Cache keys are the items' content (raw string
-and image digest); the model's fingerprint (its rendering included) and the encode settings name
-the cache's namespace, so a changed item, model or rendering never reuses a stale vector. The pool
-is planned into batches as a whole (`protocol.encode_items`), so the same V2 selection gives the
-same vectors cold or warm; a vector cached under another selection came from another batch and may
-differ in its last bits.
+Each distinct item is encoded once across all V2 datasets: a page, frame, video or label shared by
+several datasets with the same rendered input is one item of the pool. A video reaches the model in
+one of two ways (`eval.video_input`, per model `video_input_of`):
+* ``native``: one item, its sampled frames given as ``videos=`` with the model's video token, as
+  VLM2Vec-V2 encodes video with Qwen2-VL / Qwen2.5-VL (`trainer.model.inputs`); Idefics3 / SmolVLM,
+  without video input but with several images a row, take the frames as that many images of one
+  item (recorded as ``frames_as_images``); the other families fall back to ``frames_mean``;
+* ``frames_mean``: each frame one image item with the video's prompt (the video placeholder turned
+  into the image one), the video's vector the normalised mean of its frames' vectors; every family
+  can take it, but no published model was scored so, so its video scores are not comparable.
+The mode a model used is recorded beside its scores. Cache keys are the items' content (raw string
+and image or frame digests); the model's fingerprint (its rendering included) and the encode
+settings name the cache's namespace, so a changed item, model or rendering never reuses a stale
+vector. The pool is planned into batches as a whole (`protocol.encode_items`), so the same V2
+selection gives the same vectors cold or warm; a vector cached under another selection came from
+another batch and may differ in its last bits.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from trainer.eval import v2_scores
 from trainer.eval.metrics import Relevance, dataset_metrics
 from trainer.eval.protocol import Encoder, ImageLoader, content_key, encode_items
 from trainer.eval.ranking import rank_global, rank_local
+from trainer.model.inputs import FRAME_IMAGE_FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard_v2.json")
 PLOTS_DIR = Path("reports/plots/v2_meta")  # one file per model: a bar per meta-task (dvc plots)
 VERSION_FILES = ("queries.parquet", "corpus.parquet", "dataset.json")
+VIDEO_INPUTS = ("native", "frames_mean")  # eval.video_input
 
 
 @dataclass
@@ -87,6 +94,7 @@ class V2Pool:
     items: list[dict]
     keys: list[str]
     sets: list[V2Set]
+    native: V2Pool | None = None  # the same datasets with each video one item; None: no video
 
 
 def dataset_version(folder: Path) -> str:
@@ -101,47 +109,66 @@ def _text(raw: str) -> str:
 
 
 class _Items:
-    """Distinct items by content key, shared by the datasets loaded into it."""
+    """Distinct items by content key, shared by the datasets loaded into it (a video's key: its
+    prompt and its frames' digests in order)."""
 
     def __init__(self):
         self.items, self.keys, self.index = [], [], {}
 
-    def add(self, raw: str, image: dict | None) -> int:
-        key = content_key(raw, image["sha256"] if image else None)
+    def add(self, raw: str, image: dict | None, video: list[dict] | None = None) -> int:
+        visual = ",".join(f["sha256"] for f in video) if video else image["sha256"] if image else None
+        key = content_key(raw, visual)
         if key not in self.index:
             self.index[key] = len(self.items)
-            self.items.append({"raw": raw, "text": _text(raw), "image": image})
+            self.items.append({"raw": raw, "text": _text(raw), "image": image, **({"video": video} if video else {})})
             self.keys.append(f"{CACHE_PREFIX}/{key}")
         return self.index[key]
 
-    def side(self, side: dict) -> list[int]:
+    def side(self, side: dict, native: bool = False) -> list[int]:
+        if side["video"] and native:
+            return [self.add(side["raw"], None, list(side["video"]))]
         if side["video"]:
             raw = side["raw"].replace(VIDEO_TOKEN, IMAGE_TOKEN)
             return [self.add(raw, frame) for frame in side["video"]]
         return [self.add(side["raw"], side["image"])]
 
 
-def load_v2_set(folder: Path, items: _Items) -> V2Set:
-    """One dataset, its items added to `items` (those already there are shared)."""
+def _read(folder: Path) -> dict:
+    """A normalized V2 dataset's files."""
     folder = Path(folder)
-    info = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
-    task = mmeb_v2.known(info["dataset"])
-    queries = pq.read_table(folder / "queries.parquet").to_pylist()
-    corpus = pq.read_table(folder / "corpus.parquet").to_pylist()
-    return V2Set(task, dataset_version(folder), int(info["expected"]),
-                 [items.side(q["query"]) for q in queries], [c["candidate_id"] for c in corpus],
-                 [items.side(c["candidate"]) for c in corpus], [q["candidates"] for q in queries],
+    return {"info": json.loads((folder / "dataset.json").read_text(encoding="utf-8")),
+            "version": dataset_version(folder), "queries": pq.read_table(folder / "queries.parquet").to_pylist(),
+            "corpus": pq.read_table(folder / "corpus.parquet").to_pylist()}
+
+
+def load_v2_set(data: dict, items: _Items, native: bool = False) -> V2Set:
+    """One dataset (`_read`), its items added to `items` (those already there are shared); videos as
+    frames, or each video one item (`native`)."""
+    info, queries, corpus = data["info"], data["queries"], data["corpus"]
+    return V2Set(mmeb_v2.known(info["dataset"]), data["version"], int(info["expected"]),
+                 [items.side(q["query"], native) for q in queries], [c["candidate_id"] for c in corpus],
+                 [items.side(c["candidate"], native) for c in corpus], [q["candidates"] for q in queries],
                  [Relevance(tuple(r["candidate_id"] for r in q["relevant"]),
                             tuple(r["grade"] for r in q["relevant"])) for q in queries],
                  info.get("vidore_prompt"))
 
 
+def _pool(datasets: list[dict], native: bool) -> V2Pool:
+    items = _Items()
+    sets = [load_v2_set(data, items, native) for data in datasets]
+    return V2Pool(items.items, items.keys, sets)
+
+
 def load_v2_pool(root: Path, names: list[str] | None = None) -> V2Pool:
     """Every dataset under data/normalized/eval_v2 (or those `names`) over one item pool (no sets
-    when the folder is absent or empty)."""
-    items = _Items()
-    sets = [load_v2_set(Path(root) / name, items) for name in (load_v2_names(root) if names is None else names)]
-    return V2Pool(items.items, items.keys, sets)
+    when the folder is absent or empty), videos as frames; its `native` holds the same datasets with
+    each video one item (None without a video)."""
+    datasets = [_read(Path(root) / name) for name in (load_v2_names(root) if names is None else names)]
+    pool = _pool(datasets, native=False)
+    if any(side["video"] for d in datasets for side in (*(q["query"] for q in d["queries"]),
+                                                        *(c["candidate"] for c in d["corpus"]))):
+        pool.native = _pool(datasets, native=True)
+    return pool
 
 
 def _side_vectors(emb: np.ndarray, sides: list[list[int]]) -> np.ndarray:
@@ -179,10 +206,27 @@ def score_set(vs: V2Set, emb: np.ndarray, protocol: Protocol = Protocol()) -> di
             "version": vs.version}
 
 
+def video_input_of(model: Encoder, requested: str) -> str:
+    """The way `model` takes video. Asked for ``native``: ``native`` when its family takes `videos=`
+    (its collator's prompt format has a video token), ``frames_as_images`` when its processor takes
+    the frames as several images of one row (`FRAME_IMAGE_FAMILIES`), else ``frames_mean``."""
+    if requested not in VIDEO_INPUTS:
+        raise ValueError(f"video_input must be one of {VIDEO_INPUTS}, got {requested!r}")
+    fmt = getattr(getattr(model, "collator", None), "format", None)
+    if requested == "frames_mean" or fmt is None:
+        return "frames_mean"
+    if getattr(fmt, "video_token", None):
+        return "native"
+    return "frames_as_images" if fmt.family in FRAME_IMAGE_FAMILIES and fmt.kind == "vlm" else "frames_mean"
+
+
 def score_v2(name: str, model: Encoder, pool: V2Pool, *, batch_size: int, images: ImageLoader | None,
-             cache, protocol: Protocol = Protocol()) -> dict[str, dict]:
+             cache, protocol: Protocol = Protocol(), video_input: str = "frames_mean") -> dict[str, dict]:
     """{dataset: score dict} of one model on rank 0 ({} on other ranks, which encode their share).
-    The pool is encoded in one pass, each distinct item once whichever datasets share it."""
+    The pool is encoded in one pass, each distinct item once whichever datasets share it; videos as
+    `video_input_of(model, video_input)` says."""
+    if video_input_of(model, video_input) != "frames_mean" and pool.native is not None:
+        pool = pool.native  # one item a video
     emb, stats = encode_items(model, pool.items, pool.keys, batch_size=batch_size, load_images=images,
                               cache=cache, desc=f"{name} MMEB-V2")
     if emb is None:
@@ -220,10 +264,11 @@ def markdown(summaries: dict[str, dict], protocol: dict) -> str:
     published = list(mmeb_v2.published.MODELS)
     lines = ["", "## MMEB-V2", "",
              "Headline metric in % (hit@1 for image and video, NDCG@5 for visual documents); published "
-             "scores are of the same data (`score_version`); synthetic stand-ins have none. Videos are "
-             "encoded as the mean of their sampled frames' vectors. Protocol: ties "
+             "scores are of the same data (`score_version`); synthetic stand-ins have none. Protocol: ties "
              f"`{protocol['ties']}`, labels `{protocol['labels']}`, ViDoRe prompt `{protocol['vidore_prompt']}` "
-             "(docs/mmeb-v2.md).", "",
+             "(docs/mmeb-v2.md). Video input (native: `videos=`; frames_as_images: the frames as one row's "
+             "images; frames_mean: the mean of the frames' vectors): "
+             + ", ".join(f"{m} {summaries[m].get('video_input', 'frames_mean')}" for m in models) + ".", "",
              "| dataset | modality | meta-task | eval | " + " | ".join(models + published) + " |",
              "| --- | --- | --- | --- |" + " ---: |" * (len(models) + len(published))]
     for n in names:
@@ -303,13 +348,16 @@ def write_plots(summaries: dict[str, dict], folder: Path) -> None:
         files.write_json(folder / f"{model}.json", rows, ensure_ascii=False)
 
 
-def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path, protocol: dict) -> None:
+def write_v2(scores: dict[str, dict[str, dict]], metadata: dict[str, dict], root: Path, protocol: dict,
+             video_inputs: dict[str, str] | None = None) -> None:
     """Add the "v2" entry to metrics/eval.json, the MMEB-V2 section to reports/eval.md, and write
     reports/leaderboard_v2.json (one report_score_v2.py document per model; official tasks only) and
     the per-meta-task plots (reports/plots/v2_meta/<model>.json).
-    Byte-deterministic: the leaderboard's date is $SOURCE_DATE_EPOCH's, else the epoch."""
+    Byte-deterministic: the leaderboard's date is $SOURCE_DATE_EPOCH's, else the epoch. `video_inputs`
+    (per model, `video_input_of`; default frames_mean) goes beside each model's scores."""
     root = Path(root)
-    summaries = {m: summary(s, protocol) for m, s in scores.items()}
+    summaries = {m: {**summary(s, protocol), "video_input": (video_inputs or {}).get(m, "frames_mean")}
+                 for m, s in scores.items()}
     metrics_path = root / METRICS_FILE
     document = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     document["v2"] = summaries

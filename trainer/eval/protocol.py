@@ -42,7 +42,7 @@ from trainer.model.inputs import resize_to_max_pixels
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("text", "image", "image+text")  # batch buckets, in encoding order
+MODALITIES = ("text", "image", "image+text", "video")  # batch buckets, in encoding order
 
 
 class Encoder(Protocol):
@@ -337,6 +337,8 @@ class ImageLoader:
 
 # --- batch planning and (distributed) encoding -----------------------------------------------------
 def modality(side: dict) -> str:
+    if side.get("video"):  # a video item (MMEB-V2, native video input): its frames as `video`
+        return "video"
     if side.get("image") is None:
         return "text"
     return "image+text" if (side.get("text") or "").strip() else "image"
@@ -350,8 +352,8 @@ def plan_batches(items: Sequence[dict], indices: Sequence[int], batch_size: int)
 
     def sort_key(i):
         side = items[i]
-        img = side.get("image") or {}
-        return ((img.get("width") or 0) * (img.get("height") or 0), len(side["raw"]), i)
+        frames = side.get("video") or [side.get("image") or {}]
+        return (len(frames) * (frames[0].get("width") or 0) * (frames[0].get("height") or 0), len(side["raw"]), i)
 
     batches = []
     for m in MODALITIES:
@@ -504,10 +506,12 @@ def _encode_batch(encoder: Encoder, items: Sequence[dict], batch: list[int], loa
                   desc: str = "encode") -> np.ndarray:
     sides = [items[i] for i in batch]
     shas = [s["image"]["sha256"] for s in sides if s.get("image")]
+    shas += [f["sha256"] for s in sides for f in s.get("video") or ()]
     if shas and load_images is None:
         raise ValueError("items have images but no image loader was given")
     decoded = load_images(shas) if shas else {}
-    images = [decoded[s["image"]["sha256"]] if s.get("image") else None for s in sides]
+    images = [[decoded[f["sha256"]] for f in s["video"]] if s.get("video")
+              else decoded[s["image"]["sha256"]] if s.get("image") else None for s in sides]
     try:
         out = np.asarray(encoder.encode(sides, images, batch_size=len(sides)), dtype=np.float32)
     except ValueError as exc:  # e.g. Qwen2-VL's processor refuses an aspect ratio over 200
@@ -530,6 +534,7 @@ def _culprit(encoder: Encoder, sides: Sequence[dict], images: Sequence, batch: l
         try:
             validate([side], [image])
         except ValueError as exc:
-            size = f", image {image.width}x{image.height}" if image is not None else ""
+            first = image[0] if isinstance(image, list) else image
+            size = f", image {first.width}x{first.height}" if first is not None else ""
             return f"item {i}: {side.get('raw', '')[:60]!r}{size}: {exc}"
     return "no single item is refused on its own"

@@ -29,11 +29,19 @@ run through the processor separately and merged row by row (PaliGemma's processo
 without images; the others accept it, so the same path serves all). Because VLM inputs are not
 row-splittable tensors (Qwen's `pixel_values` are patches of all images), GradCache-style chunking
 must call the Collator per chunk of sides ("late processing"), not slice its output.
+
+Video (Qwen2-VL / Qwen2.5-VL, `videos=`): a row whose visual input is a list of frames is a video row.
+Its raw string's `<|video_1|>` becomes the backbone's `<|video_pad|>` (VLM2Vec-V2's string), the frames
+go through `trainer.model.video_processing.QwenVideoProcessor` (after the same resize rules as
+images), the token is expanded to the video's token count, and its tokens get `mm_token_type_ids` 2;
+the batch carries `pixel_values_videos`, `video_grid_thw` (and Qwen2.5-VL's `second_per_grid_ts`), and
+its M-RoPE positions cover the video grids. A family without video input refuses video rows.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -41,15 +49,19 @@ import torch
 from PIL import Image
 
 from pipelines.images import max_pixels_size, to_rgb
-from pipelines.schema import IMAGE_TOKEN
+from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
 from trainer.model import image_processing, positions
 from trainer.model.positions import FAMILIES as POSITION_FAMILIES
+from trainer.model.video_processing import VIDEO_TOKENS, QwenVideoProcessor
 
 STRAY_RULES = ("strip", "keep")  # a text-only side's <|image_1|>: removed | the backbone's token, as text
 RESIZERS = ("collator", "processor")  # who brings an image to image_max_pixels (VLM2Vec: the processor)
 # processors that take one row per call and write image tokens as negative ids (Phi-3-V: its own
 # code; MMEB's `<|image_1|>` is its placeholder, kept in the text, and a stray one stays plain text)
 PER_ROW_FAMILIES = ("phi3_v",)
+# families without video input whose processors take several images a row: a video's frames are
+# given as that many images, one image token each in the video placeholder's place
+FRAME_IMAGE_FAMILIES = ("idefics3", "smolvlm")
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +81,11 @@ class PromptFormat:
     family: str
     kind: str
     image_token: str
+    video_token: str | None = None  # the token of a family that takes `videos=`; None: it takes none
 
 
 def _format_of(backbone) -> PromptFormat:
-    return PromptFormat(backbone.family, backbone.kind, backbone.image_token)
+    return PromptFormat(backbone.family, backbone.kind, backbone.image_token, VIDEO_TOKENS.get(backbone.family))
 
 
 def _strip_placeholder(raw: str) -> str:
@@ -84,7 +97,7 @@ def _strip_placeholder(raw: str) -> str:
 
 
 def render_text(side: dict, backbone, *, instructions: bool = True, has_image: bool,
-                stray_image_token: str = "strip") -> str:
+                stray_image_token: str = "strip", has_video: int = 0) -> str:
     """The text fed to the backbone for one SIDE (see the module docstring).
 
     VLMs, `instructions=True`: VLM2Vec's exact input string (`raw` with the placeholder swapped).
@@ -97,10 +110,13 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     it an all-zero embedding, a VLM nothing to pool), and holds the VLM's image token exactly once per
     image or kept placeholder (ValueError for a source text that contains it, e.g. "<image>" for LLaVA: the processor
     would expand it and find no image for it).
+    A side with a video (`has_video`: its number of frames): `_render_video`.
     """
     if stray_image_token not in STRAY_RULES:
         raise ValueError(f"stray_image_token must be one of {STRAY_RULES}, got {stray_image_token!r}")
     fmt = _format_of(backbone)
+    if has_video:
+        return _render_video(side, fmt, instructions, int(has_video))
     raw = side.get("raw") or ""
     expected = int(has_image)  # image tokens in the result
     if fmt.kind == "dual":
@@ -133,6 +149,33 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     if fmt.image_token and text.count(fmt.image_token) != expected:  # the source text holds it
         raise ValueError(f"side text holds the backbone's image token {fmt.image_token!r} itself: {raw[:80]!r}")
     return text
+
+
+def _render_video(side: dict, fmt: PromptFormat, instructions: bool, frames: int) -> str:
+    """A video side's text: `raw` with its one video placeholder swapped for the backbone's video
+    token (VLM2Vec-V2's input string), or without instructions `"<video token>\\n" + text + "\\n"`.
+    A family that takes several images a row (`FRAME_IMAGE_FAMILIES`) gets one image token per frame
+    in the placeholder's place instead. ValueError for any other family, and for a raw string without
+    exactly one video placeholder, with an image placeholder, or holding the backbone's token itself."""
+    if fmt.video_token:
+        token = fmt.video_token
+    elif fmt.family in FRAME_IMAGE_FAMILIES:
+        token = fmt.image_token * frames
+    else:
+        raise ValueError(f"{fmt.family} takes no video input: give it the frames as images instead "
+                         "(eval.video_input frames_mean)")
+    raw = side.get("raw") or ""
+    if raw.count(VIDEO_TOKEN) != 1 or IMAGE_TOKEN in raw or (fmt.video_token or fmt.image_token) in raw:
+        raise ValueError(f"a side with a video needs exactly one {VIDEO_TOKEN} and no image placeholder: {raw[:80]!r}")
+    if instructions:
+        return raw.replace(VIDEO_TOKEN, token)
+    body = (side.get("text") or "").strip()
+    return f"{token}\n" + (f"{body}\n" if body else "")
+
+
+def _is_video(image) -> bool:
+    """Whether a row's visual input is a video: its frames as a list (a single image is a PIL image)."""
+    return isinstance(image, (list, tuple))
 
 
 def resize_to_max_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
@@ -208,6 +251,19 @@ class Collator:
         if self.format.family in PER_ROW_FAMILIES:  # no image token id: a kept placeholder is text
             token_id = None
         self._image_token_id = token_id  # to find kept stray placeholders in text-only rows
+        self._video = self._video_input(backbone)
+
+    def _video_input(self, backbone) -> tuple[QwenVideoProcessor, int, float] | None:
+        """(video processor, video token id, Qwen2.5-VL's tokens per second or None) of a family that
+        takes `videos=` (None for the others: the Collator then refuses rows with a video)."""
+        if not self.format.video_token:
+            return None
+        family = self.format.family
+        processor = QwenVideoProcessor(self.processor.image_processor, seconds_per_grid=family == "qwen2_5_vl")
+        vision = getattr(getattr(getattr(backbone, "model", None), "config", None), "vision_config", None)
+        per_second = getattr(vision, "tokens_per_second", None) if family == "qwen2_5_vl" else None
+        token_id = self.tokenizer.convert_tokens_to_ids(self.format.video_token)
+        return processor, token_id, per_second
 
     @staticmethod
     def _check_rendering(scheme, stray, resize, square, small) -> None:
@@ -261,12 +317,13 @@ class Collator:
         is spent (VLM2Vec truncates on the right too); special tokens added later by the processor
         (BOS, PaliGemma's layout) are not counted.
         """
-        token = self.format.image_token
-        pieces = text.split(token) if token else [text]
+        tokens = [t for t in (self.format.image_token, self.format.video_token) if t]
+        pieces = re.split("(" + "|".join(map(re.escape, tokens)) + ")", text) if tokens else [text]
         budget, out = self.max_text_tokens, []
         for i, piece in enumerate(pieces):
-            if i:
-                out.append(token)
+            if i % 2:  # a vision token, kept whole
+                out.append(piece)
+                continue
             kept = self._cut(piece, budget)
             budget -= self._count(kept) if kept else 0
             out.append(kept)
@@ -281,26 +338,38 @@ class Collator:
         size_rule = getattr(self.processor.image_processor, "target_size", None)
         for side, image in zip(sides, images):
             render_text(side, self.format, instructions=self.instructions, has_image=image is not None,
-                        stray_image_token=self.stray_image_token)
+                        stray_image_token=self.stray_image_token, has_video=_is_video(image) and len(image))
+            if _is_video(image):
+                image = image[0] if image else None  # every frame takes the first frame's size
             if image is not None and size_rule is not None:
                 limit = self.image_max_pixels if self.image_resize == "collator" else None
                 width, height = self._resized_size(image.width, image.height)
                 size_rule(*(max_pixels_size(width, height, limit) if limit else (width, height)))
 
-    def __call__(self, sides: Sequence[dict], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
+    def __call__(self, sides: Sequence[dict], images: Sequence[Image.Image | list[Image.Image] | None]
+                 ) -> dict[str, torch.Tensor]:
+        """One batch: images[i] is row i's image, its video's frames (a list), or None."""
         if len(sides) != len(images):
             raise ValueError(f"{len(sides)} sides but {len(images)} images")
         if not sides:
             raise ValueError("empty batch")
         has_image = [im is not None for im in images]
+        videos = [len(im) if _is_video(im) else 0 for im in images]
+        if any(_is_video(im) and not im for im in images):
+            raise ValueError("a video row has no frames")
+        if any(videos) and self._video is None and self.format.family not in FRAME_IMAGE_FAMILIES:
+            raise ValueError(f"{self.format.family} takes no video input: give it the frames as images instead "
+                             "(eval.video_input frames_mean)")
         texts = [render_text(s, self.format, instructions=self.instructions, has_image=h,
-                             stray_image_token=self.stray_image_token) for s, h in zip(sides, has_image)]
-        pics = [self._fit(im) if im is not None else None for im in images]
+                             stray_image_token=self.stray_image_token, has_video=v)
+                 for s, h, v in zip(sides, has_image, videos)]
+        pics = [[self._fit(f) for f in im] if v else self._fit(im) if im is not None else None
+                for im, v in zip(images, videos)]
         if self.format.kind == "dual":
             return self._dual(texts, pics, has_image)
         cut = [self.truncate(t) for t in texts]
         self.truncated += sum(c != t for c, t in zip(cut, texts))
-        return self._vlm(cut, pics, has_image)
+        return self._vlm(cut, pics, has_image, videos)
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the VLM2Vec resize rules in force: V1's square, then V2's small-image rule."""
@@ -360,7 +429,7 @@ class Collator:
                 return dict(proc.tokenizer(texts, padding=True, return_tensors="pt"))
             return dict(proc(text=texts, padding=True, return_tensors="pt"))
         if family in ("idefics3", "smolvlm"):
-            pics = [[p] for p in pics]
+            pics = [p if isinstance(p, list) else [p] for p in pics]  # a video row: its frames
         return dict(proc(text=texts, images=pics, padding=True, return_tensors="pt"))
 
     def _per_row(self, texts: list[str], pics: list[Image.Image] | None) -> dict[str, Any]:
@@ -378,12 +447,16 @@ class Collator:
             out[key] = torch.cat([torch.as_tensor(r[key]) for r in rows])
         return out
 
-    def _vlm(self, texts, pics, has_image) -> dict[str, torch.Tensor]:
-        rows_img = [i for i, h in enumerate(has_image) if h]
+    def _vlm(self, texts, pics, has_image, videos) -> dict[str, torch.Tensor]:
+        native = self._video is not None  # else a video row's frames are its images (FRAME_IMAGE_FAMILIES)
+        rows_img = [i for i, (h, v) in enumerate(zip(has_image, videos)) if h and not (v and native)]
+        rows_vid = [i for i, v in enumerate(videos) if v and native]
         rows_txt = [i for i, h in enumerate(has_image) if not h]
         parts = []
         if rows_img:
             parts.append((rows_img, self._process([texts[i] for i in rows_img], [pics[i] for i in rows_img])))
+        if rows_vid:
+            parts.append((rows_vid, self._process_videos([texts[i] for i in rows_vid], [pics[i] for i in rows_vid])))
         if rows_txt:
             parts.append((rows_txt, self._process([texts[i] for i in rows_txt], None)))
         out = parts[0][1] if len(parts) == 1 else self._merge(parts, len(texts))
@@ -393,14 +466,39 @@ class Collator:
         stray = self._stray_rows(out, rows_with_image)
         if self._sequential:
             out["position_ids"] = positions.sequential_position_ids(out["attention_mask"])
-        elif self._mrope is not None and "image_grid_thw" in out:
+        elif self._mrope is not None and ("image_grid_thw" in out or "video_grid_thw" in out):
             out["position_ids"] = positions.mrope_position_ids(
-                out["input_ids"], out["attention_mask"], out["image_grid_thw"], *self._mrope,
-                has_image=rows_with_image if stray is not None else None)
+                out["input_ids"], out["attention_mask"], out.get("image_grid_thw"), *self._mrope,
+                has_image=rows_with_image if stray is not None else None, **self._video_positions(out))
         if stray is not None:
             out["stray_token"] = stray
         out["has_image"] = rows_with_image
         return out
+
+    def _process_videos(self, texts: list[str], videos: list[list[Image.Image]]) -> dict[str, Any]:
+        """Rows with one video each, as the processor would give them with `videos=` (transformers'
+        processor cannot hold a video processor here): the video tensors (`QwenVideoProcessor`),
+        each row's video token expanded to the video's token count, tokenized and padded, and
+        `mm_token_type_ids` 2 at the video tokens (the value transformers gives video tokens)."""
+        processor, token_id, _ = self._video
+        out = processor(videos)
+        token = self.format.video_token
+        expanded = [t.replace(token, token * processor.tokens(g), 1)
+                    for t, g in zip(texts, out["video_grid_thw"].tolist())]
+        enc = dict(self.tokenizer(expanded, padding=True, return_tensors="pt"))
+        enc["mm_token_type_ids"] = (enc["input_ids"] == token_id).long() * 2
+        return {**enc, **out}
+
+    def _video_positions(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The video arguments of `positions.mrope_position_ids` for a batch with videos ({} without):
+        each video's temporal interval is Qwen2.5-VL's tokens_per_second * second_per_grid_ts (as its
+        `get_rope_index`), 1 for Qwen2-VL."""
+        if "video_grid_thw" not in out:
+            return {}
+        _, token_id, per_second = self._video
+        seconds = out.get("second_per_grid_ts")
+        intervals = None if per_second is None or seconds is None else [per_second * s for s in seconds.tolist()]
+        return dict(video_token_id=token_id, video_grid_thw=out["video_grid_thw"], video_intervals=intervals)
 
     def _stray_rows(self, out: dict[str, torch.Tensor], has_image: torch.Tensor) -> torch.Tensor | None:
         """bool [B]: the rows without image that hold a kept placeholder as a text token (None when
