@@ -22,6 +22,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipelines import normalize  # noqa: E402
-from pipelines.params import Eval, load  # noqa: E402
+from pipelines.params import load  # noqa: E402
 from pipelines.sources import synthetic  # noqa: E402
 from tests.support.encoders import CountingEncoder  # noqa: E402
 from trainer.eval import evaluate as evaluation  # noqa: E402
@@ -105,9 +106,10 @@ def main(argv=None) -> int:
     model_path = prepare_model()
     print(f"data + model ready in {time.perf_counter() - t0:.1f} s under {root}")
 
-    params = Eval.parse({"models": ["base"], "batch_size": args.batch_size, "datasets": datasets,
-                         "image_max_pixels": load(REPO / "params.yaml").eval.image_max_pixels,
-                         "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32"})
+    # the project's eval section (every key, `train` words resolved), with the benchmark's choices
+    params = replace(load(REPO / "params.yaml").eval, models=("base",), batch_size=args.batch_size,
+                     datasets=datasets if isinstance(datasets, str) else tuple(datasets), cache=True,
+                     cache_dir=".cache/embeddings", cache_max_gb=20, precision="fp32", rendering_from="params")
     shutil.rmtree(root / ".cache", ignore_errors=True)
     runs = {}
     for label in ("stage, cold cache", "stage, warm cache"):
