@@ -27,6 +27,7 @@ import io
 import logging
 import lzma
 import re
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -285,7 +286,8 @@ def safe_extract_tar(parts: list[Path], dest: str | Path, strip: str = "") -> Ex
                 report.refused[member.name] = refusal
             elif member.isfile():
                 try:
-                    files.write_bytes(root / name, archive.extractfile(member).read())
+                    with files.atomic_file(root / name) as out:  # streamed: a member may be large
+                        shutil.copyfileobj(archive.extractfile(member), out, _CHUNK)
                 except OSError as e:  # a file where a folder must go
                     report.refused[member.name] = ("unwritable", f"{member.name!r}: {type(e).__name__}: {e}")
                     continue

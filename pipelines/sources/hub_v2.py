@@ -150,6 +150,8 @@ def fetch(tasks: list[mmeb_v2.V2Task], revisions: dict[str, str], cache_dir: Pat
         fetched = _checked(plan, cache_dir)
         info["repos"][plan.repo_id] = {"requested_revision": plan.revision, "resolved_commit": plan.commit,
                                        "tasks": sorted(plan.subsets)}
+        if plan.repo_id == ARCHIVE_REPO:
+            info["repos"][plan.repo_id]["archives"] = sorted(ARCHIVES[key].pattern for key in parts)
         for name in plan.subsets:
             for path in own[name]:
                 place(fetched.files[path], root / name / path, move=False)

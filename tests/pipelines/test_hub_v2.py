@@ -77,7 +77,8 @@ def test_hub_v2_fetches_the_selection_and_extracts_frames_safely(tmp_path, hub_s
     assert {n: (d["expected"], d["found"]) for n, d in v2["datasets"].items()} == {VIDEO_TASK: (14, 14),
                                                                                    VISDOC_TASK: (9, 9)}
     assert v2["repos"] == {
-        ARCHIVE_REPO: {"requested_revision": "main", "resolved_commit": commits[ARCHIVE_REPO], "tasks": []},
+        ARCHIVE_REPO: {"requested_revision": "main", "resolved_commit": commits[ARCHIVE_REPO], "tasks": [],
+                       "archives": ["video-tasks/frames/video_cls.tar.gz"]},
         VIDEO_REPO: {"requested_revision": commits[VIDEO_REPO], "resolved_commit": commits[VIDEO_REPO],
                      "tasks": [VIDEO_TASK]},
         VISDOC_REPO: {"requested_revision": "main", "resolved_commit": commits[VISDOC_REPO], "tasks": [VISDOC_TASK]}}
@@ -111,3 +112,13 @@ def test_hub_v2_short_sets_and_missing_frames_fail_naming_them(tmp_path, hub_sta
     assert "HMDB51: 1 video(s) without frames" in r.stderr and "HMDB51/syn00003" in r.stderr
     assert "ViDoRe_arxivqa: 9 queries of the 500 expected (491 missing)" in r.stderr
     assert not (tmp_path / "work/data/raw").exists()
+    # an archive repo without the frame archive: refused before any download, naming the file
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "README.md").write_text("no frames\n")
+    hub_standin.add_repo(ARCHIVE_REPO, bare)
+    hub_standin.clear_log()
+    r = run_v2(tmp_path / "work2", hub_standin.endpoint, COUNTS, check=False)
+    assert r.returncode != 0 and "TIGER-Lab/MMEB-V2@" in r.stderr
+    assert "has no video-tasks/frames/video_cls.tar.gz" in r.stderr
+    assert not any(hub_standin.files_requested(repo, "GET") for repo in (VIDEO_REPO, VISDOC_REPO, ARCHIVE_REPO))
