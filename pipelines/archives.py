@@ -16,16 +16,20 @@ use against us:
 
 A refusal is raised as `Rejected(reason, detail)` for that member only; the archive stays usable.
 `safe_extract_zip` applies the same checks when extracting a whole archive and returns a report of
-what was extracted and what was refused.
+what was extracted and what was refused; `safe_extract_tar` does the same for a tar (MMEB-V2's frame
+archives, possibly split into parts), refusing links and special files as well.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import lzma
 import re
+import shutil
 import stat
+import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -214,4 +218,80 @@ def safe_extract_zip(path: str | Path, dest: str | Path, **limits) -> ExtractRep
             report.extracted.append(name)
     for name, (reason, detail) in sorted(report.refused.items()):
         log.warning("%s: refused %s (%s: %s)", path, name, reason, detail)
+    return report
+
+
+class _Chained(io.RawIOBase):
+    """The concatenation of several files, read as one stream (a tar split into parts: `cat a-00 a-01 |`)."""
+
+    def __init__(self, paths: list[Path]):
+        self._paths, self._current = list(paths), None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while True:
+            if self._current is None:
+                if not self._paths:
+                    return 0
+                self._current = open(self._paths.pop(0), "rb")
+            n = self._current.readinto(buffer)
+            if n:
+                return n
+            self._current.close()
+            self._current = None
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+        super().close()
+
+
+def _tar_refusal(member: tarfile.TarInfo, name: str, root: Path) -> tuple[str, str] | None:
+    if (why := unsafe_name_reason(member.name)) is not None:
+        return "unsafe_path", why
+    if member.issym() or member.islnk():
+        return "link", f"{member.name!r} is a link to {member.linkname!r}; frame archives hold plain files"
+    if not (member.isfile() or member.isdir()):
+        return "special", f"{member.name!r} is neither a file nor a folder"
+    target = (root / name).resolve()
+    if root != target and root not in target.parents:
+        return "unsafe_path", f"{member.name!r} resolves outside {root}"
+    return None
+
+
+def safe_extract_tar(parts: list[Path], dest: str | Path, strip: str = "") -> ExtractReport:
+    """Extract the plain files of a tar (gzip or not; given as its parts, in order, when split) under
+    `dest`, `strip` removed from the front of each member name, and report the refused members.
+
+    Guarantees, as `safe_extract_zip`: nothing is written outside `dest` (absolute names, ".."
+    components and names resolving elsewhere are refused), no link, device or fifo is created (links
+    are refused, even to inside), and every file is written whole or not at all. Refusals are listed in
+    the report, never raised; a broken stream raises `tarfile.TarError`. Members outside `strip` are
+    refused as `outside_strip`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    report = ExtractReport()
+    with _Chained(parts) as raw, tarfile.open(fileobj=io.BufferedReader(raw), mode="r|*") as archive:
+        for member in archive:
+            name = normalize_member_name(member.name)
+            if strip and not (name + "/").startswith(strip):
+                report.refused[member.name] = ("outside_strip", f"{member.name!r} is not under {strip!r}")
+                continue
+            name = name[len(strip):]
+            refusal = _tar_refusal(member, name, root)
+            if refusal is not None:
+                report.refused[member.name] = refusal
+            elif member.isfile():
+                try:
+                    with files.atomic_file(root / name) as out:  # streamed: a member may be large
+                        shutil.copyfileobj(archive.extractfile(member), out, _CHUNK)
+                except OSError as e:  # a file where a folder must go
+                    report.refused[member.name] = ("unwritable", f"{member.name!r}: {type(e).__name__}: {e}")
+                    continue
+                report.extracted.append(name)
+    for name, (reason, detail) in sorted(report.refused.items()):
+        log.warning("%s: refused %s (%s: %s)", parts[0], name, reason, detail)
     return report

@@ -167,18 +167,19 @@ def select(data: Data, synthetic: Synthetic, scratch: Path, out: Path, hub_cache
     return from_hub(data, Path(hub_cache), out)
 
 
-def place_v2(data: Data, synthetic: Synthetic, scratch: Path, build: Path) -> dict:
+def place_v2(data: Data, synthetic: Synthetic, scratch: Path, build: Path, hub_cache: Path) -> dict:
     """MMEB-V2's sets placed under build/MMEB-V2 (`pipelines.download_v2`); their manifest entry:
-    per dataset the queries expected and found, and every file's size and sha256."""
+    per dataset the queries expected and found, every file's size and sha256, and for the Hub its
+    repos' commits and the archive members refused."""
     from pipelines import download_v2
 
-    root, expected = download_v2.source_folder(data, synthetic, scratch)
+    root, expected, info = download_v2.source_folder(data, synthetic, scratch, hub_cache)
     datasets = download_v2.inventory(root, expected)
     placed = download_v2.files_of(root)
     for path, src in placed.items():
-        place(src, build / path, data.source == "synthetic")
+        place(src, build / path, data.source != "local")
     hashes = sha256_files(build, list(placed))
-    return {"datasets": datasets,
+    return {"datasets": datasets, **info,
             "files": [{"path": p, "size": hashes[p][0], "sha256": hashes[p][1]} for p in placed]}
 
 
@@ -202,7 +203,7 @@ def download(data: Data, synthetic: Synthetic, *, out: Path = RAW, hub_cache: Pa
             if data.source == "synthetic":
                 extra = {"synthetic": {"generator": GENERATOR, **dict(sorted(synthetic.to_dict().items()))}}
             if data.benchmark != "v1":
-                extra = {**(extra or {}), "v2": place_v2(data, synthetic, scratch, build)}
+                extra = {**(extra or {}), "v2": place_v2(data, synthetic, scratch, build, hub_cache)}
             manifest = write_manifest(build, data.source, data.train_split, repos, extra)
     finally:
         files.remove(scratch)

@@ -1,7 +1,7 @@
 """MMEB-V2's sets for the download stage (``data.benchmark: v2 | both``): fetched or generated into
 ``data/raw/MMEB-V2/`` and counted against what a complete set holds.
 
-    root = source_folder(data, synthetic, scratch)    # the MMEB-V2 folder of data.source
+    root, expected, info = source_folder(data, synthetic, scratch, hub_cache)  # data.source's folder
     datasets = inventory(root, expected)               # {name: counts}; StageFailed when short
 
 The layout (the Hub annotation repos beside VLM2Vec's frame folders)::
@@ -11,7 +11,8 @@ The layout (the Hub annotation repos beside VLM2Vec's frame folders)::
     MMEB-V2/video-tasks/frames/<root>/<video>/  extracted frames, <root> the registry's frame root
 
 ``data.source: synthetic`` writes `Syn-ViDoRe` and `Syn-VideoCLS`; ``local`` takes
-``data.local_dir/MMEB-V2`` as it is. The manifest records per dataset the queries expected (the
+``data.local_dir/MMEB-V2`` as it is; ``hub`` fetches the ``data.v2_datasets`` tasks' repos and archives
+(`pipelines.sources.hub_v2`). The manifest records per dataset the queries expected (the
 registry's ``num_data``; for a synthetic set the generator's count) and the queries found. A dataset
 with fewer queries than expected, a video whose frame folder is missing or empty (video
 classification; the other families' images and frames are checked row by row in normalize), a folder the
@@ -40,9 +41,22 @@ ANNOTATED_VIDEO_PARSERS = mmeb_v2.ANNOTATED_VIDEO_PARSERS
 ROW_PARSERS = mmeb_v2.ROW_PARSERS
 
 
-def source_folder(data: Data, synthetic: Synthetic, scratch: Path) -> tuple[Path, dict[str, int]]:
-    """The MMEB-V2 folder of ``data.source`` and the queries each synthetic set was written with
-    ({} for other sources: the registry's counts apply)."""
+def selected_tasks(data: Data) -> list[mmeb_v2.V2Task]:
+    """The registry tasks ``data.v2_datasets`` selects (``all``: the 78); StageFailed naming the
+    names the registry does not know (checked here, as the V1 subsets are against the repos)."""
+    if data.v2_datasets == "all":
+        return mmeb_v2.tasks()
+    unknown = [n for n in data.v2_datasets if n not in mmeb_v2.TASKS]
+    if unknown:
+        raise StageFailed(f"data.v2_datasets {unknown}: not MMEB-V2 tasks; known: {', '.join(mmeb_v2.TASKS)}")
+    return [mmeb_v2.TASKS[name] for name in data.v2_datasets]
+
+
+def source_folder(data: Data, synthetic: Synthetic, scratch: Path,
+                  hub_cache: Path | None = None) -> tuple[Path, dict[str, int], dict]:
+    """The MMEB-V2 folder of ``data.source``, the queries each synthetic set was written with ({} for
+    other sources: the registry's counts apply) and what the manifest records of the source (the
+    Hub's repos, commits and refused archive members; {} otherwise)."""
     if data.source == "synthetic":
         from pipelines.sources.synthetic.video import NAME as VIDEO, write_video_cls
         from pipelines.sources.synthetic.visdoc import NAME as VISDOC, write_visdoc
@@ -51,15 +65,18 @@ def source_folder(data: Data, synthetic: Synthetic, scratch: Path) -> tuple[Path
         root.mkdir(parents=True)
         docs = write_visdoc(root / VISDOC, seed=synthetic.seed)
         videos = write_video_cls(root, seed=synthetic.seed)
-        return root, {VISDOC: docs["queries"], VIDEO: videos["videos"]}
+        return root, {VISDOC: docs["queries"], VIDEO: videos["videos"]}, {}
     if data.source == "local":
         root = Path(data.local_dir) / FOLDER
         if not root.is_dir():
             raise StageFailed(f"data.benchmark {data.benchmark} with data.source local: {root} does not exist "
                               f"(MMEB-V2's sets go there in the layout of docs/mmeb-v2.md)")
-        return root, {}
-    raise StageFailed(f"data.benchmark {data.benchmark}: MMEB-V2 from the Hub is not wired yet; put the sets "
-                      f"under {Path(data.local_dir) / FOLDER} and use data.source local")
+        return root, {}, {}
+    from pipelines.sources import hub_v2
+
+    Path(scratch).mkdir(parents=True, exist_ok=True)
+    root, info = hub_v2.fetch(selected_tasks(data), data.v2_revisions or {}, Path(hub_cache), scratch)
+    return root, {}, info
 
 
 def _rows(folder: Path, pattern: str, columns: list[str]) -> dict[str, list]:

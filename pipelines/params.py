@@ -238,6 +238,20 @@ class PerRepo(Spec):
 
 
 @dataclass(frozen=True)
+class Revisions(Spec):
+    """{<repo id>: <revision>, ...}: a pinned revision per Hub repo (a repo left out: main)."""
+
+    def parse(self, value):
+        if (not isinstance(value, Mapping) or not value
+                or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in value.items())):
+            raise self.refuse(value)
+        return dict(value)
+
+    def describe(self):
+        return "{<repo id>: <revision>, ...}"
+
+
+@dataclass(frozen=True)
 class OneOf(Spec):
     """The first of `options` that takes the value."""
 
@@ -343,6 +357,11 @@ class Data(Section):
                          "v1: MMEB only; v2 / both: MMEB-V2's sets too, under data/raw/MMEB-V2 (synthetic: "
                          "Syn-ViDoRe and Syn-VideoCLS; local: data.local_dir/MMEB-V2); MMEB-train and "
                          "MMEB-eval still come along, training reads them")
+    v2_datasets: Any = key(SUBSETS, "source=hub, benchmark v2 / both: all, or the MMEB-V2 tasks to fetch "
+                                    "(the registry's names, pipelines/mmeb_v2.py)")
+    v2_revisions: Any = key(OneOf(Null(), Revisions()),
+                            "source=hub, benchmark v2 / both: the revision of each MMEB-V2 Hub repo (null or a "
+                            "repo left out: main); the resolved commits go to the manifest")
 
     def problems(self):
         if self.local_dir.startswith("~"):

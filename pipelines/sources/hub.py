@@ -214,18 +214,16 @@ class RepoPlan:
         return sum(self.entries[p].size or 0 for p in self.wanted)
 
 
-def plan_repo(repo_id: str, *, kind: str, revision: str, split: str, selection, cache_dir: Path) -> RepoPlan:
-    """Resolve `revision` to one commit, list the repo there, select the subsets' files and count the
-    bytes the cache still lacks (after deleting the partial files killed runs left). Downloads nothing."""
+def list_repo(repo_id: str, *, revision: str, cache_dir: Path) -> tuple[str, dict]:
+    """Resolve `revision` to one commit and list the repo's files there: (commit, {path: RepoFile}).
+    Without the Hub, the cached listing of that commit."""
     from huggingface_hub import HfApi, get_cached_repo_tree
     from huggingface_hub.errors import CachedRepoTreeNotFoundError, OfflineModeIsEnabled
     import httpx2
 
     api = HfApi()
-    cache_dir = Path(cache_dir)
     commit = api.resolve_revision(repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir).resolved
     log.info("%s: revision %r is commit %s", repo_id, revision, commit)
-
     try:
         tree = list(api.list_repo_tree(repo_id, repo_type="dataset", revision=commit, recursive=True))
     except (OfflineModeIsEnabled, httpx2.TransportError) as error:
@@ -234,22 +232,35 @@ def plan_repo(repo_id: str, *, kind: str, revision: str, split: str, selection, 
             tree = get_cached_repo_tree(repo_id, repo_type="dataset", revision=commit, cache_dir=cache_dir)
         except CachedRepoTreeNotFoundError as missing:
             raise LayoutError(f"{repo_id}@{commit}: Hub not reachable and nothing cached: {missing}") from error
-    entries = {f.path: f for f in tree if hasattr(f, "blob_id")}  # RepoFile, not RepoFolder
+    return commit, {f.path: f for f in tree if hasattr(f, "blob_id")}  # RepoFile, not RepoFolder
 
+
+def plan_files(repo_id: str, *, kind: str, revision: str, commit: str, subsets: list[str], entries: dict,
+               wanted: list[str], patterns: list[str], cache_dir: Path) -> RepoPlan:
+    """The plan of fetching `wanted` (paths of the listing `entries` at `commit`, matched by
+    `patterns`): the bytes the cache lacks counted after deleting the partial files killed runs left."""
+    cache_dir = Path(cache_dir)
+    freed = remove_orphaned_partials(cache_dir, repo_id)
+    if freed:
+        log.info("%s: removed %.1f MB of partial files left by interrupted runs", repo_id, freed / 1e6)
+    need = bytes_to_fetch(cache_dir, repo_id, commit, {p: entries[p].size or 0 for p in wanted})
+    plan = RepoPlan(kind, repo_id, revision, commit, subsets, entries, wanted, patterns, need)
+    log.info("%s@%s: %d subsets, %d files, %.1f MB (%.1f MB not cached)", repo_id, commit[:10], len(subsets),
+             len(wanted), plan.total / 1e6, need / 1e6)
+    return plan
+
+
+def plan_repo(repo_id: str, *, kind: str, revision: str, split: str, selection, cache_dir: Path) -> RepoPlan:
+    """Resolve `revision` to one commit, list the repo there, select the subsets' files and count the
+    bytes the cache still lacks (after deleting the partial files killed runs left). Downloads nothing."""
+    commit, entries = list_repo(repo_id, revision=revision, cache_dir=Path(cache_dir))
     try:
         subsets = resolve_selection(selection, available_subsets(entries, kind, split), kind)
         wanted = select_files(entries, kind, split, subsets)
     except LayoutError as e:
         raise LayoutError(f"{repo_id}@{commit}: {e}") from None
-    freed = remove_orphaned_partials(cache_dir, repo_id)
-    if freed:
-        log.info("%s: removed %.1f MB of partial files left by interrupted runs", repo_id, freed / 1e6)
-    need = bytes_to_fetch(cache_dir, repo_id, commit, {p: entries[p].size or 0 for p in wanted})
-    plan = RepoPlan(kind, repo_id, revision, commit, subsets, entries, wanted,
-                    allow_patterns(kind, split, subsets), need)
-    log.info("%s@%s: %d subsets, %d files, %.1f MB (%.1f MB not cached)", repo_id, commit[:10], len(subsets),
-             len(wanted), plan.total / 1e6, need / 1e6)
-    return plan
+    return plan_files(repo_id, kind=kind, revision=revision, commit=commit, subsets=subsets, entries=entries,
+                      wanted=wanted, patterns=allow_patterns(kind, split, subsets), cache_dir=cache_dir)
 
 
 def check_space(plans: list[RepoPlan], cache_dir: Path, copy_to: Path | None = None) -> None:

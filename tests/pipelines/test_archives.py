@@ -3,7 +3,7 @@ import zipfile
 
 import pytest
 
-from pipelines.archives import SafeZip, safe_extract_zip, unsafe_name_reason
+from pipelines.archives import SafeZip, safe_extract_tar, safe_extract_zip, unsafe_name_reason
 from pipelines.errors import Rejected
 from tests.support.fixtures_mmeb import add_symlink, corrupt_member_crc, write_zip
 
@@ -160,3 +160,35 @@ def test_safe_extract_reports_a_file_where_a_folder_must_go(tmp_path):
     report = safe_extract_zip(path, tmp_path / "d")
     assert report.extracted == ["a", "c/d"] and report.refused["a/b"][0] == "unwritable"
     assert (tmp_path / "d" / "a").read_bytes() == b"1" and (tmp_path / "d" / "c" / "d").read_bytes() == b"3"
+
+
+# --- tar -----------------------------------------------------------------------------------------
+def test_safe_extract_tar_refuses_escapes_links_and_strays(tmp_path):
+    from tests.support.v2_hub import write_tar
+
+    tar = write_tar(tmp_path / "a.tar.gz", {"MMEB/x/1.jpg": b"one", "MMEB/../../up.txt": b"u", "/abs.txt": b"a",
+                                            "other/2.jpg": b"two"}, {"MMEB/link": "/etc/passwd"})
+    report = safe_extract_tar([tar], tmp_path / "out", strip="MMEB/")
+    assert report.extracted == ["x/1.jpg"]
+    assert (tmp_path / "out/x/1.jpg").read_bytes() == b"one"
+    assert {m: r for m, (r, _) in report.refused.items()} == {
+        "MMEB/../../up.txt": "unsafe_path", "/abs.txt": "outside_strip", "other/2.jpg": "outside_strip",
+        "MMEB/link": "link"}
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "a.tar.gz", "out", "out/x", "out/x/1.jpg"]
+    report = safe_extract_tar([tar], tmp_path / "all")
+    assert report.refused["/abs.txt"][0] == "unsafe_path" and not (tmp_path / "up.txt").exists()
+
+
+def test_safe_extract_tar_reads_a_split_archive_in_order(tmp_path):
+    from tests.support.v2_hub import write_tar
+
+    data = write_tar(tmp_path / "whole.tar.gz", {f"video_qa/v/{i}.jpg": os.urandom(300) + bytes([i]) for i in range(4)}).read_bytes()
+    parts = []
+    for i, start in enumerate(range(0, len(data), 40)):
+        parts.append(tmp_path / f"video_qa.tar.gz-{i:02d}")
+        parts[-1].write_bytes(data[start:start + 40])
+    assert len(parts) > 2
+    report = safe_extract_tar(parts, tmp_path / "out")
+    assert report.extracted == [f"video_qa/v/{i}.jpg" for i in range(4)] and not report.refused
+    assert (tmp_path / "out/video_qa/v/3.jpg").read_bytes()[-1:] == bytes([3])

@@ -41,6 +41,8 @@ def data_params(**kw) -> dict:
         "train_subsets": "all",
         "eval_subsets": "all",
         "benchmark": "v1",
+        "v2_datasets": "all",
+        "v2_revisions": None,
     }
     return {**base, **kw}
 

@@ -51,11 +51,6 @@ def test_an_unknown_folder_fails(tmp_path):
         download_v2.inventory(tmp_path)
 
 
-def test_hub_v2_is_refused_clearly(tmp_path):
-    with pytest.raises(StageFailed, match="from the Hub is not wired yet"):
-        download_v2.source_folder(section("data", source="hub", benchmark="v2"), section("synthetic"), tmp_path)
-
-
 def test_v2_download_adds_the_sets_and_leaves_v1_bytes_alone(tmp_path):
     v1 = download(section("data", benchmark="v1", **TINY), section("synthetic", **TINY_SYN), out=tmp_path / "v1" / "raw")
     v2 = download(section("data", benchmark="v2", **TINY), section("synthetic", **TINY_SYN),
@@ -71,3 +66,12 @@ def test_v2_download_adds_the_sets_and_leaves_v1_bytes_alone(tmp_path):
     manifest = json.loads((tmp_path / "v2" / "raw" / "manifest.json").read_text())
     assert manifest["v2"]["datasets"] == v2["v2"]["datasets"]
     assert not (tmp_path / "v1" / "raw" / "MMEB-V2").exists()
+
+
+def test_hub_v2_names_unknown_tasks_before_any_download(tmp_path):
+    data = section("data", source="hub", benchmark="v2", v2_datasets=["HMDB51", "NoSuchTask"])
+    with pytest.raises(StageFailed, match=r"data.v2_datasets \['NoSuchTask'\]: not MMEB-V2 tasks"):
+        download_v2.source_folder(data, section("synthetic"), tmp_path, tmp_path / "cache")
+    assert [t.name for t in download_v2.selected_tasks(section("data", v2_datasets=["UCF101", "K700"]))] == [
+        "UCF101", "K700"]
+    assert len(download_v2.selected_tasks(section("data", v2_datasets="all"))) == 78
