@@ -54,3 +54,11 @@ def test_the_loop_runs_and_round_two_trains_on_mined_negatives(tmp_path, monkeyp
     scores = json.loads(Path("metrics/eval.json").read_text())
     assert {"base", "embedder", "embedder_round2"} <= set(scores)
     assert "embedder_round2" in Path("reports/eval.md").read_text()
+
+    # round two again with mined batches: each batch from clusters of the mine stage's kNN graph
+    write_params(Path("params.yaml"), **{**SMALL, "retrain": {**SMALL["retrain"], "batching": "mined_clusters",
+                                                              "cluster_size": 2}})
+    assert retrain.main([]) == 0
+    summary = json.loads(Path("metrics/train_round2/metrics.json").read_text())["mined_batches"]
+    assert summary["datasets"]["Syn-Caption_i2t"]["records"] == 12
+    assert summary["draws"]["clustered"] + summary["draws"]["fallback"] == 2 * 4  # 2 steps of 4 pairs
