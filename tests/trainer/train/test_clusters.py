@@ -92,7 +92,7 @@ def test_the_stream_reads_the_planned_records_from_the_shards(tmp_path):
     graph = cliques([rid("D", i) for i in range(4)], [rid("D", i) for i in range(4, 8)])
     (tmp_path / "mined").mkdir()
     pq.write_table(pa.table({"id": list(graph), "negative_ids": list(graph.values())}), tmp_path / "mined" / "D.parquet")
-    config = D.StreamConfig(seed=0, global_batch=4, slots_per_rank=1)
+    config = D.StreamConfig(seed=0, global_batch=4, slots_per_rank=2)
 
     def make():
         return C.ClusterStream(shards, config, IdCollator(), mined_root=tmp_path / "mined", cluster_size=4)
@@ -101,7 +101,7 @@ def test_the_stream_reads_the_planned_records_from_the_shards(tmp_path):
     assert one.clusterings["D"].counts["clusters"] == 2 and one.clusterings["D"].counts["no_neighbours"] == 2
     assert one.clusterings["E"].counts["fallback"] == 4  # no mined file: every record at random
     batches = [b for _, b in zip(range(6), iter(D.make_loader(one, 0)))]
-    again = [b for _, b in zip(range(6), iter(D.make_loader(make(), 0)))]
+    again = [b for _, b in zip(range(6), iter(D.make_loader(make(), 2)))]  # 2 workers: the same batches
     for step, (b, c) in enumerate(zip(batches, again)):
         assert b["step"] == step and b["ids"] == c["ids"]
         assert b["ids"] == [r for _, r in one.plan.plan(step)]
