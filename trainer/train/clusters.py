@@ -15,11 +15,12 @@ all taken) joins the cluster of its best-ranked neighbour while that one has few
 records, else it is a fallback record; so is every record without neighbours (not in the mined file,
 or nothing kept for it). Fallback records are drawn at random, one at a time.
 
-Batches (`ClusterPlan`): for global step ``s`` an RNG seeded with ``(seed, s)`` picks a dataset with
-the mixture's probabilities, then one of that dataset's units (a cluster, or a single fallback
-record) with probability proportional to its size (so every record is as likely as in random
-batches), without replacement within the step, and puts its records in, shuffled, until the global
-batch is full (the last unit cut short). The batch is a pure function of (params, step): nothing is
+Batches (`ClusterPlan`): for global step ``s`` an RNG seeded with ``(seed, s)`` picks a dataset, then
+one of that dataset's units (a cluster, or a single fallback record) uniformly, without replacement
+within the step, and puts its records in, shuffled, until the global batch is full (the last unit cut
+short). A uniform unit puts every record of a dataset in batches equally often, clustered or not; a
+dataset is picked with its mixture probability divided by its mean unit size, so that its share of
+the batch positions is the mixture's. The batch is a pure function of (params, step): nothing is
 streamed, records are read from the shards by id (`SampleIndex`), and resuming from a checkpoint
 needs only the step.
 """
@@ -143,10 +144,12 @@ class ClusterPlan:
     def __init__(self, clusterings: Mapping[str, Clustering], probs: Mapping[str, float], seed: int,
                  global_batch: int):
         self.datasets = sorted(probs)
-        self.probs = [probs[d] for d in self.datasets]
         self.seed, self.global_batch = seed, global_batch
         self.units = {d: clusterings[d].clusters + [[r] for r in clusterings[d].fallback] for d in self.datasets}
         self.fallback = {d: set(clusterings[d].fallback) for d in self.datasets}
+        # positions per draw of d: its mean unit size; draws weighted so positions follow the mixture
+        weights = [probs[d] * len(self.units[d]) / sum(map(len, self.units[d])) for d in self.datasets]
+        self.probs = [w / sum(weights) for w in weights]
 
     def plan(self, step: int) -> list[tuple[str, str]]:
         """(dataset, record id) of every position of global step ``step``'s batch."""
@@ -158,8 +161,8 @@ class ClusterPlan:
             units = self.units[d]
             if len(used[d]) == len(units):
                 used[d] = set()  # every unit of the dataset is in this batch: repeats are unavoidable
-            sizes = np.array([0 if i in used[d] else len(u) for i, u in enumerate(units)], dtype=np.float64)
-            pick = int(rng.choice(len(units), p=sizes / sizes.sum()))
+            free = [i for i in range(len(units)) if i not in used[d]]
+            pick = free[int(rng.integers(len(free)))]
             used[d].add(pick)
             members = [units[pick][i] for i in rng.permutation(len(units[pick]))]
             out.extend((d, r) for r in members[:self.global_batch - len(out)])

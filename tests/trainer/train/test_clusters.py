@@ -110,3 +110,17 @@ def test_the_stream_reads_the_planned_records_from_the_shards(tmp_path):
     raw = one.index.read("D", rid("D", 5))
     assert raw["json"] == next(s for s in D._read_part(D._Part(shards[1])) if s["__key__"] == raw["__key__"])["json"]
     assert set(one.summary(6)["draws"]) == {"clustered", "fallback"}
+
+
+def test_every_record_is_drawn_as_often_and_datasets_keep_their_mixture_share():
+    loners = [f"x{i}" for i in range(8)]
+    other = [f"e{i}" for i in range(8)]
+    d = C.build_clusters(A + B + loners, cliques(A, B), {i: i for i in A + B + loners}, size=4, seed=0)
+    e = C.build_clusters(other, {}, {i: i for i in other}, size=4, seed=0)
+    plan = C.ClusterPlan({"D": d, "E": e}, {"D": 0.5, "E": 0.5}, seed=0, global_batch=8)
+    drawn = [x for step in range(300) for x in plan.plan(step)]
+    share_e = sum(ds == "E" for ds, _ in drawn) / len(drawn)
+    assert 0.45 < share_e < 0.55  # the mixture's share of positions, though D's clusters fill 4 at once
+    in_d = [r for ds, r in drawn if ds == "D"]
+    clustered, fallback = sum(r not in loners for r in in_d) / 8, sum(r in loners for r in in_d) / 8
+    assert 0.85 < clustered / fallback < 1.15  # per record: a clustered record as often as a fallback one
