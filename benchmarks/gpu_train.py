@@ -201,8 +201,8 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
         captured["weights"] = {k: v.detach().float().cpu() for k, v in embedder.named_parameters() if v.requires_grad}
 
     def timed_stream(*a, **k):
-        batches, position = open_stream(*a, **k)
-        return timed_batches(batches, waits, ids), position
+        batches, position, stream = open_stream(*a, **k)
+        return timed_batches(batches, waits, ids), position, stream
 
     # the trainer's module functions swapped for this run only (restored after it, also on failure)
     swaps = {(live, "open_live"): lambda *a, **k: recorder, (recipe, "export"): export,

@@ -1,18 +1,23 @@
 """Hard-negative mining benchmarks: the effect of mined negatives, the false-negative filter, the cost.
 
-    python benchmarks/mining.py effect [--seeds 0 1 2] [--steps 150] [--hard-negatives 1] [--start embedder]
+    python benchmarks/mining.py effect [--seeds 0 1 2] [--steps N] [--hard-negatives 1] [--start embedder]
+                                       [--variants mined random clusters same_dataset] [--jobs 2]
     python benchmarks/mining.py filter [--mined data/mined]
     python benchmarks/mining.py cost [--scales 1 4 16] [--datasets Syn-Caption_i2t Syn-Caption_t2i]
 
 Each prints a JSON document (and writes it to benchmarks/_work/mining/<command>.json).
 
 effect   Round two with mined negatives against round two with as many random negatives (the same
-         steps, batch and explicit negatives per query: equal compute), over seeds. Round one is the
+         steps, batch and explicit negatives per query: equal compute), over seeds; also (--variants)
+         round two on mined negatives with mined batches (`retrain.batching: mined_clusters`) or with
+         every batch from one dataset (`train.homogeneous_batch` = the batch size). Round one is the
          repository's models/embedder (run `dvc repro train` first), copied once with the records
          to benchmarks/_work/mining/effect/inputs/; for each of mined/random the real stages run
          in a workspace under benchmarks/_work/mining/effect/<variant>/ that links those: `stages.mine` (with
          mine.negatives mined or random), `stages.shard --mined`, then per seed `stages.retrain`
-         (train.seed = the seed) and `stages.evaluate` (eval.models [embedder_round2]). Reports
+         (train.seed = the seed; --steps, default retrain.steps) and `stages.evaluate` (eval.models
+         [embedder_round2]); each seed's model is kept as models/embedder_round2_seed<n> there (for
+         benchmarks/rendering.py --models). --jobs runs that many arms side by side. Reports
          overall and per-meta-task P@1 per run, and the mean and spread (sample std, min, max).
 filter   The false-negative filter on the synthetic data, from data/mined and the normalized train
          records. Share of retrieved candidates dropped, by reason. The generator's truth: in
@@ -38,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -109,35 +115,62 @@ def snapshot() -> Path:
     return root
 
 
+# round two's arms: the mine stage's negatives and the batching of round two (params overrides)
+VARIANTS = {
+    "mined": {"mine": {"negatives": "mined"}},
+    "random": {"mine": {"negatives": "random"}},
+    "clusters": {"mine": {"negatives": "mined"}, "retrain": {"batching": "mined_clusters"}},
+    "same_dataset": {"mine": {"negatives": "mined"}, "train": {"homogeneous_batch": "batch_size"}},
+}
+
+
+def variant_params(variant: str, seed: int, args) -> dict:
+    over = {name: dict(values) for name, values in VARIANTS[variant].items()}
+    train = {**over.pop("train", {}), "seed": seed}
+    if train.get("homogeneous_batch") == "batch_size":  # every batch from one dataset
+        train["homogeneous_batch"] = params_with()["train"]["batch_size"]
+    steps = args.steps or params_with()["retrain"]["steps"]
+    retrain = {**over.pop("retrain", {}), "steps": steps, "hard_negatives": args.hard_negatives,
+               "start": args.start}
+    return params_with(**over, train=train, retrain=retrain,
+                       eval={"models": ["embedder_round2"], "cache_dir": str(WORK / "cache")})
+
+
+def run_variant(variant: str, args, source: Path) -> list[dict]:
+    """Every seed of one arm in its workspace; each seed's model kept as models/embedder_round2_seed<n>."""
+    runs, t = [], args.threads
+    for seed in args.seeds:
+        root = workspace(WORK / "effect" / variant, variant_params(variant, seed, args), source=source)
+        cost = {}
+        if seed == args.seeds[0]:  # the negatives do not depend on the training seed
+            cost["mine"] = stage(root, "stages.mine", threads=t)
+            cost["shard_mined"] = stage(root, "stages.shard", "--mined", "data/mined", "--out", "data/shards/mined",
+                                        threads=t)
+        shutil.rmtree(root / "models" / "checkpoints_round2", ignore_errors=True)
+        cost["retrain"] = stage(root, "stages.retrain", threads=t)
+        cost["evaluate"] = stage(root, "stages.evaluate", threads=t)
+        kept = root / "models" / f"embedder_round2_seed{seed}"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(root / "models" / "embedder_round2", kept)
+        runs.append({"seed": seed, "p_at_1": scores(root, "embedder_round2"), "cost": cost})
+        print(json.dumps({variant: runs[-1]}), flush=True)
+    return runs
+
+
 def effect(args) -> dict:
     out: dict = {"steps": args.steps, "hard_negatives": args.hard_negatives, "start": args.start,
-                 "threads": args.threads, "runs": {}}
+                 "threads": args.threads, "variants": {v: VARIANTS[v] for v in args.variants}, "runs": {}}
     source = snapshot()
-    t = args.threads
-    for variant in ("mined", "random"):
-        runs = []
-        for seed in args.seeds:
-            params = params_with(mine={"negatives": variant}, train={"seed": seed},
-                                 retrain={"steps": args.steps, "hard_negatives": args.hard_negatives,
-                                          "start": args.start},
-                                 eval={"models": ["embedder_round2"], "cache_dir": str(WORK / "cache")})
-            root = workspace(WORK / "effect" / variant, params, source=source)
-            cost = {}
-            if seed == args.seeds[0]:  # the negatives do not depend on the training seed
-                cost["mine"] = stage(root, "stages.mine", threads=t)
-                cost["shard_mined"] = stage(root, "stages.shard", "--mined", "data/mined", "--out", "data/shards/mined",
-                                            threads=t)
-            shutil.rmtree(root / "models" / "checkpoints_round2", ignore_errors=True)
-            cost["retrain"] = stage(root, "stages.retrain", threads=t)
-            cost["evaluate"] = stage(root, "stages.evaluate", threads=t)
-            runs.append({"seed": seed, "p_at_1": scores(root, "embedder_round2"), "cost": cost})
-            print(json.dumps({variant: runs[-1]}), flush=True)
-        out["runs"][variant] = runs
-    keys = out["runs"]["mined"][0]["p_at_1"]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each arm's stages are subprocesses
+        done = {v: pool.submit(run_variant, v, args, source) for v in args.variants}
+        out["runs"] = {v: f.result() for v, f in done.items()}
+    keys = next(iter(out["runs"].values()))[0]["p_at_1"]
     out["summary"] = {v: {k: spread([r["p_at_1"][k] for r in out["runs"][v]]) for k in keys} for v in out["runs"]}
-    out["difference_mined_minus_random"] = {
-        k: spread([m["p_at_1"][k] - r["p_at_1"][k] for m, r in zip(out["runs"]["mined"], out["runs"]["random"])])
-        for k in keys}
+    if "random" in out["runs"]:
+        out["difference_minus_random"] = {
+            v: {k: spread([m["p_at_1"][k] - r["p_at_1"][k] for m, r in zip(runs, out["runs"]["random"])])
+                for k in keys}
+            for v, runs in out["runs"].items() if v != "random"}
     return out
 
 
@@ -245,10 +278,13 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("effect")
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    e.add_argument("--steps", type=int, default=150)
+    e.add_argument("--steps", type=int, default=None, help="round two's steps (default: retrain.steps)")
     e.add_argument("--hard-negatives", type=int, default=1)
     e.add_argument("--start", choices=("base", "embedder"), default="embedder")
     e.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the stages (default: torch's)")
+    e.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["mined", "random"])
+    e.add_argument("--jobs", type=int, default=1, help="arms run side by side")
+    e.add_argument("--name", default="effect", help="the JSON's name under benchmarks/_work/mining/")
     f = sub.add_parser("filter")
     f.add_argument("--mined", default=str(REPO / "data" / "mined"))
     c = sub.add_parser("cost")
@@ -260,7 +296,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = {"effect": effect, "filter": filter_quality, "cost": cost}[args.command](args)
     WORK.mkdir(parents=True, exist_ok=True)
-    (WORK / f"{args.command}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (WORK / f"{getattr(args, 'name', args.command)}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     return 0
 

@@ -621,6 +621,11 @@ class Retrain(Section):
     start: str = key(Choice("base", "embedder"), "start from models/base, or from round one's models/embedder")
     steps: int = key(Int(1), "optimizer steps of round two")
     hard_negatives: int = key(Int(0), "mined negatives per query (train.hard_negatives of round two)")
+    batching: str = key(Choice("stream", "mined_clusters"),
+                        "stream: train's batches (random; train.homogeneous_batch sub-batches); mined_clusters: "
+                        "each batch filled from clusters of the mine stage's kNN graph (B3-style)")
+    cluster_size: int = key(Int(2), "mined_clusters: records per cluster (a batch holds batch_size / cluster_size "
+                                    "of them)")
 
 
 SECTIONS: tuple[type[Section], ...] = (Data, Synthetic, Normalize, Shard, Backbone, Train, Eval, Mine, Retrain,
@@ -659,6 +664,9 @@ class Params:
                 snapped_size(multiple, multiple, multiple, made, self.shard.image_max_side)
             except ValueError as e:
                 yield f"shard.image_size_multiple {multiple}: {e}"
+        if self.retrain.batching == "mined_clusters" and self.train.homogeneous_batch:
+            yield (f"retrain.batching mined_clusters draws whole clusters (one dataset each): it takes no "
+                   f"train.homogeneous_batch ({self.train.homogeneous_batch}); set it to 0")
 
 
 def resolve(sections: Mapping[str, Section]) -> dict[str, Section]:

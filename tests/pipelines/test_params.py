@@ -124,6 +124,13 @@ def test_shard_params_beyond_one_key():
     assert "shard.image_size_multiple 100: no size on a grid of 100 px" in problems_of(shard={"image_size_multiple": 100})
 
 
+def test_mined_batches_take_no_homogeneous_sub_batches():
+    assert "retrain.batching mined_clusters draws whole clusters" in problems_of(
+        retrain={"batching": "mined_clusters"}, train={"homogeneous_batch": 4})
+    assert P.parse(document(retrain={"batching": "mined_clusters", "cluster_size": 4})).retrain.cluster_size == 4
+    assert "retrain.cluster_size" in problems_of(retrain={"cluster_size": 1})
+
+
 def test_the_image_resolution_is_set_once_and_shards_cannot_fall_below_it():
     params = P.parse(document(train={"image_max_pixels": 1003520}, shard={"image_max_side": 14168,
                                                                           "image_size_multiple": 28}))

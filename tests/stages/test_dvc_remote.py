@@ -85,3 +85,15 @@ def test_the_pipeline_runs_and_a_remote_restores_it_in_a_fresh_clone(tmp_path):
     for model in ("models/base", "models/embedder"):
         assert digests.verify(clone / model) is not None
     assert not (clone / "models" / "checkpoints").exists()  # not a DVC output: never pushed
+
+    # the pulled clone goes on from the remote: round two again with mined batches (each batch from
+    # clusters of the mine stage's kNN graph) reruns retrain alone
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["retrain"].update(batching="mined_clusters", cluster_size=2)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = dvc(clone, "repro", "retrain")
+    assert "Running stage 'retrain'" in log and "Running stage 'train'" not in log, log
+    summary = json.loads((clone / "metrics/train_round2/metrics.json").read_text())["mined_batches"]
+    assert summary["datasets"]["Syn-Caption_i2t"]["records"] == TINY["synthetic"]["train_rows"]
+    batch = TINY["train"]["batch_size"]
+    assert summary["draws"]["clustered"] + summary["draws"]["fallback"] == TINY["retrain"]["steps"] * batch

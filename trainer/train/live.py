@@ -154,11 +154,13 @@ class Progress:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}")
 
-    def summarize(self, rejected_checkpoints: int = 0) -> None:
-        """After the last step: metrics.json gets `run_summary` of the whole history, and
-        ``rejected_checkpoints`` when the resume fell back past checkpoints that did not verify."""
+    def summarize(self, rejected_checkpoints: int = 0, extra: dict | None = None) -> None:
+        """After the last step: metrics.json gets `run_summary` of the whole history, ``extra``'s
+        entries, and ``rejected_checkpoints`` when the resume fell back past checkpoints that did
+        not verify."""
         if self.live is not None:
             self.live.summary.update(run_summary(self.metrics_dir))
+            self.live.summary.update(extra or {})
             if rejected_checkpoints:
                 self.live.summary["rejected_checkpoints"] = rejected_checkpoints
 

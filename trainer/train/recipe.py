@@ -62,6 +62,7 @@ from trainer.model.inputs import Collator
 from trainer.train import checkpoint as ckpt
 from trainer.train import fsdp
 from trainer.train.build import Model, apply_lora, base_dtype, build_model
+from trainer.train.clusters import ClusterStream, MinedBatching
 from trainer.train.export import CODE, export
 from trainer.train.live import Progress, metrics_history
 from trainer.train.paths import TrainPaths
@@ -85,8 +86,9 @@ class Start:
     rejected: list = field(default_factory=list)  # "<checkpoint>: <reason>" of newer ones that did not verify
 
 
-def train(p: Train, paths: TrainPaths = TrainPaths()) -> dict[str, Any]:
-    """Run (or resume) training per `p`; return a summary dict (rank 0 writes the outputs)."""
+def train(p: Train, paths: TrainPaths = TrainPaths(), batching: MinedBatching | None = None) -> dict[str, Any]:
+    """Run (or resume) training per `p`; return a summary dict (rank 0 writes the outputs).
+    ``batching``: batches of mined clusters (`trainer.train.clusters`) instead of the stream's."""
     check_shard_resolution(paths.shards, p.image_max_pixels)  # before any work: a params mistake
     dist = distributed.init_from_env()
     random.seed(p.seed)
@@ -95,16 +97,18 @@ def train(p: Train, paths: TrainPaths = TrainPaths()) -> dict[str, Any]:
     model = build_model(p, base=paths.base, shards=paths.shards, dist=dist)
 
     code_digest = provenance.source_digest(CODE)  # once per run: the fingerprint's and the lineage's
-    fingerprint = run_fingerprint(p, paths, paths.shards / "index.json", dist.world_size, code=code_digest)
+    fingerprint = run_fingerprint(p, paths, paths.shards / "index.json", dist.world_size, code=code_digest,
+                                  batching=batching)
     start = resume(model, p, paths, dist, fingerprint)
-    batches, position = open_stream(model, p, paths, dist, start)
+    batches, position, stream = open_stream(model, p, paths, dist, start, batching)
     if start.rng is not None:
         ckpt.restore_rng(start.rng)
     else:
         torch.manual_seed(p.seed + dist.rank)  # dropout masks differ across ranks
 
     step = make_step(model, p, dist)
-    last_loss = run_steps(step, p, paths, dist, start, batches, position, fingerprint)
+    extra = {"mined_batches": stream.summary(p.steps)} if isinstance(stream, ClusterStream) else {}
+    last_loss = run_steps(step, p, paths, dist, start, batches, position, fingerprint, extra)
     summary = {"steps": p.steps, "final_loss": last_loss, "mode": model.mode,
                "trainable_parameters": model.n_trainable, "resumed_from": start.step,
                "rejected_checkpoints": start.rejected,
@@ -112,19 +116,20 @@ def train(p: Train, paths: TrainPaths = TrainPaths()) -> dict[str, Any]:
                # number of processes trained none of them); [[first step, world size], ...] when it changed
                "world_size": start.world_sizes[0][1] if len(start.world_sizes) == 1 else start.world_sizes}
     finish(model, p, paths, dist, summary, code_digest)
-    del step, model, batches  # DDP's reducer holds the process group: free it first
+    del step, model, batches, stream  # DDP's reducer holds the process group: free it first
     distributed.cleanup()
     return summary
 
 
 def run_fingerprint(p: Train, paths: TrainPaths, shard_index: Path, world: int = 1,
-                    code: str | None = None) -> str:
+                    code: str | None = None, batching: MinedBatching | None = None) -> str:
     """The checkpoint fingerprint of this run (`trainer.train.checkpoint.fingerprint`): the params that
     change the result, the number of data slots (``max(1, num_workers)``, which sets the data order
     of a fresh run), the base weights' dtype (`base_dtype`: FSDP keeps float32 where DDP keeps a
     LoRA run's base in bf16), the base model, the shard index and the training code (`code`, its
-    `provenance.source_digest`, computed here when not given)."""
-    params = {**p.to_dict(), "data_slots": max(1, p.num_workers), "base_dtype": str(base_dtype(p, world))}
+    `provenance.source_digest`, computed here when not given) and mined batches' settings when on."""
+    params = {**p.to_dict(), "data_slots": max(1, p.num_workers), "base_dtype": str(base_dtype(p, world)),
+              **(batching.to_dict() if batching else {})}
     code = provenance.source_digest(CODE) if code is None else code
     return ckpt.fingerprint(params, paths.base, shard_index, code=code)
 
@@ -174,11 +179,13 @@ def agreed_checkpoint(found: Path | None) -> Path | None:
     return found
 
 
-def open_stream(model: Model, p: Train, paths: TrainPaths, dist: DistInfo,
-                start: Start) -> tuple[Iterator[dict], StreamPosition]:
+def open_stream(model: Model, p: Train, paths: TrainPaths, dist: DistInfo, start: Start,
+                batching: MinedBatching | None = None
+                ) -> tuple[Iterator[dict], StreamPosition, ContrastiveStream]:
     """This rank's batches from ``start``'s position, collated for the model in DataLoader workers,
     and the stream position that the loop advances and checkpoints. A fresh run has
-    ``max(1, num_workers)`` data slots per rank; a resumed one keeps its checkpoint's."""
+    ``max(1, num_workers)`` data slots per rank; a resumed one keeps its checkpoint's. With
+    ``batching`` the batches are mined clusters' (`ClusterStream`). Also the stream itself."""
     num_workers = p.num_workers
     slots_per_rank = start.position.slots_per_rank if start.position else max(1, num_workers)
     if num_workers > 0 and slots_per_rank % num_workers:
@@ -190,15 +197,20 @@ def open_stream(model: Model, p: Train, paths: TrainPaths, dist: DistInfo,
                         instructions=p.instructions, pad_to_multiple_of=p.pad_to_multiple_of,
                         **{k: getattr(p, k) for k in RENDERING})
     config = StreamConfig.from_params(p, world_size=dist.world_size, rank=dist.rank, slots_per_rank=slots_per_rank)
-    stream = ContrastiveStream(shards, config, collator, mixture=p.mixture, position=start.position)
+    if batching is None:
+        stream = ContrastiveStream(shards, config, collator, mixture=p.mixture, position=start.position)
+    else:
+        stream = ClusterStream(shards, config, collator, mined_root=batching.mined,
+                               cluster_size=batching.cluster_size, mixture=p.mixture, position=start.position)
     batches = iter(make_loader(stream, num_workers, seed=p.seed, pin_memory=dist.device.type == "cuda"))
-    return batches, stream.position
+    return batches, stream.position, stream
 
 
 def run_steps(step: Step, p: Train, paths: TrainPaths, dist: DistInfo, start: Start, batches: Iterator[dict],
-              position: StreamPosition, fingerprint: str) -> float | None:
+              position: StreamPosition, fingerprint: str, extra: dict | None = None) -> float | None:
     """Train steps ``start.step`` to ``p.steps - 1``, recording each (`Progress`) and checkpointing
-    every ``save_every`` steps and after the last; return the last step's loss."""
+    every ``save_every`` steps and after the last; return the last step's loss. ``extra``: more
+    entries for metrics.json."""
     progress = Progress(paths.metrics, paths.ids_log, start_step=start.step, history=start.history,
                         steps=p.steps, dist=dist)
     last_loss = start.loss
@@ -216,7 +228,7 @@ def run_steps(step: Step, p: Train, paths: TrainPaths, dist: DistInfo, start: St
             done = i + 1
             if done % p.save_every == 0 or done == p.steps:
                 save(paths, done, step.model, fingerprint, position, last_loss, dist.rank, start.world_sizes)
-        progress.summarize(rejected_checkpoints=len(start.rejected))
+        progress.summarize(rejected_checkpoints=len(start.rejected), extra=extra)
     finally:
         progress.close()
     return last_loss
