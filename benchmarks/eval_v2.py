@@ -172,7 +172,8 @@ def main(argv=None) -> dict:
     work = prepare(args.work, args.frames)
     params = load(REPO / "params.yaml").eval
     model = encoder(args.model, work, params)
-    images = ImageLoader(work / evaluation.IMAGES_ROOT, evaluation.pre_scale(params))
+    images = ImageLoader(work / evaluation.IMAGES_ROOT,
+                         evaluation.pre_scale(evaluation.rendering_of(model, params)))
     root = work / evaluate_v2.V2_ROOT
     by_modality = defaultdict(list)
     for name in evaluate_v2.load_v2_names(root):

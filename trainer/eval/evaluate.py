@@ -178,13 +178,12 @@ def evaluate(params: Eval, *, root: Path = Path("."), load_model: ModelLoader = 
     return evals if is_main else None
 
 
-def pre_scale(rendering: Eval | Mapping[str, Any]) -> int | None:
-    """The pixels the image loader scales eval images to before the model's input rendering (the
-    eval section, or a model's `rendering_of`), V1 and V2 alike: ``image_max_pixels`` when the
-    collator resizes (as training's collator does), None when the processor resizes
-    (``image_resize: processor``, VLM2Vec's way: it gets the stored image)."""
-    get = rendering.get if isinstance(rendering, Mapping) else lambda k: getattr(rendering, k)
-    return get("image_max_pixels") if get("image_resize") == "collator" else None
+def pre_scale(rendering: Mapping[str, Any]) -> int | None:
+    """The pixels the image loader scales eval images to before a model's input rendering
+    (`rendering_of`), V1 and V2 alike: ``image_max_pixels`` when the collator resizes (as training's
+    collator does), None when the processor resizes (``image_resize: processor``, VLM2Vec's way: it
+    gets the stored image)."""
+    return rendering["image_max_pixels"] if rendering["image_resize"] == "collator" else None
 
 
 def select(params: Eval, root: Path) -> list[EvalSet]:
