@@ -8,7 +8,7 @@ data/shards/mined -> models/embedder_round2 (+ models/checkpoints_round2, metric
 recipe is train's (`trainer.train.recipe.train`) with retrain.steps steps and retrain.hard_negatives
 explicit negatives per query, the first of each record's negatives: the mined ones (docs/mining.md).
 retrain.batching mined_clusters draws each batch from clusters of the mine stage's kNN graph
-(data/mined; `trainer.train.clusters`) and writes their counts to metrics/train_round2/clusters.json.
+(data/mined; `trainer.train.clusters`) and counts them in metrics/train_round2/metrics.json under `mined_batches`.
 """
 
 from __future__ import annotations
