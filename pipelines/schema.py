@@ -161,3 +161,33 @@ V2_CORPUS_SCHEMA = pa.schema(
         ("candidate", V2_SIDE),
     ]
 )
+
+# --- MMEB-V2 training pairs: video and visual-document sources (VLM2Vec-V2's mixture) ----------
+# A V2 training source (colpali_train_set, VisRAG in-domain, LLaVA-Hound video captions and QA)
+# gives (query, positive) pairs whose sides may hold a page image or a video. They are stored
+# beside the V1 training datasets, one folder per dataset, with their own schema (the V1 records
+# above stay byte-identical):
+#
+#   data/normalized/train/<dataset>/part-NNNNN.parquet   V2_TRAIN_SCHEMA
+#
+# A side is a V2_SIDE: `raw` is the input string exactly as VLM2Vec-V2's training loader builds it,
+# with IMAGE_TOKEN / VIDEO_TOKEN where the backbone's tokens go; a video is its sampled frames in
+# temporal order, each stored once in the image store. `is_v2_train_schema` tells the two apart.
+
+V2_TRAIN_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),  # "<dataset>/<split>/<row index>"
+        ("dataset", pa.string()),  # this project's dataset name, e.g. "colpali_train_set"
+        ("split", pa.string()),  # "train"
+        ("modality", pa.string()),  # "image" | "video" | "visdoc"
+        ("meta_task", pa.string()),  # "retrieval" | "vqa" | "classification" | "grounding"
+        ("query", V2_SIDE),
+        ("target", V2_SIDE),
+        ("negatives", pa.list_(V2_SIDE)),  # hard negatives (VLM2Vec-V2 uses none: usually empty)
+    ]
+)
+
+
+def is_v2_train_schema(schema: pa.Schema) -> bool:
+    """Whether a training dataset's parquet schema is V2_TRAIN_SCHEMA (else RECORD_SCHEMA)."""
+    return schema.equals(V2_TRAIN_SCHEMA, check_metadata=False)
