@@ -25,5 +25,8 @@ venv: $(VENV)/.installed
 repro: venv
 	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 dvc repro
 
+# tests run single-threaded in-process (tests/conftest.py), so test files are spread over
+# TEST_WORKERS processes (pytest-xdist; a file's tests stay on one worker, sharing its fixtures)
+TEST_WORKERS ?= 2
 test: venv
-	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q --durations=25
+	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
