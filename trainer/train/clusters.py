@@ -10,10 +10,15 @@ Clusters (`build_clusters`, per dataset, deterministic for a seed): the records 
 seeded order; each one not yet taken starts a cluster that grows breadth first over the graph's
 edges, either direction, nearest first (a record's own ranking, then the records that rank it), up
 to ``size`` records. A record never joins a cluster holding its own target item (same target text
-and image): in one batch that would be a false in-batch negative. A seed left alone (its neighbours
-all taken) joins the cluster of its best-ranked neighbour while that one has fewer than ``2 * size``
-records, else it is a fallback record; so is every record without neighbours (not in the mined file,
-or nothing kept for it). Fallback records are drawn at random, one at a time.
+and image): in one batch that would be a false in-batch negative. The mine stage names a target
+shared by several records (a class label, a VQA answer) by its first record only, so an edge is an
+edge to the target: reaching it, the cluster takes the first record of that target's group not yet
+placed (any of them is the same negative), and grows on from both. Without this, the edges of
+classification and VQA datasets all end on a few records, and most records stay unclustered. A
+seed left alone (its neighbours all placed) joins the cluster of its best-ranked neighbour's target
+while that one has fewer than ``2 * size`` records, else it is a fallback record; so is every record
+without neighbours (not in the mined file, or nothing kept for it). Fallback records are drawn at
+random, one at a time.
 
 Batches (`ClusterPlan`): for global step ``s`` an RNG seeded with ``(seed, s)`` picks a dataset, then
 one of that dataset's units (a cluster, or a single fallback record) uniformly, without replacement
@@ -87,53 +92,88 @@ def build_clusters(ids: list[str], graph: Mapping[str, list[str]], targets: Mapp
     """The clusters of the kNN graph over ``ids`` (see the module docstring). ``targets``: record id
     -> its target item (records with equal items never share a cluster)."""
     adjacent = neighbours(graph, ids)
+    groups = TargetGroups(ids, targets)
     order = [ids[i] for i in np.random.default_rng([seed, CLUSTER_TAG]).permutation(len(ids))]
     cluster_of: dict[str, int] = {}
     clusters: list[list[str]] = []
     fallback: list[str] = []
     counts = {"records": len(ids), "no_neighbours": 0, "attached": 0, "leftover": 0}
     for start in order:
-        if start in cluster_of:
+        if start in groups.placed:
             continue
         if not adjacent[start]:
             counts["no_neighbours"] += 1
-            fallback.append(start)
+            fallback.append(groups.place(start))
             continue
-        members = grow(start, adjacent, targets, cluster_of, size)
+        members = grow(start, adjacent, groups, size)
         if len(members) > 1:
             for m in members:
-                cluster_of[m] = len(clusters)
+                cluster_of[groups.place(m)] = len(clusters)
             clusters.append(members)
             continue
-        home = next((cluster_of[n] for n in adjacent[start] if n in cluster_of), None)
+        home = next((cluster_of[m] for n in adjacent[start] for m in groups.of(n) if m in cluster_of), None)
         if home is not None and len(clusters[home]) < 2 * size and \
-                targets.get(start) not in {targets.get(m) for m in clusters[home]}:
-            clusters[home].append(start)
+                groups.target(start) not in {groups.target(m) for m in clusters[home]}:
+            clusters[home].append(groups.place(start))
             cluster_of[start] = home
             counts["attached"] += 1
         else:
             counts["leftover"] += 1
-            fallback.append(start)
+            fallback.append(groups.place(start))
     counts.update(clusters=len(clusters), clustered=sum(map(len, clusters)), fallback=len(fallback))
     return Clustering(clusters, fallback, counts)
 
 
-def grow(start: str, adjacent: Mapping[str, list[str]], targets: Mapping[str, Any], taken: Mapping[str, int],
-         size: int) -> list[str]:
-    """A cluster from ``start``: breadth first over records not ``taken``, nearest first, at most
-    ``size``, none sharing a target item with a member."""
-    members, items = [start], {targets.get(start)}
-    queue, seen = deque(adjacent[start]), {start}
+class TargetGroups:
+    """The records of each target item, in ``ids`` order, and which records are placed (in a cluster
+    or fallback): a group hands out its records not yet placed, first first."""
+
+    def __init__(self, ids: list[str], targets: Mapping[str, Any]):
+        self._target = {i: targets.get(i) for i in ids}
+        self._groups: dict[Any, list[str]] = {}
+        for i in ids:
+            self._groups.setdefault(self._target[i], []).append(i)
+        self._next: dict[Any, int] = {}  # per target: members before this index are all placed
+        self.placed: set[str] = set()
+
+    def target(self, record: str) -> Any:
+        return self._target.get(record)
+
+    def of(self, record: str) -> list[str]:
+        """The records sharing ``record``'s target (``record`` among them)."""
+        return self._groups.get(self.target(record), [record])
+
+    def free(self, record: str, skip: set[str]) -> str | None:
+        """The first record of ``record``'s target group neither placed nor in ``skip``."""
+        group, t = self.of(record), self.target(record)
+        k = self._next.get(t, 0)
+        while k < len(group) and group[k] in self.placed:
+            k += 1
+        self._next[t] = k
+        return next((m for m in group[k:] if m not in self.placed and m not in skip), None)
+
+    def place(self, record: str) -> str:
+        self.placed.add(record)
+        return record
+
+
+def grow(start: str, adjacent: Mapping[str, list[str]], groups: TargetGroups, size: int) -> list[str]:
+    """A cluster from ``start``: breadth first over the targets its edges reach, nearest first, each
+    target's first record not yet placed, at most ``size``, no two members sharing a target item."""
+    members, items = [start], {groups.target(start)}
+    queue = deque(adjacent[start])
     while queue and len(members) < size:
         n = queue.popleft()
-        if n in seen:
+        if groups.target(n) in items:
             continue
-        seen.add(n)
-        if n in taken or targets.get(n) in items:
+        m = groups.free(n, skip=set(members))
+        if m is None:
             continue
-        members.append(n)
-        items.add(targets.get(n))
-        queue.extend(adjacent[n])
+        members.append(m)
+        items.add(groups.target(m))
+        queue.extend(adjacent[m])
+        if m != n:
+            queue.extend(adjacent[n])  # the records that rank this target rank ``m`` alike
     return members
 
 

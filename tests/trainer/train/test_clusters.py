@@ -52,6 +52,28 @@ def test_records_with_the_same_target_never_share_a_cluster():
         assert sorted(sum(found.clusters, []) + found.fallback) == sorted(ids)
 
 
+def test_a_shared_target_is_reached_through_any_of_its_records():
+    """Classification-like: 6 labels of 12 records each. The mine stage names each label by its first
+    record, so every edge ends on one of 6 records; each edge still brings in a record of that label,
+    and nearly every record lands in a cluster of confusable labels, no label twice in one."""
+    labels = [f"L{k}" for k in range(6)]
+    ids = [f"{lab}-{j}" for lab in labels for j in range(12)]
+    targets = {i: i.split("-")[0] for i in ids}
+    confusable = {lab: [labels[(k + 1) % 6], labels[(k + 2) % 6]] for k, lab in enumerate(labels)}
+    graph = {i: [f"{other}-0" for other in confusable[targets[i]]] for i in ids}
+    found = C.build_clusters(ids, graph, targets, size=3, seed=0)
+    assert sorted(sum(found.clusters, []) + found.fallback) == sorted(ids)  # each record placed once
+    assert found.counts["clustered"] >= 0.9 * len(ids)
+    for members in found.clusters:
+        got = [targets[m] for m in members]
+        assert len(set(got)) == len(got)
+        # each member's label is a confusable label of another member's (the cluster is connected)
+        assert all(any(t in confusable[o] or o in confusable[t] for o in got if o != t) for t in got)
+    # the edges of unique targets (retrieval) are followed as before: a label per record, 6 cliques
+    unique = {i: i for i in ids}
+    assert C.build_clusters(ids, graph, unique, size=3, seed=0).counts["clustered"] < found.counts["clustered"]
+
+
 def test_clustering_is_deterministic_for_a_seed():
     ids = [f"r{i}" for i in range(40)]
     graph = {r: [ids[(i * 7 + j) % 40] for j in (1, 2, 3)] for i, r in enumerate(ids)}
