@@ -16,17 +16,17 @@ Shape classes (`--classes`), synthetic and seeded, `--items` each (text-only one
   v1-text   a text of 2-30 words, no image (V1's label and caption candidates, t2i queries)
   v2-page   a document page of about 95 % of --max-pixels, portrait, with V2's visdoc candidate
             instruction (V2's visdoc corpus)
-  v2-video  8 frames of 336x336 in Qwen2-VL's video layout (temporal patch 2: a grid of 4 x 24 x 24
-            patches, 576 tokens) with V2's video candidate instruction. The project's collator takes
-            one image per side and no video, so this class is fed as prebuilt tensors (the grid as
-            `image_grid_thw`, which the model and the project's M-RoPE positions treat like a video's
-            grid): it times the model work, not the frames' preprocessing.
+  v2-video  8 frames of 336x336 (`--frame-side`; 8 x 336 x 336 / 28^2 / 2 = 576 tokens in Qwen2-VL's
+            video layout, temporal patch 2) with V2's video candidate string (`<|video_1|> ` +
+            instruction), given to the model as `videos=` (`pixel_values_videos`, `video_grid_thw`)
 
 Paths, each over the same items of a class (one untimed warm-up batch first):
   plain     the items in their order, `--batch` at a time: the model's processor
             (`backbone.processor(text=..., images=..., padding=True)`), `model(**inputs,
             output_hidden_states=True)` under no_grad (LM head included), the last layer's hidden
-            state at the last real token, L2-normalised
+            state at the last real token, L2-normalised. For v2-video the pixel values come from the
+            project's video processor (transformers' video processors need torchvision; the patches
+            are transformers' order, tested) and the model computes its own positions
   ours      `trainer.embed.EmbeddingModel.encode` over the items in evaluation's order
             (`trainer.eval.protocol.plan_batches`: by image size and length): the project's collator
             (torch image processing, M-RoPE positions), the inner model without the LM head,
@@ -68,12 +68,12 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_train import run_record, scaled_base  # noqa: E402
+from pipelines.schema import VIDEO_TOKEN  # noqa: E402
 from trainer.backbone.families import load_backbone  # noqa: E402
 from trainer.embed import EmbeddingModel, make_side  # noqa: E402
 from trainer.eval.protocol import encode_items, plan_batches  # noqa: E402
 from trainer.model.inputs import render_text  # noqa: E402
 from trainer.model.pooling import last_token_pool  # noqa: E402
-from trainer.model.positions import mrope_position_ids  # noqa: E402
 
 log = logging.getLogger("gpu_encode")
 GIB = 1024 ** 3
@@ -89,8 +89,8 @@ INSTRUCTIONS = {"v1-image": "Represent the given image with the following questi
 @dataclass
 class Item:
     side: dict
-    image: Image.Image | None = None
-    jpeg: bytes | None = None
+    image: Image.Image | list[Image.Image] | None = None  # a video: its frames
+    jpeg: bytes | list[bytes] | None = None
 
 
 def words(rng: random.Random, low: int, high: int) -> str:
@@ -117,7 +117,22 @@ def image_item(rng: random.Random, cls: str, width: int, height: int, text: str)
     return Item(side, image, jpeg)
 
 
-def make_items(cls: str, n: int, max_pixels: int, seed: int = 0) -> list[Item]:
+def video_item(rng: random.Random, frames: int, side: int) -> Item:
+    """A video of `frames` frames of `side` x `side`, as evaluate holds it: a V2 side whose `video`
+    lists the frames' refs, each frame JPEG bytes."""
+    jpegs = []
+    for _ in range(frames):
+        buffer = io.BytesIO()
+        picture(rng, side, side).save(buffer, format="JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    refs = [dict(sha256=hashlib.sha256(j).hexdigest(), width=side, height=side) for j in jpegs]
+    raw = f"{VIDEO_TOKEN} {INSTRUCTIONS['v2-video']}"
+    return Item(dict(raw=raw, text="", image=None, video=refs),
+                [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs], jpegs)
+
+
+def make_items(cls: str, n: int, max_pixels: int, seed: int = 0, frames: int = 8,
+               frame_side: int = 336) -> list[Item]:
     """`n` items of a shape class (module docstring), seeded."""
     rng = random.Random(f"{cls}-{seed}")
     items = []
@@ -132,34 +147,11 @@ def make_items(cls: str, n: int, max_pixels: int, seed: int = 0) -> list[Item]:
             area = max_pixels * rng.uniform(0.9, 0.95)
             width = int((area / 1.3) ** 0.5)
             items.append(image_item(rng, cls, width, int(width * 1.3), ""))
+        elif cls == "v2-video":
+            items.append(video_item(rng, frames, frame_side))
         else:
-            raise ValueError(f"make_items: {cls} has no item form (v2-video is built as tensors)")
+            raise ValueError(f"make_items: unknown class {cls!r}")
     return items
-
-
-def video_batches(backbone, n: int, batch: int, grid: tuple[int, int, int]) -> list[dict]:
-    """`n` video items as prebuilt Qwen2-VL batches of `batch`: random patches of a (t, h, w) grid, its
-    merged tokens in the text between the vision start and end tokens, M-RoPE positions."""
-    config = backbone.model.config
-    vision = config.vision_config
-    merge = vision.spatial_merge_size
-    t, h, w = grid
-    tokens = t * h * w // merge ** 2
-    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
-    text = f"<|vision_start|>{'<|image_pad|>' * tokens}<|vision_end|>{INSTRUCTIONS['v2-video']}\n"
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for start in range(0, n, batch):
-        rows = min(batch, n - start)
-        enc = backbone.processor.tokenizer([text] * rows, return_tensors="pt", padding=True)
-        grid_thw = torch.tensor([grid] * rows)
-        positions = mrope_position_ids(enc["input_ids"], enc["attention_mask"], grid_thw, config.image_token_id, merge)
-        image_tokens = (enc["input_ids"] == config.image_token_id).long()  # transformers' M-RoPE reads it
-        out.append(dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], image_grid_thw=grid_thw,
-                        mm_token_type_ids=image_tokens,
-                        pixel_values=torch.randn(rows * t * h * w, width, generator=generator),
-                        position_ids=positions))
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,33 +168,26 @@ def on_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
             if isinstance(v, torch.Tensor)}
 
 
+# what the plain forward takes of the project's collation of a video batch (its own positions excepted)
+PLAIN_VIDEO_KEYS = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts",
+                    "mm_token_type_ids")
+
+
 @torch.no_grad()
-def run_plain(backbone, items: list[Item], batch: int, device, dtype) -> np.ndarray:
+def run_plain(backbone, items: list[Item], batch: int, device, dtype, collate=None) -> np.ndarray:
+    """The plain path (module docstring); `collate` (a project Collator) builds the video batches."""
     model, processor = backbone.model, backbone.processor
     out = []
     for start in range(0, len(items), batch):
         rows = items[start:start + batch]
-        texts = [render_text(r.side, backbone, has_image=r.image is not None) for r in rows]  # the same tokens
-        pics = [r.image for r in rows if r.image is not None]
-        enc = processor(text=texts, images=pics or None, padding=True, return_tensors="pt")
-        out.append(plain_forward(model, on_device(dict(enc), device, dtype)))
-    return np.concatenate(out)
-
-
-@torch.no_grad()
-def run_plain_video(model, batches: list[dict], device, dtype) -> np.ndarray:
-    return np.concatenate([plain_forward(model, on_device({k: v for k, v in b.items() if k != "position_ids"},
-                                                          device, dtype)) for b in batches])
-
-
-@torch.inference_mode()
-def run_ours_video(ours: EmbeddingModel, batches: list[dict]) -> np.ndarray:
-    out = []
-    for b in batches:
-        if ours.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        emb = ours.embedder(on_device(b, ours.device, ours.dtype))
-        out.append(F.normalize(emb.float(), dim=-1).cpu().numpy())
+        if any(isinstance(r.image, list) for r in rows):
+            enc = {k: v for k, v in collate([r.side for r in rows], [r.image for r in rows]).items()
+                   if k in PLAIN_VIDEO_KEYS}
+        else:
+            texts = [render_text(r.side, backbone, has_image=r.image is not None) for r in rows]  # the same tokens
+            pics = [r.image for r in rows if r.image is not None]
+            enc = dict(processor(text=texts, images=pics or None, padding=True, return_tensors="pt"))
+        out.append(plain_forward(model, on_device(enc, device, dtype)))
     return np.concatenate(out)
 
 
@@ -218,7 +203,9 @@ def run_ours(ours: EmbeddingModel, items: list[Item], batch: int, prefetch: bool
 
 def run_evaluate(ours: EmbeddingModel, items: list[Item], batch: int) -> np.ndarray:
     """evaluate's encoding loop (`encode_items`) with a loader that decodes the items' JPEG bytes."""
-    by_sha = {it.side["image"]["sha256"]: it.jpeg for it in items if it.jpeg}
+    by_sha = {it.side["image"]["sha256"]: it.jpeg for it in items if it.side.get("image")}
+    by_sha.update((ref["sha256"], jpeg) for it in items if it.side.get("video")
+                  for ref, jpeg in zip(it.side["video"], it.jpeg))
 
     def load_images(shas):
         return {s: Image.open(io.BytesIO(by_sha[s])).convert("RGB") for s in shas}
@@ -246,21 +233,16 @@ class Setup:
 
 
 def class_inputs(setup: Setup, cls: str):
-    """The items of a class (a list of `Item`, or prebuilt batches for v2-video)."""
+    """The items of a class (`make_items`)."""
     a = setup.args
-    n = a.items * (2 if cls == "v1-text" else 1)
-    if cls == "v2-video":
-        return video_batches(setup.plain, n, a.batch, a.video_grid)
-    return make_items(cls, n, a.max_pixels)
+    return make_items(cls, a.items * (2 if cls == "v1-text" else 1), a.max_pixels, frames=a.frames,
+                      frame_side=a.frame_side)
 
 
 def path_function(setup: Setup, cls: str, path: str):
-    a, video = setup.args, cls == "v2-video"
+    a = setup.args
     if path == "plain":
-        return ((lambda x: run_plain_video(setup.plain.model, x, setup.device, setup.dtype)) if video else
-                (lambda x: run_plain(setup.plain, x, a.batch, setup.device, setup.dtype)))
-    if video:
-        return None if path in ("evaluate", "ours+prefetch") else (lambda x: run_ours_video(setup.ours, x))
+        return lambda x: run_plain(setup.plain, x, a.batch, setup.device, setup.dtype, setup.ours.collator)
     if path == "evaluate":
         return lambda x: run_evaluate(setup.ours, x, a.batch)
     return lambda x: run_ours(setup.ours, x, a.batch, prefetch=path != "ours")
@@ -269,15 +251,13 @@ def path_function(setup: Setup, cls: str, path: str):
 def measure(setup: Setup, cls: str, path: str, inputs, warm: bool = True) -> dict:
     """One row: the path over the class's inputs (after a warm-up batch when `warm`), timed."""
     fn = path_function(setup, cls, path)
-    if fn is None:
-        return dict(cls=cls, path=path, status="not applicable (prebuilt video tensors: no collation)")
-    n = sum(len(b["input_ids"]) for b in inputs) if cls == "v2-video" else len(inputs)
+    n = len(inputs)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     compile_s = None
     if warm:
-        fn(inputs[:1] if cls == "v2-video" else inputs[:setup.args.batch])
+        fn(inputs[:setup.args.batch])
     else:  # a compiled path: the first pass over the class compiles (and records its graphs)
         t0 = time.perf_counter()
         fn(inputs)
@@ -298,10 +278,9 @@ def measure(setup: Setup, cls: str, path: str, inputs, warm: bool = True) -> dic
 
 
 def class_stats(cls: str, inputs) -> dict:
-    """Mean image pixels and mean tokens of a class's items as the plain processor counts them."""
-    if cls == "v2-video":
-        return dict(tokens=float(inputs[0]["input_ids"].shape[1]), image_pixels=None)
-    pixels = [it.image.width * it.image.height for it in inputs if it.image is not None]
+    """Mean image pixels (a video: all its frames') and mean words of a class's items."""
+    pixels = [sum(f.width * f.height for f in it.image) if isinstance(it.image, list) else it.image.width *
+              it.image.height for it in inputs if it.image is not None]
     return dict(image_pixels=round(float(np.mean(pixels))) if pixels else 0,
                 text_words=round(float(np.mean([len(it.side["raw"].split()) for it in inputs])), 1))
 
@@ -344,7 +323,7 @@ def run_rows(setup: Setup, write) -> None:
             continue
         log.info("%s: %s", cls, path)
         try:
-            row = measure(setup, cls, "ours" if cls == "v2-video" else "ours+prefetch", inputs[cls], warm=False)
+            row = measure(setup, cls, "ours+prefetch", inputs[cls], warm=False)
             row["path"] = path
         except Exception as exc:
             log.exception("%s %s failed", cls, path)
@@ -362,6 +341,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", default=",".join(CLASSES), help=f"comma list of {','.join(CLASSES)}")
     p.add_argument("--items", type=int, default=None, help="items per class (default 512, --tiny 6)")
     p.add_argument("--batch", type=int, default=None, help="items per batch (default 32, --tiny 4)")
+    p.add_argument("--frames", type=int, default=8, help="v2-video: frames per video (VLM2Vec-V2: 8)")
+    p.add_argument("--frame-side", type=int, default=None, help="v2-video: frame side (default 336, --tiny 32)")
     p.add_argument("--compile", choices=("none", "region", "cuda-graphs"), default="region")
     p.add_argument("--multiple", type=int, default=64, help="pad_to_multiple_of of the compiled path")
     p.add_argument("--budget-min", type=float, default=4.0, help="skip rows once this much wall time is used")
@@ -373,7 +354,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, (tiny, full) in dict(max_pixels=(1024, 1003520), items=(6, 512), batch=(4, 32)).items():
         if getattr(args, name) is None:
             setattr(args, name, tiny if args.tiny else full)
-    args.video_grid = (4, 4, 4) if args.tiny else (4, 24, 24)  # 8 frames (temporal patch 2) of 336x336
+    if args.frame_side is None:
+        args.frame_side = 32 if args.tiny else 336
     return args
 
 
@@ -384,7 +366,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     out, meta = run_record("gpu_encode.py", argv, args.out, device)
     meta.update(layers=None if args.tiny else args.layers, batch=args.batch, items=args.items,
-                max_pixels=args.max_pixels, video_grid=list(args.video_grid))
+                max_pixels=args.max_pixels, frames=args.frames, frame_side=args.frame_side)
     with tempfile.TemporaryDirectory(prefix="gpu_encode_") as tmp:
         folder = args.base
         if not args.tiny:
@@ -408,7 +390,7 @@ def main(argv=None) -> int:
         print(f"{r['cls']:9} {r['path']:18} {f('items_per_s', '9.2f')} {f('vs_plain', '8.3f')} "
               f"{f('compile_s', '9.1f')} {f('peak_gib', '8.2f')} {f('cos_min', '8.5f')}  {r['status']}")
     print(f"JSON: {out}  ({time.perf_counter() - start:.0f} s)")
-    return 0 if all(r["status"] == "ok" or r["status"].startswith(("skipped", "not applicable"))
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped")
                     for r in setup.rows) else 1
 
 

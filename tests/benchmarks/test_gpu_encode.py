@@ -19,8 +19,7 @@ def test_every_path_gives_the_plain_embeddings_at_every_shape_class(workspace, t
     rows = json.loads(out.read_text())["rows"]
     ok = [r for r in rows if r["status"] == "ok"]
     assert {r["cls"] for r in ok} == set(gpu_encode.CLASSES)
-    assert {(r["cls"], r["path"]) for r in rows if r["status"] != "ok"} == {("v2-video", "ours+prefetch"),
-                                                                          ("v2-video", "evaluate")}
+    assert all(r["status"] == "ok" for r in rows)  # v2-video too: videos= through every path
     for r in ok:
         assert r["items"] == (10 if r["cls"] == "v1-text" else 5) and r["items_per_s"] > 0
         if r["path"] != "plain":  # fp32 on CPU: the same embeddings to float rounding
@@ -40,3 +39,7 @@ def test_items_have_the_shapes_of_their_class():
     assert all(i.side["image"]["width"] == i.image.width for i in images + pages)
     assert all(i.image is None and 2 <= len(i.side["raw"].split()) <= 30 for i in texts)
     assert gpu_encode.make_items("v1-text", 5, 1003520)[0].side == texts[0].side  # seeded
+    videos = gpu_encode.make_items("v2-video", 2, 1003520, frames=8, frame_side=336)
+    assert all(len(v.image) == len(v.jpeg) == len(v.side["video"]) == 8 for v in videos)
+    assert all(f.size == (336, 336) for v in videos for f in v.image)
+    assert videos[0].side["raw"].count("<|video_1|>") == 1 and videos[0].side["video"] != videos[1].side["video"]
