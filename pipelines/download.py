@@ -32,7 +32,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from pipelines import files
+from pipelines import download_v2_train, files
 from pipelines.params import Data, Synthetic
 from pipelines.sources import hub, local
 
@@ -204,6 +204,9 @@ def download(data: Data, synthetic: Synthetic, *, out: Path = RAW, hub_cache: Pa
                 extra = {"synthetic": {"generator": GENERATOR, **dict(sorted(synthetic.to_dict().items()))}}
             if data.benchmark != "v1":
                 extra = {**(extra or {}), "v2": place_v2(data, synthetic, scratch, build, hub_cache)}
+            v2_train = download_v2_train.place(data, synthetic, scratch, build, hub_cache)  # {}: none selected
+            if v2_train:
+                extra = {**(extra or {}), "v2_train": v2_train}
             manifest = write_manifest(build, data.source, data.train_split, repos, extra)
     finally:
         files.remove(scratch)
