@@ -151,3 +151,15 @@ def test_a_bad_page_is_rejected_and_a_short_set_fails(raw, tmp_path):
     short = {"rows_in": 3, "pairs": 3, "rejected": 0, "rejected_by_reason": {}, "expected": 5}
     assert problems({"colpali_train_set": short}, 0.2) == [
         "V2 training set colpali_train_set: 3 rows of the 5 expected"]
+
+
+def test_the_full_v2_profile_carries_the_yaml_mixture():
+    from pipelines import mmeb, profiles
+
+    values = profiles.load_profile("vlm2vec-v2-full").values
+    mixture = values["train.mixture"]
+    assert {n: mixture[n] for n in v2_train.WEIGHTS} == v2_train.WEIGHTS
+    mmeb_train = {n: w for n, w in mixture.items() if n not in v2_train.WEIGHTS}
+    assert set(mmeb_train) == set(mmeb.MMEB_TRAIN) and len(mmeb_train) == 20
+    assert set(mmeb_train.values()) == {1, 0.5} and sum(mmeb_train.values()) == 15
+    assert values["train.homogeneous_batch"] == 64
