@@ -9,11 +9,13 @@ import shutil
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import download_v2_train
 from pipelines.download import MANIFEST, download
 from pipelines.errors import StageFailed
+from pipelines.imagestore import ImageStore
 from pipelines.normalize_v2_train import normalize_v2_train
 from pipelines.sources.synthetic.train_v2 import write_train_v2
 from pipelines.v2_train import RAW_FOLDER, SETS
@@ -132,6 +134,9 @@ def test_the_normalize_stage_counts_the_sets_and_fails_on_a_short_one(tmp_path):
     assert json.loads((tmp_path / "etl.json").read_text())["v2_train"] == metrics["v2_train"]
     assert metrics["v2_train"]["video_qa_240k"]["pairs"] == 24
     assert sorted(p.name for p in (tmp_path / "norm/train").iterdir()) == ["Syn-ShapeCLS", "video_qa_240k"]
+    row = pq.read_table(tmp_path / "norm/train/video_qa_240k/part-00000.parquet").to_pylist()[0]
+    frame = ImageStore(tmp_path / "norm/images").get(row["query"]["video"][0]["sha256"])  # merged into the store
+    assert (frame.width, frame.height) == (64, 64)
     manifest = json.loads((raw / MANIFEST).read_text())
     manifest["v2_train"]["datasets"]["video_qa_240k"]["expected"] = 30
     (raw / MANIFEST).write_text(json.dumps(manifest))
