@@ -4,7 +4,9 @@
 
 Writes `data/raw/MMEB-train/` (the selected split's parquet shards + images_zip/<Subset>.zip per selected
 subset), `data/raw/MMEB-eval/` (test parquet per selected dataset + images.zip) and
-`data/raw/manifest.json`. Images stay inside their zip archives.
+`data/raw/manifest.json`. Images stay inside their zip archives. MMEB-V2's sets (``data.benchmark``) go to
+`data/raw/MMEB-V2/` (`pipelines.download_v2`) and VLM2Vec-V2's training sources (``data.v2_train_sets``)
+to `data/raw/V2-train/` (`pipelines.download_v2_train`), each with its manifest entry.
 
 `data.source` picks where the bytes come from:
   synthetic  the embedded miniature MMEB, generated (`pipelines.sources.synthetic.generate`)

@@ -107,8 +107,7 @@ def _described(row: dict) -> dict:
 def read_pages(root: Path, spec: TrainSet, params, store: Store) -> Pairs:
     """colpali_train_set (image + question -> answer) or visrag-indomain (query -> page)."""
     out = Pairs(spec, root, store, params)
-    columns = ["image", "image_filename", "query", "answer"] if spec.parser == "vidore" else ["image", "query",
-                                                                                               "source"]
+    columns = ["image", "query"] + (["image_filename", "answer"] if spec.parser == "vidore" else ["source"])
     for index, row in enumerate(parquet_rows(set_files(root, spec), columns, params.batch_rows)):
         out.rows_in += 1
         try:
