@@ -4,7 +4,9 @@
 
 Writes `data/raw/MMEB-train/` (the selected split's parquet shards + images_zip/<Subset>.zip per selected
 subset), `data/raw/MMEB-eval/` (test parquet per selected dataset + images.zip) and
-`data/raw/manifest.json`. Images stay inside their zip archives.
+`data/raw/manifest.json`. Images stay inside their zip archives. MMEB-V2's sets (``data.benchmark``) go to
+`data/raw/MMEB-V2/` (`pipelines.download_v2`) and VLM2Vec-V2's training sources (``data.v2_train_sets``)
+to `data/raw/V2-train/` (`pipelines.download_v2_train`), each with its manifest entry.
 
 `data.source` picks where the bytes come from:
   synthetic  the embedded miniature MMEB, generated (`pipelines.sources.synthetic.generate`)
@@ -32,7 +34,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from pipelines import files
+from pipelines import download_v2_train, files
 from pipelines.params import Data, Synthetic
 from pipelines.sources import hub, local
 
@@ -204,6 +206,9 @@ def download(data: Data, synthetic: Synthetic, *, out: Path = RAW, hub_cache: Pa
                 extra = {"synthetic": {"generator": GENERATOR, **dict(sorted(synthetic.to_dict().items()))}}
             if data.benchmark != "v1":
                 extra = {**(extra or {}), "v2": place_v2(data, synthetic, scratch, build, hub_cache)}
+            v2_train = download_v2_train.place(data, synthetic, scratch, build, hub_cache)  # {}: none selected
+            if v2_train:
+                extra = {**(extra or {}), "v2_train": v2_train}
             manifest = write_manifest(build, data.source, data.train_split, repos, extra)
     finally:
         files.remove(scratch)

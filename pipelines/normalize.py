@@ -57,6 +57,7 @@ from pipelines import errors, files, imagestore, mmeb, workers
 from pipelines.errors import Rejected, StageFailed
 from pipelines.params import Normalize
 from pipelines.normalize_v2 import normalize_v2, problems as v2_problems
+from pipelines.normalize_v2_train import normalize_v2_train, problems as v2_train_problems
 from pipelines.images import ImageSource, pil_limits, prepare_image
 from pipelines.prompts import compose, split_side
 from pipelines.schema import (EVAL_COLUMNS, IMAGE_TOKEN, RECORD_SCHEMA, REJECT_SCHEMA, TRAIN_COLUMNS,
@@ -617,7 +618,9 @@ def normalize(raw_root: str | Path, out_root: str | Path, rejects_root: str | Pa
              total["images_stored"], total["converted"])
     problem = failure_message(metrics, params.max_reject_fraction,
                               max_dataset_reject_fraction=params.max_dataset_reject_fraction)
-    problem = "\n".join(p for p in (problem, *v2_problems(metrics.get("v2", {}))) if p) or None
+    problem = "\n".join(p for p in (problem, *v2_problems(metrics.get("v2", {})),
+                                     *v2_train_problems(metrics.get("v2_train", {}),
+                                                        params.max_dataset_reject_fraction)) if p) or None
     if problem:
         raise StageFailed(f"{problem}\n(see {metrics_path} and {rejects_root})")
     return metrics
@@ -638,10 +641,13 @@ def run(raw_root: str | Path, out_root: str | Path, rejects_root: str | Path,
     log.info("normalizing %d datasets, %d rows, %d workers", len(tasks), sum(t.rows for t in tasks),
              params.workers)
     v2 = normalize_v2(raw_root, out_root, rejects_root, params)  # MMEB-V2 (data.benchmark v2/both), else {}
+    v2_train = normalize_v2_train(raw_root, out_root, rejects_root, params)  # VLM2Vec-V2's sources, else {}
     results, images_stored = run_tasks(tasks, params.workers, images_root=out_root / "images")
     metrics = build_metrics(tasks, results, images_stored)
     if v2:
         metrics["v2"] = v2
+    if v2_train:
+        metrics["v2_train"] = v2_train
     files.write_json(Path(metrics_path), metrics, sort_keys=True)
     return metrics
 

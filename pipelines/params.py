@@ -205,6 +205,19 @@ class Names(Spec):
 
 
 @dataclass(frozen=True)
+class Empty(Spec):
+    """An empty list: nothing selected (returned as an empty tuple)."""
+
+    def parse(self, value):
+        if not isinstance(value, (list, tuple)) or value:
+            raise self.refuse(value)
+        return ()
+
+    def describe(self):
+        return "[] (none)"
+
+
+@dataclass(frozen=True)
 class Weights(Spec):
     """A non-empty mapping {name: number > 0}."""
 
@@ -362,6 +375,10 @@ class Data(Section):
     v2_revisions: Any = key(OneOf(Null(), Revisions()),
                             "source=hub, benchmark v2 / both: the revision of each MMEB-V2 Hub repo (null or a "
                             "repo left out: main); the resolved commits go to the manifest")
+    v2_train_sets: Any = key(OneOf(Choice("all"), Names(), Empty()),
+                             "VLM2Vec-V2's training sources beside MMEB-train, under data/raw/V2-train (any source "
+                             "and benchmark): all, a list of colpali_train_set, visrag-indomain, video_caption_300k, "
+                             "video_caption_300k-video, video_qa_240k, or []; hub repos pinned by v2_revisions")
 
     def problems(self):
         if self.local_dir.startswith("~"):

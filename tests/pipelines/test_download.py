@@ -43,6 +43,7 @@ def data_params(**kw) -> dict:
         "benchmark": "v1",
         "v2_datasets": "all",
         "v2_revisions": None,
+        "v2_train_sets": [],
     }
     return {**base, **kw}
 

@@ -34,7 +34,7 @@ def test_params_yaml_is_the_default_profile():
     assert report["profile"] == "default" and report["differs"] == []
 
 
-@pytest.mark.parametrize("name", ["vlm2vec-v1", "vlm2vec-v2", "vlm2vec-v1-phi35v"])
+@pytest.mark.parametrize("name", ["vlm2vec-v1", "vlm2vec-v2", "vlm2vec-v1-phi35v", "vlm2vec-v2-full"])
 def test_apply_switches_in_place_keeps_comments_and_default_restores_the_bytes(params_file, name):
     before = params_file.read_text()
     changed = profiles.apply(profiles.load_profile(name), params_file, backbone="Qwen/Qwen2.5-VL-3B-Instruct")
