@@ -54,9 +54,14 @@ def _v1_side(raw: str, text: str, image: dict | None) -> dict:
             "template": raw.replace(text, "{text}", 1), "image": image}
 
 
+def frame_colour(dataset: str, i: int, f: int) -> tuple[int, int, int]:
+    """The colour of frame `f` of record `i`'s video in `dataset`."""
+    return (i * 40 + f * 9) % 256, (len(dataset) * 17 + f * 50) % 256, (i * 7 + 90) % 256
+
+
 def _frames(writer: ImageStoreWriter, dataset: str, i: int, frames: int, size: tuple[int, int]) -> list[dict]:
-    return [_picture(writer, ((i * 40 + f * 9) % 256, (len(dataset) * 17 + f * 50) % 256, (i * 7 + 90) % 256),
-                     size, f"{dataset}/video{i}/frame{f:03d}.jpg") for f in range(frames)]
+    return [_picture(writer, frame_colour(dataset, i, f), size, f"{dataset}/video{i}/frame{f:03d}.jpg")
+            for f in range(frames)]
 
 
 def v2_records(writer: ImageStoreWriter, rows: int, frames: int, frame_size: tuple[int, int],

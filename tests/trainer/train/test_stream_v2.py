@@ -1,0 +1,100 @@
+"""Streaming MMEB-V2 training pairs: video sides decode to frames, reach a Qwen2-VL batch as
+`pixel_values_videos`, and render exactly as evaluation renders the same side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipelines.shard import write_shards
+from tests.support.params import section
+from tests.support.v2_train import DOC, V1, VIDEO_CAPTION, VIDEO_RETRIEVAL, build_v2_train, frame_colour, v2_side
+from trainer.eval.evaluate_v2 import _Items
+from trainer.model.inputs import Collator, render_text
+from trainer.train import stream as D
+
+
+@pytest.fixture(scope="module")
+def v2_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v2stream")
+    train, store = build_v2_train(root, frames=2)
+    params = section("shard", workers=1, image_max_pixels=1024, image_size_multiple=28, max_rows_per_dataset=None,
+                     shuffle=False, seed=0, max_samples=100, max_bytes=1 << 20, image_max_side=1000)
+    write_shards(train, store, root / "shards", params)
+    return D.read_shards(root / "shards")
+
+
+def first_raw(shards, dataset) -> dict:
+    part = D._Part(next(s for s in shards if s.dataset == dataset))
+    return next(D._read_part(part))
+
+
+def test_a_video_side_decodes_to_its_frames_in_order(v2_shards):
+    record, images = D.decode_sample(first_raw(v2_shards, VIDEO_RETRIEVAL))
+    assert images["query"] is None
+    frames = images["target"]
+    assert isinstance(frames, list) and len(frames) == 2 and all(f.size == (28, 28) for f in frames)
+    assert [f.getpixel((0, 0)) for f in frames] == [frame_colour(VIDEO_RETRIEVAL, 0, f) for f in (0, 1)]
+    _, images = D.decode_sample(first_raw(v2_shards, DOC))
+    assert images["query"].size == (28, 28) and images["target"] is None
+    raw = first_raw(v2_shards, VIDEO_CAPTION)
+    del raw["query.f01.png"]
+    with pytest.raises(D.BadSample, match="query.f01.png"):
+        D.decode_sample(raw)
+
+
+def test_a_mixed_batch_gives_qwen2_vl_images_and_videos(qwen, v2_shards):
+    collator = Collator(qwen, max_text_tokens=32, image_max_pixels=1024)
+    ds = D.ContrastiveStream(v2_shards, D.StreamConfig(seed=0, global_batch=8, homogeneous_batch=2,
+                                                       gc_chunk_size=4), collator)
+    seen, videos = set(), 0
+    for step in range(6):
+        batch = ds.make_batch(step, {}, D.StreamPosition())
+        seen.update(batch["datasets"])
+        for side, video_dataset in (("query", VIDEO_CAPTION), ("target", VIDEO_RETRIEVAL)):
+            for c, chunk in enumerate(batch[side]):
+                expected = batch["datasets"][4 * c:4 * c + 4].count(video_dataset)  # its video rows
+                assert ("pixel_values_videos" in chunk) == bool(expected)
+                if expected:
+                    videos += expected
+                    # 2 frames: one temporal patch; 28 px frames -> 32 px on the tiny model's 16 px grid
+                    assert chunk["video_grid_thw"].tolist() == [[1, 4, 4]] * expected
+                    token = collator.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+                    assert int((chunk["input_ids"] == token).sum()) == 4 * expected  # 4x4 patches / merge 2x2
+    assert seen == {DOC, V1, VIDEO_CAPTION, VIDEO_RETRIEVAL} and videos > 0
+    assert batch["images"] == sum(2 if d in (VIDEO_CAPTION, VIDEO_RETRIEVAL) else 1 for d in batch["datasets"])
+
+
+@pytest.mark.parametrize("instructions", [True, False])
+def test_training_renders_a_v2_side_as_evaluation_does(qwen, v2_shards, instructions):
+    """Evaluation's V2 items (`trainer.eval.evaluate_v2`, native video) and the training loader's sides
+    give the Collator the same text and the same tensors."""
+    collator = Collator(qwen, max_text_tokens=32, image_max_pixels=1024, instructions=instructions)
+    for dataset, name in ((VIDEO_CAPTION, "query"), (VIDEO_RETRIEVAL, "target"), (DOC, "query"),
+                          (VIDEO_RETRIEVAL, "query")):
+        record, images = D.decode_sample(first_raw(v2_shards, dataset))
+        side, visual = record[name], images[name]
+        items = _Items()
+        item = items.items[items.side(json.loads(json.dumps(side)), native=True)[0]]
+        frames = len(visual) if isinstance(visual, list) else 0
+        texts = [render_text(s, qwen, instructions=instructions, has_image=visual is not None, has_video=frames)
+                 for s in (side, item)]
+        assert texts[0] == texts[1]
+        if not instructions and dataset == VIDEO_RETRIEVAL and name == "target":
+            assert texts[0] == "<|video_pad|>\nUnderstand the content of the provided video:\n"
+        train_batch, eval_batch = collator([side], [visual]), collator([item], [visual])
+        assert train_batch.keys() == eval_batch.keys()
+        assert all(torch.equal(train_batch[k], eval_batch[k]) for k in train_batch)
+
+
+def test_families_without_video_refuse_a_video_row_clearly(v2_shards):
+    from trainer.backbone.families import build_tiny
+
+    collator = Collator(build_tiny("llava", image_size=32), max_text_tokens=32)
+    record, images = D.decode_sample(first_raw(v2_shards, VIDEO_CAPTION))
+    with pytest.raises(ValueError, match="takes no video input"):
+        collator.validate([record["query"]], [images["query"]])
+    ok = v2_side("a text side")
+    collator.validate([ok], [None])
