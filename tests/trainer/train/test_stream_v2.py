@@ -98,3 +98,18 @@ def test_families_without_video_refuse_a_video_row_clearly(v2_shards):
         collator.validate([record["query"]], [images["query"]])
     ok = v2_side("a text side")
     collator.validate([ok], [None])
+
+
+def test_mined_batches_draw_unmined_v2_records_at_random(qwen, v2_shards, tmp_path, caplog):
+    """Round two's mined batches (`trainer.train.clusters`): the mine stage skips V2 datasets, so they
+    have no kNN graph; their records are fallback records, read by id with their frames."""
+    from trainer.train.clusters import ClusterStream
+
+    collator = Collator(qwen, max_text_tokens=32, image_max_pixels=1024)
+    ds = ClusterStream(v2_shards, D.StreamConfig(seed=0, global_batch=8), collator, mined_root=tmp_path,
+                       cluster_size=2)
+    counts = ds.summary(4)["datasets"]
+    assert counts[VIDEO_CAPTION]["no_neighbours"] == counts[VIDEO_CAPTION]["records"] == 4
+    assert f"every record of {VIDEO_RETRIEVAL} is drawn at random" in caplog.text
+    batches = [ds.make_batch(step, {}, None) for step in range(4)]
+    assert any("pixel_values_videos" in b["query"][0] or "pixel_values_videos" in b["target"][0] for b in batches)
