@@ -74,12 +74,9 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--side", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    for name, default in (("batch", 32), ("frames", 8), ("side", 64), ("threads", 2), ("rounds", 5)):
+        parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank; 0: full fine-tuning")
-    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="cpu: the process's CPU time, steadier than wall time on a shared machine")
     args = parser.parse_args()
