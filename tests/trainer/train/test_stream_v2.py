@@ -113,3 +113,34 @@ def test_mined_batches_draw_unmined_v2_records_at_random(qwen, v2_shards, tmp_pa
     assert f"every record of {VIDEO_RETRIEVAL} is drawn at random" in caplog.text
     batches = [ds.make_batch(step, {}, None) for step in range(4)]
     assert any("pixel_values_videos" in b["query"][0] or "pixel_values_videos" in b["target"][0] for b in batches)
+
+
+def test_a_video_hard_negative_is_sharded_decoded_and_collated(qwen):
+    """VLM2Vec-V2's pairs come without negatives, but a V2 record may hold some: a video negative's
+    frames are members `neg0.fNN`, decode to frames and are collated as a video row."""
+    import hashlib
+
+    from pipelines.imagestore import StoredImage
+    from pipelines.shard import build_sample
+    from tests.support.images import image_bytes
+
+    store = {}
+    for colour in ((10, 20, 30), (40, 50, 60)):
+        data = image_bytes(colour, size=(32, 32), fmt="PNG")
+        store[hashlib.sha256(data).hexdigest()] = StoredImage(hashlib.sha256(data).hexdigest(), data, 32, 32, "PNG")
+    frames = [{"sha256": sha, "path": f"f{i}.png", "width": 32, "height": 32} for i, sha in enumerate(store)]
+    record = {"id": "Syn-V2/train/0", "dataset": "Syn-V2", "split": "train", "modality": "video",
+              "meta_task": "retrieval", "query": v2_side("Find a video of two colours"),
+              "target": v2_side("<|video_1|> two colours", video=frames),
+              "negatives": [v2_side("<|video_1|> the same colours reversed", video=frames[::-1])]}
+    sample = build_sample(record, store, max_side=1000, max_pixels=1024, multiple=16)
+    members = {name.partition(".")[2]: data for name, data in sample.members}
+    assert sorted(members) == ["json", "neg0.f00.png", "neg0.f01.png", "target.f00.png", "target.f01.png"]
+    record, images = D.decode_sample(members, 1024, negatives=1)
+    assert [f.getpixel((0, 0)) for f in images["neg0"]] == [(40, 50, 60), (10, 20, 30)]
+    collator = Collator(qwen, max_text_tokens=32, image_max_pixels=1024)
+    ds = D.ContrastiveStream([D.Shard("unused.tar", "Syn-V2", 1)], D.StreamConfig(seed=0, global_batch=1,
+                                                                                  hard_negatives=1), collator)
+    batch = ds.collate([record], [images])
+    assert batch["negative_mask"].tolist() == [[True]] and batch["images"] == 4
+    assert batch["negatives"][0]["video_grid_thw"].tolist() == [[1, 4, 4]]  # 32 px, patch 8: 4 x 4
