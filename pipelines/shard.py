@@ -18,6 +18,18 @@ One sample per record, key = `schema.sample_key(record id)`:
     <key>.target.<ext>
     <key>.neg<i>.<ext>
 
+MMEB-V2 training pairs (`pipelines.schema.V2_TRAIN_SCHEMA`: a dataset whose parts all have it) are
+sharded the same way. Their JSON holds the V2 record's fields (id, dataset, split, modality, meta_task,
+query, target, negatives; each side a V2_SIDE); a side's page image is a member like any image, and a
+video side's frames are members too, one per frame in temporal order:
+
+    <key>.query.f00.<ext>, <key>.query.f01.<ext>, ...   (the `video` list's refs, each with its
+                                                         `member` and `member_sha256`)
+
+Each frame is fitted exactly as an image is (same caps, same grid). The index entry of such a dataset
+adds `modality` and `videos` (video sides written; their frames count in `images`); with mined
+negatives it gets none (`mined_skipped`, `MINED_SKIP_V2`: the mine stage skips V2 records).
+
 Image bytes are the image store's bytes unchanged, except when the image has more than
 `max_image_pixels` pixels (set it to the training resolution, `train.image_max_pixels`: the image is
 then scaled with the collator's own rule, `images.max_pixels_size`, so training decodes a smaller file
@@ -75,13 +87,15 @@ from pipelines.images import max_pixels_size, snapped_size
 from pipelines.imagestore import StoredImage, without_pandas
 from pipelines.mined import MinedJoin
 from pipelines.params import Shard
-from pipelines.schema import RECORD_SCHEMA, sample_key
+from pipelines.schema import RECORD_SCHEMA, V2_TRAIN_SCHEMA, is_v2_train_schema, sample_key
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vlm2vec-wds/1"
 INDEX_FILE = "index.json"
 BATCH_ROWS = 64  # records read (and their images fetched) per batch: bounds memory
+# why a V2_TRAIN_SCHEMA dataset gets no mined negatives: the mine stage skips it (`trainer.mine`)
+MINED_SKIP_V2 = "v2_train_schema: the mine stage does not mine video / visual-document pairs"
 
 # PIL format name of the stored bytes -> tar member extension
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
@@ -135,12 +149,29 @@ def record_parts(dataset_dir: Path) -> list[Path]:
 
 
 def check_schema(path: Path, schema: pa.Schema) -> None:
-    """Raise ValueError unless `schema` has RECORD_SCHEMA's field names and types (in order)."""
+    """Raise ValueError unless `schema` has RECORD_SCHEMA's field names and types (in order), or is
+    V2_TRAIN_SCHEMA (MMEB-V2's video and visual-document pairs, `pipelines.schema.is_v2_train_schema`)."""
     got = [(f.name, f.type) for f in schema]
     want = [(f.name, f.type) for f in RECORD_SCHEMA]
-    if got != want:
-        raise ValueError(f"{path}: schema differs from pipelines.schema.RECORD_SCHEMA:\n"
+    if got != want and not is_v2_train_schema(schema):
+        raise ValueError(f"{path}: schema differs from pipelines.schema.RECORD_SCHEMA (and V2_TRAIN_SCHEMA):\n"
                          f"  got  {schema}\n  want {RECORD_SCHEMA}")
+
+
+def dataset_schema(dataset_dir: Path) -> pa.Schema:
+    """The records' schema of one dataset: RECORD_SCHEMA or V2_TRAIN_SCHEMA, the same in every part
+    (ValueError otherwise, or for a dataset without parts)."""
+    parts = record_parts(dataset_dir)
+    if not parts:
+        raise ValueError(f"{dataset_dir}: no part-*.parquet")
+    v2 = set()
+    for part in parts:
+        schema = pq.ParquetFile(part).schema_arrow
+        check_schema(part, schema)
+        v2.add(is_v2_train_schema(schema))
+    if len(v2) > 1:
+        raise ValueError(f"{dataset_dir}: parts mix RECORD_SCHEMA and V2_TRAIN_SCHEMA")
+    return V2_TRAIN_SCHEMA if v2.pop() else RECORD_SCHEMA
 
 
 def iter_record_batches(dataset_dir: Path, batch_rows: int = BATCH_ROWS, columns: list[str] | None = None,
@@ -169,7 +200,7 @@ def iter_records_in_order(dataset_dir: Path, order: list[int], batch_rows: int =
         pf = pq.ParquetFile(part)
         check_schema(part, pf.schema_arrow)
         tables.append(pf.read())
-    table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+    table = pa.concat_tables(tables) if tables else dataset_schema(dataset_dir).empty_table()
     for start in range(0, len(order), batch_rows):
         yield table.take(order[start:start + batch_rows]).to_pylist()
 
@@ -185,8 +216,17 @@ def record_sides(record: dict) -> list[tuple[str, dict]]:
     return sides
 
 
+def side_refs(side: dict | None) -> list[dict]:
+    """The image refs of a side: its image, or its video's frames in order (V2_SIDE), or none."""
+    if not side:
+        return []
+    if side.get("video"):
+        return list(side["video"])
+    return [side["image"]] if side.get("image") else []
+
+
 def record_image_shas(record: dict) -> list[str]:
-    return [side["image"]["sha256"] for _, side in record_sides(record) if side and side.get("image")]
+    return [ref["sha256"] for _, side in record_sides(record) for ref in side_refs(side)]
 
 
 # --- local copy of the images the records need --------------------------------------------------
@@ -347,28 +387,46 @@ class Sample:
 
 def build_sample(record: dict, images: dict[str, StoredImage], max_side: int,
                  max_pixels: int | None = None, multiple: int | None = None) -> Sample:
-    """One record as tar members: `<key>.json` first, then the images sorted by member name."""
+    """One record as tar members: `<key>.json` first, then the images sorted by member name. A video
+    side's frames (V2_SIDE) are members `<stem>.fNN.<ext>` (NN: the frame's position, zero-padded),
+    each fitted like an image; its `video` list keeps the frame refs in order, each with its member."""
     key = sample_key(record["id"])
     doc = dict(record)
     image_members: list[tuple[str, bytes]] = []
     resized = 0
     new_sides: dict[str, dict] = {}
     for stem, side in record_sides(record):
+        if side is not None and side.get("video"):
+            digits = max(2, len(str(len(side["video"]) - 1)))
+            frames = []
+            for j, ref in enumerate(side["video"]):
+                member, ref, data, was_resized = _member(f"{stem}.f{j:0{digits}d}", ref, images, max_side,
+                                                         max_pixels, multiple)
+                image_members.append((f"{key}.{member}", data))
+                frames.append(ref)
+                resized += was_resized
+            new_sides[stem] = {**side, "video": frames}
+            continue
         if side is None or side.get("image") is None:
             new_sides[stem] = side
             continue
-        ref = side["image"]
-        fitted = fit_image(images[ref["sha256"]], max_side, max_pixels, multiple)
-        member = f"{stem}.{fitted.ext}"
-        image_members.append((f"{key}.{member}", fitted.bytes))
-        resized += fitted.resized
-        new_sides[stem] = {**side, "image": {
-            **ref, "width": fitted.width, "height": fitted.height, "member": member,
-            "member_sha256": hashlib.sha256(fitted.bytes).hexdigest() if fitted.resized else ref["sha256"],
-        }}
+        member, ref, data, was_resized = _member(stem, side["image"], images, max_side, max_pixels, multiple)
+        image_members.append((f"{key}.{member}", data))
+        resized += was_resized
+        new_sides[stem] = {**side, "image": ref}
     doc["query"], doc["target"] = new_sides["query"], new_sides["target"]
     doc["negatives"] = [new_sides[f"neg{i}"] for i in range(len(record["negatives"] or []))]
     return Sample(key, [(f"{key}.json", json_bytes(doc))] + sorted(image_members), resized)
+
+
+def _member(stem: str, ref: dict, images: dict[str, StoredImage], max_side: int, max_pixels: int | None,
+            multiple: int | None) -> tuple[str, dict, bytes, bool]:
+    """(member name, the ref as the sample JSON holds it, member bytes, resized) of one image or frame."""
+    fitted = fit_image(images[ref["sha256"]], max_side, max_pixels, multiple)
+    member = f"{stem}.{fitted.ext}"
+    return member, {**ref, "width": fitted.width, "height": fitted.height, "member": member,
+                    "member_sha256": hashlib.sha256(fitted.bytes).hexdigest() if fitted.resized else ref["sha256"],
+                    }, fitted.bytes, fitted.resized
 
 
 # --- deterministic tars -----------------------------------------------------------------------
@@ -431,6 +489,9 @@ class DatasetShards:
     shards: list[ShardInfo] = field(default_factory=list)
     mined: int | None = None  # with mined negatives: records that got them (`pipelines.mined`)
     unmined: int | None = None  # ... and records the mined file did not cover
+    modality: str | None = None  # V2_TRAIN_SCHEMA datasets only: "image" | "video" | "visdoc"
+    videos: int | None = None  # ... and the video sides written (their frames count in `images`)
+    mined_skipped: str | None = None  # with mined negatives: why this dataset got none (V2 records)
 
 
 class ShardWriter:
@@ -500,7 +561,14 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
     dataset_dir = Path(dataset_dir)
     dataset = dataset_dir.name
     result = DatasetShards(dataset)
-    join = MinedJoin.load(mined, dataset_dir) if mined is not None else None
+    v2 = is_v2_train_schema(dataset_schema(dataset_dir))
+    if v2:
+        result.videos = 0
+    join = None
+    if mined is not None and v2:
+        result.mined_skipped = MINED_SKIP_V2
+    elif mined is not None:
+        join = MinedJoin.load(mined, dataset_dir)
     cache = ImageCache(cache_path)
     writer = ShardWriter(out_root, dataset, params.max_samples, params.max_bytes)
     seen: set[str] = set()
@@ -526,19 +594,24 @@ def shard_dataset(dataset_dir: Path, cache_path: Path, out_root: Path, params: S
                 seen.add(record["id"])
                 if result.meta_task is None:
                     result.meta_task = record["meta_task"]
-                    result.distribution = record["distribution"]
+                    result.distribution = record.get("distribution")  # V2 records have none
                     result.split = record["split"]
+                    result.modality = record.get("modality")
                 sample = build_sample(record, images, params.image_max_side, params.image_max_pixels,
                                       params.image_size_multiple)
                 writer.add(sample)
                 result.samples += 1
                 result.images += len(sample.members) - 1
                 result.resized_images += sample.resized
+                if v2:
+                    result.videos += sum(bool(side and side.get("video")) for _, side in record_sides(record))
             bar.update(len(records))
         result.shards = writer.close()
     finally:
         bar.close()
         cache.close()
+    if result.mined_skipped:
+        log.warning("%s: no mined negatives (%s)", dataset, result.mined_skipped)
     if join is not None:
         result.mined, result.unmined = join.mined, join.unmined
         if join.unmined:
@@ -561,7 +634,7 @@ def _all_shas(dirs: list[Path], params: Shard, mined: Path | None = None) -> Ite
     """The image shas of the records to shard (the selected ones, under `max_rows_per_dataset`), their
     mined negatives' included."""
     for d in dirs:
-        join = MinedJoin.load(mined, d) if mined is not None else None
+        join = MinedJoin.load(mined, d) if mined is not None and not is_v2_train_schema(dataset_schema(d)) else None
         selected = selected_rows(params, d.name, count_records(d))
         for records in iter_record_batches(d, 4096, ["id", "query", "target", "negatives"], selected):
             for record in records:
@@ -580,6 +653,10 @@ def build_index(params: Shard, results: list[DatasetShards]) -> dict:
         }
         if r.mined is not None:
             datasets[r.dataset].update(mined=r.mined, unmined=r.unmined)
+        if r.videos is not None:  # V2_TRAIN_SCHEMA datasets (V1 entries keep their keys)
+            datasets[r.dataset].update(modality=r.modality, videos=r.videos)
+        if r.mined_skipped is not None:
+            datasets[r.dataset]["mined_skipped"] = r.mined_skipped
     shards = [asdict(s) for r in results for s in r.shards]
     return {
         "format": FORMAT,

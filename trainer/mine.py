@@ -31,6 +31,12 @@ metrics/mine.json (per dataset: queries, pool, kept, dropped by reason, queries 
 left with none, records without a target, score statistics). Both are byte-deterministic for fixed
 inputs (the vectors come from fixed batches; no timings in the files).
 
+MMEB-V2 training pairs (a dataset in `pipelines.schema.V2_TRAIN_SCHEMA`: page images, videos) are not
+mined: VLM2Vec-V2 trains them without hard negatives, and mining them would embed every video of the
+set. Each is skipped with a warning and listed under ``skipped`` in metrics/mine.json with its reason
+(`SKIP_V2`); the mined shards keep its records as they are (`pipelines.shard`, ``mined_skipped``) and
+mined batches draw its records at random (`trainer.train.clusters`, no kNN graph).
+
 Bad input is accounted, never a crash or a silent gap: a pool smaller than ``top_k + 1`` keeps what
 there is (``short_pool`` in the metrics, a warning); a query whose every candidate is filtered gets no
 negatives (status ``all_filtered``); a record without a target (a null or empty target side) is
@@ -56,6 +62,7 @@ import pyarrow.parquet as pq
 from pipelines import files
 from pipelines.errors import StageFailed
 from pipelines.params import Mine
+from pipelines.schema import is_v2_train_schema
 from trainer.eval.protocol import ImageLoader, content_key, encode_items
 from trainer.search import top_k
 
@@ -75,6 +82,7 @@ MINED_SCHEMA = pa.schema([
 ])
 WRITE_OPTIONS = dict(compression="zstd", write_statistics=False, use_dictionary=False)
 CACHE_PREFIX = "train"  # cache keys train/<dataset>/<item key>: apart from eval's <dataset>/<item key>
+SKIP_V2 = "v2_train_schema"  # metrics' reason for a dataset of MMEB-V2 training pairs left unmined
 
 
 @dataclass(frozen=True)
@@ -317,9 +325,14 @@ def mine(params: Mine, settings: EncodeSettings, paths: MinePaths = MinePaths(),
                            cache_settings(settings.image_max_pixels, settings.batch_size)) if settings.cache else None
     images = ImageLoader(paths.images, settings.image_max_pixels)
     report: dict[str, Any] = {"model": str(paths.model), "fingerprint": model.fingerprint,
-                              "params": params.to_dict(), "datasets": {}}
+                              "params": params.to_dict(), "datasets": {}, "skipped": {}}
     with files.atomic_dir(paths.out) as tmp:
         for d in datasets:
+            if is_v2_records(d):
+                log.warning("%s: MMEB-V2 training pairs (video / visual documents) are not mined; its records keep "
+                            "no mined negatives", d.name)
+                report["skipped"][d.name] = SKIP_V2
+                continue
             started = time.perf_counter()
             ts = load_train_set(d)
             emb, stats = encode_items(model, ts.items, [f"{CACHE_PREFIX}/{ts.dataset}/{k}" for k in ts.keys],
@@ -332,8 +345,15 @@ def mine(params: Mine, settings: EncodeSettings, paths: MinePaths = MinePaths(),
             _log_dataset(ts.dataset, entry, stats, time.perf_counter() - started, params)
     report["total"] = {k: sum(e[k] for e in report["datasets"].values()) for k in ("queries", "kept")}
     report["total"]["dropped"] = {why: sum(e["dropped"][why] for e in report["datasets"].values()) for why in REASONS}
+    report["total"]["skipped"] = len(report["skipped"])
     files.write_json(paths.metrics, report, sort_keys=True, indent=1)
     return report
+
+
+def is_v2_records(dataset_dir: Path) -> bool:
+    """Whether a train dataset holds MMEB-V2 training pairs (its first part has V2_TRAIN_SCHEMA)."""
+    parts = sorted(Path(dataset_dir).glob("part-*.parquet"))
+    return bool(parts) and is_v2_train_schema(pq.ParquetFile(parts[0]).schema_arrow)
 
 
 def positive_scores(ts: TrainSet, emb: np.ndarray) -> np.ndarray:

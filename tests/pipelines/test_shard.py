@@ -517,3 +517,26 @@ def test_shuffle_writes_each_datasets_records_in_a_seeded_random_order(normalize
     chosen = selected_rows(capped, "Syn-A", 23)
     assert sorted(row_order(capped, "Syn-A", 23, chosen)) == sorted(chosen)
     assert row_order(PARAMS, "Syn-A", 23, None) is None
+
+
+# sha256 over (relative path, bytes) of every file the shard stage wrote for the `normalized` fixture,
+# as pipelines/shard.py wrote them before it took MMEB-V2 training pairs: V1 shards must not change
+V1_TREE_DIGESTS = {
+    "plain": "72af547a3c3ad0868e08716c7f3bd5c7159a362cd4f09eddede26c061e5b419e",
+    "scaled": "f219c1177b7fc1ae0ecbba624ccc7bc3c770cfd86c4c1a39db5788373a70f71b",
+}
+
+
+@pytest.mark.parametrize("name", sorted(V1_TREE_DIGESTS))
+def test_v1_shard_bytes_are_pinned(normalized, sharded, tmp_path, name):
+    train, store, _, _ = normalized
+    out = sharded[0]
+    if name == "scaled":  # pre-scaled, on the 28 grid, shuffled
+        out = tmp_path / "scaled"
+        write_shards(train, store, out, shard_params(max_samples=7, max_bytes=1 << 20, image_max_side=MAX_SIDE,
+                                                     image_max_pixels=900, image_size_multiple=28, shuffle=True,
+                                                     seed=3))
+    h = hashlib.sha256()
+    for path, data in tree_bytes(out).items():
+        h.update(path.encode() + b"\0" + data)
+    assert h.hexdigest() == V1_TREE_DIGESTS[name]

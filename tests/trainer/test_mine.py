@@ -143,3 +143,20 @@ def test_an_embedder_of_another_base_is_refused(tmp_path):
     (paths.model / "merged" / "backbone.json").unlink()
     with pytest.raises(StageFailed, match="run the train stage"):
         run(tmp_path, paths)
+
+
+def test_mmeb_v2_training_pairs_are_skipped_and_counted(tmp_path, caplog):
+    """Datasets of MMEB-V2 page and video pairs are left unmined, each with its reason in the metrics."""
+    import shutil
+
+    from tests.support.v2_train import DOC, VIDEO_CAPTION, VIDEO_RETRIEVAL, build_v2_train
+
+    paths = write_layout(tmp_path)
+    v2_train, _ = build_v2_train(tmp_path / "v2", v1=False)
+    for d in (DOC, VIDEO_CAPTION, VIDEO_RETRIEVAL):
+        shutil.copytree(v2_train / d, paths.records / d)
+    report, rows = run(tmp_path, paths, top_k=2)
+    assert report["skipped"] == {d: "v2_train_schema" for d in (DOC, VIDEO_CAPTION, VIDEO_RETRIEVAL)}
+    assert report["total"]["skipped"] == 3 and list(report["datasets"]) == ["Syn-A"] and len(rows) == 7
+    assert sorted(p.name for p in paths.out.iterdir()) == ["Syn-A.parquet"]
+    assert f"{VIDEO_CAPTION}: MMEB-V2 training pairs (video / visual documents) are not mined" in caplog.text

@@ -5,7 +5,7 @@ second: a GPT-2 style byte-level BPE (any text is encodable, no unknown tokens) 
 the model family's special tokens (see `trainer.backbone.families.family_special_tokens`).
 
 The corpus is either the synthetic train data (`corpus_from_normalized`: the query / target / negative
-strings of data/normalized/train with MMEB's image placeholder removed) or, when no data is at hand
+strings of data/normalized/train with MMEB's image and video placeholders removed) or, when no data is at hand
 (unit tests), a small generated set of scene sentences (`default_corpus`).
 """
 
@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from pipelines.schema import IMAGE_TOKEN
+from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _side_strings(side: dict | None) -> Iterator[str]:
     if not side:
         return
     raw = side.get("raw") or ""
-    text = raw.replace(IMAGE_TOKEN, "").strip()
+    text = raw.replace(IMAGE_TOKEN, "").replace(VIDEO_TOKEN, "").strip()  # V2 pairs have video ones
     if text:
         yield text
 

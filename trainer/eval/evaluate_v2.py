@@ -50,7 +50,7 @@ from trainer.eval import v2_scores
 from trainer.eval.metrics import Relevance, dataset_metrics
 from trainer.eval.protocol import Encoder, ImageLoader, content_key, encode_items
 from trainer.eval.ranking import rank_global, rank_local
-from trainer.model.inputs import FRAME_IMAGE_FAMILIES
+from trainer.model.inputs import FRAME_IMAGE_FAMILIES, v2_text
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def dataset_version(folder: Path) -> str:
 
 
 def _text(raw: str) -> str:
-    return raw.replace(IMAGE_TOKEN, "").replace(VIDEO_TOKEN, "").strip()
+    return v2_text(raw)  # what training renders of a V2 side without instructions (`trainer.model.inputs`)
 
 
 class _Items:

@@ -260,40 +260,47 @@ _VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projecto
 
 
 class ImageFeatureCache:
-    """Image features of GradCache's no-grad pass, replayed in its pass with grad.
+    """Image (and video) features of GradCache's no-grad pass, replayed in its pass with grad.
 
     GradCache embeds every chunk twice: without grad (to get the embeddings the loss is computed on)
     and again with grad. When nothing in the vision tower and projector is trained (LoRA on the
     language model, as VLM2Vec trains) and nothing there draws random numbers, the second vision
     forward computes exactly what the first did and nothing back-propagates into it: ``record()``
-    keeps the output of every ``get_image_features`` call of the first pass, ``replay()`` returns
-    them, in the same order, instead of running the tower again. The vision tower then runs once
-    per chunk instead of twice. Each replayed call is checked against the recorded one's
-    ``pixel_values`` shape, and a replay that does not consume every record raises.
+    keeps the output of every ``get_image_features`` call of the first pass (and of every
+    ``get_video_features`` call, Qwen2-VL / Qwen2.5-VL's video frames through the same tower),
+    ``replay()`` returns them, in the same order, instead of running the tower again. The vision
+    tower then runs once per chunk instead of twice. Each replayed call is checked against the
+    recorded one's method and ``pixel_values`` shape, and a replay that does not consume every
+    record raises.
     """
 
     def __init__(self, inner: torch.nn.Module):
         self.mode: str | None = None
-        self.records: list[tuple[tuple[int, ...], object]] = []
+        self.records: list[tuple[tuple, object]] = []
         self.position = 0
-        original = inner.get_image_features
+        for name in ("get_image_features", "get_video_features"):
+            if callable(getattr(inner, name, None)):
+                setattr(inner, name, self._wrap(name, getattr(inner, name)))
 
-        def get_image_features(pixel_values, *args, **kwargs):
+    def _wrap(self, name: str, original):
+        def get_features(pixel_values, *args, **kwargs):
+            key = (name, *pixel_values.shape)
             if self.mode == "replay":
                 if self.position >= len(self.records):
                     raise RuntimeError("image feature replay: more image calls than the no-grad pass made")
-                shape, out = self.records[self.position]
+                recorded, out = self.records[self.position]
                 self.position += 1
-                if shape != tuple(pixel_values.shape):
-                    raise RuntimeError(f"image feature replay: pixel_values {tuple(pixel_values.shape)}, "
-                                       f"recorded {shape}: chunks must be embedded in the same order")
+                if recorded != key:
+                    raise RuntimeError(f"image feature replay: {name} of pixel_values {tuple(pixel_values.shape)}, "
+                                       f"recorded {recorded[0]} of {recorded[1:]}: chunks must be embedded in the "
+                                       "same order")
                 return out
             out = original(pixel_values, *args, **kwargs)
             if self.mode == "record":
-                self.records.append((tuple(pixel_values.shape), out))
+                self.records.append((key, out))
             return out
 
-        inner.get_image_features = get_image_features
+        return get_features
 
     @contextlib.contextmanager
     def record(self):

@@ -22,6 +22,11 @@ forward with rows that have pixels (transformers counts every image token of the
 image features), so the Collator marks such rows (`stray_token`) and `trainer.model.embedder`
 encodes the text rows of such a batch apart.
 
+MMEB-V2 sides (`pipelines.schema.V2_SIDE`: training pairs from the shards, evaluation items) render
+by the same rules from their `raw`. They have no instruction / text split, so `instructions=False`
+keeps their whole raw text without its placeholders (`side_text`, `v2_text`): training and evaluation
+give such a side the same text either way.
+
 Collation (`Collator`) turns a mixed batch (some rows with an image, some without) into one dict of
 tensors. Text is truncated to `max_text_tokens` BEFORE the processor expands the image token, so an
 image's tokens are never cut (the crash of VLM2Vec issues #38/#79). Rows with and without images are
@@ -96,6 +101,22 @@ def _strip_placeholder(raw: str) -> str:
     return out
 
 
+def side_text(side: dict) -> str:
+    """The content part of a side, what `instructions=False` keeps: a V1 SIDE's `text`. An MMEB-V2 side
+    (`pipelines.schema.V2_SIDE`, training pair or evaluation item) has no instruction / text split, so
+    its `raw` without its image and video placeholders, stripped: the instruction stays (logged once)."""
+    if "text" in side:  # a V1 SIDE, or an evaluation item (a V2 one's text is `v2_text` of its raw)
+        return side["text"] or ""
+    _warn_once("v2_text", "MMEB-V2 sides have no instruction / text split: without instructions they keep "
+               "their whole raw text, placeholders removed (as evaluation renders them)")
+    return v2_text(side.get("raw") or "")
+
+
+def v2_text(raw: str) -> str:
+    """An MMEB-V2 side's text without instructions: `raw` without its placeholders, stripped."""
+    return raw.replace(IMAGE_TOKEN, "").replace(VIDEO_TOKEN, "").strip()
+
+
 def render_text(side: dict, backbone, *, instructions: bool = True, has_image: bool,
                 stray_image_token: str = "strip", has_video: int = 0) -> str:
     """The text fed to the backbone for one SIDE (see the module docstring).
@@ -120,7 +141,7 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
     raw = side.get("raw") or ""
     expected = int(has_image)  # image tokens in the result
     if fmt.kind == "dual":
-        text = _strip_placeholder(raw).strip() if instructions else (side.get("text") or "").strip()
+        text = _strip_placeholder(raw).strip() if instructions else side_text(side).strip()
     elif instructions:
         n = raw.count(IMAGE_TOKEN)
         if has_image:
@@ -141,7 +162,7 @@ def render_text(side: dict, backbone, *, instructions: bool = True, has_image: b
                 _warn_once("strip", "removing %s from sides without an image (WebQA/EDIS quirk)", IMAGE_TOKEN)
             text = _strip_placeholder(raw)
     else:
-        body = (side.get("text") or "").strip()
+        body = side_text(side).strip()
         parts = ([fmt.image_token] if has_image else []) + ([body] if body else [])
         text = "\n".join(parts) + "\n" if parts else ""
     if not has_image and not text.strip():
@@ -169,7 +190,7 @@ def _render_video(side: dict, fmt: PromptFormat, instructions: bool, frames: int
         raise ValueError(f"a side with a video needs exactly one {VIDEO_TOKEN} and no image placeholder: {raw[:80]!r}")
     if instructions:
         return raw.replace(VIDEO_TOKEN, token)
-    body = (side.get("text") or "").strip()
+    body = side_text(side).strip()
     return f"{token}\n" + (f"{body}\n" if body else "")
 
 

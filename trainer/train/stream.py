@@ -33,7 +33,8 @@ How a global step is built
    ceil(shuffle_buffer * p_d))``, so a worker holds about ``shuffle_buffer`` raw samples across all
    datasets instead of ``shuffle_buffer`` per dataset. Epochs roll over forever.
 4. **Decode and collate in the worker**: images are decoded with PIL (JPEGs much larger than
-   ``image_max_pixels`` at a reduced DCT scale, see `decode_image`), the local batch is collated
+   ``image_max_pixels`` at a reduced DCT scale, see `decode_image`), a video side of an MMEB-V2
+   pair to its list of frames (the Collator's video row), the local batch is collated
    with the model's `Collator` (in ``gc_chunk_size`` chunks when GradCache is on: "late
    processing"), and up to ``hard_negatives`` explicit negatives per query come from the record.
 
@@ -421,9 +422,11 @@ def used_sides(record: Mapping[str, Any], negatives: int | None = None) -> list[
 
 
 def decode_sample(raw: Mapping[str, Any], max_pixels: int | None = None,
-                  negatives: int | None = None) -> tuple[dict, dict[str, Image.Image | None]]:
+                  negatives: int | None = None) -> tuple[dict, dict[str, Image.Image | list[Image.Image] | None]]:
     """(record, images by side name) of a raw webdataset sample. Side names: "query", "target",
-    "neg0", "neg1", ...; a side without an image maps to None. Raises BadSample.
+    "neg0", "neg1", ...; a side without an image maps to None, a video side (an MMEB-V2 record's
+    V2_SIDE with `video`) to its frames, a list of PIL images in temporal order, which the Collator
+    takes as a video row. Raises BadSample.
     ``max_pixels``: see `decode_image`. ``negatives``: decode only the first that many negatives
     (those `train.hard_negatives` uses; None = all): a bad negative that is never used costs
     neither its decoding nor its pair."""
@@ -431,19 +434,26 @@ def decode_sample(raw: Mapping[str, Any], max_pixels: int | None = None,
         record = json.loads(raw["json"])
     except Exception as exc:
         raise BadSample(f"unreadable record JSON: {exc}") from exc
-    images: dict[str, Image.Image | None] = {}
+    images: dict[str, Image.Image | list[Image.Image] | None] = {}
     for name, side in used_sides(record, negatives):
         if not isinstance(side, dict):
             raise BadSample(f"record {record.get('id')}: side {name} is missing")
-        ref = side.get("image")
-        if ref is None:
+        video, ref = side.get("video"), side.get("image")
+        if video:
+            images[name] = [_decode_member(raw, frame, record, name, max_pixels) for frame in video]
+        elif ref is None:
             images[name] = None
-            continue
-        member = str(ref.get("member", "")).lower()
-        if member not in raw:
-            raise BadSample(f"record {record.get('id')}: image member {member!r} of {name} not in the sample")
-        images[name] = decode_image(raw[member], max_pixels)
+        else:
+            images[name] = _decode_member(raw, ref, record, name, max_pixels)
     return record, images
+
+
+def _decode_member(raw: Mapping[str, Any], ref: Mapping[str, Any], record: dict, name: str,
+                   max_pixels: int | None) -> Image.Image:
+    member = str(ref.get("member", "")).lower()
+    if member not in raw:
+        raise BadSample(f"record {record.get('id')}: image member {member!r} of {name} not in the sample")
+    return decode_image(raw[member], max_pixels)
 
 
 # --- the IterableDataset ----------------------------------------------------------------------
@@ -483,6 +493,11 @@ class StreamConfig:
         return self.global_batch // self.world_size
 
 
+def _pictures(image) -> int:
+    """Pictures a side gives the model: its video's frames, its image, or none."""
+    return len(image) if isinstance(image, list) else int(image is not None)
+
+
 def _chunks(items: list, size: int) -> list[list]:
     if size <= 0 or size >= len(items):
         return [items]
@@ -501,7 +516,7 @@ class ContrastiveStream(IterableDataset):
         negative_mask         None, or a bool [pairs, K] tensor: False for a padded slot (`pick_negatives`)
         ids, datasets         record id and dataset of each pair, in batch order
         position              {dataset: [epoch, offset]} of the slot after this batch
-        pairs, images         counts (throughput)
+        pairs, images         counts (throughput; a video counts its frames)
         quarantined           samples replaced because they could not be decoded or collated
         padded_negatives      negative slots padded (records with fewer than K negatives), masked out
 
@@ -615,10 +630,10 @@ class ContrastiveStream(IterableDataset):
             "ids": [r["id"] for r in records], "datasets": [r["dataset"] for r in records],
             "pairs": len(records),
         }
-        n_images = sum(i is not None for i in query_images + target_images)
+        n_images = sum(map(_pictures, query_images + target_images))
         if k > 0:
             neg_sides, neg_images, mask = self.pick_negatives(records, images)
-            n_images += sum(i is not None for i in neg_images)
+            n_images += sum(map(_pictures, neg_images))
             nchunk = chunk * k if chunk else 0
             batch["negatives"] = [self.collator(s, i) for s, i in
                                   zip(_chunks(neg_sides, nchunk), _chunks(neg_images, nchunk))]

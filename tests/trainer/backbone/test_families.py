@@ -331,6 +331,21 @@ def test_tokenizer_from_normalized_corpus(normalized):
         list(corpus_from_normalized(normalized / "nowhere"))
 
 
+def test_mmeb_v2_pairs_give_the_tokenizer_text_and_the_warm_up_no_examples(tmp_path):
+    """V2 training pairs beside V1 records: their strings join the tokenizer's corpus without the video
+    placeholder; the generative warm-up takes no example from them (no V1 text field), counted."""
+    from tests.support.v2_train import build_v2_train
+    from trainer.backbone.pretrain import load_examples
+    from trainer.backbone.tokenizer import corpus_from_normalized
+
+    train_dir, store = build_v2_train(tmp_path, rows=2)
+    texts = list(corpus_from_normalized(train_dir))
+    assert "Describe the video." in texts and "the answer is 1" in texts
+    assert not any("<|video_1|>" in t or "<|image_1|>" in t for t in texts)
+    examples, _ = load_examples(train_dir, store)
+    assert [e.answer for e in examples] == ["caption 0", "caption 1"]  # the V1 dataset's only
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "paligemma"])  # PaliGemma's prompt ends after the text
 def test_pretrain_examples_and_labels(normalized, family):
     from trainer.backbone.pretrain import batch_with_labels, load_examples

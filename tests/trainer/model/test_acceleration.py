@@ -227,9 +227,21 @@ def _image_chunks(backbone, n_chunks=2, size=2):
     return queries, targets
 
 
-def test_gradcache_reuses_frozen_image_features_with_the_same_gradients():
-    """LoRA on the language model (dropout on): GradCache with the image features of its no-grad
-    pass replayed gives bit-identical LoRA gradients and runs the vision tower once per chunk."""
+def _video_chunks(backbone, n_chunks=2):
+    """Chunks of one image row and one video row (2 frames) each: both feature calls per chunk."""
+    collate = Collator(backbone, max_text_tokens=64, image_max_pixels=4096)
+    video_side = {"raw": "<|video_1|>\nDescribe the video.", "image": None, "video": [{}, {}]}
+    queries = [collate([SIDES[0], video_side], [_noise_image(10 * c), [_noise_image(10 * c + f) for f in (1, 2)]])
+               for c in range(n_chunks)]
+    targets = [collate([SIDES[1], SIDES[3]], [None, None]) for _ in range(n_chunks)]
+    return queries, targets
+
+
+@pytest.mark.parametrize("chunks, tower_calls", [(_image_chunks, (4, 2)), (_video_chunks, (8, 4))])
+def test_gradcache_reuses_frozen_image_features_with_the_same_gradients(chunks, tower_calls):
+    """LoRA on the language model (dropout on): GradCache with the image (and video) features of its
+    no-grad pass replayed gives bit-identical LoRA gradients and runs the vision tower once per chunk
+    and kind of input."""
     from functools import partial
 
     from trainer.model.acceleration import frozen_image_features
@@ -238,7 +250,9 @@ def test_gradcache_reuses_frozen_image_features_with_the_same_gradients():
     results = []
     for reuse in (False, True):
         backbone, model, embedder = _lora_embedder()
-        queries, targets = _image_chunks(backbone)
+        queries, targets = chunks(backbone)
+        if chunks is _video_chunks:
+            assert all("pixel_values_videos" in q and "pixel_values" in q for q in queries)
         calls = []
         model.get_base_model().model.visual.register_forward_hook(lambda *a: calls.append(1))
         features = frozen_image_features(model) if reuse else None
@@ -248,7 +262,7 @@ def test_gradcache_reuses_frozen_image_features_with_the_same_gradients():
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results.append((loss, grads, len(calls)))
     (loss_a, grads_a, calls_a), (loss_b, grads_b, calls_b) = results
-    assert (calls_a, calls_b) == (4, 2)  # 2 image chunks: twice each without reuse, once with
+    assert (calls_a, calls_b) == tower_calls  # each tower call of the 2 chunks: twice without reuse, once with
     assert torch.equal(loss_a, loss_b) and grads_a.keys() == grads_b.keys()
     assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
     assert any(float(g.abs().sum()) > 0 for g in grads_a.values())
