@@ -355,8 +355,8 @@ class Data(Section):
     eval_subsets: Any = key(SUBSETS, "all, or the MMEB-eval configs to fetch")
     benchmark: str = key(Choice("v1", "v2", "both"),
                          "v1: MMEB only; v2 / both: MMEB-V2's sets too, under data/raw/MMEB-V2 (synthetic: "
-                         "Syn-ViDoRe and Syn-VideoCLS; local: data.local_dir/MMEB-V2); MMEB-train and "
-                         "MMEB-eval still come along, training reads them")
+                         "synthetic.v2_sets; local: data.local_dir/MMEB-V2); MMEB-train and MMEB-eval still "
+                         "come along, training reads them")
     v2_datasets: Any = key(SUBSETS, "source=hub, benchmark v2 / both: all, or the MMEB-V2 tasks to fetch "
                                     "(the registry's names, pipelines/mmeb_v2.py)")
     v2_revisions: Any = key(OneOf(Null(), Revisions()),
@@ -389,6 +389,9 @@ class Synthetic(Section):
     eval_candidates: int = key(Int(2), "candidates per query for VQA, retrieval and grounding "
                                        "(classification: its label set)")
     image_size: int = key(Int(32), "side of the generated scene images, in pixels")
+    v2_sets: Any = key(SUBSETS, "data.benchmark v2 / both: all, or the MMEB-V2 stand-ins to write (names of "
+                                "pipelines/mmeb_v2.py SYNTHETIC, checked by the download), each at its registry "
+                                "size")
 
 
 @dataclass(frozen=True)
