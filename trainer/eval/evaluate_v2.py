@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import files, mmeb_v2
+from pipelines.params import VIDEO_INPUTS
 from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
 from trainer.eval import v2_scores
 from trainer.eval.metrics import Relevance, dataset_metrics
@@ -61,7 +62,6 @@ REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard_v2.json")
 PLOTS_DIR = Path("reports/plots/v2_meta")  # one file per model: a bar per meta-task (dvc plots)
 VERSION_FILES = ("queries.parquet", "corpus.parquet", "dataset.json")
-VIDEO_INPUTS = ("native", "frames_mean")  # eval.video_input
 
 
 @dataclass
