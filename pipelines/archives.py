@@ -17,7 +17,12 @@ use against us:
 A refusal is raised as `Rejected(reason, detail)` for that member only; the archive stays usable.
 `safe_extract_zip` applies the same checks when extracting a whole archive and returns a report of
 what was extracted and what was refused; `safe_extract_tar` does the same for a tar (MMEB-V2's frame
-archives, possibly split into parts), refusing links and special files as well.
+archives, possibly split into parts), refusing links and special files as well. A tar is read as a
+stream, where skipping a member means decompressing it, so its size guards stop the extraction instead
+(`StageFailed` naming the archive and the member): a member declaring more than `max_member_bytes`, one
+whose bytes decompress at more than `max_ratio` times the compressed bytes they came from (checked while
+it is written, once past `ratio_min_bytes`), or one that would take the files extracted past
+`max_total_bytes` (by default the free space of the destination's disk when extraction starts).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pipelines import files
-from pipelines.errors import Rejected
+from pipelines.errors import Rejected, StageFailed
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,9 @@ DEFAULT_MAX_RATIO = 200.0  # JPEG/PNG barely compress (~1:1); deflate tops out n
 DEFAULT_RATIO_MIN_BYTES = 1 << 20  # the ratio check applies to members declaring more than 1 MiB
 
 _CHUNK = 1 << 20
+# the compressed bytes a tar stream may have read ahead of a member's data (the buffered reader's and
+# tarfile's buffers, ~20 KiB): the ratio guard never credits a member with fewer
+_READ_AHEAD = 1 << 16
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -226,6 +234,7 @@ class _Chained(io.RawIOBase):
 
     def __init__(self, paths: list[Path]):
         self._paths, self._current = list(paths), None
+        self.consumed = 0  # bytes read from the parts so far (the compressed stream)
 
     def readable(self) -> bool:
         return True
@@ -238,6 +247,7 @@ class _Chained(io.RawIOBase):
                 self._current = open(self._paths.pop(0), "rb")
             n = self._current.readinto(buffer)
             if n:
+                self.consumed += n
                 return n
             self._current.close()
             self._current = None
@@ -261,7 +271,44 @@ def _tar_refusal(member: tarfile.TarInfo, name: str, root: Path) -> tuple[str, s
     return None
 
 
-def safe_extract_tar(parts: list[Path], dest: str | Path, strip: str = "") -> ExtractReport:
+@dataclass(frozen=True)
+class _TarLimits:
+    max_member_bytes: int
+    max_ratio: float
+    ratio_min_bytes: int
+    max_total_bytes: int
+
+
+def _check_member_size(archive: str, member: tarfile.TarInfo, extracted: int, limits: _TarLimits) -> None:
+    if member.size > limits.max_member_bytes:
+        raise StageFailed(f"{archive}: member {member.name!r} declares {member.size} bytes (limit "
+                          f"{limits.max_member_bytes}): refusing the archive, a decompression bomb or not a "
+                          "frame archive")
+    if extracted + member.size > limits.max_total_bytes:
+        raise StageFailed(f"{archive}: member {member.name!r} ({member.size} bytes) would take the files "
+                          f"extracted to {extracted + member.size} bytes (limit {limits.max_total_bytes}): "
+                          "refusing the rest of the archive")
+
+
+def _copy_member(archive: str, member: tarfile.TarInfo, source, out, raw: _Chained, limits: _TarLimits) -> None:
+    """The member's bytes to `out`, stopped with StageFailed as soon as they outgrow the compressed
+    bytes they came from by more than `max_ratio` (a bomb within the declared size; with the default
+    limits a gzip bomb stops within 200 x 64 KiB, 13 MiB, written)."""
+    start, written = raw.consumed, 0
+    while chunk := source.read(_CHUNK):
+        out.write(chunk)
+        written += len(chunk)
+        ratio = written / max(raw.consumed - start, _READ_AHEAD)
+        if written > limits.ratio_min_bytes and ratio > limits.max_ratio:
+            raise StageFailed(f"{archive}: member {member.name!r} decompresses {ratio:.0f} times its compressed "
+                              f"size (limit {limits.max_ratio:.0f}) after {written} bytes: refusing the archive, "
+                              "a decompression bomb")
+
+
+def safe_extract_tar(parts: list[Path], dest: str | Path, strip: str = "", *,
+                     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, max_ratio: float = DEFAULT_MAX_RATIO,
+                     ratio_min_bytes: int = DEFAULT_RATIO_MIN_BYTES,
+                     max_total_bytes: int | None = None) -> ExtractReport:
     """Extract the plain files of a tar (gzip or not; given as its parts, in order, when split) under
     `dest`, `strip` removed from the front of each member name, and report the refused members.
 
@@ -269,11 +316,15 @@ def safe_extract_tar(parts: list[Path], dest: str | Path, strip: str = "") -> Ex
     components and names resolving elsewhere are refused), no link, device or fifo is created (links
     are refused, even to inside), and every file is written whole or not at all. Refusals are listed in
     the report, never raised; a broken stream raises `tarfile.TarError`. Members outside `strip` are
-    refused as `outside_strip`."""
+    refused as `outside_strip`. The size guards (module docstring) raise `StageFailed` naming the
+    member; `max_total_bytes` None: the free space of `dest`'s disk."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     report = ExtractReport()
+    limits = _TarLimits(max_member_bytes, max_ratio, ratio_min_bytes,
+                        shutil.disk_usage(root).free if max_total_bytes is None else max_total_bytes)
+    extracted = 0
     with _Chained(parts) as raw, tarfile.open(fileobj=io.BufferedReader(raw), mode="r|*") as archive:
         for member in archive:
             name = normalize_member_name(member.name)
@@ -285,9 +336,11 @@ def safe_extract_tar(parts: list[Path], dest: str | Path, strip: str = "") -> Ex
             if refusal is not None:
                 report.refused[member.name] = refusal
             elif member.isfile():
+                _check_member_size(parts[0].name, member, extracted, limits)
+                extracted += member.size
                 try:
                     with files.atomic_file(root / name) as out:  # streamed: a member may be large
-                        shutil.copyfileobj(archive.extractfile(member), out, _CHUNK)
+                        _copy_member(parts[0].name, member, archive.extractfile(member), out, raw, limits)
                 except OSError as e:  # a file where a folder must go
                     report.refused[member.name] = ("unwritable", f"{member.name!r}: {type(e).__name__}: {e}")
                     continue

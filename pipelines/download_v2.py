@@ -10,13 +10,14 @@ The layout (the Hub annotation repos beside VLM2Vec's frame folders)::
                                                 annotation split (video), e.g. Syn-ViDoRe/, Syn-VideoCLS/
     MMEB-V2/video-tasks/frames/<root>/<video>/  extracted frames, <root> the registry's frame root
 
-``data.source: synthetic`` writes `Syn-ViDoRe` and `Syn-VideoCLS`; ``local`` takes
-``data.local_dir/MMEB-V2`` as it is; ``hub`` fetches the ``data.v2_datasets`` tasks' repos and archives
-(`pipelines.sources.hub_v2`). The manifest records per dataset the queries expected (the
-registry's ``num_data``; for a synthetic set the generator's count) and the queries found. A dataset
-with fewer queries than expected, a video whose frame folder is missing or empty (video
-classification; the other families' images and frames are checked row by row in normalize), a folder the
-registry does not know, or a loader family not wired yet fail the stage, naming every one at once.
+``data.source: synthetic`` writes the stand-ins ``synthetic.v2_sets`` names (every loader family's by
+default; `pipelines.sources.synthetic.v2`); ``local`` takes ``data.local_dir/MMEB-V2`` as it is; ``hub``
+fetches the ``data.v2_datasets`` tasks' repos and archives (`pipelines.sources.hub_v2`). The manifest
+records per dataset the queries expected (the registry's ``num_data``; for a synthetic set the
+generator's count) and the queries found. A dataset with fewer queries than expected, a video whose frame
+folder is missing or empty (video classification; the other families' images and frames are checked row
+by row in normalize), a folder the registry does not know, or a loader family not wired yet fail the
+stage, naming every one at once.
 """
 
 from __future__ import annotations
@@ -58,14 +59,11 @@ def source_folder(data: Data, synthetic: Synthetic, scratch: Path,
     other sources: the registry's counts apply) and what the manifest records of the source (the
     Hub's repos, commits and refused archive members; {} otherwise)."""
     if data.source == "synthetic":
-        from pipelines.sources.synthetic.video import NAME as VIDEO, write_video_cls
-        from pipelines.sources.synthetic.visdoc import NAME as VISDOC, write_visdoc
+        from pipelines.sources.synthetic.v2 import write_v2
 
         root = Path(scratch) / FOLDER
         root.mkdir(parents=True)
-        docs = write_visdoc(root / VISDOC, seed=synthetic.seed)
-        videos = write_video_cls(root, seed=synthetic.seed)
-        return root, {VISDOC: docs["queries"], VIDEO: videos["videos"]}, {}
+        return root, write_v2(root, synthetic.seed, synthetic.v2_sets), {}
     if data.source == "local":
         root = Path(data.local_dir) / FOLDER
         if not root.is_dir():

@@ -209,7 +209,7 @@ SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
     V2Task("Syn-ViDoRe", "visdoc", "VDRv1", "vidore", "global", "", None, "test", "visdoc-tasks/Syn-ViDoRe", 9),
     V2Task("Syn-VideoCLS", "video", "V-CLS", "video_classification", "global", "", None, "test",
            "video-tasks/frames/video_cls/Syn-VideoCLS", 14, loader_name="HMDB51"),
-    # `pipelines.sources.synthetic.video_families`: generatable and read, not in the default download
+    # `pipelines.sources.synthetic.video_families`
     V2Task("Syn-VideoMC", "video", "V-CLS", "ssv2", "local", "", None, "test",
            "video-tasks/frames/video_cls/Syn-VideoMC", 7, loader_name="SmthSmthV2"),
     V2Task("Syn-VideoQA", "video", "V-QA", "videomme", "local", "", None, "test",
@@ -220,7 +220,7 @@ SYNTHETIC: dict[str, V2Task] = {t.name: t for t in (
            "video-tasks/frames/video_mret/Syn-MomentRET", 3, loader_name="QVHighlight"),
     V2Task("Syn-MomentSeeker", "video", "V-MRET", "momentseeker", "local", "", None, "test",
            "video-tasks/frames/video_mret/Syn-MomentSeeker", 3),
-    # `pipelines.sources.synthetic.image_v2`, likewise
+    # `pipelines.sources.synthetic.image_v2`
     V2Task("Syn-ImageCLS", "image", "I-CLS", "image_cls", "local", "", None, "test", "image-tasks/", 8),
     V2Task("Syn-ImageT2I", "image", "I-RET", "image_t2i", "local", "", None, "test", "image-tasks/", 8),
     V2Task("Syn-ImageVG", "image", "I-GD", "image_i2i_vg", "local", "", None, "test", "image-tasks/", 8),

@@ -6,7 +6,8 @@ Each dataset becomes (`pipelines.schema`)::
 
     eval_v2/<dataset>/queries.parquet   V2_QUERY_SCHEMA: one row per query, its graded relevant ids
     eval_v2/<dataset>/corpus.parquet    V2_CORPUS_SCHEMA: one row per distinct candidate
-    eval_v2/<dataset>/dataset.json      modality, meta-task, eval type (local / global), expected queries
+    eval_v2/<dataset>/dataset.json      modality, meta-task, eval type (local / global), expected queries;
+                                        a BEIR set's corpus id type (id_type) and ViDoRe prompt
 
 Pages and sampled frames go to the image store (out_root/images, staged for the stage's merge) once
 each; the rows hold references. Input strings are VLM2Vec's (`pipelines.v2_inputs`) with the
@@ -118,6 +119,8 @@ def _datasets(root: Path, out: Path, rejects_root: Path, params: Normalize, stor
                 "eval_type": task.eval_type, "expected": expected.get(task.name, task.num_data)}
         if task.parser == "vidore":  # the instructions it was written with (normalize.vidore_prompt)
             info["vidore_prompt"] = params.vidore_prompt
+        if "id_type" in c:  # a BEIR set's corpus ids: "int" ones are scored as integers, as VLM2Vec does
+            info["id_type"] = c["id_type"]
         files.write_json(out / task.name / "dataset.json", info, sort_keys=True)
         if rejects:
             _write_table(Path(rejects_root) / OUT / f"{task.name}.parquet",

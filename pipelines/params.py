@@ -42,6 +42,7 @@ from pipelines.images import side_cut, snapped_size
 PARAMS_FILE = "params.yaml"
 ENV = "VLM2VEC_PARAMS"  # another params file, e.g. a benchmark's
 COMPILE_SCOPES = ("blocks", "region", "cuda-graphs")  # train.compile's values besides true / false
+VIDEO_INPUTS = ("native", "frames_mean")  # eval.video_input's values (trainer.eval.evaluate_v2 reads them)
 FOLLOW_TRAIN = "train"  # shard/eval.image_max_pixels: the value of train.image_max_pixels
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"  # recipe.profile names one of its yaml files
 # how a side becomes model input, read by train and evaluate (eval's keys say `train` to follow train's)
@@ -368,8 +369,8 @@ class Data(Section):
     eval_subsets: Any = key(SUBSETS, "all, or the MMEB-eval configs to fetch")
     benchmark: str = key(Choice("v1", "v2", "both"),
                          "v1: MMEB only; v2 / both: MMEB-V2's sets too, under data/raw/MMEB-V2 (synthetic: "
-                         "Syn-ViDoRe and Syn-VideoCLS; local: data.local_dir/MMEB-V2); MMEB-train and "
-                         "MMEB-eval still come along, training reads them")
+                         "synthetic.v2_sets; local: data.local_dir/MMEB-V2); MMEB-train and MMEB-eval still "
+                         "come along, training reads them")
     v2_datasets: Any = key(SUBSETS, "source=hub, benchmark v2 / both: all, or the MMEB-V2 tasks to fetch "
                                     "(the registry's names, pipelines/mmeb_v2.py)")
     v2_revisions: Any = key(OneOf(Null(), Revisions()),
@@ -406,6 +407,9 @@ class Synthetic(Section):
     eval_candidates: int = key(Int(2), "candidates per query for VQA, retrieval and grounding "
                                        "(classification: its label set)")
     image_size: int = key(Int(32), "side of the generated scene images, in pixels")
+    v2_sets: Any = key(SUBSETS, "data.benchmark v2 / both: all, or the MMEB-V2 stand-ins to write (names of "
+                                "pipelines/mmeb_v2.py SYNTHETIC, checked by the download), each at its registry "
+                                "size")
 
 
 @dataclass(frozen=True)
@@ -588,7 +592,7 @@ class Eval(Section):
     v2_labels: str = key(Choice("correct", "official"),
                          "MMEB-V2 graded labels: correct (each relevant id keeps its grade, counted once) or "
                          "official (VLM2Vec's metrics.py, whose set() can move a grade to another document)")
-    video_input: str = key(Choice("native", "frames_mean"),
+    video_input: str = key(Choice(*VIDEO_INPUTS),
                            "MMEB-V2 videos: native (Qwen2-VL / 2.5-VL take the frames as videos=, Idefics3 / "
                            "SmolVLM as several images of one row, other families fall back to frames_mean) or "
                            "frames_mean (each frame an image, the video the normalised mean of their vectors)")

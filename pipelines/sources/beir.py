@@ -21,8 +21,10 @@ What VLM2Vec keeps, and where it would crash or drop data silently, this counts 
   ``no_positive`` (VLM2Vec fails on it with a KeyError); with ``language`` only the queries of that
   language are read (ViDoRe-V2's English entries), the others counted as filtered, not rejected.
 
-Ids are kept as strings; ``id_type`` records whether the source's were integers (ViDoRe's are, and
-VLM2Vec's official NDCG order depends on it).
+Ids are kept as strings; ``id_type`` records whether the source's corpus ids (those of ``corpus`` and
+of ``qrels``: the candidates VLM2Vec ranks and the labels it scores) were integers. ViDoRe's are, and
+VLM2Vec's official NDCG order (``list(set(labels))``) depends on it: normalize writes it into the
+dataset's ``dataset.json`` and evaluate gives such ids back as integers.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class BeirSet:
     rejects: list[Reject] = field(default_factory=list)
     rows_in: dict[str, int] = field(default_factory=dict)
     filtered_language: int = 0
-    id_type: str = "str"  # "int" when the source's query and corpus ids were integers
+    id_type: str = "str"  # "int" when the source's corpus ids (corpus and qrels) were integers
 
     def counts(self) -> dict:
         """The dataset's entry for metrics/etl.json: rows in, kept, rejected by table and reason."""
@@ -93,6 +95,7 @@ def _read_pages(folder: Path, split: str, docset: BeirSet, store: Callable[[Stor
                 max_pixels: int) -> None:
     corpus = _read(folder, "corpus", split, ["corpus-id", "image"])
     docset.rows_in["corpus"] = len(corpus["corpus-id"])
+    docset.id_type = "int" if corpus["corpus-id"] and all(type(c) is int for c in corpus["corpus-id"]) else "str"
     seen: set[str] = set()
     for cid, image in zip(corpus["corpus-id"], corpus["image"]):
         key = str(cid)
@@ -126,14 +129,14 @@ def _read_queries(folder: Path, split: str, docset: BeirSet, language: str | Non
             continue
         seen.add(str(qid))
         kept.append((str(qid), text))
-    ints = all(isinstance(q, int) for q in queries["query-id"])
-    docset.id_type = "int" if ints and queries["query-id"] else "str"
     return kept
 
 
 def _read_qrels(folder: Path, split: str, docset: BeirSet, query_ids: set[str]) -> None:
     qrels = _read(folder, "qrels", split, ["query-id", "corpus-id", "score"])
     docset.rows_in["qrels"] = len(qrels["query-id"])
+    if not all(type(c) is int for c in qrels["corpus-id"]):
+        docset.id_type = "str"
     rejected_pages = {r.id for r in docset.rejects if r.table == "corpus"}
     grades: dict[str, dict[str, float]] = {}
     for qid, cid, score in zip(qrels["query-id"], qrels["corpus-id"], qrels["score"]):

@@ -18,7 +18,7 @@ one commit (`hub.list_repo`, `hub.plan_files`, `hub.download`), with `allow_patt
 files the selection needs; the space is checked for all repos before the first byte; every LFS file's
 sha256 is checked against the Hub's listing before it is used; archive members are extracted with
 `archives.safe_extract_tar`, which refuses absolute names, ``..``, links and special files (the
-refusals go to the manifest). Whether a dataset is complete is the inventory's check
+refusals go to the manifest) and fails the stage on a decompression bomb, naming the member. Whether a dataset is complete is the inventory's check
 (`pipelines.download_v2.inventory`), as for any other source.
 """
 

@@ -1,10 +1,11 @@
 import os
+import shutil
 import zipfile
 
 import pytest
 
 from pipelines.archives import SafeZip, safe_extract_tar, safe_extract_zip, unsafe_name_reason
-from pipelines.errors import Rejected
+from pipelines.errors import Rejected, StageFailed
 from tests.support.fixtures_mmeb import add_symlink, corrupt_member_crc, write_zip
 
 GOOD = {"images/CIRR/Train/a.jpg": b"A" * 100, "images/CIRR/Train/b c.jpg": b"B" * 50}
@@ -192,3 +193,38 @@ def test_safe_extract_tar_reads_a_split_archive_in_order(tmp_path):
     report = safe_extract_tar(parts, tmp_path / "out")
     assert report.extracted == [f"video_qa/v/{i}.jpg" for i in range(4)] and not report.refused
     assert (tmp_path / "out/video_qa/v/3.jpg").read_bytes()[-1:] == bytes([3])
+
+
+def test_safe_extract_tar_stops_at_a_bomb_naming_the_member(tmp_path):
+    """Hostile tars: 40 MiB of zeros (gzip: ~1,000:1) within the declared-size limit, a member
+    declaring more than the limit, members past the total; each stops the extraction naming the
+    member, and no partial file of it is left."""
+    from tests.support.v2_hub import write_tar
+
+    bomb = write_tar(tmp_path / "bomb.tar.gz", {"video_qa/v/0001.jpg": os.urandom(2000),
+                                                "video_qa/v/0002.jpg": bytes(40 << 20)})
+    with pytest.raises(StageFailed, match=r"bomb.tar.gz: member 'video_qa/v/0002.jpg' decompresses \d+ times"):
+        safe_extract_tar([bomb], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out/video_qa/v").iterdir()) == ["0001.jpg"]
+    report = safe_extract_tar([bomb], tmp_path / "loose", max_ratio=2000)  # the same bytes, the guard relaxed
+    assert report.extracted == ["video_qa/v/0001.jpg", "video_qa/v/0002.jpg"]
+    assert (tmp_path / "loose/video_qa/v/0002.jpg").stat().st_size == 40 << 20
+
+    with pytest.raises(StageFailed, match=r"member 'video_qa/v/0002.jpg' declares 41943040 bytes \(limit 1000000\)"):
+        safe_extract_tar([bomb], tmp_path / "big", max_member_bytes=1_000_000)
+    assert not (tmp_path / "big/video_qa/v/0002.jpg").exists()
+
+    many = write_tar(tmp_path / "many.tar", {f"f/{i}.jpg": os.urandom(600) for i in range(3)}, gz=False)
+    with pytest.raises(StageFailed, match=r"member 'f/1.jpg' \(600 bytes\) would take the files extracted to 1200"):
+        safe_extract_tar([many], tmp_path / "total", max_total_bytes=1000)
+    assert sorted(p.name for p in (tmp_path / "total/f").iterdir()) == ["0.jpg"]
+
+
+def test_safe_extract_tar_total_defaults_to_the_free_disk_space(tmp_path, monkeypatch):
+    from tests.support.v2_hub import write_tar
+
+    tar = write_tar(tmp_path / "a.tar.gz", {"f/a.jpg": os.urandom(800)})
+    free = shutil.disk_usage(tmp_path)._replace(free=500)
+    monkeypatch.setattr("pipelines.archives.shutil.disk_usage", lambda path: free)
+    with pytest.raises(StageFailed, match=r"'f/a.jpg' \(800 bytes\) would take .* \(limit 500\)"):
+        safe_extract_tar([tar], tmp_path / "out")

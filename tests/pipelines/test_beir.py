@@ -57,6 +57,17 @@ def test_bad_rows_are_rejected_with_their_reason_and_counted(bad_set):
     assert counts["rejected_by_reason"]["queries/no_positive"] == 3 and counts["id_type"] == "int"
 
 
+def test_id_type_is_int_only_when_every_corpus_id_is(bad_set):
+    assert read_beir(bad_set).id_type == "int"
+    write(bad_set, "qrels", {"query-id": [1], "corpus-id": ["1"], "score": [1]})  # one string label
+    assert read_beir(bad_set).id_type == "str"
+    write(bad_set, "qrels", {"query-id": ["q1"], "corpus-id": [1], "score": [1]})  # query ids do not count
+    write(bad_set, "queries", {"query-id": ["q1"], "query": ["x"], "language": ["en"]})
+    assert read_beir(bad_set).id_type == "int"
+    write(bad_set, "corpus", {"corpus-id": ["a.png"], "image": [{"bytes": image_bytes(fmt="PNG"), "path": "a"}]})
+    assert read_beir(bad_set).id_type == "str"  # VisRAG's file names
+
+
 def test_a_language_filter_counts_what_it_leaves_out(bad_set):
     docset = read_beir(bad_set, language="en")
     assert [q for q, _ in docset.queries] == ["1", "2"] and docset.filtered_language == 1

@@ -27,7 +27,8 @@ from tests.support.params import write_params
 from tests.support.hubserver import client_env, write_hub_layout
 
 TRAIN_REPO, EVAL_REPO = "TIGER-Lab/MMEB-train", "TIGER-Lab/MMEB-eval"
-SYN = {"seed": 0, "train_rows": 6, "eval_rows": 4, "eval_candidates": 4, "image_size": 32}
+SIZES = {"seed": 0, "train_rows": 6, "eval_rows": 4, "eval_candidates": 4, "image_size": 32}  # the generator's
+SYN = {**SIZES, "v2_sets": "all"}  # the synthetic section
 
 
 def data_params(**kw) -> dict:
@@ -427,7 +428,7 @@ def test_hub_download_of_the_synthetic_repos_equals_the_synthetic_source(tmp_pat
     the README cards hold less than the Hub's, while every per-subset file stays identical.)"""
     from pipelines.sources.synthetic import generate
 
-    generate(tmp_path / "served", **SYN)  # both splits, every dataset
+    generate(tmp_path / "served", **SIZES)  # both splits, every dataset
     hub_standin.add_repo(TRAIN_REPO, tmp_path / "served/MMEB-train")
     hub_standin.add_repo(EVAL_REPO, tmp_path / "served/MMEB-eval")
     selection = {"train_split": "diverse_instruction"}

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from pipelines import download_v2
+from pipelines import download_v2, mmeb_v2
 from pipelines.download import download
 from pipelines.errors import StageFailed
 from pipelines.sources.synthetic.video import write_video_cls
@@ -58,7 +58,7 @@ def test_v2_download_adds_the_sets_and_leaves_v1_bytes_alone(tmp_path):
     assert v2["files"] == v1["files"]  # MMEB-train / MMEB-eval byte for byte
     assert "v2" not in v1
     assert {n: (d["expected"], d["found"]) for n, d in v2["v2"]["datasets"].items()} == {
-        "Syn-VideoCLS": (14, 14), "Syn-ViDoRe": (9, 9)}
+        n: (t.num_data, t.num_data) for n, t in mmeb_v2.SYNTHETIC.items()}  # synthetic.v2_sets: all
     paths = [f["path"] for f in v2["v2"]["files"]]
     assert "MMEB-V2/Syn-ViDoRe/qrels/test-00000-of-00001.parquet" in paths
     assert "MMEB-V2/video-tasks/frames/video_cls/Syn-VideoCLS/syn00000/frame_0001.jpg" in paths
@@ -66,6 +66,18 @@ def test_v2_download_adds_the_sets_and_leaves_v1_bytes_alone(tmp_path):
     manifest = json.loads((tmp_path / "v2" / "raw" / "manifest.json").read_text())
     assert manifest["v2"]["datasets"] == v2["v2"]["datasets"]
     assert not (tmp_path / "v1" / "raw" / "MMEB-V2").exists()
+    assert manifest["synthetic"]["v2_sets"] == "all"
+
+
+def test_synthetic_v2_sets_trims_the_stand_ins(tmp_path):
+    picked = ["Syn-VideoQA", "Syn-ImageT2I"]
+    v2 = download(section("data", benchmark="v2", **TINY), section("synthetic", **TINY_SYN, v2_sets=picked),
+                  out=tmp_path / "raw")
+    assert sorted(v2["v2"]["datasets"]) == sorted(picked)
+    with pytest.raises(StageFailed, match=r"synthetic.v2_sets \['Syn-Nope'\]"):
+        download(section("data", benchmark="v2", **TINY), section("synthetic", **TINY_SYN, v2_sets=["Syn-Nope"]),
+                 out=tmp_path / "raw")
+    assert sorted(json.loads((tmp_path / "raw/manifest.json").read_text())["v2"]["datasets"]) == sorted(picked)
 
 
 def test_hub_v2_names_unknown_tasks_before_any_download(tmp_path):

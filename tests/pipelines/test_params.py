@@ -168,7 +168,8 @@ def test_a_stage_refuses_bad_params_before_any_work(tmp_path):
 
 
 # --- synthetic: the sizes the generator relies on ----------------------------------------------------
-SYNTHETIC_SMALLEST = {"seed": 0, "train_rows": 4, "eval_rows": 4, "eval_candidates": 2, "image_size": 32}
+SYNTHETIC_SMALLEST = {"seed": 0, "train_rows": 4, "eval_rows": 4, "eval_candidates": 2, "image_size": 32,
+                      "v2_sets": "all"}
 
 
 def test_the_smallest_synthetic_sizes_are_accepted():
@@ -177,7 +178,8 @@ def test_the_smallest_synthetic_sizes_are_accepted():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("image_size", 16), ("image_size", 31), ("train_rows", 0), ("eval_rows", 0), ("eval_candidates", 1)],
+    [("image_size", 16), ("image_size", 31), ("train_rows", 0), ("eval_rows", 0), ("eval_candidates", 1),
+     ("v2_sets", []), ("v2_sets", "some")],
 )
 def test_synthetic_sizes_below_what_the_generator_needs_are_refused(key, value):
     with pytest.raises(ParamsError, match=rf"synthetic\.{key}\b"):

@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import files, mmeb_v2
+from pipelines.params import VIDEO_INPUTS
 from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
 from trainer.eval import v2_scores
 from trainer.eval.metrics import Relevance, dataset_metrics
@@ -61,7 +62,6 @@ REPORT_FILE = Path("reports/eval.md")
 LEADERBOARD_FILE = Path("reports/leaderboard_v2.json")
 PLOTS_DIR = Path("reports/plots/v2_meta")  # one file per model: a bar per meta-task (dvc plots)
 VERSION_FILES = ("queries.parquet", "corpus.parquet", "dataset.json")
-VIDEO_INPUTS = ("native", "frames_mean")  # eval.video_input
 
 
 @dataclass
@@ -73,9 +73,9 @@ class V2Set:
     version: str  # sha256 of the normalized files, 16 hex
     expected: int
     query_sides: list[list[int]]
-    corpus_ids: list[str]
+    corpus_ids: list[str | int]  # int where the source's were (`id_type`), as VLM2Vec ranks and scores them
     corpus_sides: list[list[int]]
-    candidates: list[list[str]]  # local lists (empty for global)
+    candidates: list[list[str | int]]  # local lists (empty for global)
     relevances: list[Relevance]
     vidore_prompt: str | None = None  # the ViDoRe instructions normalize wrote (None: another family)
 
@@ -143,12 +143,16 @@ def _read(folder: Path) -> dict:
 
 def load_v2_set(data: dict, items: _Items, native: bool = False) -> V2Set:
     """One dataset (`_read`), its items added to `items` (those already there are shared); videos as
-    frames, or each video one item (`native`)."""
+    frames, or each video one item (`native`). Candidate ids stored as strings come back as integers
+    where the source's were (``id_type`` "int" in dataset.json: ViDoRe's corpus ids), so the official
+    labels' ``list(set(labels))`` orders them as VLM2Vec does, whatever PYTHONHASHSEED."""
     info, queries, corpus = data["info"], data["queries"], data["corpus"]
+    cast = int if info.get("id_type") == "int" else str
     return V2Set(mmeb_v2.known(info["dataset"]), data["version"], int(info["expected"]),
-                 [items.side(q["query"], native) for q in queries], [c["candidate_id"] for c in corpus],
-                 [items.side(c["candidate"], native) for c in corpus], [q["candidates"] for q in queries],
-                 [Relevance(tuple(r["candidate_id"] for r in q["relevant"]),
+                 [items.side(q["query"], native) for q in queries], [cast(c["candidate_id"]) for c in corpus],
+                 [items.side(c["candidate"], native) for c in corpus],
+                 [[cast(c) for c in q["candidates"]] for q in queries],
+                 [Relevance(tuple(cast(r["candidate_id"]) for r in q["relevant"]),
                             tuple(r["grade"] for r in q["relevant"])) for q in queries],
                  info.get("vidore_prompt"))
 

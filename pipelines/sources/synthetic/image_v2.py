@@ -93,12 +93,16 @@ def _vg(out: Path, rng: random.Random, n: int, size: int) -> list[dict]:
     return rows
 
 
-def write_image_v2(out: Path, seed: int = 0, rows: int = 8, size: int = 32) -> dict[str, int]:
-    """Write the three sets under ``out``; {name: rows written}."""
+def write_image_v2(out: Path, seed: int = 0, rows: int = 8, size: int = 32,
+                   names: tuple[str, ...] = (CLS, T2I, VG)) -> dict[str, int]:
+    """Write the sets ``names`` (default: all three) under ``out``; {name: rows written}. Each set has
+    its own random stream, so a set's bytes do not depend on which others are written."""
     out = Path(out)
     written = {}
     for name, build, what in ((CLS, _cls, "image classification"), (T2I, _t2i, "text-to-image retrieval"),
                               (VG, _vg, "visual grounding")):
+        if name not in names:
+            continue
         table = build(out, random.Random(f"{seed}/{name}"), rows, size)
         write_annotations(out / name, name, {c: [r[c] for r in table] for c in COLUMNS}, SCHEMA, what)
         written[name] = len(table)

@@ -1,5 +1,6 @@
 """MMEB-V2 through the data stages and evaluate: download -> normalize -> evaluate with
-`data.benchmark: v2` on the synthetic Syn-ViDoRe and Syn-VideoCLS, stand-in encoders for the models."""
+`data.benchmark: v2` on the synthetic stand-ins of every loader family, stand-in encoders for the
+models."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import mmeb_v2
 from pipelines.download import download
 from pipelines.normalize import normalize
 from pipelines.schema import V2_CORPUS_SCHEMA, V2_QUERY_SCHEMA
@@ -43,8 +45,10 @@ def test_v2_end_to_end(tmp_path):
     root = tmp_path / "proj"
     etl = build(root)
     out = root / "data/normalized/eval_v2"
-    assert sorted(p.name for p in out.iterdir()) == ["Syn-ViDoRe", "Syn-VideoCLS", "datasets.json"]
-    assert json.loads((out / "datasets.json").read_text()) == {"datasets": ["Syn-ViDoRe", "Syn-VideoCLS"]}
+    every = sorted(mmeb_v2.SYNTHETIC)  # the default download writes every stand-in
+    assert sorted(p.name for p in out.iterdir()) == every + ["datasets.json"]
+    assert json.loads((out / "datasets.json").read_text()) == {"datasets": every}
+    assert all(etl["v2"][n]["queries"] == etl["v2"][n]["expected"] == mmeb_v2.SYNTHETIC[n].num_data for n in every)
     queries = pq.read_table(out / "Syn-VideoCLS/queries.parquet")
     assert queries.schema.equals(V2_QUERY_SCHEMA)
     assert pq.read_schema(out / "Syn-ViDoRe/corpus.parquet").equals(V2_CORPUS_SCHEMA)
@@ -64,22 +68,30 @@ def test_v2_end_to_end(tmp_path):
     metrics = json.loads((root / "metrics/eval.json").read_text())
     assert "Syn-ShapeCLS" in json.dumps({k: v for k, v in metrics.items() if k != "v2"})  # V1 scored beside
     v2 = metrics["v2"]["embedder"]
-    for name in ("Syn-ViDoRe", "Syn-VideoCLS"):
+    assert sorted(v2["datasets"]) == every
+    for name in every:
         entry = v2["datasets"][name]
         assert list(entry)[:len(SCORE_KEYS)] == list(SCORE_KEYS)
         assert all(0 <= entry[k] <= 1 for k in SCORE_KEYS)
-    assert v2["datasets"]["Syn-ViDoRe"]["num_pred"] == v2["datasets"]["Syn-ViDoRe"]["num_data"] == 9
-    agg = v2["synthetic_aggregate"]
-    assert agg["meta"]["VDRv1"]["tasks"] == 1 and agg["meta"]["V-CLS"]["tasks"] == 1
-    assert agg["meta"]["VDRv1"]["score"] == pytest.approx(v2["datasets"]["Syn-ViDoRe"]["ndcg_linear@5"])
-    assert agg["overall"]["tasks"] == 2
+        assert entry["num_pred"] == entry["num_data"] == mmeb_v2.SYNTHETIC[name].num_data
+    check_synthetic_aggregate(v2)
     assert v2["aggregate"]["overall"]["tasks"] == 0  # synthetic sets never pass for official tasks
     # the word-matching stand-in finds the page naming the query's item; the random one does not
     assert v2["datasets"]["Syn-ViDoRe"]["ndcg_linear@5"] > metrics["v2"]["base"]["datasets"]["Syn-ViDoRe"]["ndcg_linear@5"]
     report = (root / "reports/eval.md").read_text()
     assert "## MMEB-V2" in report and "| Syn-ViDoRe | visdoc | VDRv1 | global |" in report
+    for name in every:
+        t = mmeb_v2.SYNTHETIC[name]
+        assert f"| {name} | {t.modality} | {t.meta_task} | {t.eval_type} |" in report
+    for group in ("overall (10/10)", "image (3/3)", "video (6/6)", "visdoc (1/1)", "V-MRET (2/2)", "I-GD (1/1)"):
+        assert f"| synthetic {group} |" in report
+    plot = json.loads((root / evaluate_v2.PLOTS_DIR / "embedder.json").read_text())
+    assert sorted(r["meta_task"] for r in plot) == sorted(
+        f"{m} (synthetic)" for m in {t.meta_task for t in mmeb_v2.SYNTHETIC.values()})
     board = json.loads((root / evaluate_v2.LEADERBOARD_FILE).read_text())["embedder"]
     assert board["metrics"]["visdoc"]["ViDoRe_arxivqa"] == "FILE_N/A"
+    # the leaderboard is report_score_v2.py's document: official task keys only, no stand-in
+    assert not [k for m in board["metrics"].values() for k in m if k.startswith("Syn-")]
 
     # a warm cache serves every vector; a changed dataset (its version) re-encodes
     first = (root / "metrics/eval.json").read_bytes()
@@ -91,6 +103,20 @@ def test_v2_end_to_end(tmp_path):
     loader = Loader()
     evaluation.evaluate(eval_params(), root=root, load_model=loader)
     assert loader.encoders["embedder"].encoded > 0
+
+
+def check_synthetic_aggregate(v2: dict) -> None:
+    """Every stand-in counted once in its meta-task and modality, each group the plain mean of its
+    tasks' headline metric, overall the mean over all stand-ins (not of the modality means)."""
+    agg, tasks = v2["synthetic_aggregate"], mmeb_v2.SYNTHETIC.values()
+    headline = {t.name: v2["datasets"][t.name][t.headline_metric] for t in tasks}
+    for level, of in (("meta", lambda t: t.meta_task), ("modality", lambda t: t.modality)):
+        for group, entry in agg[level].items():
+            names = [t.name for t in tasks if of(t) == group]
+            assert (entry["tasks"], entry["expected"], entry["missing"]) == (len(names), len(names), [])
+            assert entry["score"] == (pytest.approx(sum(headline[n] for n in names) / len(names)) if names else None)
+    assert agg["modality"]["video"]["tasks"] == 6 and agg["meta"]["V-QA"]["tasks"] == 1
+    assert agg["overall"]["tasks"] == 10 and agg["overall"]["score"] == pytest.approx(sum(headline.values()) / 10)
 
 
 def test_a_short_dataset_after_normalize_fails_the_stage(tmp_path):
@@ -154,8 +180,9 @@ def test_v2_with_the_real_tiny_model(tmp_path):
     save_backbone(build_tiny("qwen2_vl", seed=0, tokenizer=tokenizer), root / "models/base")
     evaluation.evaluate(eval_params(models=["base"], batch_size=8), root=root)
     v2 = json.loads((root / "metrics/eval.json").read_text())["v2"]["base"]
-    assert sorted(v2["datasets"]) == ["Syn-ViDoRe", "Syn-VideoCLS"]
+    assert sorted(v2["datasets"]) == sorted(mmeb_v2.SYNTHETIC)  # every loader family through the real model
     assert 0 <= v2["synthetic_aggregate"]["overall"]["score"] <= 1
+    check_synthetic_aggregate(v2)
     shutil.rmtree(root / ".cache")
 
 
