@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import Rejected, StageFailed
 from pipelines.images import prepare_image
+from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
 from pipelines.sources.v2_rows import Collected, Store, ref, side
 from pipelines.v2_train import (FRAME_FOLDER, QUERY_PROMPTS, SOURCES, TrainSet, colpali_query, llavahound_pair,
                                 video_side, visrag_query, visrag_target)
@@ -48,6 +49,16 @@ class Pairs:
         return f"{self.spec.name}/{SPLIT}/{index}"
 
     def add(self, index: int, query: dict, target: dict) -> None:
+        """Keep a pair; Rejected ``placeholder_mismatch`` unless each side's string holds one image
+        placeholder exactly when it has an image and one video placeholder exactly when it has frames
+        (a LLaVA-Hound request without its ``<video>`` mark: the frames would have no place, and the
+        backbone would read a stray placeholder as text)."""
+        for name, s in (("query", query), ("target", target)):
+            want = (int(s.get("image") is not None), int(bool(s.get("video"))))
+            got = (s["raw"].count(IMAGE_TOKEN), s["raw"].count(VIDEO_TOKEN))
+            if got != want:
+                raise Rejected("placeholder_mismatch", f"{name} {s['raw'][:80]!r}: {got[0]} image and {got[1]} "
+                               f"video placeholder(s) for {want[0]} image(s) and {want[1]} video(s)")
         self.rows.append({"id": self.row_id(index), "dataset": self.spec.name, "split": SPLIT,
                           "modality": self.spec.modality, "meta_task": self.spec.meta_task,
                           "query": query, "target": target, "negatives": []})

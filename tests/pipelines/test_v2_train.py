@@ -118,20 +118,22 @@ def test_rows_refused_are_counted_with_their_reasons(raw, tmp_path):
     extra = [{"id": "a", "video": "empty_video", "conversations": turns},
              {"id": "b", "video": "no_such_video", "conversations": turns},
              {"id": "c", "video": "../../escape", "conversations": turns},
-             {"id": "d", "video": "syn_v00000", "conversations": turns[:1]}]
+             {"id": "d", "video": "syn_v00000", "conversations": turns[:1]},
+             {"id": "e", "video": "syn_v00000", "conversations": [{"value": "What?"}, turns[1]]},  # no <video>
+             {"id": "f", "video": "syn_v00000", "conversations": [{"value": "<video> <|image_1|>?"}, turns[1]]}]
     with open(hound / v2_train.QA_FILE, "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r) + "\n" for r in extra) + "{not json\n")
     counts, out, rejects = _normalize(root, tmp_path)
     qa = counts["video_qa_240k"]
-    assert (qa["rows_in"], qa["pairs"]) == (9, 4)
+    assert (qa["rows_in"], qa["pairs"]) == (11, 4)
     assert qa["rejected_by_reason"] == {"conversation_short": 1, "frames_empty": 1, "frames_missing": 1,
-                                        "row_malformed": 1, "video_path_unsafe": 1}
+                                        "placeholder_mismatch": 2, "row_malformed": 1, "video_path_unsafe": 1}
     table = pq.read_table(rejects / "video_qa_240k.parquet")
     assert table.schema.equals(REJECT_SCHEMA, check_metadata=False)
-    assert table.column("id").to_pylist() == [f"video_qa_240k/train/{i}" for i in range(4, 9)]
+    assert table.column("id").to_pylist() == [f"video_qa_240k/train/{i}" for i in range(4, 11)]
     assert json.loads(table.column("row").to_pylist()[0])["video"] == "empty_video"
     assert problems(counts, 0.2) == [
-        "V2 training set video_qa_240k: 5/9 rows rejected > normalize.max_dataset_reject_fraction 20.00% "
+        "V2 training set video_qa_240k: 7/11 rows rejected > normalize.max_dataset_reject_fraction 20.00% "
         f"({qa['rejected_by_reason']})"]
 
 
