@@ -1,5 +1,5 @@
 """VLM2Vec-V2's training sources for the normalize stage: data/raw/V2-train ->
-data/normalized/train/<set>/part-NNNNN.parquet (`pipelines.schema.V2_TRAIN_SCHEMA`).
+data/normalized/train/<set>/pairs-NNNNN.parquet (`pipelines.schema.V2_TRAIN_SCHEMA`).
 
     counts = normalize_v2_train(raw_root, out_root, rejects_root, params.normalize)   # {} without V2-train
 
@@ -50,10 +50,10 @@ def _write(path: Path, rows: list[dict], schema: pa.Schema) -> None:
 
 
 def write_parts(folder: Path, rows: list[dict], rows_per_part: int) -> int:
-    """The rows as part-00000.parquet, ... of ``rows_per_part`` rows each; the number of parts."""
+    """The rows as pairs-00000.parquet, ... of ``rows_per_part`` rows each; the number of parts."""
     parts = max(1, -(-len(rows) // rows_per_part))
     for p in range(parts):
-        _write(folder / f"part-{p:05d}.parquet", rows[p * rows_per_part:(p + 1) * rows_per_part], V2_TRAIN_SCHEMA)
+        _write(folder / f"pairs-{p:05d}.parquet", rows[p * rows_per_part:(p + 1) * rows_per_part], V2_TRAIN_SCHEMA)
     return parts
 
 

@@ -168,11 +168,15 @@ V2_CORPUS_SCHEMA = pa.schema(
 # beside the V1 training datasets, one folder per dataset, with their own schema (the V1 records
 # above stay byte-identical):
 #
-#   data/normalized/train/<dataset>/part-NNNNN.parquet   V2_TRAIN_SCHEMA
+#   data/normalized/train/<dataset>/pairs-NNNNN.parquet   V2_TRAIN_SCHEMA
+#
+# The file name tells the schemas apart (a V1 dataset's files are part-NNNNN.parquet), so a glob such
+# as data/normalized/train/*/part-*.parquet reads MMEB-train's records alone, and
+# data/normalized/train/*/pairs-*.parquet the V2 pairs alone (`train_parts` gives a dataset's files).
 #
 # A side is a V2_SIDE: `raw` is the input string exactly as VLM2Vec-V2's training loader builds it,
 # with IMAGE_TOKEN / VIDEO_TOKEN where the backbone's tokens go; a video is its sampled frames in
-# temporal order, each stored once in the image store. `is_v2_train_schema` tells the two apart.
+# temporal order, each stored once in the image store.
 
 V2_TRAIN_SCHEMA = pa.schema(
     [
@@ -191,3 +195,19 @@ V2_TRAIN_SCHEMA = pa.schema(
 def is_v2_train_schema(schema: pa.Schema) -> bool:
     """Whether a training dataset's parquet schema is V2_TRAIN_SCHEMA (else RECORD_SCHEMA)."""
     return schema.equals(V2_TRAIN_SCHEMA, check_metadata=False)
+
+
+RECORD_PARTS = "part-*.parquet"  # a train or eval dataset's RECORD_SCHEMA files
+V2_PAIR_PARTS = "pairs-*.parquet"  # a V2 training set's V2_TRAIN_SCHEMA files
+
+
+def train_parts(dataset_dir) -> list:
+    """A training dataset's files in order: its RECORD_SCHEMA parts or its V2_TRAIN_SCHEMA pairs
+    (ValueError for a folder holding both)."""
+    from pathlib import Path
+
+    records, pairs = (sorted(Path(dataset_dir).glob(g)) for g in (RECORD_PARTS, V2_PAIR_PARTS))
+    if records and pairs:
+        raise ValueError(f"{dataset_dir}: holds both {RECORD_PARTS} (MMEB records) and {V2_PAIR_PARTS} "
+                         "(MMEB-V2 pairs); a dataset is one or the other")
+    return records or pairs

@@ -87,7 +87,7 @@ from pipelines.images import max_pixels_size, snapped_size
 from pipelines.imagestore import StoredImage, without_pandas
 from pipelines.mined import MinedJoin
 from pipelines.params import Shard
-from pipelines.schema import RECORD_SCHEMA, V2_TRAIN_SCHEMA, is_v2_train_schema, sample_key
+from pipelines.schema import RECORD_SCHEMA, V2_TRAIN_SCHEMA, is_v2_train_schema, sample_key, train_parts
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ def row_order(params: Shard, dataset: str, rows: int, selected: set[int] | None)
 
 # --- records ----------------------------------------------------------------------------------
 def record_parts(dataset_dir: Path) -> list[Path]:
-    return sorted(Path(dataset_dir).glob("part-*.parquet"))
+    """A train dataset's files: MMEB records (part-*) or MMEB-V2 pairs (pairs-*)."""
+    return train_parts(dataset_dir)
 
 
 def check_schema(path: Path, schema: pa.Schema) -> None:
@@ -163,7 +164,7 @@ def dataset_schema(dataset_dir: Path) -> pa.Schema:
     (ValueError otherwise, or for a dataset without parts)."""
     parts = record_parts(dataset_dir)
     if not parts:
-        raise ValueError(f"{dataset_dir}: no part-*.parquet")
+        raise ValueError(f"{dataset_dir}: no part-*.parquet or pairs-*.parquet")
     v2 = set()
     for part in parts:
         schema = pq.ParquetFile(part).schema_arrow

@@ -62,7 +62,7 @@ import pyarrow.parquet as pq
 from pipelines import files
 from pipelines.errors import StageFailed
 from pipelines.params import Mine
-from pipelines.schema import is_v2_train_schema
+from pipelines.schema import is_v2_train_schema, train_parts
 from trainer.eval.protocol import ImageLoader, content_key, encode_items
 from trainer.search import top_k
 
@@ -351,8 +351,8 @@ def mine(params: Mine, settings: EncodeSettings, paths: MinePaths = MinePaths(),
 
 
 def is_v2_records(dataset_dir: Path) -> bool:
-    """Whether a train dataset holds MMEB-V2 training pairs (its first part has V2_TRAIN_SCHEMA)."""
-    parts = sorted(Path(dataset_dir).glob("part-*.parquet"))
+    """Whether a train dataset holds MMEB-V2 training pairs (its files have V2_TRAIN_SCHEMA)."""
+    parts = train_parts(dataset_dir)
     return bool(parts) and is_v2_train_schema(pq.ParquetFile(parts[0]).schema_arrow)
 
 

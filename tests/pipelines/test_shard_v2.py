@@ -48,7 +48,7 @@ def samples(out, dataset) -> list[dict[str, bytes]]:
 
 def test_video_frames_are_members_in_order_and_the_json_names_them(v2_normalized, v2_sharded):
     out, index = v2_sharded
-    store_rows = pq.read_table(v2_normalized[0] / VIDEO_CAPTION / "part-00000.parquet").to_pylist()
+    store_rows = pq.read_table(v2_normalized[0] / VIDEO_CAPTION / "pairs-00000.parquet").to_pylist()
     for sample, record in zip(samples(out, VIDEO_CAPTION), store_rows):
         doc = json.loads(sample["json"])
         assert doc["modality"] == "video" and doc["target"]["video"] is None
@@ -109,7 +109,10 @@ def test_a_dataset_mixing_both_schemas_is_refused(v2_normalized, tmp_path):
     train, store = v2_normalized
     mixed = tmp_path / "train"
     (mixed / DOC).mkdir(parents=True)
-    (mixed / DOC / "part-00000.parquet").write_bytes((train / DOC / "part-00000.parquet").read_bytes())
+    (mixed / DOC / "part-00000.parquet").write_bytes((train / DOC / "pairs-00000.parquet").read_bytes())
     (mixed / DOC / "part-00001.parquet").write_bytes((train / V1 / "part-00000.parquet").read_bytes())
     with pytest.raises(ValueError, match="mix RECORD_SCHEMA and V2_TRAIN_SCHEMA"):
         write_shards(mixed, store, tmp_path / "out", shard_params())
+    (mixed / DOC / "part-00000.parquet").rename(mixed / DOC / "pairs-00000.parquet")  # named for its schema
+    with pytest.raises(ValueError, match="holds both"):
+        write_shards(mixed, store, tmp_path / "out2", shard_params())

@@ -87,10 +87,11 @@ def test_normalize_writes_every_set_in_the_v2_train_schema(raw, tmp_path):
     assert not rejects.exists() and problems(counts, 0.0) == []
     rows = {}
     for name in SETS:
-        parts = sorted((out / name).glob("part-*.parquet"))
+        parts = sorted((out / name).glob("pairs-*.parquet"))
+        assert not list((out / name).glob("part-*.parquet"))  # V1's glob leaves the pairs out
         assert all(pq.read_schema(p).equals(V2_TRAIN_SCHEMA, check_metadata=False) for p in parts)
         rows[name] = [r for p in parts for r in pq.read_table(p).to_pylist()]
-    assert len(list((out / "video_qa_240k").glob("part-*.parquet"))) == 2  # 4 rows, 2 a part
+    assert len(list((out / "video_qa_240k").glob("pairs-*.parquet"))) == 2  # 4 rows, 2 a part
     colpali = rows["colpali_train_set"][0]
     assert colpali["id"] == "colpali_train_set/train/0" and colpali["meta_task"] == "vqa"
     assert colpali["query"]["raw"].startswith("<|image_1|> What is the value of ")

@@ -31,21 +31,25 @@ SMALL = {"synthetic": {"train_rows": 40, "eval_rows": 12, "eval_candidates": 8},
 INSPECTION_DOC = REPO / "docs" / "records.md"
 INSPECTION_ONELINERS = [
     ("rows per dataset and meta-task",
-     'pl.scan_parquet("data/normalized/train/*/*.parquet").group_by("dataset", "meta_task").len()'
+     'pl.scan_parquet("data/normalized/train/*/part-*.parquet").group_by("dataset", "meta_task").len()'
      '.sort("dataset").collect()'),
+    ("MMEB-V2 training pairs per set and modality, and their videos' frames",
+     'pl.scan_parquet("data/normalized/train/*/pairs-*.parquet").group_by("dataset", "modality").agg(pl.len()'
+     '.alias("pairs"), frames=pl.col("query").struct.field("video").list.len().sum() + pl.col("target")'
+     '.struct.field("video").list.len().sum()).sort("dataset").collect()'),
     ("rejected rows by split, dataset and reason (the schema lets it work when nothing was rejected)",
      'pl.scan_parquet("data/rejects/*/*.parquet", schema=dict.fromkeys(["id", "dataset", "split", "reason", '
      '"detail", "row"], pl.String)).group_by("split", "dataset", "reason").len().sort("split", "dataset", '
      '"reason").collect()'),
     ("instruction variety: distinct instructions per dataset",
-     'pl.scan_parquet("data/normalized/train/*/*.parquet").group_by("dataset")'
+     'pl.scan_parquet("data/normalized/train/*/part-*.parquet").group_by("dataset")'
      '.agg(pl.col("instruction").n_unique().alias("instructions"), pl.len().alias("rows")).sort("dataset").collect()'),
     ("text lengths (characters) of query and target texts",
-     'pl.scan_parquet("data/normalized/train/*/*.parquet").select('
+     'pl.scan_parquet("data/normalized/train/*/part-*.parquet").select('
      'query=pl.col("query").struct.field("text").str.len_chars(), '
      'target=pl.col("target").struct.field("text").str.len_chars()).collect().describe()'),
     ("query images joined to the image store (size and format per record)",
-     'pl.scan_parquet("data/normalized/train/*/*.parquet").select("id", '
+     'pl.scan_parquet("data/normalized/train/*/part-*.parquet").select("id", '
      'sha256=pl.col("query").struct.field("image").struct.field("sha256")).drop_nulls("sha256")'
      '.join(pl.scan_parquet("data/normalized/images/*.parquet").select("sha256", "width", "height", "format"), '
      'on="sha256", how="left", maintain_order="left").collect()'),
@@ -177,16 +181,20 @@ def test_data_pipeline_reproducible_and_inspectable(scratch):
 
 
 def check_inspection(results: dict[str, pl.DataFrame], metrics: dict, index: dict, cwd: Path) -> None:
-    rows, rejects, variety, lengths, joined, shard_table = (results[d] for d, _ in INSPECTION_ONELINERS)
+    rows, pairs, rejects, variety, lengths, joined, shard_table = (results[d] for d, _ in INSPECTION_ONELINERS)
     train = {k.split("/", 1)[1]: v for k, v in metrics["datasets"].items() if k.startswith("train/")}
     assert train, metrics
 
-    # rows per dataset == accepted train rows in the metrics == samples in the shards
+    # rows per dataset == accepted train rows in the metrics; with the V2 pairs == samples in the shards
     per_dataset = {r["dataset"]: r["len"] for r in rows.iter_rows(named=True)}
     assert per_dataset == {d: s["accepted"] for d, s in train.items() if s["accepted"]}
-    assert per_dataset == {d: e["samples"] for d, e in index["datasets"].items()}
+    per_set = {r["dataset"]: r["pairs"] for r in pairs.iter_rows(named=True)}
+    assert per_set and per_set == {d: s["pairs"] for d, s in metrics["v2_train"].items()}
+    assert {**per_dataset, **per_set} == {d: e["samples"] for d, e in index["datasets"].items()}
     assert {r["dataset"]: r["meta_task"] for r in rows.iter_rows(named=True)} == \
-        {d: e["meta_task"] for d, e in index["datasets"].items()}
+        {d: e["meta_task"] for d, e in index["datasets"].items() if d in per_dataset}
+    # every video pair has its frames (8 a video by default), pages none
+    assert all((r["frames"] > 0) == (r["modality"] == "video") for r in pairs.iter_rows(named=True))
 
     # rejects by reason == the metrics' rejected_by_reason, train and eval
     got = {(("eval" if r["split"] == "test" else "train") + "/" + r["dataset"], r["reason"]): r["len"]
@@ -210,6 +218,6 @@ def check_inspection(results: dict[str, pl.DataFrame], metrics: dict, index: dic
     assert (joined["width"] > 0).all() and set(joined["format"].unique()) <= {"JPEG", "PNG", "WEBP", "GIF"}
 
     # the shard table from the index: every sample once, sizes are the files'
-    assert shard_table["samples"].sum() == index["total"]["samples"] == sum(per_dataset.values())
+    assert shard_table["samples"].sum() == index["total"]["samples"] == sum(per_dataset.values()) + sum(per_set.values())
     for r in shard_table.iter_rows(named=True):
         assert (cwd / "data" / "shards" / "train" / r["path"]).stat().st_size == r["bytes"]

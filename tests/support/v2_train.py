@@ -107,5 +107,5 @@ def build_v2_train(root: Path, *, rows: int = 4, frames: int = 2, v1: bool = Tru
     merge(store)
     for dataset, table in tables.items():
         (train / dataset).mkdir(parents=True)
-        pq.write_table(table, train / dataset / "part-00000.parquet")
+        pq.write_table(table, train / dataset / ("part-00000.parquet" if dataset == V1 else "pairs-00000.parquet"))
     return train, store

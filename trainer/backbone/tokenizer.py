@@ -59,12 +59,13 @@ def _side_strings(side: dict | None) -> Iterator[str]:
 
 
 def corpus_from_normalized(train_dir: str | Path, *, max_rows: int | None = None) -> Iterator[str]:
-    """Yield the query, target and negative strings of data/normalized/train/*/part-*.parquet.
+    """Yield the query, target and negative strings of data/normalized/train/*/part-*.parquet (MMEB
+    records) and */pairs-*.parquet (MMEB-V2 pairs).
 
-    Files are read in sorted order (deterministic corpus). MMEB's image placeholder is removed: image
-    tokens are special tokens of the model, not text to learn merges from.
+    Files are read in sorted order (deterministic corpus). MMEB's image and video placeholders are
+    removed: they become special tokens of the model, not text to learn merges from.
     """
-    parts = sorted(Path(train_dir).glob("*/part-*.parquet"))
+    parts = sorted([*Path(train_dir).glob("*/part-*.parquet"), *Path(train_dir).glob("*/pairs-*.parquet")])
     if not parts:
         raise FileNotFoundError(f"no normalized train parts under {train_dir} (run the normalize stage)")
     rows = 0
