@@ -134,7 +134,7 @@ def test_the_normalize_stage_counts_the_sets_and_fails_on_a_short_one(tmp_path):
     assert json.loads((tmp_path / "etl.json").read_text())["v2_train"] == metrics["v2_train"]
     assert metrics["v2_train"]["video_qa_240k"]["pairs"] == 24
     assert sorted(p.name for p in (tmp_path / "norm/train").iterdir()) == ["Syn-ShapeCLS", "video_qa_240k"]
-    row = pq.read_table(tmp_path / "norm/train/video_qa_240k/part-00000.parquet").to_pylist()[0]
+    row = pq.read_table(tmp_path / "norm/train/video_qa_240k/pairs-00000.parquet").to_pylist()[0]
     frame = ImageStore(tmp_path / "norm/images").get(row["query"]["video"][0]["sha256"])  # merged into the store
     assert (frame.width, frame.height) == (64, 64)
     manifest = json.loads((raw / MANIFEST).read_text())
