@@ -4,6 +4,7 @@
                                        [--variants mined random clusters same_dataset] [--jobs 2]
     python benchmarks/mining.py filter [--mined data/mined]
     python benchmarks/mining.py cost [--scales 1 4 16] [--datasets Syn-Caption_i2t Syn-Caption_t2i]
+    python benchmarks/mining.py clusters [--mined data/mined] [--shards data/shards/train] [--size 8]
 
 Each prints a JSON document (and writes it to benchmarks/_work/mining/<command>.json).
 
@@ -26,6 +27,10 @@ filter   The false-negative filter on the synthetic data, from data/mined and th
          candidate's text is the positive's; t2i: the candidate's record has the same query text).
          Precision and recall of the filter at catching true matches among the retrieved candidates.
          Also how often the miner finds a query's twin (the near-duplicate row 2j <-> 2j+1).
+clusters How the mined batches' clusters cover each dataset (`trainer.train.clusters.build_clusters`
+         over the mine stage's kNN graphs and the shards' records, as `retrain.batching: mined_clusters`
+         builds them): per dataset the counts (records, clusters, clustered, fallback). Run it from
+         an older checkout to compare clustering rules on the same data.
 cost     Mining time and peak memory (`/usr/bin/time -v` of `stages.mine`, cold embedding cache)
          against the number of records: the synthetic train data generated with train_rows x scale
          (default datasets: the two caption datasets), normalized, mined with the repository's
@@ -273,6 +278,24 @@ def search_cost(dim: int) -> list[dict]:
     return out
 
 
+def clusters(args) -> dict:
+    """`clusters` (module docstring): per dataset of the shards, its clustering's counts."""
+    import zlib
+
+    from trainer.train.clusters import SampleIndex, build_clusters, load_graph, target_item
+    from trainer.train.stream import read_shards
+
+    shards = read_shards(args.shards)
+    index = SampleIndex(shards)
+    out = {}
+    for d in sorted({s.dataset for s in shards}):
+        records = index.records(d)
+        out[d] = build_clusters(list(records), load_graph(Path(args.mined), d),
+                                {i: target_item(r) for i, r in records.items()}, args.size,
+                                seed=args.seed + zlib.crc32(d.encode("utf-8"))).counts
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -293,8 +316,13 @@ def main(argv=None) -> int:
     c.add_argument("--dim", type=int, default=128)
     c.add_argument("--models", default=str(REPO), help="the folder whose models/base and models/embedder mine")
     c.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the mine stage")
+    k = sub.add_parser("clusters")
+    k.add_argument("--mined", default=str(REPO / "data" / "mined"))
+    k.add_argument("--shards", default=str(REPO / "data" / "shards" / "train"))
+    k.add_argument("--size", type=int, default=8, help="retrain.cluster_size")
+    k.add_argument("--seed", type=int, default=0, help="train.seed")
     args = parser.parse_args(argv)
-    result = {"effect": effect, "filter": filter_quality, "cost": cost}[args.command](args)
+    result = {"effect": effect, "filter": filter_quality, "cost": cost, "clusters": clusters}[args.command](args)
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / f"{getattr(args, 'name', args.command)}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
