@@ -81,7 +81,8 @@ def _expected(raw_root: Path) -> dict[str, int]:
     return {name: d["expected"] for name, d in v2.get("datasets", {}).items()}
 
 
-def _write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+def write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    """`rows` as one zstd parquet file of `schema`, written atomically (the V2 tables and rejects)."""
     with files.atomic_file(path) as f:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), f, compression="zstd")
 
@@ -113,8 +114,8 @@ def _datasets(root: Path, out: Path, rejects_root: Path, params: Normalize, stor
         if task.parser not in READERS:
             raise ValueError(f"MMEB-V2 dataset {task.name}: loader family {task.parser!r} is not wired yet")
         queries, corpus, rejects, c = READERS[task.parser](root, task, params, store)
-        _write_table(out / task.name / "queries.parquet", queries, V2_QUERY_SCHEMA)
-        _write_table(out / task.name / "corpus.parquet", corpus, V2_CORPUS_SCHEMA)
+        write_table(out / task.name / "queries.parquet", queries, V2_QUERY_SCHEMA)
+        write_table(out / task.name / "corpus.parquet", corpus, V2_CORPUS_SCHEMA)
         info = {"dataset": task.name, "modality": task.modality, "meta_task": task.meta_task,
                 "eval_type": task.eval_type, "expected": expected.get(task.name, task.num_data)}
         if task.parser == "vidore":  # the instructions it was written with (normalize.vidore_prompt)
@@ -123,7 +124,7 @@ def _datasets(root: Path, out: Path, rejects_root: Path, params: Normalize, stor
             info["id_type"] = c["id_type"]
         files.write_json(out / task.name / "dataset.json", info, sort_keys=True)
         if rejects:
-            _write_table(Path(rejects_root) / OUT / f"{task.name}.parquet",
+            write_table(Path(rejects_root) / OUT / f"{task.name}.parquet",
                          [dict(zip(REJECT_SCHEMA.names, r)) for r in rejects], REJECT_SCHEMA)
         counts[task.name] = {**c, "eval_type": task.eval_type, "expected": info["expected"]}
         log.info("MMEB-V2 %s: %d queries, %d candidates, %d rejected", task.name, len(queries), len(corpus),

@@ -17,12 +17,9 @@ import json
 import logging
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from pipelines import files
 from pipelines.errors import StageFailed
 from pipelines.imagestore import ImageStoreWriter
+from pipelines.normalize_v2 import write_table
 from pipelines.params import Normalize
 from pipelines.schema import REJECT_SCHEMA, V2_TRAIN_SCHEMA
 from pipelines.sources.v2_train import read_set
@@ -44,16 +41,11 @@ def listed(raw_root: Path) -> dict[str, int | None]:
     return {name: None for name, s in SETS.items() if (root / SOURCES[s.source].folder).is_dir()}
 
 
-def _write(path: Path, rows: list[dict], schema: pa.Schema) -> None:
-    with files.atomic_file(path) as f:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), f, compression="zstd")
-
-
 def write_parts(folder: Path, rows: list[dict], rows_per_part: int) -> int:
     """The rows as pairs-00000.parquet, ... of ``rows_per_part`` rows each; the number of parts."""
     parts = max(1, -(-len(rows) // rows_per_part))
     for p in range(parts):
-        _write(folder / f"pairs-{p:05d}.parquet", rows[p * rows_per_part:(p + 1) * rows_per_part], V2_TRAIN_SCHEMA)
+        write_table(folder / f"pairs-{p:05d}.parquet", rows[p * rows_per_part:(p + 1) * rows_per_part], V2_TRAIN_SCHEMA)
     return parts
 
 
@@ -73,7 +65,7 @@ def normalize_v2_train(raw_root: Path, out_root: Path, rejects_root: Path, param
             pairs = read_set(root, spec, params, writer.add)
             write_parts(Path(out_root) / OUT / name, pairs.rows, params.rows_per_part)
             if pairs.rejects:
-                _write(Path(rejects_root) / OUT / f"{name}.parquet", pairs.rejects, REJECT_SCHEMA)
+                write_table(Path(rejects_root) / OUT / f"{name}.parquet", pairs.rejects, REJECT_SCHEMA)
             counts[name] = {**pairs.counts(), "expected": expected, "modality": spec.modality,
                             "meta_task": spec.meta_task}
             log.info("V2 training set %s: %d rows, %d pairs, %d rejected", name, pairs.rows_in, len(pairs.rows),
