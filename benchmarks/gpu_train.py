@@ -31,6 +31,9 @@ the shards' small synthetic images reach the model at the benchmark's resolution
 ratios vary, so a batch mixes image sizes); `base` trains the base folder as it is. LoRA r=8 on the
 language model, bf16 base and adapters, LoRA dropout 0: the GPU benchmark's settings.
 
+Every trainer variant keeps params.yaml's `train.sub_batches` (kind: a side's text, image and video
+rows embedded apart) where it applies (not under cuda-graphs, which keeps one padded batch per side).
+
 Reported per variant: pairs/s (median over the steps after `--skip`, as the loop logs it: host time
 between steps, data waits included), the data loader's wait (`loader_wait_s`, the median seconds the
 loop spent in the loader's `next`, and `loader_share`, their sum over the steps' time after `--skip`:
@@ -227,7 +230,8 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
     skip = args.gc_skip if gc_on else args.skip
     result = timing(rows, [r.get("pairs_per_s") for r in rows], waits, p.batch_size, skip)
     return dict(variant=name, compile=compile_value, pad_to_multiple_of=multiple, batch=p.batch_size,
-                gc_chunk=p.gc_chunk_size, steps=len(rows), wall_s=round(wall, 1), **result,
+                gc_chunk=p.gc_chunk_size, sub_batches=p.sub_batches_in_effect, steps=len(rows),
+                wall_s=round(wall, 1), **result,
                 images_per_s=round(statistics.median(r["images_per_s"] for r in rows[skip:]), 1)
                 if result["pairs_per_s"] else None,
                 graphs=int(counters["stats"]["unique_graphs"]), cudagraph_skips=int(counters["inductor"]["cudagraph_skips"]),

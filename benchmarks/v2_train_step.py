@@ -7,8 +7,11 @@ Qwen2-VL (hidden 128, 2 layers, 64 px images, full fine-tuning as `train.lora_ra
 A batch of `--batch` pairs of one kind, the sides as the shards give them (pictures already at
 `--side` x `--side`, the pre-scaled training resolution): image -> text (a V1 pair), page -> text
 (colpali_train_set), video -> text (LLaVA-Hound captions, `--frames` frames), text -> video
-(LLaVA-Hound video retrieval), and a mixed batch of the four in equal blocks, collated as one batch
-(as the trainer does without GradCache) or block by block. Per kind: the
+(LLaVA-Hound video retrieval); and three mixed batches, each collated and embedded as one padded
+batch per side (`train.sub_batches: none`) and by input kind (`kind`, the trainer's own
+`side_chunks` and `in_batch_order`): the four kinds in equal blocks; V1 pairs, half of them
+image -> text and half text -> image (MMEB-train mixes such datasets); V1 pairs with one video pair
+(about the default run's share of V2 pairs). Per kind: the
 Collator's time for the batch (the loader's CPU work), the step's time (the forward of queries and
 targets, InfoNCE, backward, gradient clipping, AdamW: the trainer's step without GradCache), both
 medians of 5 steps after 1 warm-up, and the vision tokens a row. The machine is otherwise idle or
@@ -32,9 +35,12 @@ from PIL import Image  # noqa: E402
 from trainer.backbone.families import build_tiny  # noqa: E402
 from trainer.model.embedder import Embedder  # noqa: E402
 from trainer.model.inputs import Collator  # noqa: E402
-from trainer.train.losses import info_nce  # noqa: E402
+from trainer.train.losses import in_batch_order, info_nce  # noqa: E402
+from trainer.train.stream import side_chunks  # noqa: E402
 
-KINDS = ("image", "page", "video", "text->video", "mixed", "mixed, per block")
+SINGLE = ("image", "page", "video", "text->video")
+MIXES = ("mixed", "V1 i2t + t2i", "V1 + 1 video")
+KINDS = SINGLE + tuple(f"{mix}{suffix}" for mix in MIXES for suffix in ("", ", by kind"))
 
 
 def picture(seed: int, side: int) -> Image.Image:
@@ -51,15 +57,22 @@ def pair(kind: str, i: int, frames: int, side: int) -> tuple[tuple[dict, object]
         return ({"raw": f"<|image_1|> what does page {i} say?", "image": {}}, picture(i, side)), (text, None)
     if kind == "video":
         return ({"raw": "<|video_1|>\nDescribe the video.", "video": [{}] * frames}, video), (text, None)
+    if kind == "text->image":
+        return (({"raw": f"Find me an everyday image that matches the given caption: item {i}"}, None),
+                ({"raw": "<|image_1|>\nRepresent the given image.", "image": {}}, picture(i, side)))
     return (({"raw": f"Find a video that contains the following visual content: item {i}"}, None),
             ({"raw": "Understand the content of the provided video: <|video_1|>", "video": [{}] * frames}, video))
 
 
 def batch_pairs(kind: str, size: int, frames: int, side: int) -> list:
-    if not kind.startswith("mixed"):
+    mix = kind.removesuffix(", by kind")
+    if mix in SINGLE:
         return [pair(kind, i, frames, side) for i in range(size)]
-    block = size // 4
-    return [pair(k, i, frames, side) for k in KINDS[:4] for i in range(block)]
+    if mix == "mixed":
+        return [pair(k, i, frames, side) for k in SINGLE for i in range(size // 4)]
+    if mix == "V1 i2t + t2i":
+        return [pair("image" if i % 2 else "text->image", i, frames, side) for i in range(size)]
+    return [pair("video" if i == size // 2 else "image", i, frames, side) for i in range(size)]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # cpu: this process's CPU seconds, all threads
@@ -115,23 +128,28 @@ def main() -> None:
 
 
 class Case:
-    """One kind's batch: its collation and its training step. "mixed, per block": each block of one
-    kind collated and embedded on its own (padded to its own longest row, not the batch's)."""
+    """One kind's batch: its collation and its training step. ", by kind": each side's rows collated
+    and embedded by input kind, as the trainer does with `train.sub_batches: kind`."""
 
     def __init__(self, kind, pairs, collator, embedder, params, optimizer):
         self.kind, self.collator, self.embedder, self.params, self.optimizer = kind, collator, embedder, params, optimizer
         (self.qs, self.qv), (self.ts, self.tv) = zip(*[p[0] for p in pairs]), zip(*[p[1] for p in pairs])
-        self.blocks = 4 if kind == "mixed, per block" else 1
+        self.sub_batches = "kind" if kind.endswith(", by kind") else "none"
         self.query, self.target = self.collate()
-        self.tokens = [sum(map(vision_tokens, encs)) / len(pairs) for encs in (self.query, self.target)]
+        self.tokens = [sum(map(vision_tokens, encs)) / len(pairs) for encs, _ in (self.query, self.target)]
 
     def collate(self):
-        n = len(self.qs) // self.blocks
-        return tuple([self.collator(list(sides[i:i + n]), list(visual[i:i + n])) for i in range(0, len(sides), n)]
-                     for sides, visual in ((self.qs, self.qv), (self.ts, self.tv)))
+        """Per side: (its collated chunks, the batch row of each embedded row)."""
+        sides = []
+        for texts, visual in ((self.qs, self.qv), (self.ts, self.tv)):
+            groups = side_chunks(list(visual), 0, self.sub_batches)
+            encs = [self.collator([texts[i] for i in g], [visual[i] for i in g]) for g in groups]
+            sides.append((encs, torch.tensor([i for g in groups for i in g])))
+        return tuple(sides)
 
-    def embed(self, encs) -> torch.Tensor:
-        return torch.cat([self.embedder(enc) for enc in encs])
+    def embed(self, side) -> torch.Tensor:
+        encs, order = side
+        return in_batch_order(torch.cat([self.embedder(enc) for enc in encs]), order)
 
     def step(self) -> None:
         loss = info_nce(self.embed(self.query), self.embed(self.target), temperature=0.02)

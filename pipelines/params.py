@@ -41,6 +41,7 @@ from pipelines.images import side_cut, snapped_size
 
 PARAMS_FILE = "params.yaml"
 ENV = "VLM2VEC_PARAMS"  # another params file, e.g. a benchmark's
+SUB_BATCHES = ("kind", "none")  # train.sub_batches: rows collated and embedded per input kind, or together
 COMPILE_SCOPES = ("blocks", "region", "cuda-graphs")  # train.compile's values besides true / false
 VIDEO_INPUTS = ("native", "frames_mean")  # eval.video_input's values (trainer.eval.evaluate_v2 reads them)
 FOLLOW_TRAIN = "train"  # shard/eval.image_max_pixels: the value of train.image_max_pixels
@@ -534,6 +535,11 @@ class Train(Section):
                        "torch.compile: false; blocks (= true), each layer; region, the language model as one "
                        "region; cuda-graphs, that region replayed as CUDA graphs (one process, no GradCache)")
     pad_to_multiple_of: int = key(Int(1), "padded lengths rounded up to a multiple (fewer shapes to compile)")
+    sub_batches: str = key(Choice(*SUB_BATCHES),
+                           "kind: a side's rows collated and embedded per input kind (text, image, video), so "
+                           "none is padded to a longer kind's length (GradCache: rows sorted by kind, then "
+                           "chunked; not under compile cuda-graphs, nor fsdp without GradCache, which keep "
+                           "none); none: one padded batch per side, as VLM2Vec")
     fsdp: bool = key(Bool(), "under torchrun: shard weights, gradients and AdamW state over the ranks")
 
     def problems(self):
@@ -549,6 +555,16 @@ class Train(Section):
         if self.compile == "cuda-graphs" and self.gc_chunk_size:
             yield ("compile cuda-graphs needs gc_chunk_size 0 (GradCache keeps each chunk's embeddings while "
                    "the next chunk's replay would overwrite them; use compile: region)")
+
+    @property
+    def sub_batches_in_effect(self) -> str:
+        """``sub_batches``, except "none" where sub-batches by kind cannot run: under compile
+        cuda-graphs (a graph is recorded per input shape, and they vary the rows of every forward)
+        and under FSDP without GradCache (FSDP gathers the weights in every forward, and ranks would
+        run as many forwards as their batch has kinds)."""
+        if self.compile == "cuda-graphs" or (self.fsdp and not self.gc_chunk_size):
+            return "none"
+        return self.sub_batches
 
     @property
     def compile_scope(self) -> str | None:

@@ -324,6 +324,19 @@ def test_train_compile_scope_and_the_compile_settings_that_work():
     Train.parse({**TRAIN, "compile": "region", "gc_chunk_size": 4})
 
 
+def test_sub_batches_by_kind_fall_back_to_one_batch_where_they_cannot_run():
+    def in_effect(**overrides) -> str:
+        return Train.parse({**TRAIN, **overrides}).sub_batches_in_effect
+
+    assert TRAIN["sub_batches"] == "kind" and in_effect() == "kind"
+    assert in_effect(sub_batches="none") == "none"
+    assert in_effect(compile="region") == in_effect(compile=True) == "kind"
+    assert in_effect(compile="cuda-graphs") == "none"  # a CUDA graph per input shape
+    assert in_effect(fsdp=True, gc_chunk_size=0) == "none"  # ranks must run the same forwards
+    assert in_effect(fsdp=True, gc_chunk_size=4) == "kind"  # GradCache keeps the chunk count
+    assert "train.sub_batches" in train_refused({"sub_batches": "length"})
+
+
 def test_a_whole_params_file_reports_a_train_mistake_by_its_key():
     with pytest.raises(ParamsError, match=re.escape("train.learnng_rate: unknown key")):
         P.parse(document(train={"learnng_rate": 0.1}))

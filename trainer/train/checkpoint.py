@@ -54,7 +54,7 @@ NAME_RE = re.compile(r"step-(\d{6,})")
 # change speed or bookkeeping, never the result (beyond float rounding); num_workers sets the data
 # order of a fresh run through the number of data slots, which the loop fingerprints instead
 NOT_IN_FINGERPRINT = ("save_every", "num_workers", "batched_vision_attention", "compile", "fsdp",
-                      "pad_to_multiple_of")
+                      "pad_to_multiple_of", "sub_batches")
 FORMAT = "vlm2vec-checkpoint/1"
 
 

@@ -45,12 +45,14 @@ from dataclasses import dataclass
 import torch
 
 from trainer import distributed
+from trainer.train.losses import in_batch_order
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RngState", "gradcache_step"]
 
 Inputs = dict
+ORDER_KEYS = {"query": "query", "target": "target", "negative": "negatives"}  # group -> key of a batch's order
 
 
 @dataclass
@@ -92,6 +94,7 @@ def gradcache_step(
     *,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     features=None,
+    order: dict[str, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """One GradCache forward/backward; parameter ``.grad`` receives dL/dtheta (accumulated, not zeroed).
 
@@ -108,6 +111,9 @@ def gradcache_step(
         features: an `trainer.model.acceleration.ImageFeatureCache` (``record()`` / ``replay()`` context
             managers): the image features of the no-grad pass are reused by the pass with grad
             instead of running a frozen vision tower again; None runs it twice.
+        order: None when the chunks hold the rows in batch order; else per group ("query",
+            "target", "negatives") the batch row of each row of the concatenated chunks (a batch's
+            ``order``, `trainer.train.losses.in_batch_order`): the loss sees the rows in batch order.
 
     Under DDP every rank must pass the same number of query, target and negative chunks (each
     forward and the final sync are collectives); the counts are compared first and a mismatch
@@ -129,16 +135,17 @@ def gradcache_step(
 
     # 2) loss on the embeddings, gradient w.r.t. the embeddings
     leaves = {name: torch.cat(embs).requires_grad_() for name, (embs, _) in cached.items()}
-    q, t = leaves["query"], leaves["target"]
-    if q.shape != t.shape:
-        raise ValueError(f"queries {tuple(q.shape)} and targets {tuple(t.shape)} differ in shape")
-    negs = None
-    if "negative" in leaves:
-        n = leaves["negative"]
-        if n.shape[0] % q.shape[0] != 0:
-            raise ValueError(f"{n.shape[0]} negatives is not a multiple of {q.shape[0]} queries")
-        negs = n.view(q.shape[0], n.shape[0] // q.shape[0], n.shape[1])
     with torch.enable_grad():
+        rows = {name: in_batch_order(leaf, (order or {}).get(ORDER_KEYS[name])) for name, leaf in leaves.items()}
+        q, t = rows["query"], rows["target"]
+        if q.shape != t.shape:
+            raise ValueError(f"queries {tuple(q.shape)} and targets {tuple(t.shape)} differ in shape")
+        negs = None
+        if "negative" in rows:
+            n = rows["negative"]
+            if n.shape[0] % q.shape[0] != 0:
+                raise ValueError(f"{n.shape[0]} negatives is not a multiple of {q.shape[0]} queries")
+            negs = n.view(q.shape[0], n.shape[0] // q.shape[0], n.shape[1])
         loss = loss_fn(q, t, negs)
         if loss.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")

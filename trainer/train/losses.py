@@ -24,6 +24,9 @@ single process would get on the whole global batch. The logged value must be the
 ``loss.item() / loss_scale()`` (``loss_scale()`` is 1 in one process, or when ``gather=False`` /
 ``scale_by_world_size=False``). With ``gather=False`` each rank uses only its local in-batch
 negatives and no scaling is applied (DDP's average of per-rank losses is then already right).
+
+:func:`in_batch_order` puts a side's embeddings back in batch order when the stream collated its rows
+in another order (``train.sub_batches: kind``), before the loss pairs query i with target i.
 """
 
 from __future__ import annotations
@@ -133,3 +136,13 @@ def info_nce(
     loss = F.cross_entropy(logits, labels)
     scale = loss_scale(gather=gather, scale_by_world_size=scale_by_world_size)
     return loss * scale if scale != 1 else loss
+
+
+def in_batch_order(embeddings: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """A side's embeddings, its chunks' rows concatenated, put back in batch order: ``order[j]`` is
+    the batch row of embedded row j (a batch's ``order``; None: already in batch order). An index
+    operation, so gradients flow back to the chunk rows."""
+    if order is None:
+        return embeddings
+    return embeddings[torch.argsort(order.to(embeddings.device))]
+

@@ -197,6 +197,9 @@ def open_stream(model: Model, p: Train, paths: TrainPaths, dist: DistInfo, start
                         instructions=p.instructions, pad_to_multiple_of=p.pad_to_multiple_of,
                         **{k: getattr(p, k) for k in RENDERING})
     config = StreamConfig.from_params(p, world_size=dist.world_size, rank=dist.rank, slots_per_rank=slots_per_rank)
+    if config.sub_batches != p.sub_batches:
+        log.info("train.sub_batches %s is not used with this compile / fsdp setting: one batch per side",
+                 p.sub_batches)
     if batching is None:
         stream = ContrastiveStream(shards, config, collator, mixture=p.mixture, position=start.position)
     else:

@@ -4,7 +4,8 @@
     result = step(batch)            # a batch of `trainer.train.stream.ContrastiveStream`
 
 The step embeds the batch's queries and targets (and ``hard_negatives`` explicit negatives per
-query) in one call of the encoder, takes `info_nce` at ``temperature`` over the global batch (padded
+query) in one call of the encoder (each side in its chunks: one, or one per input kind with
+``sub_batches: kind``, the rows then put back in batch order), takes `info_nce` at ``temperature`` over the global batch (padded
 negative slots masked out), backpropagates, in GradCache chunks of ``gc_chunk_size`` when > 0
 (`trainer.train.gradcache`), clips the gradient norm to ``max_grad_norm``, steps AdamW and the
 learning-rate schedule. Under bf16 the forward runs in autocast; under DDP or FSDP GradCache syncs
@@ -25,7 +26,7 @@ from trainer.distributed import DistInfo
 from trainer.train import fsdp
 from trainer.train.build import Model
 from trainer.train.gradcache import gradcache_step
-from trainer.train.losses import info_nce, loss_scale
+from trainer.train.losses import in_batch_order, info_nce, loss_scale
 
 
 class StepResult(NamedTuple):
@@ -58,9 +59,9 @@ class Step:
             torch.compiler.cudagraph_mark_step_begin()
         if self.gc_chunk_size > 0:
             loss = gradcache_step(self.embed, query, target, loss_fn, negatives, no_sync=self.no_sync,
-                                  features=self.model.image_features)
+                                  features=self.model.image_features, order=batch.get("order"))
         else:
-            loss = self.forward_backward(query[0], target[0], negatives, loss_fn)
+            loss = self.forward_backward(query, target, negatives, loss_fn, batch.get("order"))
         model = self.model
         grad_norm = torch.nn.utils.clip_grad_norm_(model.trainable, self.max_grad_norm)
         learning_rate = model.scheduler.get_last_lr()[0]  # the rate this step's update uses
@@ -69,15 +70,18 @@ class Step:
         model.optimizer.zero_grad(set_to_none=True)
         return StepResult(float(loss.detach()) / self.scale, grad_norm, learning_rate)
 
-    def forward_backward(self, query: dict, target: dict, negatives: list[dict] | None,
-                         loss_fn: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """The whole batch in one forward and one backward (no GradCache); the loss."""
+    def forward_backward(self, query: list[dict], target: list[dict], negatives: list[dict] | None,
+                         loss_fn: Callable[..., torch.Tensor], order: Mapping | None = None) -> torch.Tensor:
+        """The whole batch in one forward of the encoder and one backward (no GradCache); the loss.
+        Each side's chunks are embedded, concatenated and put back in batch order (`order`)."""
+        sides = [("query", query), ("target", target)] + ([("negatives", negatives)] if negatives else [])
         with self.autocast:
-            embs = self.model.encoder(query, target, *(negatives or []))
-        negs = None
-        if negatives:
-            negs = embs[2].view(embs[0].shape[0], -1, embs[2].shape[-1])
-        loss = loss_fn(embs[0], embs[1], negs)
+            embs = iter(self.model.encoder(*(chunk for _, chunks in sides for chunk in chunks)))
+        rows = {name: in_batch_order(torch.cat([next(embs) for _ in chunks]), (order or {}).get(name))
+                for name, chunks in sides}
+        q, t = rows["query"], rows["target"]
+        negs = rows["negatives"].view(q.shape[0], -1, q.shape[-1]) if negatives else None
+        loss = loss_fn(q, t, negs)
         loss.backward()
         return loss
 

@@ -37,6 +37,11 @@ How a global step is built
    pair to its list of frames (the Collator's video row), the local batch is collated
    with the model's `Collator` (in ``gc_chunk_size`` chunks when GradCache is on: "late
    processing"), and up to ``hard_negatives`` explicit negatives per query come from the record.
+   With ``sub_batches: kind`` a side's rows are ordered by input kind (text, image, video) before
+   they are collated: without GradCache each kind present is its own chunk, so a batch's text rows
+   are not padded to its images' length nor its image rows to its videos'; with GradCache the
+   sorted rows are cut into the same ``gc_chunk_size`` chunks (the same chunk count on every
+   rank). The batch's ``order`` says which row each embedded row is (`trainer.train.losses.in_batch_order`).
 
 Position and exact resume
 -------------------------
@@ -75,7 +80,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 from pipelines import digests
 from pipelines import shard as shard_format
 from pipelines.images import max_pixels_size, side_cut
-from pipelines.params import Train
+from pipelines.params import SUB_BATCHES, Train
 
 log = logging.getLogger(__name__)
 
@@ -469,13 +474,15 @@ class StreamConfig:
     hard_negatives: int = 0
     gc_chunk_size: int = 0
     image_max_pixels: int | None = None  # decode hint only (see decode_image); the Collator resizes
+    sub_batches: str = "none"  # kind: each side's rows collated by input kind (`side_chunks`)
 
     @classmethod
     def from_params(cls, train: Train, *, world_size: int, rank: int, slots_per_rank: int) -> "StreamConfig":
         return cls(seed=train.seed, global_batch=train.batch_size, world_size=world_size, rank=rank,
                    slots_per_rank=slots_per_rank, homogeneous_batch=train.homogeneous_batch,
                    shuffle_buffer=train.shuffle_buffer, hard_negatives=train.hard_negatives,
-                   gc_chunk_size=train.gc_chunk_size, image_max_pixels=train.image_max_pixels)
+                   gc_chunk_size=train.gc_chunk_size, image_max_pixels=train.image_max_pixels,
+                   sub_batches=train.sub_batches_in_effect)
 
     def validate(self) -> None:
         """The checks that depend on the run (its ranks and data slots); the params contract
@@ -487,6 +494,8 @@ class StreamConfig:
                              f"world size {self.world_size}")
         if self.slots_per_rank < 1:
             raise ValueError("slots_per_rank must be >= 1")
+        if self.sub_batches not in SUB_BATCHES:
+            raise ValueError(f"sub_batches must be one of {SUB_BATCHES}, got {self.sub_batches!r}")
 
     @property
     def local_batch(self) -> int:
@@ -504,6 +513,29 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def input_kind(image) -> int:
+    """A side's input kind, in the order `side_chunks` sorts by: 0 text only, 1 an image, 2 a video."""
+    return 2 if isinstance(image, list) else int(image is not None)
+
+
+def side_chunks(images: list, chunk: int, sub_batches: str) -> list[list[int]]:
+    """The rows (indices into a side's rows) of each chunk the side is collated in.
+
+    ``none``: the rows in order, in ``chunk``-row chunks (GradCache) or one chunk. ``kind``: the rows
+    stably sorted by `input_kind`, then cut into ``chunk``-row chunks (GradCache: as many chunks as
+    unsorted, so the ranks agree on the count), or without GradCache one chunk per kind present.
+    """
+    rows = list(range(len(images)))
+    if sub_batches == "none":
+        return _chunks(rows, chunk)
+    rows.sort(key=lambda i: input_kind(images[i]))
+    if chunk > 0:
+        return _chunks(rows, chunk)
+    kinds = [input_kind(images[i]) for i in rows]
+    cuts = [0] + [j for j in range(1, len(rows)) if kinds[j] != kinds[j - 1]] + [len(rows)]
+    return [rows[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
 class ContrastiveStream(IterableDataset):
     """Infinite stream of this rank's collated batches, one per global step from ``position.step``.
 
@@ -513,6 +545,10 @@ class ContrastiveStream(IterableDataset):
                               of query and target hold the same pairs
         negatives             None, or chunks of the query-major flattened hard negatives
                               (``hard_negatives`` per query, chunked by ``gc_chunk_size * K``)
+        order                 None (every side's chunks hold its rows in batch order), or with
+                              ``sub_batches: kind`` {"query", "target", "negatives"}: per side the
+                              batch row of each embedded row (`in_batch_order`; negatives: None
+                              without hard negatives)
         negative_mask         None, or a bool [pairs, K] tensor: False for a padded slot (`pick_negatives`)
         ids, datasets         record id and dataset of each pair, in batch order
         position              {dataset: [epoch, offset]} of the slot after this batch
@@ -618,29 +654,36 @@ class ContrastiveStream(IterableDataset):
     def collate(self, records: list[dict], images: list[dict]) -> dict:
         c, k = self.config, self.config.hard_negatives
         chunk = c.gc_chunk_size
-        query_sides = [r["query"] for r in records]
-        target_sides = [r["target"] for r in records]
         query_images = [im["query"] for im in images]
         target_images = [im["target"] for im in images]
+        query, query_order = self.collate_side([r["query"] for r in records], query_images, chunk)
+        target, target_order = self.collate_side([r["target"] for r in records], target_images, chunk)
         batch = {
-            "query": [self.collator(s, i) for s, i in zip(_chunks(query_sides, chunk), _chunks(query_images, chunk))],
-            "target": [self.collator(s, i) for s, i in
-                       zip(_chunks(target_sides, chunk), _chunks(target_images, chunk))],
+            "query": query, "target": target,
             "negatives": None, "negative_mask": None, "padded_negatives": 0,
+            "order": None,
             "ids": [r["id"] for r in records], "datasets": [r["dataset"] for r in records],
             "pairs": len(records),
         }
         n_images = sum(map(_pictures, query_images + target_images))
+        negatives_order = None
         if k > 0:
             neg_sides, neg_images, mask = self.pick_negatives(records, images)
             n_images += sum(map(_pictures, neg_images))
-            nchunk = chunk * k if chunk else 0
-            batch["negatives"] = [self.collator(s, i) for s, i in
-                                  zip(_chunks(neg_sides, nchunk), _chunks(neg_images, nchunk))]
+            batch["negatives"], negatives_order = self.collate_side(neg_sides, neg_images, chunk * k if chunk else 0)
             batch["negative_mask"] = torch.tensor(mask, dtype=torch.bool).view(len(records), k)
             batch["padded_negatives"] = len(mask) - sum(mask)
+        if c.sub_batches != "none":
+            batch["order"] = {"query": query_order, "target": target_order, "negatives": negatives_order}
         batch["images"] = n_images
         return batch
+
+    def collate_side(self, sides: list[dict], images: list, chunk: int) -> tuple[list[dict], torch.Tensor]:
+        """A side's collated chunks (`side_chunks`) and its ``order``: the batch row of each
+        embedded row, the chunks' rows concatenated."""
+        groups = side_chunks(images, chunk, self.config.sub_batches)
+        chunks = [self.collator([sides[i] for i in g], [images[i] for i in g]) for g in groups]
+        return chunks, torch.tensor([i for g in groups for i in g], dtype=torch.long)
 
     def pick_negatives(self, records: list[dict], images: list[dict]) -> tuple[list, list, list[bool]]:
         """``hard_negatives`` (K) negatives per query, query-major: the record's first K negatives;

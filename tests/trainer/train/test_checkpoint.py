@@ -185,7 +185,8 @@ def test_every_param_that_changes_the_math_changes_the_fingerprint(tmp_path):
     index.write_text("{}")
     params = yaml.safe_load((Path(__file__).resolve().parents[3] / "params.yaml").read_text())["train"]
     fp = C.fingerprint(params, base, index)
-    speed_only = {"save_every", "num_workers", "batched_vision_attention", "compile", "fsdp", "pad_to_multiple_of"}
+    speed_only = {"save_every", "num_workers", "batched_vision_attention", "compile", "fsdp", "pad_to_multiple_of",
+                  "sub_batches"}
     assert set(C.NOT_IN_FINGERPRINT) == speed_only
 
     def other(value):

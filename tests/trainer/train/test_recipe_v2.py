@@ -76,3 +76,17 @@ def test_gradcache_with_hard_negatives_matches_one_pass_and_resumes_exactly(v2_w
     assert max(float((again[k] - weights[k]).abs().max()) for k in weights) < 1e-6
 
 
+
+
+@pytest.mark.parametrize("extra", [{}, {"hard_negatives": 1, "gc_chunk_size": 3}], ids=["one-pass", "gradcache"])
+def test_sub_batches_by_kind_train_what_one_padded_batch_trains(v2_workspace, extra):
+    """Text, image, page and video rows embedded apart (`train.sub_batches: kind`, video rows no
+    longer padding the others) give the loss and weights of one padded batch per side, up to float
+    rounding, with and without GradCache (whose loss then sees sorted rows put back in order)."""
+    settings = {**MIXED, "batch_size": 6, "homogeneous_batch": 1, **extra}  # every batch mixes kinds
+    together = train(params(**settings, sub_batches="none"), paths_in(v2_workspace))
+    weights = merged_weights(v2_workspace)
+    apart = train(params(**settings, sub_batches="kind"), paths_in(v2_workspace))
+    assert apart["final_loss"] == pytest.approx(together["final_loss"], rel=1e-5)
+    again = merged_weights(v2_workspace)
+    assert max(float((again[k] - weights[k]).abs().max()) for k in weights) < 1e-5

@@ -16,6 +16,7 @@ from pipelines.errors import IntegrityError
 from pipelines.images import max_pixels_size
 from tests.support.images import encode, image_bytes
 from tests.support.shards import make_side, write_test_shards
+from trainer.train import losses as L
 from trainer.train import stream as D
 
 # --- the stream under test, with a collator that records what it was given ----------------------
@@ -386,3 +387,48 @@ def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="slots_per_rank"):
         stream(shards, batch=4, slots=0)
     # homogeneous_batch dividing batch_size is the params contract's: tests/pipelines/test_params.py
+
+
+# --- sub-batches by input kind ----------------------------------------------------------------
+
+
+def test_side_chunks_sort_rows_by_kind_and_keep_the_gradcache_chunk_count():
+    img, video = Image.new("RGB", (4, 4)), [Image.new("RGB", (4, 4))] * 2
+    images = [video, None, img, None, video, img, None]  # kinds 2 0 1 0 2 1 0
+    assert [D.input_kind(i) for i in images] == [2, 0, 1, 0, 2, 1, 0]
+    assert D.side_chunks(images, 0, "none") == [[0, 1, 2, 3, 4, 5, 6]]
+    assert D.side_chunks(images, 3, "none") == [[0, 1, 2], [3, 4, 5], [6]]
+    assert D.side_chunks(images, 0, "kind") == [[1, 3, 6], [2, 5], [0, 4]]  # one chunk per kind, stable
+    assert D.side_chunks(images, 3, "kind") == [[1, 3, 6], [2, 5, 0], [4]]  # as many chunks as unsorted
+    assert D.side_chunks([img, img], 0, "kind") == [[0, 1]]
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_sub_batches_by_kind_hold_one_kind_each_and_their_order_restores_the_batch(tmp_path, chunk):
+    """Text queries, image targets, negatives of both kinds (a record's own image negatives, other
+    pairs' image targets, text ones): each side's rows come back in batch order through `order`,
+    equal to the rows of the unsorted batch; without GradCache every chunk holds one kind."""
+    def record(dataset, i):
+        rec, extra = _record_with_negatives(dataset, i)
+        if i % 2:  # odd queries carry an image
+            rec["query"] = make_side(f"q{i}", image_bytes((0, i, 0), fmt="PNG"), "query.png")
+        rec["negatives"] = rec["negatives"] + [make_side(f"text neg {i}", None, None)]
+        return rec, extra
+
+    shards = write_test_shards(tmp_path, {"A": 6}, per_shard=6, make_record=record)
+    settings = dict(batch=6, slots=1, shuffle_buffer=0, hard_negatives=2, gc_chunk_size=chunk)
+    (plain,) = take(stream(shards, **settings), 1)
+    (kind,) = take(stream(shards, sub_batches="kind", **settings), 1)
+    assert plain["order"] is None and kind["ids"] == plain["ids"]
+    for side in ("query", "target", "negatives"):
+        order = kind["order"][side]
+        assert sorted(order.tolist()) == list(range(len(order)))
+        for key in ("text_hash", "has_image", "pixel_sum"):
+            rows = L.in_batch_order(torch.cat([c[key] for c in kind[side]]), order)
+            assert torch.equal(rows, torch.cat([c[key] for c in plain[side]])), (side, key)
+        if chunk:  # GradCache: the chunk count is the unsorted one, the same on every rank
+            assert len(kind[side]) == len(plain[side])
+        else:
+            assert all(len(set(c["has_image"].tolist())) == 1 for c in kind[side])
+    assert [len(c["text_hash"]) for c in kind["query"]] == ([3, 3] if not chunk else [4, 2])
+    assert torch.equal(kind["negative_mask"], plain["negative_mask"])
