@@ -142,7 +142,7 @@ class Case:
         """Per side: (its collated chunks, the batch row of each embedded row)."""
         sides = []
         for texts, visual in ((self.qs, self.qv), (self.ts, self.tv)):
-            groups = side_chunks(list(visual), 0, self.sub_batches)
+            groups = side_chunks(list(texts), list(visual), 0, self.sub_batches)
             encs = [self.collator([texts[i] for i in g], [visual[i] for i in g]) for g in groups]
             sides.append((encs, torch.tensor([i for g in groups for i in g])))
         return tuple(sides)

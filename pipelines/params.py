@@ -537,8 +537,8 @@ class Train(Section):
     pad_to_multiple_of: int = key(Int(1), "padded lengths rounded up to a multiple (fewer shapes to compile)")
     sub_batches: str = key(Choice(*SUB_BATCHES),
                            "kind: a side's rows collated and embedded per input kind (text, image, video), so "
-                           "none is padded to a longer kind's length (GradCache: rows sorted by kind, then "
-                           "chunked; not under compile cuda-graphs, nor fsdp without GradCache, which keep "
+                           "none is padded to a longer kind's length (GradCache: rows sorted by kind and size, "
+                           "then chunked; not under compile cuda-graphs, nor fsdp without GradCache, which keep "
                            "none); none: one padded batch per side, as VLM2Vec")
     fsdp: bool = key(Bool(), "under torchrun: shard weights, gradients and AdamW state over the ranks")
 

@@ -27,7 +27,8 @@ from tqdm import tqdm
 from trainer.distributed import DistInfo
 from trainer.train import fsdp
 
-METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s", "quarantined", "padded_negatives")
+METRICS = ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s", "quarantined", "padded_negatives",
+           "padding")
 COUNTS = ("quarantined", "padded_negatives")  # per step, all ranks; metrics.json holds the run's totals
 
 
@@ -62,7 +63,8 @@ def run_summary(metrics_dir: Path) -> dict[str, float]:
     """`metrics.json`'s values for `dvc metrics diff` / `dvc exp show`, from the whole history in
     dvclive's tsv files (a resumed run's earlier steps included), instead of the last step's: loss and
     grad norm are means over the last tenth of the steps (one batch's loss is noise), pairs/s and
-    images/s medians over all steps (a checkpoint save slows the step after it), the counts
+    images/s medians over all steps (a checkpoint save slows the step after it), `padding` (the
+    share of the model's token positions that were padding) the mean over all steps, the counts
     (`COUNTS`: samples quarantined as undecodable or refused by the collator, negative slots padded)
     summed over the run, learning rate the last. Only metrics present are summarised."""
     series = {}
@@ -76,6 +78,8 @@ def run_summary(metrics_dir: Path) -> dict[str, float]:
         tail = values[-max(1, math.ceil(len(values) / 10)):]
         if name in ("loss", "grad_norm"):
             out[name] = sum(tail) / len(tail)
+        elif name == "padding":
+            out[name] = sum(values) / len(values)
         elif name.endswith("_per_s"):
             out[name] = statistics.median(values)
         elif name in COUNTS:
@@ -133,7 +137,8 @@ class Progress:
     def record(self, step: int, batch: Mapping[str, Any], loss: float, grad_norm: Any, learning_rate: float) -> None:
         """Log one step: its loss, learning rate, gradient norm, throughput since the last step and
         counts (all ranks'), and this rank's record ids."""
-        counts = torch.tensor([batch["pairs"], batch["images"], batch["quarantined"], batch["padded_negatives"]],
+        counts = torch.tensor([batch["pairs"], batch["images"], batch["quarantined"], batch["padded_negatives"],
+                               batch.get("tokens", 0), batch.get("positions", 0)],
                               dtype=torch.float64, device=self.dist.device)
         if self.dist.world_size > 1:
             torch.distributed.all_reduce(counts)
@@ -150,6 +155,8 @@ class Progress:
             self.live.log_metric("images_per_s", float(counts[1]) / elapsed)
             self.live.log_metric("quarantined", int(counts[2]))
             self.live.log_metric("padded_negatives", int(counts[3]))
+            if counts[5] > 0:  # padding: what sub-batches by kind and pad_to_multiple_of change
+                self.live.log_metric("padding", 1.0 - float(counts[4]) / float(counts[5]))
             self.live.next_step()
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}")

@@ -36,7 +36,7 @@ own generator, and the RNG is restored after the loader has started.
 Outputs (rank 0): ``out/adapter/`` (peft adapter, safetensors; LoRA only), ``out/merged/`` (a
 `save_backbone` folder: LoRA merged into the base, or the fully fine-tuned model) and
 ``out/lineage.json``; dvclive metrics under ``metrics`` (`trainer.train.live.METRICS` per step: loss,
-learning_rate, grad_norm, pairs_per_s, images_per_s, quarantined, padded_negatives) and its
+learning_rate, grad_norm, pairs_per_s, images_per_s, quarantined, padded_negatives, padding) and its
 ``metrics.json`` of run aggregates (`trainer.train.live.run_summary`).
 """
 

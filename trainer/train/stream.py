@@ -37,11 +37,11 @@ How a global step is built
    pair to its list of frames (the Collator's video row), the local batch is collated
    with the model's `Collator` (in ``gc_chunk_size`` chunks when GradCache is on: "late
    processing"), and up to ``hard_negatives`` explicit negatives per query come from the record.
-   With ``sub_batches: kind`` a side's rows are ordered by input kind (text, image, video) before
-   they are collated: without GradCache each kind present is its own chunk, so a batch's text rows
-   are not padded to its images' length nor its image rows to its videos'; with GradCache the
-   sorted rows are cut into the same ``gc_chunk_size`` chunks (the same chunk count on every
-   rank). The batch's ``order`` says which row each embedded row is (`trainer.train.losses.in_batch_order`).
+   With ``sub_batches: kind`` a side's rows are ordered by input kind (text, image, video), then
+   size, before they are collated: without GradCache each kind present is its own chunk, so a
+   batch's text rows are not padded to its images' length nor its image rows to its videos'; with
+   GradCache the sorted rows are cut into the same ``gc_chunk_size`` chunks (the same chunk count on
+   every rank), each of rows of about one length. The batch's ``order`` says which row each embedded row is (`trainer.train.losses.in_batch_order`).
 
 Position and exact resume
 -------------------------
@@ -518,17 +518,25 @@ def input_kind(image) -> int:
     return 2 if isinstance(image, list) else int(image is not None)
 
 
-def side_chunks(images: list, chunk: int, sub_batches: str) -> list[list[int]]:
+def input_size(side: Mapping[str, Any], image) -> tuple[int, int]:
+    """What a side's length grows with, inside its kind: its pixels (a video's frames together),
+    then its text's characters."""
+    frames = image if isinstance(image, list) else [] if image is None else [image]
+    return sum(f.width * f.height for f in frames), len(side.get("raw") or "")
+
+
+def side_chunks(sides: list[Mapping[str, Any]], images: list, chunk: int, sub_batches: str) -> list[list[int]]:
     """The rows (indices into a side's rows) of each chunk the side is collated in.
 
     ``none``: the rows in order, in ``chunk``-row chunks (GradCache) or one chunk. ``kind``: the rows
-    stably sorted by `input_kind`, then cut into ``chunk``-row chunks (GradCache: as many chunks as
-    unsorted, so the ranks agree on the count), or without GradCache one chunk per kind present.
+    stably sorted by `input_kind`, then `input_size` (as evaluation orders its items), then cut
+    into ``chunk``-row chunks (GradCache: as many chunks as unsorted, so the ranks agree on the
+    count, each of rows of about one length), or without GradCache one chunk per kind present.
     """
     rows = list(range(len(images)))
     if sub_batches == "none":
         return _chunks(rows, chunk)
-    rows.sort(key=lambda i: input_kind(images[i]))
+    rows.sort(key=lambda i: (input_kind(images[i]), *input_size(sides[i], images[i])))
     if chunk > 0:
         return _chunks(rows, chunk)
     kinds = [input_kind(images[i]) for i in rows]
@@ -553,6 +561,8 @@ class ContrastiveStream(IterableDataset):
         ids, datasets         record id and dataset of each pair, in batch order
         position              {dataset: [epoch, offset]} of the slot after this batch
         pairs, images         counts (throughput; a video counts its frames)
+        tokens, positions     the model's real tokens and its token positions, padding included,
+                              over every chunk (0 for a collator without attention masks)
         quarantined           samples replaced because they could not be decoded or collated
         padded_negatives      negative slots padded (records with fewer than K negatives), masked out
 
@@ -676,12 +686,16 @@ class ContrastiveStream(IterableDataset):
         if c.sub_batches != "none":
             batch["order"] = {"query": query_order, "target": target_order, "negatives": negatives_order}
         batch["images"] = n_images
+        masks = [chunk["attention_mask"] for chunk in (*query, *target, *(batch["negatives"] or []))
+                 if "attention_mask" in chunk]
+        batch["tokens"] = sum(int(m.sum()) for m in masks)
+        batch["positions"] = sum(m.numel() for m in masks)
         return batch
 
     def collate_side(self, sides: list[dict], images: list, chunk: int) -> tuple[list[dict], torch.Tensor]:
         """A side's collated chunks (`side_chunks`) and its ``order``: the batch row of each
         embedded row, the chunks' rows concatenated."""
-        groups = side_chunks(images, chunk, self.config.sub_batches)
+        groups = side_chunks(sides, images, chunk, self.config.sub_batches)
         chunks = [self.collator([sides[i] for i in g], [images[i] for i in g]) for g in groups]
         return chunks, torch.tensor([i for g in groups for i in g], dtype=torch.long)
 

@@ -57,7 +57,7 @@ def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     assert load_backbone(str(out / "merged")).family == "qwen2_vl"
     # dvclive history: one row per step for every metric
     for name in ("loss", "learning_rate", "grad_norm", "pairs_per_s", "images_per_s", "quarantined",
-                 "padded_negatives"):
+                 "padded_negatives", "padding"):
         rows = (workspace / f"metrics/train/plots/metrics/{name}.tsv").read_text().splitlines()
         assert [r.split("\t")[0] for r in rows] == ["step"] + [str(s) for s in range(6)], name
     # the learning rate logged at a step is the one its update used: linear warm-up from 0 over 2

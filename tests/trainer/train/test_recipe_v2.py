@@ -84,9 +84,14 @@ def test_sub_batches_by_kind_train_what_one_padded_batch_trains(v2_workspace, ex
     longer padding the others) give the loss and weights of one padded batch per side, up to float
     rounding, with and without GradCache (whose loss then sees sorted rows put back in order)."""
     settings = {**MIXED, "batch_size": 6, "homogeneous_batch": 1, **extra}  # every batch mixes kinds
+    def padding() -> float:  # metrics.json: the mean share of token positions that were padding
+        return json.loads((v2_workspace / "metrics/train/metrics.json").read_text())["padding"]
+
     together = train(params(**settings, sub_batches="none"), paths_in(v2_workspace))
-    weights = merged_weights(v2_workspace)
+    weights, padded_together = merged_weights(v2_workspace), padding()
+    shutil.rmtree(v2_workspace / "models/checkpoints")  # sub_batches is not fingerprinted: it would resume
     apart = train(params(**settings, sub_batches="kind"), paths_in(v2_workspace))
     assert apart["final_loss"] == pytest.approx(together["final_loss"], rel=1e-5)
     again = merged_weights(v2_workspace)
     assert max(float((again[k] - weights[k]).abs().max()) for k in weights) < 1e-5
+    assert 0 <= padding() < 0.7 * padded_together and padded_together > 0.3  # video rows padded the others

@@ -392,15 +392,19 @@ def test_config_validation(tmp_path):
 # --- sub-batches by input kind ----------------------------------------------------------------
 
 
-def test_side_chunks_sort_rows_by_kind_and_keep_the_gradcache_chunk_count():
-    img, video = Image.new("RGB", (4, 4)), [Image.new("RGB", (4, 4))] * 2
-    images = [video, None, img, None, video, img, None]  # kinds 2 0 1 0 2 1 0
+def test_side_chunks_sort_rows_by_kind_then_size_and_keep_the_gradcache_chunk_count():
+    small, large = Image.new("RGB", (4, 4)), Image.new("RGB", (8, 4))
+    video = [Image.new("RGB", (4, 4))] * 2
+    images = [video, None, large, None, video, small, None]  # kinds 2 0 1 0 2 1 0
+    sides = [{"raw": "x" * n} for n in (5, 9, 1, 3, 2, 1, 6)]
     assert [D.input_kind(i) for i in images] == [2, 0, 1, 0, 2, 1, 0]
-    assert D.side_chunks(images, 0, "none") == [[0, 1, 2, 3, 4, 5, 6]]
-    assert D.side_chunks(images, 3, "none") == [[0, 1, 2], [3, 4, 5], [6]]
-    assert D.side_chunks(images, 0, "kind") == [[1, 3, 6], [2, 5], [0, 4]]  # one chunk per kind, stable
-    assert D.side_chunks(images, 3, "kind") == [[1, 3, 6], [2, 5, 0], [4]]  # as many chunks as unsorted
-    assert D.side_chunks([img, img], 0, "kind") == [[0, 1]]
+    assert [D.input_size(s, i) for s, i in zip(sides, images)][:3] == [(32, 5), (0, 9), (32, 1)]
+    assert D.side_chunks(sides, images, 0, "none") == [[0, 1, 2, 3, 4, 5, 6]]
+    assert D.side_chunks(sides, images, 3, "none") == [[0, 1, 2], [3, 4, 5], [6]]
+    # one chunk per kind; inside a kind by pixels, then text length
+    assert D.side_chunks(sides, images, 0, "kind") == [[3, 6, 1], [5, 2], [4, 0]]
+    assert D.side_chunks(sides, images, 3, "kind") == [[3, 6, 1], [5, 2, 4], [0]]  # as many chunks as unsorted
+    assert D.side_chunks(sides[:2], [small, small], 0, "kind") == [[0, 1]]
 
 
 @pytest.mark.parametrize("chunk", [0, 4])
