@@ -39,7 +39,8 @@ BASE_PARAMS = Train.parse(dict(
     lora_targets="default", dora=False, max_text_tokens=32, image_max_pixels=1024, instructions=True,
     positions="grid", stray_image_token="strip", image_resize="collator", image_square=None, small_image_side=None,
     mixture="proportional", homogeneous_batch=0, shuffle_buffer=16, num_workers=0, save_every=3, precision="fp32",
-    lora_dtype="fp32", batched_vision_attention=True, compile=False, pad_to_multiple_of=1, sub_batches="kind", fsdp=False,
+    lora_dtype="fp32", batched_vision_attention=True, compile=False, pad_to_multiple_of=1, sub_batches="kind",
+    fsdp=False,
 ))
 
 

@@ -145,4 +145,3 @@ def in_batch_order(embeddings: torch.Tensor, order: torch.Tensor | None) -> torc
     if order is None:
         return embeddings
     return embeddings[torch.argsort(order.to(embeddings.device))]
-

@@ -41,7 +41,8 @@ How a global step is built
    size, before they are collated: without GradCache each kind present is its own chunk, so a
    batch's text rows are not padded to its images' length nor its image rows to its videos'; with
    GradCache the sorted rows are cut into the same ``gc_chunk_size`` chunks (the same chunk count on
-   every rank), each of rows of about one length. The batch's ``order`` says which row each embedded row is (`trainer.train.losses.in_batch_order`).
+   every rank), each of rows of about one length. The batch's ``order`` says which row each
+   embedded row is (`trainer.train.losses.in_batch_order`).
 
 Position and exact resume
 -------------------------
