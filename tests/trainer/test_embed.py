@@ -62,6 +62,36 @@ def test_encode_shapes_norms_and_batch_invariance(base_dir, image_file):
     assert model.encode([], []).shape == (0, model.dim)
 
 
+def test_encode_batches_mixed_rows_by_kind_and_returns_them_in_order(base_dir, image_file):
+    """Text and image rows interleaved: batches of one kind each (none padded to the other kind's
+    length), and the vectors in the caller's order, as one row a batch gives them."""
+    model = EmbeddingModel.load(base_dir)
+    image = Image.open(image_file).convert("RGB")
+    sides = [make_side("", "Represent the given image", has_image=True), make_side("a red circle"),
+             make_side("", "Represent it", has_image=True), make_side("a blue square with a longer caption"),
+             make_side("green")]
+    images = [image, None, image, None, None]
+    seen = []
+
+    class Recording:  # the model's Collator, noting which rows of each batch have an image
+        def __init__(self, collator):
+            self.collator = collator
+
+        def __getattr__(self, name):
+            return getattr(self.collator, name)
+
+        def __call__(self, batch_sides, batch_images):
+            seen.append([im is not None for im in batch_images])
+            return self.collator(batch_sides, batch_images)
+
+    model.collator = Recording(model.collator)
+    mixed = model.encode(sides, images, batch_size=2)
+    model.collator = model.collator.collator
+    assert seen == [[False, False], [False, True], [True]]  # texts (shortest first), then images
+    one_by_one = np.concatenate([model.encode([side], [image]) for side, image in zip(sides, images)])
+    np.testing.assert_allclose(mixed, one_by_one, atol=2e-5)
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_embeddings_are_unit_vectors(base_dir, image_file, dtype):
     """The contract is L2-normalised float32 (q @ t.T is the cosine): a half-precision model's own

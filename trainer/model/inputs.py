@@ -199,6 +199,19 @@ def _is_video(image) -> bool:
     return isinstance(image, (list, tuple))
 
 
+def input_kind(image) -> int:
+    """A row's input kind, the order sub-batches sort by (the training stream's ``side_chunks``,
+    `trainer.embed.EmbeddingModel.encode`): 0 text only, 1 an image, 2 a video (its frames)."""
+    return 2 if _is_video(image) else int(image is not None)
+
+
+def input_size(side: dict, image) -> tuple[int, int]:
+    """What a side's length grows with, inside its kind: its pixels (a video's frames together),
+    then its text's characters."""
+    frames = image if _is_video(image) else [] if image is None else [image]
+    return sum(f.width * f.height for f in frames), len(side.get("raw") or "")
+
+
 def resize_to_max_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
     """RGB copy of `image` scaled down (aspect kept, bicubic) so that width*height <= max_pixels.
     Transparency goes onto white, as the normalize stage and transformers' processors put it

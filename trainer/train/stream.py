@@ -82,6 +82,7 @@ from pipelines import digests
 from pipelines import shard as shard_format
 from pipelines.images import max_pixels_size, side_cut
 from pipelines.params import SUB_BATCHES, Train
+from trainer.model.inputs import input_kind, input_size
 
 log = logging.getLogger(__name__)
 
@@ -512,18 +513,6 @@ def _chunks(items: list, size: int) -> list[list]:
     if size <= 0 or size >= len(items):
         return [items]
     return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def input_kind(image) -> int:
-    """A side's input kind, in the order `side_chunks` sorts by: 0 text only, 1 an image, 2 a video."""
-    return 2 if isinstance(image, list) else int(image is not None)
-
-
-def input_size(side: Mapping[str, Any], image) -> tuple[int, int]:
-    """What a side's length grows with, inside its kind: its pixels (a video's frames together),
-    then its text's characters."""
-    frames = image if isinstance(image, list) else [] if image is None else [image]
-    return sum(f.width * f.height for f in frames), len(side.get("raw") or "")
 
 
 def side_chunks(sides: list[Mapping[str, Any]], images: list, chunk: int, sub_batches: str) -> list[list[int]]:

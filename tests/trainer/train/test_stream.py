@@ -16,6 +16,7 @@ from pipelines.errors import IntegrityError
 from pipelines.images import max_pixels_size
 from tests.support.images import encode, image_bytes
 from tests.support.shards import make_side, write_test_shards
+from trainer.model.inputs import input_kind, input_size
 from trainer.train import losses as L
 from trainer.train import stream as D
 
@@ -397,8 +398,8 @@ def test_side_chunks_sort_rows_by_kind_then_size_and_keep_the_gradcache_chunk_co
     video = [Image.new("RGB", (4, 4))] * 2
     images = [video, None, large, None, video, small, None]  # kinds 2 0 1 0 2 1 0
     sides = [{"raw": "x" * n} for n in (5, 9, 1, 3, 2, 1, 6)]
-    assert [D.input_kind(i) for i in images] == [2, 0, 1, 0, 2, 1, 0]
-    assert [D.input_size(s, i) for s, i in zip(sides, images)][:3] == [(32, 5), (0, 9), (32, 1)]
+    assert [input_kind(i) for i in images] == [2, 0, 1, 0, 2, 1, 0]
+    assert [input_size(s, i) for s, i in zip(sides, images)][:3] == [(32, 5), (0, 9), (32, 1)]
     assert D.side_chunks(sides, images, 0, "none") == [[0, 1, 2, 3, 4, 5, 6]]
     assert D.side_chunks(sides, images, 3, "none") == [[0, 1, 2], [3, 4, 5], [6]]
     # one chunk per kind; inside a kind by pixels, then text length
