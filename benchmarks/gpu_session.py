@@ -8,10 +8,12 @@ plain forward, then the projected MMEB evaluation time.
 Parts, each its own process (a clean card, inductor's state not shared) under its own time limit
 (killed at `limit`; a part's JSON is rewritten after each of its rows, so what it measured stays):
 
-  loop     benchmarks/gpu_train.py --variants eager,plain,cuda-graphs: the trainer's loop at batch 32
-           (`--layers` decoder layers, default 8 to keep two region compilations in the budget) and the
-           plain transformers + peft loop on the same batches: pairs/s, vs_plain, loader share,
-           first-step (compilation) seconds, peak GiB, early losses against eager
+  loop     benchmarks/gpu_train.py --variants eager,plain,cuda-graphs,eager-one-batch: the trainer's loop
+           at batch 32 (`--layers` decoder layers, default 8 to keep two region compilations in the
+           budget) and the plain transformers + peft loop on the same batches: pairs/s, vs_plain,
+           loader share, first-step (compilation) seconds, peak GiB, early losses against eager; last,
+           if the budget leaves time, eager with one padded batch per side (what sub-batches by kind
+           change on the card)
   gc       the same script, --variants gc-blocks,gc-plain: the trainer's GradCache (blocks compiled) at
            global batch 1024 in chunks of 64 against VLM2Vec-style eager GradCache on its batches
   encode   benchmarks/gpu_encode.py at 28 layers, --compile none (the compiled encoder's 28-layer
@@ -52,7 +54,7 @@ def parts(args) -> list[tuple[str, list[str], int]]:
     small = ["--steps", "3", "--skip", "1", "--gc-steps", "2", "--multiple", "8"] if args.tiny else []
     out = args.out
     return [
-        ("loop", [*train, "--variants", "eager,plain,cuda-graphs", "--steps", "30", "--skip", "5", *small,
+        ("loop", [*train, "--variants", "eager,plain,cuda-graphs,eager-one-batch", "--steps", "30", "--skip", "5", *small,
                   "--budget-min", minutes_left(args.loop_s, 150), "--out", str(out / "loop.json")], args.loop_s),
         ("gc", [*train, "--variants", "gc-blocks,gc-plain", *([] if args.tiny else ["--gc-batch", "1024"]),
                 *(["--gc-chunk", "64", "--gc-steps", "3"] if not args.tiny else []), *small,

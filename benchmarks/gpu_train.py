@@ -14,6 +14,8 @@ of several sizes). Variants (`--variants`, each a full run on the same shards, s
   blocks       train.compile true (each decoder layer and vision block compiled)
   region       the language model compiled as one region (train.pad_to_multiple_of --multiple)
   cuda-graphs  that region replayed as inductor's CUDA graphs (train.pad_to_multiple_of --multiple)
+  eager-one-batch  eager with train.sub_batches none: each side one padded batch, as the plain loop
+               pads it (the others keep params.yaml's `kind`): what sub-batches by kind change
   gc-eager, gc-blocks, gc-region   the same with GradCache (train.gc_chunk_size --gc-chunk) at a
                global batch of --gc-batch (1024), --gc-steps steps
   plain, gc-plain   the baseline: the plain transformers + peft loop (`benchmarks/plain_train.py`: a
@@ -97,10 +99,12 @@ from trainer.train import build, live, recipe  # noqa: E402
 
 log = logging.getLogger("gpu_train")
 GIB = 1024 ** 3
-# name: (train.compile, pad_to_multiple_of (None: --multiple), GradCache at --gc-batch in --gc-chunk chunks)
-VARIANTS = {"eager": (False, 1, False), "blocks": (True, 1, False), "region": ("region", None, False),
-            "cuda-graphs": ("cuda-graphs", None, False), "gc-eager": (False, 1, True), "gc-blocks": (True, 1, True),
-            "gc-region": ("region", None, True)}
+# name: (train.compile, pad_to_multiple_of (None: --multiple), GradCache at --gc-batch in --gc-chunk chunks,
+#        train.sub_batches (None: params.yaml's))
+VARIANTS = {"eager": (False, 1, False, None), "blocks": (True, 1, False, None), "region": ("region", None, False, None),
+            "cuda-graphs": ("cuda-graphs", None, False, None), "eager-one-batch": (False, 1, False, "none"),
+            "gc-eager": (False, 1, True, None), "gc-blocks": (True, 1, True, None),
+            "gc-region": ("region", None, True, None)}
 PLAIN = {"plain": False, "gc-plain": True}  # transformers + peft (`benchmarks.plain_train`); value: GradCache
 # benchmarks/gpu.py's FULL sizes (Qwen2-VL-2B); vocabulary, tied embeddings and special ids stay the base's
 TEXT_2B = {k: v for k, v in FULL.text.items() if k not in ("vocab_size", "tie_word_embeddings")}
@@ -157,8 +161,9 @@ def scaled_base(base: Path, out: Path, *, layers: int, image_pixels: int, device
     return out
 
 
-def train_params(args, compile_value, multiple: int, gc: bool = False) -> Train:
-    """params.yaml's train section with the benchmark's settings (GradCache's batch, chunk and steps if `gc`)."""
+def train_params(args, compile_value, multiple: int, gc: bool = False, sub_batches: str | None = None) -> Train:
+    """params.yaml's train section with the benchmark's settings (GradCache's batch, chunk and steps if `gc`;
+    `sub_batches` None keeps params.yaml's)."""
     p = Train.parse(yaml_section(Path(__file__).resolve().parents[1] / "params.yaml", "train"))
     steps = args.gc_steps if gc else args.steps
     return replace(p, steps=steps, batch_size=args.gc_batch if gc else args.batch,
@@ -166,7 +171,7 @@ def train_params(args, compile_value, multiple: int, gc: bool = False) -> Train:
                    lora_dropout=0.0, precision="bf16" if not args.tiny else "fp32",
                    lora_dtype="bf16" if not args.tiny else "fp32", image_max_pixels=None, num_workers=args.workers,
                    save_every=steps, warmup_steps=0, learning_rate=1e-4, hard_negatives=0,
-                   compile=compile_value, pad_to_multiple_of=multiple)
+                   compile=compile_value, pad_to_multiple_of=multiple, sub_batches=sub_batches or p.sub_batches)
 
 
 def yaml_section(path: Path, name: str) -> dict:
@@ -195,7 +200,7 @@ def reset_device() -> None:
 
 
 def run_variant(name: str, args, base: Path, work: Path) -> dict:
-    compile_value, multiple, gc_on = VARIANTS[name]
+    compile_value, multiple, gc_on, sub_batches = VARIANTS[name]
     multiple = multiple or args.multiple
     recorder, captured, waits, ids = Recorder(), {}, [], []
     open_stream = recipe.open_stream
@@ -223,7 +228,7 @@ def run_variant(name: str, args, base: Path, work: Path) -> dict:
     with contextlib.ExitStack() as stack:
         for (module, attr), replacement in swaps.items():
             stack.enter_context(mock.patch.object(module, attr, replacement))
-        p = train_params(args, compile_value, multiple, gc_on)
+        p = train_params(args, compile_value, multiple, gc_on, sub_batches)
         summary = recipe.train(p, paths)
     wall = time.perf_counter() - t0
     rows = recorder.rows

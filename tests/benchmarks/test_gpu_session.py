@@ -13,7 +13,7 @@ def test_the_parts_run_the_goals_scripts_with_their_settings(tmp_path):
     commands = {name: (" ".join(command), limit) for name, command, limit in gpu_session.parts(args)}
     assert list(commands) == ["loop", "gc", "encode"]
     loop, gc, encode = (commands[n][0] for n in ("loop", "gc", "encode"))
-    assert "gpu_train.py" in loop and "--variants eager,plain,cuda-graphs" in loop and "--layers 8" in loop
+    assert "gpu_train.py" in loop and "--variants eager,plain,cuda-graphs,eager-one-batch" in loop and "--layers 8" in loop
     assert "--variants gc-blocks,gc-plain" in gc and "--gc-batch 1024 --gc-chunk 64" in gc
     assert "gpu_encode.py" in encode and "--compile none" in encode and "--tiny" not in encode
     assert sum(limit for _, limit in commands.values()) <= 540  # within a 10-minute call, projection included

@@ -20,14 +20,18 @@ def test_compiled_variants_of_the_loop_train_what_eager_trains(workspace, tmp_pa
                (gpu_train.build, "compile_language_model")]
     trainer_functions = {(module, name): getattr(module, name) for module, name in swapped}
     code = gpu_train.main(["--tiny", "--base", str(workspace / "models/base"), "--shards",
-                           str(workspace / "data/shards/train"), "--variants", "eager,region,cuda-graphs",
-                           "--steps", "4", "--skip", "1", "--workers", "0", "--multiple", "8", "--out", str(out)])
+                           str(workspace / "data/shards/train"), "--variants",
+                           "eager,region,cuda-graphs,eager-one-batch", "--steps", "4", "--skip", "1", "--workers", "0", "--multiple", "8", "--out", str(out)])
     assert code == 0
     # the stand-ins (dvclive's recorder, the export capture, aot_eager) were for those runs only
     assert all(getattr(module, name) is f for (module, name), f in trainer_functions.items())
     results = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
-    assert [r["status"] for r in results.values()] == ["ok"] * 3
+    assert [r["status"] for r in results.values()] == ["ok"] * 4
     assert results["eager"]["graphs"] == 0 and results["eager"]["steps"] == 4
+    # params.yaml's sub-batches by kind, except where the variant (or cuda-graphs) keeps one batch
+    assert {n: r["sub_batches"] for n, r in results.items()} == {
+        "eager": "kind", "region": "kind", "cuda-graphs": "none", "eager-one-batch": "none"}
+    assert results["eager-one-batch"]["loss_rel_max"] < 1e-5
     for name in ("region", "cuda-graphs"):
         r = results[name]
         assert r["graphs"] > 0 and r["pad_to_multiple_of"] == 8 and r["pairs_per_s"] > 0
