@@ -211,3 +211,10 @@ def train_parts(dataset_dir) -> list:
         raise ValueError(f"{dataset_dir}: holds both {RECORD_PARTS} (MMEB records) and {V2_PAIR_PARTS} "
                          "(MMEB-V2 pairs); a dataset is one or the other")
     return records or pairs
+
+
+def holds_v2_pairs(dataset_dir) -> bool:
+    """Whether a training dataset holds MMEB-V2 pairs: its files are named `V2_PAIR_PARTS` (whose
+    schema is V2_TRAIN_SCHEMA; `RECORD_PARTS` hold RECORD_SCHEMA). ValueError as `train_parts`."""
+    parts = train_parts(dataset_dir)
+    return bool(parts) and parts[0].match(V2_PAIR_PARTS)

@@ -87,7 +87,8 @@ from pipelines.images import max_pixels_size, snapped_size
 from pipelines.imagestore import StoredImage, without_pandas
 from pipelines.mined import MinedJoin
 from pipelines.params import Shard
-from pipelines.schema import RECORD_SCHEMA, V2_TRAIN_SCHEMA, is_v2_train_schema, sample_key, train_parts
+from pipelines.schema import (RECORD_SCHEMA, V2_TRAIN_SCHEMA, holds_v2_pairs, is_v2_train_schema, sample_key,
+                              train_parts)
 
 log = logging.getLogger(__name__)
 
@@ -160,19 +161,20 @@ def check_schema(path: Path, schema: pa.Schema) -> None:
 
 
 def dataset_schema(dataset_dir: Path) -> pa.Schema:
-    """The records' schema of one dataset: RECORD_SCHEMA or V2_TRAIN_SCHEMA, the same in every part
-    (ValueError otherwise, or for a dataset without parts)."""
+    """The records' schema of one dataset, as its file names say (`pipelines.schema.holds_v2_pairs`):
+    V2_TRAIN_SCHEMA for pairs-*, RECORD_SCHEMA for part-*; ValueError for a dataset without files
+    or a file whose schema is not the one its name says."""
     parts = record_parts(dataset_dir)
     if not parts:
         raise ValueError(f"{dataset_dir}: no part-*.parquet or pairs-*.parquet")
-    v2 = set()
+    v2 = holds_v2_pairs(dataset_dir)
     for part in parts:
         schema = pq.ParquetFile(part).schema_arrow
         check_schema(part, schema)
-        v2.add(is_v2_train_schema(schema))
-    if len(v2) > 1:
-        raise ValueError(f"{dataset_dir}: parts mix RECORD_SCHEMA and V2_TRAIN_SCHEMA")
-    return V2_TRAIN_SCHEMA if v2.pop() else RECORD_SCHEMA
+        if is_v2_train_schema(schema) != v2:
+            raise ValueError(f"{part}: holds {'RECORD_SCHEMA' if v2 else 'V2_TRAIN_SCHEMA'} records, but its name "
+                             f"says {'V2_TRAIN_SCHEMA (pairs-*)' if v2 else 'RECORD_SCHEMA (part-*)'}")
+    return V2_TRAIN_SCHEMA if v2 else RECORD_SCHEMA
 
 
 def iter_record_batches(dataset_dir: Path, batch_rows: int = BATCH_ROWS, columns: list[str] | None = None,

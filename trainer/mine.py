@@ -62,7 +62,7 @@ import pyarrow.parquet as pq
 from pipelines import files
 from pipelines.errors import StageFailed
 from pipelines.params import Mine
-from pipelines.schema import is_v2_train_schema, train_parts
+from pipelines.schema import holds_v2_pairs
 from trainer.eval.protocol import ImageLoader, content_key, encode_items
 from trainer.search import top_k
 
@@ -328,7 +328,7 @@ def mine(params: Mine, settings: EncodeSettings, paths: MinePaths = MinePaths(),
                               "params": params.to_dict(), "datasets": {}, "skipped": {}}
     with files.atomic_dir(paths.out) as tmp:
         for d in datasets:
-            if is_v2_records(d):
+            if holds_v2_pairs(d):
                 log.warning("%s: MMEB-V2 training pairs (video / visual documents) are not mined; its records keep "
                             "no mined negatives", d.name)
                 report["skipped"][d.name] = SKIP_V2
@@ -348,12 +348,6 @@ def mine(params: Mine, settings: EncodeSettings, paths: MinePaths = MinePaths(),
     report["total"]["skipped"] = len(report["skipped"])
     files.write_json(paths.metrics, report, sort_keys=True, indent=1)
     return report
-
-
-def is_v2_records(dataset_dir: Path) -> bool:
-    """Whether a train dataset holds MMEB-V2 training pairs (its files have V2_TRAIN_SCHEMA)."""
-    parts = train_parts(dataset_dir)
-    return bool(parts) and is_v2_train_schema(pq.ParquetFile(parts[0]).schema_arrow)
 
 
 def positive_scores(ts: TrainSet, emb: np.ndarray) -> np.ndarray:

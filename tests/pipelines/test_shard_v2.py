@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines.schema import holds_v2_pairs
 from pipelines.shard import MINED_SKIP_V2, write_shards
 from tests.support.params import section
 from tests.support.v2_train import DOC, V1, VIDEO_CAPTION, VIDEO_RETRIEVAL, build_v2_train
@@ -106,12 +107,16 @@ def test_with_mined_negatives_v2_datasets_are_skipped_and_counted(v2_normalized,
 
 
 def test_a_dataset_mixing_both_schemas_is_refused(v2_normalized, tmp_path):
+    """The file names say which schema a dataset holds (`holds_v2_pairs`); a file whose schema is the
+    other one, or a folder with both names, is refused naming it."""
     train, store = v2_normalized
+    assert holds_v2_pairs(train / DOC) and not holds_v2_pairs(train / V1)
     mixed = tmp_path / "train"
     (mixed / DOC).mkdir(parents=True)
     (mixed / DOC / "part-00000.parquet").write_bytes((train / DOC / "pairs-00000.parquet").read_bytes())
     (mixed / DOC / "part-00001.parquet").write_bytes((train / V1 / "part-00000.parquet").read_bytes())
-    with pytest.raises(ValueError, match="mix RECORD_SCHEMA and V2_TRAIN_SCHEMA"):
+    with pytest.raises(ValueError, match=r"part-00000.parquet: holds V2_TRAIN_SCHEMA records, but its name says "
+                                         r"RECORD_SCHEMA \(part-\*\)"):
         write_shards(mixed, store, tmp_path / "out", shard_params())
     (mixed / DOC / "part-00000.parquet").rename(mixed / DOC / "pairs-00000.parquet")  # named for its schema
     with pytest.raises(ValueError, match="holds both"):
