@@ -72,6 +72,31 @@ def test_torchrun_two_ranks_split_the_global_batch(workspace):
 
 
 @pytest.mark.slow
+def test_ddp_ranks_with_different_sub_batch_counts_train_the_one_batch_weights(workspace_template, tmp_path):
+    """Without GradCache, sub-batches by kind give each rank as many forwards per side as its rows have
+    kinds: one rank embeds image and text queries apart while the other embeds text queries only. DDP
+    (LoRA: no unused-parameter search) still sees one forward per backward and trains the weights of
+    one padded batch per side."""
+    template = tmp_path / "template"
+    shutil.copytree(workspace_template / "models", template / "models")
+    write_test_shards(template / "data/shards/train", {"Syn-ShapesA": 60, "Syn-ShapesText": 60}, per_shard=30,
+                      make_record=mixed_record)
+    mixed = params(steps=4, save_every=4, mixture={"Syn-ShapesA": 1, "Syn-ShapesText": 1})  # drawn per row
+    runs = {}
+    for sub_batches in ("kind", "none"):
+        ws = tmp_path / sub_batches
+        shutil.copytree(template, ws)
+        torchrun(ws, replace(mixed, sub_batches=sub_batches))
+        runs[sub_batches] = merged_weights(ws)
+    logs = [[json.loads(x) for x in (tmp_path / "kind" / f"ids.jsonl.rank{r}").read_text().splitlines()]
+            for r in (0, 1)]
+    kinds = [[len({i.split("/")[0] for i in row["ids"]}) for row in log] for log in logs]
+    assert any(a != b for a, b in zip(*kinds)), kinds  # a step where the ranks' query chunk counts differ
+    for k in runs["none"]:
+        torch.testing.assert_close(runs["kind"][k], runs["none"][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
 def test_fsdp_trains_the_ddp_weights_and_resumes_across_fsdp_and_ddp(workspace_template, tmp_path):
     """Full fine-tuning on 2 ranks: FSDP ends with DDP's weights (same batches per rank, gradients
     averaged alike), also when one rank's chunk has images and the other's has none (homogeneous
