@@ -71,6 +71,19 @@ def test_torchrun_two_ranks_split_the_global_batch(workspace):
     assert json.loads((workspace / "models/embedder/lineage.json").read_text())["world_size"] == [[0, 2], [2, 1]]
 
 
+def torchrun_copy(template, ws, p) -> dict:
+    """The stage on 2 ranks in a copy of `template` at `ws`; its merged weights."""
+    shutil.copytree(template, ws)
+    torchrun(ws, p)
+    return merged_weights(ws)
+
+
+def datasets_per_step(ws) -> list[list[set[str]]]:
+    """Per rank, per step: the datasets of the rank's pairs (its ids log)."""
+    logs = [[json.loads(x) for x in (ws / f"ids.jsonl.rank{r}").read_text().splitlines()] for r in (0, 1)]
+    return [[{i.split("/")[0] for i in row["ids"]} for row in log] for log in logs]
+
+
 @pytest.mark.slow
 def test_ddp_ranks_with_different_sub_batch_counts_train_the_one_batch_weights(workspace_template, tmp_path):
     """Without GradCache, sub-batches by kind give each rank as many forwards per side as its rows have
@@ -82,15 +95,9 @@ def test_ddp_ranks_with_different_sub_batch_counts_train_the_one_batch_weights(w
     write_test_shards(template / "data/shards/train", {"Syn-ShapesA": 60, "Syn-ShapesText": 60}, per_shard=30,
                       make_record=mixed_record)
     mixed = params(steps=4, save_every=4, mixture={"Syn-ShapesA": 1, "Syn-ShapesText": 1})  # drawn per row
-    runs = {}
-    for sub_batches in ("kind", "none"):
-        ws = tmp_path / sub_batches
-        shutil.copytree(template, ws)
-        torchrun(ws, replace(mixed, sub_batches=sub_batches))
-        runs[sub_batches] = merged_weights(ws)
-    logs = [[json.loads(x) for x in (tmp_path / "kind" / f"ids.jsonl.rank{r}").read_text().splitlines()]
-            for r in (0, 1)]
-    kinds = [[len({i.split("/")[0] for i in row["ids"]}) for row in log] for log in logs]
+    runs = {name: torchrun_copy(template, tmp_path / name, replace(mixed, sub_batches=name))
+            for name in ("kind", "none")}
+    kinds = [[len(step) for step in rank] for rank in datasets_per_step(tmp_path / "kind")]
     assert any(a != b for a, b in zip(*kinds)), kinds  # a step where the ranks' query chunk counts differ
     for k in runs["none"]:
         torch.testing.assert_close(runs["kind"][k], runs["none"][k], rtol=1e-4, atol=1e-5, msg=k)
@@ -108,16 +115,10 @@ def test_fsdp_trains_the_ddp_weights_and_resumes_across_fsdp_and_ddp(workspace_t
                       make_record=mixed_record)
     full = params(steps=4, save_every=2, lora_rank=0, homogeneous_batch=4, gc_chunk_size=2,
                   mixture={"Syn-ShapesA": 1, "Syn-ShapesText": 1})
-    runs = {}
-    for name, fsdp in (("ddp", False), ("fsdp", True)):
-        ws = tmp_path / name
-        shutil.copytree(template, ws)
-        torchrun(ws, replace(full, fsdp=fsdp))
-        runs[name] = merged_weights(ws)
+    runs = {name: torchrun_copy(template, tmp_path / name, replace(full, fsdp=fsdp))
+            for name, fsdp in (("ddp", False), ("fsdp", True))}
     # the ranks did see different modalities in one step: rank 0 images and rank 1 text-only, or back
-    logs = [[json.loads(x) for x in (tmp_path / "fsdp" / f"ids.jsonl.rank{r}").read_text().splitlines()]
-            for r in (0, 1)]
-    kinds = [[{i.split("/")[0] for i in row["ids"]} for row in log] for log in logs]
+    kinds = datasets_per_step(tmp_path / "fsdp")
     assert any(a != b for a, b in zip(*kinds))
     base = load_file(template / "models/base/model.safetensors")
 
