@@ -56,6 +56,7 @@ resolution) and a Qwen2-VL base folder for the tokenizer and processor:
 
     echo /.gpu_train/ >> .git/info/exclude; py=$PWD/.venv/bin/python; d=$(mktemp -d); git clone -q . $d/c
     (cd $d/c && sed -i '/^shard:/,/^$/ s/^  image_max_pixels: train /  image_max_pixels: null /' params.yaml &&
+     sed -i 's/^  v2_train_sets: all /  v2_train_sets: [] /' params.yaml &&  # the plain loop takes no videos
      $py -m stages.download && $py -m stages.normalize && $py -m stages.shard && $py -m stages.backbone)
     mkdir -p .gpu_train/whl && cp -r $d/c/data/shards/train .gpu_train/shards && cp -r $d/c/models/base .gpu_train/base
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

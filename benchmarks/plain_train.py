@@ -83,6 +83,10 @@ class ShardPairs(Dataset):
                         groups.setdefault(f"{folder}/{key}", {})[ext.lower()] = tar.extractfile(member).read()
             self.samples += [g for g in groups.values() if "json" in g]
         self.index_of = {json.loads(s["json"])["id"]: i for i, s in enumerate(self.samples)}
+        videos = sorted(d for d, info in index.get("datasets", {}).items() if info.get("videos"))
+        if videos:  # its collate passes pictures as images; a video side would lose its frames
+            raise ValueError(f"{shards}: video pairs in {', '.join(videos)}; the plain loop takes image and text "
+                             "pairs: make the shards with data.v2_train_sets: [] (or without the video sets)")
 
     def __len__(self) -> int:
         return len(self.samples)

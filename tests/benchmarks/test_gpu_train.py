@@ -105,3 +105,19 @@ def test_shard_pairs_reads_every_pair_with_its_images(workspace):
     record, images = pairs[0]
     assert images["query"].mode == "RGB" and record["query"]["image"] is not None
     assert (images["target"] is None) == (record["target"].get("image") is None)
+
+
+def test_shard_pairs_refuse_video_pairs_naming_their_datasets(tmp_path):
+    """The plain loop gives the processor pictures as images: shards with video pairs (the default
+    run's V2 stand-ins) are refused up front, not trained with their frames lost."""
+    from benchmarks.plain_train import ShardPairs
+    from pipelines.shard import write_shards
+    from tests.support.params import section
+    from tests.support.v2_train import VIDEO_CAPTION, build_v2_train
+
+    train_dir, store = build_v2_train(tmp_path / "data", rows=4, frames=2)
+    write_shards(train_dir, store, tmp_path / "shards",
+                 section("shard", workers=1, image_max_pixels=1024, image_size_multiple=16, max_rows_per_dataset=None,
+                         shuffle=True, seed=0, max_samples=4, max_bytes=1 << 20, image_max_side=1000))
+    with pytest.raises(ValueError, match=f"video pairs in .*{VIDEO_CAPTION}.*v2_train_sets"):
+        ShardPairs(tmp_path / "shards")
