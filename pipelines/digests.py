@@ -4,6 +4,7 @@ the load with the file's name instead of training or scoring other weights than 
 
     record(folder)          # after writing it: folder/digests.json, sha256 and size of every file
     verify(folder)          # before loading it: IntegrityError naming a file, expected and found digest
+    sha256_files(root, paths)   # (size, sha256) of many files, with a progress bar (data/raw's manifest)
 
 ``digests.json`` lists every file under the folder by its relative path, except where a sub-folder
 has a ``digests.json`` of its own (``models/embedder/merged/``, written by `save_backbone`): then
@@ -24,10 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from pipelines.errors import IntegrityError
 from pipelines.files import json_text
 
-__all__ = ["IntegrityError", "MANIFEST", "check_file", "read_manifest", "record", "sha256_of", "verify"]
+__all__ = ["IntegrityError", "MANIFEST", "check_file", "read_manifest", "record", "sha256_files", "sha256_of", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,21 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: f.read(BLOCK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_files(root: Path, paths: list[str]) -> dict[str, tuple[int, str]]:
+    """(size, sha256) of each file under `root`, with a progress bar over bytes."""
+    sizes = {p: (root / p).stat().st_size for p in paths}
+    out = {}
+    with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="sha256", disable=None) as bar:
+        for p in paths:
+            h = hashlib.sha256()
+            with open(root / p, "rb") as f:
+                while block := f.read(8 << 20):
+                    h.update(block)
+                    bar.update(len(block))
+            out[p] = (sizes[p], h.hexdigest())
+    return out
 
 
 def check_file(path: Path, sha256: str, size: int, found: str | None = None) -> None:

@@ -24,17 +24,15 @@ leaves the previous data/raw (or none), never half of one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
 from pipelines import download_v2_train, files
+from pipelines.digests import sha256_files
+from pipelines.files import place
 from pipelines.params import Data, Synthetic
 from pipelines.sources import hub, local
 
@@ -111,33 +109,6 @@ def from_hub(data: Data, cache_dir: Path, out: Path = RAW) -> list[Selected]:
 
 
 # --- output --------------------------------------------------------------------------------------
-def place(src: Path, dst: Path, move: bool) -> None:
-    """Put `src`'s bytes at `dst`: rename (scratch files), else hard link, else copy."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if move:
-        os.replace(src, dst)
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def sha256_files(root: Path, paths: list[str]) -> dict[str, tuple[int, str]]:
-    """(size, sha256) of each file under `root`, with a progress bar over bytes."""
-    sizes = {p: (root / p).stat().st_size for p in paths}
-    out = {}
-    with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="sha256", disable=None) as bar:
-        for p in paths:
-            h = hashlib.sha256()
-            with open(root / p, "rb") as f:
-                while block := f.read(8 << 20):
-                    h.update(block)
-                    bar.update(len(block))
-            out[p] = (sizes[p], h.hexdigest())
-    return out
-
-
 def write_manifest(build: Path, source: str, split: str, repos: list[Selected], extra: dict | None = None) -> dict:
     """Hash every file placed under `build`, check expected hashes, write manifest.json; return it.
     `extra` adds top-level fields (e.g. the synthetic generator's params)."""

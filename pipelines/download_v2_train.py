@@ -85,7 +85,7 @@ def fetch_hub(sets: list[TrainSet], revisions: dict[str, str], cache_dir: Path, 
     """The sets' repos fetched into ``cache_dir`` and assembled under ``root``; the manifest's
     record of each repo (revision, commit, sets, archive members refused)."""
     from pipelines.digests import sha256_of
-    from pipelines.download import place
+    from pipelines.files import place
     from pipelines.sources import hub
 
     by_source: dict[str, list[TrainSet]] = {}
@@ -193,7 +193,8 @@ def inventory(root: Path, sets: list[TrainSet], expected: dict[str, int]) -> dic
 def place(data: Data, synthetic: Synthetic, scratch: Path, build: Path, hub_cache: Path) -> dict:
     """The selected sets placed under build/V2-train; the manifest's entry ({} when none is
     selected): per set the rows expected and found, every file's size and sha256, the Hub's repos."""
-    from pipelines.download import place as place_file, sha256_files
+    from pipelines.digests import sha256_files
+    from pipelines.files import place as place_file
 
     sets = selected(data)
     if not sets:

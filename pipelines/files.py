@@ -3,6 +3,7 @@
     write_json(path, obj)                    # and write_text / write_bytes
     with atomic_file(path) as f: ...         # stream into a file (a tar, a parquet part)
     with atomic_dir(path) as tmp: ...        # build a folder (a model, a checkpoint, data/raw)
+    place(src, dst, move)                    # a file's bytes at dst: renamed, hard-linked or copied
 
 Everything is first written to a temporary sibling ``.<name>.tmp-<pid>`` in the same folder, then
 renamed over the final path (`os.replace`, atomic on one file system); a folder that already exists
@@ -186,3 +187,15 @@ def replace_dir(src: Path, dst: Path) -> None:
         remove(old)
     else:
         os.replace(src, dst)
+
+
+def place(src: Path, dst: Path, move: bool) -> None:
+    """Put `src`'s bytes at `dst`: rename (scratch files), else hard link, else copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if move:
+        os.replace(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

@@ -32,7 +32,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from pipelines import archives, mmeb_v2
 from pipelines.digests import sha256_of
-from pipelines.download import place
+from pipelines.files import place
 from pipelines.errors import StageFailed
 from pipelines.sources import hub
 
