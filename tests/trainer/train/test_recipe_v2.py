@@ -78,7 +78,8 @@ def test_gradcache_with_hard_negatives_matches_one_pass_and_resumes_exactly(v2_w
 
 
 
-@pytest.mark.parametrize("extra", [{}, {"hard_negatives": 1, "gc_chunk_size": 3}], ids=["one-pass", "gradcache"])
+@pytest.mark.parametrize("extra", [{}, {"hard_negatives": 1}, {"hard_negatives": 1, "gc_chunk_size": 3}],
+                         ids=["one-pass", "one-pass-negatives", "gradcache"])
 def test_sub_batches_by_kind_train_what_one_padded_batch_trains(v2_workspace, extra):
     """Text, image, page and video rows embedded apart (`train.sub_batches: kind`, video rows no
     longer padding the others) give the loss and weights of one padded batch per side, up to float
