@@ -9,7 +9,7 @@ A batch of `--batch` pairs of one kind, the sides as the shards give them (pictu
 (colpali_train_set), video -> text (LLaVA-Hound captions, `--frames` frames), text -> video
 (LLaVA-Hound video retrieval); and three mixed batches, each collated and embedded as one padded
 batch per side (`train.sub_batches: none`) and by input kind (`kind`, the trainer's own
-`side_chunks` and `in_batch_order`): the four kinds in equal blocks; V1 pairs, half of them
+`collate_chunks` and `in_batch_order`): the four kinds in equal blocks; V1 pairs, half of them
 image -> text and half text -> image (MMEB-train mixes such datasets); V1 pairs with one video pair
 (about the default run's share of V2 pairs). Per kind: the
 Collator's time for the batch (the loader's CPU work), the step's time (the forward of queries and
@@ -36,7 +36,7 @@ from trainer.backbone.families import build_tiny  # noqa: E402
 from trainer.model.embedder import Embedder  # noqa: E402
 from trainer.model.inputs import Collator  # noqa: E402
 from trainer.train.losses import in_batch_order, info_nce  # noqa: E402
-from trainer.train.stream import side_chunks  # noqa: E402
+from trainer.train.stream import collate_chunks  # noqa: E402
 
 SINGLE = ("image", "page", "video", "text->video")
 MIXES = ("mixed", "V1 i2t + t2i", "V1 + 1 video")
@@ -140,12 +140,8 @@ class Case:
 
     def collate(self):
         """Per side: (its collated chunks, the batch row of each embedded row)."""
-        sides = []
-        for texts, visual in ((self.qs, self.qv), (self.ts, self.tv)):
-            groups = side_chunks(list(texts), list(visual), 0, self.sub_batches)
-            encs = [self.collator([texts[i] for i in g], [visual[i] for i in g]) for g in groups]
-            sides.append((encs, torch.tensor([i for g in groups for i in g])))
-        return tuple(sides)
+        return tuple(collate_chunks(self.collator, list(texts), list(visual), 0, self.sub_batches)
+                     for texts, visual in ((self.qs, self.qv), (self.ts, self.tv)))
 
     def embed(self, side) -> torch.Tensor:
         encs, order = side

@@ -59,7 +59,7 @@ from pipelines.images import to_rgb
 from pipelines.schema import IMAGE_TOKEN
 from trainer.model.acceleration import batch_vision_attention, compile_blocks, compile_language_model
 from trainer.backbone.families import BACKBONE_JSON, load_backbone
-from trainer.model.inputs import Collator, input_kind, input_size
+from trainer.model.inputs import Collator, size_order
 from trainer.model.embedder import Embedder
 
 log = logging.getLogger(__name__)
@@ -238,9 +238,10 @@ class EmbeddingModel:
         """float32 [N, D] L2-normalised embeddings of `sides` (row i uses images[i], or no image when
         None), in their order; more than `batch_size` of them are batched by kind and size (text,
         then images, then videos, smaller first), which pads each batch less. Normalised again in
-        float32: a bf16/fp16 model's own normalisation leaves norms ~1e-3 off. Texts the collator cut at `max_text_tokens` are counted in a warning. `prefetch`: the next
-        batch is collated in a thread while the model encodes this one (same embeddings; on a GPU
-        the device no longer waits for the processor)."""
+        float32: a bf16/fp16 model's own normalisation leaves norms ~1e-3 off. Texts the collator cut
+        at `max_text_tokens` are counted in a warning. `prefetch`: the next batch is collated in a
+        thread while the model encodes this one (same embeddings; on a GPU the device no longer
+        waits for the processor)."""
         if len(sides) != len(images):
             raise ValueError(f"{len(sides)} sides but {len(images)} images")
         if batch_size < 1:
@@ -248,9 +249,7 @@ class EmbeddingModel:
         self.embedder.eval()
         # more than one batch: rows sorted by kind and size (text, images, videos), so that each batch
         # pads to a length near its rows' own; the vectors come back in the caller's order
-        order = list(range(len(sides)))
-        if len(sides) > batch_size:
-            order.sort(key=lambda i: (input_kind(images[i]), *input_size(sides[i], images[i])))
+        order = size_order(sides, images) if len(sides) > batch_size else list(range(len(sides)))
         starts = range(0, len(sides), batch_size)
         show = progress if progress is not None else len(starts) > 4
         chunks, truncated = [], self.collator.truncated

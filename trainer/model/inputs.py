@@ -200,8 +200,8 @@ def _is_video(image) -> bool:
 
 
 def input_kind(image) -> int:
-    """A row's input kind, the order sub-batches sort by (the training stream's ``side_chunks``,
-    `trainer.embed.EmbeddingModel.encode`): 0 text only, 1 an image, 2 a video (its frames)."""
+    """A row's input kind, the first key of `size_order`: 0 text only, 1 an image, 2 a video (its
+    frames)."""
     return 2 if _is_video(image) else int(image is not None)
 
 
@@ -210,6 +210,12 @@ def input_size(side: dict, image) -> tuple[int, int]:
     then its text's characters."""
     frames = image if _is_video(image) else [] if image is None else [image]
     return sum(f.width * f.height for f in frames), len(side.get("raw") or "")
+
+
+def size_order(sides: Sequence[dict], images: Sequence) -> list[int]:
+    """Row indices stably sorted by `input_kind`, then `input_size` (as evaluation orders its
+    items): rows batched in this order pad to a length near their own."""
+    return sorted(range(len(sides)), key=lambda i: (input_kind(images[i]), *input_size(sides[i], images[i])))
 
 
 def resize_to_max_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:

@@ -82,7 +82,7 @@ from pipelines import digests
 from pipelines import shard as shard_format
 from pipelines.images import max_pixels_size, side_cut
 from pipelines.params import SUB_BATCHES, Train
-from trainer.model.inputs import input_kind, input_size
+from trainer.model.inputs import input_kind, size_order
 
 log = logging.getLogger(__name__)
 
@@ -519,19 +519,27 @@ def side_chunks(sides: list[Mapping[str, Any]], images: list, chunk: int, sub_ba
     """The rows (indices into a side's rows) of each chunk the side is collated in.
 
     ``none``: the rows in order, in ``chunk``-row chunks (GradCache) or one chunk. ``kind``: the rows
-    stably sorted by `input_kind`, then `input_size` (as evaluation orders its items), then cut
+    in `size_order` (by `input_kind`, then `input_size`, as evaluation orders its items), then cut
     into ``chunk``-row chunks (GradCache: as many chunks as unsorted, so the ranks agree on the
     count, each of rows of about one length), or without GradCache one chunk per kind present.
     """
-    rows = list(range(len(images)))
     if sub_batches == "none":
-        return _chunks(rows, chunk)
-    rows.sort(key=lambda i: (input_kind(images[i]), *input_size(sides[i], images[i])))
+        return _chunks(list(range(len(images))), chunk)
+    rows = size_order(sides, images)
     if chunk > 0:
         return _chunks(rows, chunk)
     kinds = [input_kind(images[i]) for i in rows]
     cuts = [0] + [j for j in range(1, len(rows)) if kinds[j] != kinds[j - 1]] + [len(rows)]
     return [rows[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
+def collate_chunks(collator: Callable, sides: list, images: list, chunk: int,
+                   sub_batches: str) -> tuple[list[dict], torch.Tensor]:
+    """A side's collated chunks (`side_chunks`) and its ``order``: the batch row of each embedded
+    row, the chunks' rows concatenated (`trainer.train.losses.in_batch_order` undoes it)."""
+    groups = side_chunks(sides, images, chunk, sub_batches)
+    chunks = [collator([sides[i] for i in g], [images[i] for i in g]) for g in groups]
+    return chunks, torch.tensor([i for g in groups for i in g], dtype=torch.long)
 
 
 class ContrastiveStream(IterableDataset):
@@ -683,11 +691,8 @@ class ContrastiveStream(IterableDataset):
         return batch
 
     def collate_side(self, sides: list[dict], images: list, chunk: int) -> tuple[list[dict], torch.Tensor]:
-        """A side's collated chunks (`side_chunks`) and its ``order``: the batch row of each
-        embedded row, the chunks' rows concatenated."""
-        groups = side_chunks(sides, images, chunk, self.config.sub_batches)
-        chunks = [self.collator([sides[i] for i in g], [images[i] for i in g]) for g in groups]
-        return chunks, torch.tensor([i for g in groups for i in g], dtype=torch.long)
+        """`collate_chunks` with this stream's collator and ``sub_batches``."""
+        return collate_chunks(self.collator, sides, images, chunk, self.config.sub_batches)
 
     def pick_negatives(self, records: list[dict], images: list[dict]) -> tuple[list, list, list[bool]]:
         """``hard_negatives`` (K) negatives per query, query-major: the record's first K negatives;
