@@ -23,14 +23,15 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
 from pipelines.errors import IntegrityError
 from pipelines.files import json_text
 
-__all__ = ["IntegrityError", "MANIFEST", "check_file", "read_manifest", "record", "sha256_files", "sha256_of", "verify"]
+__all__ = ["IntegrityError", "MANIFEST", "check_file", "read_manifest", "record", "sha256_files", "sha256_of",
+           "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +40,22 @@ FORMAT = "vlm2vec-digests/1"
 BLOCK = 1 << 22
 
 
-def sha256_of(path: str | Path) -> str:
-    """The sha256 of one file's bytes (hex)."""
+def sha256_of(path: str | Path, progress: Callable[[int], Any] | None = None) -> str:
+    """The sha256 of one file's bytes (hex); `progress(n)` after each block of n bytes read."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(BLOCK), b""):
             h.update(block)
+            if progress is not None:
+                progress(len(block))
     return h.hexdigest()
 
 
 def sha256_files(root: Path, paths: list[str]) -> dict[str, tuple[int, str]]:
     """(size, sha256) of each file under `root`, with a progress bar over bytes."""
     sizes = {p: (root / p).stat().st_size for p in paths}
-    out = {}
     with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="sha256", disable=None) as bar:
-        for p in paths:
-            h = hashlib.sha256()
-            with open(root / p, "rb") as f:
-                while block := f.read(8 << 20):
-                    h.update(block)
-                    bar.update(len(block))
-            out[p] = (sizes[p], h.hexdigest())
-    return out
+        return {p: (sizes[p], sha256_of(root / p, bar.update)) for p in paths}
 
 
 def check_file(path: Path, sha256: str, size: int, found: str | None = None) -> None:

@@ -145,11 +145,6 @@ def row_order(params: Shard, dataset: str, rows: int, selected: set[int] | None)
 
 
 # --- records ----------------------------------------------------------------------------------
-def record_parts(dataset_dir: Path) -> list[Path]:
-    """A train dataset's files: MMEB records (part-*) or MMEB-V2 pairs (pairs-*)."""
-    return train_parts(dataset_dir)
-
-
 def check_schema(path: Path, schema: pa.Schema) -> None:
     """Raise ValueError unless `schema` has RECORD_SCHEMA's field names and types (in order), or is
     V2_TRAIN_SCHEMA (MMEB-V2's video and visual-document pairs, `pipelines.schema.is_v2_train_schema`)."""
@@ -164,7 +159,7 @@ def dataset_schema(dataset_dir: Path) -> pa.Schema:
     """The records' schema of one dataset, as its file names say (`pipelines.schema.holds_v2_pairs`):
     V2_TRAIN_SCHEMA for pairs-*, RECORD_SCHEMA for part-*; ValueError for a dataset without files
     or a file whose schema is not the one its name says."""
-    parts = record_parts(dataset_dir)
+    parts = train_parts(dataset_dir)
     if not parts:
         raise ValueError(f"{dataset_dir}: no part-*.parquet or pairs-*.parquet")
     v2 = holds_v2_pairs(dataset_dir)
@@ -182,7 +177,7 @@ def iter_record_batches(dataset_dir: Path, batch_rows: int = BATCH_ROWS, columns
     """Yield the records of one dataset as lists of dicts, parts in name order, rows in file order
     (only the row numbers in `selected`, when given)."""
     row = 0
-    for part in record_parts(dataset_dir):
+    for part in train_parts(dataset_dir):
         pf = pq.ParquetFile(part)
         check_schema(part, pf.schema_arrow)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
@@ -199,7 +194,7 @@ def iter_records_in_order(dataset_dir: Path, order: list[int], batch_rows: int =
     records (texts and image references, not image bytes) are read into one Arrow table: a few
     hundred bytes per record, about 100 MB for MMEB-train's largest dataset."""
     tables = []
-    for part in record_parts(dataset_dir):
+    for part in train_parts(dataset_dir):
         pf = pq.ParquetFile(part)
         check_schema(part, pf.schema_arrow)
         tables.append(pf.read())
@@ -209,7 +204,7 @@ def iter_records_in_order(dataset_dir: Path, order: list[int], batch_rows: int =
 
 
 def count_records(dataset_dir: Path) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in record_parts(dataset_dir))
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in train_parts(dataset_dir))
 
 
 def record_sides(record: dict) -> list[tuple[str, dict]]:

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
+from pipelines.schema import IMAGE_TOKEN, RECORD_PARTS, V2_PAIR_PARTS, VIDEO_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def corpus_from_normalized(train_dir: str | Path, *, max_rows: int | None = None
     Files are read in sorted order (deterministic corpus). MMEB's image and video placeholders are
     removed: they become special tokens of the model, not text to learn merges from.
     """
-    parts = sorted([*Path(train_dir).glob("*/part-*.parquet"), *Path(train_dir).glob("*/pairs-*.parquet")])
+    parts = sorted(p for names in (RECORD_PARTS, V2_PAIR_PARTS) for p in Path(train_dir).glob(f"*/{names}"))
     if not parts:
         raise FileNotFoundError(f"no normalized train parts under {train_dir} (run the normalize stage)")
     rows = 0
