@@ -280,20 +280,13 @@ def search_cost(dim: int) -> list[dict]:
 
 def clusters(args) -> dict:
     """`clusters` (module docstring): per dataset of the shards, its clustering's counts."""
-    import zlib
-
-    from trainer.train.clusters import SampleIndex, build_clusters, load_graph, target_item
+    from trainer.train.clusters import SampleIndex, dataset_clusters
     from trainer.train.stream import read_shards
 
     shards = read_shards(args.shards)
     index = SampleIndex(shards)
-    out = {}
-    for d in sorted({s.dataset for s in shards}):
-        records = index.records(d)
-        out[d] = build_clusters(list(records), load_graph(Path(args.mined), d),
-                                {i: target_item(r) for i, r in records.items()}, args.size,
-                                seed=args.seed + zlib.crc32(d.encode("utf-8"))).counts
-    return out
+    return {d: dataset_clusters(index, Path(args.mined), d, args.size, args.seed).counts
+            for d in sorted({s.dataset for s in shards})}
 
 
 def main(argv=None) -> int:

@@ -281,6 +281,15 @@ class MinedBatching:
         return {"batching": "mined_clusters", "mined": str(self.mined), "cluster_size": self.cluster_size}
 
 
+def dataset_clusters(index: SampleIndex, mined_root: Path, dataset: str, cluster_size: int, seed: int) -> Clustering:
+    """One dataset's clustering as mined batches build it: its records, the mine stage's kNN graph,
+    each record's target item, and an RNG seeded by (``seed``, dataset name)."""
+    records = index.records(dataset)
+    return build_clusters(list(records), load_graph(mined_root, dataset),
+                          {i: target_item(r) for i, r in records.items()}, cluster_size,
+                          seed=seed + zlib.crc32(dataset.encode("utf-8")))
+
+
 class ClusterStream(ContrastiveStream):
     """`ContrastiveStream` whose batches come from `ClusterPlan` (``train.*`` of the run, the clusters
     of ``mined_root``'s kNN graphs with ``cluster_size`` records)."""
@@ -291,10 +300,7 @@ class ClusterStream(ContrastiveStream):
         self.index = SampleIndex([s for s in shards if s.dataset in self.probs])
         self.clusterings = {}
         for d in self.datasets:
-            records = self.index.records(d)
-            self.clusterings[d] = build_clusters(list(records), load_graph(mined_root, d),
-                                                 {i: target_item(r) for i, r in records.items()}, cluster_size,
-                                                 seed=config.seed + zlib.crc32(d.encode("utf-8")))
+            self.clusterings[d] = dataset_clusters(self.index, mined_root, d, cluster_size, config.seed)
             log.info("mined batches, %s: %s", d, self.clusterings[d].counts)
         self.plan = ClusterPlan(self.clusterings, self.probs, config.seed, config.global_batch)
 
