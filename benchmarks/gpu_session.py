@@ -54,8 +54,8 @@ def parts(args) -> list[tuple[str, list[str], int]]:
     small = ["--steps", "3", "--skip", "1", "--gc-steps", "2", "--multiple", "8"] if args.tiny else []
     out = args.out
     return [
-        ("loop", [*train, "--variants", "eager,plain,cuda-graphs,eager-one-batch", "--steps", "30", "--skip", "5", *small,
-                  "--budget-min", minutes_left(args.loop_s, 150), "--out", str(out / "loop.json")], args.loop_s),
+        ("loop", [*train, "--variants", "eager,plain,cuda-graphs,eager-one-batch", "--steps", "30", "--skip", "5",
+                  *small, "--budget-min", minutes_left(args.loop_s, 150), "--out", str(out / "loop.json")], args.loop_s),
         ("gc", [*train, "--variants", "gc-blocks,gc-plain", *([] if args.tiny else ["--gc-batch", "1024"]),
                 *(["--gc-chunk", "64", "--gc-steps", "3"] if not args.tiny else []), *small,
                 "--budget-min", minutes_left(args.gc_s, 45), "--out", str(out / "gc.json")], args.gc_s),

@@ -125,7 +125,7 @@ def _datasets(root: Path, out: Path, rejects_root: Path, params: Normalize, stor
         files.write_json(out / task.name / "dataset.json", info, sort_keys=True)
         if rejects:
             write_table(Path(rejects_root) / OUT / f"{task.name}.parquet",
-                         [dict(zip(REJECT_SCHEMA.names, r)) for r in rejects], REJECT_SCHEMA)
+                        [dict(zip(REJECT_SCHEMA.names, r)) for r in rejects], REJECT_SCHEMA)
         counts[task.name] = {**c, "eval_type": task.eval_type, "expected": info["expected"]}
         log.info("MMEB-V2 %s: %d queries, %d candidates, %d rejected", task.name, len(queries), len(corpus),
                  len(rejects))

@@ -21,7 +21,8 @@ def test_compiled_variants_of_the_loop_train_what_eager_trains(workspace, tmp_pa
     trainer_functions = {(module, name): getattr(module, name) for module, name in swapped}
     code = gpu_train.main(["--tiny", "--base", str(workspace / "models/base"), "--shards",
                            str(workspace / "data/shards/train"), "--variants",
-                           "eager,region,cuda-graphs,eager-one-batch", "--steps", "4", "--skip", "1", "--workers", "0", "--multiple", "8", "--out", str(out)])
+                           "eager,region,cuda-graphs,eager-one-batch", "--steps", "4", "--skip", "1",
+                           "--workers", "0", "--multiple", "8", "--out", str(out)])
     assert code == 0
     # the stand-ins (dvclive's recorder, the export capture, aot_eager) were for those runs only
     assert all(getattr(module, name) is f for (module, name), f in trainer_functions.items())

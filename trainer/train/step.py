@@ -8,8 +8,8 @@ query) in one call of the encoder (each side in its chunks: one, or one per inpu
 ``sub_batches: kind``, the rows then put back in batch order), takes `info_nce` at ``temperature``
 over the global batch (padded negative slots masked out), backpropagates, in GradCache chunks of
 ``gc_chunk_size`` when > 0 (`trainer.train.gradcache`), clips the gradient norm to
-``max_grad_norm``, steps AdamW and the learning-rate schedule. Under bf16 the forward runs in autocast; under DDP or FSDP GradCache syncs
-gradients on its last chunk only.
+``max_grad_norm``, steps AdamW and the learning-rate schedule. Under bf16 the forward runs in
+autocast; under DDP or FSDP GradCache syncs gradients on its last chunk only.
 """
 
 from __future__ import annotations
