@@ -57,9 +57,9 @@ def qwen():
     return build_tiny("qwen2_vl")
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def qwen_backbone(request):
-    """Each tiny Qwen family backbone in turn: Qwen2-VL, Qwen2.5-VL."""
+    """Each tiny Qwen family backbone in turn: Qwen2-VL, Qwen2.5-VL, Qwen3-VL."""
     from trainer.backbone.families import build_tiny
 
     return build_tiny(request.param, image_size=32)

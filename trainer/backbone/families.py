@@ -29,15 +29,17 @@ from typing import Any
 
 import torch
 from transformers import (CLIPProcessor, Idefics3Processor, LlavaNextProcessor, LlavaProcessor, PaliGemmaProcessor,
-                          Qwen2_5_VLProcessor, Qwen2VLProcessor, SiglipProcessor, SmolVLMProcessor)
+                          Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor, SiglipProcessor, SmolVLMProcessor)
 
 from pipelines import digests
 
 log = logging.getLogger(__name__)
 
-VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3", "smolvlm", "paligemma")
+VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "idefics3", "smolvlm", "paligemma")
 DUAL_FAMILIES = ("clip", "siglip")
 FAMILIES = VLM_FAMILIES + DUAL_FAMILIES  # each has a tiny build (build_tiny)
+# Qwen's VL families: one tokenizer layout (<|vision_start|>, <|image_pad|>, ...) and image processor
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # Families whose modeling and processing code ships with the model (Hub `auto_map`), not with
 # transformers: loading one runs that code, so it needs `trust_remote_code`. Phi-3.5-V
 # (microsoft/Phi-3.5-vision-instruct), VLM2Vec V1's main backbone, is one (a VLM). No tiny build.
@@ -45,7 +47,7 @@ REMOTE_CODE_FAMILIES = ("phi3_v",)
 
 # The string written into a prompt for one image (VLM2Vec's VLM_IMAGE_TOKENS).
 IMAGE_TOKENS = {
-    "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>",
+    "qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>",
     "llava": "<image>", "llava_next": "<image>", "idefics3": "<image>", "smolvlm": "<image>",
     "paligemma": "<image>", "clip": "", "siglip": "",
     "phi3_v": "<|image_1|>",  # MMEB's own placeholder: Phi-3-V's processor expands it
@@ -58,6 +60,7 @@ _LM_PROJ = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 LORA_TARGETS = {
     "qwen2_vl": rf".*\.language_model\.layers\.\d+\.{_LM_PROJ}",
     "qwen2_5_vl": rf".*\.language_model\.layers\.\d+\.{_LM_PROJ}",
+    "qwen3_vl": rf".*\.language_model\.layers\.\d+\.{_LM_PROJ}",
     "llava": rf".*\.language_model\.layers\.\d+\.{_LM_PROJ}",
     "llava_next": rf".*\.language_model\.layers\.\d+\.{_LM_PROJ}",
     "paligemma": rf".*\.language_model\.layers\.\d+\.{_LM_PROJ}",
@@ -72,7 +75,8 @@ LORA_TARGETS = {
 }
 
 MODEL_TYPE_TO_FAMILY = {
-    "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "llava": "llava", "llava_next": "llava_next",
+    "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "llava": "llava",
+    "llava_next": "llava_next",
     "idefics3": "idefics3", "smolvlm": "smolvlm", "paligemma": "paligemma", "clip": "clip",
     "siglip": "siglip", "phi3_v": "phi3_v",
 }
@@ -118,6 +122,14 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         Qwen2_5_VLProcessor.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """Qwen3-VL processor for images only (no torchvision -> no video processor; the Collator
+    expands a video's tokens itself, timestamps included)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        Qwen3VLProcessor.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
 class ImageOnlySmolVLMProcessor(SmolVLMProcessor):
     """SmolVLM processor for images only (no torchvision -> no video processor)."""
 
@@ -128,6 +140,7 @@ class ImageOnlySmolVLMProcessor(SmolVLMProcessor):
 
 PROCESSOR_CLASSES: dict[str, type] = {
     "qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
+    "qwen3_vl": ImageOnlyQwen3VLProcessor,
     "llava": LlavaProcessor, "llava_next": LlavaNextProcessor, "idefics3": Idefics3Processor,
     "smolvlm": ImageOnlySmolVLMProcessor, "paligemma": PaliGemmaProcessor,
     "clip": CLIPProcessor, "siglip": SiglipProcessor,
@@ -142,6 +155,7 @@ def image_processor_class(family: str) -> type:
     import transformers as tf
     names = {
         "qwen2_vl": "Qwen2VLImageProcessorPil", "qwen2_5_vl": "Qwen2VLImageProcessorPil",
+        "qwen3_vl": "Qwen2VLImageProcessorPil",  # Qwen3-VL's own preprocessor_config names this class
         "llava": "CLIPImageProcessorPil", "llava_next": "LlavaNextImageProcessorPil",
         "idefics3": "Idefics3ImageProcessorPil", "smolvlm": "SmolVLMImageProcessorPil",
         "paligemma": "SiglipImageProcessorPil", "clip": "CLIPImageProcessorPil",
@@ -176,7 +190,7 @@ def _kind(family: str) -> str:
 def family_special_tokens(family: str) -> list[str]:
     """The special tokens a tiny tokenizer of `family` must hold (they get ids 0..n-1)."""
     _check_family(family)
-    if family in ("qwen2_vl", "qwen2_5_vl"):
+    if family in QWEN_FAMILIES:
         return ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
     if family in ("llava", "llava_next"):
@@ -207,7 +221,7 @@ def _wrap_tokenizer(family: str, raw):
     if missing:
         raise ValueError(f"tokenizer lacks the {family} special tokens {missing[:5]} "
                          f"(train it with trainer.backbone.families.train_family_tokenizer)")
-    if family in ("qwen2_vl", "qwen2_5_vl"):
+    if family in QWEN_FAMILIES:
         tok = Qwen2TokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     elif family in ("llava", "llava_next"):
         tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>",
@@ -257,7 +271,7 @@ def _build_tiny_parts(family: str, tok, image_size: int, hidden: int, layers: in
     import transformers as tf
     ip_cls, proc_cls = image_processor_class(family), processor_class(family)
     ids = lambda t: tok.convert_tokens_to_ids(t)  # noqa: E731
-    if family in ("qwen2_vl", "qwen2_5_vl"):
+    if family in QWEN_FAMILIES:
         merge, temporal = 2, 2
         ip = ip_cls(patch_size=PATCH, merge_size=merge, temporal_patch_size=temporal,
                     min_pixels=(PATCH * merge) ** 2, max_pixels=image_size * image_size)
@@ -265,11 +279,19 @@ def _build_tiny_parts(family: str, tok, image_size: int, hidden: int, layers: in
         heads = max(1, hidden // 32)
         half = hidden // heads // 2
         section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-        text = _text_config(family + "_text", len(tok), hidden, layers, tok,
-                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                             "mrope_section": section})
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
+        if family == "qwen3_vl":  # Qwen3-VL interleaves the three axes over the rotary frequencies
+            rope["mrope_interleaved"] = True
+        text = _text_config(family + "_text", len(tok), hidden, layers, tok, rope_parameters=rope,
+                            **({"head_dim": hidden // heads} if family == "qwen3_vl" else {}))
         width = 64
-        if family == "qwen2_vl":
+        if family == "qwen3_vl":  # deepstack: the first vision block's features also enter layer 0
+            vision = dict(depth=2, hidden_size=width, num_heads=2, intermediate_size=2 * width,
+                          out_hidden_size=hidden, patch_size=PATCH, spatial_merge_size=merge,
+                          temporal_patch_size=temporal, num_position_embeddings=(image_size // PATCH) ** 2,
+                          deepstack_visual_indexes=[0])
+            cfg_cls = tf.Qwen3VLConfig
+        elif family == "qwen2_vl":
             vision = dict(depth=2, embed_dim=width, num_heads=2, mlp_ratio=2, hidden_size=hidden,
                           patch_size=PATCH, spatial_merge_size=merge, temporal_patch_size=temporal)
             cfg_cls = tf.Qwen2VLConfig

@@ -278,12 +278,16 @@ class ImageFeatureCache:
         self.mode: str | None = None
         self.records: list[tuple[tuple, object]] = []
         self.position = 0
+        self.depth = 0  # wrapped calls under way: one may call another (Qwen3-VL's video features are
+        # its image features), and only the outermost is recorded and replayed
         for name in ("get_image_features", "get_video_features"):
             if callable(getattr(inner, name, None)):
                 setattr(inner, name, self._wrap(name, getattr(inner, name)))
 
     def _wrap(self, name: str, original):
         def get_features(pixel_values, *args, **kwargs):
+            if self.depth:
+                return original(pixel_values, *args, **kwargs)
             key = (name, *pixel_values.shape)
             if self.mode == "replay":
                 if self.position >= len(self.records):
@@ -295,7 +299,11 @@ class ImageFeatureCache:
                                        f"recorded {recorded[0]} of {recorded[1:]}: chunks must be embedded in the "
                                        "same order")
                 return out
-            out = original(pixel_values, *args, **kwargs)
+            self.depth += 1
+            try:
+                out = original(pixel_values, *args, **kwargs)
+            finally:
+                self.depth -= 1
             if self.mode == "record":
                 self.records.append((key, out))
             return out

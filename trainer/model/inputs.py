@@ -57,7 +57,7 @@ from pipelines.images import max_pixels_size, to_rgb
 from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
 from trainer.model import image_processing, positions
 from trainer.model.positions import FAMILIES as POSITION_FAMILIES
-from trainer.model.video_processing import VIDEO_TOKENS, QwenVideoProcessor
+from trainer.model.video_processing import TIMESTAMP_FAMILIES, VIDEO_TOKENS, QwenVideoProcessor
 
 STRAY_RULES = ("strip", "keep")  # a text-only side's <|image_1|>: removed | the backbone's token, as text
 RESIZERS = ("collator", "processor")  # who brings an image to image_max_pixels (VLM2Vec: the processor)
@@ -67,6 +67,7 @@ PER_ROW_FAMILIES = ("phi3_v",)
 # families without video input whose processors take several images a row: a video's frames are
 # given as that many images, one image token each in the video placeholder's place
 FRAME_IMAGE_FAMILIES = ("idefics3", "smolvlm")
+VISION_MARKERS = ("<|vision_start|>", "<|vision_end|>")  # Qwen's tokens around an image's or video's tokens
 
 log = logging.getLogger(__name__)
 
@@ -523,8 +524,12 @@ class Collator:
         processor, token_id, _ = self._video
         out = processor(videos)
         token = self.format.video_token
-        expanded = [t.replace(token, token * processor.tokens(g), 1)
-                    for t, g in zip(texts, out["video_grid_thw"].tolist())]
+        grids = out["video_grid_thw"].tolist()
+        if self.format.family in TIMESTAMP_FAMILIES:  # one timestamped, marked run per temporal patch
+            expanded = [t.replace(token, processor.timestamped_text(g, len(v), token, *VISION_MARKERS), 1)
+                        for t, g, v in zip(texts, grids, videos)]
+        else:
+            expanded = [t.replace(token, token * processor.tokens(g), 1) for t, g in zip(texts, grids)]
         enc = dict(self.tokenizer(expanded, padding=True, return_tensors="pt"))
         enc["mm_token_type_ids"] = (enc["input_ids"] == token_id).long() * 2
         return {**enc, **out}
@@ -532,13 +537,18 @@ class Collator:
     def _video_positions(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The video arguments of `positions.mrope_position_ids` for a batch with videos ({} without):
         each video's temporal interval is Qwen2.5-VL's tokens_per_second * second_per_grid_ts (as its
-        `get_rope_index`), 1 for Qwen2-VL."""
+        `get_rope_index`), 1 for Qwen2-VL; Qwen3-VL's video is one grid per temporal patch (t = 1), as
+        its text gives each patch a run of its own."""
         if "video_grid_thw" not in out:
             return {}
         _, token_id, per_second = self._video
+        grids = out["video_grid_thw"]
+        if self.format.family in TIMESTAMP_FAMILIES:
+            grids = grids.repeat_interleave(grids[:, 0], dim=0)
+            grids[:, 0] = 1
         seconds = out.get("second_per_grid_ts")
         intervals = None if per_second is None or seconds is None else [per_second * s for s in seconds.tolist()]
-        return dict(video_token_id=token_id, video_grid_thw=out["video_grid_thw"], video_intervals=intervals)
+        return dict(video_token_id=token_id, video_grid_thw=grids, video_intervals=intervals)
 
     def _stray_rows(self, out: dict[str, torch.Tensor], has_image: torch.Tensor) -> torch.Tensor | None:
         """bool [B]: the rows without image that hold a kept placeholder as a text token (None when

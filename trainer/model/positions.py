@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL multimodal rotary positions (M-RoPE), computed by the Collator.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL multimodal rotary positions (M-RoPE), computed by the Collator.
 
 Given `input_ids` and `image_grid_thw`, transformers' Qwen2-VL computes the 3-D position of every
 token (`get_rope_index`: text tokens count up on all three axes; an image's tokens take
@@ -12,6 +12,9 @@ forward, and the GPU idles while the CPU walks the rows.
 workers; passed as `position_ids`, the model skips its own computation. Like transformers, it gives
 positions only to batches with images (a text-only batch keeps the model's default positions), so
 the model's output is unchanged (tests/trainer/model/test_positions.py compares both with the model's own).
+Qwen3-VL places images the same way; its video text is one run per temporal patch (timestamps between),
+so the Collator passes its video grids split into one (1, h, w) grid per patch, as its `get_rope_index`
+splits them.
 
 `sequential_position_ids` is the other scheme, VLM2Vec's: it writes a bare `<|image_pad|>` (no
 `<|vision_start|>`), and its copy of Qwen2-VL's `get_rope_index` finds images only after a
@@ -27,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 SCHEMES = ("grid", "sequential")  # transformers' M-RoPE grid | VLM2Vec's 1-D positions for every token
 
 

@@ -1,4 +1,5 @@
-"""Qwen2-VL / Qwen2.5-VL video preprocessing without torchvision: a video's frames -> the tensors of `videos=`.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL video preprocessing without torchvision: a video's frames -> the
+tensors of `videos=`.
 
 transformers' `Qwen2VLVideoProcessor` needs torchvision, which this project does not install, so
 the processors are built without one (`trainer.backbone.families`). `QwenVideoProcessor` computes
@@ -20,6 +21,12 @@ no timing here, so fps is `VLM2VEC_FPS`, the 2.0 that VLM2Vec-V2's Qwen2.5-VL pr
 none is given (transformers 5 would assume 24 for frames without metadata). A video of
 `temporal_patch_size` copies of one image gives exactly that image's `pixel_values` (the image path
 repeats an image over the temporal patch), and its `<|video_pad|>` expands to t*h*w / merge**2 tokens.
+
+Qwen3-VL takes the same tensors (its processor is Qwen2-VL's image processor), but its text splits a
+video by temporal patch: each patch's h*w / merge**2 tokens sit between their own `<|vision_start|>`
+and `<|vision_end|>`, after the patch's time in seconds (`timestamped_text`), and its M-RoPE gives every
+patch a grid of its own (`trainer.model.positions`). The times follow from frame indices 0..n-1 at the
+same `fps` (qwen-vl-utils' default for a list of frames is 2 as well; transformers would assume 24).
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ from PIL import Image
 from trainer.model.image_processing import QwenImageProcessor, supports
 
 # the families that take `videos=`, and the token a video takes in their text (VLM2Vec's VLM_VIDEO_TOKENS)
-VIDEO_TOKENS = {"qwen2_vl": "<|video_pad|>", "qwen2_5_vl": "<|video_pad|>"}
+VIDEO_TOKENS = {"qwen2_vl": "<|video_pad|>", "qwen2_5_vl": "<|video_pad|>", "qwen3_vl": "<|video_pad|>"}
+# the families whose text gives every temporal patch of a video its own timestamp and vision markers
+# (Qwen3-VL: "<0.2 seconds><|vision_start|>" + the patch's tokens + "<|vision_end|>", one per patch)
+TIMESTAMP_FAMILIES = ("qwen3_vl",)
 # frames per second VLM2Vec-V2's Qwen2.5-VL processor assumes (`videos_kwargs` default fps 2.0)
 VLM2VEC_FPS = 2.0
 
@@ -66,6 +76,27 @@ class QwenVideoProcessor:
         """The number of video tokens a video of patch grid (t, h, w) takes in the text."""
         t, h, w = (int(x) for x in grid)
         return t * h * w // self.merge ** 2
+
+    def timestamps(self, frames: int) -> list[float]:
+        """Seconds of each temporal patch of a video of `frames` frames, as Qwen3-VL's processor
+        computes them for frames 0..frames-1 at `fps` (its `_calculate_timestamps`): the frame count
+        padded to a multiple of `temporal_patch_size` by repeating the last frame, each patch the mean
+        time of its first and last frame."""
+        if frames < 1:
+            raise ValueError("a video needs at least one frame")
+        index = list(range(frames)) + [frames - 1] * (-frames % self.temporal)
+        seconds = [i / self.fps for i in index]
+        return [(seconds[i] + seconds[i + self.temporal - 1]) / 2 for i in range(0, len(seconds), self.temporal)]
+
+    def timestamped_text(self, grid: Sequence[int], frames: int, token: str, start: str, end: str) -> str:
+        """Qwen3-VL's text for one video (its processor's `replace_video_token`): for every temporal
+        patch, its time as "<{seconds:.1f} seconds>", then `start`, the patch's tokens, `end`."""
+        t, h, w = (int(x) for x in grid)
+        stamps = self.timestamps(frames)
+        if len(stamps) != t:
+            raise ValueError(f"a video of {frames} frames has {len(stamps)} temporal patches, its grid {t}")
+        per_patch = h * w // self.merge ** 2
+        return "".join(f"<{s:.1f} seconds>{start}{token * per_patch}{end}" for s in stamps)
 
     def __call__(self, videos: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
         if not videos or any(len(frames) == 0 for frames in videos):

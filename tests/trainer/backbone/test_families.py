@@ -116,8 +116,9 @@ def test_lora_regexes_do_not_match_vision_modules():
     vision_names = ["model.visual.patch_embed.proj", "model.visual.blocks.0.attn.qkv",
                     "model.visual.blocks.0.mlp.gate_proj", "model.vision_tower.encoder.layers.0.self_attn.q_proj",
                     "model.multi_modal_projector.linear_1", "model.vision_model.encoder.layers.0.mlp.fc1",
-                    "lm_head"]
-    for family in ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "paligemma", "idefics3", "smolvlm"):
+                    "model.visual.blocks.0.mlp.linear_fc1", "model.visual.merger.linear_fc2",
+                    "model.visual.deepstack_merger_list.0.linear_fc1", "lm_head"]
+    for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "paligemma", "idefics3", "smolvlm"):
         assert not any(re.fullmatch(LORA_TARGETS[family], n) for n in vision_names), family
 
 
@@ -138,6 +139,20 @@ def test_load_hub_layout_folder_detects_family(tmp_path):
     loaded = load_backbone(str(tmp_path / "llava-hub"))
     assert (loaded.family, loaded.image_token, loaded.lora_targets) == ("llava", "<image>", LORA_TARGETS["llava"])
     assert loaded.info["model_type"] == "llava"
+    torch.testing.assert_close(_embed(loaded)[1], _embed(backbone)[1], atol=1e-6, rtol=1e-5)
+
+
+def test_load_hub_layout_qwen3_vl(tmp_path):
+    """A Qwen3-VL folder as the Hub holds one (its preprocessor_config names Qwen2-VL's image
+    processor): family from model_type, the image-only processor, the same embeddings."""
+    backbone = build_tiny("qwen3_vl")
+    _hub_layout(backbone, tmp_path / "q3")
+    config = json.loads((tmp_path / "q3" / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl" and detect_family(tmp_path / "q3") == "qwen3_vl"
+    loaded = load_backbone(str(tmp_path / "q3"))
+    assert (loaded.family, loaded.image_token, loaded.lora_targets) == ("qwen3_vl", "<|image_pad|>",
+                                                                        LORA_TARGETS["qwen3_vl"])
+    assert type(loaded.processor) is type(backbone.processor)
     torch.testing.assert_close(_embed(loaded)[1], _embed(backbone)[1], atol=1e-6, rtol=1e-5)
 
 
@@ -346,7 +361,7 @@ def test_mmeb_v2_pairs_give_the_tokenizer_text_and_the_warm_up_no_examples(tmp_p
     assert [e.answer for e in examples] == ["caption 0", "caption 1"]  # the V1 dataset's only
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "paligemma"])  # PaliGemma's prompt ends after the text
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "paligemma"])  # PaliGemma's prompt ends after the text
 def test_pretrain_examples_and_labels(normalized, family):
     from trainer.backbone.pretrain import batch_with_labels, load_examples
 

@@ -317,7 +317,33 @@ def test_image_feature_replay_refuses_other_chunks():
         pass
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_next", "idefics3", "paligemma"])
+def test_image_feature_replay_records_only_the_outermost_of_nested_calls():
+    """Qwen3-VL's `get_video_features` calls its `get_image_features`: the pair is one record, and
+    its replay runs neither."""
+    from trainer.model.acceleration import ImageFeatureCache
+
+    class Inner(torch.nn.Module):
+        calls = 0
+
+        def get_image_features(self, pixel_values):
+            Inner.calls += 1
+            return pixel_values * 2
+
+        def get_video_features(self, pixel_values):
+            return self.get_image_features(pixel_values) + 1
+
+    inner = Inner()
+    cache = ImageFeatureCache(inner)
+    video, image = torch.ones(3, 2), torch.zeros(2, 2)
+    with cache.record():
+        recorded = [inner.get_video_features(video), inner.get_image_features(image)]
+    assert [key[0] for key, _ in cache.records] == ["get_video_features", "get_image_features"]
+    with cache.replay():
+        replayed = [inner.get_video_features(video), inner.get_image_features(image)]
+    assert Inner.calls == 2 and all(a is b for a, b in zip(replayed, recorded))
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "llava_next", "idefics3", "paligemma"])
 def test_language_model_is_the_decoder_stack_of_every_vlm_family(family):
     backbone = build_tiny(family, seed=0)
     lm = language_model(backbone.model)

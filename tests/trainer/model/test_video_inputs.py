@@ -133,3 +133,46 @@ def test_a_several_image_family_takes_the_frames_as_images():
         batched = embedder(batch)
         alone = embedder(collator([VIDEO], [FRAMES]))
     torch.testing.assert_close(batched[1], alone[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [1, 4, 5, 8])
+def test_qwen3_vl_video_text_is_its_processors_own(frames):
+    """Qwen3-VL's text for a video: one "<t seconds><|vision_start|>...<|vision_end|>" run per temporal
+    patch, as transformers' `Qwen3VLProcessor.replace_video_token` writes it for frames 0..n-1 at the
+    processor's fps (its video processor needs torchvision, so its method runs on the attributes it reads)."""
+    from types import SimpleNamespace
+
+    from transformers import Qwen3VLProcessor
+    from transformers.video_utils import VideoMetadata
+
+    from trainer.backbone.families import build_tiny
+
+    q3 = build_tiny("qwen3_vl")
+    collator = Collator(q3, max_text_tokens=64)
+    video_processor = collator._video[0]
+    batch = collator([VIDEO], [[noise(48, 32, seed=i) for i in range(frames)]])
+    grid = batch["video_grid_thw"][0]
+    theirs = SimpleNamespace(video_processor=SimpleNamespace(merge_size=2, temporal_patch_size=2),
+                             vision_start_token="<|vision_start|>", vision_end_token="<|vision_end|>",
+                             video_token="<|video_pad|>")
+    theirs._calculate_timestamps = lambda *a: Qwen3VLProcessor._calculate_timestamps(theirs, *a)
+    metadata = VideoMetadata(total_num_frames=frames, fps=video_processor.fps, frames_indices=list(range(frames)))
+    want = Qwen3VLProcessor.replace_video_token(theirs, {"video_grid_thw": [grid], "video_metadata": [metadata]}, 0)
+    got = collator.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()])
+    assert got == want + " Recognize the category of the video content."
+    assert got.count("<|vision_start|>") == int(grid[0]) == -(-frames // 2)
+
+
+def test_qwen3_vl_positions_give_each_temporal_patch_its_own_grid():
+    """Qwen3-VL: each patch's tokens start at the text position before them, on all three axes
+    (t = 0 for every patch), where Qwen2-VL counts t up across one run."""
+    from trainer.backbone.families import build_tiny
+
+    collator = Collator(build_tiny("qwen3_vl"), max_text_tokens=64)
+    batch = collator([VIDEO], [FRAMES])
+    video_id = collator.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    ids, pos = batch["input_ids"][0], batch["position_ids"][:, 0]
+    runs = [i for i in range(len(ids)) if ids[i] == video_id and (i == 0 or ids[i - 1] != video_id)]
+    assert len(runs) == 3  # 5 frames: 3 temporal patches
+    for start in runs:
+        assert pos[:, start].tolist() == [int(pos[0, start - 1]) + 1] * 3

@@ -8,6 +8,7 @@ from trainer.backbone.families import FAMILIES, build_tiny
 from trainer.train.fsdp import grad_norm_value, language_blocks
 
 TEXT_LISTS = {"qwen2_vl": "model.language_model.layers", "qwen2_5_vl": "model.language_model.layers",
+              "qwen3_vl": "model.language_model.layers",
               "llava": "model.language_model.layers", "llava_next": "model.language_model.layers",
               "idefics3": "model.text_model.layers", "smolvlm": "model.text_model.layers",
               "paligemma": "model.language_model.layers", "clip": "text_model.encoder.layers",

@@ -96,3 +96,17 @@ def test_sub_batches_by_kind_train_what_one_padded_batch_trains(v2_workspace, ex
     again = merged_weights(v2_workspace)
     assert max(float((again[k] - weights[k]).abs().max()) for k in weights) < 1e-5
     assert 0 <= padding() < 0.7 * padded_together and padded_together > 0.3  # video rows padded the others
+def test_qwen3_vl_trains_the_mixture_and_gradcache_gives_the_one_pass_loss(v2_workspace):
+    """A tiny Qwen3-VL base (deepstack vision features, timestamped video text, per-patch video
+    grids) through the same recipe: image, page and video pairs train, and GradCache chunks, which
+    replay the vision features of their no-grad pass, give the one-pass loss."""
+    from trainer.backbone.families import build_tiny, save_backbone
+
+    shutil.rmtree(v2_workspace / "models/base")
+    save_backbone(build_tiny("qwen3_vl", seed=0), v2_workspace / "models/base")
+    one_pass = train(params(**MIXED, hard_negatives=1), paths_in(v2_workspace, ids_log=v2_workspace / "ids.jsonl"))
+    assert trained_datasets(v2_workspace) == {DOC, V1, VIDEO_CAPTION, VIDEO_RETRIEVAL}
+    shutil.rmtree(v2_workspace / "models/checkpoints")  # else the chunked run resumes the one-pass run's end
+    chunked = train(params(**MIXED, hard_negatives=1, gc_chunk_size=2), paths_in(v2_workspace))
+    assert torch.isfinite(torch.tensor(one_pass["final_loss"]))
+    assert chunked["final_loss"] == pytest.approx(one_pass["final_loss"], abs=1e-4)
