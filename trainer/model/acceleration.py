@@ -1,7 +1,7 @@
 """Speed-ups of the training and encoding step that change no result: batched vision attention,
 regional compilation, and image features computed once per GradCache step.
 
-Batched vision attention (Qwen2-VL): transformers' sdpa path of the Qwen2-VL vision tower runs one
+Batched vision attention (Qwen2-VL, Qwen3-VL): transformers' sdpa path of their vision towers runs one
 attention call per image per layer (`torch.split` by `cu_seqlens`, then a Python loop), with a
 host sync for `lengths.tolist()` in every layer. `batch_vision_attention(model)` replaces that by ONE
 sdpa call per layer: a pre-hook on the vision tower reads `grid_thw` once per call (one sync instead
@@ -12,7 +12,8 @@ most `MAX_PADDED_COST` times the attention of the unpadded images (else the stoc
 layout travels as a call argument whose sizes are tensor shapes, so compiled blocks see new image
 counts and sizes as new shapes (dynamic after the first), never as new constants to recompile for;
 the stock loop, which specialises on every list of lengths, is kept out of compilation. Only the
-Qwen2-VL tower is patched: Qwen2.5-VL's window attention uses other sequence boundaries per layer.
+Qwen2-VL and Qwen3-VL towers are patched (their attention modules are alike): Qwen2.5-VL's window
+attention uses other sequence boundaries per layer.
 
 Regional compilation: `compile_blocks(model)` applies `torch.compile` to each repeated block (the
 language model's decoder layers, the vision tower's blocks) rather than to the whole model, so the
@@ -59,9 +60,14 @@ def _inner(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(base, "model", base)
 
 
-def _qwen2_vl_tower(model: torch.nn.Module):
+# vision towers whose every block attends over whole images (cu_seqlens), with the attention module
+# batch_vision_attention replaces: Qwen2-VL's and Qwen3-VL's (Qwen2.5-VL's window attention is not)
+BATCHED_TOWERS = ("Qwen2VisionTransformerPretrainedModel", "Qwen3VLVisionModel")
+
+
+def _full_attention_tower(model: torch.nn.Module):
     visual = getattr(_inner(model), "visual", None)
-    if visual is None or type(visual).__name__ != "Qwen2VisionTransformerPretrainedModel":
+    if visual is None or type(visual).__name__ not in BATCHED_TOWERS:
         return None
     return visual
 
@@ -127,9 +133,9 @@ def vision_layout(grid_thw: torch.Tensor):
 
 
 def batch_vision_attention(model: torch.nn.Module) -> int:
-    """Install batched vision attention on `model` (a Qwen2-VL, or a peft wrapper of one); the number
+    """Install batched vision attention on `model` (a Qwen2-VL or Qwen3-VL, or a peft wrapper of one); the number
     of attention modules patched (0 for any other family, which is left unchanged). Idempotent."""
-    visual = _qwen2_vl_tower(model)
+    visual = _full_attention_tower(model)
     if visual is None:
         return 0
     attns = [blk.attn for blk in visual.blocks]
@@ -155,7 +161,7 @@ def batch_vision_attention(model: torch.nn.Module) -> int:
 
 def unbatch_vision_attention(model: torch.nn.Module) -> None:
     """Undo `batch_vision_attention` (the stock per-image loop again); for comparisons."""
-    visual = _qwen2_vl_tower(model)
+    visual = _full_attention_tower(model)
     if visual is None or not getattr(visual, "_vlm2vec_batched", False):
         return
     for blk in visual.blocks:

@@ -36,7 +36,16 @@ class _SdpaSpy:
 
 
 def _vision(visual, pixels, grid):
-    return visual(pixels, grid_thw=grid).pooler_output
+    """The tower's merged output, with Qwen3-VL's deepstack features (its earlier blocks' merged
+    outputs, which enter the language model too) after it."""
+    out = visual(pixels, grid_thw=grid)
+    return torch.cat([out.pooler_output, *(getattr(out, "deepstack_features", None) or [])])
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl"])
+def tower(request):
+    """A tiny backbone of each family whose vision tower batch_vision_attention patches."""
+    return build_tiny(request.param, seed=0)
 
 
 def _pixels(grid, seed=0):
@@ -50,7 +59,8 @@ def _pixels(grid, seed=0):
     ([[1, 4, 4], [1, 2, 4], [1, 4, 2]], [3]),     # different sizes: padded to 16 patches, one call of 3
     ([[1, 8, 8], [1, 2, 2], [1, 2, 2]], [1, 1, 1]),  # padding 4 to 64 would cost 1.5x MAX_PADDED_COST: the loop
 ])
-def test_batched_vision_attention_matches_the_loop(qwen, grid, batched_calls):
+def test_batched_vision_attention_matches_the_loop(tower, grid, batched_calls):
+    qwen = tower
     visual = qwen.model.model.visual
     depth = len(visual.blocks)
     pixels, grid_thw = _pixels(grid)
@@ -69,9 +79,10 @@ def test_batched_vision_attention_matches_the_loop(qwen, grid, batched_calls):
 
 
 @pytest.mark.parametrize("grid", [[[1, 4, 4]] * 2, [[1, 4, 4], [1, 2, 4], [1, 4, 2]]])
-def test_batched_vision_attention_gives_the_loops_gradients(qwen, grid):
+def test_batched_vision_attention_gives_the_loops_gradients(tower, grid):
     """Full fine-tuning back-propagates through the vision tower: same parameter gradients, for
     same-size images and for images padded to the largest (no gradient leaks from the padding)."""
+    qwen = tower
     visual = qwen.model.model.visual
     pixels, grid = _pixels(grid, seed=1)
     grads = []
@@ -133,7 +144,7 @@ def test_compiled_vision_blocks_do_not_recompile_for_each_image_count_and_size(q
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_install_is_idempotent_reversible_and_limited_to_qwen2_vl(qwen):
+def test_install_is_idempotent_reversible_and_limited_to_full_attention_towers(qwen):
     visual = qwen.model.model.visual
     depth = len(visual.blocks)
     assert batch_vision_attention(qwen.model) == depth
@@ -144,6 +155,7 @@ def test_install_is_idempotent_reversible_and_limited_to_qwen2_vl(qwen):
     # Qwen2.5-VL's window attention and towers of other families are left as they are
     for family in ("qwen2_5_vl", "llava"):
         assert batch_vision_attention(build_tiny(family).model) == 0
+    assert batch_vision_attention(build_tiny("qwen3_vl").model) == 2  # Qwen3-VL's tower is (its 2 blocks)
 
 
 def test_peft_wrapped_model_is_patched_through_the_wrapper(qwen):
