@@ -530,7 +530,8 @@ class Train(Section):
     save_every: int = key(Int(1), "steps between checkpoints")
     precision: str = key(PRECISION, "bf16: autocast (and LoRA keeps the frozen base weights in bf16)")
     lora_dtype: str = key(PRECISION, "dtype of the LoRA adapters (bf16 needs precision bf16)")
-    batched_vision_attention: bool = key(Bool(), "Qwen2-VL, Qwen3-VL: one vision attention call per layer for all images")
+    batched_vision_attention: bool = key(Bool(),
+                                         "Qwen2-VL, Qwen3-VL: one vision attention call per layer for all images")
     compile: Any = key(OneOf(Bool(), Choice(*COMPILE_SCOPES)),
                        "torch.compile: false; blocks (= true), each layer; region, the language model as one "
                        "region; cuda-graphs, that region replayed as CUDA graphs (one process, no GradCache)")
