@@ -112,3 +112,20 @@ def test_a_phi3v_checkpoint_needs_the_opt_in(tmp_path, capsys):
     model = EmbeddingModel.load(tmp_path / "m" / "phi")
     assert model.backbone.family == "phi3_v" and model.backbone.processor.image_processor.num_crops == 2
     assert model.encode(SIDES, IMAGES).shape == (3, 32)
+
+
+def test_a_qwen3_vl_embedding_checkpoint_scores_in_its_chat_format(tmp_path):
+    """A Qwen3-VL checkpoint in the Hub layout imported under the qwen3-vl-embedding profile: its
+    lineage records the chat prompt style, and the loaded model encodes in it (the same vectors as
+    the Collator's qwen3-vl-embedding rendering of the weights, not the vlm2vec string's)."""
+    released = build_tiny("qwen3_vl", seed=2)
+    out = import_checkpoint(str(hub_layout(released, tmp_path / "Qwen3-VL-Embedding-Tiny")),
+                            tmp_path / "models" / "qwen3-vl-embedding-tiny", profile="qwen3-vl-embedding")
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["collation"]["prompt"] == "qwen3-vl-embedding"
+    model = EmbeddingModel.load(out)
+    assert model.collator.prompt == "qwen3-vl-embedding" and model.collator.image_resize == "processor"
+    vectors = model.encode(SIDES[::2], IMAGES[::2])
+    plain = EmbeddingModel.load(out, rendering=dict(RENDERING_DEFAULTS)).encode(SIDES[::2], IMAGES[::2])
+    assert np.abs(vectors - plain).max() > 1e-3
+    assert model.fingerprint != EmbeddingModel.load(out, rendering=dict(RENDERING_DEFAULTS)).fingerprint

@@ -55,7 +55,7 @@ from PIL import Image
 
 from pipelines.images import max_pixels_size, to_rgb
 from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
-from trainer.model import image_processing, positions
+from trainer.model import image_processing, positions, prompt_styles
 from trainer.model.positions import FAMILIES as POSITION_FAMILIES
 from trainer.model.video_processing import TIMESTAMP_FAMILIES, VIDEO_TOKENS, QwenVideoProcessor
 
@@ -255,7 +255,7 @@ class Collator:
                  instructions: bool = True, torch_images: bool = True, mrope_positions: bool = True,
                  pad_to_multiple_of: int = 1, positions: str = "grid", stray_image_token: str = "strip",
                  image_resize: str = "collator", image_square: int | None = None,
-                 small_image_side: int | None = None):
+                 small_image_side: int | None = None, prompt: str = "vlm2vec"):
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
         if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
@@ -265,6 +265,8 @@ class Collator:
         self.positions, self.stray_image_token, self.image_resize = positions, stray_image_token, image_resize
         self.image_square, self.small_image_side = image_square, small_image_side
         self.format = _format_of(backbone)
+        prompt_styles.check_prompt(prompt, self.format.family, stray_image_token)
+        self.prompt = prompt
         processor = backbone.processor
         if image_max_pixels:  # Qwen2-VL / Qwen2.5-VL: the processor's own max_pixels lowered to the cap
             processor, own = image_processing.cap_max_pixels(processor, image_max_pixels)
@@ -329,7 +331,7 @@ class Collator:
                     instructions=self.instructions, positions=self.positions,
                     stray_image_token=self.stray_image_token, image_resize=self.image_resize,
                     image_square=self.image_square,
-                    small_image_side=self.small_image_side)
+                    small_image_side=self.small_image_side, prompt=self.prompt)
 
     # -- text --------------------------------------------------------------------------------------
     def _count(self, text: str) -> int:
@@ -378,8 +380,9 @@ class Collator:
         batch, so one bad record is quarantined instead of failing the whole batch."""
         size_rule = getattr(self.processor.image_processor, "target_size", None)
         for side, image in zip(sides, images):
-            render_text(side, self.format, instructions=self.instructions, has_image=image is not None,
-                        stray_image_token=self.stray_image_token, has_video=_is_video(image) and len(image))
+            if self.prompt == "vlm2vec":
+                render_text(side, self.format, instructions=self.instructions, has_image=image is not None,
+                            stray_image_token=self.stray_image_token, has_video=_is_video(image) and len(image))
             if _is_video(image):
                 image = image[0] if image else None  # every frame takes the first frame's size
             if image is not None and size_rule is not None:
@@ -401,16 +404,32 @@ class Collator:
         if any(videos) and self._video is None and self.format.family not in FRAME_IMAGE_FAMILIES:
             raise ValueError(f"{self.format.family} takes no video input: give it the frames as images instead "
                              "(eval.video_input frames_mean)")
+        pics = [[self._fit(f) for f in im] if v else self._fit(im) if im is not None else None
+                for im, v in zip(images, videos)]
+        if self.prompt != "vlm2vec":
+            return self._vlm([self._chat(s, h, v) for s, h, v in zip(sides, has_image, videos)], pics, has_image,
+                             videos)
         texts = [render_text(s, self.format, instructions=self.instructions, has_image=h,
                              stray_image_token=self.stray_image_token, has_video=v)
                  for s, h, v in zip(sides, has_image, videos)]
-        pics = [[self._fit(f) for f in im] if v else self._fit(im) if im is not None else None
-                for im, v in zip(images, videos)]
         if self.format.kind == "dual":
             return self._dual(texts, pics, has_image)
         cut = [self.truncate(t) for t in texts]
         self.truncated += sum(c != t for c, t in zip(cut, texts))
         return self._vlm(cut, pics, has_image, videos)
+
+    def _chat(self, side: dict, has_image: bool, video: int) -> str:
+        """A side's text in a chat prompt style (`trainer.model.prompt_styles`): its text cut to
+        `max_text_tokens` (the template and the instruction are not counted), its instruction dropped
+        without `instructions`."""
+        instruction, text = prompt_styles.side_parts(side)
+        cut = self.truncate(text)
+        self.truncated += cut != text
+        token = self.format.video_token
+        if video and self.format.family not in TIMESTAMP_FAMILIES:
+            token = VISION_MARKERS[0] + token + VISION_MARKERS[1]  # Qwen3-VL's expansion writes its own
+        return prompt_styles.chat_text(instruction if self.instructions else "", cut, image=has_image and not video,
+                                       video_token=token if video else None)
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the VLM2Vec resize rules in force: V1's square, then V2's small-image rule."""

@@ -110,3 +110,20 @@ def test_qwen3_vl_trains_the_mixture_and_gradcache_gives_the_one_pass_loss(v2_wo
     chunked = train(params(**MIXED, hard_negatives=1, gc_chunk_size=2), paths_in(v2_workspace))
     assert torch.isfinite(torch.tensor(one_pass["final_loss"]))
     assert chunked["final_loss"] == pytest.approx(one_pass["final_loss"], abs=1e-4)
+
+
+def test_training_in_the_qwen3_vl_embedding_chat_format_records_it_for_scoring(v2_workspace):
+    """prompt: qwen3-vl-embedding trains on the chat strings (V2 pairs split at their instruction),
+    its lineage records the style, and the embedding API loads the embedder with it."""
+    from trainer.backbone.families import build_tiny, save_backbone
+    from trainer.embed import EmbeddingModel
+
+    shutil.rmtree(v2_workspace / "models/base")
+    save_backbone(build_tiny("qwen3_vl", seed=0), v2_workspace / "models/base")
+    chat = train(params(**MIXED, prompt="qwen3-vl-embedding"), paths_in(v2_workspace))
+    lineage = json.loads((v2_workspace / "models/embedder/lineage.json").read_text())
+    assert lineage["collation"]["prompt"] == "qwen3-vl-embedding"
+    assert EmbeddingModel.load(v2_workspace / "models/embedder").collator.prompt == "qwen3-vl-embedding"
+    shutil.rmtree(v2_workspace / "models/checkpoints")
+    plain = train(params(**MIXED), paths_in(v2_workspace))
+    assert chat["final_loss"] != pytest.approx(plain["final_loss"], abs=1e-4)  # other strings, other losses
