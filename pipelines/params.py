@@ -48,7 +48,7 @@ FOLLOW_TRAIN = "train"  # shard/eval.image_max_pixels: the value of train.image_
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"  # recipe.profile names one of its yaml files
 # how a side becomes model input, read by train and evaluate (eval's keys say `train` to follow train's)
 RENDERING = ("positions", "stray_image_token", "image_resize", "image_square", "small_image_side", "prompt")
-PROMPTS = ("vlm2vec", "qwen3-vl-embedding")  # trainer.model.prompt_styles
+PROMPTS = ("vlm2vec", "qwen3-vl-embedding", "gme")  # trainer.model.prompt_styles
 
 
 class ParamsError(ValueError):
@@ -523,9 +523,9 @@ class Train(Section):
                                                    "1344; needs image_resize processor); null: aspect kept")
     small_image_side: Any = key(OneOf(Int(1), Null()), "an image with a side under this is resized to twice it "
                                                        "square first (VLM2Vec V2: 28, i.e. 56 x 56); null: off")
-    prompt: str = key(Choice(*PROMPTS), "how a side becomes text: vlm2vec (VLM2Vec's string, no chat template) or "
-                                        "qwen3-vl-embedding (its chat template, the instruction as system message; "
-                                        "Qwen families)")
+    prompt: str = key(Choice(*PROMPTS), "how a side becomes text: vlm2vec (VLM2Vec's string, no chat template), "
+                                        "qwen3-vl-embedding (its chat template, the instruction as system message) "
+                                        "or gme (GME as VLM2Vec scores it); the chat styles: Qwen families")
     mixture: Any = key(OneOf(Choice("proportional"), Weights()),
                        "datasets drawn in proportion to their size, or {dataset: weight}")
     homogeneous_batch: int = key(Int(0), "sub-batches of this size drawn from one dataset; 0: off")
@@ -560,9 +560,8 @@ class Train(Section):
         if self.compile == "cuda-graphs" and self.gc_chunk_size:
             yield ("compile cuda-graphs needs gc_chunk_size 0 (GradCache keeps each chunk's embeddings while "
                    "the next chunk's replay would overwrite them; use compile: region)")
-        if self.prompt != "vlm2vec" and self.stray_image_token == "keep":
-            yield (f"prompt {self.prompt} writes no MMEB placeholder: stray_image_token keep needs prompt "
-                   "vlm2vec (use strip)")
+        if problem := prompt_problem(self.prompt, self.stray_image_token):
+            yield problem
 
     @property
     def sub_batches_in_effect(self) -> str:
@@ -603,7 +602,7 @@ class Eval(Section):
                                 "a side under this: image resized to twice it square: train "
                                 "(train.small_image_side), a side, or null")
     prompt: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice(*PROMPTS)),
-                      "how a side becomes text: train (train.prompt), vlm2vec or qwen3-vl-embedding")
+                      "how a side becomes text: train (train.prompt), vlm2vec, qwen3-vl-embedding or gme")
     rendering_from: str = key(Choice("params", "model"),
                               "params: every model is scored with the input rendering above; model: a model "
                               "whose lineage.json records its own (a trained embedder, a released checkpoint "
@@ -702,9 +701,8 @@ class Params:
                    f"training would see the smaller images; set shard.image_max_pixels: {FOLLOW_TRAIN}")
         if cut := side_cut(self.shard.image_max_side, wanted):
             yield cut
-        if self.eval.prompt != "vlm2vec" and self.eval.stray_image_token == "keep":
-            yield (f"eval.prompt {self.eval.prompt} writes no MMEB placeholder: eval.stray_image_token keep needs "
-                   "prompt vlm2vec (use strip)")
+        if problem := prompt_problem(self.eval.prompt, self.eval.stray_image_token):
+            yield "eval." + problem
         if self.eval.image_square is not None and self.eval.image_resize != "processor":
             yield (f"eval.image_square {self.eval.image_square} needs eval.image_resize processor (the collator "
                    "would scale the image down before squashing it)")
@@ -717,6 +715,16 @@ class Params:
         if self.retrain.batching == "mined_clusters" and self.train.homogeneous_batch:
             yield (f"retrain.batching mined_clusters draws whole clusters (one dataset each): it takes no "
                    f"train.homogeneous_batch ({self.train.homogeneous_batch}); set it to 0")
+
+
+def prompt_problem(prompt: str, stray_image_token: str) -> str | None:
+    """What is wrong with a prompt style and stray-token rule together (trainer.model.prompt_styles
+    refuses the same): qwen3-vl-embedding writes no placeholder, gme keeps VLM2Vec's tokens as text."""
+    if prompt == "qwen3-vl-embedding" and stray_image_token == "keep":
+        return "stray_image_token keep needs prompt vlm2vec or gme (qwen3-vl-embedding writes no placeholder)"
+    if prompt == "gme" and stray_image_token != "keep":
+        return "prompt gme needs stray_image_token keep (it embeds VLM2Vec's own tokens as text)"
+    return None
 
 
 def resolve(sections: Mapping[str, Section]) -> dict[str, Section]:

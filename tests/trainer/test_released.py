@@ -129,3 +129,25 @@ def test_a_qwen3_vl_embedding_checkpoint_scores_in_its_chat_format(tmp_path):
     plain = EmbeddingModel.load(out, rendering=dict(RENDERING_DEFAULTS)).encode(SIDES[::2], IMAGES[::2])
     assert np.abs(vectors - plain).max() > 1e-3
     assert model.fingerprint != EmbeddingModel.load(out, rendering=dict(RENDERING_DEFAULTS)).fingerprint
+
+
+def test_a_gme_checkpoint_scores_as_vlm2vec_scores_gme(tmp_path):
+    """A Qwen2-VL checkpoint imported under the gme profile encodes VLM2Vec's GME strings: a video
+    is its middle frame, and the vectors are those of the Collator's gme rendering."""
+    from trainer.model.embedder import Embedder
+    from trainer.model.inputs import Collator
+
+    released = build_tiny("qwen2_vl", seed=4)
+    out = import_checkpoint(str(hub_layout(released, tmp_path / "gme-Tiny")), tmp_path / "models" / "gme-tiny",
+                            profile="gme")
+    model = EmbeddingModel.load(out)
+    assert (model.collator.prompt, model.collator.stray_image_token) == ("gme", "keep")
+    video = {"raw": "<|video_1|> Recognize the category of the video content."}
+    frames = [Image.new("RGB", (32, 32), (40 * i, 20, 200)) for i in range(5)]
+    sides, images = [video, SIDES[2]], [frames, None]
+    collator = Collator(released, max_text_tokens=1800, image_max_pixels=1003520, image_resize="processor",
+                        stray_image_token="keep", prompt="gme")
+    with torch.no_grad():
+        want = Embedder(released).eval()(collator(sides, images)).numpy()
+    np.testing.assert_allclose(model.encode(sides, images), want, atol=1e-5)
+    np.testing.assert_allclose(model.encode([video], [frames]), model.encode([video], [frames[2]]), atol=1e-6)

@@ -401,14 +401,19 @@ class Collator:
         videos = [len(im) if _is_video(im) else 0 for im in images]
         if any(_is_video(im) and not im for im in images):
             raise ValueError("a video row has no frames")
+        if self.prompt == "gme":  # VLM2Vec's GME path: a video's middle frame as its image
+            images = [im[len(im) // 2] if _is_video(im) else im for im in images]
+            videos = [0] * len(images)
         if any(videos) and self._video is None and self.format.family not in FRAME_IMAGE_FAMILIES:
             raise ValueError(f"{self.format.family} takes no video input: give it the frames as images instead "
                              "(eval.video_input frames_mean)")
         pics = [[self._fit(f) for f in im] if v else self._fit(im) if im is not None else None
                 for im, v in zip(images, videos)]
-        if self.prompt != "vlm2vec":
+        if self.prompt == "qwen3-vl-embedding":
             return self._vlm([self._chat(s, h, v) for s, h, v in zip(sides, has_image, videos)], pics, has_image,
                              videos)
+        if self.prompt == "gme":
+            return self._vlm([self._gme(s, h) for s, h in zip(sides, has_image)], pics, has_image, videos)
         texts = [render_text(s, self.format, instructions=self.instructions, has_image=h,
                              stray_image_token=self.stray_image_token, has_video=v)
                  for s, h, v in zip(sides, has_image, videos)]
@@ -430,6 +435,15 @@ class Collator:
             token = VISION_MARKERS[0] + token + VISION_MARKERS[1]  # Qwen3-VL's expansion writes its own
         return prompt_styles.chat_text(instruction if self.instructions else "", cut, image=has_image and not video,
                                        video_token=token if video else None)
+
+    def _gme(self, side: dict, has_image: bool) -> str:
+        """A side's text in the gme style (`trainer.model.prompt_styles.gme_chat`): VLM2Vec's GME string
+        with the backbone's tokens, cut to `max_text_tokens` (its kept tokens are never cut)."""
+        text = prompt_styles.gme_text(side.get("raw") or "", has_image)
+        text = text.replace(IMAGE_TOKEN, self.format.image_token).replace(VIDEO_TOKEN, self.format.video_token)
+        cut = self.truncate(text)
+        self.truncated += cut != text
+        return prompt_styles.gme_chat(cut, image=has_image)
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the VLM2Vec resize rules in force: V1's square, then V2's small-image rule."""
@@ -483,14 +497,31 @@ class Collator:
                 texts = [f"{proc.tokenizer.bos_token}{t}\n" for t in texts]
                 enc = proc.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=True)
                 return dict(enc)
-            if self.format.image_token and any(self.format.image_token in t for t in texts):
+            tokens = [t for t in (self.format.image_token, self.format.video_token) if t]
+            if any(token in t for token in tokens for t in texts):
                 # kept stray placeholders: transformers' processors refuse image tokens without images,
                 # the tokenizer writes them as the plain tokens VLM2Vec's (older) processor gave
                 return dict(proc.tokenizer(texts, padding=True, return_tensors="pt"))
             return dict(proc(text=texts, padding=True, return_tensors="pt"))
         if family in ("idefics3", "smolvlm"):
             pics = [p if isinstance(p, list) else [p] for p in pics]  # a video row: its frames
+        if self.format.video_token and any(self.format.video_token in t for t in texts):
+            return self._images_with_text_video_tokens(texts, pics)
         return dict(proc(text=texts, images=pics, padding=True, return_tensors="pt"))
+
+    def _images_with_text_video_tokens(self, texts: list[str], pics: list[Image.Image]) -> dict[str, Any]:
+        """Image rows whose text also holds a video token that is text, not a video (VLM2Vec's GME
+        input for video QA: the middle frame, and the token the loader wrote): what the processor
+        gives image rows (it refuses a video token without a video), its image token expanded here,
+        `mm_token_type_ids` 1 at the image tokens only."""
+        out = dict(self.processor.image_processor(images=pics, return_tensors="pt"))
+        merge = self.processor.image_processor.merge_size
+        token = self.format.image_token
+        expanded = [t.replace(token, token * (int(torch.as_tensor(g).prod()) // merge ** 2), 1)
+                    for t, g in zip(texts, out["image_grid_thw"])]
+        enc = dict(self.tokenizer(expanded, padding=True, return_tensors="pt"))
+        enc["mm_token_type_ids"] = (enc["input_ids"] == self.tokenizer.convert_tokens_to_ids(token)).long()
+        return {**enc, **out}
 
     def _per_row(self, texts: list[str], pics: list[Image.Image] | None) -> dict[str, Any]:
         """Phi-3-V as VLM2Vec's `Phi3V_process_fn` runs it: rows without image through the tokenizer

@@ -1,4 +1,4 @@
-"""Prompt styles: how a side becomes the backbone's text (the `prompt` rendering setting).
+r"""Prompt styles: how a side becomes the backbone's text (the `prompt` rendering setting).
 
 * `vlm2vec` (the default): VLM2Vec's string, the side's `raw` with MMEB's placeholders swapped for
   the backbone's tokens and no chat template (`trainer.model.inputs.render_text`).
@@ -7,7 +7,8 @@
   template with the generation prompt). The instruction is the system message; the user message
   holds the video, then the image, then the text::
 
-      <|im_start|>system\\n{instruction}<|im_end|>\\n<|im_start|>user\\n{vision}{text}<|im_end|>\\n<|im_start|>assistant\\n
+      <|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{vision}{text}<|im_end|>\n
+      <|im_start|>assistant\n                        (one string: the line break is not in it)
 
   An instruction that does not end in punctuation gets a full stop; a side without one gets the
   embedder's default, "Represent the user's input."; a side with neither text nor picture is the
@@ -27,7 +28,24 @@ evaluation loaders sometimes phrase otherwise ("... described scenes." for "... 
 so scores in this style are the model in its own input format on VLM2Vec's instructions, not a
 reproduction of its reported numbers.
 
-The style needs Qwen's chat markers: families other than Qwen2-VL, Qwen2.5-VL and Qwen3-VL refuse it.
+* `gme`: GME (Alibaba-NLP/gme-Qwen2-VL-2B-Instruct, -7B) as VLM2Vec-V2 scores it, whose published
+  GME scores it reproduces (VLM2Vec 6e1e1d4: src/model/baseline_backbone/gme/gme_inference.py `embed`,
+  src/model/model.py `encode_input`, src/model/processor.py `process_input_text`)::
+
+      <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{image}{text}<|im_end|>\n
+      <|im_start|>assistant\n<|endoftext|>            (one string: the line break is not in it)
+
+  where {text} is VLM2Vec's string for GME (`gme_text`: its loaders' string without the token that
+  `process_input_text` writes for other backbones, the instruction followed by a space when the side
+  has no text, the tokens the loaders write themselves kept as text, then `encode_input`'s removal of
+  `<|image_pad|>` + newline), {image} `<|vision_start|><|image_pad|><|vision_end|>` for a side with
+  a picture, and a video its middle frame as that picture. The last token pooled is `<|endoftext|>`.
+  A kept token is embedded as a text token, so the style needs `stray_image_token: keep`.
+  `gme_text` reproduces `pipelines.v2_inputs`' GME strings from the stored ones for every MMEB-V2
+  loader family (tests/trainer/model/test_prompt_styles.py); an MMEB-V1 record's string keeps its own
+  layout (`<|image_1|>\n` before the instruction where V2's image loaders write `<|image_1|> `).
+
+The chat styles need Qwen's chat markers: families other than Qwen2-VL, Qwen2.5-VL and Qwen3-VL refuse them.
 """
 
 from __future__ import annotations
@@ -35,12 +53,14 @@ from __future__ import annotations
 import unicodedata
 
 from pipelines import v2_inputs
-from pipelines.params import PROMPTS
+from pipelines.params import PROMPTS, prompt_problem
 from pipelines.prompts import KNOWN_INSTRUCTIONS
 from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
 
 CHAT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 DEFAULT_INSTRUCTION = "Represent the user's input."  # Qwen3VLEmbedder's default_instruction
+GME_SYSTEM = "You are a helpful assistant."  # GmeQwen2VL's default instruction, the one VLM2Vec scores with
+QA_INSTRUCTION = v2_inputs.QA_PROMPT.strip()  # the video QA loaders write the video token themselves
 EMPTY = "NULL"  # what the embedder writes for a side with neither text nor picture
 
 # the instructions of MMEB-V2's candidates (VLM2Vec's target instructions), which
@@ -63,15 +83,15 @@ _IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
 def check_prompt(prompt: str, family: str, stray_image_token: str = "strip") -> None:
-    """ValueError for an unknown style, or a chat style with a family that has no Qwen chat markers
-    or with the stray-token rule `keep` (a chat style writes no MMEB placeholder)."""
+    """ValueError for an unknown style, a chat style with a family that has no Qwen chat markers, or
+    a style with a stray-token rule it cannot follow (`pipelines.params.prompt_problem`)."""
     if prompt not in PROMPTS:
         raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
     if prompt != "vlm2vec" and family not in CHAT_FAMILIES:
         raise ValueError(f"prompt {prompt!r} writes Qwen's chat template: it needs a Qwen2-VL, Qwen2.5-VL or "
                          f"Qwen3-VL backbone, not {family}")
-    if prompt != "vlm2vec" and stray_image_token == "keep":
-        raise ValueError(f"prompt {prompt!r} writes no MMEB placeholder: stray_image_token keep needs prompt vlm2vec")
+    if problem := prompt_problem(prompt, stray_image_token):
+        raise ValueError(problem)
 
 
 def split_v2(raw: str) -> tuple[str, str]:
@@ -106,3 +126,39 @@ def chat_text(instruction: str, text: str, *, image: bool, video_token: str | No
     user = vision + text if vision or text else EMPTY
     return (f"<|im_start|>system\n{system_instruction(instruction)}<|im_end|>\n"
             f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def gme_text(raw: str, has_picture: bool) -> str:
+    """VLM2Vec's text for GME of a side stored as VLM2Vec writes it for other backbones (MMEB's
+    placeholders for the tokens), before `encode_input`'s removal.
+
+    For GME `process_input_text` writes no token and ends in a space when it gets no text
+    (``instruction + " "``), so of a side with a picture: the leading token and the space after it
+    are dropped, and a space follows the instruction of a side without text, or the content of an
+    image candidate (its loader passes instruction + caption as the instruction, and no text), before
+    the loader's final newlines. A text-only side's token and the video QA loaders' own stay: those
+    loaders write them for GME too."""
+    instruction, text = split_v2(raw)
+    if not has_picture or instruction == QA_INSTRUCTION:
+        return raw
+    out = raw
+    for token in (IMAGE_TOKEN, VIDEO_TOKEN):
+        if out.startswith(token):
+            out = out[len(token):]
+            out = out[1:] if out.startswith(" ") else out
+            break
+    if instruction in TARGET_INSTRUCTIONS and text:
+        body = out.rstrip("\n")
+        return body + " " + out[len(body):]
+    if not text:
+        at = out.find(instruction) + len(instruction) if instruction else 0
+        out = out[:at] + " " + out[at:]
+    return out
+
+
+def gme_chat(text: str, *, image: bool) -> str:
+    """The gme string of a side whose (GME, tokens swapped, cut) text is `text`: `encode_input` drops
+    every image token followed by a newline, `embed` puts the image first and the template around."""
+    user = (_IMAGE if image else "") + text.replace("<|image_pad|>\n", "")
+    return (f"<|im_start|>system\n{GME_SYSTEM}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            f"<|im_start|>assistant\n<|endoftext|>")

@@ -126,3 +126,106 @@ def test_refusals():
         parse(document)
     document["train"].update(stray_image_token="strip")
     assert parse(document).eval.prompt == STYLE  # eval follows train
+
+
+# (VLM2Vec's string for GME, from pipelines.v2_inputs with its GME tokens; the side has a picture)
+GME_CASES = [
+    (lambda t: v2_inputs.image_query("image_cls", "<|image_1|> Represent the given image for classification", "", t),
+     True),
+    (lambda t: v2_inputs.image_query("image_cls", "<|image_1|> Represent the given news image with the following "
+                                     "caption for domain classification:", "floods in the north", t), True),
+    (lambda t: v2_inputs.image_query("image_i2t", "<|image_1|> Find an image caption describing the given everyday "
+                                     "image.", "", t), True),
+    (lambda t: v2_inputs.image_query("image_qa", "<|image_1|> Represent the given image with the following "
+                                     "question:", "what is it?", t), True),
+    (lambda t: v2_inputs.image_query("image_i2i_vg", "<|image_1|> Select the portion of the image that isolates "
+                                     "the object labeled as", "dog", t), True),
+    (lambda t: v2_inputs.image_query("image_t2i", "Find me an everyday image that matches the given caption:",
+                                     "a dog", t), False),
+    (lambda t: v2_inputs.image_query("image_t2i", "<|image_1|>\nFind a Wikipedia image that answers this question:",
+                                     "who?", t, dataset="WebQA"), False),
+    (lambda t: v2_inputs.image_candidates("image_t2i", "<|image_1|> Represent the given image.", ["a dog"], t)[0],
+     True),
+    (lambda t: v2_inputs.image_candidates("image_t2i", "<|image_1|> Represent the given Wikipedia image with "
+                                          "related text information:", ["Paris. A city."], t)[0], True),
+    (lambda t: v2_inputs.image_candidates("image_t2i", "<|image_1|> Represent the given image.", [""], t)[0], True),
+    (lambda t: v2_inputs.image_candidates("image_i2i_vg", "<|image_1|> Represent the given cropped image of the "
+                                          "object", [""], t)[0], True),
+    (lambda t: v2_inputs.video_cls_query("Kinetics-700", t), True),
+    (lambda t: v2_inputs.video_cls_query("Breakfast", t), True),
+    (lambda t: v2_inputs.video_ret_query("DiDeMo", "a man opens a door", t), False),
+    (lambda t: v2_inputs.video_candidate(t), True),
+    (lambda t: v2_inputs.video_candidate(t, clip=True), True),
+    (lambda t: v2_inputs.mret_query("the dog jumps", t), True),
+    (lambda t: v2_inputs.momentseeker_query("a jump", "q.mp4", t)[0], True),
+    (lambda t: v2_inputs.momentseeker_query("a jump", "q.jpg", t)[0], True),
+    (lambda t: v2_inputs.momentseeker_query("a jump", "", t)[0], False),
+    (lambda t: v2_inputs.videomme("Why?", ["A. yes.", "B. no."], "A", t).query, True),
+    (lambda t: v2_inputs.nextqa("why?", ["a", "b"], 0, t).query, True),
+    (lambda t: v2_inputs.activitynetqa("is it red", "yes", t).query, True),
+    (lambda t: v2_inputs.visdoc_query("vidore", "revenue in 2019", t), False),
+    (lambda t: v2_inputs.visdoc_candidate("vidore", t), True),
+    (lambda t: v2_inputs.visdoc_candidate("vidore", t, prompt="launch"), True),
+    (lambda t: v2_inputs.visdoc_candidate("visrag", t, prompt="launch"), True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(GME_CASES)))
+def test_gme_text_is_vlm2vecs_gme_string_of_every_loader_family(case):
+    from trainer.model.prompt_styles import gme_text
+
+    build, picture = GME_CASES[case]
+    stored = build(PLACEHOLDERS)
+    ours = gme_text(stored, picture).replace("<|image_1|>", "<|image_pad|>").replace("<|video_1|>", "<|video_pad|>")
+    assert ours == build(v2_inputs.GME)
+
+
+def test_a_gme_side_is_vlm2vecs_template_with_the_middle_frame():
+    collator = Collator(build_tiny("qwen2_vl"), max_text_tokens=64, prompt="gme", stray_image_token="keep")
+    stored = v2_inputs.video_cls_query("Kinetics-700", PLACEHOLDERS)
+    frames = [noise(32, 32, seed=i) for i in range(5)]
+    batch = collator([{"raw": stored}], [frames])
+    alone = collator([{"raw": stored}], [frames[2]])
+    assert "pixel_values_videos" not in batch and torch.equal(batch["pixel_values"], alone["pixel_values"])
+    image = "<|image_pad|>" * int(batch["image_grid_thw"][0].prod() // 4)
+    assert decoded(collator, batch) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        f"<|vision_start|>{image}<|vision_end|>Recognize the category of the video content. <|im_end|>\n"
+        "<|im_start|>assistant\n<|endoftext|>")
+
+
+def test_gme_keeps_vlm2vecs_stray_tokens_as_text_and_embeds_rows_as_alone():
+    """A WebQA-style text query keeps its image token as text (VLM2Vec's GME path: the loader wrote it,
+    `encode_input` drops it only before a newline) and a video QA query its video token beside the
+    middle frame; each row of a mixed batch embeds as it does alone."""
+    backbone = build_tiny("qwen2_vl")
+    collator = Collator(backbone, max_text_tokens=64, prompt="gme", stray_image_token="keep")
+    webqa = v2_inputs.image_query("image_t2i", "<|image_1|> Find a Wikipedia image that answers this question:",
+                                  "who?", PLACEHOLDERS)
+    qa = v2_inputs.nextqa("why?", ["a", "b"], 0, PLACEHOLDERS).query
+    sides = [{"raw": webqa}, {"raw": qa}, {"raw": "a label"}]
+    images = [None, [noise(32, 32, seed=i) for i in range(3)], None]
+    batch = collator(sides, images)
+    assert "<|image_pad|> Find a Wikipedia image" in decoded(collator, batch, 0)
+    assert "<|vision_end|><|video_pad|> Given a video" in decoded(collator, batch, 1)
+    embedder = Embedder(backbone).eval()
+    with torch.no_grad():
+        batched = embedder(batch)
+        alone = torch.cat([embedder(collator([s], [i])) for s, i in zip(sides, images)])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="needs stray_image_token keep"):
+        Collator(backbone, prompt="gme")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_image_rows_expanded_by_hand_are_the_processors(family):
+    """The path for image rows whose text holds a video token as text gives what the processor gives
+    image rows without one."""
+    collator = Collator(build_tiny(family), max_text_tokens=64)
+    texts = ["<|vision_start|><|image_pad|><|vision_end|>one", "two <|vision_start|><|image_pad|><|vision_end|>"]
+    pics = [noise(32, 48, seed=0), noise(64, 32, seed=1)]
+    ours = collator._images_with_text_video_tokens(texts, pics)
+    theirs = dict(collator.processor(text=texts, images=pics, padding=True, return_tensors="pt"))
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert torch.equal(torch.as_tensor(ours[key]), torch.as_tensor(theirs[key])), key
