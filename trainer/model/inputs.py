@@ -3,7 +3,9 @@
 Rendering (`render_text`) writes VLM2Vec's text: the MMEB source string (`side["raw"]`) with MMEB's
 placeholder `<|image_1|>` swapped for the backbone's image token (a bare `<|image_pad|>` for
 Qwen2-VL, `<image>` for LLaVA / Idefics3 / SmolVLM / PaliGemma), no chat template (as VLM2Vec's
-evaluation and training code write them). Two cases are `Collator` settings, both logged once:
+evaluation and training code write them; the `Collator`'s `prompt` setting picks Qwen3-VL-Embedding's
+or GME's chat input instead, `trainer.model.prompt_styles`). Two cases are `Collator` settings, both
+logged once:
 * a side WITHOUT an image whose raw string still carries the placeholder (the WebQA / EDIS quirk:
   their text-only queries keep the token): `stray_image_token="keep"` swaps it for the backbone's
   image token like any other, which the model then embeds as a plain text token (VLM2Vec: its
@@ -424,7 +426,7 @@ class Collator:
         return self._vlm(cut, pics, has_image, videos)
 
     def _chat(self, side: dict, has_image: bool, video: int) -> str:
-        """A side's text in a chat prompt style (`trainer.model.prompt_styles`): its text cut to
+        """A side's text in the qwen3-vl-embedding style (`trainer.model.prompt_styles`): its text cut to
         `max_text_tokens` (the template and the instruction are not counted), its instruction dropped
         without `instructions`."""
         instruction, text = prompt_styles.side_parts(side)
