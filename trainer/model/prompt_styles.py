@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from pipelines import v2_inputs
+from pipelines import v2_inputs, v2_train
 from pipelines.params import PROMPTS, prompt_problem
 from pipelines.prompts import KNOWN_INSTRUCTIONS
 from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
@@ -63,20 +63,24 @@ GME_SYSTEM = "You are a helpful assistant."  # GmeQwen2VL's default instruction,
 QA_INSTRUCTION = v2_inputs.QA_PROMPT.strip()  # the video QA loaders write the video token themselves
 EMPTY = "NULL"  # what the embedder writes for a side with neither text nor picture
 
-# the instructions of MMEB-V2's candidates (VLM2Vec's target instructions), which
-# Qwen3-VL-Embedding's evaluation replaces with its default
+# the instructions of MMEB-V2's candidates and training targets (VLM2Vec's target instructions),
+# which Qwen3-VL-Embedding's evaluation replaces with its default
 TARGET_INSTRUCTIONS = frozenset(s.strip() for s in (
     "Represent the given image.", "Represent the given image",
     "Represent the given Wikipedia image with related text information: ",
     "Represent the given image with related text information: ",
     "Represent the given cropped image of the object",
-    v2_inputs.VIDEO_TARGET, v2_inputs.MOMENTSEEKER_TARGET, v2_inputs.VISDOC_TARGET))
+    v2_inputs.VIDEO_TARGET, v2_inputs.MOMENTSEEKER_TARGET, v2_inputs.VISDOC_TARGET,
+    *v2_train.TARGET_PROMPTS.values(), v2_train.VRET_TARGET_PROMPT))
 
-# every instruction an MMEB or MMEB-V2 side may start with, longest first (a prefix match takes the longest)
+# every instruction an MMEB or MMEB-V2 side (evaluation or training) may start with, longest first (a
+# prefix match takes the longest)
 INSTRUCTIONS = tuple(sorted({s.strip() for s in (
     *KNOWN_INSTRUCTIONS, *v2_inputs.VIDEO_CLS_INSTRUCTIONS.values(), *v2_inputs.VIDEO_RET_INSTRUCTIONS.values(),
     v2_inputs.VIDEO_TARGET, v2_inputs.MRET_QUERY, *v2_inputs.MOMENTSEEKER_QUERY.values(),
-    v2_inputs.MOMENTSEEKER_TARGET, v2_inputs.QA_PROMPT, v2_inputs.VISDOC_QUERY, v2_inputs.VISDOC_TARGET)
+    v2_inputs.MOMENTSEEKER_TARGET, v2_inputs.QA_PROMPT, v2_inputs.VISDOC_QUERY, v2_inputs.VISDOC_TARGET,
+    *v2_train.QUERY_PROMPTS.values(), *v2_train.TARGET_PROMPTS.values(), v2_train.VRET_QUERY_PROMPT,
+    v2_train.VRET_TARGET_PROMPT, v2_train.QA_QUERY_PROMPT)
     if s.strip()}, key=lambda s: (-len(s), s)))
 
 _IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipelines import v2_inputs
+from pipelines import v2_inputs, v2_train
 from pipelines.params import ParamsError, parse
 from pipelines.v2_inputs import PLACEHOLDERS
 from tests.support.images import noise
@@ -16,6 +16,7 @@ from trainer.model.prompt_styles import (DEFAULT_INSTRUCTION, chat_text, side_pa
                                          system_instruction)
 
 STYLE = "qwen3-vl-embedding"
+V2_TRAIN = v2_train.SETS
 QUERY = side("<|image_1|>\nRepresent the given image with the following question: what colour is it?\n",
              instruction="Represent the given image with the following question: ", text="what colour is it?")
 
@@ -65,6 +66,12 @@ def test_instructions_punctuation_candidates_and_empty_sides():
      ("Represent the given image with the following question:", "what is it?")),
     (v2_inputs.nextqa("why?", ["a", "b"], 0, PLACEHOLDERS).query,
      (v2_inputs.QA_PROMPT.strip(), "why?\nOptions:\n(A) a\n(B) b")),
+    (v2_train.llavahound_pair(V2_TRAIN["video_qa_240k"], "<video>\nWhat is he holding?", "a cup")[0],
+     (v2_train.QA_QUERY_PROMPT.strip(), "What is he holding?")),
+    (v2_train.llavahound_pair(V2_TRAIN["video_caption_300k-video"], "<video>\nDescribe it.", "a man runs")[1],
+     (v2_train.VRET_TARGET_PROMPT.strip(), "")),
+    (v2_train.visrag_query("what grows?", "ChartQA"), (v2_train.QUERY_PROMPTS["ChartQA"].strip(), "what grows?")),
+    (v2_train.visrag_target("Textbooks"), (v2_train.TARGET_PROMPTS["Textbooks"], "")),
     ("a caption that starts with no instruction", ("", "a caption that starts with no instruction")),
     ("Find a video thatcontains no space", ("", "Find a video thatcontains no space")),
 ])
