@@ -449,7 +449,8 @@ class Shard(Section):
                                 "null (kept as they are)")
     image_size_multiple: Any = key(OneOf(Int(1), Null()),
                                    "image sides snapped to multiples of this: the processor's patch x merge size, "
-                                   "so it resizes nothing (tiny-qwen2-vl: 16; Qwen2-VL / 2.5-VL: 28); null: off")
+                                   "so it resizes nothing (tiny-qwen2-vl: 16; Qwen2-VL / 2.5-VL: 28; Qwen3-VL: 32); "
+                                   "null: off")
     max_rows_per_dataset: Any = key(OneOf(Int(1), Null()),
                                     "at most this many records per train dataset, drawn at random (seeded; the "
                                     "paper's recipe: 50000); null: all")
@@ -510,7 +511,7 @@ class Train(Section):
                                                        "this many pixels (null: the processor's own cap)")
     instructions: bool = key(Bool(), "false drops the instructions (the paper's ablation)")
     positions: str = key(Choice("grid", "sequential"),
-                         "Qwen2-VL / 2.5-VL image-token positions: grid (transformers' M-RoPE) or sequential "
+                         "Qwen2-VL / 2.5-VL / 3-VL image-token positions: grid (transformers' M-RoPE) or sequential "
                          "(VLM2Vec's: every token a 1-D text position); other families: no effect")
     stray_image_token: str = key(Choice("strip", "keep"),
                                  "the <|image_1|> of a text-only side (WebQA, EDIS): strip it, or keep it as "
@@ -591,7 +592,7 @@ class Eval(Section):
                                 "images resized to at most this many pixels: train (train.image_max_pixels), a "
                                 "number, or null")
     positions: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice("grid", "sequential")),
-                         "Qwen2-VL / 2.5-VL image-token positions: train (train.positions), grid or sequential")
+                         "Qwen2-VL / 2.5-VL / 3-VL image-token positions: train (train.positions), grid or sequential")
     stray_image_token: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice("strip", "keep")),
                                  "a text-only side's <|image_1|>: train (train.stray_image_token), strip or keep")
     image_resize: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice("collator", "processor")),
@@ -618,7 +619,7 @@ class Eval(Section):
                          "MMEB-V2 graded labels: correct (each relevant id keeps its grade, counted once) or "
                          "official (VLM2Vec's metrics.py, whose set() can move a grade to another document)")
     video_input: str = key(Choice(*VIDEO_INPUTS),
-                           "MMEB-V2 videos: native (Qwen2-VL / 2.5-VL take the frames as videos=, Idefics3 / "
+                           "MMEB-V2 videos: native (Qwen2-VL / 2.5-VL / 3-VL take the frames as videos=, Idefics3 / "
                            "SmolVLM as several images of one row, other families fall back to frames_mean) or "
                            "frames_mean (each frame an image, the video the normalised mean of their vectors)")
 
