@@ -133,8 +133,9 @@ def vision_layout(grid_thw: torch.Tensor):
 
 
 def batch_vision_attention(model: torch.nn.Module) -> int:
-    """Install batched vision attention on `model` (a Qwen2-VL or Qwen3-VL, or a peft wrapper of one); the number
-    of attention modules patched (0 for any other family, which is left unchanged). Idempotent."""
+    """Install batched vision attention on `model` (a Qwen2-VL or Qwen3-VL, or a peft wrapper of
+    one); the number of attention modules patched (0 for any other family, which is left unchanged).
+    Idempotent."""
     visual = _full_attention_tower(model)
     if visual is None:
         return 0
@@ -284,8 +285,9 @@ class ImageFeatureCache:
         self.mode: str | None = None
         self.records: list[tuple[tuple, object]] = []
         self.position = 0
-        self.depth = 0  # wrapped calls under way: one may call another (Qwen3-VL's video features are
-        # its image features), and only the outermost is recorded and replayed
+        # wrapped calls under way: one may call another (Qwen3-VL's video features are its image
+        # features), and only the outermost is recorded and replayed
+        self.depth = 0
         for name in ("get_image_features", "get_video_features"):
             if callable(getattr(inner, name, None)):
                 setattr(inner, name, self._wrap(name, getattr(inner, name)))

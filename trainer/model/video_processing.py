@@ -25,8 +25,9 @@ repeats an image over the temporal patch), and its `<|video_pad|>` expands to t*
 Qwen3-VL takes the same tensors (its processor is Qwen2-VL's image processor), but its text splits a
 video by temporal patch: each patch's h*w / merge**2 tokens sit between their own `<|vision_start|>`
 and `<|vision_end|>`, after the patch's time in seconds (`timestamped_text`), and its M-RoPE gives every
-patch a grid of its own (`trainer.model.positions`). The times follow from frame indices 0..n-1 at the
-same `fps` (qwen-vl-utils' default for a list of frames is 2 as well; transformers would assume 24).
+patch a grid of its own (`trainer.model.positions`). The times are those qwen-vl-utils gives a list
+of frames: indices 0..n-1 of the list padded to a multiple of the temporal patch, at the same `fps`
+(its `sample_fps` default is 2 as well; transformers' processor would assume 24 without metadata).
 """
 
 from __future__ import annotations
@@ -79,12 +80,13 @@ class QwenVideoProcessor:
 
     def timestamps(self, frames: int) -> list[float]:
         """Seconds of each temporal patch of a video of `frames` frames, as Qwen3-VL's processor
-        computes them for frames 0..frames-1 at `fps` (its `_calculate_timestamps`): the frame count
-        padded to a multiple of `temporal_patch_size` by repeating the last frame, each patch the mean
-        time of its first and last frame."""
+        computes them (its `_calculate_timestamps`, each patch the mean time of its first and last
+        frame) from the metadata qwen-vl-utils gives a list of frames: the list padded to a multiple
+        of `temporal_patch_size` by repeating the last frame, then indices 0..n-1 of the padded list
+        at `fps`."""
         if frames < 1:
             raise ValueError("a video needs at least one frame")
-        index = list(range(frames)) + [frames - 1] * (-frames % self.temporal)
+        index = range(frames + -frames % self.temporal)
         seconds = [i / self.fps for i in index]
         return [(seconds[i] + seconds[i + self.temporal - 1]) / 2 for i in range(0, len(seconds), self.temporal)]
 

@@ -138,8 +138,9 @@ def test_a_several_image_family_takes_the_frames_as_images():
 @pytest.mark.parametrize("frames", [1, 4, 5, 8])
 def test_qwen3_vl_video_text_is_its_processors_own(frames):
     """Qwen3-VL's text for a video: one "<t seconds><|vision_start|>...<|vision_end|>" run per temporal
-    patch, as transformers' `Qwen3VLProcessor.replace_video_token` writes it for frames 0..n-1 at the
-    processor's fps (its video processor needs torchvision, so its method runs on the attributes it reads)."""
+    patch, as transformers' `Qwen3VLProcessor.replace_video_token` writes it from the metadata
+    qwen-vl-utils gives a list of frames (padded to an even count, indices 0..n-1 of the padded list,
+    at its fps, 2); its video processor needs torchvision, so its method runs on the attributes it reads."""
     from types import SimpleNamespace
 
     from transformers import Qwen3VLProcessor
@@ -156,7 +157,8 @@ def test_qwen3_vl_video_text_is_its_processors_own(frames):
                              vision_start_token="<|vision_start|>", vision_end_token="<|vision_end|>",
                              video_token="<|video_pad|>")
     theirs._calculate_timestamps = lambda *a: Qwen3VLProcessor._calculate_timestamps(theirs, *a)
-    metadata = VideoMetadata(total_num_frames=frames, fps=video_processor.fps, frames_indices=list(range(frames)))
+    padded = frames + frames % 2
+    metadata = VideoMetadata(total_num_frames=padded, fps=video_processor.fps, frames_indices=list(range(padded)))
     want = Qwen3VLProcessor.replace_video_token(theirs, {"video_grid_thw": [grid], "video_metadata": [metadata]}, 0)
     got = collator.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()])
     assert got == want + " Recognize the category of the video content."
