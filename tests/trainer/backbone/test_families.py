@@ -143,10 +143,20 @@ def test_load_hub_layout_folder_detects_family(tmp_path):
 
 
 def test_load_hub_layout_qwen3_vl(tmp_path):
-    """A Qwen3-VL folder as the Hub holds one (its preprocessor_config names Qwen2-VL's image
-    processor): family from model_type, the image-only processor, the same embeddings."""
+    """A Qwen3-VL folder as the Hub holds one (Qwen/Qwen3-VL-2B-Instruct's files: preprocessor_config
+    naming Qwen2-VL's fast image processor, a video_preprocessor_config, chat_template.json; no
+    transformers-5 processor_config): family from model_type, the image-only processor, the same
+    embeddings."""
     backbone = build_tiny("qwen3_vl")
     _hub_layout(backbone, tmp_path / "q3")
+    saved = json.loads((tmp_path / "q3" / "processor_config.json").read_text())["image_processor"]
+    (tmp_path / "q3" / "processor_config.json").unlink()
+    pre = {k: saved[k] for k in ("size", "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std")}
+    pre.update(processor_class="Qwen3VLProcessor", image_processor_type="Qwen2VLImageProcessorFast")
+    (tmp_path / "q3" / "preprocessor_config.json").write_text(json.dumps(pre))
+    (tmp_path / "q3" / "video_preprocessor_config.json").write_text(
+        json.dumps({**pre, "video_processor_type": "Qwen3VLVideoProcessor", "fps": 2, "max_frames": 768}))
+    (tmp_path / "q3" / "chat_template.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     config = json.loads((tmp_path / "q3" / "config.json").read_text())
     assert config["model_type"] == "qwen3_vl" and detect_family(tmp_path / "q3") == "qwen3_vl"
     loaded = load_backbone(str(tmp_path / "q3"))
