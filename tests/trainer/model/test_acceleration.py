@@ -186,15 +186,16 @@ def _collated(backbone):
     return Collator(backbone, max_text_tokens=64, image_max_pixels=4096)(SIDES, images)
 
 
-@pytest.mark.parametrize("scope", ["blocks", "region"])
-def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients(scope):
+@pytest.mark.parametrize("family, scope", [("qwen2_vl", "blocks"), ("qwen2_vl", "region"), ("qwen3_vl", "region")])
+def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients(family, scope):
     """The whole fast path (batched vision attention + every repeated block compiled, or the language
     model as one region and the vision blocks one by one) on a full fine-tuning step: the loss and
-    every parameter's gradient of the eager step, in float32."""
+    every parameter's gradient of the eager step, in float32 (Qwen3-VL's region also takes the
+    deepstack features)."""
     torch._dynamo.reset()
     results = []
     for fast in (False, True):
-        backbone = build_tiny("qwen2_vl", seed=0)
+        backbone = build_tiny(family, seed=0)
         for p in backbone.model.parameters():
             p.requires_grad_(True)
         if fast:
