@@ -47,7 +47,8 @@ VIDEO_INPUTS = ("native", "frames_mean")  # eval.video_input's values (trainer.e
 FOLLOW_TRAIN = "train"  # shard/eval.image_max_pixels: the value of train.image_max_pixels
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"  # recipe.profile names one of its yaml files
 # how a side becomes model input, read by train and evaluate (eval's keys say `train` to follow train's)
-RENDERING = ("positions", "stray_image_token", "image_resize", "image_square", "small_image_side", "prompt")
+RENDERING = ("positions", "stray_image_token", "image_resize", "image_square", "small_image_side", "prompt",
+             "video_max_pixels")
 PROMPTS = ("vlm2vec", "qwen3-vl-embedding", "gme")  # trainer.model.prompt_styles
 
 
@@ -527,6 +528,9 @@ class Train(Section):
     prompt: str = key(Choice(*PROMPTS), "how a side becomes text: vlm2vec (VLM2Vec's string, no chat template), "
                                         "qwen3-vl-embedding (its chat template, the instruction as system message) "
                                         "or gme (GME as VLM2Vec scores it); the chat styles: Qwen families")
+    video_max_pixels: Any = key(OneOf(Int(1), Null()),
+                                "a video's frames resized to at most this many pixels each (Qwen3-VL-Embedding: "
+                                "786432); null: as images, image_max_pixels")
     mixture: Any = key(OneOf(Choice("proportional"), Weights()),
                        "datasets drawn in proportion to their size, or {dataset: weight}")
     homogeneous_batch: int = key(Int(0), "sub-batches of this size drawn from one dataset; 0: off")
@@ -604,6 +608,9 @@ class Eval(Section):
                                 "(train.small_image_side), a side, or null")
     prompt: str = key(OneOf(Choice(FOLLOW_TRAIN), Choice(*PROMPTS)),
                       "how a side becomes text: train (train.prompt), vlm2vec, qwen3-vl-embedding or gme")
+    video_max_pixels: Any = key(OneOf(Choice(FOLLOW_TRAIN), Int(1), Null()),
+                                "a video's frames resized to at most this many pixels each: train "
+                                "(train.video_max_pixels), a number, or null (as images)")
     rendering_from: str = key(Choice("params", "model"),
                               "params: every model is scored with the input rendering above; model: a model "
                               "whose lineage.json records its own (a trained embedder, a released checkpoint "

@@ -26,13 +26,13 @@ Every file is verified against the folder's digests.json before it is read (`pip
 a changed or truncated file raises `IntegrityError` naming it with the expected and found sha256.
 
 Collation settings (max_text_tokens, image_max_pixels, instructions and the input rendering:
-positions, stray_image_token, image_resize, image_square, small_image_side, prompt) come from, in order:
-the arguments of `load`, lineage.json (`collation`, else `train` / `params.train`), the defaults (256,
-None, True, grid, strip, collator, None, None, vlm2vec: what a model without those keys was trained
-with). They are part of the fingerprint; a rendering setting joins it only when it differs from the
-default, so a model rendered as before keeps its fingerprint. `load` warns, naming each, about
-rendering settings given that differ from those the model was trained with (a VLM2Vec checkpoint
-scored with grid positions, say). One exception to the defaults: a dual encoder (CLIP, SigLIP)
+positions, stray_image_token, image_resize, image_square, small_image_side, prompt, video_max_pixels)
+come from, in order: the arguments of `load`, lineage.json (`collation`, else `train` / `params.train`),
+the defaults (256, None, True, grid, strip, collator, None, None, vlm2vec, None: what a model without
+those keys was trained with). They are part of the fingerprint; a rendering setting joins it only
+when it differs from the default, so a model rendered as before keeps its fingerprint. `load` warns,
+naming each, about rendering settings given that differ from those the model was trained with (a
+VLM2Vec checkpoint scored with grid positions, say). One exception to the defaults: a dual encoder (CLIP, SigLIP)
 without lineage, i.e. a base model, embeds without instructions, as the paper's baselines were scored
 (paper-v1 §4.1; instructions cost CLIP 29 % there), so that its row sits beside the published
 CLIP/SigLIP numbers on equal terms.
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 # how a side becomes model input (trainer.model.inputs.Collator); absent from a lineage: this rendering
 RENDERING_DEFAULTS = dict(positions="grid", stray_image_token="strip", image_resize="collator", image_square=None,
-                          small_image_side=None, prompt="vlm2vec")
+                          small_image_side=None, prompt="vlm2vec", video_max_pixels=None)
 DEFAULT_COLLATION = dict(max_text_tokens=256, image_max_pixels=None, instructions=True, **RENDERING_DEFAULTS)
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}

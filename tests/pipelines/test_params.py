@@ -190,7 +190,8 @@ def test_synthetic_sizes_below_what_the_generator_needs_are_refused(key, value):
 EVAL = {"models": ["base", "embedder"], "batch_size": 4, "datasets": "all", "image_max_pixels": 40,
         "cache": True, "cache_dir": ".cache/embeddings", "cache_max_gb": 20, "precision": "fp32",
         "positions": "train", "stray_image_token": "train", "image_resize": "train", "image_square": "train",
-        "small_image_side": "train", "prompt": "train", "rendering_from": "params", "v2_ties": "strict",
+        "small_image_side": "train", "prompt": "train", "video_max_pixels": "train", "rendering_from": "params",
+        "v2_ties": "strict",
         "v2_labels": "correct", "video_input": "native"}
 
 

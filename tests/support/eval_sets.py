@@ -132,7 +132,7 @@ def eval_params(**values) -> Eval:
                             "image_max_pixels": 40, "cache": True, "cache_dir": ".cache/embeddings",
                             "cache_max_gb": 20, "precision": "fp32", "positions": "grid",
                             "stray_image_token": "strip", "image_resize": "collator", "image_square": None, "small_image_side": None,
-                            "prompt": "vlm2vec",
+                            "prompt": "vlm2vec", "video_max_pixels": None,
                             "rendering_from": "params", "v2_ties": "strict", "v2_labels": "correct",
                             "video_input": "native"},
                            **values))

@@ -38,8 +38,8 @@ BASE_PARAMS = Train.parse(dict(
     max_grad_norm=1.0, temperature=0.05, hard_negatives=0, lora_rank=4, lora_alpha=8, lora_dropout=0.0,
     lora_targets="default", dora=False, max_text_tokens=32, image_max_pixels=1024, instructions=True,
     positions="grid", stray_image_token="strip", image_resize="collator", image_square=None, small_image_side=None,
-    prompt="vlm2vec", mixture="proportional", homogeneous_batch=0, shuffle_buffer=16, num_workers=0, save_every=3,
-    precision="fp32",
+    prompt="vlm2vec", video_max_pixels=None, mixture="proportional", homogeneous_batch=0, shuffle_buffer=16,
+    num_workers=0, save_every=3, precision="fp32",
     lora_dtype="fp32", batched_vision_attention=True, compile=False, pad_to_multiple_of=1, sub_batches="kind",
     fsdp=False,
 ))

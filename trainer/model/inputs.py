@@ -257,7 +257,7 @@ class Collator:
                  instructions: bool = True, torch_images: bool = True, mrope_positions: bool = True,
                  pad_to_multiple_of: int = 1, positions: str = "grid", stray_image_token: str = "strip",
                  image_resize: str = "collator", image_square: int | None = None,
-                 small_image_side: int | None = None, prompt: str = "vlm2vec"):
+                 small_image_side: int | None = None, prompt: str = "vlm2vec", video_max_pixels: int | None = None):
         if max_text_tokens < 1:
             raise ValueError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
         if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
@@ -269,6 +269,10 @@ class Collator:
         self.format = _format_of(backbone)
         prompt_styles.check_prompt(prompt, self.format.family, stray_image_token)
         self.prompt = prompt
+        if video_max_pixels is not None and (isinstance(video_max_pixels, bool) or not isinstance(video_max_pixels, int)
+                                             or video_max_pixels < 1):
+            raise ValueError(f"video_max_pixels must be None or an integer >= 1, got {video_max_pixels!r}")
+        self.video_max_pixels = video_max_pixels
         processor = backbone.processor
         if image_max_pixels:  # Qwen2-VL / Qwen2.5-VL: the processor's own max_pixels lowered to the cap
             processor, own = image_processing.cap_max_pixels(processor, image_max_pixels)
@@ -300,11 +304,15 @@ class Collator:
 
     def _video_input(self, backbone) -> tuple[QwenVideoProcessor, int, float] | None:
         """(video processor, video token id, Qwen2.5-VL's tokens per second or None) of a family that
-        takes `videos=` (None for the others: the Collator then refuses rows with a video)."""
+        takes `videos=` (None for the others: the Collator then refuses rows with a video). Its frames
+        take the image processor's bounds, capped at `video_max_pixels` when that is set."""
         if not self.format.video_token:
             return None
         family = self.format.family
-        processor = QwenVideoProcessor(self.processor.image_processor, seconds_per_grid=family == "qwen2_5_vl")
+        images = self.processor
+        if self.video_max_pixels is not None:
+            images, _ = image_processing.cap_max_pixels(backbone.processor, self.video_max_pixels)
+        processor = QwenVideoProcessor(images.image_processor, seconds_per_grid=family == "qwen2_5_vl")
         vision = getattr(getattr(getattr(backbone, "model", None), "config", None), "vision_config", None)
         per_second = getattr(vision, "tokens_per_second", None) if family == "qwen2_5_vl" else None
         token_id = self.tokenizer.convert_tokens_to_ids(self.format.video_token)
@@ -333,7 +341,8 @@ class Collator:
                     instructions=self.instructions, positions=self.positions,
                     stray_image_token=self.stray_image_token, image_resize=self.image_resize,
                     image_square=self.image_square,
-                    small_image_side=self.small_image_side, prompt=self.prompt)
+                    small_image_side=self.small_image_side, prompt=self.prompt,
+                    video_max_pixels=self.video_max_pixels)
 
     # -- text --------------------------------------------------------------------------------------
     def _count(self, text: str) -> int:
@@ -385,10 +394,11 @@ class Collator:
             if self.prompt == "vlm2vec":
                 render_text(side, self.format, instructions=self.instructions, has_image=image is not None,
                             stray_image_token=self.stray_image_token, has_video=_is_video(image) and len(image))
+            video = _is_video(image) and self.prompt != "gme"
             if _is_video(image):
                 image = image[0] if image else None  # every frame takes the first frame's size
             if image is not None and size_rule is not None:
-                limit = self.image_max_pixels if self.image_resize == "collator" else None
+                limit = self._cap(video) if self.image_resize == "collator" else None
                 width, height = self._resized_size(image.width, image.height)
                 size_rule(*(max_pixels_size(width, height, limit) if limit else (width, height)))
 
@@ -409,7 +419,7 @@ class Collator:
         if any(videos) and self._video is None and self.format.family not in FRAME_IMAGE_FAMILIES:
             raise ValueError(f"{self.format.family} takes no video input: give it the frames as images instead "
                              "(eval.video_input frames_mean)")
-        pics = [[self._fit(f) for f in im] if v else self._fit(im) if im is not None else None
+        pics = [[self._fit(f, self._cap(True)) for f in im] if v else self._fit(im) if im is not None else None
                 for im, v in zip(images, videos)]
         if self.prompt == "qwen3-vl-embedding":
             return self._vlm([self._chat(s, h, v) for s, h, v in zip(sides, has_image, videos)], pics, has_image,
@@ -455,17 +465,22 @@ class Collator:
             width = height = 2 * self.small_image_side
         return width, height
 
-    def _fit(self, image: Image.Image) -> Image.Image:
+    def _cap(self, video: bool) -> int | None:
+        """The pixel cap of an image, or of a video's frame (`video_max_pixels`, else the image's)."""
+        return self.video_max_pixels if video and self.video_max_pixels is not None else self.image_max_pixels
+
+    def _fit(self, image: Image.Image, limit: int | None = None) -> Image.Image:
         """The VLM2Vec resize rules (`_resized_size`, bicubic as PIL's `resize` default), then
-        (image_resize "collator") `resize_to_max_pixels`, without its copy for an RGB image that
-        already fits (pre-scaled shards): the processors only read it. With "processor" the image
-        reaches the processor as it is, which resizes it to at most `image_max_pixels` (its cap)."""
+        (image_resize "collator") `resize_to_max_pixels` to `limit` (default `image_max_pixels`),
+        without its copy for an RGB image that already fits (pre-scaled shards): the processors only
+        read it. With "processor" the image reaches the processor as it is, which resizes it to at most
+        its cap (`image_max_pixels`; a video's frames `video_max_pixels`)."""
         size = self._resized_size(image.width, image.height)
         if size != image.size:
             image = to_rgb(image).resize(size, Image.BICUBIC)
         if self.image_resize == "processor":
             return image if image.mode == "RGB" else to_rgb(image)
-        limit = self.image_max_pixels
+        limit = self.image_max_pixels if limit is None else limit
         if image.mode == "RGB" and (limit is None or image.width * image.height <= limit):
             return image
         return resize_to_max_pixels(image, limit)

@@ -414,7 +414,9 @@ def test_each_model_is_scored_with_its_own_rendering(tmp_path):
     evaluation.evaluate(params, root=root, load_model=lambda name, path, p: encoders[name])
     assert 0 < encoders["embedder"].largest <= 20 < encoders["base"].largest <= 400
     board = json.loads((root / evaluation.LEADERBOARD_FILE).read_text())
-    assert board["models"]["embedder"]["metadata"]["rendering"] == {**own, "prompt": "vlm2vec"}  # its lineage's time
+    # keys the lineage lacks had their defaults then
+    lineage_time = {"prompt": "vlm2vec", "video_max_pixels": None}
+    assert board["models"]["embedder"]["metadata"]["rendering"] == {**own, **lineage_time}
     assert board["models"]["base"]["metadata"]["rendering"]["positions"] == "grid"  # the params'
     text = (root / evaluation.REPORT_FILE).read_text()
     assert "Input rendering per model" in text

@@ -178,3 +178,23 @@ def test_qwen3_vl_positions_give_each_temporal_patch_its_own_grid():
     assert len(runs) == 3  # 5 frames: 3 temporal patches
     for start in runs:
         assert pos[:, start].tolist() == [int(pos[0, start - 1]) + 1] * 3
+
+
+@pytest.mark.parametrize("resize", ["collator", "processor"])
+def test_video_max_pixels_caps_a_videos_frames_not_images(resize):
+    """video_max_pixels (Qwen3-VL-Embedding's frames are at most 768 x 32 x 32) bounds the frames of
+    a video whoever resizes them; images keep image_max_pixels; null leaves frames as images."""
+    from trainer.backbone.families import build_tiny
+
+    backbone = build_tiny("qwen3_vl", image_size=64)
+    frames, image = [noise(64, 64, seed=i) for i in range(4)], noise(64, 64, seed=9)
+    grids = {}
+    for cap in (None, 1024):
+        collator = Collator(backbone, max_text_tokens=64, image_max_pixels=4096, video_max_pixels=cap,
+                            image_resize=resize)
+        batch = collator([VIDEO, SIDES[2]], [frames, image])
+        grids[cap] = (batch["video_grid_thw"].tolist(), batch["image_grid_thw"].tolist())
+    assert grids[None] == ([[2, 8, 8]], [[1, 8, 8]])  # 64 x 64 frames at patch 8, as the image
+    assert grids[1024] == ([[2, 4, 4]], [[1, 8, 8]])  # 32 x 32 frames; the image unchanged
+    with pytest.raises(ValueError, match="video_max_pixels"):
+        Collator(backbone, video_max_pixels=0)

@@ -39,7 +39,8 @@ def test_lora_run_writes_adapter_merged_lineage_metrics_checkpoints(workspace):
     assert lineage["train"] == params().to_dict()
     assert lineage["collation"] == {"max_text_tokens": 32, "image_max_pixels": 1024, "instructions": True,
                                     "positions": "grid", "stray_image_token": "strip", "image_resize": "collator",
-                                    "image_square": None, "small_image_side": None, "prompt": "vlm2vec"}
+                                    "image_square": None, "small_image_side": None, "prompt": "vlm2vec",
+                                    "video_max_pixels": None}
     assert set(lineage["dvc_lock"]) == {"shards", "base_model"}
     assert lineage["shards"] == str(workspace / "data/shards/train")
     assert lineage["shard_index_sha256"] == C.hash_tree(workspace / "data/shards/train/index.json")
