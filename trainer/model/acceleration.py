@@ -26,7 +26,9 @@ kernels with one launch. The training step of a 2B backbone at batch 32 is bound
 kernel launches, not by the card (benchmarks/RESULTS.md, runs 4-5); graphs remove those launches.
 CUDA graphs cannot cover blocks compiled one by one: each layer's graph output is overwritten by the
 next layer's replay (pytorch/pytorch#152887). A graph is recorded per input shape: the Collator's
-`pad_to_multiple_of` keeps the number of padded lengths small.
+`pad_to_multiple_of` keeps the number of padded lengths small. Qwen3-VL's deepstack features are
+written into the region with a fixed-shape scatter (`scatter_deepstack`), so it compiles without a
+break.
 
 Image features once per GradCache step: `frozen_image_features(model)` (see `ImageFeatureCache`).
 """
@@ -249,15 +251,37 @@ def compile_region(module: torch.nn.Module, *, cuda_graphs: bool = False, backen
 def compile_language_model(model: torch.nn.Module, *, cuda_graphs: bool = False, backend: str = "inductor") -> int:
     """Compile `model`'s language model (`language_model`) as one region (`compile_region`) and every
     other repeated block (the vision tower's) one by one; the number of blocks compiled one by one.
-    Raises ValueError for a model without a language model (compile its blocks instead)."""
+    Qwen3-VL's deepstack features enter the region by `scatter_deepstack`. Raises ValueError for a
+    model without a language model (compile its blocks instead)."""
     lm = language_model(model)
     if lm is None:
         raise ValueError(f"{type(unwrap(model)).__name__} has no language model to compile as one region; "
                          "compile its repeated blocks instead (train.compile: blocks)")
     n_blocks = compile_blocks(model, backend=backend, outside=lm)
+    scatter_deepstack(model)
     compile_region(lm, cuda_graphs=cuda_graphs, backend=backend)
     log.info("compiled the language model as one region%s (%s)", " with CUDA graphs" if cuda_graphs else "", backend)
     return n_blocks
+
+
+def _deepstack_scatter(self, hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor,
+                       visual_embeds: torch.Tensor) -> torch.Tensor:
+    mask = visual_pos_masks.to(hidden_states.device)[..., None].expand_as(hidden_states)
+    embeds = visual_embeds.to(hidden_states.device, hidden_states.dtype)
+    return hidden_states + torch.zeros_like(hidden_states).masked_scatter(mask, embeds)
+
+
+def scatter_deepstack(model: torch.nn.Module) -> bool:
+    """Qwen3-VL: add the deepstack vision features to the first decoder layers' hidden states with a
+    fixed-shape `masked_scatter` instead of transformers' boolean-mask write (``h[mask] = h[mask] +
+    features``), whose `nonzero` has a data-dependent shape, so a compiled language model broke its
+    graph at every such layer. The sums are the same (every other position adds an exact 0). True
+    when installed (a Qwen3-VL text model), False for any other model, which is left unchanged."""
+    lm = language_model(model)
+    if lm is None or type(lm).__name__ != "Qwen3VLTextModel" or not callable(getattr(lm, "_deepstack_process", None)):
+        return False
+    lm._deepstack_process = types.MethodType(_deepstack_scatter, lm)
+    return True
 
 
 # --- GradCache: image features computed once ------------------------------------------------------

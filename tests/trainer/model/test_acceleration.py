@@ -191,8 +191,11 @@ def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients(family, sc
     """The whole fast path (batched vision attention + every repeated block compiled, or the language
     model as one region and the vision blocks one by one) on a full fine-tuning step: the loss and
     every parameter's gradient of the eager step, in float32 (Qwen3-VL's region also takes the
-    deepstack features)."""
+    deepstack features); the region compiles without a graph break."""
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
+    counters.clear()
     results = []
     for fast in (False, True):
         backbone = build_tiny(family, seed=0)
@@ -217,6 +220,8 @@ def test_compiled_and_batched_embedder_gives_eager_loss_and_gradients(family, sc
         results.append((loss.detach(), vision, {n: p.grad for n, p in backbone.model.named_parameters()
                                                 if p.grad is not None}))
     torch._dynamo.reset()
+    if scope == "region":  # Qwen3-VL's deepstack writes too (scatter_deepstack)
+        assert not any(counters["graph_break"].values()), dict(counters["graph_break"])
     (loss_ref, vision_ref, g_ref), (loss_fast, vision_fast, g_fast) = results
     torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(vision_fast, vision_ref, rtol=1e-5, atol=1e-6)
@@ -328,6 +333,21 @@ def test_image_feature_replay_refuses_other_chunks():
         embedder(queries[0])
     with pytest.raises(RuntimeError, match="used 0 of 1"), features.replay():
         pass
+
+
+def test_scatter_deepstack_gives_transformers_sums_and_leaves_other_models_alone():
+    """Qwen3-VL's deepstack features written by a fixed-shape scatter: the embeddings of the stock
+    boolean-mask write, bit for bit (every other position adds an exact 0)."""
+    from trainer.model.acceleration import scatter_deepstack
+
+    backbone = build_tiny("qwen3_vl", seed=0)
+    batch = _collated(backbone)
+    embedder = Embedder(backbone).eval()
+    with torch.no_grad():
+        stock = embedder(batch)
+        assert scatter_deepstack(backbone.model)
+        assert torch.equal(embedder(batch), stock)
+    assert not scatter_deepstack(build_tiny("qwen2_vl").model)
 
 
 def test_image_feature_replay_records_only_the_outermost_of_nested_calls():
