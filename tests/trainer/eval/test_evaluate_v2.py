@@ -168,17 +168,27 @@ def test_v1_records_are_the_same_with_and_without_v2(tmp_path):
     assert set(images["v1"]) <= set(images["v2"])
 
 
-def test_v2_with_the_real_tiny_model(tmp_path):
-    """The real embedder (a tiny Qwen2-VL) encodes V2's pages, frames and labels."""
+@pytest.mark.parametrize("family, rendering", [
+    ("qwen2_vl", {}),
+    ("qwen3_vl", {"prompt": "qwen3-vl-embedding"}),
+    ("qwen2_vl", {"prompt": "gme", "stray_image_token": "keep"}),
+])
+def test_v2_with_the_real_tiny_model(tmp_path, family, rendering):
+    """The real embedder (a tiny Qwen2-VL or Qwen3-VL, in VLM2Vec's string or a chat input) encodes
+    V2's pages, frames and labels, and V1's records beside them."""
     import shutil
 
     from trainer.backbone.families import build_tiny, save_backbone, train_family_tokenizer
 
     root = tmp_path / "proj"
     build(root, frames=2)
-    tokenizer = train_family_tokenizer("qwen2_vl")
-    save_backbone(build_tiny("qwen2_vl", seed=0, tokenizer=tokenizer), root / "models/base")
-    evaluation.evaluate(eval_params(models=["base"], batch_size=8), root=root)
+    tokenizer = train_family_tokenizer(family)
+    save_backbone(build_tiny(family, seed=0, tokenizer=tokenizer), root / "models/base")
+    evaluation.evaluate(eval_params(models=["base"], batch_size=8, **rendering), root=root)
+    metrics = json.loads((root / "metrics/eval.json").read_text())
+    assert metrics["base"]["overall"] >= 0 and "Syn-ShapeCLS" in json.dumps(metrics["base"])
+    board = json.loads((root / evaluation.LEADERBOARD_FILE).read_text())
+    assert board["models"]["base"]["metadata"]["rendering"]["prompt"] == rendering.get("prompt", "vlm2vec")
     v2 = json.loads((root / "metrics/eval.json").read_text())["v2"]["base"]
     assert sorted(v2["datasets"]) == sorted(mmeb_v2.SYNTHETIC)  # every loader family through the real model
     assert 0 <= v2["synthetic_aggregate"]["overall"]["score"] <= 1
