@@ -263,16 +263,13 @@ class Collator:
         if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be an integer >= 1, got {pad_to_multiple_of!r}")
         self.pad_to_multiple_of = pad_to_multiple_of
-        self._check_rendering(positions, stray_image_token, image_resize, image_square, small_image_side)
+        self._check_rendering(positions, stray_image_token, image_resize, image_square, small_image_side,
+                              video_max_pixels)
         self.positions, self.stray_image_token, self.image_resize = positions, stray_image_token, image_resize
         self.image_square, self.small_image_side = image_square, small_image_side
         self.format = _format_of(backbone)
         prompt_styles.check_prompt(prompt, self.format.family, stray_image_token)
-        self.prompt = prompt
-        if video_max_pixels is not None and (isinstance(video_max_pixels, bool) or not isinstance(video_max_pixels, int)
-                                             or video_max_pixels < 1):
-            raise ValueError(f"video_max_pixels must be None or an integer >= 1, got {video_max_pixels!r}")
-        self.video_max_pixels = video_max_pixels
+        self.prompt, self.video_max_pixels = prompt, video_max_pixels
         processor = backbone.processor
         if image_max_pixels:  # Qwen2-VL / Qwen2.5-VL: the processor's own max_pixels lowered to the cap
             processor, own = image_processing.cap_max_pixels(processor, image_max_pixels)
@@ -319,14 +316,14 @@ class Collator:
         return processor, token_id, per_second
 
     @staticmethod
-    def _check_rendering(scheme, stray, resize, square, small) -> None:
+    def _check_rendering(scheme, stray, resize, square, small, video_pixels) -> None:
         if scheme not in positions.SCHEMES:
             raise ValueError(f"positions must be one of {positions.SCHEMES}, got {scheme!r}")
         if stray not in STRAY_RULES:
             raise ValueError(f"stray_image_token must be one of {STRAY_RULES}, got {stray!r}")
         if resize not in RESIZERS:
             raise ValueError(f"image_resize must be one of {RESIZERS}, got {resize!r}")
-        for name, value in (("image_square", square), ("small_image_side", small)):
+        for name, value in (("image_square", square), ("small_image_side", small), ("video_max_pixels", video_pixels)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
 
@@ -431,17 +428,20 @@ class Collator:
                  for s, h, v in zip(sides, has_image, videos)]
         if self.format.kind == "dual":
             return self._dual(texts, pics, has_image)
-        cut = [self.truncate(t) for t in texts]
-        self.truncated += sum(c != t for c, t in zip(cut, texts))
-        return self._vlm(cut, pics, has_image, videos)
+        return self._vlm([self._truncated(t) for t in texts], pics, has_image, videos)
+
+    def _truncated(self, text: str) -> str:
+        """`truncate`, counting the texts it cut (`truncated`)."""
+        cut = self.truncate(text)
+        self.truncated += cut != text
+        return cut
 
     def _chat(self, side: dict, has_image: bool, video: int) -> str:
         """A side's text in the qwen3-vl-embedding style (`trainer.model.prompt_styles`): its text cut to
         `max_text_tokens` (the template and the instruction are not counted), its instruction dropped
         without `instructions`."""
         instruction, text = prompt_styles.side_parts(side)
-        cut = self.truncate(text)
-        self.truncated += cut != text
+        cut = self._truncated(text)
         token = self.format.video_token
         if video and self.format.family not in TIMESTAMP_FAMILIES:
             token = VISION_MARKERS[0] + token + VISION_MARKERS[1]  # Qwen3-VL's expansion writes its own
@@ -453,9 +453,7 @@ class Collator:
         with the backbone's tokens, cut to `max_text_tokens` (its kept tokens are never cut)."""
         text = prompt_styles.gme_text(side.get("raw") or "", has_image)
         text = text.replace(IMAGE_TOKEN, self.format.image_token).replace(VIDEO_TOKEN, self.format.video_token)
-        cut = self.truncate(text)
-        self.truncated += cut != text
-        return prompt_styles.gme_chat(cut, image=has_image)
+        return prompt_styles.gme_chat(self._truncated(text), image=has_image)
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the VLM2Vec resize rules in force: V1's square, then V2's small-image rule."""
@@ -536,9 +534,14 @@ class Collator:
         token = self.format.image_token
         expanded = [t.replace(token, token * (int(torch.as_tensor(g).prod()) // merge ** 2), 1)
                     for t, g in zip(texts, out["image_grid_thw"])]
+        return {**self._typed_tokens(expanded, self.tokenizer.convert_tokens_to_ids(token), 1), **out}
+
+    def _typed_tokens(self, expanded: list[str], token_id: int, token_type: int) -> dict[str, torch.Tensor]:
+        """Texts whose vision tokens are already expanded, tokenized and padded, with
+        `mm_token_type_ids` `token_type` at `token_id` (1 image, 2 video, as transformers marks them)."""
         enc = dict(self.tokenizer(expanded, padding=True, return_tensors="pt"))
-        enc["mm_token_type_ids"] = (enc["input_ids"] == self.tokenizer.convert_tokens_to_ids(token)).long()
-        return {**enc, **out}
+        enc["mm_token_type_ids"] = (enc["input_ids"] == token_id).long() * token_type
+        return enc
 
     def _per_row(self, texts: list[str], pics: list[Image.Image] | None) -> dict[str, Any]:
         """Phi-3-V as VLM2Vec's `Phi3V_process_fn` runs it: rows without image through the tokenizer
@@ -597,9 +600,7 @@ class Collator:
                         for t, g, v in zip(texts, grids, videos)]
         else:
             expanded = [t.replace(token, token * processor.tokens(g), 1) for t, g in zip(texts, grids)]
-        enc = dict(self.tokenizer(expanded, padding=True, return_tensors="pt"))
-        enc["mm_token_type_ids"] = (enc["input_ids"] == token_id).long() * 2
-        return {**enc, **out}
+        return {**self._typed_tokens(expanded, token_id, 2), **out}
 
     def _video_positions(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The video arguments of `positions.mrope_position_ids` for a batch with videos ({} without):

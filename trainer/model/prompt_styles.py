@@ -56,8 +56,9 @@ from pipelines import v2_inputs, v2_train
 from pipelines.params import PROMPTS, prompt_problem
 from pipelines.prompts import KNOWN_INSTRUCTIONS
 from pipelines.schema import IMAGE_TOKEN, VIDEO_TOKEN
+from trainer.backbone.families import QWEN_FAMILIES
 
-CHAT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+CHAT_FAMILIES = QWEN_FAMILIES  # the families whose tokenizers hold Qwen's chat and vision markers
 DEFAULT_INSTRUCTION = "Represent the user's input."  # Qwen3VLEmbedder's default_instruction
 GME_SYSTEM = "You are a helpful assistant."  # GmeQwen2VL's default instruction, the one VLM2Vec scores with
 QA_INSTRUCTION = v2_inputs.QA_PROMPT.strip()  # the video QA loaders write the video token themselves

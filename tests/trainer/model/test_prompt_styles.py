@@ -26,6 +26,11 @@ def q3():
     return build_tiny("qwen3_vl")
 
 
+def image_run(batch, row=0):
+    """The marked image tokens of `batch`'s `row`-th image (merge 2 x 2)."""
+    return "<|vision_start|>" + "<|image_pad|>" * int(batch["image_grid_thw"][row].prod() // 4) + "<|vision_end|>"
+
+
 def decoded(collator, batch, row=0):
     return collator.tokenizer.decode(batch["input_ids"][row][batch["attention_mask"][row].bool()])
 
@@ -36,10 +41,9 @@ def test_a_query_is_the_embedders_chat_string(q3):
     generation prompt; the image's tokens sit between Qwen's vision markers."""
     collator = Collator(q3, max_text_tokens=64, prompt=STYLE)
     batch = collator([QUERY], [noise(32, 32, seed=0)])
-    image = "<|image_pad|>" * int(batch["image_grid_thw"][0].prod() // 4)
     assert decoded(collator, batch) == (
         "<|im_start|>system\nRepresent the given image with the following question:<|im_end|>\n"
-        f"<|im_start|>user\n<|vision_start|>{image}<|vision_end|>what colour is it?<|im_end|>\n"
+        f"<|im_start|>user\n{image_run(batch)}what colour is it?<|im_end|>\n"
         "<|im_start|>assistant\n")
 
 
@@ -194,10 +198,9 @@ def test_a_gme_side_is_vlm2vecs_template_with_the_middle_frame():
     batch = collator([{"raw": stored}], [frames])
     alone = collator([{"raw": stored}], [frames[2]])
     assert "pixel_values_videos" not in batch and torch.equal(batch["pixel_values"], alone["pixel_values"])
-    image = "<|image_pad|>" * int(batch["image_grid_thw"][0].prod() // 4)
     assert decoded(collator, batch) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        f"<|vision_start|>{image}<|vision_end|>Recognize the category of the video content. <|im_end|>\n"
+        f"{image_run(batch)}Recognize the category of the video content. <|im_end|>\n"
         "<|im_start|>assistant\n<|endoftext|>")
 
 
