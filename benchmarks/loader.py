@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
 import shutil
 import statistics
 import subprocess
@@ -54,7 +53,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import etl  # noqa: E402  (the ETL benchmark's MMEB-layout generator)
 
-from pipelines.images import MAX_ASPECT  # noqa: E402
+from pipelines.images import keeping_side  # noqa: E402
 from pipelines.schema import IMAGE_TOKEN  # noqa: E402
 from trainer.backbone.families import build_tiny  # noqa: E402
 from trainer.train.stream import ContrastiveStream, StreamConfig, make_loader, read_shards  # noqa: E402
@@ -85,7 +84,7 @@ def prepare(rows: int, settings=MAX_PIXELS) -> Path:
         out = shard_dir(run, max_pixels, multiple)
         if not (out / "index.json").exists():
             # a longer-side cap that keeps every aspect ratio at the pixel cap (the params check's rule)
-            side = None if max_pixels is None else max(1344, math.isqrt(MAX_ASPECT * max_pixels - 1) + 1)
+            side = None if max_pixels is None else max(1344, keeping_side(max_pixels))
             params = etl.write_params(run, 2, side, max_pixels, name=f"params-{max_pixels}-{multiple}.yaml",
                                       image_size_multiple=multiple)
             t0 = time.perf_counter()

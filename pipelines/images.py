@@ -88,6 +88,12 @@ def max_pixels_size(width: int, height: int, max_pixels: int) -> tuple[int, int]
 MAX_ASPECT = 200  # the most elongated image Qwen2-VL's processor takes (its smart_resize refuses more)
 
 
+def keeping_side(max_pixels: int) -> int:
+    """The smallest longer-side cap that keeps `max_pixels` for every aspect ratio up to `MAX_ASPECT`
+    (the side of a ``MAX_ASPECT``:1 image of `max_pixels` pixels, rounded up)."""
+    return math.isqrt(MAX_ASPECT * int(max_pixels) - 1) + 1
+
+
 def side_cut(max_side: int | None, max_pixels: int | None) -> str | None:
     """Why capping the longer image side at `max_side` (after the pixel cap) holds elongated images
     below the training resolution `max_pixels`, or None when every aspect ratio up to `MAX_ASPECT`
@@ -96,7 +102,7 @@ def side_cut(max_side: int | None, max_pixels: int | None) -> str | None:
     (tall documents, infographics, panoramas) at a fraction of the pixels evaluation gives it."""
     if max_side is None or max_pixels is None or int(max_side) ** 2 >= MAX_ASPECT * int(max_pixels):
         return None
-    need = math.isqrt(MAX_ASPECT * int(max_pixels) - 1) + 1
+    need = keeping_side(max_pixels)
     side, pixels = int(max_side), int(max_pixels)
     return (f"shard.image_max_side {side} caps the longer image side after the pixel cap: images more elongated "
             f"than {side * side / pixels:.2f}:1 (tall documents, infographics, panoramas) train below "
